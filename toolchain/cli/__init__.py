@@ -1,0 +1,1 @@
+"""The ``clip-debias`` Typer CLI. Each stage registers its commands from its own module (``register(app)``)."""

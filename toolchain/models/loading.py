@@ -1,0 +1,167 @@
+"""Load an open_clip CLIP model the ordinary way: by name + pretrained tag, or by name + a local weights file.
+
+The model configs shipped in ``toolchain/models/configs`` (tiny test models, the bias-lab model) are
+registered with open_clip on first use, so ``--model clipdebias-tiny`` works like any built-in name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from toolchain.errors import ClipDebiasError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+_registered = False
+
+
+def register_configs() -> None:
+    """Make the configs in ``toolchain/models/configs`` known to open_clip (idempotent)."""
+    global _registered
+    if not _registered:
+        import open_clip
+
+        open_clip.add_model_config(CONFIG_DIR)
+        _registered = True
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Which weights a cache, plan or artifact came from. Exactly one of ``pretrained``/``weights_sha256`` or neither
+    (random init, tests only)."""
+
+    name: str
+    pretrained: str | None = None
+    weights_sha256: str | None = None
+    weights_file: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelIdentity":
+        return cls(**{k: d.get(k) for k in ("name", "pretrained", "weights_sha256", "weights_file")})
+
+    def same_backbone(self, other: "ModelIdentity") -> bool:
+        """Same architecture and same weights (the file name may differ; the hash may not)."""
+        return (self.name, self.pretrained, self.weights_sha256) == (other.name, other.pretrained, other.weights_sha256)
+
+    def describe(self) -> str:
+        src = self.pretrained or (f"weights sha256 {self.weights_sha256[:12]}" if self.weights_sha256 else "random init")
+        return f"{self.name} ({src})"
+
+
+@dataclass
+class LoadedClip:
+    """An open_clip model in eval mode with what every stage needs beside it."""
+
+    model: Any  # open_clip.CLIP
+    preprocess: Callable  # open_clip's eval transform: PIL image -> [3, H, W] float tensor
+    tokenizer: Callable  # list[str] -> [N, context] token ids
+    identity: ModelIdentity
+    preprocess_cfg: dict[str, Any] = field(default_factory=dict)
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str], normalize: bool = True) -> torch.Tensor:
+        """[len(texts), D] text embeddings (unit norm by default), on the model's device and dtype."""
+        device = next(self.model.parameters()).device
+        tokens = self.tokenizer(texts).to(device)
+        return self.model.encode_text(tokens, normalize=normalize)
+
+
+_OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A CLIP state dict from a local file: safetensors, an open_clip checkpoint (optionally under ``state_dict``,
+    optionally DDP ``module.``-prefixed) or an OpenAI TorchScript archive."""
+    path = Path(path)
+    if not path.is_file():
+        raise ClipDebiasError(f"{path}: weights file not found (expected a .safetensors, .pt or .bin CLIP checkpoint)")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd: Any = load_file(str(path))
+        else:
+            try:
+                sd = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception:
+                sd = torch.jit.load(str(path), map_location="cpu").state_dict()  # OpenAI's released .pt files
+    except ClipDebiasError:
+        raise
+    except Exception as e:  # corrupt or foreign file
+        raise ClipDebiasError(f"{path}: cannot read weights ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+    if isinstance(sd, dict) and "state_dict" in sd:
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not sd:
+        raise ClipDebiasError(f"{path}: not a state dict (expected a mapping of parameter names to tensors)")
+    sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
+    for k in _OPENAI_EXTRA_KEYS:
+        sd.pop(k, None)
+    return sd
+
+
+def load_clip(
+    name: str,
+    pretrained: str | None = None,
+    weights: str | Path | None = None,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> LoadedClip:
+    """Build ``name`` with open_clip and load weights from ``pretrained`` (a tag, downloaded by open_clip)
+    or ``weights`` (a local file). With neither, the weights are random (tests, benchmarks)."""
+    import open_clip
+
+    register_configs()
+    if pretrained and weights:
+        raise ClipDebiasError("--pretrained and --weights are exclusive: give one source of weights")
+    if name not in open_clip.list_models():
+        raise ClipDebiasError(f"--model {name}: unknown open_clip model name (see open_clip.list_models())")
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # open_clip warns on random init
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=pretrained or None, device="cpu"
+        )
+    except RuntimeError as e:
+        if pretrained:
+            raise ClipDebiasError(
+                f"--pretrained {pretrained}: could not download the weights for {name} "
+                f"({str(e).splitlines()[0][:160]}); offline, pass a local checkpoint with --weights FILE"
+            ) from e
+        raise
+    identity = ModelIdentity(name=name, pretrained=pretrained or None)
+    if weights is not None:
+        sd = read_state_dict(weights)
+        if "logit_scale" in sd and sd["logit_scale"].ndim != model.logit_scale.ndim:
+            sd["logit_scale"] = sd["logit_scale"].reshape(model.logit_scale.shape)
+        sd.pop("text.transformer.embeddings.position_ids", None)
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        if missing or unexpected:
+            what = (f"missing {missing[:3]}" if missing else "") + (f" unexpected {unexpected[:3]}" if unexpected else "")
+            raise ClipDebiasError(f"{weights}: weights do not fit --model {name} ({what.strip()})")
+        identity = ModelIdentity(name=name, weights_sha256=sha256_file(weights), weights_file=Path(weights).name)
+    model = model.to(device=device, dtype=dtype).eval()
+    cfg = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
+    cfg["size"] = list(cfg.get("size", model.visual.image_size))
+    return LoadedClip(
+        model=model,
+        preprocess=preprocess,
+        tokenizer=open_clip.get_tokenizer(name),
+        identity=identity,
+        preprocess_cfg=cfg,
+    )

@@ -1,0 +1,311 @@
+"""The one explicit-attention ViT every stage uses.
+
+``ExplicitViT`` re-implements open_clip's ``VisionTransformer`` (CLS-token pooling) with split-head attention through
+``F.scaled_dot_product_attention`` — no ``nn.MultiheadAttention`` and no fast path, so it exports to ONNX as is.
+Its weights are copied out of an open_clip model (``ExplicitViT.from_open_clip``) and it owns them, so a saved
+``ExplicitViT`` reloads without open_clip.
+
+Notation (shapes): B batch, N = 1 + patches tokens, W width, H heads, Dh = W / H head width, D output dim.
+Block l:  x <- x + ls_1(Attn(ln_1(x))),  x <- x + ls_2(MLP(ln_2(x))).
+Output:   y = ln_post(x_final[:, 0]) @ proj   (== open_clip ``encode_image(normalize=False)``).
+
+The last block only needs the CLS query (nothing reads the other tokens after it), so it computes a single query row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from toolchain.errors import ClipDebiasError
+
+
+@dataclass(frozen=True)
+class TowerConfig:
+    """Everything that fixes the architecture of a plain CLS-token ViT image tower."""
+
+    image_size: tuple[int, int]
+    patch_size: tuple[int, int]
+    width: int
+    layers: int
+    heads: int
+    mlp_width: int
+    output_dim: int | None  # None: no projection, y = ln_post(x_cls)
+    act: str = "gelu"  # "gelu" | "quick_gelu"
+    layer_scale: bool = False
+    ln_pre: bool = True
+    eps: float = 1e-5
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.heads
+
+    @property
+    def embed_dim(self) -> int:
+        return self.output_dim if self.output_dim is not None else self.width
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TowerConfig":
+        d = dict(d)
+        d["image_size"] = tuple(d["image_size"])
+        d["patch_size"] = tuple(d["patch_size"])
+        return cls(**d)
+
+
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x), OpenAI CLIP's activation."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class LayerScale(nn.Module):
+    """Per-channel scale gamma [W] (CaiT); linear, so it distributes over the head terms."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class ExplicitAttention(nn.Module):
+    """Multi-head self-attention written out: qkv projection, split heads, SDPA, merge, output projection."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads, self.head_dim = heads, width // heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out = nn.Linear(width, width)
+
+    def head_outputs(self, x: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
+        """Per-head attention outputs before the output projection: [B, H, Nq, Dh], Nq = 1 if ``cls_only`` else N."""
+        b, n, w = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each [B, H, N, Dh]
+        if cls_only:
+            q = q[:, :, :1]
+        return F.scaled_dot_product_attention(q, k, v)
+
+    def merge(self, o: torch.Tensor) -> torch.Tensor:
+        """[B, H, Nq, Dh] -> [B, Nq, W]: concatenate heads, then W_o o + b_o."""
+        b, h, nq, dh = o.shape
+        return self.out(o.transpose(1, 2).reshape(b, nq, h * dh))
+
+
+class ExplicitBlock(nn.Module):
+    """Pre-norm residual block. ``forward`` returns the new residual stream and what decomposition needs."""
+
+    def __init__(self, cfg: TowerConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.width, eps=cfg.eps)
+        self.attn = ExplicitAttention(cfg.width, cfg.heads)
+        self.ls_1 = LayerScale(cfg.width) if cfg.layer_scale else nn.Identity()
+        self.ln_2 = nn.LayerNorm(cfg.width, eps=cfg.eps)
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.width, cfg.mlp_width),
+            QuickGELU() if cfg.act == "quick_gelu" else nn.GELU(),
+            nn.Linear(cfg.mlp_width, cfg.width),
+        )
+        self.ls_2 = LayerScale(cfg.width) if cfg.layer_scale else nn.Identity()
+
+    def forward(self, x: torch.Tensor, cls_only: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, N, W] -> (x' [B, Nq, W], head outputs o [B, H, Nq, Dh], MLP delta [B, Nq, W])."""
+        o = self.attn.head_outputs(self.ln_1(x), cls_only=cls_only)
+        if cls_only:
+            x = x[:, :1]
+        x = x + self.ls_1(self.attn.merge(o))
+        mlp_delta = self.ls_2(self.mlp(self.ln_2(x)))
+        return x + mlp_delta, o, mlp_delta
+
+
+@dataclass
+class TowerTrace:
+    """What one forward leaves for decomposition (all CLS rows).
+
+    pooled:    [B, D]        y = ln_post(x_cls) @ proj, unnormalized
+    cls_final: [B, W]        final residual stream at CLS (input of ln_post)
+    head_out:  {l: [B, H, Dh]} per-head attention outputs at the CLS query of each traced layer
+    rest_resid:[B, W]        residual-space CLS sum of everything that is not a traced head term:
+                             embedding term + all MLP deltas + attention deltas of untraced layers
+                             + ls_1(b_o) of traced layers
+    """
+
+    pooled: torch.Tensor
+    cls_final: torch.Tensor
+    head_out: dict[int, torch.Tensor]
+    rest_resid: torch.Tensor
+
+
+class ExplicitViT(nn.Module):
+    """open_clip's CLS-token ViT image tower with explicit attention. ``forward(images) -> [B, D]`` unnormalized."""
+
+    def __init__(self, cfg: TowerConfig):
+        super().__init__()
+        self.cfg = cfg
+        w = cfg.width
+        gh, gw = cfg.image_size[0] // cfg.patch_size[0], cfg.image_size[1] // cfg.patch_size[1]
+        self.conv1 = nn.Conv2d(3, w, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False)
+        self.class_embedding = nn.Parameter(torch.zeros(w))
+        self.positional_embedding = nn.Parameter(torch.zeros(gh * gw + 1, w))
+        self.ln_pre = nn.LayerNorm(w, eps=cfg.eps) if cfg.ln_pre else nn.Identity()
+        self.blocks = nn.ModuleList(ExplicitBlock(cfg) for _ in range(cfg.layers))
+        self.ln_post = nn.LayerNorm(w, eps=cfg.eps)
+        self.proj = nn.Parameter(torch.zeros(w, cfg.output_dim)) if cfg.output_dim is not None else None
+
+    # ---- construction -------------------------------------------------------------------------------------------
+    @classmethod
+    def from_open_clip(cls, visual: nn.Module) -> "ExplicitViT":
+        """Copy the weights of an open_clip ``VisionTransformer``; refuse anything that is not a plain CLS-token ViT."""
+        cfg = tower_config_of(visual)
+        tower = cls(cfg).to(dtype=visual.conv1.weight.dtype, device=visual.conv1.weight.device)
+        sd: dict[str, torch.Tensor] = {
+            "conv1.weight": visual.conv1.weight,
+            "class_embedding": visual.class_embedding,
+            "positional_embedding": visual.positional_embedding,
+            "ln_post.weight": visual.ln_post.weight,
+            "ln_post.bias": visual.ln_post.bias,
+        }
+        if cfg.ln_pre:
+            sd.update({"ln_pre.weight": visual.ln_pre.weight, "ln_pre.bias": visual.ln_pre.bias})
+        if cfg.output_dim is not None:
+            sd["proj"] = visual.proj
+        for i, blk in enumerate(visual.transformer.resblocks):
+            p = f"blocks.{i}."
+            sd.update({
+                p + "ln_1.weight": blk.ln_1.weight, p + "ln_1.bias": blk.ln_1.bias,
+                p + "attn.qkv.weight": blk.attn.in_proj_weight, p + "attn.qkv.bias": blk.attn.in_proj_bias,
+                p + "attn.out.weight": blk.attn.out_proj.weight, p + "attn.out.bias": blk.attn.out_proj.bias,
+                p + "ln_2.weight": blk.ln_2.weight, p + "ln_2.bias": blk.ln_2.bias,
+                p + "mlp.0.weight": blk.mlp.c_fc.weight, p + "mlp.0.bias": blk.mlp.c_fc.bias,
+                p + "mlp.2.weight": blk.mlp.c_proj.weight, p + "mlp.2.bias": blk.mlp.c_proj.bias,
+            })
+            if cfg.layer_scale:
+                sd.update({p + "ls_1.gamma": blk.ls_1.gamma, p + "ls_2.gamma": blk.ls_2.gamma})
+        tower.load_state_dict({k: v.detach().clone() for k, v in sd.items()}, strict=True)
+        return tower.eval()
+
+    # ---- forward ------------------------------------------------------------------------------------------------
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> ln_pre([cls; patches] + pos) [B, N, W]."""
+        x = self.conv1(images).flatten(2).transpose(1, 2)  # [B, gh*gw, W]
+        cls_tok = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls_tok, x], dim=1) + self.positional_embedding.to(x.dtype)
+        return self.ln_pre(x)
+
+    def project(self, cls_final: torch.Tensor) -> torch.Tensor:
+        """[B, W] -> y [B, D] = ln_post(x) @ proj."""
+        y = self.ln_post(cls_final)
+        return y @ self.proj if self.proj is not None else y
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> y [B, D], unnormalized (open_clip ``encode_image(normalize=False)``)."""
+        x = self.embed(images)
+        last = len(self.blocks) - 1
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, cls_only=i == last)[0]
+        return self.project(x[:, 0])
+
+    def trace(self, images: torch.Tensor, layers: list[int] | tuple[int, ...]) -> TowerTrace:
+        """Forward that also keeps the CLS-query head outputs of ``layers`` and the residual-space rest term."""
+        wanted = set(layers)
+        x = self.embed(images)
+        rest = x[:, 0].clone()  # embedding term
+        head_out: dict[int, torch.Tensor] = {}
+        last = len(self.blocks) - 1
+        for i, blk in enumerate(self.blocks):
+            before = x[:, 0]
+            x, o, mlp_delta = blk(x, cls_only=i == last)
+            attn_delta = x[:, 0] - mlp_delta[:, 0] - before  # ls_1(W_o o_cls + b_o)
+            if i in wanted:
+                head_out[i] = o[:, :, 0]  # [B, H, Dh]
+                rest = rest + blk.ls_1(blk.attn.out.bias).to(x.dtype) + mlp_delta[:, 0]
+            else:
+                rest = rest + attn_delta + mlp_delta[:, 0]
+        cls_final = x[:, 0]
+        return TowerTrace(self.project(cls_final), cls_final, head_out, rest)
+
+    # ---- folding ln_post and proj into per-head linear maps ----------------------------------------------------
+    def ln_post_sigma(self, cls_final: torch.Tensor) -> torch.Tensor:
+        """Per-sample LayerNorm std of the final CLS stream: sqrt(var(x) + eps) [B] (biased variance, as LN)."""
+        return torch.sqrt(cls_final.var(dim=-1, unbiased=False) + self.cfg.eps)
+
+    def centred_readout(self) -> torch.Tensor:
+        """C diag(g) proj [W, D], C = I - 11^T/W. A residual term r maps to r @ this / sigma.
+
+        TextSpan convention: ln_post(x) @ proj = sum_i (r_i - mean(r_i)) / sigma * g @ proj + b @ proj, i.e. each term
+        is centred by its own feature mean (mean is linear, so this is exact), every term shares the sample's
+        sigma, and the LayerNorm bias b @ proj goes to the rest term.
+        """
+        m = self.ln_post.weight.double()[:, None] * (self.proj.double() if self.proj is not None else
+                                                      torch.eye(self.cfg.width, dtype=torch.float64,
+                                                                device=self.ln_post.weight.device))
+        return m - m.mean(dim=0, keepdim=True)
+
+    def head_readout(self, layers: list[int] | tuple[int, ...]) -> torch.Tensor:
+        """Folded per-head maps A [L, H, Dh, D]: head term c_{l,h} = o_{l,h}^{cls} @ A_{l,h} / sigma (unnormalized y
+        space), A_{l,h} = W_o[:, h]^T diag(gamma_l) C diag(g) proj. Computed in float64, returned in the tower dtype."""
+        cm = self.centred_readout()
+        mats = []
+        for layer in layers:
+            blk = self.blocks[layer]
+            wo = blk.attn.out.weight.double().T  # [W_in, W_out]; rows h*Dh:(h+1)*Dh belong to head h
+            if self.cfg.layer_scale:
+                wo = wo * blk.ls_1.gamma.double()[None, :]
+            mats.append((wo @ cm).reshape(self.cfg.heads, self.cfg.head_dim, -1))
+        return torch.stack(mats).to(self.conv1.weight.dtype)
+
+    def bias_readout(self) -> torch.Tensor:
+        """ln_post bias through proj: b @ proj [D] (belongs to the rest term)."""
+        b = self.ln_post.bias
+        return b @ self.proj if self.proj is not None else b
+
+
+def tower_config_of(visual: nn.Module) -> TowerConfig:
+    """Read a ``TowerConfig`` off an open_clip image tower, or raise one clear line saying why it is unsupported."""
+    from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
+
+    kind = type(visual).__name__
+    if not isinstance(visual, VisionTransformer):
+        raise ClipDebiasError(
+            f"image tower {kind} is not supported: clip-debias needs a plain CLS-token ViT (open_clip VisionTransformer)"
+        )
+    if getattr(visual, "attn_pool", None) is not None:
+        raise ClipDebiasError("image tower uses attentional pooling; only CLS-token pooling (pool_type 'tok') is supported")
+    if getattr(visual, "pool_type", "tok") != "tok":
+        raise ClipDebiasError(f"image tower pools with '{visual.pool_type}'; only CLS-token pooling ('tok') is supported")
+    blocks = list(visual.transformer.resblocks)
+    for blk in blocks:
+        if type(blk) is not ResidualAttentionBlock or not isinstance(blk.attn, nn.MultiheadAttention) \
+                or hasattr(blk, "ln_1_kv") or blk.attn.in_proj_weight is None:
+            raise ClipDebiasError(
+                f"image tower block {type(blk).__name__} is not a plain pre-norm attention block (qk-norm, scaled "
+                "cosine attention and custom blocks are not supported)"
+            )
+    act = type(blocks[0].mlp.gelu).__name__
+    if act not in ("GELU", "QuickGELU"):
+        raise ClipDebiasError(f"image tower activation {act} is not supported (GELU or QuickGELU)")
+    if isinstance(blocks[0].mlp.gelu, nn.GELU) and blocks[0].mlp.gelu.approximate != "none":
+        raise ClipDebiasError("image tower uses tanh-approximated GELU, which is not supported")
+    ln_pre = not isinstance(visual.ln_pre, nn.Identity)
+    return TowerConfig(
+        image_size=tuple(visual.image_size),
+        patch_size=tuple(visual.patch_size),
+        width=visual.conv1.out_channels,
+        layers=len(blocks),
+        heads=blocks[0].attn.num_heads,
+        mlp_width=blocks[0].mlp.c_fc.out_features,
+        output_dim=visual.proj.shape[1] if visual.proj is not None else None,
+        act="quick_gelu" if act == "QuickGELU" else "gelu",
+        layer_scale=not isinstance(blocks[0].ls_1, nn.Identity),
+        ln_pre=ln_pre,
+        eps=visual.ln_post.eps,
+    )
