@@ -1,22 +1,45 @@
 """Dataset indexes (torch-free): which image files belong to a split, with label, group and spurious attribute.
 
-Formats:
-- ``waterbirds``: ``metadata.csv`` with ``img_filename, y, split, place``; split 0/1/2 = train/val/test;
-  group = 2*y + place; classes (landbird, waterbird); attribute = place (land, water).
-- ``celeba``: ``img_align_celeba/``, ``list_attr_celeba`` (.txt or .csv), ``list_eval_partition`` (.txt or .csv);
-  target ``Blond_Hair``, attribute ``Male``, -1/1 -> 0/1, group = 2*y + a.
-- ``csv``: a CSV with ``path,label[,group][,split]`` (paths relative to the CSV's folder).
+``load_index(dataset, data, split)`` reads one of these formats (``data`` is the DATA argument):
 
-Implementation: see ``load_index``. Images are not opened here.
+- ``waterbirds``: DATA is a folder with ``metadata.csv`` (columns ``img_filename, y, split, place``; extra columns
+  such as ``img_id``/``place_filename`` are ignored); split 0/1/2 = train/val/test; group = 2*y + place;
+  classes (landbird, waterbird); attribute ``place`` (land, water). Image paths are relative to DATA.
+- ``celeba``: DATA is a folder with ``img_align_celeba/`` (or Kaggle's nested ``img_align_celeba/img_align_celeba/``),
+  ``list_attr_celeba.txt`` (published: count line, attribute-names line, ``filename v1 ... v40`` rows) or
+  ``list_attr_celeba.csv`` (Kaggle: ``image_id,5_o_Clock_Shadow,...``), and ``list_eval_partition.txt``
+  (``filename partition``) or ``list_eval_partition.csv`` (``image_id,partition``); partition 0/1/2 =
+  train/val/test. Target ``Blond_Hair``, attribute ``Male``, -1/1 -> 0/1, group = 2*y + a.
+- ``csv``: DATA is a ``.csv`` file, or a folder holding ``data.csv``. Columns ``path,label[,group][,split]``:
+
+  - ``path``: image path relative to the CSV's folder (absolute paths are kept as they are);
+  - ``label``: either all integers 0..C-1 (class names from ``classes``, else ``class_0``, ``class_1``, ...) or
+    strings (the class names: sorted, or in the order of ``classes`` when given);
+  - ``group``: optional integer >= 0 (names ``group_0``, ...); without it group = label (names = class names);
+  - ``split``: optional ``train``/``val``/``test``; without the column every row belongs to every split.
+
+  Classes and groups are counted over the whole file, so every split of one CSV gets the same names.
+
+Expected problems raise ``ClipDebiasError`` with one line naming the file, the line and the field. Images are not
+opened here (see ``toolchain.datasets.loader``).
 """
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runtime.errors import ClipDebiasError
+
 SPLITS = ("train", "val", "test")
 FORMATS = ("waterbirds", "celeba", "csv")
+
+WATERBIRDS_CLASSES = ["landbird", "waterbird"]
+WATERBIRDS_ATTRIBUTES = ["land", "water"]
+CELEBA_TARGET, CELEBA_ATTRIBUTE = "Blond_Hair", "Male"
+CELEBA_CLASSES = ["not blond", "blond"]
+CELEBA_ATTRIBUTES = ["female", "male"]
 
 
 @dataclass(frozen=True)
@@ -42,3 +65,225 @@ class DatasetIndex:
 
     def __len__(self) -> int:
         return len(self.records)
+
+
+@dataclass
+class Table:
+    """Rows of a text table as ``(line number, {column: value})``, values stripped; ``path`` names it in errors."""
+
+    path: Path
+    columns: list[str]
+    rows: list[tuple[int, dict[str, str]]]
+
+    def where(self, line: int, column: str) -> str:
+        """``FILE line N: column 'C'``, the start of an error about one value."""
+        return f"{self.path} line {line}: column '{column}'"
+
+
+def load_index(dataset: str, data: Path, split: str, *, classes: list[str] | None = None) -> DatasetIndex:
+    """The records of ``split`` (train/val/test) of ``dataset`` (one of ``FORMATS``) stored at ``data``.
+    ``classes`` names (and for string labels orders) the classes of a ``csv`` dataset."""
+    data = Path(data)
+    if dataset not in FORMATS:
+        raise ClipDebiasError(f"dataset format '{dataset}' is unknown (expected one of: {', '.join(FORMATS)})")
+    if split not in SPLITS:
+        raise ClipDebiasError(f"split '{split}' is unknown (expected one of: {', '.join(SPLITS)})")
+    if not data.exists():
+        raise ClipDebiasError(f"{data}: not found (expected the {dataset} dataset)")
+    if classes is not None and dataset != "csv":
+        raise ClipDebiasError(f"class names are fixed for the {dataset} format; give classes only for the csv format")
+    loaders = {"waterbirds": _load_waterbirds, "celeba": _load_celeba, "csv": _load_csv}
+    index = loaders[dataset](data, split, classes)
+    if not index.records:
+        raise ClipDebiasError(f"{data}: split '{split}' of the {dataset} dataset has no images")
+    return index
+
+
+# ---- shared parsing -------------------------------------------------------------------------------------------
+
+
+def _require_file(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise ClipDebiasError(f"{path}: not found (expected {what})")
+    return path
+
+
+def _first_existing(folder: Path, names: tuple[str, ...], what: str) -> Path:
+    """The first of ``folder/name`` that exists."""
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    raise ClipDebiasError(f"{folder}: neither {' nor '.join(names)} found (expected {what})")
+
+
+def _check_columns(table: Table, required: tuple[str, ...]) -> None:
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise ClipDebiasError(
+            f"{table.path}: missing column '{missing[0]}' (expected columns {', '.join(required)}; "
+            f"found {', '.join(table.columns[:8]) or 'none'}{', ...' if len(table.columns) > 8 else ''})"
+        )
+
+
+def _table(path: Path, columns: list[str], lines: list[tuple[int, list[str]]]) -> Table:
+    """A ``Table`` from split lines; every line must have one value per column."""
+    rows = []
+    for line, values in lines:
+        if len(values) != len(columns):
+            raise ClipDebiasError(f"{path} line {line}: expected {len(columns)} fields, got {len(values)}")
+        rows.append((line, dict(zip(columns, values))))
+    return Table(path, columns, rows)
+
+
+def read_csv(path: Path, required: tuple[str, ...]) -> Table:
+    """A comma-separated file with a header line holding at least the ``required`` columns."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            lines = [(reader.line_num, [v.strip() for v in row]) for row in reader if row]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ClipDebiasError(f"{path}: cannot read CSV ({e})") from e
+    if not lines:
+        raise ClipDebiasError(f"{path}: empty file (expected a header line with columns {', '.join(required)})")
+    table = _table(path, lines[0][1], lines[1:])
+    _check_columns(table, required)
+    return table
+
+
+def read_whitespace(path: Path, required: tuple[str, ...], *, columns: list[str] | None = None,
+                    skip: int = 0) -> Table:
+    """A whitespace-separated file whose rows start with an image file name (column ``filename``): ``skip`` lines
+    ignored, then a header line naming the other columns unless ``columns`` names them."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ClipDebiasError(f"{path}: cannot read ({e})") from e
+    lines = [(n, s.split()) for n, s in enumerate(text.splitlines(), 1) if n > skip and s.strip()]
+    if columns is None:
+        if not lines:
+            raise ClipDebiasError(f"{path}: empty file (expected a header line naming the columns)")
+        columns, lines = lines[0][1], lines[1:]
+    table = _table(path, ["filename", *columns], lines)
+    _check_columns(table, required)
+    return table
+
+
+def parse_int(table: Table, line: int, column: str, value: str, allowed: tuple[int, ...] | None = None) -> int:
+    """``value`` as an int (one of ``allowed`` when given; else >= 0), or an error naming file, line and column."""
+    try:
+        n = int(value)
+        if n in allowed if allowed is not None else n >= 0:
+            return n
+    except ValueError:
+        pass
+    expected = " or ".join(map(str, allowed)) if allowed is not None else "an integer >= 0"
+    raise ClipDebiasError(f"{table.where(line, column)} must be {expected}, got '{value}'")
+
+
+def parse_partition(table: Table, line: int, column: str, value: str) -> str:
+    """A 0/1/2 partition value as the split name train/val/test."""
+    return SPLITS[parse_int(table, line, column, value, (0, 1, 2))]
+
+
+def pair_groups(class_names: list[str], attribute_names: list[str]) -> list[str]:
+    """Names of groups ``2*y + a`` for binary class y and attribute a: ``class/attribute``."""
+    return [f"{c}/{a}" for c in class_names for a in attribute_names]
+
+
+# ---- formats ---------------------------------------------------------------------------------------------------
+
+
+def _load_waterbirds(data: Path, split: str, classes: list[str] | None) -> DatasetIndex:
+    path = _require_file(data / "metadata.csv", "the Waterbirds metadata with columns img_filename, y, split, place")
+    table = read_csv(path, ("img_filename", "y", "split", "place"))
+    records = []
+    for line, row in table.rows:
+        if parse_partition(table, line, "split", row["split"]) != split:
+            continue
+        y = parse_int(table, line, "y", row["y"], (0, 1))
+        place = parse_int(table, line, "place", row["place"], (0, 1))
+        records.append(ImageRecord(data / row["img_filename"], y, 2 * y + place, place))
+    return DatasetIndex(
+        "waterbirds", data, split, records, list(WATERBIRDS_CLASSES),
+        pair_groups(WATERBIRDS_CLASSES, WATERBIRDS_ATTRIBUTES), "place", list(WATERBIRDS_ATTRIBUTES),
+    )
+
+
+def _celeba_table(data: Path, stem: str, what: str, required: tuple[str, ...], txt_columns: list[str] | None,
+                  txt_skip: int) -> tuple[Table, str]:
+    """``stem``.txt (published) or ``stem``.csv (Kaggle) as a table, and the name of its image file column."""
+    path = _first_existing(data, (f"{stem}.txt", f"{stem}.csv"), what)
+    if path.suffix == ".csv":
+        return read_csv(path, ("image_id", *required)), "image_id"
+    return read_whitespace(path, required, columns=txt_columns, skip=txt_skip), "filename"
+
+
+def _load_celeba(data: Path, split: str, classes: list[str] | None) -> DatasetIndex:
+    images = data / "img_align_celeba"
+    if (images / "img_align_celeba").is_dir():  # Kaggle's archive nests the folder
+        images = images / "img_align_celeba"
+    if not images.is_dir():
+        raise ClipDebiasError(f"{images}: not found (expected the CelebA image folder)")
+    parts, part_key = _celeba_table(data, "list_eval_partition", "the CelebA partition file", ("partition",),
+                                    ["partition"], 0)
+    split_of = {row[part_key]: parse_partition(parts, line, "partition", row["partition"]) for line, row in parts.rows}
+    attrs, attr_key = _celeba_table(data, "list_attr_celeba", "the CelebA attribute file",
+                                    (CELEBA_TARGET, CELEBA_ATTRIBUTE), None, 1)
+    records = []
+    for line, row in attrs.rows:
+        name = row[attr_key]
+        if name not in split_of:
+            raise ClipDebiasError(f"{parts.path}: no partition for '{name}' (listed in {attrs.path} line {line})")
+        if split_of[name] != split:
+            continue
+        y = (parse_int(attrs, line, CELEBA_TARGET, row[CELEBA_TARGET], (-1, 1)) + 1) // 2
+        a = (parse_int(attrs, line, CELEBA_ATTRIBUTE, row[CELEBA_ATTRIBUTE], (-1, 1)) + 1) // 2
+        records.append(ImageRecord(images / name, y, 2 * y + a, a))
+    return DatasetIndex(
+        "celeba", data, split, records, list(CELEBA_CLASSES),
+        pair_groups(CELEBA_CLASSES, CELEBA_ATTRIBUTES), CELEBA_ATTRIBUTE, list(CELEBA_ATTRIBUTES),
+    )
+
+
+def _class_ids(table: Table, classes: list[str] | None) -> tuple[list[int], list[str]]:
+    """The class id of every row of a csv-format table, and the class names (see the module docstring)."""
+    values = [(line, row["label"]) for line, row in table.rows]
+    for line, v in values:
+        if not v:
+            raise ClipDebiasError(f"{table.where(line, 'label')} is empty (expected a class id or name)")
+    if all(v.isascii() and v.isdigit() for _, v in values):
+        ids = [int(v) for _, v in values]
+        count = max(ids, default=-1) + 1
+        if classes is None:
+            return ids, [f"class_{i}" for i in range(count)]
+        for (line, v), i in zip(values, ids):
+            if i >= len(classes):
+                raise ClipDebiasError(f"{table.where(line, 'label')} must be below {len(classes)} "
+                                      f"(the number of class names given), got '{v}'")
+        return ids, list(classes)
+    names = list(classes) if classes is not None else sorted({v for _, v in values})
+    position = {n: i for i, n in enumerate(names)}
+    for line, v in values:
+        if v not in position:
+            raise ClipDebiasError(f"{table.where(line, 'label')} must be one of the class names "
+                                  f"({', '.join(names)}), got '{v}'")
+    return [position[v] for _, v in values], names
+
+
+def _load_csv(data: Path, split: str, classes: list[str] | None) -> DatasetIndex:
+    path = _require_file(data / "data.csv", "a CSV with columns path,label[,group][,split]") if data.is_dir() else data
+    table = read_csv(path, ("path", "label"))
+    ids, class_names = _class_ids(table, classes)
+    has_group, has_split = "group" in table.columns, "split" in table.columns
+    groups = [parse_int(table, line, "group", row["group"]) for line, row in table.rows] if has_group else ids
+    records = []
+    for (line, row), label, group in zip(table.rows, ids, groups):
+        if has_split and row["split"] not in SPLITS:
+            raise ClipDebiasError(f"{table.where(line, 'split')} must be one of {', '.join(SPLITS)}, "
+                                  f"got '{row['split']}'")
+        if not row["path"]:
+            raise ClipDebiasError(f"{table.where(line, 'path')} is empty (expected an image path)")
+        if not has_split or row["split"] == split:
+            records.append(ImageRecord(path.parent / row["path"], label, group))
+    group_names = [f"group_{g}" for g in range(max(groups, default=-1) + 1)] if has_group else list(class_names)
+    return DatasetIndex("csv", path.parent, split, records, class_names, group_names)

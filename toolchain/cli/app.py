@@ -16,6 +16,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+@app.callback()
+def _root() -> None:
+    """decompose -> locate -> build -> export -> verify. Each command's --help says what it reads and writes."""
+
+
 # One module per stage, each defining register(app: typer.Typer) -> None. Order = order in --help.
 COMMAND_MODULES = (
     "toolchain.cli.decompose_cmd",

@@ -83,6 +83,11 @@ class LoadedClip:
         return self.model.encode_text(tokens, normalize=normalize)
 
 
+def _first_sentence(e: Exception, limit: int = 240) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
@@ -105,7 +110,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except ClipDebiasError:
         raise
     except Exception as e:  # corrupt or foreign file
-        raise ClipDebiasError(f"{path}: cannot read weights ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+        raise ClipDebiasError(f"{path}: cannot read weights ({type(e).__name__}: {_first_sentence(e)})") from e
     if isinstance(sd, dict) and "state_dict" in sd:
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not sd:
@@ -141,7 +146,7 @@ def load_clip(
         if pretrained:
             raise ClipDebiasError(
                 f"--pretrained {pretrained}: could not download the weights for {name} "
-                f"({str(e).splitlines()[0][:160]}); offline, pass a local checkpoint with --weights FILE"
+                f"({_first_sentence(e)}); offline, pass a local checkpoint with --weights FILE"
             ) from e
         raise
     identity = ModelIdentity(name=name, pretrained=pretrained or None)
@@ -155,9 +160,13 @@ def load_clip(
             what = (f"missing {missing[:3]}" if missing else "") + (f" unexpected {unexpected[:3]}" if unexpected else "")
             raise ClipDebiasError(f"{weights}: weights do not fit --model {name} ({what.strip()})")
         identity = ModelIdentity(name=name, weights_sha256=sha256_file(weights), weights_file=Path(weights).name)
+    from toolchain.models.tower import tower_config_of
+
+    tower_config_of(model.visual)  # refuse non-ViT / non-CLS towers now, with one clear line
     model = model.to(device=device, dtype=dtype).eval()
     cfg = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
-    cfg["size"] = list(cfg.get("size", model.visual.image_size))
+    size = cfg.get("size", model.visual.image_size)
+    cfg["size"] = [size, size] if isinstance(size, int) else list(size)
     return LoadedClip(
         model=model,
         preprocess=preprocess,

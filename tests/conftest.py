@@ -1,0 +1,30 @@
+"""Shared fixtures: random-weight models (no pretrained weights exist on our machines), loaded once per session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip():
+    """Random-weight tiny ViT CLIP (4 layers x 4 heads, width 64, D 32, 32x32 images)."""
+    import torch
+
+    from toolchain.models.loading import load_clip
+
+    torch.manual_seed(0)
+    return load_clip("clipdebias-tiny")
+
+
+@pytest.fixture(scope="session")
+def vitb32_clip():
+    import torch
+
+    from toolchain.models.loading import load_clip
+
+    torch.manual_seed(0)
+    return load_clip("ViT-B-32")

@@ -1,0 +1,49 @@
+"""``clip-debias decompose``: dataset split -> per-head contributions cache (safetensors)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from toolchain.cli.options import (BatchOpt, DataOpt, DatasetOpt, DeviceOpt, DtypeOpt, ModelOpt, PretrainedOpt,
+                                   SplitOpt, WeightsOpt, load_model)
+
+
+def decompose(
+    model: ModelOpt,
+    dataset: DatasetOpt,
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", help="Output .safetensors cache.")],
+    split: SplitOpt = "train",
+    pretrained: PretrainedOpt = None,
+    weights: WeightsOpt = None,
+    layers: Annotated[int, typer.Option("--layers", help="Decompose the last N layers.")] = 4,
+    batch_size: BatchOpt = 32,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "fp32",
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images; list them in OUT.skipped.txt.")] = False,
+    classes: Annotated[Optional[str], typer.Option("--classes", help="csv datasets: comma-separated class names.")] = None,
+) -> None:
+    """Write heads [N, L, H, D], rest [N, D], labels, groups (and attributes) of one split: the exact per-head
+    decomposition of the normalized CLS embedding (heads.sum + rest == encode_image(x, normalize=True))."""
+    from runtime.datasets import load_index
+    from toolchain.decompose.cache import save_cache
+    from toolchain.decompose.contributions import resolve_layers
+    from toolchain.decompose.run import decompose_dataset
+
+    index = load_index(dataset, data, split, classes=classes.split(",") if classes else None)
+    clip = load_model(model, pretrained, weights, device, dtype)
+    chosen = resolve_layers(len(clip.model.visual.transformer.resblocks), last=layers)
+    skipped_log = out.with_suffix(".skipped.txt") if skip_bad else None
+    cache = decompose_dataset(clip, index, chosen, batch_size=batch_size, device=device, skip_bad=skip_bad,
+                              skipped_log=skipped_log)
+    save_cache(out, cache)
+    n, l, h, d = cache.heads.shape
+    typer.echo(f"wrote {out}: {n} images of {dataset}/{split}, layers {chosen} x {h} heads, D={d} "
+               f"({clip.identity.describe()})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("decompose")(decompose)

@@ -1,0 +1,196 @@
+"""Batches of preprocessed images for a ``DatasetIndex`` (torch).
+
+Each image is opened with PIL and passed, as opened, through the model's own ``preprocess`` (open_clip's eval
+transform, which converts to RGB itself). Unreadable images stop the run with one line, or with ``skip_bad`` are
+left out, listed in ``skipped_log`` and counted on stderr.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch.utils.data import DataLoader, Dataset
+
+from runtime.datasets import DatasetIndex, ImageRecord
+from toolchain.errors import ClipDebiasError
+
+
+@dataclass
+class Batch:
+    """Preprocessed images [B, 3, H, W] with their labels, groups and attributes (None when the dataset has none),
+    image paths, and ``indices`` into ``index.records``."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    groups: torch.Tensor
+    attributes: torch.Tensor | None
+    paths: list[str]
+    indices: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+@dataclass
+class _Item:
+    """One image: its position in the index, the preprocessed tensor, or why it could not be read."""
+
+    index: int
+    image: torch.Tensor | None
+    error: str | None
+
+
+@dataclass
+class _Chunk:
+    """A DataLoader batch: the items that loaded and the (index, reason) of those that did not."""
+
+    indices: list[int]
+    images: torch.Tensor | None
+    failures: list[tuple[int, str]]
+
+
+def read_image(path: Path) -> Image.Image:
+    """The image at ``path``, fully decoded; ``OSError``/``ValueError`` from PIL when it cannot be."""
+    with Image.open(path) as im:
+        im.load()
+        return im
+
+
+def _reason(e: Exception) -> str:
+    """Why an image could not be read, short and without the path."""
+    if isinstance(e, FileNotFoundError):
+        return "file not found"
+    if isinstance(e, UnidentifiedImageError):
+        return "not an image PIL can identify"
+    message = str(e).splitlines()[0][:200] if str(e) else ""
+    return f"{type(e).__name__}: {message}" if message else type(e).__name__
+
+
+class _ImageDataset(Dataset):
+    """Item i = record i of the index, read and preprocessed (or the reason it could not be read)."""
+
+    def __init__(self, records: list[ImageRecord], preprocess: Callable) -> None:
+        self.records = records
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> _Item:
+        try:
+            image = read_image(self.records[i].path)
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            return _Item(i, None, _reason(e))
+        return _Item(i, self.preprocess(image), None)
+
+
+def _collate(items: list[_Item]) -> _Chunk:
+    ok = [it for it in items if it.image is not None]
+    return _Chunk(
+        indices=[it.index for it in ok],
+        images=torch.stack([it.image for it in ok]) if ok else None,
+        failures=[(it.index, it.error) for it in items if it.image is None],
+    )
+
+
+@dataclass
+class BatchIterator(Iterator[Batch]):
+    """Iterates the batches of one pass over ``index``; afterwards ``kept``/``skipped`` say which records loaded."""
+
+    index: DatasetIndex
+    preprocess: Callable
+    batch_size: int = 32
+    skip_bad: bool = False
+    skipped_log: Path | None = None
+    progress: bool = True
+    workers: int = 0
+    kept: list[int] = field(default_factory=list, init=False)  # indices into index.records, in batch order
+    skipped: list[tuple[str, str]] = field(default_factory=list, init=False)  # (path, reason)
+
+    def __post_init__(self) -> None:
+        self._batches = self._run()
+
+    def __next__(self) -> Batch:
+        return next(self._batches)
+
+    def loaded_records(self) -> list[ImageRecord]:
+        """The records whose images were loaded so far, in the order of the batches."""
+        return [self.index.records[i] for i in self.kept]
+
+    def _run(self) -> Iterator[Batch]:
+        records = self.index.records
+        loader = DataLoader(
+            _ImageDataset(records, self.preprocess), batch_size=self.batch_size, shuffle=False,
+            num_workers=self.workers, collate_fn=_collate,
+        )
+        console = Console(stderr=True)
+        with Progress(
+            TextColumn(f"{self.index.dataset}/{self.index.split}"), BarColumn(), MofNCompleteColumn(),
+            TimeRemainingColumn(), console=console, transient=True,
+            disable=not (self.progress and console.is_terminal),
+        ) as bar:
+            task = bar.add_task("batches", total=len(loader))
+            for chunk in loader:
+                for i, reason in chunk.failures:
+                    path = str(records[i].path)
+                    if not self.skip_bad:
+                        raise ClipDebiasError(f"{path}: cannot read image ({reason})")
+                    self.skipped.append((path, reason))
+                if chunk.images is not None:
+                    self.kept.extend(chunk.indices)
+                    yield self._batch(chunk)
+                bar.advance(task)
+        self._finish(console)
+
+    def _batch(self, chunk: _Chunk) -> Batch:
+        kept = [self.index.records[i] for i in chunk.indices]
+        has_attributes = all(r.attribute is not None for r in kept)
+        return Batch(
+            images=chunk.images,
+            labels=torch.tensor([r.label for r in kept], dtype=torch.long),
+            groups=torch.tensor([r.group for r in kept], dtype=torch.long),
+            attributes=torch.tensor([r.attribute for r in kept], dtype=torch.long) if has_attributes else None,
+            paths=[str(r.path) for r in kept],
+            indices=torch.tensor(chunk.indices, dtype=torch.long),
+        )
+
+    def _finish(self, console: Console) -> None:
+        """Write the skipped list and report its length; no image at all is an error."""
+        if self.skipped_log is not None and self.skip_bad:
+            self.skipped_log.parent.mkdir(parents=True, exist_ok=True)
+            self.skipped_log.write_text("".join(f"{p}\t{r}\n" for p, r in self.skipped), encoding="utf-8")
+        where = f" (listed in {self.skipped_log})" if self.skipped_log is not None else ""
+        if self.skipped:
+            console.print(f"skipped {len(self.skipped)} unreadable image(s) of {len(self.index)}{where}",
+                          highlight=False, markup=False, soft_wrap=True)
+        if self.index.records and not self.kept:
+            raise ClipDebiasError(
+                f"{self.index.root}: none of the {len(self.index)} images of split '{self.index.split}' "
+                f"could be read{where}"
+            )
+
+
+def iter_batches(
+    index: DatasetIndex,
+    preprocess: Callable,
+    batch_size: int = 32,
+    skip_bad: bool = False,
+    skipped_log: Path | None = None,
+    progress: bool = True,
+    workers: int = 0,
+) -> BatchIterator:
+    """Batches of ``index`` in record order, each image opened with PIL and passed through ``preprocess``.
+
+    An unreadable image raises ``ClipDebiasError("<path>: cannot read image (<reason>)")``; with ``skip_bad`` it is
+    left out, and at the end the skipped ``path<TAB>reason`` lines go to ``skipped_log`` (when given) and their
+    count to stderr. The returned iterator's ``kept``/``loaded_records()`` align outputs with records."""
+    if batch_size < 1:
+        raise ClipDebiasError(f"batch size must be >= 1, got {batch_size}")
+    return BatchIterator(index, preprocess, batch_size, skip_bad, Path(skipped_log) if skipped_log else None,
+                         progress, workers)
