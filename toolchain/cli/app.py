@@ -1,21 +1,58 @@
 """Entry point of ``clip-debias``. Commands import torch lazily, so ``clip-debias verify`` works on the torch-free
-base install. Expected errors (``ClipDebiasError``) print one line and exit 2."""
+base install.
+
+Errors a user can cause print ONE line on stderr, never a traceback: ``ClipDebiasError`` (bad file, field or value)
+and usage errors (missing option, unparsable value) as ``error: ...`` with exit code 2; Ctrl-C exits 130.
+"""
 
 from __future__ import annotations
 
 import importlib
 import sys
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
+
+from runtime.errors import ClipDebiasError
+
+
+class OneLineErrorsGroup(TyperGroup):
+    """Runs every command with ``standalone_mode=False`` and turns expected errors into one line + exit code."""
+
+    def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        command = next((a for a in argv if not a.startswith("-")), "")
+        try:
+            rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except ClipDebiasError as e:
+            typer.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except typer.Abort:
+            typer.echo("aborted", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            sys.exit(130)
+        except typer.TyperException as e:  # click usage errors (typer vendors click)
+            msg = " ".join(str(e.format_message()).split())
+            where = f"clip-debias {command}".strip()
+            typer.echo(f"error: {where}: {msg} (see {where} --help)", err=True)
+            sys.exit(getattr(e, "exit_code", 2))
+        if standalone_mode:
+            sys.exit(rv if isinstance(rv, int) else 0)
+        return rv
+
 
 app = typer.Typer(
     name="clip-debias",
+    cls=OneLineErrorsGroup,
     help="Decompose, locate, correct, export and verify a debiased open_clip ViT classifier.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
 
 
 @app.callback()
@@ -31,6 +68,7 @@ COMMAND_MODULES = (
     "toolchain.cli.evaluate_cmd",
     "toolchain.cli.export_cmd",
     "toolchain.cli.verify_cmd",
+    "toolchain.cli.demo_cmd",
     "toolchain.cli.lab_cmd",
     "toolchain.cli.explain_cmd",
 )
@@ -44,30 +82,8 @@ for _mod in COMMAND_MODULES:
 
 
 def main() -> None:
-    """Run the app; expected errors become one line on stderr and exit code 2."""
-    from toolchain.errors import ClipDebiasError
-
-    try:
-        rc = app(standalone_mode=False)
-    except ClipDebiasError as e:
-        typer.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    except SystemExit:
-        raise
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
-    except Exception as e:  # click usage errors etc.
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(1)
-        raise
-    if isinstance(rc, int) and rc:
-        sys.exit(rc)
+    """Console script ``clip-debias``."""
+    app()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,430 @@
+"""Inference backends for an artifact: ONNX Runtime (CPU / CUDA) and TensorRT (lazy, optional).
+
+Every backend maps a validated float32 batch [N, 3, H, W] to ``(logits [N, C], embedding [N, D])`` float32 and is
+safe to call from several threads at once (no mutable state shared between calls).
+
+Choice (``select_backend``), ``backend="auto"``:
+  TensorRT if ``model.plan`` of the wanted precision is listed, ``tensorrt`` + a CUDA device are available and
+  ``device`` is auto/cuda; else ONNX Runtime CUDA if onnxruntime has ``CUDAExecutionProvider`` and device is
+  auto/cuda; else ONNX Runtime CPU (device auto/cpu). Asking for ``device="cuda"`` and ending up on the CPU is an
+  error; only ``device="auto"`` may fall back.
+
+ONNX Runtime graph optimization level per (device, precision) -- see ``ort_optimization_level``: fp32 at
+``ORT_ENABLE_ALL``; fp16 never at ALL, because onnxruntime 1.31 was seen to segfault while creating an fp16 CPU
+session there: ``ORT_ENABLE_BASIC`` on the CPU (which has no fp16 GEMM anyway: fp16 on CPU saves memory, not time),
+``ORT_ENABLE_EXTENDED`` when CUDA is wanted. On the CPU an ``onnx-ort`` file (``model.ort.onnx``) is preferred for
+fp32 when listed; on CUDA the plain ``model.onnx`` (the ORT-optimized graph may hold CPU-only fused nodes).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from runtime.errors import ArtifactError, ClipDebiasError
+from runtime.manifest import MANIFEST_NAME, Manifest, ModelFile, TensorSpec
+
+BACKENDS = ("auto", "onnxruntime", "tensorrt")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "fp16")
+OUTPUTS = ("logits", "embedding")
+
+
+class BackendError(ClipDebiasError):
+    """The requested backend/device/precision cannot be provided on this machine (missing package, no GPU...)."""
+
+
+class Backend(Protocol):
+    name: str  # "onnxruntime" | "tensorrt"
+    device: str  # "cpu" | "cuda" (what actually runs, after any allowed fallback)
+    precision: str
+    model_file: ModelFile
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """float32 [N, 3, H, W] (validated, C-contiguous) -> (logits [N, C], embedding [N, D]) float32."""
+        ...
+
+    def info(self) -> dict[str, Any]:
+        """What runs: backend, device, precision, file, providers/options."""
+        ...
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+# --------------------------------------------------------------------------------------------------------------
+# graph I/O vs manifest
+# --------------------------------------------------------------------------------------------------------------
+_ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+               "tensor(int64)": "int64", "tensor(int32)": "int32"}
+_DTYPE_ALIASES = {"float": "float32", "fp32": "float32", "half": "float16", "fp16": "float16", "double": "float64"}
+
+
+def _norm_dtype(dtype: str) -> str:
+    d = str(dtype).lower()
+    return _ORT_DTYPES.get(d, _DTYPE_ALIASES.get(d, d))
+
+
+def check_graph_io(
+    file: Path, kind: str, specs: list[TensorSpec], graph: list[tuple[str, str, list[Any]]]
+) -> None:
+    """``graph``: (name, dtype, shape) of the model's inputs or outputs (dims: int, or str/None/-1 for dynamic).
+    Names must be the same sets; dtypes equal; a fixed manifest dim must equal the graph dim, a named (dynamic)
+    manifest dim must not be fixed in the graph. Raises a one-line ``ArtifactError``."""
+    got = {name: (dtype, shape) for name, dtype, shape in graph}
+    want = {t.name: t for t in specs}
+    if set(got) != set(want):
+        raise ArtifactError(
+            f"{file}: graph {kind} {sorted(got)} do not match {MANIFEST_NAME} field '{kind}' {sorted(want)}"
+        )
+    for name, spec in want.items():
+        dtype, shape = got[name]
+        if _norm_dtype(dtype) != _norm_dtype(spec.dtype):
+            raise ArtifactError(
+                f"{file}: graph {kind[:-1]} '{name}' has dtype {_norm_dtype(dtype)}, {MANIFEST_NAME} says {spec.dtype}"
+            )
+        if len(shape) != len(spec.shape):
+            raise ArtifactError(
+                f"{file}: graph {kind[:-1]} '{name}' has shape {shape}, {MANIFEST_NAME} says {spec.shape}"
+            )
+        for g, m in zip(shape, spec.shape):
+            g_fixed = isinstance(g, int) and g >= 0
+            if (isinstance(m, int) and g_fixed and g != m) or (isinstance(m, str) and g_fixed):
+                raise ArtifactError(
+                    f"{file}: graph {kind[:-1]} '{name}' has shape {shape}, {MANIFEST_NAME} says {spec.shape}"
+                )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# ONNX Runtime
+# --------------------------------------------------------------------------------------------------------------
+def ort_optimization_level(device: str, precision: str) -> Any:
+    """Graph optimization level. fp32: ENABLE_ALL. fp16: never ENABLE_ALL (ORT 1.31 segfaults creating fp16 CPU
+    sessions there) -- ENABLE_BASIC on the CPU, ENABLE_EXTENDED when CUDA is wanted (keeps the CUDA attention /
+    LayerNorm / GELU fusions; ALL only adds CPU layout transforms, and a session that silently falls back to the
+    CPU must not be built at ALL)."""
+    import onnxruntime as ort
+
+    if precision == "fp16":
+        return ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if device == "cpu" else ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    return ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+
+def ort_has_cuda() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+@dataclass
+class OrtBackend:
+    """ONNX Runtime session over one model file. ``InferenceSession.run`` is thread-safe; on CUDA each call makes its
+    own IO binding (input copied host->device once, outputs left on device then copied back)."""
+
+    path: Path
+    model_file: ModelFile
+    manifest: Manifest
+    device: str  # requested: cpu | cuda | auto
+    precision: str
+    intra_op_threads: int | None = None
+    device_id: int = 0
+    name: str = field(default="onnxruntime", init=False)
+    providers: list[str] = field(default_factory=list, init=False)
+    session: Any = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        import onnxruntime as ort
+
+        want_cuda = self.device in ("cuda", "auto") and ort_has_cuda()
+        if self.device == "cuda" and not want_cuda:
+            raise BackendError(
+                "device 'cuda': this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu) "
+                f"-- available: {', '.join(ort.get_available_providers())}"
+            )
+        run_on = "cuda" if want_cuda else "cpu"
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort_optimization_level(run_on, self.precision)
+        so.log_severity_level = 3  # errors only; the providers check below reports fallbacks
+        if self.intra_op_threads:
+            so.intra_op_num_threads = int(self.intra_op_threads)
+        providers: list[Any] = ["CPUExecutionProvider"]
+        if want_cuda:
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": self.device_id}))
+        try:
+            self.session = ort.InferenceSession(str(self.path), so, providers=providers)
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise ArtifactError(f"{self.path}: onnxruntime cannot load the model ({_first_line(e)})") from None
+        self.providers = list(self.session.get_providers())
+        on_cuda = "CUDAExecutionProvider" in self.providers
+        if want_cuda and not on_cuda and self.device == "cuda":
+            raise BackendError(
+                f"{self.path}: asked for device 'cuda' but onnxruntime created a session on {self.providers} "
+                "(no usable GPU / CUDA or cuDNN libraries missing)"
+            )
+        self.device = "cuda" if on_cuda else "cpu"
+        check_graph_io(
+            self.path, "inputs", self.manifest.inputs,
+            [(i.name, i.type, list(i.shape)) for i in self.session.get_inputs()],
+        )
+        check_graph_io(
+            self.path, "outputs", self.manifest.outputs,
+            [(o.name, o.type, list(o.shape)) for o in self.session.get_outputs()],
+        )
+        self._input = self.manifest.inputs[0].name
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.device == "cuda":
+            return self._run_cuda(batch)
+        logits, emb = self.session.run(list(OUTPUTS), {self._input: batch})
+        return logits, emb
+
+    def _run_cuda(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """IO binding, one per call (binding objects are not shared between threads). UNTESTED here (no GPU)."""
+        io = self.session.io_binding()
+        io.bind_cpu_input(self._input, batch)
+        for name in OUTPUTS:
+            io.bind_output(name, "cuda", self.device_id)
+        self.session.run_with_iobinding(io)
+        logits, emb = io.copy_outputs_to_cpu()
+        return logits, emb
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "device": self.device,
+            "precision": self.precision,
+            "file": self.model_file.path,
+            "providers": self.providers,
+            "graph_optimization_level": str(self.session.get_session_options().graph_optimization_level),
+        }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# TensorRT (UNVERIFIED: written against the TensorRT 10 Python API + cuda-python; no GPU/TensorRT where it was written)
+# --------------------------------------------------------------------------------------------------------------
+def _cudart() -> Any:
+    """cuda-python's runtime module (``cuda.bindings.runtime`` in cuda-python >= 12.6, ``cuda.cudart`` before)."""
+    try:
+        from cuda.bindings import runtime as cudart  # type: ignore[import-not-found]
+    except ImportError:
+        from cuda import cudart  # type: ignore[import-not-found,no-redef]
+    return cudart
+
+
+def tensorrt_available() -> bool:
+    """``tensorrt`` and cuda-python importable and at least one CUDA device visible."""
+    try:
+        import tensorrt  # type: ignore[import-not-found]  # noqa: F401
+
+        cudart = _cudart()
+        err, count = cudart.cudaGetDeviceCount()
+        return int(err) == 0 and count > 0
+    except Exception:
+        return False
+
+
+def _cuda_check(result: Any, what: str) -> Any:
+    """cuda-python calls return (err, *values); raise on a non-zero error."""
+    err, *rest = result if isinstance(result, tuple) else (result,)
+    if int(err) != 0:
+        raise BackendError(f"CUDA error in {what}: {err}")
+    return rest[0] if len(rest) == 1 else (tuple(rest) if rest else None)
+
+
+class _TrtThreadState:
+    """Per-thread execution context, stream and device buffers (a TensorRT context is not thread-safe)."""
+
+    def __init__(self, engine: Any, cudart: Any) -> None:
+        self.context = engine.create_execution_context()
+        if self.context is None:
+            raise BackendError("TensorRT could not create an execution context (out of GPU memory?)")
+        self.stream = _cuda_check(cudart.cudaStreamCreate(), "cudaStreamCreate")
+        self.buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, capacity bytes)
+        self.cudart = cudart
+
+    def buffer(self, name: str, nbytes: int) -> int:
+        ptr, cap = self.buffers.get(name, (0, 0))
+        if cap < nbytes:
+            if ptr:
+                _cuda_check(self.cudart.cudaFree(ptr), "cudaFree")
+            ptr = int(_cuda_check(self.cudart.cudaMalloc(nbytes), "cudaMalloc"))
+            self.buffers[name] = (ptr, nbytes)
+        return ptr
+
+    def __del__(self) -> None:  # best effort
+        try:
+            for ptr, _ in self.buffers.values():
+                self.cudart.cudaFree(ptr)
+            self.cudart.cudaStreamDestroy(self.stream)
+        except Exception:
+            pass
+
+
+@dataclass
+class TensorRTBackend:
+    """A serialized TensorRT 10 engine (``model.plan``), run with ``execute_async_v3`` on a per-thread context.
+    UNVERIFIED: no GPU / tensorrt was available when this was written; ORT is the tested path."""
+
+    path: Path
+    model_file: ModelFile
+    manifest: Manifest
+    precision: str
+    device_id: int = 0
+    name: str = field(default="tensorrt", init=False)
+    device: str = field(default="cuda", init=False)
+
+    def __post_init__(self) -> None:
+        try:
+            import tensorrt as trt  # type: ignore[import-not-found]
+        except ImportError:
+            raise BackendError("backend 'tensorrt': the tensorrt package is not installed (pip install tensorrt)") from None
+        try:
+            self._cudart = _cudart()
+        except ImportError:
+            raise BackendError("backend 'tensorrt': cuda-python is not installed (pip install cuda-python)") from None
+        if not tensorrt_available():
+            raise BackendError("backend 'tensorrt': no CUDA device visible")
+        _cuda_check(self._cudart.cudaSetDevice(self.device_id), "cudaSetDevice")
+        self._trt = trt
+        self._logger = trt.Logger(trt.Logger.ERROR)
+        self._runtime = trt.Runtime(self._logger)
+        engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if engine is None:
+            built = ""
+            try:  # exporters write model.plan.json: {tensorrt, gpu name, compute capability, ...}
+                import json
+
+                side = json.loads(self.path.with_name(self.path.name + ".json").read_text())
+                built = f" (built with TensorRT {side.get('tensorrt', '?')} for {side.get('gpu', side.get('gpu_name', '?'))})"
+            except Exception:
+                pass
+            raise ArtifactError(
+                f"{self.path}: TensorRT {trt.__version__} cannot deserialize this engine{built}; "
+                "rebuild the plan on this machine (clip-debias export tensorrt)"
+            )
+        self._engine = engine
+        io: dict[str, list[tuple[str, str, list[Any]]]] = {"inputs": [], "outputs": []}
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            mode = "inputs" if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else "outputs"
+            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name))).name
+            io[mode].append((name, dtype, [d if d >= 0 else "dynamic" for d in engine.get_tensor_shape(name)]))
+        check_graph_io(self.path, "inputs", self.manifest.inputs, io["inputs"])
+        check_graph_io(self.path, "outputs", self.manifest.outputs, io["outputs"])
+        self._input = self.manifest.inputs[0].name
+        try:
+            _, _, max_shape = engine.get_tensor_profile_shape(self._input, 0)
+            self.max_batch = int(max_shape[0])
+        except Exception:
+            self.max_batch = 0
+        self._local = threading.local()
+
+    def _state(self) -> _TrtThreadState:
+        state = getattr(self._local, "state", None)
+        if state is None:
+            _cuda_check(self._cudart.cudaSetDevice(self.device_id), "cudaSetDevice")
+            state = self._local.state = _TrtThreadState(self._engine, self._cudart)
+        return state
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from runtime.errors import InputError
+
+        if self.max_batch and batch.shape[0] > self.max_batch:
+            raise InputError(f"batch of {batch.shape[0]} exceeds the TensorRT engine's max batch {self.max_batch}")
+        cudart, st = self._cudart, self._state()
+        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        if not st.context.set_input_shape(self._input, tuple(batch.shape)):
+            raise BackendError(f"TensorRT refused input shape {list(batch.shape)}")
+        in_ptr = st.buffer(self._input, batch.nbytes)
+        _cuda_check(cudart.cudaMemcpyAsync(in_ptr, batch.ctypes.data, batch.nbytes, h2d, st.stream), "cudaMemcpyAsync")
+        st.context.set_tensor_address(self._input, in_ptr)
+        outs: dict[str, np.ndarray] = {}
+        for name in OUTPUTS:
+            shape = tuple(st.context.get_tensor_shape(name))
+            dtype = np.dtype(self._trt.nptype(self._engine.get_tensor_dtype(name)))
+            outs[name] = np.empty(shape, dtype=dtype)
+            st.context.set_tensor_address(name, st.buffer(name, outs[name].nbytes))
+        if not st.context.execute_async_v3(int(st.stream)):
+            raise BackendError("TensorRT execute_async_v3 failed")
+        for name, arr in outs.items():
+            _cuda_check(
+                cudart.cudaMemcpyAsync(arr.ctypes.data, st.buffers[name][0], arr.nbytes, d2h, st.stream),
+                "cudaMemcpyAsync",
+            )
+        _cuda_check(cudart.cudaStreamSynchronize(st.stream), "cudaStreamSynchronize")
+        return outs["logits"].astype(np.float32, copy=False), outs["embedding"].astype(np.float32, copy=False)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "device": self.device,
+            "precision": self.precision,
+            "file": self.model_file.path,
+            "tensorrt": self._trt.__version__,
+            "max_batch": self.max_batch,
+        }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# selection
+# --------------------------------------------------------------------------------------------------------------
+def _listed(manifest: Manifest, kind: str, precision: str, root: Path) -> ModelFile:
+    mf = manifest.file(kind, precision)
+    if mf is None:
+        have = ", ".join(f"{f.path} ({f.kind}, {f.precision})" for f in manifest.files)
+        raise ArtifactError(f"{root / MANIFEST_NAME}: no {kind} {precision} model listed in 'files' (has: {have})")
+    return mf
+
+
+def select_backend(
+    root: Path,
+    manifest: Manifest,
+    backend: str = "auto",
+    device: str = "auto",
+    precision: str = "fp32",
+    *,
+    intra_op_threads: int | None = None,
+    use_ort_optimized: bool = True,
+    check_sha256: bool = True,
+) -> Backend:
+    """Pick and open the backend (see the module docstring). Hashes the chosen model file before opening it."""
+    if backend not in BACKENDS:
+        raise BackendError(f"backend {backend!r} is not one of {BACKENDS}")
+    if device not in DEVICES:
+        raise BackendError(f"device {device!r} is not one of {DEVICES}")
+    if precision not in PRECISIONS:
+        raise BackendError(f"precision {precision!r} is not one of {PRECISIONS}")
+    manifest.check_files(root, verify=[])  # every listed file exists
+
+    def verified(mf: ModelFile) -> ModelFile:
+        if check_sha256:
+            manifest.check_files(root, verify=[mf])
+        return mf
+
+    plan = manifest.file("tensorrt", precision)
+    if backend == "tensorrt" or (
+        backend == "auto" and device in ("auto", "cuda") and plan is not None and tensorrt_available()
+    ):
+        if device == "cpu":
+            raise BackendError("backend 'tensorrt' needs device 'cuda' (or 'auto'), got 'cpu'")
+        try:
+            import tensorrt  # type: ignore[import-not-found]  # noqa: F401
+        except ImportError:
+            raise BackendError("backend 'tensorrt': the tensorrt package is not installed (pip install tensorrt)") from None
+        mf = verified(_listed(manifest, "tensorrt", precision, root))
+        return TensorRTBackend(root / mf.path, mf, manifest, precision)
+
+    on_cuda = device == "cuda" or (device == "auto" and ort_has_cuda())
+    if precision == "fp16":
+        mf = _listed(manifest, "onnx", "fp16", root)
+    elif not on_cuda and use_ort_optimized and manifest.file("onnx-ort", "fp32") is not None:
+        mf = _listed(manifest, "onnx-ort", "fp32", root)  # CPU-optimized graph: CPU only
+    else:
+        mf = _listed(manifest, "onnx", "fp32", root)
+    return OrtBackend(root / verified(mf).path, mf, manifest, device, precision, intra_op_threads)

@@ -1,0 +1,220 @@
+"""``runtime.load(artifact) -> Classifier``: a debiased zero-shot classifier from an exported artifact, torch-free.
+
+Shapes: images are preprocessed to float32 [3, H, W] (``Classifier.preprocess``), batched to [N, 3, H, W];
+the graph returns ``logits`` [N, C] (C = ``len(class_names)``, already scaled as exported) and ``embedding`` [N, D].
+``classify`` adds ``probabilities = softmax(logits)`` over the C classes.
+
+Input policy of ``predict_logits`` / ``embed`` on arrays: a numpy array of rank 4 with (channels, H, W) equal to the
+manifest's; float32 is used as is, other floating dtypes (float16/float64) are cast to float32 (the graph's input
+type -- this is the precision the model computes in anyway); integer/bool/other dtypes are refused (they are almost
+certainly un-normalized pixels); NaN/Inf (also after the cast) are refused. Each refusal is one ``InputError`` line.
+All methods are safe to call from several threads at once.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from runtime.backends import Backend, select_backend
+from runtime.errors import ArtifactError, InputError
+from runtime.manifest import MANIFEST_NAME, Manifest
+from runtime.preprocess import Preprocessor
+
+
+@dataclass
+class Prediction:
+    """One image's result: the top class and the softmax over all classes."""
+
+    label: str
+    index: int
+    probabilities: np.ndarray  # [C] float32, sums to 1
+    logits: np.ndarray  # [C] float32
+
+    def scores(self, class_names: Sequence[str]) -> dict[str, float]:
+        return {c: float(p) for c, p in zip(class_names, self.probabilities)}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax over the last axis, computed stably in float64, returned as float32."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _check_contract(root: Path, m: Manifest) -> tuple[str, tuple[int, int, int]]:
+    """The artifact contract: one input [batch, 3, H, W] with (H, W) = preprocessing.size; outputs ``logits``
+    [batch, C = len(class_names)] and ``embedding`` [batch, D]. Returns (input name, (3, H, W))."""
+    src = root / MANIFEST_NAME
+    if len(m.inputs) != 1:
+        raise ArtifactError(f"{src}: field 'inputs' must list exactly one input (the image), got {len(m.inputs)}")
+    spec = m.inputs[0]
+    h, w = (int(s) for s in m.preprocessing.size)
+    if len(spec.shape) != 4 or list(spec.shape[1:]) != [3, h, w]:
+        raise ArtifactError(
+            f"{src}: field 'inputs[0].shape' is {spec.shape}, expected [batch, 3, {h}, {w}] (preprocessing.size)"
+        )
+    if spec.dtype not in ("float32", "float"):
+        raise ArtifactError(f"{src}: field 'inputs[0].dtype' is {spec.dtype!r}, expected 'float32'")
+    for name in ("logits", "embedding"):
+        t = m.tensor(name)
+        if t is None:
+            raise ArtifactError(f"{src}: field 'outputs' has no '{name}' (has {[o.name for o in m.outputs]})")
+        if len(t.shape) != 2:
+            raise ArtifactError(f"{src}: field 'outputs' '{name}' shape {t.shape} must be [batch, n]")
+    n_cls = m.tensor("logits").shape[1]  # type: ignore[union-attr]
+    if isinstance(n_cls, int) and n_cls != len(m.class_names):
+        raise ArtifactError(
+            f"{src}: 'logits' has {n_cls} columns but field 'class_names' lists {len(m.class_names)} classes"
+        )
+    return spec.name, (3, h, w)
+
+
+class Classifier:
+    """A loaded artifact. Build with ``runtime.load``."""
+
+    def __init__(self, root: Path, manifest: Manifest, backend: Backend, preprocessor: Preprocessor,
+                 input_shape: tuple[int, int, int]) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.backend = backend
+        self.preprocessor = preprocessor
+        self.input_shape = input_shape  # (3, H, W)
+
+    # -- description ------------------------------------------------------------------------------------------
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.manifest.class_names)
+
+    @property
+    def group_names(self) -> list[str]:
+        return list(self.manifest.group_names)
+
+    def info(self) -> dict[str, Any]:
+        """What runs: artifact path, backend, device, precision, model file, providers."""
+        return {"artifact": str(self.root), **self.backend.info()}
+
+    def __repr__(self) -> str:
+        b = self.backend
+        return (f"Classifier({str(self.root)!r}, backend={b.name!r}, device={b.device!r}, precision={b.precision!r}, "
+                f"classes={len(self.manifest.class_names)})")
+
+    # -- preprocessing ----------------------------------------------------------------------------------------
+    def preprocess(self, image: Image.Image | str | os.PathLike[str] | np.ndarray) -> np.ndarray:
+        """PIL image / path / uint8 HxWxC array -> float32 [3, H, W], open_clip's eval transform."""
+        return self.preprocessor(image)
+
+    def preprocess_batch(self, images: Iterable[Any]) -> np.ndarray:
+        """Images -> float32 [N, 3, H, W]."""
+        return self.preprocessor.batch(images)
+
+    # -- inference --------------------------------------------------------------------------------------------
+    def check_batch(self, batch: Any) -> np.ndarray:
+        """Validate a preprocessed batch (see the module docstring); returns float32 C-contiguous [N, 3, H, W]."""
+        c, h, w = self.input_shape
+        if not isinstance(batch, np.ndarray):
+            raise InputError(f"input must be a numpy array [N, {c}, {h}, {w}] float32, got {type(batch).__name__}")
+        if batch.ndim != 4:
+            hint = " (add a batch axis: x[None])" if batch.shape == (c, h, w) else ""
+            raise InputError(f"input has shape {list(batch.shape)} (rank {batch.ndim}); expected [N, {c}, {h}, {w}]{hint}")
+        if tuple(batch.shape[1:]) != (c, h, w):
+            raise InputError(
+                f"input has shape {list(batch.shape)}; expected [N, {c}, {h}, {w}] (channels, height, width of the artifact)"
+            )
+        if batch.shape[0] == 0:
+            raise InputError(f"input batch is empty (shape {list(batch.shape)})")
+        if batch.dtype != np.float32:
+            if not np.issubdtype(batch.dtype, np.floating):
+                raise InputError(
+                    f"input dtype {batch.dtype} is not floating point; expected float32 normalized pixels "
+                    "(use Classifier.preprocess / classify for raw images)"
+                )
+            with np.errstate(over="ignore"):
+                batch = batch.astype(np.float32)
+        finite = np.isfinite(batch)
+        if not finite.all():
+            bad = int(batch.size - np.count_nonzero(finite))
+            first = int(np.argwhere(~finite)[0][0])
+            raise InputError(f"input contains {bad} NaN/Inf value(s) (first in batch item {first})")
+        return np.ascontiguousarray(batch)
+
+    def run(self, batch: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Validated batch -> (logits [N, C], embedding [N, D]) float32."""
+        return self.backend.run(self.check_batch(batch))
+
+    def predict_logits(self, batch: Any) -> np.ndarray:
+        """float32 [N, 3, H, W] -> logits [N, C]."""
+        return self.run(batch)[0]
+
+    def _as_batch(self, x: Any) -> np.ndarray:
+        if isinstance(x, np.ndarray) and x.ndim == 4:
+            return x
+        if isinstance(x, (Image.Image, str, os.PathLike)) or (isinstance(x, np.ndarray) and x.ndim in (2, 3) and x.dtype == np.uint8):
+            return self.preprocessor.batch([x])
+        if isinstance(x, np.ndarray):
+            return x  # let check_batch name the problem
+        return self.preprocessor.batch(list(x))
+
+    def embed(self, images: Any, batch_size: int = 32) -> np.ndarray:
+        """A preprocessed batch [N, 3, H, W], or images (PIL/paths, one or a list) -> embedding [N, D] float32."""
+        return np.concatenate([self.run(b)[1] for b in self._chunks(images, batch_size)])
+
+    def classify(self, images: Any, batch_size: int = 32) -> list[Prediction]:
+        """Images (PIL/paths/uint8 arrays, one or a list) or a preprocessed batch -> one ``Prediction`` per image:
+        ``index = argmax(logits)``, ``probabilities = softmax(logits)``."""
+        logits = np.concatenate([self.run(b)[0] for b in self._chunks(images, batch_size)])
+        probs = softmax(logits)
+        names = self.manifest.class_names
+        return [
+            Prediction(label=names[int(i)], index=int(i), probabilities=p, logits=lg)
+            for i, p, lg in zip(probs.argmax(axis=1), probs, logits)
+        ]
+
+    def _chunks(self, images: Any, batch_size: int) -> Iterable[np.ndarray]:
+        if batch_size <= 0:
+            raise InputError(f"batch_size must be positive, got {batch_size}")
+        if isinstance(images, np.ndarray) or isinstance(images, (Image.Image, str, os.PathLike)):
+            yield self._as_batch(images)
+            return
+        items = list(images)
+        if not items:
+            raise InputError("no images given")
+        for i in range(0, len(items), batch_size):
+            yield self._as_batch(items[i : i + batch_size])
+
+
+def load(
+    artifact: str | os.PathLike[str],
+    backend: str = "auto",
+    device: str = "auto",
+    precision: str = "fp32",
+    *,
+    intra_op_threads: int | None = None,
+    use_ort_optimized: bool = True,
+    check_sha256: bool = True,
+) -> Classifier:
+    """Open an artifact directory: validate ``manifest.json`` (format version, fields, contract), check that every
+    listed file exists, hash the model file to be loaded (sha256), open the backend and check the graph's inputs and
+    outputs against the manifest. Any problem is a one-line ``ArtifactError`` (or ``BackendError`` when the
+    machine cannot provide the backend/device).
+
+    backend: auto | onnxruntime | tensorrt. device: auto | cpu | cuda (only auto may fall back to the CPU).
+    precision: fp32 | fp16 (fp16 needs ``model.fp16.onnx`` or an fp16 plan)."""
+    root = Path(artifact)
+    manifest = Manifest.load(root)
+    _, input_shape = _check_contract(root, manifest)
+    try:
+        pre = Preprocessor.from_manifest(manifest.preprocessing)
+    except ValueError as e:
+        raise ArtifactError(f"{root / MANIFEST_NAME}: field 'preprocessing': {e}") from None
+    b = select_backend(
+        root, manifest, backend, device, precision,
+        intra_op_threads=intra_op_threads, use_ort_optimized=use_ort_optimized, check_sha256=check_sha256,
+    )
+    return Classifier(root, manifest, b, pre, input_shape)
