@@ -1,0 +1,210 @@
+"""The README's main job, offline: the shipped bias-lab model on freshly generated lab data, through every stage.
+
+make-data -> decompose (val, test) -> locate (val; minority groups from the train split's group counts)
+-> choose the correction on val -> build -> export ONNX (debiased and plain zero-shot) -> verify both on test
+-> probe each head's terms for the background.
+
+Hyper-parameters (which correction ships) are chosen on val only; test is touched by evaluation alone.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from runtime.datasets import load_index
+from toolchain.decompose.cache import DecompositionCache, save_cache
+
+LAB_DIR = Path(__file__).parent / "lab"
+LAB_MODEL = "clipdebias-lab"
+LAB_WEIGHTS = LAB_DIR / "weights" / "clipdebias-lab.safetensors"
+RECIPE = LAB_DIR / "recipe.json"
+
+# correction variants the demo may ship, as (compare_methods row name, BuildOptions overrides)
+VARIANTS: dict[str, dict[str, Any]] = {
+    "ablate only": {"ablate": True, "project": False, "classifier": "zeroshot"},
+    "ablate + project": {"ablate": True, "project": True, "classifier": "zeroshot"},
+    "PerceptionCLIP": {"ablate": False, "project": False, "classifier": "perception"},
+    "LTC + PerceptionCLIP": {"ablate": True, "project": True, "classifier": "perception"},
+}
+MAX_AVG_DROP = 0.02  # a shipped correction may cost at most 2 points of average accuracy on val
+
+
+@dataclass
+class DemoSummary:
+    """What the demo measured; saved as ``demo.json`` (and ``compare.json`` for ``clip-debias report``)."""
+
+    data: dict[str, Any]
+    plan: dict[str, Any]
+    chosen: str
+    val_rows: list[dict[str, Any]]
+    test_rows: list[dict[str, Any]]
+    verify: dict[str, dict[str, Any]]
+    probe: list[dict[str, Any]]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def lab_data_args(quick: bool) -> dict[str, Any]:
+    """The make-data arguments of the shipped recipe (smaller val/test for ``quick``)."""
+    args: dict[str, Any] = {}
+    if RECIPE.is_file():
+        recipe = json.loads(RECIPE.read_text())
+        args = dict(recipe.get("make_data", {}).get("args", recipe.get("make_data_args", {})))
+    args.pop("out", None)
+    if quick:
+        args.update(n_train=400, n_val=240, n_test=240)
+    return args
+
+
+def choose_variant(val_rows: list[Any]) -> str:
+    """On val: the variant with the best worst-group accuracy whose average accuracy is within ``MAX_AVG_DROP`` of
+    zero-shot (if none is, the best worst-group one)."""
+    by_name = {r.method: r.report for r in val_rows}
+    zs = by_name["zero-shot"].accuracy
+    names = [n for n in VARIANTS if n in by_name]
+    ok = [n for n in names if by_name[n].accuracy >= zs - MAX_AVG_DROP] or names
+    return max(ok, key=lambda n: (by_name[n].worst_group_accuracy, by_name[n].accuracy))
+
+
+def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any = None) -> DemoSummary:
+    """Run the whole pipeline into ``out`` and return the summary (also printed when ``console`` is given)."""
+    from exporters.onnx_export import export_onnx
+    from runtime.verify import Thresholds, verify
+    from toolchain.correct.build import BuildOptions, build_classifier
+    from toolchain.correct.classifier import plain_classifier
+    from toolchain.correct.defaults import attribute_pairs_for, contexts_for
+    from toolchain.decompose.contributions import resolve_layers
+    from toolchain.decompose.run import decompose_dataset
+    from toolchain.evaluate import compare_methods
+    from toolchain.lab.data import make_lab_data
+    from toolchain.locate.groups import minority_from_counts
+    from toolchain.locate.heatmap import save_heatmap
+    from toolchain.locate.ltc import locate_cache
+    from toolchain.locate.probe import attribute_probe, margin_background_auc
+    from toolchain.models.loading import load_clip
+
+    say = console.print if console is not None else (lambda *a, **k: None)
+    out.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal t0
+        times[name] = round(time.perf_counter() - t0, 2)
+        t0 = time.perf_counter()
+
+    data = out / "data"
+    args = lab_data_args(quick)
+    if not (data / "metadata.csv").is_file():
+        say(f"[bold]1/7 make-data[/bold] -> {data} {args}")
+        make_lab_data(data, **args)
+    lap("make_data")
+
+    say(f"[bold]2/7 decompose[/bold] {LAB_MODEL} ({LAB_WEIGHTS.name}) on val and test")
+    torch.manual_seed(0)
+    clip = load_clip(LAB_MODEL, weights=LAB_WEIGHTS)
+    layers = resolve_layers(len(clip.model.visual.transformer.resblocks), last=4)
+    caches: dict[str, DecompositionCache] = {}
+    for split in ("val", "test"):
+        caches[split] = decompose_dataset(clip, load_index("waterbirds", data, split), layers,
+                                          batch_size=batch_size, progress=console is not None)
+        save_cache(out / f"{split}.safetensors", caches[split])
+    lap("decompose")
+
+    say("[bold]3/7 locate[/bold] on val; minority groups from the train split's group counts")
+    train = load_index("waterbirds", data, "train")
+    minority = minority_from_counts(torch.tensor([r.label for r in train.records]),
+                                    torch.tensor([r.group for r in train.records]), train.group_names, "train split")
+    plan = locate_cache(caches["val"], clip, minority_groups=minority.groups)
+    plan.save(out / "plan.json")
+    save_heatmap(plan, out / "plan.png")
+    lap("locate")
+
+    say("[bold]4/7 choose the correction on val[/bold], then build it")
+    contexts, pairs = contexts_for("defaults", "waterbirds"), attribute_pairs_for("defaults", "waterbirds")
+    rows = {split: compare_methods(caches[split], plan, caches["val"], clip, contexts=contexts, attribute_pairs=pairs)
+            for split in ("val", "test")}
+    chosen = choose_variant(rows["val"])
+    options = BuildOptions(contexts=contexts, attribute_pairs=pairs, **VARIANTS[chosen])
+    debiased = build_classifier(plan, caches["val"], clip, options)
+    debiased.save(out / "model")
+    plain = plain_classifier(clip, plan.class_names, caches["val"].group_names)
+    plain.save(out / "model-zeroshot")
+    lap("build")
+
+    say("[bold]5/7 export ONNX[/bold] (parity-gated)")
+    artifacts = {"debiased": export_onnx(out / "model", out / "artifact"),
+                 "zero-shot": export_onnx(out / "model-zeroshot", out / "artifact-zeroshot")}
+    lap("export")
+
+    say("[bold]6/7 verify[/bold] both artifacts on test with the torch-free runtime")
+    reports = {name: verify(path, "waterbirds", data, "test", batch_size=batch_size, thresholds=Thresholds(),
+                            progress=False).to_dict()
+               for name, path in artifacts.items()}
+    (out / "report.json").write_text(json.dumps(reports["debiased"], indent=2))
+    lap("verify")
+
+    say("[bold]7/7 probe[/bold] each head's terms for the background (test split)")
+    from toolchain.models.text import class_text_matrix
+
+    probe_acc = attribute_probe(caches["val"], caches["test"])  # linear probe: fit on val, score on test
+    auc = margin_background_auc(caches["test"], class_text_matrix(clip, plan.class_names))
+    spurious = set(plan.spurious_heads())
+    probe = sorted(({"layer": layers[i], "head": h, "margin_background_auc": round(float(auc[i, h]), 4),
+                     "linear_probe_accuracy": round(float(probe_acc[i, h]), 4), "spurious": (layers[i], h) in spurious}
+                    for i in range(auc.shape[0]) for h in range(auc.shape[1])),
+                   key=lambda r: -r["margin_background_auc"])
+    lap("probe")
+
+    summary = DemoSummary(
+        data={"dir": str(data), **args}, plan=plan.summary(), chosen=chosen,
+        val_rows=[r.to_dict() for r in rows["val"]], test_rows=[r.to_dict() for r in rows["test"]],
+        verify=reports, probe=probe, seconds=times,
+    )
+    (out / "demo.json").write_text(json.dumps(asdict(summary), indent=2))
+    (out / "compare.json").write_text(json.dumps(summary.test_rows, indent=2))
+    if console is not None:
+        print_summary(summary, console)
+    return summary
+
+
+def print_summary(s: DemoSummary, console: Any) -> None:
+    """The before/after table, the located heads with their probe accuracy, and the artifact latency."""
+    from rich.table import Table
+
+    pct = lambda x: f"{100 * x:5.1f}"  # noqa: E731
+    t = Table(title="Bias lab, test split (balanced): cached terms, torch")
+    for col in ("method", "average acc %", "worst-group acc %", "worst group"):
+        t.add_column(col)
+    for r in s.test_rows:
+        t.add_row(r["method"] + (" (shipped)" if r["method"] == s.chosen else ""), pct(r["accuracy"]),
+                  pct(r["worst_group_accuracy"]), r["worst_group"])
+    console.print(t)
+    v = Table(title="clip-debias verify on the exported ONNX (torch-free runtime, test split)")
+    for col in ("artifact", "average acc %", "worst-group acc %", "p50 ms/batch", "p95 ms/batch", "images/s"):
+        v.add_column(col)
+    for name, r in s.verify.items():
+        v.add_row(name, pct(r["accuracy"]), pct(r["worst_group_accuracy"]), f"{r['latency_ms']['p50']:.1f}",
+                  f"{r['latency_ms']['p95']:.1f}", f"{r['throughput_per_s']:.0f}")
+    console.print(v)
+    d, z = s.verify["debiased"], s.verify["zero-shot"]
+    console.print(f"worst-group accuracy {pct(z['worst_group_accuracy'])} -> {pct(d['worst_group_accuracy'])} "
+                  f"({100 * (d['worst_group_accuracy'] - z['worst_group_accuracy']):+.1f} points); average "
+                  f"{pct(z['accuracy'])} -> {pct(d['accuracy'])} ({100 * (d['accuracy'] - z['accuracy']):+.1f} points)")
+    rank = {(r["layer"], r["head"]): i + 1 for i, r in enumerate(s.probe)}
+    p = Table(title="Does locate find the background heads? Heads ranked by how much their class vote follows the "
+                    "background (test)")
+    for col in ("rank", "(layer, head)", "margin-background AUC", "linear probe acc %", "located as"):
+        p.add_column(col)
+    salient = {tuple(h) for h in s.plan.get("salient", [])}
+    for r in s.probe[:8] + [r for r in s.probe[8:] if r["spurious"]]:
+        key = (r["layer"], r["head"])
+        p.add_row(str(rank[key]), f"({key[0]}, {key[1]})", f"{r['margin_background_auc']:.3f}",
+                  pct(r["linear_probe_accuracy"]), "spurious" if r["spurious"] else ("salient" if key in salient else ""))
+    console.print(p)
+    console.print(f"timings (s): {s.seconds}")
