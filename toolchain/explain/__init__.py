@@ -1,0 +1,104 @@
+"""Explain: TextSpan head descriptions, token heat maps, B2T keyword discovery and the static HTML report.
+
+This module holds what the explain commands share: choosing heads from ``--heads`` (a ``plan.json`` or
+``L:H,L:H``) or ``--layers``. Heads are always absolute ``(layer, head)`` pairs (0 = first block).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from toolchain.errors import ClipDebiasError
+
+ROLES = ("spurious", "salient")
+
+
+def _entry_head(entry: Any) -> tuple[int, int] | None:
+    """A plan entry as (layer, head): ``[l, h]``, ``{"head": [l, h]}`` or ``{"layer": l, "head": h}``; else None."""
+    if isinstance(entry, dict):
+        if isinstance(entry.get("head"), (list, tuple)):
+            entry = entry["head"]
+        elif "layer" in entry and "head" in entry:
+            entry = [entry["layer"], entry["head"]]
+    if isinstance(entry, (list, tuple)) and len(entry) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                     for v in entry):
+        return int(entry[0]), int(entry[1])
+    return None
+
+
+def read_plan(path: str | Path) -> dict[str, Any]:
+    """The raw JSON object of a locate plan; one clear line when it is missing or not an object."""
+    path = Path(path)
+    if not path.is_file():
+        raise ClipDebiasError(f"{path}: plan not found (write one with 'clip-debias locate')")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ClipDebiasError(f"{path}: not a JSON plan ({e})") from e
+    if not isinstance(raw, dict):
+        raise ClipDebiasError(f"{path}: not a plan (expected a JSON object with 'spurious'/'salient' lists)")
+    return raw
+
+
+def plan_heads(path: str | Path) -> dict[tuple[int, int], str]:
+    """{(layer, head): role} of a plan's ``spurious`` then ``salient`` entries, in plan order (first role wins)."""
+    raw = read_plan(path)
+    out: dict[tuple[int, int], str] = {}
+    for role in ROLES:
+        entries = raw.get(role, [])
+        if not isinstance(entries, list):
+            raise ClipDebiasError(f"{path}: field '{role}' must be a list of heads")
+        for entry in entries:
+            head = _entry_head(entry)
+            if head is None:
+                raise ClipDebiasError(f"{path}: {role} entry {entry!r} is not [layer, head] or {{'head': [l, h]}}")
+            out.setdefault(head, role)
+    return out
+
+
+def parse_head_list(value: str) -> list[tuple[int, int]]:
+    """'11:3,11:5' -> [(11, 3), (11, 5)]."""
+    heads = []
+    for part in (p.strip() for p in value.split(",") if p.strip()):
+        layer, sep, head = part.partition(":")
+        try:
+            heads.append((int(layer), int(head)))
+        except ValueError:
+            raise ClipDebiasError(f"--heads: '{part}' is not LAYER:HEAD (e.g. 11:3), nor a plan.json") from None
+        if not sep:
+            raise ClipDebiasError(f"--heads: '{part}' is not LAYER:HEAD (e.g. 11:3)")
+    return heads
+
+
+def parse_layers(value: str) -> list[int]:
+    """'10,11' -> [10, 11]."""
+    try:
+        return [int(p) for p in value.split(",") if p.strip()]
+    except ValueError:
+        raise ClipDebiasError(f"--layers: '{value}' is not a comma-separated list of layer indices") from None
+
+
+def select_heads(heads: str | None, layers: str | None, n_layers: int, n_heads: int,
+                 default_layers: list[int]) -> tuple[list[tuple[int, int]], dict[tuple[int, int], str]]:
+    """(heads, roles) from ``--heads plan.json | L:H,...`` or ``--layers l,...`` (negative counts from the end), else
+    every head of ``default_layers``. Roles come from a plan (empty otherwise)."""
+    if heads and layers:
+        raise ClipDebiasError("--heads and --layers are exclusive: give one")
+    roles: dict[tuple[int, int], str] = {}
+    if heads:
+        if heads.endswith(".json") or Path(heads).is_file():
+            roles = plan_heads(heads)
+            chosen = list(roles)
+            if not chosen:
+                raise ClipDebiasError(f"{heads}: the plan lists no spurious or salient heads")
+        else:
+            chosen = parse_head_list(heads)
+    else:
+        picked = [l + n_layers if l < 0 else l for l in (parse_layers(layers) if layers else default_layers)]
+        chosen = [(l, h) for l in picked for h in range(n_heads)]
+    bad = [h for h in chosen if not (0 <= h[0] < n_layers and 0 <= h[1] < n_heads)]
+    if bad:
+        raise ClipDebiasError(f"heads {bad} out of range ({n_layers} layers x {n_heads} heads)")
+    return list(dict.fromkeys(chosen)), roles

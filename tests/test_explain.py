@@ -1,0 +1,348 @@
+"""Explain: TextSpan on constructed data, exact token heat maps, B2T scores, the pool, the report page, CLI smoke."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from toolchain.decompose.cache import DecompositionCache, save_cache
+from toolchain.decompose.contributions import Decomposer
+from toolchain.errors import ClipDebiasError
+from toolchain.explain import plan_heads, select_heads
+from toolchain.explain.b2t import (ClassKeywords, KeywordScore, attribute_prompts, keyword_scores, rank_class,
+                                   zero_shot_predictions)
+from toolchain.explain.pool import POOL_FILE, VOCAB_FILE, generate_pool, generate_vocab, load_pool
+from toolchain.explain.report import build_report
+from toolchain.explain.textspan import auto_rank, explain_heads, textspan
+from toolchain.explain.tokens import token_terms
+from toolchain.models.tower import ExplicitViT
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(x, dim=-1)
+
+
+# ---- TextSpan ---------------------------------------------------------------------------------------------------
+
+def _constructed_head(seed: int = 0, n: int = 400, d: int = 32, m: int = 300, noise: float = 0.01):
+    """Head terms = sum_k s_k z_k t_{known_k} + noise, with z ~ N(0, 1): the known pool texts explain variance
+    s_k^2 (before overlap), largest first."""
+    g = torch.Generator().manual_seed(seed)
+    texts = _unit(torch.randn(m, d, generator=g))
+    known, scales = [17, 203, 5, 88], [4.0, 2.5, 1.5, 1.0]
+    terms = sum(s * torch.randn(n, 1, generator=g) * texts[i] for i, s in zip(known, scales))
+    return terms + noise * torch.randn(n, d, generator=g) + 0.3, texts, known  # + a constant offset (centred away)
+
+
+@pytest.mark.parametrize("rank", [None, 8, 32])
+def test_textspan_returns_known_directions_in_order(rank):
+    terms, texts, known = _constructed_head()
+    chosen, shares, r, total = textspan(terms, texts, k=6, rank=rank)
+    assert chosen[:4] == known
+    assert shares[:4] == sorted(shares[:4], reverse=True)
+    assert sum(shares[:4]) > 0.99 and sum(shares) <= 1 + 1e-9
+    c = terms.double() - terms.double().mean(0)
+    assert total == pytest.approx(float((c ** 2).sum(1).mean()))
+    assert r == (rank or 4)  # auto rank: 4 directions hold > 99% of the variance
+
+
+def test_textspan_directions_are_removed():
+    """After k picks no chosen text is picked again and the shares equal the variance along orthonormal directions."""
+    terms, texts, _ = _constructed_head(seed=1, noise=0.2)
+    chosen, shares, _, total = textspan(terms, texts, k=10, rank=32)
+    assert len(set(chosen)) == len(chosen) == 10
+    c = terms.double() - terms.double().mean(0)
+    t = _unit(texts.double()) - _unit(texts.double()).mean(0)
+    basis = torch.zeros(0, 32, dtype=torch.float64)
+    for i, share in zip(chosen, shares):  # Gram-Schmidt of the chosen (centred) texts reproduces each share
+        u = t[i] - basis.T @ (basis @ t[i])
+        u = u / u.norm()
+        assert float(((c @ u) ** 2).mean()) / total == pytest.approx(share, rel=1e-6, abs=1e-12)
+        basis = torch.cat([basis, u[None]])
+
+
+def test_auto_rank_and_errors():
+    assert auto_rank(torch.tensor([10.0, 2.0, 0.1])) == 2 and auto_rank(torch.tensor([10.0, 0.5, 0.1])) == 1
+    assert auto_rank(torch.tensor([1.0, 0.0])) == 1
+    with pytest.raises(ClipDebiasError, match="same D"):
+        textspan(torch.randn(5, 4), torch.randn(3, 5), k=1)
+
+
+def test_explain_heads_maps_absolute_layers():
+    terms, texts, known = _constructed_head()
+    heads = torch.zeros(400, 2, 3, 32)
+    heads[:, 1, 2] = terms
+    spans = explain_heads(heads, [6, 7], [(7, 2)], [f"t{i}" for i in range(300)], texts, k=2, roles={(7, 2): "spurious"})
+    assert [e.text for e in spans[0].entries] == [f"t{known[0]}", f"t{known[1]}"] and spans[0].role == "spurious"
+    with pytest.raises(ClipDebiasError, match=r"\[5, 0\] is not in the cache"):
+        explain_heads(heads, [6, 7], [(5, 0)], ["a"], texts[:1], k=1)
+
+
+def test_pool_embedding_cache(tmp_path, tiny_clip):
+    from toolchain.explain.textspan import cached_pool_embeddings
+
+    path = tmp_path / "pool.safetensors"
+    first = cached_pool_embeddings(tiny_clip, ["a dog.", "a cat."], path)
+    assert torch.allclose(first.norm(dim=-1), torch.ones(2), atol=1e-5)
+    mtime = path.stat().st_mtime_ns
+    assert torch.equal(cached_pool_embeddings(tiny_clip, ["a dog.", "a cat."], path), first)
+    assert path.stat().st_mtime_ns == mtime  # reused, not rewritten
+    assert cached_pool_embeddings(tiny_clip, ["a dog.", "a cat.", "a cow."], path).shape[0] == 3  # other texts
+
+
+# ---- token heat maps --------------------------------------------------------------------------------------------
+
+def test_token_terms_sum_to_head_terms(tiny_clip):
+    torch.manual_seed(3)
+    tower = ExplicitViT.from_open_clip(tiny_clip.model.visual)
+    x = torch.randn(3, 3, 32, 32)
+    heads = [(3, 1), (1, 2), (3, 3), (2, 0)]
+    tt = token_terms(tower, x, heads)
+    assert tt.terms.shape == (3, 4, 17, 32) and tt.grid == (4, 4)
+    hc = Decomposer(tower, [1, 2, 3])(x)
+    ref = torch.stack([hc.heads[:, [1, 2, 3].index(l), h] for l, h in heads], dim=1)
+    assert (tt.head_terms() - ref).abs().max().item() <= 1e-5
+    assert torch.allclose(tt.attention.sum(-1), torch.ones(3, 4), atol=1e-6)
+    t = _unit(torch.randn(32))
+    s = tt.along(t)
+    assert torch.allclose(s.sum(-1), (ref @ t).sum(-1), atol=1e-5)
+    assert torch.allclose(tt.patch_map(t).flatten(1), s[:, 1:])
+
+
+# ---- B2T ----------------------------------------------------------------------------------------------------------
+
+def test_b2t_scores_match_numpy_reference():
+    rng = np.random.default_rng(0)
+    e, t = rng.normal(size=(12, 8)), rng.normal(size=(5, 8))
+    wrong = np.array([1, 0, 0, 1, 0, 1, 0, 0, 0, 1, 0, 0], dtype=bool)
+    en = e / np.linalg.norm(e, axis=1, keepdims=True)
+    tn = t / np.linalg.norm(t, axis=1, keepdims=True)
+    ref = np.array([100 * (en[wrong] @ tn[k]).mean() - 100 * (en[~wrong] @ tn[k]).mean() for k in range(5)])
+    score, cw, cc = keyword_scores(torch.tensor(e), torch.tensor(t), torch.tensor(wrong))
+    np.testing.assert_allclose(score.numpy(), ref, atol=1e-10)
+    np.testing.assert_allclose((cw - cc).numpy(), ref, atol=1e-10)
+    ranked = rank_class("c", torch.tensor(e), torch.tensor(wrong), list("abcde"), torch.tensor(t), top=3)
+    assert [k.keyword for k in ranked.keywords] == [list("abcde")[i] for i in np.argsort(-ref)[:3]]
+    assert ranked.n_wrong == 4 and ranked.n_correct == 8
+    assert "need both" in rank_class("c", torch.tensor(e), torch.ones(12, dtype=torch.bool), ["a"], torch.tensor(t[:1]),
+                                     1).note
+
+
+def test_zero_shot_and_attribute_prompts():
+    from toolchain.correct.defaults import parse_attribute_prompts
+
+    e = _unit(torch.tensor([[1.0, 0.1], [0.1, 1.0], [1.0, -0.2]]))
+    assert zero_shot_predictions(e, torch.eye(2)).tolist() == [0, 1, 0]
+    res = [ClassKeywords("landbird", 3, 5, [KeywordScore("water", 5.0, 1, 0), KeywordScore("lake", 4.0, 1, 0)]),
+           ClassKeywords("waterbird", 2, 6, [KeywordScore("water", 3.0, 1, 0), KeywordScore("forest", 2.0, 1, 0)])]
+    prompts = attribute_prompts(res, ["landbird", "waterbird"])
+    assert list(prompts) == ["water", "forest"]
+    assert prompts["forest"] == ["a photo of a landbird, forest.", "a photo of a waterbird, forest."]
+    names, rows = parse_attribute_prompts(prompts, "test")  # what locate --attribute-prompts reads
+    assert names == ["water", "forest"] and len(rows[0]) == 2
+
+
+# ---- pool and head selection ------------------------------------------------------------------------------------
+
+def test_pool_is_generated_and_shipped():
+    pool = generate_pool()
+    assert 3000 <= len(pool) <= 8000 and len(set(pool)) == len(pool)
+    assert load_pool() == pool  # the shipped file is the generator's output
+    assert "a photo taken on water." in pool and "image of a forest." in pool
+    assert load_pool(VOCAB_FILE) == generate_vocab() and "water" in generate_vocab()
+    assert POOL_FILE.read_text().startswith("# generated")
+
+
+def test_select_heads(tmp_path):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"spurious": [{"head": [3, 1], "score": 0.2}, [2, 0]],
+                                "salient": [{"layer": 3, "head": 2}, [3, 1]]}))
+    assert plan_heads(plan) == {(3, 1): "spurious", (2, 0): "spurious", (3, 2): "salient"}
+    assert select_heads(str(plan), None, 4, 4, [3])[0] == [(3, 1), (2, 0), (3, 2)]
+    assert select_heads("3:1,2:0", None, 4, 4, [3]) == ([(3, 1), (2, 0)], {})
+    assert select_heads(None, "-1", 4, 2, [0])[0] == [(3, 0), (3, 1)]
+    assert select_heads(None, None, 4, 2, [1])[0] == [(1, 0), (1, 1)]
+    with pytest.raises(ClipDebiasError, match="LAYER:HEAD"):
+        select_heads("3-1", None, 4, 4, [3])
+    with pytest.raises(ClipDebiasError, match="out of range"):
+        select_heads("4:0", None, 4, 4, [3])
+    plan.write_text(json.dumps({"spurious": [["x", 1]]}))
+    with pytest.raises(ClipDebiasError, match="plan.json: spurious entry"):
+        plan_heads(plan)
+
+
+# ---- report -----------------------------------------------------------------------------------------------------
+
+class _Refs(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.refs: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.refs += [v for k, v in attrs if k in ("src", "href") and v]
+
+
+def _report_dir(root: Path) -> Path:
+    root.mkdir()
+    Image.new("RGB", (20, 10), (200, 30, 30)).save(root / "plan.png")
+    (root / "maps").mkdir()
+    Image.new("RGB", (16, 16), (30, 30, 200)).save(root / "maps" / "heat map 11_3.png")
+    (root / "plan.json").write_text(json.dumps({"spurious": [{"head": [3, 1], "n_wrong": 0.4, "n_correct": 0.1,
+                                                              "score": 0.3}], "salient": [[3, 2]], "dataset": "csv"}))
+    (root / "descriptions.json").write_text(json.dumps({"pool": "shipped:pool.txt", "pool_size": 3, "heads": [
+        {"layer": 3, "head": 1, "rank": 4, "role": "spurious", "explained": 0.5,
+         "entries": [{"text": "a photo taken on <water>", "variance": 0.5, "index": 0}]}]}))
+    (root / "compare.json").write_text(json.dumps({"rows": [
+        {"method": m, "accuracy": a, "worst_group_accuracy": w, "worst_group": "g1",
+         "groups": {"g0": {"n": 10, "accuracy": a + 0.05}, "g1": {"n": 4, "accuracy": w}}}
+        for m, a, w in (("zero-shot", 0.8, 0.4), ("ltc", 0.85, 0.7))]}))
+    (root / "report.json").write_text(json.dumps({"latency_ms": {"p50": 1.5, "p95": 2.0, "p99": 3.1},
+                                                  "throughput_per_s": 640.0, "accuracy": 0.9}))
+    (root / "keywords.json").write_text(json.dumps({"classes": [
+        {"class_name": "landbird", "n_wrong": 3, "n_correct": 9, "note": "",
+         "keywords": [{"keyword": "ocean", "score": 4.2, "cos_wrong": 20.0, "cos_correct": 15.8}]}]}))
+    return root
+
+
+def _check_page(page: Path) -> str:
+    text = page.read_text()
+    parser = _Refs()
+    parser.feed(text)
+    assert parser.refs, "the page references no file"
+    for ref in parser.refs:
+        assert not ref.startswith(("http://", "https://", "//")), ref
+        assert (page.parent / unquote(ref)).is_file(), ref
+    assert "http://" not in text and "https://" not in text
+    return text
+
+
+def test_report_page(tmp_path):
+    page = build_report(_report_dir(tmp_path / "r"))
+    text = _check_page(page)
+    for needle in ("plan.png", "compare.png", "maps/heat%20map%2011_3.png", "&lt;water&gt;", "ocean", "640.00",
+                   "zero-shot", "spurious"):
+        assert needle in text, needle
+    assert (tmp_path / "r" / "compare.png").is_file()
+    empty = build_report(tmp_path / "r" / "maps").read_text()  # only a PNG there: the other sections say so
+    assert "no descriptions.json" in empty and "no compare.json" in empty and "heat%20map" in empty
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="no /usr/bin/chromium")
+def test_report_renders_headless(tmp_path):
+    page = build_report(_report_dir(tmp_path / "r"))
+    res = subprocess.run(["/usr/bin/chromium", "--headless", "--no-sandbox", "--disable-gpu",
+                          "--disable-background-networking", "--dump-dom", page.resolve().as_uri()],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "Head descriptions" in res.stdout
+
+
+# ---- CLI smoke ----------------------------------------------------------------------------------------------------
+
+def _small_cache(path: Path, identity) -> Path:
+    g = torch.Generator().manual_seed(5)
+    n = 24
+    cache = DecompositionCache(heads=0.05 * torch.randn(n, 2, 4, 32, generator=g), rest=torch.randn(n, 32, generator=g),
+                               labels=torch.arange(n) % 2, groups=torch.arange(n) % 4, layers=[2, 3],
+                               identity=identity, dataset="csv", split="val", class_names=["a", "b"],
+                               group_names=[f"g{i}" for i in range(4)], paths=[f"im{i}.png" for i in range(n)])
+    return save_cache(path, cache)
+
+
+def test_cli_explain_and_report(tmp_path, tiny_clip):
+    from toolchain.cli.app import app
+
+    cache = _small_cache(tmp_path / "val.safetensors", tiny_clip.identity)
+    pool = tmp_path / "pool.txt"
+    pool.write_text("\n".join(load_pool()[::200]) + "\n")
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"spurious": [{"head": [3, 1], "score": 0.3}], "salient": [{"head": [2, 0]}]}))
+    out = tmp_path / "out"
+    runner = CliRunner()
+    res = runner.invoke(app, ["explain", str(cache), "--model", "clipdebias-tiny", "--heads", str(plan),
+                              "--pool", str(pool), "--per-head", "4", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / "descriptions.json").read_text())
+    assert [(h["layer"], h["head"], h["role"]) for h in doc["heads"]] == [(3, 1, "spurious"), (2, 0, "salient")]
+    assert all(len(h["entries"]) == 4 and 0 < h["explained"] <= 1 + 1e-9 for h in doc["heads"])
+    assert doc["pool_size"] == len(load_pool()[::200]) and (out / "descriptions.md").is_file()
+    res = runner.invoke(app, ["explain", str(cache), "--model", "clipdebias-tiny", "--layers", "3", "--pool", str(pool),
+                              "--per-head", "4", "--rank", "5", "--out", str(out)])  # reuses the pool embeddings
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / "descriptions.json").read_text())
+    assert [(h["layer"], h["head"], h["rank"]) for h in doc["heads"]] == [(3, h, 5) for h in range(4)]
+
+    img = tmp_path / "bird.png"
+    Image.new("RGB", (40, 36), (40, 120, 200)).save(img)
+    res = runner.invoke(app, ["explain-image", str(img), "--model", "clipdebias-tiny", "--text", "a bird on water",
+                              "--vs", "a bird on land", "--heads", "3:1,2:0", "--out", str(out / "heat.png")])
+    assert res.exit_code == 0, res.output
+    assert Image.open(out / "heat.png").size[0] > 100
+
+    res = runner.invoke(app, ["report", str(out)])
+    assert res.exit_code == 0, res.output
+    text = _check_page(out / "report.html")
+    assert "heat.png" in text and "layer 3, head 1" in text
+
+
+def test_cli_discover_on_cache(tmp_path, tiny_clip):
+    from toolchain.cli.app import app
+
+    cache = _small_cache(tmp_path / "val.safetensors", tiny_clip.identity)
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("water\nforest\nsky\ngrass\nsand\n")
+    res = CliRunner().invoke(app, ["discover", str(cache), "--model", "clipdebias-tiny", "--vocab", str(vocab),
+                                   "--classes", "landbird,waterbird", "--top", "3", "--out", str(tmp_path / "d")])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "d" / "keywords.json").read_text())
+    assert [c["class_name"] for c in doc["classes"]] == ["landbird", "waterbird"]
+    for c in doc["classes"]:
+        assert len(c["keywords"]) == 3 or c["note"]
+
+
+def test_cli_discover_captions(tmp_path, tiny_clip):
+    """csv dataset with a captions column: candidates are YAKE keywords of the misclassified images' captions."""
+    pytest.importorskip("yake")
+    from toolchain.cli.app import app
+
+    root = tmp_path / "data"
+    root.mkdir()
+    caps = ["a gull flying over ocean waves", "a sparrow in a green forest", "a duck on a blue lake"]
+    rows = ["path,label,caption"]
+    for i in range(12):
+        Image.new("RGB", (36, 36), (20 * i, 255 - 20 * i, (70 * i) % 255)).save(root / f"im{i}.png")
+        rows.append(f"im{i}.png,{i % 2},{caps[i % 3]}")
+    (root / "data.csv").write_text("\n".join(rows) + "\n")
+    res = CliRunner().invoke(app, ["discover", str(root), "--model", "clipdebias-tiny", "--captions-column",
+                                   "caption", "--top", "4", "--out", str(tmp_path / "d")])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "d" / "keywords.json").read_text())
+    words = {k["keyword"] for c in doc["classes"] for k in c["keywords"]}
+    vocabulary = " ".join(caps)
+    assert doc["candidates"] == "captions:caption" and all(w in vocabulary for w in words)
+
+
+def _failed_with(res, text: str) -> bool:
+    """A ClipDebiasError, raised or printed as one 'error:' line (whichever way the app reports it)."""
+    said = res.output + (str(res.exception) if isinstance(res.exception, ClipDebiasError) else "")
+    return res.exit_code != 0 and text in said and "Traceback" not in res.output
+
+
+def test_cli_errors(tmp_path):
+    from toolchain.cli.app import app
+
+    assert _failed_with(CliRunner().invoke(app, ["report", str(tmp_path / "missing")]), "not a folder")
+    res = CliRunner().invoke(app, ["explain", str(tmp_path / "none.safetensors"), "--model", "clipdebias-tiny",
+                                   "--out", str(tmp_path / "o")])
+    assert _failed_with(res, "none.safetensors")
+    res = CliRunner().invoke(app, ["explain-image", str(tmp_path / "x.png"), "--model", "clipdebias-tiny", "--text",
+                                   "a", "--heads", "9:0", "--out", str(tmp_path / "o.png")])
+    assert _failed_with(res, "out of range")

@@ -1,0 +1,164 @@
+"""Token heat maps: where in the image a head's direct contribution along a text direction comes from.
+
+At the CLS query of layer l, head h's output is a convex mix of the value vectors of all N tokens,
+o_{l,h}^{cls} = sum_j a_{h,j} v_{h,j} with a_h = softmax(q_cls k^T / sqrt(Dh)) on ln_1 of the layer input. The head's
+direct term c_{l,h} = o_{l,h}^{cls} @ A_{l,h} / (sigma ||y||) (``toolchain.decompose.contributions``) is linear in o,
+so it splits exactly into per-token terms
+
+    p_{l,h,j} = a_{h,j} v_{h,j} @ A_{l,h} / (sigma ||y||)        [D],   sum_j p_{l,h,j} = c_{l,h}   (j = 0 is CLS)
+
+and along a text direction t, s_j = sum_{(l,h) chosen} p_{l,h,j} . t is one scalar per token. sigma and ||y|| are
+those of the full forward. The patch scalars s_1..s_{N-1} form the heat map; s_0 (the CLS token's own share) has no
+place in the image and is reported beside it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from toolchain.errors import ClipDebiasError
+from toolchain.models.tower import ExplicitViT
+
+
+@dataclass
+class TokenTerms:
+    """Per-token direct terms of chosen heads: ``terms`` [B, K, N, D] for the K (absolute layer, head) pairs in
+    ``heads``; ``attention`` [B, K, N] the CLS-row attention probabilities; ``grid`` the patch grid (gh, gw)."""
+
+    terms: torch.Tensor
+    attention: torch.Tensor
+    heads: list[tuple[int, int]]
+    grid: tuple[int, int]
+
+    def head_terms(self) -> torch.Tensor:
+        """[B, K, D] the heads' CLS terms (sum over tokens)."""
+        return self.terms.sum(dim=2)
+
+    def along(self, direction: torch.Tensor) -> torch.Tensor:
+        """[B, N] sum over the chosen heads of p_{l,h,j} . t for a direction t [D]."""
+        return torch.einsum("bknd,d->bn", self.terms, direction.to(self.terms.dtype))
+
+    def patch_map(self, direction: torch.Tensor) -> torch.Tensor:
+        """[B, gh, gw] the patch scalars along ``direction`` (the CLS token left out)."""
+        s = self.along(direction)
+        return s[:, 1:].reshape(s.shape[0], *self.grid)
+
+
+def cls_attention(block: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLS-row attention of one block on its input x [B, N, W]: probabilities a [B, H, N] =
+    softmax(q_cls k^T / sqrt(Dh)) on ln_1(x), and the values v [B, H, N, Dh]."""
+    attn = block.attn
+    b, n, _ = x.shape
+    qkv = attn.qkv(block.ln_1(x)).reshape(b, n, 3, attn.heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)  # [B, H, N, Dh]
+    logits = torch.einsum("bhd,bhnd->bhn", q[:, :, 0], k) / math.sqrt(attn.head_dim)
+    return logits.softmax(dim=-1), v
+
+
+@torch.no_grad()
+def token_terms(tower: ExplicitViT, images: torch.Tensor, heads: list[tuple[int, int]]) -> TokenTerms:
+    """Per-token direct terms p_{l,h,j} [B, K, N, D] of the (absolute layer, head) pairs ``heads`` (module docstring).
+    Runs the blocks up to the deepest chosen layer once; sigma and ||y|| come from ``tower.trace``."""
+    if not heads:
+        raise ClipDebiasError("no heads chosen for the heat map")
+    n_layers, n_heads = tower.cfg.layers, tower.cfg.heads
+    bad = [h for h in heads if not (0 <= h[0] < n_layers and 0 <= h[1] < n_heads)]
+    if bad:
+        raise ClipDebiasError(f"heads {bad} out of range for a tower of {n_layers} layers x {n_heads} heads")
+    layers = sorted({l for l, _ in heads})
+    tr = tower.trace(images, layers)
+    scale = 1.0 / (tower.ln_post_sigma(tr.cls_final) * tr.pooled.norm(dim=-1))  # [B]
+    readout = dict(zip(layers, tower.head_readout(layers)))  # l -> [H, Dh, D]
+    per_layer: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    x = tower.embed(images)
+    for i in range(layers[-1] + 1):
+        if i in readout:
+            per_layer[i] = cls_attention(tower.blocks[i], x)
+        if i < layers[-1]:
+            x = tower.blocks[i](x)[0]  # never the last block (its output keeps only the CLS row)
+    terms, attn = [], []
+    for layer, head in heads:
+        a, v = per_layer[layer]
+        mixed = a[:, head, :, None] * v[:, head]  # [B, N, Dh]
+        terms.append(mixed @ readout[layer][head] * scale[:, None, None])  # [B, N, D]
+        attn.append(a[:, head])
+    cfg = tower.cfg
+    grid = (cfg.image_size[0] // cfg.patch_size[0], cfg.image_size[1] // cfg.patch_size[1])
+    return TokenTerms(torch.stack(terms, dim=1), torch.stack(attn, dim=1), list(heads), grid)
+
+
+def text_direction(clip, text: str, vs: str | None = None) -> torch.Tensor:
+    """t [D] = E_T(text) (unit norm), or E_T(text) - E_T(vs) with ``vs`` (the logit-difference direction)."""
+    emb = clip.encode_text([text] + ([vs] if vs else []), normalize=True).float().cpu()
+    return emb[0] - emb[1] if vs else emb[0]
+
+
+def denormalize(image: torch.Tensor, mean, std) -> torch.Tensor:
+    """Undo the preprocess normalization of one [3, H, W] tensor -> [H, W, 3] in [0, 1] for display."""
+    m = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+    s = torch.tensor(std, dtype=torch.float32)[:, None, None]
+    return (image.float().cpu() * s + m).clamp(0, 1).permute(1, 2, 0)
+
+
+def render_overlay(picture: torch.Tensor, heat: torch.Tensor, path: str | Path, title: str, cls_share: float,
+                   total: float) -> Path:
+    """PNG with the image and the heat map [gh, gw] upsampled over it (diverging colours centred at 0: red = the
+    tokens push towards the text, blue = away), plus a colour bar. ``picture`` [H, W, 3] in [0, 1]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = picture.shape[:2]
+    lim = max(float(heat.abs().max()), 1e-12)
+    fig, axes = plt.subplots(1, 2, figsize=(8.5, 4.2))
+    extent = (0, w, h, 0)
+    axes[0].imshow(picture.numpy(), extent=extent)
+    axes[0].set_title("input (preprocessed)", fontsize=9)
+    axes[1].imshow(picture.numpy(), extent=extent)
+    im = axes[1].imshow(heat.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim, alpha=0.55, extent=extent,
+                        interpolation="bilinear")
+    axes[1].set_title(f"patch terms . t  (sum of all tokens {total:+.4f}, CLS token {cls_share:+.4f})", fontsize=8)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.04)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def explain_image(clip, image_path: str | Path, heads: list[tuple[int, int]], text: str, vs: str | None,
+                  out: str | Path) -> tuple[Path, float, float]:
+    """Heat map of ``heads`` along ``text`` (minus ``vs``) for one image file, written to ``out``. Returns (path,
+    sum over all tokens, CLS token share)."""
+    from toolchain.datasets.loader import read_image
+
+    image_path = Path(image_path)
+    if not image_path.is_file():
+        raise ClipDebiasError(f"{image_path}: image not found")
+    try:
+        pil = read_image(image_path)
+    except (OSError, ValueError) as e:
+        raise ClipDebiasError(f"{image_path}: cannot read image ({e})") from e
+    tower = ExplicitViT.from_open_clip(clip.model.visual).float().cpu()
+    x = clip.preprocess(pil).unsqueeze(0).float()
+    tt = token_terms(tower, x, heads)
+    t = text_direction(clip, text, vs)
+    s = tt.along(t)[0]
+    heat = tt.patch_map(t)[0]
+    cfg = clip.preprocess_cfg
+    picture = denormalize(x[0], cfg.get("mean", (0.0, 0.0, 0.0)), cfg.get("std", (1.0, 1.0, 1.0)))
+    names = ", ".join(f"{l}:{h}" for l, h in heads)
+    what = f"'{text}'" + (f" - '{vs}'" if vs else "")
+    path = render_overlay(picture, heat, out, f"{image_path.name}: heads {names} along {what}", float(s[0]),
+                          float(s.sum()))
+    return path, float(s.sum()), float(s[0])
