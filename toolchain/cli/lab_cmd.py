@@ -1,0 +1,101 @@
+"""``clip-debias lab``: the bias lab — a synthetic Waterbirds-style data set with a planted background shortcut, and a
+tiny CLIP (``clipdebias-lab``) trained on it. torch is imported inside the commands only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+lab_app = typer.Typer(help="Bias lab: make the synthetic land/water bird data, train the tiny lab CLIP, report.",
+                      no_args_is_help=True)
+
+
+def _scale_pair(text: str) -> tuple[float, float]:
+    """'0.15,0.22' -> (0.15, 0.22)."""
+    from toolchain.errors import ClipDebiasError
+
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError as e:
+        raise ClipDebiasError(f"--object-scale {text!r}: expected MIN,MAX (fractions of the image side)") from e
+    return lo, hi
+
+
+@lab_app.command("make-data")
+def make_data(
+    out: Annotated[Path, typer.Option("--out", help="Output data dir (Waterbirds layout: metadata.csv + PNGs).")],
+    n_train: Annotated[int, typer.Option("--n-train", help="Train images.")] = 4800,
+    correlation: Annotated[float, typer.Option(
+        "--correlation", help="Fraction of train images whose background agrees with the class.")] = 0.95,
+    image_size: Annotated[int, typer.Option("--image-size", help="Image side in pixels.")] = 64,
+    seed: Annotated[int, typer.Option("--seed", help="Seed; the same seed gives the same bytes.")] = 0,
+    n_val: Annotated[int, typer.Option("--n-val", help="Val images (balanced over the 4 groups).")] = 600,
+    n_test: Annotated[int, typer.Option("--n-test", help="Test images (balanced over the 4 groups).")] = 1200,
+    object_scale: Annotated[str, typer.Option(
+        "--object-scale", help="Object radius range MIN,MAX as fractions of the image side.")] = "0.15,0.22",
+    class_texture: Annotated[float, typer.Option(
+        "--class-texture", help="Prob. that the object's texture follows its class.")] = 0.75,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Processes (default: all cores).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing non-empty --out.")] = False,
+) -> None:
+    """Generate the synthetic landbird/waterbird data set (deterministic for a seed)."""
+    import time
+
+    from toolchain.lab.data import group_counts, make_lab_data
+
+    t0 = time.perf_counter()
+    path = make_lab_data(out, n_train=n_train, correlation=correlation, image_size=image_size, seed=seed,
+                         n_val=n_val, n_test=n_test, overwrite=overwrite, workers=workers,
+                         object_scale=_scale_pair(object_scale), class_texture=class_texture)
+    counts = group_counts(n_train, correlation)
+    typer.echo(f"wrote {n_train + n_val + n_test} images to {path} in {time.perf_counter() - t0:.1f}s "
+               f"(train groups {counts}, val/test balanced)")
+
+
+@lab_app.command("train")
+def train(
+    data: Annotated[Path, typer.Option("--data", help="Data dir from 'clip-debias lab make-data'.")],
+    out: Annotated[Path, typer.Option("--out", help="Output weights (.safetensors).")],
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Optimizer steps.")] = 3000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed (init, batches, captions, augmentation).")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="Images per step.")] = 64,
+    lr: Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate (cosine schedule).")] = 3e-4,
+    p_background: Annotated[float, typer.Option(
+        "--p-background", help="Prob. that a caption also names the background.")] = 0.3,
+    device: Annotated[str, typer.Option("--device", help="cpu | cuda")] = "cpu",
+    threads: Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads (default: torch's).")] = None,
+    fp32: Annotated[bool, typer.Option("--fp32", help="Save fp32 weights (default fp16).")] = False,
+    eval_every: Annotated[int, typer.Option("--eval-every", help="Val zero-shot every N steps (0: never).")] = 0,
+) -> None:
+    """Train the tiny lab CLIP contrastively (open_clip ClipLoss) and report its val zero-shot accuracy."""
+    from toolchain.lab.train import train_lab_model, zero_shot_report
+
+    if out.suffix != ".safetensors":
+        from toolchain.errors import ClipDebiasError
+
+        raise ClipDebiasError(f"--out {out}: expected a .safetensors file name")
+    res = train_lab_model(data, out, steps=steps, seed=seed, batch_size=batch_size, lr=lr, p_background=p_background,
+                          half=not fp32, device=device, threads=threads, eval_every=eval_every, log=typer.echo)
+    typer.echo(f"saved {out} ({res.steps} steps in {res.seconds:.0f}s, final loss {res.final_loss:.4f})")
+    zero_shot_report(out, data, "val", log=typer.echo)
+
+
+@lab_app.command("report")
+def report(
+    weights: Annotated[Path, typer.Option("--weights", help="Lab CLIP weights (.safetensors).")],
+    data: Annotated[Path, typer.Option("--data", help="Lab data dir.")],
+    split: Annotated[str, typer.Option("--split", help="Comma-separated splits: train,val,test.")] = "val,test",
+    model: Annotated[str, typer.Option("--model", help="open_clip model name.")] = "clipdebias-lab",
+) -> None:
+    """Print zero-shot average and worst-group accuracy per split."""
+    from toolchain.lab.train import zero_shot_report
+
+    zero_shot_report(weights, data, tuple(s.strip() for s in split.split(",") if s.strip()), model_name=model,
+                     log=typer.echo)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``lab`` sub-app."""
+    app.add_typer(lab_app, name="lab")

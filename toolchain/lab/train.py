@@ -1,0 +1,321 @@
+"""Train the bias lab's tiny CLIP (config ``clipdebias-lab``) contrastively on the lab data, and measure its bias.
+
+Captions come from the metadata: mostly the class alone ("a photo of a waterbird."), sometimes the class and the
+background ("a photo of a waterbird on a land background."), so the image tower learns both and some of its heads
+carry the background. The loss is open_clip's own ``ClipLoss``. ``zero_shot_report`` measures average and
+worst-group zero-shot accuracy per split with the prompts "a photo of a landbird." / "a photo of a waterbird.".
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from toolchain.errors import ClipDebiasError
+from toolchain.lab.data import CLASS_NAMES, PLACE_NAMES, SPLIT_NAMES, read_metadata
+
+MODEL_NAME = "clipdebias-lab"
+CLASS_TEMPLATES = (
+    "a photo of a {c}.", "a {c}.", "a picture of a {c}.", "an image of a {c}.", "a photo of the {c}.",
+    "a small {c}.", "a drawing of a {c}.", "a photo of one {c}.",
+)
+BACKGROUND_TEMPLATES = (
+    "a photo of a {c} on a {p} background.", "a {c} on {p}.", "a photo of a {c} over {p}.",
+    "a picture of a {c} on a {p} background.", "a {c} with {p} behind it.", "an image of a {c} on {p}.",
+)
+ZERO_SHOT_PROMPTS = tuple(f"a photo of a {c}." for c in CLASS_NAMES)
+
+
+@dataclass
+class LabSplit:
+    """One split of a lab (Waterbirds-layout) data set, decoded: uint8 images [N, 3, H, W], labels y, places."""
+
+    images: torch.Tensor
+    y: torch.Tensor
+    place: torch.Tensor
+
+    @property
+    def group(self) -> torch.Tensor:
+        return 2 * self.y + self.place
+
+
+@dataclass
+class TrainResult:
+    """What a lab training run produced: the weights file, its settings and the loss curve (one value per step)."""
+
+    out: Path
+    steps: int
+    seed: int
+    batch_size: int
+    seconds: float
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def final_loss(self) -> float:
+        """Mean loss over the last 10% of the steps."""
+        tail = self.losses[-max(1, len(self.losses) // 10):]
+        return float(np.mean(tail))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "out": str(self.out), "final_loss": self.final_loss}
+
+
+@dataclass
+class GroupAccuracy:
+    """Zero-shot accuracy on one split: overall (avg), per group (2*y + place) and the worst group."""
+
+    split: str
+    n: int
+    avg: float
+    worst: float
+    groups: list[float]
+    counts: list[int]
+
+    def line(self) -> str:
+        names = [f"{CLASS_NAMES[g // 2]}/{PLACE_NAMES[g % 2]}" for g in range(4)]
+        per = "  ".join(f"{nm} {a:.1%}" for nm, a in zip(names, self.groups))
+        return f"{self.split:5s} n={self.n:5d}  avg {self.avg:.1%}  worst-group {self.worst:.1%}  |  {per}"
+
+
+# ---- data -----------------------------------------------------------------------------------------------------------
+def load_split(data: str | Path, split: str | int) -> LabSplit:
+    """Decode every image of ``split`` ('train'/'val'/'test' or 0/1/2) of the data dir ``data``."""
+    s = SPLIT_NAMES.index(split) if isinstance(split, str) else int(split)
+    rows = [r for r in read_metadata(data) if r["split"] == s]
+    if not rows:
+        raise ClipDebiasError(f"{Path(data) / 'metadata.csv'}: no rows with split {s} ({SPLIT_NAMES[s]})")
+    arrays = []
+    for r in rows:
+        path = Path(data) / str(r["img_filename"])
+        try:
+            with Image.open(path) as im:
+                arrays.append(np.asarray(im.convert("RGB")))
+        except OSError as e:
+            raise ClipDebiasError(f"{path}: cannot read image ({e})") from e
+    if len({a.shape for a in arrays}) != 1:
+        raise ClipDebiasError(f"{data}: images of split {SPLIT_NAMES[s]} differ in size (expected one size)")
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return LabSplit(images=images, y=torch.tensor([int(r["y"]) for r in rows]),
+                    place=torch.tensor([int(r["place"]) for r in rows]))
+
+
+def caption_table() -> tuple[list[str], dict[tuple[int, int], list[int]], dict[int, list[int]]]:
+    """All training captions, and for each (y, place) the indices of the background-naming ones, for each y the
+    indices of the class-only ones."""
+    captions: list[str] = []
+    with_bg: dict[tuple[int, int], list[int]] = {}
+    class_only: dict[int, list[int]] = {}
+    for y, c in enumerate(CLASS_NAMES):
+        class_only[y] = [len(captions) + i for i in range(len(CLASS_TEMPLATES))]
+        captions += [t.format(c=c) for t in CLASS_TEMPLATES]
+        for p, pn in enumerate(PLACE_NAMES):
+            with_bg[(y, p)] = [len(captions) + i for i in range(len(BACKGROUND_TEMPLATES))]
+            captions += [t.format(c=c, p=pn) for t in BACKGROUND_TEMPLATES]
+    return captions, with_bg, class_only
+
+
+def sample_captions(y: torch.Tensor, place: torch.Tensor, p_background: float, gen: torch.Generator) -> torch.Tensor:
+    """One caption index (into ``caption_table()[0]``) per image: naming the background with prob ``p_background``."""
+    _, with_bg, class_only = caption_table()
+    bg = torch.rand(len(y), generator=gen) < p_background
+    pick = torch.rand(len(y), generator=gen)
+    out = []
+    for yi, pi, b, u in zip(y.tolist(), place.tolist(), bg.tolist(), pick.tolist()):
+        choices = with_bg[(yi, pi)] if b else class_only[yi]
+        out.append(choices[int(u * len(choices))])
+    return torch.tensor(out)
+
+
+def _normalizer(model: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) [1, 3, 1, 1] of the model's preprocessing."""
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
+    mean = torch.tensor(cfg.get("mean", OPENAI_DATASET_MEAN)).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.get("std", OPENAI_DATASET_STD)).view(1, 3, 1, 1)
+    return mean, std
+
+
+def augment(images: torch.Tensor, gen: torch.Generator, shift: int = 4) -> torch.Tensor:
+    """Random horizontal/vertical flips and a random shift of up to ``shift`` pixels (reflect padding), per image."""
+    b, _, h, w = images.shape
+    flip_h = torch.rand(b, generator=gen) < 0.5
+    flip_v = torch.rand(b, generator=gen) < 0.5
+    x = torch.where(flip_h.view(b, 1, 1, 1), images.flip(3), images)
+    x = torch.where(flip_v.view(b, 1, 1, 1), x.flip(2), x)
+    if shift:
+        padded = torch.nn.functional.pad(x, (shift,) * 4, mode="reflect")
+        dx = torch.randint(0, 2 * shift + 1, (b,), generator=gen).tolist()
+        dy = torch.randint(0, 2 * shift + 1, (b,), generator=gen).tolist()
+        x = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+    return x
+
+
+# ---- training -------------------------------------------------------------------------------------------------------
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups as in open_clip's training: no decay for gains, biases, embeddings-as-vectors and logit_scale."""
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        skip = p.ndim < 2 or "ln" in n or "bias" in n or "logit_scale" in n
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
+    """Linear warm-up then cosine decay to 0."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return 0.5 * lr * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
+def save_weights(model: torch.nn.Module, out: str | Path, dtype: torch.dtype, metadata: dict[str, str]) -> Path:
+    """Write the full CLIP state dict as safetensors (via a temporary file, renamed at the end)."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    save_file(sd, str(tmp), metadata=metadata)
+    tmp.replace(out)
+    return out
+
+
+def train_lab_model(
+    data: str | Path,
+    out: str | Path,
+    steps: int = 3000,
+    seed: int = 0,
+    batch_size: int = 64,
+    lr: float = 3e-4,
+    weight_decay: float = 0.1,
+    p_background: float = 0.3,
+    warmup: int | None = None,
+    half: bool = True,
+    device: str = "cpu",
+    threads: int | None = None,
+    log: Callable[[str], None] = print,
+    log_every: int = 50,
+    eval_every: int = 0,
+    model_name: str = MODEL_NAME,
+) -> TrainResult:
+    """Train ``clipdebias-lab`` from scratch on the train split of ``data`` with ``ClipLoss`` and save the state
+    dict to ``out`` (fp16 when ``half``). Logs every ``log_every`` steps, and the val split's zero-shot accuracy every
+    ``eval_every`` steps (0: never). Deterministic for a seed on a given device and torch build."""
+    import open_clip
+    from open_clip.loss import ClipLoss
+
+    from toolchain.models.loading import register_configs
+
+    if steps < 1 or batch_size < 2:
+        raise ClipDebiasError(f"--steps {steps} / --batch-size {batch_size}: expected steps >= 1 and batch size >= 2")
+    if threads:
+        torch.set_num_threads(threads)
+    register_configs()
+    split = load_split(data, "train")
+    if len(split.y) < batch_size:
+        raise ClipDebiasError(f"{data}: {len(split.y)} train images, fewer than --batch-size {batch_size}")
+    torch.manual_seed(seed)
+    model = open_clip.create_model(model_name, device="cpu").to(device).train()
+    tokens = open_clip.get_tokenizer(model_name)(caption_table()[0]).to(device)
+    mean, std = (t.to(device) for t in _normalizer(model))
+    loss_fn = ClipLoss()
+    opt = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6,
+                            foreach=True)
+    warmup = warmup if warmup is not None else min(100, steps // 10 + 1)
+    gen = torch.Generator().manual_seed(seed)
+    losses: list[float] = []
+    val: LabSplit | None = None
+    order = torch.randperm(len(split.y), generator=gen)
+    pos, t0, t_log = 0, time.perf_counter(), time.perf_counter()
+    for step in range(steps):
+        if pos + batch_size > len(order):
+            order, pos = torch.randperm(len(split.y), generator=gen), 0
+        idx = order[pos:pos + batch_size]
+        pos += batch_size
+        images = augment(split.images[idx], gen).to(device).float().div_(255).sub_(mean).div_(std)
+        cap = sample_captions(split.y[idx], split.place[idx], p_background, gen).to(device)
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, steps, lr, warmup)
+        img_f = model.encode_image(images, normalize=True)
+        txt_f = model.encode_text(tokens, normalize=True)[cap]  # the few distinct captions, once per step
+        loss = loss_fn(img_f, txt_f, model.logit_scale.exp())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        losses.append(loss.item())
+        if log_every and ((step + 1) % log_every == 0 or step + 1 == steps):
+            now = time.perf_counter()
+            n = log_every if (step + 1) % log_every == 0 else (step + 1) % log_every
+            log(f"step {step + 1:5d}/{steps}  loss {np.mean(losses[-n:]):.4f}  lr {_lr_at(step, steps, lr, warmup):.2e}  "
+                f"scale {model.logit_scale.exp().item():5.1f}  {n / (now - t_log):.2f} steps/s")
+            t_log = now
+        if eval_every and (step + 1) % eval_every == 0:
+            model.eval()
+            val = val if val is not None else load_split(data, "val")
+            log(f"step {step + 1:5d}  " + group_accuracy(model, open_clip.get_tokenizer(model_name), val, "val").line())
+            model.train()
+            t_log = time.perf_counter()
+    seconds = time.perf_counter() - t0
+    meta = {"model": model_name, "steps": str(steps), "seed": str(seed), "batch_size": str(batch_size),
+            "lr": str(lr), "p_background": str(p_background), "data": Path(data).name}
+    save_weights(model, out, torch.float16 if half else torch.float32, meta)
+    return TrainResult(out=Path(out), steps=steps, seed=seed, batch_size=batch_size, seconds=seconds, losses=losses)
+
+
+# ---- evaluation -----------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def group_accuracy(model: Any, tokenizer: Callable, split: LabSplit, split_name: str,
+                   prompts: tuple[str, ...] = ZERO_SHOT_PROMPTS, batch_size: int = 256) -> GroupAccuracy:
+    """Zero-shot accuracy of an open_clip model on decoded ``split`` with one prompt per class."""
+    device = next(model.parameters()).device
+    mean, std = (t.to(device) for t in _normalizer(model))
+    text = model.encode_text(tokenizer(list(prompts)).to(device), normalize=True)
+    preds = []
+    for i in range(0, len(split.y), batch_size):
+        x = split.images[i:i + batch_size].to(device).float().div_(255).sub_(mean).div_(std)
+        preds.append((model.encode_image(x, normalize=True) @ text.T).argmax(1).cpu())
+    correct = (torch.cat(preds) == split.y).float()
+    g = split.group
+    counts = [int((g == k).sum()) for k in range(4)]
+    groups = [float(correct[g == k].mean()) if counts[k] else float("nan") for k in range(4)]
+    present = [a for a, c in zip(groups, counts) if c]
+    return GroupAccuracy(split=split_name, n=len(split.y), avg=float(correct.mean()), worst=min(present),
+                         groups=groups, counts=counts)
+
+
+def zero_shot_report(
+    weights: str | Path,
+    data: str | Path,
+    split: str | tuple[str, ...] = ("val", "test"),
+    model_name: str = MODEL_NAME,
+    prompts: tuple[str, ...] = ZERO_SHOT_PROMPTS,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, GroupAccuracy]:
+    """Load ``weights`` with ``load_clip`` and print (via ``log``) avg and worst-group zero-shot accuracy per split."""
+    from toolchain.models.loading import load_clip
+
+    loaded = load_clip(model_name, weights=weights)
+    splits = (split,) if isinstance(split, str) else tuple(split)
+    out = {}
+    for s in splits:
+        out[s] = group_accuracy(loaded.model, loaded.tokenizer, load_split(data, s), s, prompts)
+        if log:
+            log(out[s].line())
+    return out
+
+
+if __name__ == "__main__":  # python -m toolchain.lab.train WEIGHTS DATA [SPLIT...]
+    import sys
+
+    zero_shot_report(sys.argv[1], sys.argv[2], tuple(sys.argv[3:]) or ("val", "test"))
