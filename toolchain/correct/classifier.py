@@ -159,6 +159,8 @@ class DebiasedClassifier(nn.Module):
         """Rebuild from ``config.json`` and ``model.safetensors`` (no open_clip, plan or data needed)."""
         from safetensors.torch import load_file
 
+        import toolchain.correct.perception  # noqa: F401  (registers the 'perception' head kind)
+
         model_dir = Path(model_dir)
         cfg_path, w_path = model_dir / CONFIG_NAME, model_dir / WEIGHTS_NAME
         for p in (cfg_path, w_path):

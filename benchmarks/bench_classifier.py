@@ -1,0 +1,82 @@
+"""Cost of the baked corrections: edited ``DebiasedClassifier`` vs the plain encoder, ViT-B-16 random weights, CPU.
+
+Edited: 2 mean-ablated heads + 2 projected heads (rank-3 basis) in the last 2 layers, PerceptionCLIP head
+(Z = 4 contexts, joint P(z|x)). Plain: the same ``ExplicitViT`` with no edits and the zero-shot head.
+Target: edited / plain <= 1.03 at batch 1 and 32.
+
+    python -m pytest benchmarks/bench_classifier.py --benchmark-only -s
+
+The ratio printed per batch size comes from one run: the two models alternate, round by round, on the same input
+(so load from other processes hits both alike); ratio = min(edited) / min(plain), beside it the median of the
+per-round ratios and the ratio of process CPU time. The pytest-benchmark table then times the edited model alone;
+the plain timings and the ratios are in its ``extra_info`` (``--benchmark-json``).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import pytest
+import torch
+
+from toolchain.correct.classifier import ClassifierSpec, DebiasedClassifier, ZeroShotHead
+from toolchain.correct.edits import orthonormal_basis
+from toolchain.correct.perception import PerceptionHead
+from toolchain.models.loading import load_clip
+from toolchain.models.tower import ExplicitViT
+
+ABLATED = [[10, 3], [11, 5]]
+SALIENT = [[10, 7], [11, 1]]
+ROUNDS = {1: 30, 32: 3}
+
+
+@pytest.fixture(scope="module")
+def models() -> tuple[DebiasedClassifier, DebiasedClassifier]:
+    torch.manual_seed(0)
+    clip = load_clip("ViT-B-16")
+    tower = ExplicitViT.from_open_clip(clip.model.visual)
+    d = tower.cfg.embed_dim
+    unit = lambda *s: torch.nn.functional.normalize(torch.randn(*s), dim=-1)  # noqa: E731
+
+    def spec(ablated: list, salient: list, rank: int) -> ClassifierSpec:
+        return ClassifierSpec(tower=tower.cfg.to_dict(), identity=clip.identity.to_dict(), class_names=["a", "b"],
+                              group_names=[], preprocess=clip.preprocess_cfg, ablated=ablated, salient=salient,
+                              basis_rank=rank)
+
+    plain = DebiasedClassifier(tower, ZeroShotHead(unit(2, d)), spec([], [], 0)).eval()
+    edited = DebiasedClassifier(tower, PerceptionHead(unit(4, 2, d), 100.0), spec(ABLATED, SALIENT, 3),
+                                ablation_means=0.01 * torch.randn(2, d), basis=orthonormal_basis(torch.randn(3, d))).eval()
+    return plain, edited
+
+
+def interleaved_ratio(plain, edited, x: torch.Tensor, rounds: int) -> dict[str, float]:
+    """The two models alternating, ``rounds`` calls each: min wall time of each (ms), ratio of the minima, median
+    of per-round wall ratios, and the ratio of total process CPU time (less sensitive to other processes' load)."""
+    wall: dict[str, list[float]] = {"plain": [], "edited": []}
+    cpu = {"plain": 0.0, "edited": 0.0}
+    for _ in range(rounds):
+        for name, model in (("plain", plain), ("edited", edited)):
+            t, c = time.perf_counter(), time.process_time()
+            model(x)
+            wall[name].append(time.perf_counter() - t)
+            cpu[name] += time.process_time() - c
+    tp, te = min(wall["plain"]), min(wall["edited"])
+    return {"plain_ms": tp * 1e3, "edited_ms": te * 1e3, "ratio": te / tp,
+            "median_ratio": statistics.median(e / p for e, p in zip(wall["edited"], wall["plain"])),
+            "cpu_ratio": cpu["edited"] / cpu["plain"]}
+
+
+@pytest.mark.parametrize("batch", [1, 32])
+def test_edited_vs_plain(benchmark, models, batch: int):
+    plain, edited = models
+    x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(batch))
+    with torch.inference_mode():
+        plain(x), edited(x)  # warm-up
+        r = interleaved_ratio(plain, edited, x, ROUNDS[batch])
+        print(f"\n[batch {batch}] plain {r['plain_ms']:.1f} ms, edited {r['edited_ms']:.1f} ms: ratio {r['ratio']:.3f} "
+              f"(median per-round {r['median_ratio']:.3f}, CPU-time {r['cpu_ratio']:.3f}; {ROUNDS[batch]} rounds)")
+        benchmark.extra_info.update(r)
+        benchmark.group = f"batch {batch}"
+        benchmark.pedantic(edited, args=(x,), rounds=ROUNDS[batch], iterations=1)
+

@@ -1,0 +1,81 @@
+"""``clip-debias build``: plan + calibration cache -> a saved ``DebiasedClassifier`` with the edits baked in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from toolchain.cli.options import ModelOpt, PretrainedOpt, WeightsOpt, load_model
+
+AblateOpt = Annotated[bool, typer.Option("--ablate/--no-ablate", help="Mean-ablate the spurious heads.")]
+ProjectOpt = Annotated[bool, typer.Option("--project/--no-project", help="Project the salient heads (RoboShot accept).")]
+ContextsOpt = Annotated[str, typer.Option(
+    "--contexts", help="PerceptionCLIP contexts: waterbirds | celeba | FILE.yaml | defaults (the plan's dataset).")]
+PairsOpt = Annotated[str, typer.Option(
+    "--attribute-pairs", help="(p+, p-) prompt pairs for the projection: FILE.yaml or defaults (the plan's dataset).")]
+TauOpt = Annotated[float, typer.Option("--tau", min=1e-6, help="PerceptionCLIP temperature of P(z|x).")]
+ZFromOpt = Annotated[str, typer.Option("--z-from", help="PerceptionCLIP P(z|x): joint (sum over y) | class-free.")]
+RenormOpt = Annotated[str, typer.Option(
+    "--renorm", help="Projected term norm: unit (reference code) | keep (its original norm).")]
+AllowTestOpt = Annotated[bool, typer.Option(
+    "--allow-test-calibration", help="Allow a test-split calibration cache (leaks test data; recorded in the model).")]
+
+
+def default_calibration(plan) -> Path | None:
+    """The cache the plan was located on, when it still exists (the default calibration split)."""
+    path = Path(plan.cache_path) if plan.cache_path else None
+    return path if path is not None and path.is_file() else None
+
+
+def build(
+    plan: Annotated[Path, typer.Option("--plan", help="plan.json written by 'clip-debias locate'.")],
+    model: ModelOpt,
+    out: Annotated[Path, typer.Option("--out", help="Output model directory.")],
+    calibration: Annotated[Optional[Path], typer.Option(
+        "--calibration", help="Cache whose per-head means replace the spurious heads (default: the cache the plan was "
+                              "located on).")] = None,
+    pretrained: PretrainedOpt = None,
+    weights: WeightsOpt = None,
+    ablate: AblateOpt = True,
+    project: ProjectOpt = True,
+    classifier: Annotated[str, typer.Option("--classifier", help="zeroshot | perception")] = "zeroshot",
+    contexts: ContextsOpt = "defaults",
+    attribute_pairs: PairsOpt = "defaults",
+    tau: TauOpt = 1.0,
+    z_from: ZFromOpt = "joint",
+    renorm: RenormOpt = "unit",
+    allow_test_calibration: AllowTestOpt = False,
+) -> None:
+    """Bake the plan's corrections (mean ablation, salient projection) and the classifier head into one model."""
+    from toolchain.correct.build import BuildOptions, build_classifier
+    from toolchain.correct.defaults import attribute_pairs_for, contexts_for
+    from toolchain.decompose.cache import load_cache
+    from toolchain.locate.ltc import LocatePlan
+
+    located = LocatePlan.load(plan)
+    calibration = calibration or default_calibration(located)
+    calib = load_cache(calibration) if calibration is not None else None
+    clip = load_model(model, pretrained, weights)
+    options = BuildOptions(
+        ablate=ablate, project=project, classifier=classifier,
+        contexts=contexts_for(contexts, located.dataset) if classifier == "perception" else None,
+        attribute_pairs=attribute_pairs_for(attribute_pairs, located.dataset) if project else None,
+        tau=tau, z_from=z_from, renorm=renorm, allow_test_calibration=allow_test_calibration,
+    )
+    clf = build_classifier(located, calib, clip, options)
+    clf.save(out)
+    spec = clf.spec
+    typer.echo(f"built {out}: {classifier} head, ablated {spec.ablated or 'none'}, projected {spec.salient or 'none'} "
+               f"(basis rank {spec.basis_rank}, renorm {spec.renorm})")
+    if spec.plan.get("calibration"):
+        c = spec.plan["calibration"]
+        typer.echo(f"  ablation means from {c['dataset']}/{c['split']} ({c['n']} images)")
+    if spec.plan.get("test_calibration"):
+        typer.echo("  WARNING: calibrated on the TEST split (--allow-test-calibration); test accuracy of this model "
+                   "is optimistic. Recorded in config.json (plan.test_calibration).")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("build")(build)

@@ -1,0 +1,113 @@
+"""``clip-debias evaluate``: a built model on a dataset split, or (``--compare``) the methods side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from toolchain.cli.build_cmd import AllowTestOpt, ContextsOpt, PairsOpt, RenormOpt, TauOpt, ZFromOpt, default_calibration
+from toolchain.cli.options import BatchOpt, DeviceOpt, PretrainedOpt, WeightsOpt, load_model
+
+
+def evaluate(
+    model_dir: Annotated[Optional[Path], typer.Argument(help="Model directory written by 'clip-debias build'.")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="waterbirds | celeba | csv")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Dataset root folder (csv: the CSV file).")] = None,
+    split: Annotated[str, typer.Option("--split", help="train | val | test")] = "test",
+    compare: Annotated[bool, typer.Option(
+        "--compare", help="Rows zero-shot / ablate / ablate+project / PerceptionCLIP / LTC+PerceptionCLIP from "
+                          "decomposed terms (needs --model, --plan; --calibration defaults to the plan's cache).")] = False,
+    model: Annotated[Optional[str], typer.Option("--model", help="--compare: open_clip model name.")] = None,
+    pretrained: PretrainedOpt = None,
+    weights: WeightsOpt = None,
+    plan: Annotated[Optional[Path], typer.Option("--plan", help="--compare: plan.json.")] = None,
+    calibration: Annotated[Optional[Path], typer.Option("--calibration", help="--compare: calibration cache.")] = None,
+    cache: Annotated[Optional[Path], typer.Option(
+        "--cache", help="--compare: a decomposition cache of the evaluated split (instead of --dataset/--data).")] = None,
+    contexts: ContextsOpt = "defaults",
+    attribute_pairs: PairsOpt = "defaults",
+    tau: TauOpt = 1.0,
+    z_from: ZFromOpt = "joint",
+    renorm: RenormOpt = "unit",
+    allow_test_calibration: AllowTestOpt = False,
+    classes: Annotated[Optional[str], typer.Option("--classes", help="csv datasets: comma-separated class names.")] = None,
+    batch_size: BatchOpt = 32,
+    device: DeviceOpt = "cpu",
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images.")] = False,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON.")] = None,
+) -> None:
+    """Unweighted average accuracy, worst-group accuracy and the per-group table."""
+    from toolchain.errors import ClipDebiasError
+    from toolchain.evaluate import print_reports, reports_json
+
+    class_list = [c.strip() for c in classes.split(",")] if classes else None
+    if compare:
+        rows, extra = _compare(model, pretrained, weights, plan, calibration, cache, dataset, data, split, contexts,
+                               attribute_pairs, tau, z_from, renorm, allow_test_calibration, class_list, batch_size,
+                               device, skip_bad)
+    else:
+        from toolchain.evaluate import evaluate_model
+
+        if model_dir is None or dataset is None or data is None:
+            raise ClipDebiasError("evaluate needs MODEL_DIR, --dataset and --data (or --compare with --model and --plan)")
+        report = evaluate_model(model_dir, dataset, data, split, batch_size=batch_size, device=device,
+                                skip_bad=skip_bad, classes=class_list)
+        provenance = json.loads((model_dir / "config.json").read_text()).get("plan", {})
+        rows, extra = [(str(model_dir), report)], {"model_dir": str(model_dir), "dataset": dataset, "split": split,
+                                                   "model_plan": provenance}
+        if provenance.get("test_calibration"):
+            typer.echo("WARNING: this model was calibrated on the TEST split (--allow-test-calibration): optimistic numbers")
+    print_reports(rows)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(reports_json(rows, extra), indent=2))
+        typer.echo(f"wrote {json_out}")
+
+
+def _compare(model, pretrained, weights, plan, calibration, cache, dataset, data, split, contexts, attribute_pairs,
+             tau, z_from, renorm, allow_test, classes, batch_size, device, skip_bad):
+    """Load or decompose the evaluated split, then ``compare_methods``; returns (rows, provenance)."""
+    from toolchain.correct.defaults import attribute_pairs_for, contexts_for
+    from toolchain.decompose.cache import load_cache
+    from toolchain.errors import ClipDebiasError
+    from toolchain.evaluate import compare_methods
+    from toolchain.locate.ltc import LocatePlan
+
+    if model is None or plan is None:
+        raise ClipDebiasError("evaluate --compare needs --model and --plan")
+    located = LocatePlan.load(plan)
+    calibration = calibration or default_calibration(located)
+    calib = load_cache(calibration) if calibration is not None else None
+    clip = load_model(model, pretrained, weights, device)
+    if cache is not None:
+        terms = load_cache(cache)
+    elif dataset is not None and data is not None:
+        from runtime.datasets import load_index
+        from toolchain.decompose.run import decompose_dataset
+
+        index = load_index(dataset, data, split, classes=classes)
+        terms = decompose_dataset(clip, index, layers=list(located.layers), batch_size=batch_size, device=device,
+                                  skip_bad=skip_bad)
+    else:
+        raise ClipDebiasError("evaluate --compare needs the evaluated split: --cache FILE or --dataset and --data")
+    ds = terms.dataset
+    results = compare_methods(terms, located, calib, clip, contexts=contexts_for(contexts, ds),
+                              attribute_pairs=attribute_pairs_for(attribute_pairs, ds), tau=tau, z_from=z_from,
+                              renorm=renorm, allow_test_calibration=allow_test)
+    calib_split = f"{calib.dataset}/{calib.split}" if calib is not None else "none"
+    typer.echo(f"evaluated on {terms.dataset}/{terms.split} ({len(terms)} images); located on "
+               f"{located.dataset}/{located.split}; ablation means from {calib_split}")
+    if calib is not None and calib.split == "test":
+        typer.echo("WARNING: ablation means come from the TEST split (--allow-test-calibration): optimistic numbers")
+    extra = {"evaluated": {"dataset": terms.dataset, "split": terms.split, "n": len(terms)},
+             "located": {"dataset": located.dataset, "split": located.split},
+             "calibration": calib_split, "test_calibration": bool(calib is not None and calib.split == "test"),
+             "edits": {r.method: r.edits for r in results}}
+    return [(r.method, r.report) for r in results], extra
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate)

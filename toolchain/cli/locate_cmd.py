@@ -1,0 +1,72 @@
+"""``clip-debias locate``: decomposition cache -> plan.json (spurious and salient heads) + plan.png heat map."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from toolchain.cli.options import ModelOpt, PretrainedOpt, WeightsOpt, load_model
+
+
+def int_list(value: str | None, option: str) -> list[int] | None:
+    """'1,2' -> [1, 2]; one clear line for anything else."""
+    if not value:
+        return None
+    from toolchain.errors import ClipDebiasError
+
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise ClipDebiasError(f"{option} {value!r}: expected comma-separated group ids, e.g. 1,2") from None
+
+
+def locate(
+    cache: Annotated[Path, typer.Argument(help="Decomposition cache (.safetensors) of the split to locate on.")],
+    model: ModelOpt,
+    out: Annotated[Path, typer.Option("--out", help="Output plan.json (plan.png is written beside it).")],
+    pretrained: PretrainedOpt = None,
+    weights: WeightsOpt = None,
+    classes: Annotated[Optional[str], typer.Option(
+        "--classes", help="Comma-separated class names (default: the dataset's defaults, else the cache's).")] = None,
+    templates: Annotated[Optional[Path], typer.Option(
+        "--templates", help="Template file (.txt one per line with {}, or YAML/JSON list); averaged.")] = None,
+    attribute_prompts: Annotated[Optional[str], typer.Option(
+        "--attribute-prompts", help="Predict groups zero-shot from attribute prompts: FILE.yaml or 'defaults'.")] = None,
+    minority_groups: Annotated[Optional[str], typer.Option(
+        "--minority-groups", help="Comma-separated minority group ids (default: derived, see --minority-from).")] = None,
+    minority_from: Annotated[str, typer.Option(
+        "--minority-from", help="counts: per class all but the most frequent group (needs an imbalanced split); "
+                                "predictions: all but the group with the best zero-shot accuracy.")] = "counts",
+    max_spurious: Annotated[Optional[int], typer.Option("--max-spurious", min=0, help="Keep at most N spurious heads.")] = None,
+    max_salient: Annotated[Optional[int], typer.Option("--max-salient", min=0, help="Keep at most N salient heads.")] = None,
+) -> None:
+    """Score every cached head on the minority groups: spurious if n(W) - n(C) > 1/K, salient if n(C) - n(W) > 1/K."""
+    from toolchain.correct.defaults import attribute_prompts_for, classes_for, templates_for
+    from toolchain.decompose.cache import load_cache
+    from toolchain.locate.heatmap import save_heatmap
+    from toolchain.locate.ltc import locate_cache
+
+    terms = load_cache(cache)
+    clip = load_model(model, pretrained, weights)
+    plan = locate_cache(
+        terms, clip, class_names=classes_for(classes, terms.dataset), templates=templates_for(templates, terms.dataset),
+        attribute_prompts=attribute_prompts_for(attribute_prompts, terms.dataset),
+        minority_groups=int_list(minority_groups, "--minority-groups"), minority_from=minority_from,
+        max_spurious=max_spurious, max_salient=max_salient,
+    )
+    plan.cache_path = str(cache.resolve())
+    plan.save(out)
+    png = save_heatmap(plan, out.with_suffix(".png"))
+    typer.echo(f"located on {plan.dataset}/{plan.split} ({plan.n} images, {plan.group_source} groups): minority groups "
+               f"{plan.minority_group_names} ({plan.minority_source}), {plan.n_wrong} wrong / {plan.n_correct} correct; "
+               f"K={plan.k}, threshold {plan.threshold:.4f}")
+    for kind, found in (("spurious", plan.spurious), ("salient", plan.salient)):
+        heads = ", ".join(f"L{s.head[0]}H{s.head[1]} ({s.score:+.3f})" for s in found) or "none"
+        typer.echo(f"  {kind}: {heads}")
+    typer.echo(f"wrote {out} and {png}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("locate")(locate)

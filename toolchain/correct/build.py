@@ -1,0 +1,168 @@
+"""Correct: a ``LocatePlan`` + a calibration cache + options -> the edits, the classifier head, the baked model.
+
+Edits (``EditSet``):
+- spurious heads (``ablate``): mean ablation, mu_{l,h} = mean over the CALIBRATION split of c_{l,h} [A, D];
+  the calibration split is the one given (default in the CLI: the split used to locate) and may be a test split
+  only with ``allow_test_calibration`` (then recorded in the model's ``spec.plan``);
+- salient heads (``project``): RoboShot accept step with u = orthonormal_basis(E_T(p+) - E_T(p-)) [K, D] over the
+  attribute pairs; ``renorm`` unit (reference code) or keep (each projected term keeps its norm).
+The same ``EditSet`` runs on cached terms (``EditSet.apply``, used by ``evaluate --compare``) and is baked into a
+``DebiasedClassifier`` (``build_classifier``): both call ``toolchain.correct.edits.corrected_embedding``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from toolchain.correct.classifier import ClassifierSpec, DebiasedClassifier, ZeroShotHead
+from toolchain.correct.edits import corrected_embedding, orthonormal_basis
+from toolchain.correct.perception import ContextSpec, perception_head
+from toolchain.decompose.cache import DecompositionCache
+from toolchain.errors import ClipDebiasError
+from toolchain.locate.ltc import LocatePlan, require_layers, require_same_backbone
+from toolchain.models.tower import ExplicitViT, TowerConfig
+
+CLASSIFIERS = ("zeroshot", "perception")
+RENORMS = ("unit", "keep")
+
+
+@dataclass
+class BuildOptions:
+    """How to correct. ``attribute_pairs`` (p+, p-) are needed only when projecting salient heads; ``contexts`` only
+    for the perception classifier. ``templates`` default to the plan's."""
+
+    ablate: bool = True
+    project: bool = True
+    classifier: str = "zeroshot"
+    contexts: ContextSpec | None = None
+    attribute_pairs: list[tuple[str, str]] | None = None
+    tau: float = 1.0
+    z_from: str = "joint"
+    renorm: str = "unit"
+    allow_test_calibration: bool = False
+    templates: list[str] | None = None
+
+
+@dataclass
+class EditSet:
+    """Heads to mean-ablate with their calibration means [A, D]; heads to project with the basis [K, D]."""
+
+    ablated: list[tuple[int, int]] = field(default_factory=list)
+    means: torch.Tensor | None = None
+    salient: list[tuple[int, int]] = field(default_factory=list)
+    basis: torch.Tensor | None = None
+    renorm: str = "unit"
+
+    def apply(self, cache: DecompositionCache) -> torch.Tensor:
+        """Corrected unit-norm embeddings [N, D] from the cached terms (same math as the baked model)."""
+        require_layers(cache.layers, self.ablated + self.salient, f"cache {cache.dataset}/{cache.split}")
+        return corrected_embedding(cache.embeddings(), head_terms(cache, self.ablated), self.means,
+                                   head_terms(cache, self.salient), self.basis, self.renorm)  # type: ignore[arg-type]
+
+
+def head_terms(cache: DecompositionCache, heads: list[tuple[int, int]]) -> torch.Tensor:
+    """c_{l,h} of the given absolute heads: [N, len(heads), D]."""
+    pos = {layer: i for i, layer in enumerate(cache.layers)}
+    if not heads:
+        return cache.heads.new_zeros(len(cache), 0, cache.heads.shape[-1])
+    return torch.stack([cache.heads[:, pos[l], h] for l, h in heads], dim=1)
+
+
+# ---- checks -----------------------------------------------------------------------------------------------------
+
+def check_plan(plan: LocatePlan, clip: Any, cfg: TowerConfig, where: str = "plan") -> None:
+    """Refuse a plan from another backbone or with heads outside the tower's layers x heads grid."""
+    require_same_backbone(clip.identity, plan.model_identity, where)
+    for l, h in plan.spurious_heads() + plan.salient_heads():
+        if not (0 <= l < cfg.layers and 0 <= h < cfg.heads):
+            raise ClipDebiasError(f"{where}: head [{l}, {h}] is out of range for {clip.identity.describe()} "
+                                  f"({cfg.layers} layers x {cfg.heads} heads)")
+
+
+def check_calibration(calibration: DecompositionCache, clip: Any, heads: list[tuple[int, int]],
+                      allow_test: bool) -> None:
+    """Same backbone, layers covering the ablated heads, and no test split unless explicitly allowed."""
+    what = f"calibration cache {calibration.dataset}/{calibration.split}"
+    require_same_backbone(clip.identity, calibration.identity, what)
+    require_layers(calibration.layers, heads, what)
+    if calibration.split == "test" and not allow_test:
+        raise ClipDebiasError(f"{what}: calibrating on the test split leaks test data into the model; use the split "
+                              "you located on, or pass --allow-test-calibration to do it knowingly")
+
+
+# ---- pieces -----------------------------------------------------------------------------------------------------
+
+def ablation_means(calibration: DecompositionCache, heads: list[tuple[int, int]]) -> torch.Tensor:
+    """mu [A, D]: mean of each head's term over the calibration split (float64 accumulation)."""
+    return head_terms(calibration, heads).double().mean(dim=0).float()
+
+
+@torch.no_grad()
+def projection_basis(clip: Any, pairs: list[tuple[str, str]]) -> torch.Tensor:
+    """u [K, D] = orthonormal_basis(v), v_k = E_T(p+_k) - E_T(p-_k) with unit-norm text embeddings."""
+    pos = clip.encode_text([p for p, _ in pairs], normalize=True).float()
+    neg = clip.encode_text([n for _, n in pairs], normalize=True).float()
+    return orthonormal_basis(pos - neg)
+
+
+def make_edits(plan: LocatePlan, calibration: DecompositionCache | None, clip: Any, options: BuildOptions) -> EditSet:
+    """The ``EditSet`` for ``options`` (ablate and/or project), checked against the calibration cache."""
+    if options.renorm not in RENORMS:
+        raise ClipDebiasError(f"--renorm {options.renorm!r}: expected one of {', '.join(RENORMS)}")
+    edits = EditSet(renorm=options.renorm)
+    if options.ablate and plan.spurious:
+        if calibration is None:
+            raise ClipDebiasError("mean ablation needs a calibration cache (--calibration)")
+        check_calibration(calibration, clip, plan.spurious_heads(), options.allow_test_calibration)
+        edits.ablated, edits.means = plan.spurious_heads(), ablation_means(calibration, plan.spurious_heads())
+    if options.project and plan.salient:
+        if not options.attribute_pairs:
+            raise ClipDebiasError(f"the plan has {len(plan.salient)} salient head(s) to project but no attribute pairs "
+                                  "were given (--attribute-pairs FILE, or --no-project)")
+        edits.salient, edits.basis = plan.salient_heads(), projection_basis(clip, options.attribute_pairs)
+    return edits
+
+
+def make_head(clip: Any, class_names: list[str], templates: list[str], options: BuildOptions) -> nn.Module:
+    """Zero-shot head (T [C, D] from ``templates``) or PerceptionCLIP head (``options.contexts``)."""
+    from toolchain.models.text import class_text_matrix
+
+    scale = float(clip.model.logit_scale.detach().exp())
+    if options.classifier == "zeroshot":
+        return ZeroShotHead(class_text_matrix(clip, class_names, templates), scale)
+    if options.classifier == "perception":
+        if options.contexts is None:
+            raise ClipDebiasError("--classifier perception needs contexts (--contexts waterbirds|celeba|FILE.yaml)")
+        return perception_head(clip, class_names, options.contexts, options.tau, options.z_from)
+    raise ClipDebiasError(f"--classifier {options.classifier!r}: expected one of {', '.join(CLASSIFIERS)}")
+
+
+def build_classifier(plan: LocatePlan, calibration: DecompositionCache | None, clip: Any,
+                     options: BuildOptions | None = None) -> DebiasedClassifier:
+    """The ``DebiasedClassifier`` with the plan's edits and the chosen head baked in; ``spec.plan`` records the plan
+    summary, the calibration split (and whether it is a test split), the attribute pairs and the options."""
+    options = options or BuildOptions()
+    tower = ExplicitViT.from_open_clip(clip.model.visual)
+    check_plan(plan, clip, tower.cfg)
+    edits = make_edits(plan, calibration, clip, options)
+    head = make_head(clip, plan.class_names, list(options.templates or plan.templates or ["a photo of a {}."]), options)
+    opts = {k: v for k, v in asdict(options).items() if k not in ("contexts", "attribute_pairs")}
+    provenance = {
+        **plan.summary(),
+        "calibration": ({"dataset": calibration.dataset, "split": calibration.split, "n": len(calibration)}
+                        if calibration is not None and edits.ablated else None),
+        "test_calibration": bool(calibration is not None and edits.ablated and calibration.split == "test"),
+        "attribute_pairs": [list(p) for p in options.attribute_pairs or []] if edits.salient else [],
+        "options": opts,
+    }
+    spec = ClassifierSpec(
+        tower=tower.cfg.to_dict(), identity=clip.identity.to_dict(), class_names=list(plan.class_names),
+        group_names=list(calibration.group_names if calibration is not None else []), preprocess=clip.preprocess_cfg,
+        ablated=[list(h) for h in edits.ablated], salient=[list(h) for h in edits.salient],
+        basis_rank=int(edits.basis.shape[0]) if edits.basis is not None else 0, renorm=edits.renorm, plan=provenance,
+    )
+    return DebiasedClassifier(tower, head, spec, edits.means, edits.basis).eval()

@@ -1,0 +1,137 @@
+"""Evaluate: a built model on a dataset split, or the methods side by side on cached terms.
+
+Metrics come from ``runtime.metrics.accuracy_report``: unweighted average accuracy (every image counts once),
+worst-group accuracy and the per-group table.
+
+``compare_methods`` computes, from ONE cache of the evaluated split and the same edit functions the baked model
+uses (``EditSet.apply`` -> ``corrected_embedding``), the rows:
+    zero-shot | ablate only | ablate + project | PerceptionCLIP | LTC + PerceptionCLIP
+(ablation means from the calibration cache; PerceptionCLIP rows only when contexts are given).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from runtime.metrics import AccuracyReport, accuracy_report
+from toolchain.correct.build import BuildOptions, EditSet, check_plan, make_edits, make_head
+from toolchain.correct.perception import ContextSpec
+from toolchain.decompose.cache import DecompositionCache
+from toolchain.errors import ClipDebiasError
+from toolchain.locate.ltc import LocatePlan, require_layers, require_same_backbone
+from toolchain.models.tower import tower_config_of
+
+
+@dataclass
+class MethodResult:
+    """One row: method name, what was edited, and its accuracy report on the evaluated split."""
+
+    method: str
+    edits: str
+    report: AccuracyReport
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "edits": self.edits, **self.report.to_dict()}
+
+
+def report_of(logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, group_names: list[str]) -> AccuracyReport:
+    """``accuracy_report`` of argmax predictions."""
+    return accuracy_report(logits.argmax(dim=-1).cpu().numpy(), labels.cpu().numpy(), groups.cpu().numpy(), group_names)
+
+
+def _describe(edits: EditSet) -> str:
+    parts = [f"ablate {edits.ablated}" if edits.ablated else "", f"project {edits.salient} (rank {edits.basis.shape[0]}, "
+             f"renorm {edits.renorm})" if edits.salient and edits.basis is not None else ""]
+    return "; ".join(p for p in parts if p) or "none"
+
+
+@torch.no_grad()
+def compare_methods(cache_test: DecompositionCache, plan: LocatePlan, calibration: DecompositionCache | None,
+                    clip: Any, *, contexts: ContextSpec | None = None,
+                    attribute_pairs: list[tuple[str, str]] | None = None, tau: float = 1.0, z_from: str = "joint",
+                    renorm: str = "unit", allow_test_calibration: bool = False,
+                    templates: list[str] | None = None) -> list[MethodResult]:
+    """The side-by-side rows on ``cache_test`` (see module doc). All caches and the plan must come from ``clip``'s
+    backbone; ``cache_test`` must hold the layers of every planned head, ``calibration`` those of the spurious ones."""
+    check_plan(plan, clip, tower_config_of(clip.model.visual))
+    require_same_backbone(clip.identity, cache_test.identity, f"cache {cache_test.dataset}/{cache_test.split}")
+    require_layers(cache_test.layers, plan.spurious_heads() + plan.salient_heads(),
+                   f"cache {cache_test.dataset}/{cache_test.split}")
+    if cache_test.class_names and len(cache_test.class_names) != len(plan.class_names):
+        raise ClipDebiasError(f"cache {cache_test.dataset}/{cache_test.split} has {len(cache_test.class_names)} classes, "
+                              f"the plan {len(plan.class_names)} ({', '.join(plan.class_names)})")
+    base = BuildOptions(attribute_pairs=attribute_pairs, contexts=contexts, tau=tau, z_from=z_from, renorm=renorm,
+                        allow_test_calibration=allow_test_calibration, templates=templates)
+    templates = list(templates or plan.templates or ["a photo of a {}."])
+    variants = {
+        "none": EditSet(renorm=renorm),
+        "ablate": make_edits(plan, calibration, clip, replace(base, project=False)),
+        "ltc": make_edits(plan, calibration, clip, base),
+    }
+    embeddings = {k: v.apply(cache_test) for k, v in variants.items()}
+    rows = [("zero-shot", "zeroshot", "none"), ("ablate only", "zeroshot", "ablate"),
+            ("ablate + project", "zeroshot", "ltc")]
+    if contexts is not None:
+        rows += [("PerceptionCLIP", "perception", "none"), ("LTC + PerceptionCLIP", "perception", "ltc")]
+    heads = {kind: make_head(clip, plan.class_names, templates, replace(base, classifier=kind))
+             for kind in {kind for _, kind, _ in rows}}
+    labels, groups = cache_test.labels.long(), cache_test.groups.long()
+    return [MethodResult(name, _describe(variants[edit]) + ("" if kind == "zeroshot" else "; perception head"),
+                         report_of(heads[kind](embeddings[edit]), labels, groups, cache_test.group_names))
+            for name, kind, edit in rows]
+
+
+@torch.no_grad()
+def evaluate_model(model_dir: str | Path, dataset: str, data: str | Path, split: str = "test", *,
+                   batch_size: int = 32, device: str = "cpu", skip_bad: bool = False,
+                   classes: list[str] | None = None) -> AccuracyReport:
+    """Run a saved ``DebiasedClassifier`` over one split of a dataset (open_clip's eval transform from the model's
+    recorded preprocessing) and report its accuracy."""
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    from runtime.datasets import load_index
+    from toolchain.correct.classifier import DebiasedClassifier
+    from toolchain.datasets import iter_batches
+
+    model = DebiasedClassifier.load(model_dir, device=device)
+    index = load_index(dataset, Path(data), split, classes=classes)
+    if len(index.class_names) != len(model.spec.class_names):
+        raise ClipDebiasError(f"{model_dir}: the model has {len(model.spec.class_names)} classes, {dataset}/{split} "
+                              f"has {len(index.class_names)} ({', '.join(index.class_names)})")
+    keys = PreprocessCfg.__dataclass_fields__
+    cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in model.spec.preprocess.items() if k in keys}
+    transform = image_transform_v2(PreprocessCfg(**cfg), is_train=False)
+    dtype = model.tower.conv1.weight.dtype
+    preds, labels, groups = [], [], []
+    for batch in iter_batches(index, transform, batch_size=batch_size, skip_bad=skip_bad):
+        logits, _ = model(batch.images.to(device=device, dtype=dtype))
+        preds.append(logits.argmax(dim=-1).cpu())
+        labels.append(batch.labels)
+        groups.append(batch.groups)
+    return accuracy_report(torch.cat(preds).numpy(), torch.cat(labels).numpy(), torch.cat(groups).numpy(),
+                           index.group_names)
+
+
+def print_reports(rows: list[tuple[str, AccuracyReport]], console: Any = None) -> None:
+    """A rich table: one row per method, columns avg / worst group / each group's accuracy (n)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    names = list(dict.fromkeys(g for _, r in rows for g in r.groups))
+    table = Table(show_lines=False)
+    for col in ["method", "avg acc", "worst group", *names]:
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for name, r in rows:
+        cells = [f"{r.groups[g].accuracy * 100:.1f} (n={r.groups[g].n})" if g in r.groups else "-" for g in names]
+        table.add_row(name, f"{r.accuracy * 100:.2f}", f"{r.worst_group_accuracy * 100:.2f} ({r.worst_group})", *cells)
+    console.print(table)
+
+
+def reports_json(rows: list[tuple[str, AccuracyReport]], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """JSON-ready dict of the rows (and any extra provenance)."""
+    return {**(extra or {}), "rows": [{"method": n, **r.to_dict()} for n, r in rows]}

@@ -1,0 +1,39 @@
+"""Heat map of n(W) - n(C) over the (layer, head) grid of a ``LocatePlan`` (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from toolchain.locate.ltc import LocatePlan
+
+
+def save_heatmap(plan: LocatePlan, path: str | Path) -> Path:
+    """Write a PNG: rows = the cache's absolute layers, columns = heads, colour = n(W) - n(C) (red: spurious side,
+    blue: salient side); located spurious heads are marked "S", salient "+"."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    diff = plan.diff_grid().numpy()
+    lim = max(float(abs(diff).max()), plan.threshold, 1e-6)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * plan.n_heads + 2), max(2.5, 0.4 * len(plan.layers) + 1.5)))
+    im = ax.imshow(diff, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+    row = {layer: i for i, layer in enumerate(plan.layers)}
+    for mark, heads in (("S", plan.spurious_heads()), ("+", plan.salient_heads())):
+        for layer, head in heads:
+            dark = abs(diff[row[layer], head]) > lim / 2
+            ax.text(head, row[layer], mark, ha="center", va="center", fontsize=10, fontweight="bold",
+                    color="white" if dark else "black")
+    ax.set_xticks(range(plan.n_heads))
+    ax.set_yticks(range(len(plan.layers)), [str(l) for l in plan.layers])
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(f"n(W) - n(C), {plan.dataset}/{plan.split}, threshold 1/K = {plan.threshold:.3f}", fontsize=9)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
