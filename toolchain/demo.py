@@ -31,7 +31,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "ablate + project": {"ablate": True, "project": True, "classifier": "zeroshot"},
     "PerceptionCLIP": {"ablate": False, "project": False, "classifier": "perception"},
     "LTC + PerceptionCLIP": {"ablate": True, "project": True, "classifier": "perception"},
+    "ablate + project (keep norm)": {"ablate": True, "project": True, "classifier": "zeroshot", "renorm": "keep"},
+    "LTC + PerceptionCLIP (keep norm)": {"ablate": True, "project": True, "classifier": "perception", "renorm": "keep"},
 }
+KEEP_NORM = " (keep norm)"
 MAX_AVG_DROP = 0.02  # a shipped correction may cost at most 2 points of average accuracy on val
 
 
@@ -71,6 +74,21 @@ def choose_variant(val_rows: list[Any]) -> str:
     return max(ok, key=lambda n: (by_name[n].worst_group_accuracy, by_name[n].accuracy))
 
 
+def compare_rows(cache: DecompositionCache, plan: Any, calibration: DecompositionCache, clip: Any, contexts: Any,
+                 pairs: Any) -> list[Any]:
+    """``compare_methods`` rows with the paper's unit renormalization of projected heads, plus the projected rows
+    again with each head's norm kept (``renorm="keep"``), marked " (keep norm)"."""
+    from dataclasses import replace
+
+    from toolchain.evaluate import compare_methods
+
+    rows = compare_methods(cache, plan, calibration, clip, contexts=contexts, attribute_pairs=pairs)
+    if not plan.salient_heads():
+        return rows
+    keep = compare_methods(cache, plan, calibration, clip, contexts=contexts, attribute_pairs=pairs, renorm="keep")
+    return rows + [replace(r, method=r.method + KEEP_NORM) for r in keep if r.method + KEEP_NORM in VARIANTS]
+
+
 def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any = None) -> DemoSummary:
     """Run the whole pipeline into ``out`` and return the summary (also printed when ``console`` is given)."""
     from exporters.onnx_export import export_onnx
@@ -80,12 +98,11 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
     from toolchain.correct.defaults import attribute_pairs_for, contexts_for
     from toolchain.decompose.contributions import resolve_layers
     from toolchain.decompose.run import decompose_dataset
-    from toolchain.evaluate import compare_methods
     from toolchain.lab.data import make_lab_data
     from toolchain.locate.groups import minority_from_counts
     from toolchain.locate.heatmap import save_heatmap
     from toolchain.locate.ltc import locate_cache
-    from toolchain.locate.probe import attribute_probe, margin_background_auc
+    from toolchain.locate.probe import attribute_probe, margin_shifts
     from toolchain.models.loading import load_clip
 
     say = console.print if console is not None else (lambda *a, **k: None)
@@ -127,8 +144,7 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
 
     say("[bold]4/7 choose the correction on val[/bold], then build it")
     contexts, pairs = contexts_for("defaults", "waterbirds"), attribute_pairs_for("defaults", "waterbirds")
-    rows = {split: compare_methods(caches[split], plan, caches["val"], clip, contexts=contexts, attribute_pairs=pairs)
-            for split in ("val", "test")}
+    rows = {split: compare_rows(caches[split], plan, caches["val"], clip, contexts, pairs) for split in ("val", "test")}
     chosen = choose_variant(rows["val"])
     options = BuildOptions(contexts=contexts, attribute_pairs=pairs, **VARIANTS[chosen])
     debiased = build_classifier(plan, caches["val"], clip, options)
@@ -153,12 +169,16 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
     from toolchain.models.text import class_text_matrix
 
     probe_acc = attribute_probe(caches["val"], caches["test"])  # linear probe: fit on val, score on test
-    auc = margin_background_auc(caches["test"], class_text_matrix(clip, plan.class_names))
-    spurious = set(plan.spurious_heads())
-    probe = sorted(({"layer": layers[i], "head": h, "margin_background_auc": round(float(auc[i, h]), 4),
-                     "linear_probe_accuracy": round(float(probe_acc[i, h]), 4), "spurious": (layers[i], h) in spurious}
-                    for i in range(auc.shape[0]) for h in range(auc.shape[1])),
-                   key=lambda r: -r["margin_background_auc"])
+    shifts = margin_shifts(caches["test"], class_text_matrix(clip, plan.class_names),
+                           float(clip.model.logit_scale.detach().exp()))
+    spurious, salient = set(plan.spurious_heads()), set(plan.salient_heads())
+    probe = sorted(({"layer": layers[i], "head": h, "background_shift": round(float(shifts.background[i, h]), 3),
+                     "object_shift": round(float(shifts.object[i, h]), 3),
+                     "linear_probe_accuracy": round(float(probe_acc[i, h]), 4),
+                     "located": "spurious" if (layers[i], h) in spurious else
+                     ("salient" if (layers[i], h) in salient else "")}
+                    for i in range(shifts.background.shape[0]) for h in range(shifts.background.shape[1])),
+                   key=lambda r: -abs(r["background_shift"]))
     lap("probe")
 
     summary = DemoSummary(
@@ -196,15 +216,13 @@ def print_summary(s: DemoSummary, console: Any) -> None:
     console.print(f"worst-group accuracy {pct(z['worst_group_accuracy'])} -> {pct(d['worst_group_accuracy'])} "
                   f"({100 * (d['worst_group_accuracy'] - z['worst_group_accuracy']):+.1f} points); average "
                   f"{pct(z['accuracy'])} -> {pct(d['accuracy'])} ({100 * (d['accuracy'] - z['accuracy']):+.1f} points)")
-    rank = {(r["layer"], r["head"]): i + 1 for i, r in enumerate(s.probe)}
-    p = Table(title="Does locate find the background heads? Heads ranked by how much their class vote follows the "
-                    "background (test)")
-    for col in ("rank", "(layer, head)", "margin-background AUC", "linear probe acc %", "located as"):
+    p = Table(title="Does locate find the background heads? Heads ranked by |background shift| of their class vote "
+                    "(test; logits)")
+    for col in ("rank", "(layer, head)", "background shift", "object shift", "linear probe acc %", "located as"):
         p.add_column(col)
-    salient = {tuple(h) for h in s.plan.get("salient", [])}
-    for r in s.probe[:8] + [r for r in s.probe[8:] if r["spurious"]]:
-        key = (r["layer"], r["head"])
-        p.add_row(str(rank[key]), f"({key[0]}, {key[1]})", f"{r['margin_background_auc']:.3f}",
-                  pct(r["linear_probe_accuracy"]), "spurious" if r["spurious"] else ("salient" if key in salient else ""))
+    for i, r in enumerate(s.probe):
+        if i < 6 or r["located"]:
+            p.add_row(str(i + 1), f"({r['layer']}, {r['head']})", f"{r['background_shift']:+.2f}",
+                      f"{r['object_shift']:+.2f}", pct(r["linear_probe_accuracy"]), r["located"])
     console.print(p)
     console.print(f"timings (s): {s.seconds}")

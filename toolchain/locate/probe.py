@@ -7,6 +7,8 @@ the head terms, t = +1/-1 the attribute), then accuracy of sign([C 1] w) on the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from toolchain.decompose.cache import DecompositionCache
@@ -34,28 +36,34 @@ def attribute_probe(fit: DecompositionCache, test: DecompositionCache, ridge: fl
     return (pred == test.attributes.bool()).double().mean(dim=-1).float()
 
 
-def _auc(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-    """[..., P], [..., Q] -> [...] P(pos > neg) + 0.5 P(pos == neg) (Mann-Whitney AUC over all pairs)."""
-    diff = pos[..., :, None] - neg[..., None, :]
-    return (diff > 0).double().mean(dim=(-1, -2)) + 0.5 * (diff == 0).double().mean(dim=(-1, -2))
+
+@dataclass
+class MarginShifts:
+    """How each head's class vote moves, in logits. s_{l,h}(x) = logit_scale * c_{l,h}(x) . (t_1 - t_0).
+
+    background [L, H]: mean over classes y of E[s | y, a=1] - E[s | y, a=0]  (attribute flipped, class held fixed)
+    object     [L, H]: mean over attributes a of E[s | y=1, a] - E[s | y=0, a]  (class flipped, attribute held fixed)
+    A spurious head has a large |background| shift; a salient head a large object shift.
+    """
+
+    background: torch.Tensor
+    object: torch.Tensor
 
 
-def margin_background_auc(cache: DecompositionCache, text: torch.Tensor) -> torch.Tensor:
-    """[L, H] how strongly each head's *class margin* follows the attribute, within each class.
-
-    s_{l,h}(x) = c_{l,h}(x) . (t_1 - t_0) is the head's push towards class 1 (binary tasks). For each class y, AUC of
-    s over images with attribute 1 vs attribute 0; averaged over classes, then folded as max(AUC, 1 - AUC). 0.5 = the
-    head's vote ignores the attribute; 1.0 = it is decided by the attribute alone (a spurious head)."""
+def margin_shifts(cache: DecompositionCache, text: torch.Tensor, logit_scale: float = 100.0) -> MarginShifts:
+    """Per-head shifts of the binary class margin (see ``MarginShifts``); needs ``cache.attributes`` and 2 classes."""
     if cache.attributes is None:
         raise ClipDebiasError(f"cache {cache.dataset}/{cache.split} has no attribute labels to probe")
     if text.shape[0] != 2:
-        raise ClipDebiasError("margin_background_auc needs a binary task (2 class text embeddings)")
-    s = torch.einsum("nlhd,d->lhn", cache.heads.double(), (text[1] - text[0]).double())
-    aucs = []
-    for y in cache.labels.unique():
-        in_y = cache.labels == y
-        pos, neg = in_y & (cache.attributes == 1), in_y & (cache.attributes == 0)
-        if pos.any() and neg.any():
-            aucs.append(_auc(s[..., pos], s[..., neg]))
-    auc = torch.stack(aucs).mean(dim=0)
-    return torch.maximum(auc, 1 - auc).float()
+        raise ClipDebiasError("margin_shifts needs a binary task (2 class text embeddings)")
+    s = logit_scale * torch.einsum("nlhd,d->lhn", cache.heads.double(), (text[1] - text[0]).double())
+    y, a = cache.labels, cache.attributes
+
+    def mean(mask: torch.Tensor) -> torch.Tensor:
+        if not mask.any():
+            raise ClipDebiasError(f"cache {cache.dataset}/{cache.split} lacks a (class, attribute) group to probe")
+        return s[..., mask].mean(dim=-1)
+
+    bg = torch.stack([mean((y == c) & (a == 1)) - mean((y == c) & (a == 0)) for c in (0, 1)]).mean(dim=0)
+    obj = torch.stack([mean((y == 1) & (a == v)) - mean((y == 0) & (a == v)) for v in (0, 1)]).mean(dim=0)
+    return MarginShifts(background=bg.float(), object=obj.float())
