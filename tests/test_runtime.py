@@ -319,7 +319,7 @@ def test_fp16_optimization_level_is_never_all():
     import onnxruntime as ort
 
     assert ort_optimization_level("cpu", "fp16") == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    assert ort_optimization_level("cuda", "fp16") == ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    assert ort_optimization_level("auto", "fp16") == ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     assert ort_optimization_level("cpu", "fp32") == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 
 

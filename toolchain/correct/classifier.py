@@ -105,9 +105,9 @@ class DebiasedClassifier(nn.Module):
             torch.zeros(0, tower.cfg.head_dim, d, dtype=dtype)
         self.register_buffer("readout", readout[flat].contiguous() if flat else readout[:0], persistent=False)
         means = ablation_means if ablation_means is not None else torch.zeros(self.n_ablated, d)
-        self.register_buffer("ablation_means", means.to(dtype).reshape(self.n_ablated, d))
+        self.register_buffer("ablation_means", means.detach().to(dtype).reshape(self.n_ablated, d))
         b = basis if basis is not None else torch.zeros(spec.basis_rank, d)
-        self.register_buffer("basis", b.to(dtype).reshape(spec.basis_rank, d))
+        self.register_buffer("basis", b.detach().to(dtype).reshape(spec.basis_rank, d))
 
     @property
     def renorm(self) -> Renorm:

@@ -238,6 +238,7 @@ class ExplicitViT(nn.Module):
         """Per-sample LayerNorm std of the final CLS stream: sqrt(var(x) + eps) [B] (biased variance, as LN)."""
         return torch.sqrt(cls_final.var(dim=-1, unbiased=False) + self.cfg.eps)
 
+    @torch.no_grad()
     def centred_readout(self) -> torch.Tensor:
         """C diag(g) proj [W, D], C = I - 11^T/W. A residual term r maps to r @ this / sigma.
 
@@ -250,6 +251,7 @@ class ExplicitViT(nn.Module):
                                                                 device=self.ln_post.weight.device))
         return m - m.mean(dim=0, keepdim=True)
 
+    @torch.no_grad()
     def head_readout(self, layers: list[int] | tuple[int, ...]) -> torch.Tensor:
         """Folded per-head maps A [L, H, Dh, D]: head term c_{l,h} = o_{l,h}^{cls} @ A_{l,h} / sigma (unnormalized y
         space), A_{l,h} = W_o[:, h]^T diag(gamma_l) C diag(g) proj. Computed in float64, returned in the tower dtype."""
@@ -263,6 +265,7 @@ class ExplicitViT(nn.Module):
             mats.append((wo @ cm).reshape(self.cfg.heads, self.cfg.head_dim, -1))
         return torch.stack(mats).to(self.conv1.weight.dtype)
 
+    @torch.no_grad()
     def bias_readout(self) -> torch.Tensor:
         """ln_post bias through proj: b @ proj [D] (belongs to the rest term)."""
         b = self.ln_post.bias

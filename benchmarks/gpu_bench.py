@@ -1,0 +1,121 @@
+"""GPU throughput (batch 256) and batch-1 latency of ViT-B-16 per backend, measured in one run on one CUDA machine.
+
+Rows: open_clip torch eager fp16 (plain encoder), the debiased torch model fp16 (2 ablated + 1 projected head in the
+last two layers, zero-shot head), and the torch-free runtime on ONNX Runtime CUDA, fp32 and fp16 (numpy in, numpy
+out: host<->device copies included, as a service sees it). Random weights (no pretrained weights here).
+
+    python benchmarks/gpu_bench.py --out gpu_bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+
+def median_ms(fn: Callable[[], object], iters: int, warmup: int = 5, cuda: bool = True) -> float:
+    for _ in range(warmup):
+        fn()
+    if cuda:
+        torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, default=Path("gpu_bench.json"))
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--model", default="ViT-B-16")
+    ap.add_argument("--device", default="cuda", help="cuda (the point) or cpu (a dry run of this script)")
+    args = ap.parse_args()
+
+    from toolchain.correct.classifier import DebiasedClassifier, plain_classifier
+    from toolchain.correct.edits import orthonormal_basis
+    from toolchain.models.loading import load_clip
+
+    torch.manual_seed(0)
+    clip = load_clip(args.model)
+    cfg = clip.model.visual
+    last, heads = len(cfg.transformer.resblocks) - 1, cfg.transformer.resblocks[0].attn.num_heads
+    dim = cfg.output_dim
+    plain = plain_classifier(clip, ["a", "b"])
+    spec = plain.spec
+    spec.ablated, spec.salient, spec.basis_rank = [[last - 1, 0], [last, 1]], [[last, heads - 1]], 2
+    debiased = DebiasedClassifier(plain.tower, plain.head, spec, torch.randn(2, dim) * 0.02,
+                                  orthonormal_basis(torch.randn(2, dim))).eval()
+    rows: list[dict[str, object]] = []
+    dev = torch.device(args.device)
+    on_gpu = dev.type == "cuda"
+    half = torch.float16 if on_gpu else torch.float32
+    b = args.batch
+    size = tuple(plain.tower.cfg.image_size)
+    xb = torch.randn(b, 3, *size, device=dev, dtype=half)
+    x1 = xb[:1].clone()
+
+    def add(name: str, run_b: Callable[[], object], run_1: Callable[[], object], cuda: bool = on_gpu) -> None:
+        try:
+            ms_b = median_ms(run_b, args.iters, cuda=cuda)
+            ms_1 = median_ms(run_1, args.iters * 5, cuda=cuda)
+        except Exception as e:  # report, don't hide, keep measuring the other rows
+            rows.append({"backend": name, "error": f"{type(e).__name__}: {str(e)[:300]}"})
+            print(rows[-1], flush=True)
+            return
+        rows.append({"backend": name, f"img_per_s_b{b}": round(b / ms_b * 1e3, 1), "ms_b1": round(ms_1, 3)})
+        print(rows[-1], flush=True)
+
+    with torch.inference_mode():
+        enc = clip.model.visual.to(dev, half).eval()
+        add(f"open_clip torch eager {half} (plain encoder)", lambda: enc(xb), lambda: enc(x1))
+        enc.to("cpu", torch.float32)
+        deb = DebiasedClassifier.load(_save(debiased)).to(dev, half)  # fresh copy: constants in fp16
+        add(f"debiased torch eager {half}", lambda: deb(xb), lambda: deb(x1))
+        deb.to("cpu")
+
+    import runtime
+    from exporters.onnx_export import export_onnx
+
+    art = export_onnx(debiased, Path(tempfile.mkdtemp()) / "artifact", precision="both")
+    xb_np, x1_np = xb.float().cpu().numpy(), x1.float().cpu().numpy()
+    for precision in ("fp32", "fp16"):
+        try:
+            clf = runtime.load(art, backend="onnxruntime", device=args.device, precision=precision)
+        except Exception as e:  # report, don't hide
+            rows.append({"backend": f"runtime onnxruntime CUDA {precision}", "error": str(e)[:300]})
+            print(rows[-1], flush=True)
+            continue
+        add(f"runtime onnxruntime {args.device} {precision} (numpy I/O)", lambda: clf.predict_logits(xb_np),
+            lambda: clf.predict_logits(x1_np), cuda=False)
+    info = {"gpu": torch.cuda.get_device_name() if on_gpu else "none", "torch": torch.__version__, "rows": rows}
+    try:
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    args.out.write_text(json.dumps(info, indent=2))
+    print(json.dumps(info, indent=2))
+
+
+def _save(model: object) -> Path:
+    d = Path(tempfile.mkdtemp()) / "m"
+    model.save(d)  # type: ignore[attr-defined]
+    return d
+
+
+if __name__ == "__main__":
+    main()

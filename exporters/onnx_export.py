@@ -1,0 +1,394 @@
+"""Export a ``DebiasedClassifier`` to an ONNX artifact, behind parity gates.
+
+Graph: ``image`` float32 [batch, 3, H, W] -> ``logits`` float32 [batch, C], ``embedding`` float32 [batch, D]
+(the corrected unit-norm e'); ``batch`` is a dynamic axis. Exported with the TorchScript exporter
+(``torch.onnx.export(..., dynamo=False)`` where that parameter exists: torch >= 2.9 defaults to dynamo).
+
+Parity gates (seeded N(0, 1) images, batch 4 — a different batch size than the traced example, so the gate also
+exercises the dynamic axis); ``m = max(1, max |logits_torch|)``:
+
+- fp32: max |logits - logits_torch| <= 1e-4 * m and max |e - e_torch| <= 1e-5. logits = s * cos(e', t) with |cos| <= 1,
+  so an export that reproduces e' to fp32 rounding (measured ~2e-7 per component) moves a logit by at most
+  ~s * ||delta e||; the bound is relative to the logit magnitude (~1e-4 relative is still ~1000 fp32 ulps, so a
+  wrong graph cannot hide in it) and absolute 1e-4 for small logits (random-weight models, s ~ 14).
+- fp16 (fp16 weights/compute, fp32 I/O, LayerNormalization kept in fp32 because CLIP residual streams carry
+  outlier channels whose squares overflow fp16): max |logits diff| <= 2e-2 * m — about 40 fp16 unit roundoffs
+  (u = 2^-11) relative to the logits, the accumulated rounding of ~L sequential fp16 blocks — plus min cos(e16, e) >=
+  0.999.
+- both: identical argmax on every gate row whose torch top-2 margin exceeds the logit tolerance (a near-tie inside
+  the error bound has no defined order at that precision).
+
+A failed gate raises ``ClipDebiasError`` with the measured numbers and nothing is written.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from exporters.artifact import ONNX_FP16, ONNX_FP32, ONNX_ORT, model_file, staged_artifact, write_manifest
+from runtime.errors import ClipDebiasError
+from runtime.manifest import Manifest, Preprocessing, TensorSpec
+
+log = logging.getLogger("clip_debias.export")
+
+DEFAULT_OPSET = 18
+PRECISIONS = ("fp32", "fp16", "both")
+FP32_LOGIT_RTOL = 1e-4
+FP32_EMBED_ATOL = 1e-5
+FP16_LOGIT_RTOL = 2e-2
+FP16_MIN_COSINE = 0.999
+GATE_BATCH = 4
+EXAMPLE_BATCH = 2
+FP16_KEEP_FP32_OPS = ("LayerNormalization",)
+ORT_KEEP_MIN_SPEEDUP = 1.03  # keep model.ort.onnx only when p50 latency improves by >= 3 %
+
+
+@dataclass
+class GateResult:
+    """Parity of one exported graph against the torch model on the gate batch."""
+
+    precision: str
+    max_logit_diff: float
+    max_embedding_diff: float
+    logit_tolerance: float
+    min_cosine: float
+    argmax_agree: float  # fraction of gate rows with the same argmax
+    argmax_checked: int  # rows whose torch top-2 margin exceeds the tolerance
+    passed: bool
+    reason: str = ""
+
+
+@dataclass
+class ExportReport:
+    """What an export measured (also logged): gate results and the ORT-optimization latency comparison."""
+
+    artifact: Path
+    gates: list[GateResult] = field(default_factory=list)
+    # {"model.onnx": p50 ms, "model.ort.onnx": p50 ms, "paired_speedup": x} at batch 1
+    ort_latency_ms: dict[str, float] = field(default_factory=dict)
+    ort_kept: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["artifact"] = str(self.artifact)
+        return d
+
+
+# ---- low level: torch module -> .onnx -----------------------------------------------------------------------------
+def _exporter_kwargs() -> dict[str, Any]:
+    """``dynamo=False`` only where ``torch.onnx.export`` has that parameter (torch 2.5 .. 2.15)."""
+    import torch
+
+    return {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+
+
+def export_module_onnx(module: Any, example: Any, path: str | Path, opset: int = DEFAULT_OPSET,
+                       output_names: Sequence[str] = ("logits", "embedding"), input_name: str = "image") -> Path:
+    """Trace ``module(example)`` to ONNX at ``path`` with a dynamic batch axis on the input and every output, then run
+    ``onnx.checker``. Serves the classifier (image -> logits, embedding) and the plain encoder (image -> embedding)."""
+    import onnx
+    import torch
+
+    path = Path(path)
+    module = module.eval()
+    axes = {input_name: {0: "batch"}, **{n: {0: "batch"} for n in output_names}}
+    try:
+        with torch.no_grad(), _quiet_tracer_warnings():
+            torch.onnx.export(module, (example,), str(path), input_names=[input_name], output_names=list(output_names),
+                              opset_version=opset, dynamic_axes=axes, do_constant_folding=True, **_exporter_kwargs())
+    except Exception as e:
+        raise ClipDebiasError(f"{path}: torch.onnx.export failed at opset {opset} "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as e:
+        raise ClipDebiasError(f"{path}: onnx.checker rejected the exported graph ({str(e).splitlines()[0][:200]})") from e
+    return path
+
+
+class _quiet_tracer_warnings:
+    """Silence TracerWarning / export deprecation chatter inside the export call only."""
+
+    def __enter__(self) -> None:
+        import warnings
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("ignore")
+
+    def __exit__(self, *exc: Any) -> None:
+        self._ctx.__exit__(*exc)
+
+
+def _topo_sort(graph: Any) -> None:
+    """Reorder ``graph.node`` topologically (the fp16 converter appends its input Casts at the end)."""
+    avail = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(i in avail for i in node.input):
+                ordered.append(node)
+                avail.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            raise ClipDebiasError(f"fp16 graph: node {rest[0].name!r} has an input no node produces")
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def convert_fp16(src: str | Path, dst: str | Path, keep_fp32_ops: Sequence[str] = FP16_KEEP_FP32_OPS) -> Path:
+    """fp32 ONNX -> fp16 weights/compute with fp32 I/O (``keep_io_types``); ``keep_fp32_ops`` stay fp32."""
+    import onnx
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    model = onnx.load(str(src))
+    m16 = convert_float_to_float16(model, keep_io_types=True,
+                                   op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(keep_fp32_ops))
+    _topo_sort(m16.graph)
+    onnx.save(m16, str(dst))
+    try:
+        onnx.checker.check_model(str(dst))
+    except onnx.checker.ValidationError as e:
+        raise ClipDebiasError(f"{dst}: onnx.checker rejected the fp16 graph ({str(e).splitlines()[0][:200]})") from e
+    return Path(dst)
+
+
+# ---- onnxruntime ----------------------------------------------------------------------------------------------------
+def ort_session(path: str | Path, precision: str = "fp32", providers: Sequence[str] = ("CPUExecutionProvider",),
+                level: str | None = None, optimized_path: str | Path | None = None) -> Any:
+    """An onnxruntime session. ``level``: disable|basic|extended|all (default all). fp16 on the CPU provider runs at
+    basic, like ``runtime.backends`` (onnxruntime 1.31's CPU provider can crash creating an fp16 session at
+    ORT_ENABLE_ALL; the CPU has no fp16 GEMM, so higher levels buy nothing there)."""
+    import onnxruntime as ort
+
+    levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+    level = level or "all"
+    if precision == "fp16" and "CPUExecutionProvider" in providers and level in ("all", "extended"):
+        level = "basic"
+    so = ort.SessionOptions()
+    so.graph_optimization_level = levels[level]
+    so.log_severity_level = 3
+    if optimized_path is not None:
+        so.optimized_model_filepath = str(optimized_path)
+    try:
+        return ort.InferenceSession(str(path), so, providers=list(providers))
+    except Exception as e:
+        raise ClipDebiasError(f"{path}: onnxruntime cannot load it "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+
+
+def p50_latency_ms(fn: Callable[[], Any], iters: int = 10, warmup: int = 2) -> float:
+    """Median wall time of ``fn()`` in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return float(np.median(times))
+
+
+# ---- gates ----------------------------------------------------------------------------------------------------------
+def gate_images(height: int, width: int, batch: int = GATE_BATCH, seed: int = 0) -> np.ndarray:
+    """Seeded N(0, 1) float32 images [batch, 3, H, W] (already in normalized-pixel space)."""
+    return np.random.default_rng(seed).standard_normal((batch, 3, height, width)).astype(np.float32)
+
+
+def compare(precision: str, logits: np.ndarray, emb: np.ndarray, ref_logits: np.ndarray, ref_emb: np.ndarray) -> GateResult:
+    """Gate one graph's outputs against the torch reference (tolerances: module docstring)."""
+    scale = max(1.0, float(np.abs(ref_logits).max()))
+    dl = float(np.abs(logits - ref_logits).max())
+    de = float(np.abs(emb - ref_emb).max())
+    cos = float((np.sum(emb * ref_emb, -1) / (np.linalg.norm(emb, axis=-1) * np.linalg.norm(ref_emb, axis=-1))).min())
+    tol = (FP32_LOGIT_RTOL if precision == "fp32" else FP16_LOGIT_RTOL) * scale
+    same = logits.argmax(-1) == ref_logits.argmax(-1)
+    top2 = np.sort(ref_logits, axis=-1)[:, -2:] if ref_logits.shape[-1] > 1 else np.zeros((len(ref_logits), 2))
+    decided = (top2[:, 1] - top2[:, 0]) > tol
+    reasons = []
+    if not np.isfinite(logits).all() or not np.isfinite(emb).all():
+        reasons.append("non-finite outputs")
+    if not dl <= tol:
+        reasons.append(f"max |logit diff| {dl:.3g} > {tol:.3g}")
+    if precision == "fp32" and not de <= FP32_EMBED_ATOL:
+        reasons.append(f"max |embedding diff| {de:.3g} > {FP32_EMBED_ATOL:.3g}")
+    if precision == "fp16" and not cos >= FP16_MIN_COSINE:
+        reasons.append(f"min embedding cosine {cos:.6f} < {FP16_MIN_COSINE}")
+    if not same[decided].all():
+        reasons.append(f"argmax differs on {int((~same[decided]).sum())} of {int(decided.sum())} gate images")
+    return GateResult(precision, dl, de, tol, cos, float(same.mean()), int(decided.sum()), not reasons, "; ".join(reasons))
+
+
+def run_gate(path: str | Path, precision: str, x: np.ndarray, ref_logits: np.ndarray, ref_emb: np.ndarray) -> GateResult:
+    """Run ``path`` on the gate batch with onnxruntime (CPU) and raise ``ClipDebiasError`` when it fails."""
+    sess = ort_session(path, precision)
+    logits, emb = sess.run(["logits", "embedding"], {"image": x})
+    res = compare(precision, logits, emb, ref_logits, ref_emb)
+    log.info("parity %s: max|dlogit| %.3g (tol %.3g), max|demb| %.3g, min cos %.7f, argmax agree %.0f%%",
+             precision, res.max_logit_diff, res.logit_tolerance, res.max_embedding_diff, res.min_cosine,
+             100 * res.argmax_agree)
+    if not res.passed:
+        raise ClipDebiasError(f"{Path(path).name}: {precision} parity gate failed against the torch model "
+                              f"({res.reason}); artifact not written")
+    return res
+
+
+# ---- manifest -------------------------------------------------------------------------------------------------------
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def library_versions() -> dict[str, str]:
+    """torch, open_clip, onnx, onnxruntime, clip-debias versions at export time."""
+    return {"torch": _version("torch"), "open_clip": _version("open_clip_torch"), "onnx": _version("onnx"),
+            "onnxruntime": _version("onnxruntime"), "clip-debias": _version("clip-debias")}
+
+
+def preprocessing_of(cfg: dict[str, Any], image_size: tuple[int, int]) -> Preprocessing:
+    """``Preprocessing`` from a ``ClassifierSpec.preprocess`` dict (open_clip's preprocess_cfg)."""
+    size = cfg.get("size", list(image_size))
+    size = [int(size), int(size)] if isinstance(size, (int, float)) else [int(s) for s in size]
+    try:
+        return Preprocessing(size=size, mean=[float(m) for m in cfg["mean"]], std=[float(s) for s in cfg["std"]],
+                             interpolation=str(cfg.get("interpolation", "bicubic")),
+                             resize_mode=str(cfg.get("resize_mode", "shortest")), fill_color=int(cfg.get("fill_color", 0)))
+    except KeyError as e:
+        raise ClipDebiasError(f"config.json: field 'preprocess.{e.args[0]}' missing "
+                              "(expected open_clip's preprocess_cfg)") from e
+
+
+def build_manifest(model: Any, files: list[Any], opset: int) -> Manifest:
+    """The manifest of a ``DebiasedClassifier`` export (``files`` already hashed)."""
+    spec, cfg = model.spec, model.tower.cfg
+    h, w = cfg.image_size
+    head = model.head.config() if hasattr(model.head, "config") else dict(spec.head)
+    plan = {"ablated": [list(p) for p in spec.ablated], "salient": [list(p) for p in spec.salient],
+            "basis_rank": spec.basis_rank, "renorm": spec.renorm, "head": head, "plan": spec.plan}
+    return Manifest(
+        model=dict(spec.identity), plan=plan, class_names=list(spec.class_names), group_names=list(spec.group_names),
+        preprocessing=preprocessing_of(spec.preprocess, (h, w)),
+        inputs=[TensorSpec("image", "float32", ["batch", 3, h, w])],
+        outputs=[TensorSpec("logits", "float32", ["batch", len(spec.class_names)]),
+                 TensorSpec("embedding", "float32", ["batch", cfg.embed_dim])],
+        opset=opset, files=files, versions=library_versions())
+
+
+# ---- high level: model dir -> artifact -----------------------------------------------------------------------------
+def _as_classifier(model_dir_or_model: Any) -> Any:
+    import torch
+
+    from toolchain.correct.classifier import DebiasedClassifier
+
+    if isinstance(model_dir_or_model, (str, Path)):
+        model = DebiasedClassifier.load(model_dir_or_model)
+    elif isinstance(model_dir_or_model, DebiasedClassifier):
+        model = model_dir_or_model
+    else:
+        raise ClipDebiasError(f"export_onnx: expected a model directory or a DebiasedClassifier, got "
+                              f"{type(model_dir_or_model).__name__}")
+    if model.tower.conv1.weight.dtype != torch.float32 or model.tower.conv1.weight.device.type != "cpu":
+        import copy
+
+        model = copy.deepcopy(model).to(device="cpu", dtype=torch.float32)  # export in fp32 on CPU; leave the caller's
+    return model.eval()
+
+
+def _check_outputs(tmp: Path, expected: set[str]) -> None:
+    extra = sorted(p.name for p in tmp.iterdir() if p.name not in expected)
+    if extra:
+        raise ClipDebiasError(f"{tmp}: export wrote unexpected files {extra[:3]} (models over 2 GiB need ONNX external "
+                              "data, which clip-debias artifacts do not support)")
+
+
+def export_onnx_report(model_dir_or_model: Any, out: str | Path, precision: str = "fp32", opset: int = DEFAULT_OPSET,
+                       ort_optimize: bool = True, gate_batch: int = GATE_BATCH, seed: int = 0,
+                       latency_iters: int = 10) -> ExportReport:
+    """``export_onnx`` returning the measured gate and latency numbers too."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ClipDebiasError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
+    model = _as_classifier(model_dir_or_model)
+    h, w = model.tower.cfg.image_size
+    x = gate_images(h, w, gate_batch, seed)
+    with torch.no_grad():
+        ref_logits, ref_emb = (t.numpy() for t in model(torch.from_numpy(x)))
+    example = torch.from_numpy(gate_images(h, w, EXAMPLE_BATCH, seed + 1))
+    out = Path(out)
+    report = ExportReport(artifact=out.absolute())
+    with staged_artifact(out) as tmp:
+        fp32 = export_module_onnx(model, example, tmp / ONNX_FP32, opset)
+        _check_outputs(tmp, {ONNX_FP32})
+        report.gates.append(run_gate(fp32, "fp32", x, ref_logits, ref_emb))
+        files = []
+        if precision in ("fp32", "both"):
+            files.append(model_file(tmp, ONNX_FP32, "onnx", "fp32"))
+        if precision in ("fp16", "both"):
+            fp16 = convert_fp16(fp32, tmp / ONNX_FP16)
+            report.gates.append(run_gate(fp16, "fp16", x, ref_logits, ref_emb))
+            files.append(model_file(tmp, ONNX_FP16, "onnx", "fp16"))
+        if precision in ("fp32", "both") and ort_optimize:
+            report.ort_kept = _maybe_keep_ort(tmp, x, ref_logits, ref_emb, report, latency_iters)
+            if report.ort_kept:
+                files.append(model_file(tmp, ONNX_ORT, "onnx-ort", "fp32"))
+        if precision == "fp16":
+            fp32.unlink()
+        write_manifest(tmp, build_manifest(model, files, opset))
+    log.info("wrote %s (%s)", out, ", ".join(f.path for f in files))
+    return report
+
+
+def _maybe_keep_ort(tmp: Path, x: np.ndarray, ref_logits: np.ndarray, ref_emb: np.ndarray, report: ExportReport,
+                    iters: int) -> bool:
+    """Save the ORT_ENABLE_EXTENDED-optimized fp32 graph (portable across CPUs, unlike a graph saved at ALL); keep it
+    only when it beats model.onnx (both loaded at the default level, ALL) by >= 3 % at batch 1: median of per-pair
+    latency ratios over interleaved runs."""
+    ort_path = tmp / ONNX_ORT
+    ort_session(tmp / ONNX_FP32, level="extended", optimized_path=ort_path)
+    gate = compare("fp32", *ort_session(ort_path).run(["logits", "embedding"], {"image": x}), ref_logits, ref_emb)
+    if not gate.passed:  # an optimizer bug must not ship; the plain graph still does
+        log.warning("model.ort.onnx dropped: parity %s", gate.reason)
+        ort_path.unlink()
+        return False
+    one = x[:1]
+    base, opt = ort_session(tmp / ONNX_FP32), ort_session(ort_path)
+    base.run(None, {"image": one}), opt.run(None, {"image": one})
+    ta, tb = [], []
+    for _ in range(max(3, iters)):  # interleaved pairs: both graphs see the same background load
+        for sess, t in ((base, ta), (opt, tb)):
+            t0 = time.perf_counter()
+            sess.run(None, {"image": one})
+            t.append((time.perf_counter() - t0) * 1e3)
+    speedup = float(np.median(np.array(ta) / np.array(tb)))
+    report.ort_latency_ms = {ONNX_FP32: float(np.median(ta)), ONNX_ORT: float(np.median(tb)), "paired_speedup": speedup}
+    keep = speedup >= ORT_KEEP_MIN_SPEEDUP
+    log.info("ORT-optimized graph: p50 batch 1 %.2f ms vs model.onnx %.2f ms (paired speedup %.3fx) -> %s",
+             report.ort_latency_ms[ONNX_ORT], report.ort_latency_ms[ONNX_FP32], speedup,
+             "kept" if keep else "dropped (no measurable gain)")
+    if not keep:
+        ort_path.unlink()
+    return keep
+
+
+def export_onnx(model_dir_or_model: Any, out: str | Path, precision: str = "fp32", opset: int = DEFAULT_OPSET,
+                ort_optimize: bool = True, gate_batch: int = GATE_BATCH, seed: int = 0) -> Path:
+    """Export a model directory (or a ``DebiasedClassifier``) to the artifact directory ``out`` and return it.
+
+    precision: fp32 (model.onnx) | fp16 (model.fp16.onnx only) | both. Every graph passes its parity gate first;
+    a failure raises ``ClipDebiasError`` and leaves ``out`` untouched."""
+    return export_onnx_report(model_dir_or_model, out, precision, opset, ort_optimize, gate_batch, seed).artifact

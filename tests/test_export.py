@@ -1,0 +1,300 @@
+"""ONNX export: parity with torch (plain and edited classifiers, dynamic batch), fp16, atomic writes, gates,
+manifest, the export CLI, TensorRT (skipped without it) and bench."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import exporters.onnx_export as ox
+from exporters.artifact import staged_artifact
+from exporters.onnx_export import export_module_onnx, export_onnx, export_onnx_report, ort_session
+from runtime.errors import ClipDebiasError
+from runtime.manifest import MANIFEST_NAME, Manifest
+from toolchain.correct.classifier import DebiasedClassifier, plain_classifier
+from toolchain.correct.edits import orthonormal_basis
+
+CLASSES = ["a", "b", "c"]
+
+
+def edited_classifier(clip, ablated, salient, rank=2, seed=0) -> DebiasedClassifier:
+    """``plain_classifier`` with mean-ablated + projected heads (random means / basis)."""
+    base = plain_classifier(clip, CLASSES, group_names=["g0", "g1"])
+    spec = copy.deepcopy(base.spec)
+    spec.ablated, spec.salient, spec.basis_rank = [list(p) for p in ablated], [list(p) for p in salient], rank
+    spec.plan = {"source": "test"}
+    d = base.tower.cfg.embed_dim
+    g = torch.Generator().manual_seed(seed)
+    means = 0.05 * torch.randn(len(ablated), d, generator=g)
+    basis = orthonormal_basis(torch.randn(rank, d, generator=g))
+    return DebiasedClassifier(base.tower, base.head, spec, means, basis).eval()
+
+
+def images(model, batch: int, seed: int = 1) -> np.ndarray:
+    h, w = model.tower.cfg.image_size
+    return np.random.default_rng(seed).standard_normal((batch, 3, h, w)).astype(np.float32)
+
+
+def assert_parity(model, onnx_path: Path, batches=(1, 7), tol: float = 1e-4) -> float:
+    """ORT vs torch at each batch size (the graph was traced at batch 2: this checks the dynamic axis)."""
+    sess = ort_session(onnx_path)
+    worst = 0.0
+    for b in batches:
+        x = images(model, b, seed=b)
+        with torch.no_grad():
+            ref_logits, ref_emb = (t.numpy() for t in model(torch.from_numpy(x)))
+        logits, emb = sess.run(["logits", "embedding"], {"image": x})
+        assert logits.shape == ref_logits.shape and emb.shape == ref_emb.shape
+        worst = max(worst, float(np.abs(logits - ref_logits).max()))
+        assert np.abs(logits - ref_logits).max() <= tol * max(1.0, float(np.abs(ref_logits).max()))
+        assert np.abs(emb - ref_emb).max() <= 1e-5
+    return worst
+
+
+def leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
+
+
+@pytest.fixture(scope="module")
+def tiny_edited(tiny_clip):
+    return edited_classifier(tiny_clip, ablated=[[3, 0], [2, 1]], salient=[[3, 2]], rank=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_both(tiny_edited, tmp_path_factory):
+    """Edited tiny classifier exported at fp32 + fp16 (+ model.ort.onnx when it helps)."""
+    out = tmp_path_factory.mktemp("art") / "tiny"
+    return export_onnx_report(tiny_edited, out, precision="both")
+
+
+# ---- parity -------------------------------------------------------------------------------------------------------
+def test_plain_tiny_parity_dynamic_batch(tiny_clip, tmp_path):
+    model = plain_classifier(tiny_clip, CLASSES)
+    out = export_onnx(model, tmp_path / "art", ort_optimize=False)
+    assert_parity(model, out / "model.onnx")
+
+
+def test_edited_tiny_parity_dynamic_batch(tiny_edited, tiny_both):
+    assert [g.precision for g in tiny_both.gates] == ["fp32", "fp16"]
+    assert all(g.passed for g in tiny_both.gates)
+    assert_parity(tiny_edited, tiny_both.artifact / "model.onnx")
+    if tiny_both.ort_kept:
+        assert_parity(tiny_edited, tiny_both.artifact / "model.ort.onnx")
+
+
+@pytest.mark.slow
+def test_vitb32_edited_parity(vitb32_clip, tmp_path):
+    """Real-size tower with edits in the last layers (the unedited forward path is covered on the tiny model)."""
+    edited = edited_classifier(vitb32_clip, ablated=[[11, 0], [10, 3]], salient=[[11, 5]], rank=2)
+    assert_parity(edited, export_onnx(edited, tmp_path / "edited", ort_optimize=False) / "model.onnx")
+
+
+def test_plain_encoder_export(tiny_clip, tmp_path):
+    """The lower-level export serves the plain ExplicitViT (image -> embedding) for benchmarks."""
+    tower = plain_classifier(tiny_clip, CLASSES).tower
+    x = images(plain_classifier(tiny_clip, CLASSES), 3)
+    path = export_module_onnx(tower, torch.from_numpy(x[:2]), tmp_path / "enc.onnx", output_names=("embedding",))
+    (emb,) = ort_session(path).run(None, {"image": x})
+    with torch.no_grad():
+        ref = tower(torch.from_numpy(x)).numpy()
+    assert np.abs(emb - ref).max() <= 1e-5
+
+
+def test_fp16_argmax_matches_fp32(tiny_edited, tiny_both):
+    """fp16 graph (fp32 I/O) vs fp32 graph on a fixed set: same argmax wherever the fp32 top-2 margin exceeds the
+    fp16 tolerance, and small logit differences."""
+    art = tiny_both.artifact
+    x = images(tiny_edited, 64, seed=123)
+    l32, _ = ort_session(art / "model.onnx").run(["logits", "embedding"], {"image": x})
+    l16, e16 = ort_session(art / "model.fp16.onnx", "fp16").run(["logits", "embedding"], {"image": x})
+    assert e16.dtype == np.float32
+    tol = ox.FP16_LOGIT_RTOL * max(1.0, float(np.abs(l32).max()))
+    top2 = np.sort(l32, -1)[:, -2:]
+    decided = top2[:, 1] - top2[:, 0] > tol
+    assert decided.sum() >= 32
+    assert (l32.argmax(-1) == l16.argmax(-1))[decided].all()
+    assert np.abs(l32 - l16).max() <= tol
+
+
+# ---- manifest -----------------------------------------------------------------------------------------------------
+def test_manifest_fields_and_hashes(tiny_edited, tiny_both):
+    art = tiny_both.artifact
+    m = Manifest.load(art)
+    raw = json.loads((art / MANIFEST_NAME).read_text())
+    assert set(raw) == {"model", "plan", "class_names", "group_names", "preprocessing", "inputs", "outputs", "opset",
+                        "files", "versions", "format_version"}
+    assert m.format_version == 1 and m.opset == 18
+    assert m.model["name"] == "clipdebias-tiny"
+    assert m.class_names == CLASSES and m.group_names == ["g0", "g1"]
+    assert m.plan["ablated"] == [[3, 0], [2, 1]] and m.plan["salient"] == [[3, 2]]
+    assert m.plan["basis_rank"] == 2 and m.plan["renorm"] == "unit" and m.plan["plan"] == {"source": "test"}
+    assert m.plan["head"]["kind"] == "zeroshot" and m.plan["head"]["num_classes"] == 3
+    assert m.preprocessing.size == [32, 32] and len(m.preprocessing.mean) == 3
+    assert m.preprocessing.interpolation == "bicubic" and m.preprocessing.resize_mode == "shortest"
+    assert [(t.name, t.dtype, t.shape) for t in m.inputs] == [("image", "float32", ["batch", 3, 32, 32])]
+    assert [(t.name, t.shape) for t in m.outputs] == [("logits", ["batch", 3]), ("embedding", ["batch", 32])]
+    assert set(m.versions) == {"torch", "open_clip", "onnx", "onnxruntime", "clip-debias"}
+    kinds = {(f.path, f.kind, f.precision) for f in m.files}
+    assert {("model.onnx", "onnx", "fp32"), ("model.fp16.onnx", "onnx", "fp16")} <= kinds
+    assert (("model.ort.onnx", "onnx-ort", "fp32") in kinds) == tiny_both.ort_kept
+    for f in m.files:
+        assert hashlib.sha256((art / f.path).read_bytes()).hexdigest() == f.sha256
+    assert sorted(p.name for p in art.iterdir()) == sorted([MANIFEST_NAME] + [f.path for f in m.files])
+
+
+def test_graph_io_matches_manifest(tiny_both):
+    import onnx
+
+    g = onnx.load(str(tiny_both.artifact / "model.onnx")).graph
+    dims = lambda v: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]  # noqa: E731
+    assert [(i.name, dims(i)) for i in g.input] == [("image", ["batch", 3, 32, 32])]
+    assert [(o.name, dims(o)) for o in g.output] == [("logits", ["batch", 3]), ("embedding", ["batch", 32])]
+
+
+# ---- atomicity and gates ------------------------------------------------------------------------------------------
+def test_failure_mid_export_leaves_nothing(tiny_edited, tmp_path, monkeypatch):
+    def boom(*a, **k):
+        raise RuntimeError("simulated crash after model.onnx was written")
+
+    monkeypatch.setattr(ox, "run_gate", boom)
+    with pytest.raises(RuntimeError, match="simulated"):
+        export_onnx(tiny_edited, tmp_path / "art")
+    assert not (tmp_path / "art").exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_failed_reexport_keeps_previous_artifact(tiny_clip, tmp_path, monkeypatch):
+    model = plain_classifier(tiny_clip, CLASSES)
+    out = export_onnx(model, tmp_path / "art", ort_optimize=False)
+    before = (out / MANIFEST_NAME).read_text()
+    monkeypatch.setattr(ox, "FP32_LOGIT_RTOL", -1.0)
+    with pytest.raises(ClipDebiasError):
+        export_onnx(model, out, ort_optimize=False)
+    assert (out / MANIFEST_NAME).read_text() == before
+    assert leftovers(tmp_path) == []
+    monkeypatch.undo()
+    export_onnx(model, out, precision="fp16", ort_optimize=False)  # a successful re-export replaces it
+    assert [f.path for f in Manifest.load(out).files] == ["model.fp16.onnx"]
+    assert not (out / "model.onnx").exists() and leftovers(tmp_path) == []
+
+
+def test_gate_failure_refuses_to_write(tiny_edited, tmp_path, monkeypatch):
+    monkeypatch.setattr(ox, "FP32_LOGIT_RTOL", -1.0)  # any measured difference now exceeds the tolerance
+    with pytest.raises(ClipDebiasError, match=r"fp32 parity gate failed .*max \|logit diff\| [0-9.e-]+ >"):
+        export_onnx(tiny_edited, tmp_path / "art")
+    assert not (tmp_path / "art").exists() and leftovers(tmp_path) == []
+
+
+def test_staged_artifact_without_manifest_is_not_committed(tmp_path):
+    with pytest.raises(ClipDebiasError, match="without writing manifest.json"):
+        with staged_artifact(tmp_path / "art") as tmp:
+            (tmp / "model.onnx").write_bytes(b"x")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_gate_compare_argmax_margin():
+    """A flipped argmax fails the gate unless the reference top-2 margin is inside the tolerance."""
+    ref = np.array([[2.0, 1.0, 0.0], [1.0, 1.0 + 1e-6, 0.0]], dtype=np.float32)
+    emb = np.eye(3, dtype=np.float32)[:2]
+    flipped = ref[:, [1, 0, 2]]
+    assert not ox.compare("fp32", flipped, emb, ref, emb).passed
+    tie_flip = ref.copy()
+    tie_flip[1] = [1.0 + 1e-6, 1.0, 0.0]
+    res = ox.compare("fp16", tie_flip, emb, ref, emb)
+    assert res.passed and res.argmax_checked == 1
+
+
+def test_bad_precision(tiny_edited, tmp_path):
+    with pytest.raises(ClipDebiasError, match="--precision"):
+        export_onnx(tiny_edited, tmp_path / "art", precision="int8")
+
+
+# ---- CLI ----------------------------------------------------------------------------------------------------------
+def test_cli_export_onnx_from_model_dir(tiny_clip, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from toolchain.cli.export_cmd import register
+
+    app = typer.Typer()
+    register(app)
+    plain_classifier(tiny_clip, CLASSES).save(tmp_path / "model")
+    res = CliRunner().invoke(app, ["export", "onnx", str(tmp_path / "model"), "--out", str(tmp_path / "art"),
+                                   "--no-ort-optimize", "--opset", "17"])
+    assert res.exit_code == 0, res.output
+    assert "fp32: max |logit diff|" in res.output
+    m = Manifest.load(tmp_path / "art")
+    assert m.opset == 17 and [f.path for f in m.files] == ["model.onnx"]
+
+
+# ---- TensorRT -----------------------------------------------------------------------------------------------------
+def _has_tensorrt() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(_has_tensorrt(), reason="tensorrt is installed")
+def test_tensorrt_missing_is_one_line_nonzero(tmp_path, monkeypatch, capsys):
+    """Through the real entry point (``clip-debias`` = ``toolchain.cli.app:main``), in-process to save the imports."""
+    from toolchain.cli import app as cli
+
+    monkeypatch.setattr(sys, "argv", ["clip-debias", "export", "tensorrt", str(tmp_path)])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code not in (0, None)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "TensorRT is not installed: pip install 'clip-debias[tensorrt]' on a machine with an NVIDIA GPU" in lines[0]
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+def test_tensorrt_engine_added_to_artifact(tiny_clip, tmp_path):
+    pytest.importorskip("tensorrt")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from exporters.tensorrt_export import EngineOptions, export_tensorrt
+
+    art = export_onnx(plain_classifier(tiny_clip, CLASSES), tmp_path / "art", precision="both", ort_optimize=False)
+    export_tensorrt(art, EngineOptions(fp16=True, min_batch=1, opt_batch=4, max_batch=8, workspace_gb=1))
+    m = Manifest.load(art)
+    plan = m.file("tensorrt", "fp16")
+    assert plan is not None and hashlib.sha256((art / plan.path).read_bytes()).hexdigest() == plan.sha256
+    side = json.loads((art / "model.plan.json").read_text())
+    assert side["onnx_sha256"] in {f.sha256 for f in m.files} and side["profile"]["max"] == 8
+    assert {"tensorrt", "gpu", "compute_capability"} <= set(side)
+    assert leftovers(tmp_path) == []
+
+
+# ---- bench --------------------------------------------------------------------------------------------------------
+def test_bench_rows(tiny_clip, tmp_path):
+    from exporters.bench import bench, bench_json
+
+    model = plain_classifier(tiny_clip, CLASSES)
+    model.save(tmp_path / "model")
+    art = export_onnx(model, tmp_path / "art", precision="both", ort_optimize=False)
+    rows = bench(art, [1, 2], iters=1, model_dir=tmp_path / "model", warmup=0)
+    labels = [r.backend for r in rows if r.batch == 1]
+    assert labels == ["open_clip eager", "torch plain", "torch debiased", "ort fp32", "ort fp16"]
+    assert all(r.speedup == 1.0 for r in rows if r.backend == "open_clip eager")
+    assert all(r.p50_ms > 0 and r.throughput > 0 for r in rows)
+    assert len(bench_json(rows)["rows"]) == 10
+
+
+def test_refuses_to_replace_a_non_artifact_directory(tiny_edited, tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    with pytest.raises(ClipDebiasError, match="not an artifact"):
+        export_onnx(tiny_edited, tmp_path / "notes", ort_optimize=False)
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "mine" and leftovers(tmp_path) == []

@@ -1,0 +1,109 @@
+"""``clip-debias export onnx|tensorrt|triton`` and ``clip-debias bench``. torch/onnx are imported inside commands."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from runtime.errors import ClipDebiasError
+
+export_app = typer.Typer(help="Export a built model: ONNX artifact, TensorRT engine, Triton model repository.",
+                         no_args_is_help=True)
+
+
+def _log_to_stderr() -> None:
+    logger = logging.getLogger("clip_debias.export")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+@export_app.command("onnx")
+def onnx_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="Model directory written by 'clip-debias build'.")],
+    out: Annotated[Path, typer.Option("--out", help="Artifact directory to write (replaced atomically).")],
+    precision: Annotated[str, typer.Option("--precision", help="fp32 | fp16 | both")] = "fp32",
+    opset: Annotated[int, typer.Option("--opset", min=14, help="ONNX opset.")] = 18,
+    ort_optimize: Annotated[bool, typer.Option("--ort-optimize/--no-ort-optimize",
+                                               help="Also save model.ort.onnx when it is measurably faster.")] = True,
+) -> None:
+    """Export MODEL_DIR to an ONNX artifact (parity-gated against torch; nothing is written on failure)."""
+    from exporters.onnx_export import export_onnx_report
+
+    _log_to_stderr()
+    report = export_onnx_report(model_dir, out, precision=precision, opset=opset, ort_optimize=ort_optimize)
+    for g in report.gates:
+        typer.echo(f"{g.precision}: max |logit diff| {g.max_logit_diff:.3g} (tol {g.logit_tolerance:.3g}), "
+                   f"max |embedding diff| {g.max_embedding_diff:.3g}, argmax agree {100 * g.argmax_agree:.0f}%")
+    typer.echo(f"wrote {report.artifact}")
+
+
+@export_app.command("tensorrt")
+def tensorrt_cmd(
+    artifact: Annotated[Path, typer.Argument(help="Artifact directory written by 'clip-debias export onnx'.")],
+    fp16: Annotated[bool, typer.Option("--fp16", help="Build an fp16 engine.")] = False,
+    min_batch: Annotated[int, typer.Option("--min-batch")] = 1,
+    opt_batch: Annotated[int, typer.Option("--opt-batch")] = 8,
+    max_batch: Annotated[int, typer.Option("--max-batch")] = 32,
+    workspace_gb: Annotated[float, typer.Option("--workspace-gb", help="Builder workspace limit in GiB.")] = 4.0,
+) -> None:
+    """Build a TensorRT engine from ARTIFACT's ONNX and add it to the artifact (needs TensorRT and an NVIDIA GPU)."""
+    from exporters.tensorrt_export import EngineOptions, export_tensorrt, import_tensorrt
+
+    import_tensorrt()  # the one-line install hint before anything else
+    _log_to_stderr()
+    export_tensorrt(artifact, EngineOptions(fp16, min_batch, opt_batch, max_batch, workspace_gb))
+    typer.echo(f"wrote {artifact / 'model.plan'}")
+
+
+@export_app.command("triton")
+def triton_cmd(
+    artifact: Annotated[Path, typer.Argument(help="Artifact directory.")],
+    repo: Annotated[Path, typer.Option("--repo", help="Triton model repository directory.")],
+    max_batch: Annotated[int, typer.Option("--max-batch")] = 32,
+    name: Annotated[str, typer.Option("--name", help="Model name in the repository.")] = "clip_debias",
+    instances: Annotated[int, typer.Option("--instances")] = 1,
+    kind: Annotated[Optional[str], typer.Option("--kind", help="cpu | gpu (default: gpu with a TensorRT engine, "
+                                                "else cpu)")] = None,
+) -> None:
+    """Write REPO/NAME (config.pbtxt, 1/model.onnx or 1/model.plan, manifest.json) for Triton Inference Server."""
+    from exporters.triton import export_triton
+
+    target = export_triton(artifact, repo, name=name, max_batch=max_batch, instances=instances, kind=kind)
+    typer.echo(f"wrote {target}")
+
+
+def bench_cmd(
+    artifact: Annotated[Path, typer.Argument(help="Artifact directory.")],
+    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes.")] = "1,8,32",
+    iters: Annotated[int, typer.Option("--iters", help="Timed calls per backend and batch size.")] = 10,
+    model_dir: Annotated[Optional[Path], typer.Option("--model-dir", help="Model directory: adds the torch "
+                                                      "plain-encoder and debiased rows.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """p50 latency and throughput of every backend of ARTIFACT side by side (open_clip eager, torch, ORT, TensorRT)."""
+    from exporters.bench import bench, bench_json, bench_table
+
+    try:
+        sizes = [int(s) for s in batch_sizes.split(",") if s.strip()]
+    except ValueError:
+        raise ClipDebiasError(f"--batch-sizes {batch_sizes!r}: expected comma-separated integers, e.g. 1,8,32") from None
+    rows = bench(artifact, sizes, iters=iters, model_dir=model_dir)
+    if as_json:
+        typer.echo(json.dumps(bench_json(rows), indent=2))
+    else:
+        from rich.console import Console
+
+        Console().print(bench_table(rows, title=f"clip-debias bench {artifact}"))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``export`` sub-app and the top-level ``bench`` command."""
+    app.add_typer(export_app, name="export")
+    app.command("bench")(bench_cmd)
