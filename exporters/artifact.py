@@ -9,7 +9,6 @@ complete, and the target name only ever points at a finished artifact.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from runtime.errors import ArtifactError, ClipDebiasError
-from runtime.manifest import MANIFEST_NAME, Manifest, ModelFile
+from runtime.manifest import MANIFEST_NAME, Manifest, ModelFile, sha256_file
 
 # file name -> (kind, precision) as listed in the manifest (see runtime/manifest.py)
 ONNX_FP32 = "model.onnx"
@@ -26,15 +25,6 @@ ONNX_FP16 = "model.fp16.onnx"
 ONNX_ORT = "model.ort.onnx"
 TRT_PLAN = "model.plan"
 TRT_SIDECAR = "model.plan.json"
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks (torch-free: triton/bench paths must not import torch)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def model_file(artifact_dir: str | Path, name: str, kind: str, precision: str) -> ModelFile:

@@ -6,7 +6,6 @@ registered with open_clip on first use, so ``--model clipdebias-tiny`` works lik
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any, Callable
 
 import torch
 
+from runtime.manifest import sha256_file
 from toolchain.errors import ClipDebiasError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -28,15 +28,6 @@ def register_configs() -> None:
 
         open_clip.add_model_config(CONFIG_DIR)
         _registered = True
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
