@@ -14,12 +14,10 @@ the plain timings and the ratios are in its ``extra_info`` (``--benchmark-json``
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import pytest
 import torch
 
+from pairing import describe, interleaved
 from toolchain.correct.classifier import ClassifierSpec, DebiasedClassifier, ZeroShotHead
 from toolchain.correct.edits import orthonormal_basis
 from toolchain.correct.perception import PerceptionHead
@@ -50,32 +48,14 @@ def models() -> tuple[DebiasedClassifier, DebiasedClassifier]:
     return plain, edited
 
 
-def interleaved_ratio(plain, edited, x: torch.Tensor, rounds: int) -> dict[str, float]:
-    """The two models alternating, ``rounds`` calls each: min wall time of each (ms), ratio of the minima, median
-    of per-round wall ratios, and the ratio of total process CPU time (less sensitive to other processes' load)."""
-    wall: dict[str, list[float]] = {"plain": [], "edited": []}
-    cpu = {"plain": 0.0, "edited": 0.0}
-    for _ in range(rounds):
-        for name, model in (("plain", plain), ("edited", edited)):
-            t, c = time.perf_counter(), time.process_time()
-            model(x)
-            wall[name].append(time.perf_counter() - t)
-            cpu[name] += time.process_time() - c
-    tp, te = min(wall["plain"]), min(wall["edited"])
-    return {"plain_ms": tp * 1e3, "edited_ms": te * 1e3, "ratio": te / tp,
-            "median_ratio": statistics.median(e / p for e, p in zip(wall["edited"], wall["plain"])),
-            "cpu_ratio": cpu["edited"] / cpu["plain"]}
-
-
 @pytest.mark.parametrize("batch", [1, 32])
 def test_edited_vs_plain(benchmark, models, batch: int):
     plain, edited = models
     x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(batch))
     with torch.inference_mode():
         plain(x), edited(x)  # warm-up
-        r = interleaved_ratio(plain, edited, x, ROUNDS[batch])
-        print(f"\n[batch {batch}] plain {r['plain_ms']:.1f} ms, edited {r['edited_ms']:.1f} ms: ratio {r['ratio']:.3f} "
-              f"(median per-round {r['median_ratio']:.3f}, CPU-time {r['cpu_ratio']:.3f}; {ROUNDS[batch]} rounds)")
+        r = interleaved(lambda: plain(x), lambda: edited(x), ROUNDS[batch], warmup=0)
+        print(f"\n[batch {batch}] plain vs edited: {describe(r)}; {ROUNDS[batch]} rounds")
         benchmark.extra_info.update(r)
         benchmark.group = f"batch {batch}"
         benchmark.pedantic(edited, args=(x,), rounds=ROUNDS[batch], iterations=1)

@@ -36,3 +36,15 @@ def test_decompose_last4(benchmark, setup):
     benchmark.extra_info.update(baseline="test_plain_encode_image", target="target <= 1.25x")
     with torch.inference_mode():
         benchmark.pedantic(decomposer, args=(images,), rounds=8, warmup_rounds=1)
+
+
+def test_zz_interleaved_ratio(benchmark, setup):
+    """The ratio of this run from interleaved calls (robust to other processes' load); printed with -s."""
+    from pairing import describe, interleaved
+
+    clip, decomposer, images = setup
+    benchmark.pedantic(lambda: None, rounds=1)
+    with torch.inference_mode():
+        r = interleaved(lambda: clip.model.encode_image(images), lambda: decomposer(images), rounds=8)
+    benchmark.extra_info.update(r)
+    print(f"\ndecompose last 4 / plain encode_image, ViT-B-16 batch {BATCH}: {describe(r)} target <= 1.25x")

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import copy
 import os
-import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import pytest
+from pairing import interleaved
 
 pytest.importorskip("pytest_benchmark")
 
@@ -93,18 +92,6 @@ def test_open_clip_eager_b1(benchmark: Any, models: dict[str, Any]) -> None:
              target="target >= 1.5x (open_clip eager slower than ORT)")
 
 
-def _paired(fa: Callable[[], Any], fb: Callable[[], Any], pairs: int) -> tuple[float, float, float]:
-    """Interleave a, b, a, b, ... so both see the same background load; (median a s, median b s, median of b/a)."""
-    fa(), fb()
-    ta, tb = [], []
-    for _ in range(pairs):
-        for f, t in ((fa, ta), (fb, tb)):
-            t0 = time.perf_counter()
-            f()
-            t.append(time.perf_counter() - t0)
-    return float(np.median(ta)), float(np.median(tb)), float(np.median(np.array(tb) / np.array(ta)))
-
-
 def test_zz_ratios(benchmark: Any, models: dict[str, Any]) -> None:
     """Print the ratios of this run: from the pytest-benchmark medians above, and from interleaved pairs measured
     here (robust to load from other processes on a shared machine). Uses ``benchmark`` so --benchmark-only keeps it."""
@@ -120,7 +107,7 @@ def test_zz_ratios(benchmark: Any, models: dict[str, Any]) -> None:
     plain, deb, oc = models["plain"], models["debiased"], models["open_clip"]
     for b in (1, 32):
         x = models["x"][b]
-        _, _, r = _paired(lambda: plain.run(None, {"image": x}), lambda: deb.run(None, {"image": x}), PAIRS[b])
+        r = interleaved(lambda: plain.run(None, {"image": x}), lambda: deb.run(None, {"image": x}), PAIRS[b])["median_ratio"]
         lines.append(f"  debiased / plain encoder ONNX latency, batch {b:2d}: {r:.3f}x paired "
                      f"({ratio(f'debiased_b{b}', f'plain_b{b}')} from medians) target <= 1.03x "
                      f"{'OK' if r <= 1.03 else 'MISSED'}")
@@ -130,7 +117,7 @@ def test_zz_ratios(benchmark: Any, models: dict[str, Any]) -> None:
         with torch.inference_mode():
             return oc.encode_image(t1)
 
-    _, _, r = _paired(eager, lambda: deb.run(None, {"image": x1}), PAIRS[1])
+    r = interleaved(eager, lambda: deb.run(None, {"image": x1}), PAIRS[1])["median_ratio"]
     lines.append(f"  ORT debiased vs open_clip eager speedup, batch  1: {1 / r:.2f}x paired "
                  f"({ratio('open_clip_b1', 'debiased_b1')} from medians) target >= 1.5x "
                  f"{'OK' if 1 / r >= 1.5 else 'MISSED'}")

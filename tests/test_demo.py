@@ -19,7 +19,7 @@ def test_demo_writes_every_artifact(demo_run):
     out, summary = demo_run
     for name in ("plan.json", "plan.png", "val.safetensors", "test.safetensors", "model/config.json",
                  "artifact/manifest.json", "artifact/model.onnx", "artifact-zeroshot/model.onnx", "report.json",
-                 "demo.json", "compare.json"):
+                 "demo.json", "compare.json", "report.html", "explain/descriptions.json", "discover/keywords.json"):
         assert (out / name).is_file(), name
     report = json.loads((out / "report.json").read_text())
     for key in ("accuracy", "worst_group_accuracy", "groups", "latency_ms", "throughput_per_s", "thresholds", "passed"):

@@ -24,6 +24,8 @@ LAB_DIR = Path(__file__).parent / "lab"
 LAB_MODEL = "clipdebias-lab"
 LAB_WEIGHTS = LAB_DIR / "weights" / "clipdebias-lab.safetensors"
 RECIPE = LAB_DIR / "recipe.json"
+LAB_POOL = LAB_DIR / "pool.txt"  # descriptions in the lab text tower's vocabulary, for explain
+LAB_VOCAB = LAB_DIR / "vocab.txt"  # background and object words, for discover
 
 # correction variants the demo may ship, as (compare_methods row name, BuildOptions overrides)
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -118,11 +120,11 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
     data = out / "data"
     args = lab_data_args(quick)
     if not (data / "metadata.csv").is_file():
-        say(f"[bold]1/7 make-data[/bold] -> {data} {args}")
+        say(f"[bold]1/8 make-data[/bold] -> {data} {args}")
         make_lab_data(data, **args)
     lap("make_data")
 
-    say(f"[bold]2/7 decompose[/bold] {LAB_MODEL} ({LAB_WEIGHTS.name}) on val and test")
+    say(f"[bold]2/8 decompose[/bold] {LAB_MODEL} ({LAB_WEIGHTS.name}) on val and test")
     torch.manual_seed(0)
     clip = load_clip(LAB_MODEL, weights=LAB_WEIGHTS)
     layers = resolve_layers(len(clip.model.visual.transformer.resblocks), last=4)
@@ -133,7 +135,7 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
         save_cache(out / f"{split}.safetensors", caches[split])
     lap("decompose")
 
-    say("[bold]3/7 locate[/bold] on val; minority groups from the train split's group counts")
+    say("[bold]3/8 locate[/bold] on val; minority groups from the train split's group counts")
     train = load_index("waterbirds", data, "train")
     minority = minority_from_counts(torch.tensor([r.label for r in train.records]),
                                     torch.tensor([r.group for r in train.records]), train.group_names, "train split")
@@ -142,7 +144,7 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
     save_heatmap(plan, out / "plan.png")
     lap("locate")
 
-    say("[bold]4/7 choose the correction on val[/bold], then build it")
+    say("[bold]4/8 choose the correction on val[/bold], then build it")
     contexts, pairs = contexts_for("defaults", "waterbirds"), attribute_pairs_for("defaults", "waterbirds")
     rows = {split: compare_rows(caches[split], plan, caches["val"], clip, contexts, pairs) for split in ("val", "test")}
     chosen = choose_variant(rows["val"])
@@ -153,19 +155,19 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
     plain.save(out / "model-zeroshot")
     lap("build")
 
-    say("[bold]5/7 export ONNX[/bold] (parity-gated)")
+    say("[bold]5/8 export ONNX[/bold] (parity-gated)")
     artifacts = {"debiased": export_onnx(out / "model", out / "artifact"),
                  "zero-shot": export_onnx(out / "model-zeroshot", out / "artifact-zeroshot")}
     lap("export")
 
-    say("[bold]6/7 verify[/bold] both artifacts on test with the torch-free runtime")
+    say("[bold]6/8 verify[/bold] both artifacts on test with the torch-free runtime")
     reports = {name: verify(path, "waterbirds", data, "test", batch_size=batch_size, thresholds=Thresholds(),
                             progress=False).to_dict()
                for name, path in artifacts.items()}
     (out / "report.json").write_text(json.dumps(reports["debiased"], indent=2))
     lap("verify")
 
-    say("[bold]7/7 probe[/bold] each head's terms for the background (test split)")
+    say("[bold]7/8 probe[/bold] each head's terms for the background (test split)")
     from toolchain.models.text import class_text_matrix
 
     probe_acc = attribute_probe(caches["val"], caches["test"])  # linear probe: fit on val, score on test
@@ -186,8 +188,18 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
         val_rows=[r.to_dict() for r in rows["val"]], test_rows=[r.to_dict() for r in rows["test"]],
         verify=reports, probe=probe, seconds=times,
     )
-    (out / "demo.json").write_text(json.dumps(asdict(summary), indent=2))
     (out / "compare.json").write_text(json.dumps(summary.test_rows, indent=2))
+
+    say("[bold]8/8 explain[/bold] the located heads (TextSpan), discover keywords of the errors (B2T), one HTML report")
+    from toolchain.cli.explain_cmd import discover, explain
+    from toolchain.explain.report import build_report
+
+    explain(out / "val.safetensors", LAB_MODEL, out / "explain", weights=LAB_WEIGHTS, heads=str(out / "plan.json"),
+            pool=LAB_POOL, per_head=3)
+    discover(out / "val.safetensors", LAB_MODEL, out / "discover", weights=LAB_WEIGHTS, vocab=LAB_VOCAB, top=5)
+    build_report(out, title="clip-debias demo: bias lab")
+    lap("explain")
+    (out / "demo.json").write_text(json.dumps(asdict(summary), indent=2))
     if console is not None:
         print_summary(summary, console)
     return summary

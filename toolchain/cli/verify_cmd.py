@@ -6,7 +6,7 @@ Exit codes: 0 all thresholds met, 1 a threshold failed, 2 bad input (one ``error
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
