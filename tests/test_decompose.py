@@ -135,3 +135,17 @@ def test_cli_bad_input_is_one_line(tmp_path):
     lines = [l for l in res.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "metadata.csv" in lines[0]
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_toolchain_command_without_torch_says_which_extra(tmp_path):
+    """On the torch-free base install a toolchain command fails with one line naming the extra to install."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None; sys.argv = ['clip-debias', 'decompose', '--model', 'x', "
+            f"'--dataset', 'csv', '--data', {str(tmp_path)!r}, '--out', {str(tmp_path / 'x.safetensors')!r}]; "
+            "from toolchain.cli.app import main; main()")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    lines = [l for l in res.stderr.splitlines() if l.strip()]
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert "pip install 'clip-debias[toolchain]'" in lines[0] and "'torch'" in lines[0]

@@ -17,6 +17,11 @@ from typer.core import TyperGroup
 from runtime.errors import ClipDebiasError
 
 
+# modules of the optional extras -> the extra that installs them
+OPTIONAL_MODULES = {m: "toolchain" for m in ("torch", "torchvision", "open_clip", "onnx", "onnxscript", "safetensors",
+                                             "matplotlib", "yaml")} | {"yake": "explain", "tensorrt": "tensorrt"}
+
+
 class OneLineErrorsGroup(TyperGroup):
     """Runs every command with ``standalone_mode=False`` and turns expected errors into one line + exit code."""
 
@@ -28,6 +33,13 @@ class OneLineErrorsGroup(TyperGroup):
             rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
         except ClipDebiasError as e:
             typer.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except ModuleNotFoundError as e:  # a toolchain command on the torch-free base install
+            extra = OPTIONAL_MODULES.get((e.name or "").split(".")[0])
+            if extra is None:
+                raise
+            typer.echo(f"error: clip-debias {command} needs the '{extra}' extra (missing module '{e.name}'): "
+                       f"pip install 'clip-debias[{extra}]'", err=True)
             sys.exit(2)
         except typer.Abort:
             typer.echo("aborted", err=True)
