@@ -1,8 +1,9 @@
 """GPU throughput (batch 256) and batch-1 latency of ViT-B-16 per backend, measured in one run on one CUDA machine.
 
 Rows: open_clip torch eager fp16 (plain encoder), the debiased torch model fp16 (2 ablated + 1 projected head in the
-last two layers, zero-shot head), and the torch-free runtime on ONNX Runtime CUDA, fp32 and fp16 (numpy in, numpy
-out: host<->device copies included, as a service sees it). Random weights (no pretrained weights here).
+last two layers, zero-shot head), and the torch-free runtime on ONNX Runtime CUDA, fp32 and fp16, with plain and with
+fused attention (``export_onnx(fused_attention=True)``) (numpy in, numpy out: host<->device copies included, as a
+service sees it). Random weights (no pretrained weights here).
 
     python benchmarks/gpu_bench.py --out gpu_bench.json
 """
@@ -89,17 +90,18 @@ def main() -> None:
     import runtime
     from exporters.onnx_export import export_onnx
 
-    art = export_onnx(debiased, Path(tempfile.mkdtemp()) / "artifact", precision="both")
     xb_np, x1_np = xb.float().cpu().numpy(), x1.float().cpu().numpy()
-    for precision in ("fp32", "fp16"):
-        try:
-            clf = runtime.load(art, backend="onnxruntime", device=args.device, precision=precision)
-        except Exception as e:  # report, don't hide
-            rows.append({"backend": f"runtime onnxruntime CUDA {precision}", "error": str(e)[:300]})
-            print(rows[-1], flush=True)
-            continue
-        add(f"runtime onnxruntime {args.device} {precision} (numpy I/O)", lambda: clf.predict_logits(xb_np),
-            lambda: clf.predict_logits(x1_np), cuda=False)
+    for fused in (False, True):
+        art = export_onnx(debiased, Path(tempfile.mkdtemp()) / "artifact", precision="both", fused_attention=fused)
+        for precision in ("fp32", "fp16"):
+            name = f"runtime onnxruntime {args.device} {precision}{' fused attention' if fused else ''} (numpy I/O)"
+            try:
+                clf = runtime.load(art, backend="onnxruntime", device=args.device, precision=precision)
+            except Exception as e:  # report, don't hide
+                rows.append({"backend": name, "error": str(e)[:300]})
+                print(rows[-1], flush=True)
+                continue
+            add(name, lambda: clf.predict_logits(xb_np), lambda: clf.predict_logits(x1_np), cuda=False)
     info = {"gpu": torch.cuda.get_device_name() if on_gpu else "none", "torch": torch.__version__, "rows": rows}
     try:
         import onnxruntime

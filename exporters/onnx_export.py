@@ -91,22 +91,36 @@ def _exporter_kwargs() -> dict[str, Any]:
 
 
 def export_module_onnx(module: Any, example: Any, path: str | Path, opset: int = DEFAULT_OPSET,
-                       output_names: Sequence[str] = ("logits", "embedding"), input_name: str = "image") -> Path:
+                       output_names: Sequence[str] = ("logits", "embedding"), input_name: str = "image",
+                       fused_attention: bool = False) -> Path:
     """Trace ``module(example)`` to ONNX at ``path`` with a dynamic batch axis on the input and every output, then run
-    ``onnx.checker``. Serves the classifier (image -> logits, embedding) and the plain encoder (image -> embedding)."""
+    ``onnx.checker``. Serves the classifier (image -> logits, embedding) and the plain encoder (image -> embedding).
+
+    ``fused_attention``: every ``ExplicitAttention`` is written as ONNX Runtime's ``com.microsoft::MultiHeadAttention``
+    (fused attention kernels; ONNX Runtime only, not TensorRT) instead of MatMul/Softmax/MatMul."""
     import onnx
     import torch
+
+    from toolchain.models.tower import ExplicitAttention
 
     path = Path(path)
     module = module.eval()
     axes = {input_name: {0: "batch"}, **{n: {0: "batch"} for n in output_names}}
+    attentions = [m for m in module.modules() if isinstance(m, ExplicitAttention)]
+    extra = {"custom_opsets": {"com.microsoft": 1}} if fused_attention else {}
     try:
+        for m in attentions:
+            m.onnx_fused = fused_attention
         with torch.no_grad(), _quiet_tracer_warnings():
             torch.onnx.export(module, (example,), str(path), input_names=[input_name], output_names=list(output_names),
-                              opset_version=opset, dynamic_axes=axes, do_constant_folding=True, **_exporter_kwargs())
+                              opset_version=opset, dynamic_axes=axes, do_constant_folding=True, **_exporter_kwargs(),
+                              **extra)
     except Exception as e:
         raise ClipDebiasError(f"{path}: torch.onnx.export failed at opset {opset} "
                               f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+    finally:
+        for m in attentions:
+            m.onnx_fused = False
     try:
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as e:
@@ -272,7 +286,7 @@ def preprocessing_of(cfg: dict[str, Any], image_size: tuple[int, int]) -> Prepro
                               "(expected open_clip's preprocess_cfg)") from e
 
 
-def build_manifest(model: Any, files: list[Any], opset: int) -> Manifest:
+def build_manifest(model: Any, files: list[Any], opset: int, fused_attention: bool = False) -> Manifest:
     """The manifest of a ``DebiasedClassifier`` export (``files`` already hashed)."""
     spec, cfg = model.spec, model.tower.cfg
     h, w = cfg.image_size
@@ -285,7 +299,7 @@ def build_manifest(model: Any, files: list[Any], opset: int) -> Manifest:
         inputs=[TensorSpec("image", "float32", ["batch", 3, h, w])],
         outputs=[TensorSpec("logits", "float32", ["batch", len(spec.class_names)]),
                  TensorSpec("embedding", "float32", ["batch", cfg.embed_dim])],
-        opset=opset, files=files, versions=library_versions())
+        opset=opset, files=files, versions=library_versions(), export={"fused_attention": fused_attention})
 
 
 # ---- high level: model dir -> artifact -----------------------------------------------------------------------------
@@ -317,7 +331,7 @@ def _check_outputs(tmp: Path, expected: set[str]) -> None:
 
 def export_onnx_report(model_dir_or_model: Any, out: str | Path, precision: str = "fp32", opset: int = DEFAULT_OPSET,
                        ort_optimize: bool = True, gate_batch: int = GATE_BATCH, seed: int = 0,
-                       latency_iters: int = 10) -> ExportReport:
+                       latency_iters: int = 10, fused_attention: bool = False) -> ExportReport:
     """``export_onnx`` returning the measured gate and latency numbers too."""
     import torch
 
@@ -332,7 +346,7 @@ def export_onnx_report(model_dir_or_model: Any, out: str | Path, precision: str 
     out = Path(out)
     report = ExportReport(artifact=out.absolute())
     with staged_artifact(out) as tmp:
-        fp32 = export_module_onnx(model, example, tmp / ONNX_FP32, opset)
+        fp32 = export_module_onnx(model, example, tmp / ONNX_FP32, opset, fused_attention=fused_attention)
         _check_outputs(tmp, {ONNX_FP32})
         report.gates.append(run_gate(fp32, "fp32", x, ref_logits, ref_emb))
         files = []
@@ -348,7 +362,7 @@ def export_onnx_report(model_dir_or_model: Any, out: str | Path, precision: str 
                 files.append(model_file(tmp, ONNX_ORT, "onnx-ort", "fp32"))
         if precision == "fp16":
             fp32.unlink()
-        write_manifest(tmp, build_manifest(model, files, opset))
+        write_manifest(tmp, build_manifest(model, files, opset, fused_attention))
     log.info("wrote %s (%s)", out, ", ".join(f.path for f in files))
     return report
 
@@ -386,9 +400,12 @@ def _maybe_keep_ort(tmp: Path, x: np.ndarray, ref_logits: np.ndarray, ref_emb: n
 
 
 def export_onnx(model_dir_or_model: Any, out: str | Path, precision: str = "fp32", opset: int = DEFAULT_OPSET,
-                ort_optimize: bool = True, gate_batch: int = GATE_BATCH, seed: int = 0) -> Path:
+                ort_optimize: bool = True, gate_batch: int = GATE_BATCH, seed: int = 0,
+                fused_attention: bool = False) -> Path:
     """Export a model directory (or a ``DebiasedClassifier``) to the artifact directory ``out`` and return it.
 
     precision: fp32 (model.onnx) | fp16 (model.fp16.onnx only) | both. Every graph passes its parity gate first;
-    a failure raises ``ClipDebiasError`` and leaves ``out`` untouched."""
-    return export_onnx_report(model_dir_or_model, out, precision, opset, ort_optimize, gate_batch, seed).artifact
+    a failure raises ``ClipDebiasError`` and leaves ``out`` untouched. ``fused_attention``: see ``export_module_onnx``
+    (recorded in the manifest's ``export`` field)."""
+    return export_onnx_report(model_dir_or_model, out, precision, opset, ort_optimize, gate_batch, seed,
+                              fused_attention=fused_attention).artifact

@@ -147,13 +147,16 @@ def _gpu_info() -> dict[str, str]:
 
 def export_tensorrt(artifact: str | Path, opts: EngineOptions | None = None) -> Path:
     """Add ``model.plan`` (+ ``model.plan.json``) to ``artifact`` after the accuracy gate; returns the artifact path."""
+    artifact = Path(artifact)
+    manifest = Manifest.load(artifact)
+    if manifest.export.get("fused_attention"):
+        raise ClipDebiasError(f"{artifact}: exported with --fused-attention (ONNX Runtime's MultiHeadAttention op, "
+                              "which TensorRT cannot parse); re-export without it for TensorRT")
     trt = import_tensorrt()
     opts = opts or EngineOptions()
     opts.check()
     if _major(trt) < 10:
         raise ClipDebiasError(f"TensorRT {trt.__version__} is too old: clip-debias builds engines with TensorRT >= 10")
-    artifact = Path(artifact)
-    manifest = Manifest.load(artifact)
     verify_files(artifact, manifest)
     gpu = _gpu_info()
     src, strongly = _source_onnx(trt, artifact, manifest, opts)

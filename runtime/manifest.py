@@ -90,6 +90,7 @@ class Manifest:
     opset: int
     files: list[ModelFile]
     versions: dict[str, str] = field(default_factory=dict)
+    export: dict[str, Any] = field(default_factory=dict)  # how the graphs were written, e.g. {"fused_attention": true}
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
@@ -122,7 +123,7 @@ class Manifest:
         if version != FORMAT_VERSION:
             raise ArtifactError(f"{source}: field 'format_version' is {version!r}, expected {FORMAT_VERSION}")
         for f in fields(cls):
-            if f.name not in d and f.name != "versions":
+            if f.name not in d and f.name not in ("versions", "export"):
                 raise ArtifactError(f"{source}: missing field '{f.name}'")
 
         def sub(klass: type, value: Any, name: str) -> Any:
@@ -153,6 +154,7 @@ class Manifest:
             opset=d["opset"],
             files=sublist(ModelFile, d["files"], "files"),
             versions=d.get("versions", {}),
+            export=d.get("export", {}),
             format_version=version,
         )
         if not isinstance(m.class_names, list) or not m.class_names or not all(isinstance(c, str) for c in m.class_names):

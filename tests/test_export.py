@@ -129,8 +129,8 @@ def test_manifest_fields_and_hashes(tiny_edited, tiny_both):
     m = Manifest.load(art)
     raw = json.loads((art / MANIFEST_NAME).read_text())
     assert set(raw) == {"model", "plan", "class_names", "group_names", "preprocessing", "inputs", "outputs", "opset",
-                        "files", "versions", "format_version"}
-    assert m.format_version == 1 and m.opset == 18
+                        "files", "versions", "export", "format_version"}
+    assert m.format_version == 1 and m.opset == 18 and m.export == {"fused_attention": False}
     assert m.model["name"] == "clipdebias-tiny"
     assert m.class_names == CLASSES and m.group_names == ["g0", "g1"]
     assert m.plan["ablated"] == [[3, 0], [2, 1]] and m.plan["salient"] == [[3, 2]]
@@ -298,3 +298,32 @@ def test_refuses_to_replace_a_non_artifact_directory(tiny_edited, tmp_path):
     with pytest.raises(ClipDebiasError, match="not an artifact"):
         export_onnx(tiny_edited, tmp_path / "notes", ort_optimize=False)
     assert (tmp_path / "notes" / "keep.txt").read_text() == "mine" and leftovers(tmp_path) == []
+
+
+def test_fused_attention_export(tmp_path, tiny_clip):
+    """--fused-attention writes every attention as com.microsoft::MultiHeadAttention; the parity gates still hold, the
+    runtime runs it (dynamic batch), and the manifest records it."""
+    import numpy as np
+    import onnx
+    import torch
+
+    import runtime
+    from exporters.onnx_export import export_onnx
+    from toolchain.correct.classifier import plain_classifier
+
+    model = plain_classifier(tiny_clip, ["a", "b", "c"])
+    art = export_onnx(model, tmp_path / "art", precision="both", fused_attention=True, ort_optimize=False)
+    graph = onnx.load(str(art / "model.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("MultiHeadAttention") == 4 and "Softmax" not in ops
+    assert runtime.load(art, device="cpu").manifest.export == {"fused_attention": True}
+    x = np.random.default_rng(0).standard_normal((7, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x))[0].numpy()
+    assert np.abs(runtime.load(art, device="cpu").predict_logits(x) - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
+    assert not any(m.onnx_fused for m in model.modules() if hasattr(m, "onnx_fused"))  # flags reset after export
+    from toolchain.errors import ClipDebiasError
+    from exporters.tensorrt_export import export_tensorrt
+
+    with pytest.raises(ClipDebiasError, match="re-export without it for TensorRT"):
+        export_tensorrt(art)

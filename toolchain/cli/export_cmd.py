@@ -32,12 +32,17 @@ def onnx_cmd(
     opset: Annotated[int, typer.Option("--opset", min=14, help="ONNX opset.")] = 18,
     ort_optimize: Annotated[bool, typer.Option("--ort-optimize/--no-ort-optimize",
                                                help="Also save model.ort.onnx when it is measurably faster.")] = True,
+    fused_attention: Annotated[bool, typer.Option(
+        "--fused-attention/--no-fused-attention",
+        help="Write attention as ONNX Runtime's fused MultiHeadAttention (faster on CUDA; ONNX Runtime only, "
+             "not TensorRT).")] = False,
 ) -> None:
     """Export MODEL_DIR to an ONNX artifact (parity-gated against torch; nothing is written on failure)."""
     from exporters.onnx_export import export_onnx_report
 
     _log_to_stderr()
-    report = export_onnx_report(model_dir, out, precision=precision, opset=opset, ort_optimize=ort_optimize)
+    report = export_onnx_report(model_dir, out, precision=precision, opset=opset, ort_optimize=ort_optimize,
+                                fused_attention=fused_attention)
     for g in report.gates:
         typer.echo(f"{g.precision}: max |logit diff| {g.max_logit_diff:.3g} (tol {g.logit_tolerance:.3g}), "
                    f"max |embedding diff| {g.max_embedding_diff:.3g}, argmax agree {100 * g.argmax_agree:.0f}%")

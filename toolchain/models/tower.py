@@ -77,6 +77,29 @@ class LayerScale(nn.Module):
         return x * self.gamma
 
 
+class OrtMultiHeadAttention(torch.autograd.Function):
+    """softmax(q k^T / sqrt(Dh)) v per head on [B, Nq, W] / [B, N, W] inputs -> [B, Nq, W].
+
+    Computed with SDPA in torch; exported as ONNX Runtime's fused contrib op ``com.microsoft::MultiHeadAttention``
+    (flash / memory-efficient attention on CUDA). Only used while exporting with ``fused_attention`` (see
+    ``ExplicitAttention.onnx_fused``): the graph then runs on ONNX Runtime only.
+    """
+
+    @staticmethod
+    def forward(ctx: object, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+        b, nq, w = q.shape
+
+        def split(t: torch.Tensor) -> torch.Tensor:  # [B, M, W] -> [B, H, M, Dh]
+            return t.reshape(b, t.shape[1], heads, w // heads).transpose(1, 2)
+
+        o = F.scaled_dot_product_attention(split(q), split(k), split(v))
+        return o.transpose(1, 2).reshape(b, nq, w)
+
+    @staticmethod
+    def symbolic(g: object, q: object, k: object, v: object, heads: int) -> object:
+        return g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=heads).setType(q.type())
+
+
 class ExplicitAttention(nn.Module):
     """Multi-head self-attention written out: qkv projection, split heads, SDPA, merge, output projection."""
 
@@ -85,10 +108,15 @@ class ExplicitAttention(nn.Module):
         self.heads, self.head_dim = heads, width // heads
         self.qkv = nn.Linear(width, 3 * width)
         self.out = nn.Linear(width, width)
+        self.onnx_fused = False  # set by the exporter: emit OrtMultiHeadAttention while exporting
 
     def head_outputs(self, x: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
         """Per-head attention outputs before the output projection: [B, H, Nq, Dh], Nq = 1 if ``cls_only`` else N."""
         b, n, w = x.shape
+        if self.onnx_fused and torch.onnx.is_in_onnx_export():
+            q, k, v = self.qkv(x).chunk(3, dim=-1)  # [B, N, W] each, head h = columns h*Dh:(h+1)*Dh
+            o = OrtMultiHeadAttention.apply(q[:, :1] if cls_only else q, k, v, self.heads)
+            return o.reshape(b, o.shape[1], self.heads, self.head_dim).transpose(1, 2)
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each [B, H, N, Dh]
         if cls_only:
