@@ -119,11 +119,9 @@ class DebiasedClassifier(nn.Module):
             y = self.tower(images)
             return y / y.norm(dim=-1, keepdim=True)
         tr = self.tower.trace(images, self.layers)
-        norm = tr.pooled.norm(dim=-1, keepdim=True)
-        e = tr.pooled / norm
+        e = tr.pooled / tr.pooled.norm(dim=-1, keepdim=True)
         o = torch.cat([tr.head_out[l] for l in self.layers], dim=1)[:, self.flat_index]  # [B, E, Dh]
-        scale = 1.0 / (self.tower.ln_post_sigma(tr.cls_final)[:, None] * norm)  # [B, 1]
-        c = torch.einsum("bek,ekd->bed", o, self.readout) * scale[:, :, None]  # [B, E, D]
+        c = torch.einsum("bek,ekd->bed", o, self.readout) * self.tower.term_scale(tr)[:, :, None]  # [B, E, D]
         a = self.n_ablated
         return corrected_embedding(e, c[:, :a], self.ablation_means, c[:, a:], self.basis, self.renorm)
 

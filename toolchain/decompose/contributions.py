@@ -73,8 +73,7 @@ class Decomposer(nn.Module):
     def forward(self, images: torch.Tensor) -> HeadContributions:
         tr = self.tower.trace(images, self.layers)
         o = torch.stack([tr.head_out[l] for l in self.layers], dim=1)  # [B, L, H, Dh]
-        scale = 1.0 / (self.tower.ln_post_sigma(tr.cls_final) * tr.pooled.norm(dim=-1))  # [B]
-        heads = torch.einsum("blhk,lhkd->blhd", o, self.readout) * scale[:, None, None, None]
-        sigma_rest = tr.rest_resid @ self.centred / self.tower.ln_post_sigma(tr.cls_final)[:, None]
-        rest = (sigma_rest + self.tower.bias_readout()) / tr.pooled.norm(dim=-1, keepdim=True)
+        scale = self.tower.term_scale(tr)  # [B, 1]
+        heads = torch.einsum("blhk,lhkd->blhd", o, self.readout) * scale[:, :, None, None]
+        rest = tr.rest_resid @ self.centred * scale + self.tower.bias_readout() / tr.pooled.norm(dim=-1, keepdim=True)
         return HeadContributions(heads=heads, rest=rest, layers=self.layers)

@@ -71,7 +71,7 @@ def token_terms(tower: ExplicitViT, images: torch.Tensor, heads: list[tuple[int,
         raise ClipDebiasError(f"heads {bad} out of range for a tower of {n_layers} layers x {n_heads} heads")
     layers = sorted({l for l, _ in heads})
     tr = tower.trace(images, layers)
-    scale = 1.0 / (tower.ln_post_sigma(tr.cls_final) * tr.pooled.norm(dim=-1))  # [B]
+    scale = tower.term_scale(tr)  # [B, 1]
     readout = dict(zip(layers, tower.head_readout(layers)))  # l -> [H, Dh, D]
     per_layer: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     x = tower.embed(images)
@@ -84,7 +84,7 @@ def token_terms(tower: ExplicitViT, images: torch.Tensor, heads: list[tuple[int,
     for layer, head in heads:
         a, v = per_layer[layer]
         mixed = a[:, head, :, None] * v[:, head]  # [B, N, Dh]
-        terms.append(mixed @ readout[layer][head] * scale[:, None, None])  # [B, N, D]
+        terms.append(mixed @ readout[layer][head] * scale[:, :, None])  # [B, N, D]
         attn.append(a[:, head])
     cfg = tower.cfg
     grid = (cfg.image_size[0] // cfg.patch_size[0], cfg.image_size[1] // cfg.patch_size[1])

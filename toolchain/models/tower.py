@@ -266,6 +266,11 @@ class ExplicitViT(nn.Module):
         """Per-sample LayerNorm std of the final CLS stream: sqrt(var(x) + eps) [B] (biased variance, as LN)."""
         return torch.sqrt(cls_final.var(dim=-1, unbiased=False) + self.cfg.eps)
 
+    def term_scale(self, trace: TowerTrace) -> torch.Tensor:
+        """[B, 1] 1 / (sigma ||y||): turns a folded residual term (o @ A, or r @ C diag(g) proj) into its direct
+        contribution to the unit-norm embedding y / ||y||, with the sample's own ln_post std sigma."""
+        return 1.0 / (self.ln_post_sigma(trace.cls_final) * trace.pooled.norm(dim=-1))[:, None]
+
     @torch.no_grad()
     def centred_readout(self) -> torch.Tensor:
         """C diag(g) proj [W, D], C = I - 11^T/W. A residual term r maps to r @ this / sigma.
