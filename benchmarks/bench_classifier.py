@@ -17,7 +17,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pairing import describe, interleaved
+from exporters.timing import describe, interleaved
 from toolchain.correct.classifier import ClassifierSpec, DebiasedClassifier, ZeroShotHead
 from toolchain.correct.edits import orthonormal_basis
 from toolchain.correct.perception import PerceptionHead

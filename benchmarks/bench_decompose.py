@@ -40,7 +40,7 @@ def test_decompose_last4(benchmark, setup):
 
 def test_zz_interleaved_ratio(benchmark, setup):
     """The ratio of this run from interleaved calls (robust to other processes' load); printed with -s."""
-    from pairing import describe, interleaved
+    from exporters.timing import describe, interleaved
 
     clip, decomposer, images = setup
     benchmark.pedantic(lambda: None, rounds=1)

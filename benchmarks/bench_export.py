@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from pairing import interleaved
+from exporters.timing import interleaved
 
 pytest.importorskip("pytest_benchmark")
 

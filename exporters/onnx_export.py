@@ -34,6 +34,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from exporters.artifact import ONNX_FP16, ONNX_FP32, ONNX_ORT, model_file, staged_artifact, write_manifest
+from exporters.timing import interleaved
 from runtime.errors import ClipDebiasError
 from runtime.manifest import Manifest, Preprocessing, TensorSpec
 
@@ -379,17 +380,11 @@ def _maybe_keep_ort(tmp: Path, x: np.ndarray, ref_logits: np.ndarray, ref_emb: n
         log.warning("model.ort.onnx dropped: parity %s", gate.reason)
         ort_path.unlink()
         return False
-    one = x[:1]
+    one = {"image": x[:1]}
     base, opt = ort_session(tmp / ONNX_FP32), ort_session(ort_path)
-    base.run(None, {"image": one}), opt.run(None, {"image": one})
-    ta, tb = [], []
-    for _ in range(max(3, iters)):  # interleaved pairs: both graphs see the same background load
-        for sess, t in ((base, ta), (opt, tb)):
-            t0 = time.perf_counter()
-            sess.run(None, {"image": one})
-            t.append((time.perf_counter() - t0) * 1e3)
-    speedup = float(np.median(np.array(ta) / np.array(tb)))
-    report.ort_latency_ms = {ONNX_FP32: float(np.median(ta)), ONNX_ORT: float(np.median(tb)), "paired_speedup": speedup}
+    r = interleaved(lambda: base.run(None, one), lambda: opt.run(None, one), max(3, iters))
+    speedup = r["median_speedup"]
+    report.ort_latency_ms = {ONNX_FP32: r["base_median_ms"], ONNX_ORT: r["other_median_ms"], "paired_speedup": speedup}
     keep = speedup >= ORT_KEEP_MIN_SPEEDUP
     log.info("ORT-optimized graph: p50 batch 1 %.2f ms vs model.onnx %.2f ms (paired speedup %.3fx) -> %s",
              report.ort_latency_ms[ONNX_ORT], report.ort_latency_ms[ONNX_FP32], speedup,
