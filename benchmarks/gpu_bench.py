@@ -3,7 +3,8 @@
 Rows: open_clip torch eager fp16 (plain encoder), the debiased torch model fp16 (2 ablated + 1 projected head in the
 last two layers, zero-shot head), and the torch-free runtime on ONNX Runtime CUDA, fp32 and fp16, with plain and with
 fused attention (``export_onnx(fused_attention=True)``) (numpy in, numpy out: host<->device copies included, as a
-service sees it). Random weights (no pretrained weights here).
+service sees it), and on CUDA the same runtime fed a device-resident torch CUDA tensor (``__cuda_array_interface__``,
+bound in place; outputs copied back). Random weights (no pretrained weights here).
 
     python benchmarks/gpu_bench.py --out gpu_bench.json
 """
@@ -91,6 +92,7 @@ def main() -> None:
     from exporters.onnx_export import export_onnx
 
     xb_np, x1_np = xb.float().cpu().numpy(), x1.float().cpu().numpy()
+    xb_dev, x1_dev = xb.float().contiguous(), x1.float().contiguous()  # fp32 on the device: the graph's input type
     for fused in (False, True):
         art = export_onnx(debiased, Path(tempfile.mkdtemp()) / "artifact", precision="both", fused_attention=fused)
         for precision in ("fp32", "fp16"):
@@ -102,6 +104,9 @@ def main() -> None:
                 print(rows[-1], flush=True)
                 continue
             add(name, lambda: clf.predict_logits(xb_np), lambda: clf.predict_logits(x1_np), cuda=False)
+            if on_gpu:
+                add(name.replace("(numpy I/O)", "(torch CUDA tensor in)"), lambda: clf.predict_logits(xb_dev),
+                    lambda: clf.predict_logits(x1_dev), cuda=False)
     info = {"gpu": torch.cuda.get_device_name() if on_gpu else "none", "torch": torch.__version__, "rows": rows}
     try:
         import onnxruntime

@@ -22,6 +22,7 @@ from runtime.manifest import MANIFEST_NAME, Manifest, ModelFile, sha256_file
 # file name -> (kind, precision) as listed in the manifest (see runtime/manifest.py)
 ONNX_FP32 = "model.onnx"
 ONNX_FP16 = "model.fp16.onnx"
+ONNX_INT8 = "model.int8.onnx"
 ONNX_ORT = "model.ort.onnx"
 TRT_PLAN = "model.plan"
 TRT_SIDECAR = "model.plan.json"

@@ -7,7 +7,8 @@ Rows (those that can run here, in this order; the first is the baseline of ``spe
   torch debiased    the ``DebiasedClassifier`` of MODEL_DIR                                          [--model-dir]
   ort fp32          model.onnx (ORT_ENABLE_ALL)
   ort fp32 (ort)    model.ort.onnx, when the artifact kept it
-  ort fp16          model.fp16.onnx, when present (CPU: ORT_ENABLE_EXTENDED, see ``onnx_export.ort_session``)
+  ort fp16          model.fp16.onnx, when present (CPU: ORT_ENABLE_BASIC, see ``onnx_export.ort_session``)
+  ort int8          model.int8.onnx, when present (CPU provider, ORT_ENABLE_ALL)
   tensorrt          model.plan, when tensorrt + a CUDA device are present (host->device copies included)
 
 Per batch size b: p50 latency (ms) over ``iters`` timed calls after ``warmup``, throughput = b / p50 (img/s),
@@ -130,7 +131,7 @@ def runners(artifact: str | Path, model_dir: str | Path | None = None,
         rows.append(("torch plain", _torch_runner(model.tower)))
         rows.append(("torch debiased", _torch_runner(model)))
     for label, kind, precision in (("ort fp32", "onnx", "fp32"), ("ort fp32 (ort)", "onnx-ort", "fp32"),
-                                   ("ort fp16", "onnx", "fp16")):
+                                   ("ort fp16", "onnx", "fp16"), ("ort int8", "onnx", "int8")):
         f = manifest.file(kind, precision)
         if f is not None:
             rows.append((label, _ort_runner(artifact / f.path, precision)))

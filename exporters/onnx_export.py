@@ -15,7 +15,17 @@ exercises the dynamic axis); ``m = max(1, max |logits_torch|)``:
   outlier channels whose squares overflow fp16): max |logits diff| <= 2e-2 * m — about 40 fp16 unit roundoffs
   (u = 2^-11) relative to the logits, the accumulated rounding of ~L sequential fp16 blocks — plus min cos(e16, e) >=
   0.999.
-- both: identical argmax on every gate row whose torch top-2 margin exceeds the logit tolerance (a near-tie inside
+- int8 (``model.int8.onnx``, for the CPU provider: ONNX Runtime dynamic quantization of the transformer blocks'
+  weight MatMuls only -- qkv, out, mlp -- with per-output-channel 7-bit weights (``reduce_range``: CPUs without
+  VNNI saturate the u8 x s8 pair sums of full 8-bit weights; measured min cosine 0.993 without it, 0.9998 with it
+  on ViT-B-16) and per-tensor uint8 activations quantized at run time; patch embedding, attention products, the
+  projection, the baked edits and the head stay fp32): max |logits diff| <= 0.1 * m plus min cos(e8, e) >= 0.995.
+  Each of the 4L quantized GEMMs adds an independent ~0.5 % relative error (7-bit weights: 2^-8 half step relative
+  to the channel max; 8-bit activations likewise), which adds up to the ~1-2 % embedding error measured
+  (cos 0.9998 -> ||e8 - e|| ~ 0.02); since logits are s * <e, t> with unit t (and PerceptionCLIP's log-sum-exp is
+  1-Lipschitz), ||e8 - e|| <= sqrt(2 (1 - 0.995)) = 0.1 moves a logit by at most 0.1 s. Quantization is a
+  trade: run ``clip-debias verify --precision int8`` with your thresholds on real data before shipping it.
+- all: identical argmax on every gate row whose torch top-2 margin exceeds the logit tolerance (a near-tie inside
   the error bound has no defined order at that precision).
 
 A failed gate raises ``ClipDebiasError`` with the measured numbers and nothing is written.
@@ -25,6 +35,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -33,7 +44,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from exporters.artifact import ONNX_FP16, ONNX_FP32, ONNX_ORT, model_file, staged_artifact, write_manifest
+from exporters.artifact import ONNX_FP16, ONNX_FP32, ONNX_INT8, ONNX_ORT, model_file, staged_artifact, write_manifest
 from exporters.timing import interleaved
 from runtime.errors import ClipDebiasError
 from runtime.manifest import Manifest, Preprocessing, TensorSpec
@@ -41,11 +52,17 @@ from runtime.manifest import Manifest, Preprocessing, TensorSpec
 log = logging.getLogger("clip_debias.export")
 
 DEFAULT_OPSET = 18
-PRECISIONS = ("fp32", "fp16", "both")
+PRECISIONS = ("fp32", "fp16", "int8")  # --precision takes one, a comma list, or "both" (= fp32,fp16)
 FP32_LOGIT_RTOL = 1e-4
 FP32_EMBED_ATOL = 1e-5
 FP16_LOGIT_RTOL = 2e-2
 FP16_MIN_COSINE = 0.999
+INT8_LOGIT_RTOL = 0.1
+INT8_MIN_COSINE = 0.995
+# the weight MatMuls of the transformer blocks, as the TorchScript exporter names them after ExplicitViT's module
+# paths: /tower/blocks.3/qkv/MatMul (plain classifier) or /blocks.3/mlp/mlp.0/MatMul (DebiasedClassifier runs the
+# blocks itself); tests/test_export.py checks that exactly 4 per block match on both
+INT8_NODE_PATTERN = re.compile(r"(?:^|/)blocks\.\d+/(?:qkv|out|mlp/[^/]+)/MatMul$")
 GATE_BATCH = 4
 EXAMPLE_BATCH = 2
 FP16_KEEP_FP32_OPS = ("LayerNormalization",)
@@ -179,6 +196,45 @@ def convert_fp16(src: str | Path, dst: str | Path, keep_fp32_ops: Sequence[str] 
     return Path(dst)
 
 
+def quantize_int8(src: str | Path, dst: str | Path) -> Path:
+    """fp32 ONNX -> ``dst`` with the transformer blocks' weight MatMuls (``INT8_NODE_PATTERN``) dynamically quantized:
+    int8 per-output-channel 7-bit weights, uint8 per-tensor activations computed at run time (no calibration set)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = onnx.load(str(src), load_external_data=False).graph
+    weights = {i.name for i in graph.initializer}
+    nodes = [n.name for n in graph.node
+             if n.op_type == "MatMul" and INT8_NODE_PATTERN.search(n.name) and n.input[1] in weights]
+    if not nodes:
+        raise ClipDebiasError(f"{src}: no transformer-block weight MatMul to quantize (expected nodes named like "
+                              "/tower/blocks.0/qkv/MatMul)")
+    quant_log = logging.getLogger("root")  # onnxruntime.quantization logs its pre-processing advice on the root logger
+    level = quant_log.level
+    quant_log.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
+                         per_channel=True, reduce_range=True, weight_type=QuantType.QInt8)
+    finally:
+        quant_log.setLevel(level)
+    try:
+        onnx.checker.check_model(str(dst))
+    except onnx.checker.ValidationError as e:
+        raise ClipDebiasError(f"{dst}: onnx.checker rejected the int8 graph ({str(e).splitlines()[0][:200]})") from e
+    log.info("int8: quantized %d weight MatMuls of the transformer blocks", len(nodes))
+    return Path(dst)
+
+
+def parse_precisions(precision: str) -> list[str]:
+    """``fp32`` | ``fp16`` | ``int8`` | ``both`` (= fp32,fp16) | a comma list such as ``fp32,int8`` -> ordered list."""
+    words = ["fp32", "fp16"] if precision.strip() == "both" else [w.strip() for w in precision.split(",") if w.strip()]
+    bad = [w for w in words if w not in PRECISIONS]
+    if bad or not words:
+        raise ClipDebiasError(f"--precision {precision}: expected fp32, fp16, int8, both, or a comma list such as "
+                              "fp32,int8")
+    return list(dict.fromkeys(words))
+
+
 # ---- onnxruntime ----------------------------------------------------------------------------------------------------
 def ort_session(path: str | Path, precision: str = "fp32", providers: Sequence[str] = ("CPUExecutionProvider",),
                 level: str | None = None, optimized_path: str | Path | None = None) -> Any:
@@ -228,7 +284,9 @@ def compare(precision: str, logits: np.ndarray, emb: np.ndarray, ref_logits: np.
     dl = float(np.abs(logits - ref_logits).max())
     de = float(np.abs(emb - ref_emb).max())
     cos = float((np.sum(emb * ref_emb, -1) / (np.linalg.norm(emb, axis=-1) * np.linalg.norm(ref_emb, axis=-1))).min())
-    tol = (FP32_LOGIT_RTOL if precision == "fp32" else FP16_LOGIT_RTOL) * scale
+    rtol = {"fp32": FP32_LOGIT_RTOL, "fp16": FP16_LOGIT_RTOL, "int8": INT8_LOGIT_RTOL}[precision]
+    min_cos = {"fp16": FP16_MIN_COSINE, "int8": INT8_MIN_COSINE}.get(precision)
+    tol = rtol * scale
     same = logits.argmax(-1) == ref_logits.argmax(-1)
     top2 = np.sort(ref_logits, axis=-1)[:, -2:] if ref_logits.shape[-1] > 1 else np.zeros((len(ref_logits), 2))
     decided = (top2[:, 1] - top2[:, 0]) > tol
@@ -239,8 +297,8 @@ def compare(precision: str, logits: np.ndarray, emb: np.ndarray, ref_logits: np.
         reasons.append(f"max |logit diff| {dl:.3g} > {tol:.3g}")
     if precision == "fp32" and not de <= FP32_EMBED_ATOL:
         reasons.append(f"max |embedding diff| {de:.3g} > {FP32_EMBED_ATOL:.3g}")
-    if precision == "fp16" and not cos >= FP16_MIN_COSINE:
-        reasons.append(f"min embedding cosine {cos:.6f} < {FP16_MIN_COSINE}")
+    if min_cos is not None and not cos >= min_cos:
+        reasons.append(f"min embedding cosine {cos:.6f} < {min_cos}")
     if not same[decided].all():
         reasons.append(f"argmax differs on {int((~same[decided]).sum())} of {int(decided.sum())} gate images")
     return GateResult(precision, dl, de, tol, cos, float(same.mean()), int(decided.sum()), not reasons, "; ".join(reasons))
@@ -336,8 +394,7 @@ def export_onnx_report(model_dir_or_model: Any, out: str | Path, precision: str 
     """``export_onnx`` returning the measured gate and latency numbers too."""
     import torch
 
-    if precision not in PRECISIONS:
-        raise ClipDebiasError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
+    wanted = parse_precisions(precision)
     model = _as_classifier(model_dir_or_model)
     h, w = model.tower.cfg.image_size
     x = gate_images(h, w, gate_batch, seed)
@@ -351,17 +408,17 @@ def export_onnx_report(model_dir_or_model: Any, out: str | Path, precision: str 
         _check_outputs(tmp, {ONNX_FP32})
         report.gates.append(run_gate(fp32, "fp32", x, ref_logits, ref_emb))
         files = []
-        if precision in ("fp32", "both"):
+        if "fp32" in wanted:
             files.append(model_file(tmp, ONNX_FP32, "onnx", "fp32"))
-        if precision in ("fp16", "both"):
-            fp16 = convert_fp16(fp32, tmp / ONNX_FP16)
-            report.gates.append(run_gate(fp16, "fp16", x, ref_logits, ref_emb))
-            files.append(model_file(tmp, ONNX_FP16, "onnx", "fp16"))
-        if precision in ("fp32", "both") and ort_optimize:
+        for name, derived, convert in (("fp16", ONNX_FP16, convert_fp16), ("int8", ONNX_INT8, quantize_int8)):
+            if name in wanted:
+                report.gates.append(run_gate(convert(fp32, tmp / derived), name, x, ref_logits, ref_emb))
+                files.append(model_file(tmp, derived, "onnx", name))
+        if "fp32" in wanted and ort_optimize:
             report.ort_kept = _maybe_keep_ort(tmp, x, ref_logits, ref_emb, report, latency_iters)
             if report.ort_kept:
                 files.append(model_file(tmp, ONNX_ORT, "onnx-ort", "fp32"))
-        if precision == "fp16":
+        if "fp32" not in wanted:
             fp32.unlink()
         write_manifest(tmp, build_manifest(model, files, opset, fused_attention))
     log.info("wrote %s (%s)", out, ", ".join(f.path for f in files))
@@ -399,7 +456,8 @@ def export_onnx(model_dir_or_model: Any, out: str | Path, precision: str = "fp32
                 fused_attention: bool = False) -> Path:
     """Export a model directory (or a ``DebiasedClassifier``) to the artifact directory ``out`` and return it.
 
-    precision: fp32 (model.onnx) | fp16 (model.fp16.onnx only) | both. Every graph passes its parity gate first;
+    precision: fp32 (model.onnx) | fp16 (model.fp16.onnx) | int8 (model.int8.onnx) | both (fp32,fp16) | a comma
+    list (``fp32,int8``); the fp32 graph is always exported and gated, and kept when listed. Every graph passes its parity gate first;
     a failure raises ``ClipDebiasError`` and leaves ``out`` untouched. ``fused_attention``: see ``export_module_onnx``
     (recorded in the manifest's ``export`` field)."""
     return export_onnx_report(model_dir_or_model, out, precision, opset, ort_optimize, gate_batch, seed,

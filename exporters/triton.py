@@ -5,7 +5,7 @@
     REPO/NAME/manifest.json    (the artifact's manifest, as documentation: labels, preprocessing, provenance)
 
 The engine is used when the artifact has one and ``kind`` is gpu (a TensorRT plan cannot run on CPU instances);
-otherwise the fp32 ONNX graph (the fp16 one if that is all there is; both have fp32 I/O). ``REPO/NAME`` is written
+otherwise the fp32 ONNX graph (else the fp16 one, else the int8 one -- for CPU instances; all have fp32 I/O). ``REPO/NAME`` is written
 into a temp dir and renamed into place.
 """
 
@@ -129,7 +129,7 @@ def export_triton(artifact: str | Path, repo: str | Path, name: str = "clip_debi
         opt = profile.get("opt")
         platform, src, dst = "tensorrt_plan", plan.path, TRT_PLAN
     else:
-        onnx_file = manifest.file("onnx", "fp32") or manifest.file("onnx", "fp16")
+        onnx_file = manifest.file("onnx", "fp32") or manifest.file("onnx", "fp16") or manifest.file("onnx", "int8")
         if onnx_file is None:
             raise ClipDebiasError(f"{artifact}: no ONNX model file listed in {MANIFEST_NAME}")
         platform, src, dst = "onnxruntime_onnx", onnx_file.path, "model.onnx"

@@ -13,6 +13,10 @@ ONNX Runtime graph optimization level per (device, precision) -- see ``ort_optim
 ``ORT_ENABLE_ALL``; fp16 at ALL only with ``device="cuda"`` (never on the CPU, where onnxruntime 1.31 was seen to
 segfault while creating an fp16 session at ALL): ``ORT_ENABLE_BASIC`` on the CPU, ``ORT_ENABLE_EXTENDED`` for auto. On the CPU an ``onnx-ort`` file (``model.ort.onnx``) is preferred for
 fp32 when listed; on CUDA the plain ``model.onnx`` (the ORT-optimized graph may hold CPU-only fused nodes).
+
+int8 (``model.int8.onnx``, dynamically quantized linear layers) runs on the CPU provider only, at ``ORT_ENABLE_ALL``
+(which fuses DynamicQuantizeLinear + MatMulInteger into DynamicQuantizeMatMul): the CUDA provider has no
+MatMulInteger kernels for it, so ``device="cuda"`` with int8 is refused and ``auto`` runs it on the CPU.
 """
 
 from __future__ import annotations
@@ -24,12 +28,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from runtime.device_input import DeviceBatch
 from runtime.errors import ArtifactError, ClipDebiasError
 from runtime.manifest import MANIFEST_NAME, Manifest, ModelFile, TensorSpec
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 OUTPUTS = ("logits", "embedding")
 
 
@@ -45,6 +50,10 @@ class Backend(Protocol):
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """float32 [N, 3, H, W] (validated, C-contiguous) -> (logits [N, C], embedding [N, D]) float32."""
+        ...
+
+    def run_device(self, batch: DeviceBatch) -> tuple[np.ndarray, np.ndarray]:
+        """A CUDA-resident float32 [N, 3, H, W] batch (shape/dtype checked) -> outputs copied to the host."""
         ...
 
     def info(self) -> dict[str, Any]:
@@ -187,15 +196,29 @@ class OrtBackend:
         logits, emb = self.session.run(list(OUTPUTS), {self._input: batch})
         return logits, emb
 
-    def _run_cuda(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """IO binding, one per call (binding objects are not shared between threads). UNTESTED here (no GPU)."""
+    def _run_cuda(self, batch: np.ndarray | DeviceBatch) -> tuple[np.ndarray, np.ndarray]:
+        """IO binding, one per call (binding objects are not shared between threads): a host batch is copied to the
+        device once; a device batch is bound in place. Outputs stay on the device until copied back."""
         io = self.session.io_binding()
-        io.bind_cpu_input(self._input, batch)
+        if isinstance(batch, np.ndarray):
+            io.bind_cpu_input(self._input, batch)
+        elif batch.is_ortvalue:
+            io.bind_ortvalue_input(self._input, batch.source)
+        else:
+            io.bind_input(self._input, "cuda", batch.device_id, np.float32, list(batch.shape), batch.pointer)
         for name in OUTPUTS:
             io.bind_output(name, "cuda", self.device_id)
         self.session.run_with_iobinding(io)
         logits, emb = io.copy_outputs_to_cpu()
         return logits, emb
+
+    def run_device(self, batch: DeviceBatch) -> tuple[np.ndarray, np.ndarray]:
+        if self.device != "cuda":
+            raise BackendError(f"a CUDA-resident input needs a session on CUDA; this classifier runs on "
+                               f"{self.device} (load with device='cuda', or pass a numpy array)")
+        if batch.device_id != self.device_id:
+            raise BackendError(f"input is on cuda:{batch.device_id}, the session on cuda:{self.device_id}")
+        return self._run_cuda(batch)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -363,6 +386,10 @@ class TensorRTBackend:
         _cuda_check(cudart.cudaStreamSynchronize(st.stream), "cudaStreamSynchronize")
         return outs["logits"].astype(np.float32, copy=False), outs["embedding"].astype(np.float32, copy=False)
 
+    def run_device(self, batch: DeviceBatch) -> tuple[np.ndarray, np.ndarray]:
+        raise BackendError("device-resident input is supported by the onnxruntime backend; pass a numpy array to "
+                           "the TensorRT backend")
+
     def info(self) -> dict[str, Any]:
         return {
             "backend": self.name,
@@ -423,6 +450,12 @@ def select_backend(
         mf = verified(_listed(manifest, "tensorrt", precision, root))
         return TensorRTBackend(root / mf.path, mf, manifest, precision)
 
+    if precision == "int8":
+        if device == "cuda":
+            raise BackendError("precision 'int8': the dynamically quantized graph runs on the CPU provider only; use "
+                               "device 'cpu' (or 'auto'), or precision fp16 on CUDA")
+        mf = _listed(manifest, "onnx", "int8", root)
+        return OrtBackend(root / verified(mf).path, mf, manifest, "cpu", precision, intra_op_threads)
     on_cuda = device == "cuda" or (device == "auto" and ort_has_cuda())
     if precision == "fp16":
         mf = _listed(manifest, "onnx", "fp16", root)

@@ -8,6 +8,8 @@ Input policy of ``predict_logits`` / ``embed`` on arrays: a numpy array of rank 
 manifest's; float32 is used as is, other floating dtypes (float16/float64) are cast to float32 (the graph's input
 type -- this is the precision the model computes in anyway); integer/bool/other dtypes are refused (they are almost
 certainly un-normalized pixels); NaN/Inf (also after the cast) are refused. Each refusal is one ``InputError`` line.
+Device-resident batches (an ``OrtValue``, a torch CUDA tensor, a CuPy array) go to a CUDA session without a host
+copy: see ``runtime.device_input``.
 All methods are safe to call from several threads at once.
 """
 
@@ -22,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from runtime.backends import Backend, select_backend
+from runtime.device_input import as_device_batch
 from runtime.errors import ArtifactError, InputError
 from runtime.manifest import MANIFEST_NAME, Manifest
 from runtime.preprocess import Preprocessor
@@ -115,20 +118,25 @@ class Classifier:
         return self.preprocessor.batch(images)
 
     # -- inference --------------------------------------------------------------------------------------------
+    def _check_shape(self, shape: tuple[int, ...]) -> None:
+        c, h, w = self.input_shape
+        if len(shape) != 4:
+            hint = " (add a batch axis: x[None])" if tuple(shape) == (c, h, w) else ""
+            raise InputError(f"input has shape {list(shape)} (rank {len(shape)}); expected [N, {c}, {h}, {w}]{hint}")
+        if tuple(shape[1:]) != (c, h, w):
+            raise InputError(
+                f"input has shape {list(shape)}; expected [N, {c}, {h}, {w}] (channels, height, width of the artifact)"
+            )
+        if shape[0] == 0:
+            raise InputError(f"input batch is empty (shape {list(shape)})")
+
     def check_batch(self, batch: Any) -> np.ndarray:
         """Validate a preprocessed batch (see the module docstring); returns float32 C-contiguous [N, 3, H, W]."""
         c, h, w = self.input_shape
         if not isinstance(batch, np.ndarray):
-            raise InputError(f"input must be a numpy array [N, {c}, {h}, {w}] float32, got {type(batch).__name__}")
-        if batch.ndim != 4:
-            hint = " (add a batch axis: x[None])" if batch.shape == (c, h, w) else ""
-            raise InputError(f"input has shape {list(batch.shape)} (rank {batch.ndim}); expected [N, {c}, {h}, {w}]{hint}")
-        if tuple(batch.shape[1:]) != (c, h, w):
-            raise InputError(
-                f"input has shape {list(batch.shape)}; expected [N, {c}, {h}, {w}] (channels, height, width of the artifact)"
-            )
-        if batch.shape[0] == 0:
-            raise InputError(f"input batch is empty (shape {list(batch.shape)})")
+            raise InputError(f"input must be a numpy array [N, {c}, {h}, {w}] float32 (or a device-resident "
+                             f"OrtValue / __cuda_array_interface__ tensor), got {type(batch).__name__}")
+        self._check_shape(batch.shape)
         if batch.dtype != np.float32:
             if not np.issubdtype(batch.dtype, np.floating):
                 raise InputError(
@@ -137,16 +145,35 @@ class Classifier:
                 )
             with np.errstate(over="ignore"):
                 batch = batch.astype(np.float32)
-        finite = np.isfinite(batch)
-        if not finite.all():
-            bad = int(batch.size - np.count_nonzero(finite))
-            first = int(np.argwhere(~finite)[0][0])
-            raise InputError(f"input contains {bad} NaN/Inf value(s) (first in batch item {first})")
-        return np.ascontiguousarray(batch)
+        batch = np.ascontiguousarray(batch)
+        flat = batch.reshape(-1)
+        with np.errstate(over="ignore", invalid="ignore"):  # sum of squares: one BLAS pass, no temporaries
+            sq = np.dot(flat, flat)
+        if not np.isfinite(sq):  # finite <=> no NaN/Inf; non-finite may also be a huge-value overflow: exact check
+            finite = np.isfinite(batch)
+            if not finite.all():
+                bad = int(batch.size - np.count_nonzero(finite))
+                first = int(np.argwhere(~finite)[0][0])
+                raise InputError(f"input contains {bad} NaN/Inf value(s) (first in batch item {first})")
+        return batch
 
     def run(self, batch: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Validated batch -> (logits [N, C], embedding [N, D]) float32."""
-        return self.backend.run(self.check_batch(batch))
+        """Validated batch -> (logits [N, C], embedding [N, D]) float32 numpy arrays. ``batch``: a numpy array, or a
+        device-resident one (``runtime.device_input``: OrtValue, torch CUDA tensor, CuPy array...)."""
+        dev = None if isinstance(batch, np.ndarray) else as_device_batch(batch)
+        if dev is None:
+            return self.backend.run(self.check_batch(batch))
+        if dev.device == "cpu":  # a host OrtValue: validated like any array
+            return self.backend.run(self.check_batch(dev.source.numpy()))
+        self._check_shape(dev.shape)
+        if dev.dtype != "float32":
+            raise InputError(f"device input dtype {dev.dtype}; expected float32 (no cast happens on the device)")
+        logits, emb = self.backend.run_device(dev)
+        finite = np.isfinite(logits).all(axis=1) & np.isfinite(emb).all(axis=1)
+        if not finite.all():
+            raise InputError(f"outputs are NaN/Inf for batch item(s) {np.flatnonzero(~finite)[:8].tolist()}: a "
+                             "device-resident input is not scanned for NaN/Inf -- check those images")
+        return logits, emb
 
     def predict_logits(self, batch: Any) -> np.ndarray:
         """float32 [N, 3, H, W] -> logits [N, C]."""
@@ -205,7 +232,7 @@ def load(
     machine cannot provide the backend/device).
 
     backend: auto | onnxruntime | tensorrt. device: auto | cpu | cuda (only auto may fall back to the CPU).
-    precision: fp32 | fp16 (fp16 needs ``model.fp16.onnx`` or an fp16 plan)."""
+    precision: fp32 | fp16 (needs ``model.fp16.onnx`` or an fp16 plan) | int8 (needs ``model.int8.onnx``; CPU only)."""
     root = Path(artifact)
     manifest = Manifest.load(root)
     _, input_shape = _check_contract(root, manifest)

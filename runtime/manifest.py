@@ -6,6 +6,7 @@ An artifact is a directory::
       manifest.json        this file's dataclass, as JSON
       model.onnx           fp32 graph: image float32 [batch, 3, H, W] -> logits [batch, C], embedding [batch, D]
       model.fp16.onnx      optional, fp16 weights/compute with fp32 I/O
+      model.int8.onnx      optional, dynamically quantized int8 linear layers with fp32 I/O (for the CPU)
       model.ort.onnx       optional, ORT-optimized fp32 graph (saved when it helps latency)
       model.plan           optional, TensorRT engine (+ model.plan.json sidecar)
 
@@ -26,7 +27,7 @@ from runtime.errors import ArtifactError
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 FILE_KINDS = ("onnx", "onnx-ort", "tensorrt")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -63,7 +64,7 @@ class TensorSpec:
 
 @dataclass
 class ModelFile:
-    """One model file of the artifact. ``kind``: onnx | onnx-ort | tensorrt; ``precision``: fp32 | fp16."""
+    """One model file of the artifact. ``kind``: onnx | onnx-ort | tensorrt; ``precision``: fp32 | fp16 | int8."""
 
     path: str
     sha256: str

@@ -212,8 +212,42 @@ def test_gate_compare_argmax_margin():
 
 
 def test_bad_precision(tiny_edited, tmp_path):
-    with pytest.raises(ClipDebiasError, match="--precision"):
-        export_onnx(tiny_edited, tmp_path / "art", precision="int8")
+    for bad in ("fp8", "", "fp32,int4"):
+        with pytest.raises(ClipDebiasError, match="--precision"):
+            export_onnx(tiny_edited, tmp_path / "art", precision=bad)
+    assert ox.parse_precisions("both") == ["fp32", "fp16"]
+    assert ox.parse_precisions("int8, fp32,int8") == ["int8", "fp32"]
+
+
+# ---- int8 ---------------------------------------------------------------------------------------------------------
+def test_int8_quantizes_block_linears_and_runs_on_cpu(tiny_clip, tiny_edited, tmp_path):
+    """int8: exactly the 4 weight MatMuls of each block become integer MatMuls (plain and debiased graphs name them
+    differently); the gate passes and still holds on another batch size; the runtime runs it on the CPU provider
+    (also for device auto) and refuses CUDA with one line; an int8-only artifact has no model.onnx."""
+    import onnx
+
+    import runtime
+    from runtime.backends import BackendError
+
+    for name, model in (("plain", plain_classifier(tiny_clip, CLASSES)), ("edited", tiny_edited)):
+        rep = export_onnx_report(model, tmp_path / name, precision="fp32,int8", ort_optimize=False)
+        assert [g.precision for g in rep.gates] == ["fp32", "int8"] and all(g.passed for g in rep.gates)
+        ops = [n.op_type for n in onnx.load(str(rep.artifact / "model.int8.onnx")).graph.node]
+        assert ops.count("MatMulInteger") == 4 * model.tower.cfg.layers
+        assert Manifest.load(rep.artifact).file("onnx", "int8").path == "model.int8.onnx"
+    x = images(tiny_edited, 7, seed=5)
+    with torch.no_grad():
+        ref_logits, ref_emb = (t.numpy() for t in tiny_edited(torch.from_numpy(x)))
+    clf = runtime.load(rep.artifact, precision="int8", device="auto")
+    assert (clf.info()["device"], clf.info()["file"]) == ("cpu", "model.int8.onnx")
+    logits, emb = clf.run(x)
+    assert ox.compare("int8", logits, emb, ref_logits, ref_emb).passed
+    with pytest.raises(BackendError, match="CPU provider only"):
+        runtime.load(rep.artifact, precision="int8", device="cuda")
+    only = export_onnx(tiny_edited, tmp_path / "only", precision="int8", ort_optimize=False)
+    assert sorted(p.name for p in only.iterdir()) == ["manifest.json", "model.int8.onnx"]
+    with pytest.raises(ClipDebiasError, match="no onnx fp32 model listed"):
+        runtime.load(only)
 
 
 # ---- CLI ----------------------------------------------------------------------------------------------------------
@@ -283,13 +317,13 @@ def test_bench_rows(tiny_clip, tmp_path):
 
     model = plain_classifier(tiny_clip, CLASSES)
     model.save(tmp_path / "model")
-    art = export_onnx(model, tmp_path / "art", precision="both", ort_optimize=False)
+    art = export_onnx(model, tmp_path / "art", precision="fp32,fp16,int8", ort_optimize=False)
     rows = bench(art, [1, 2], iters=1, model_dir=tmp_path / "model", warmup=0)
     labels = [r.backend for r in rows if r.batch == 1]
-    assert labels == ["open_clip eager", "torch plain", "torch debiased", "ort fp32", "ort fp16"]
+    assert labels == ["open_clip eager", "torch plain", "torch debiased", "ort fp32", "ort fp16", "ort int8"]
     assert all(r.speedup == 1.0 for r in rows if r.backend == "open_clip eager")
     assert all(r.p50_ms > 0 and r.throughput > 0 for r in rows)
-    assert len(bench_json(rows)["rows"]) == 10
+    assert len(bench_json(rows)["rows"]) == 12
 
 
 def test_refuses_to_replace_a_non_artifact_directory(tiny_edited, tmp_path):

@@ -212,6 +212,12 @@ def test_bad_inputs_refused_with_one_line(clf):
         clf.predict_logits(x)
     with pytest.raises(InputError, match="NaN/Inf"):  # finite float64 that overflows float32
         clf.predict_logits(np.full((1, 3, 24, 24), 1e300))
+    x = _batch(2)
+    x[1, 2, 23, 23] = -np.inf  # the last element: the fast sum-of-squares check must still see it
+    with pytest.raises(InputError, match=r"NaN/Inf.*batch item 1"):
+        clf.predict_logits(x)
+    big = np.full((1, 3, 24, 24), 1e30, np.float32)  # finite, but its sum of squares overflows: still accepted
+    assert clf.check_batch(big) is not None
 
 
 def test_float64_and_float16_are_cast(clf):
@@ -381,3 +387,51 @@ def test_cli_verify_path_imports_no_torch(art, tmp_path):
         print('ok')
     """)
     assert r.returncode == 0 and "ok" in r.stdout, (r.stdout + r.stderr)[-2000:]
+
+
+# ---- device-resident input ----------------------------------------------------------------------------------------
+class _FakeCudaArray:
+    """Exposes ``__cuda_array_interface__`` like a torch CUDA tensor / CuPy array (no memory behind the pointer: the
+    CPU paths below must refuse it before anything reads it)."""
+
+    def __init__(self, shape, typestr="<f4", strides=None):
+        self.__cuda_array_interface__ = {"shape": shape, "typestr": typestr, "data": (12345, False),
+                                         "strides": strides, "version": 3}
+
+
+def test_host_ortvalue_is_validated_like_an_array(clf):
+    import onnxruntime as ort
+
+    x = _batch(3)
+    np.testing.assert_array_equal(clf.predict_logits(ort.OrtValue.ortvalue_from_numpy(x)), clf.predict_logits(x))
+    x[2, 0, 0, 0] = np.nan
+    with pytest.raises(InputError, match=r"NaN/Inf.*batch item 2"):
+        clf.predict_logits(ort.OrtValue.ortvalue_from_numpy(x))
+
+
+def test_cuda_array_interface_checked_then_refused_on_cpu(clf):
+    from runtime.device_input import as_device_batch
+
+    dev = as_device_batch(_FakeCudaArray((2, 3, 24, 24)))
+    assert (dev.shape, dev.dtype, dev.device, dev.pointer) == ((2, 3, 24, 24), "float32", "cuda", 12345)
+    assert as_device_batch(_batch(1)) is None
+    cases = [(_FakeCudaArray((2, 3, 24, 24)), BackendError, "needs a session on CUDA"),
+             (_FakeCudaArray((2, 3, 32, 24)), InputError, "expected \\[N, 3, 24, 24\\]"),
+             (_FakeCudaArray((2, 3, 24, 24), "<f2"), InputError, "dtype float16"),
+             (_FakeCudaArray((2, 3, 24, 24), strides=(4, 2 * 3 * 24 * 4, 24 * 4, 4)), InputError, "C-contiguous")]
+    for x, err, msg in cases:
+        with pytest.raises(err, match=msg) as e:
+            clf.predict_logits(x)
+        assert "\n" not in str(e.value)
+
+
+def test_device_input_nonfinite_outputs_refused(clf, monkeypatch):
+    """A device batch is not scanned (no host copy); NaN/Inf outputs are refused naming the batch items."""
+    def fake_run_device(batch):
+        logits, emb = np.zeros((batch.shape[0], 2), np.float32), np.zeros((batch.shape[0], 8), np.float32)
+        emb[1, 3] = np.nan
+        return logits, emb
+
+    monkeypatch.setattr(clf.backend, "run_device", fake_run_device)
+    with pytest.raises(InputError, match=r"batch item\(s\) \[1\]"):
+        clf.predict_logits(_FakeCudaArray((3, 3, 24, 24)))

@@ -82,7 +82,7 @@ def register(app: typer.Typer) -> None:
         split: str = typer.Option("test", "--split", help="train | val | test."),
         backend: str = typer.Option("auto", "--backend", help="auto | onnxruntime | tensorrt."),
         device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto (only auto may fall back to cpu)."),
-        precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16."),
+        precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | int8 (int8: CPU only)."),
         batch_size: int = typer.Option(32, "--batch-size", help="Images per model call."),
         min_accuracy: Optional[float] = typer.Option(None, "--min-accuracy", help="Fraction 0..1 (0.9 = 90%)."),
         min_worst_group: Optional[float] = typer.Option(None, "--min-worst-group", help="Fraction 0..1."),
@@ -101,7 +101,7 @@ def register(app: typer.Typer) -> None:
             _choice("--dataset", dataset, DATASETS)
             _choice("--backend", backend, ("auto", "onnxruntime", "tensorrt"))
             _choice("--device", device, ("auto", "cpu", "cuda"))
-            _choice("--precision", precision, ("fp32", "fp16"))
+            _choice("--precision", precision, ("fp32", "fp16", "int8"))
             if workers is not None and workers <= 0:
                 raise ClipDebiasError(f"option --workers: must be positive, got {workers}")
             thresholds = Thresholds(min_accuracy, min_worst_group, max_latency_ms)
