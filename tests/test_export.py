@@ -336,7 +336,7 @@ def test_refuses_to_replace_a_non_artifact_directory(tiny_edited, tmp_path):
 
 def test_fused_attention_export(tmp_path, tiny_clip):
     """--fused-attention writes every attention as com.microsoft::MultiHeadAttention; the parity gates still hold, the
-    runtime runs it (dynamic batch), and the manifest records it."""
+    runtime runs it (dynamic batch), and the manifest records it; int8 quantization applies on top of it."""
     import numpy as np
     import onnx
     import torch
@@ -346,10 +346,12 @@ def test_fused_attention_export(tmp_path, tiny_clip):
     from toolchain.correct.classifier import plain_classifier
 
     model = plain_classifier(tiny_clip, ["a", "b", "c"])
-    art = export_onnx(model, tmp_path / "art", precision="both", fused_attention=True, ort_optimize=False)
+    art = export_onnx(model, tmp_path / "art", precision="fp32,fp16,int8", fused_attention=True, ort_optimize=False)
     graph = onnx.load(str(art / "model.onnx")).graph
     ops = [n.op_type for n in graph.node]
     assert ops.count("MultiHeadAttention") == 4 and "Softmax" not in ops
+    ops8 = [n.op_type for n in onnx.load(str(art / "model.int8.onnx")).graph.node]  # both rewrites compose
+    assert ops8.count("MultiHeadAttention") == 4 and ops8.count("MatMulInteger") == 16
     assert runtime.load(art, device="cpu").manifest.export == {"fused_attention": True}
     x = np.random.default_rng(0).standard_normal((7, 3, 32, 32)).astype(np.float32)
     with torch.no_grad():
