@@ -61,6 +61,11 @@ class Backend(Protocol):
         ...
 
 
+def _what_runs(b: Backend) -> dict[str, Any]:
+    """The part of ``Backend.info`` every backend has."""
+    return {"backend": b.name, "device": b.device, "precision": b.precision, "file": b.model_file.path}
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
@@ -222,10 +227,7 @@ class OrtBackend:
 
     def info(self) -> dict[str, Any]:
         return {
-            "backend": self.name,
-            "device": self.device,
-            "precision": self.precision,
-            "file": self.model_file.path,
+            **_what_runs(self),
             "providers": self.providers,
             "graph_optimization_level": str(self.session.get_session_options().graph_optimization_level),
         }
@@ -392,10 +394,7 @@ class TensorRTBackend:
 
     def info(self) -> dict[str, Any]:
         return {
-            "backend": self.name,
-            "device": self.device,
-            "precision": self.precision,
-            "file": self.model_file.path,
+            **_what_runs(self),
             "tensorrt": self._trt.__version__,
             "max_batch": self.max_batch,
         }
