@@ -89,6 +89,19 @@ def test_edited_tiny_parity_dynamic_batch(tiny_edited, tiny_both):
         assert_parity(tiny_edited, tiny_both.artifact / "model.ort.onnx")
 
 
+def test_graph_computes_no_shapes(tiny_both, tmp_path, tiny_clip):
+    """Static shapes (ExplicitViT writes every reshape with constants and -1 for the batch): no Shape op in the fp32,
+    fp16 or fused-attention graphs, so nothing in the graph waits on shape arithmetic (ONNX Runtime would run it on
+    the CPU, between GPU kernels)."""
+    import onnx
+
+    fused = export_onnx(plain_classifier(tiny_clip, CLASSES), tmp_path / "fused", fused_attention=True,
+                        ort_optimize=False)
+    for path in (tiny_both.artifact / "model.onnx", tiny_both.artifact / "model.fp16.onnx", fused / "model.onnx"):
+        ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+        assert "Shape" not in ops, path
+
+
 @pytest.mark.slow
 def test_vitb32_edited_parity(vitb32_clip, tmp_path):
     """Real-size tower with edits in the last layers (the unedited forward path is covered on the tiny model)."""

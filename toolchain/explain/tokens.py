@@ -14,7 +14,6 @@ place in the image and is reported beside it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,11 +50,8 @@ class TokenTerms:
 def cls_attention(block: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """CLS-row attention of one block on its input x [B, N, W]: probabilities a [B, H, N] =
     softmax(q_cls k^T / sqrt(Dh)) on ln_1(x), and the values v [B, H, N, Dh]."""
-    attn = block.attn
-    b, n, _ = x.shape
-    qkv = attn.qkv(block.ln_1(x)).reshape(b, n, 3, attn.heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)  # [B, H, N, Dh]
-    logits = torch.einsum("bhd,bhnd->bhn", q[:, :, 0], k) / math.sqrt(attn.head_dim)
+    q, k, v = block.attn.qkv_heads(block.ln_1(x))  # [B, H, N, Dh]
+    logits = torch.einsum("bhd,bhnd->bhn", q[:, :, 0], k) * block.attn.scale
     return logits.softmax(dim=-1), v
 
 
@@ -86,9 +82,7 @@ def token_terms(tower: ExplicitViT, images: torch.Tensor, heads: list[tuple[int,
         mixed = a[:, head, :, None] * v[:, head]  # [B, N, Dh]
         terms.append(mixed @ readout[layer][head] * scale[:, :, None])  # [B, N, D]
         attn.append(a[:, head])
-    cfg = tower.cfg
-    grid = (cfg.image_size[0] // cfg.patch_size[0], cfg.image_size[1] // cfg.patch_size[1])
-    return TokenTerms(torch.stack(terms, dim=1), torch.stack(attn, dim=1), list(heads), grid)
+    return TokenTerms(torch.stack(terms, dim=1), torch.stack(attn, dim=1), list(heads), tower.cfg.grid)
 
 
 def text_direction(clip, text: str, vs: str | None = None) -> torch.Tensor:

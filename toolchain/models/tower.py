@@ -14,6 +14,7 @@ The last block only needs the CLS query (nothing reads the other tokens after it
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -47,6 +48,16 @@ class TowerConfig:
     @property
     def embed_dim(self) -> int:
         return self.output_dim if self.output_dim is not None else self.width
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Patch grid (gh, gw)."""
+        return self.image_size[0] // self.patch_size[0], self.image_size[1] // self.patch_size[1]
+
+    @property
+    def tokens(self) -> int:
+        """N = 1 + gh * gw (CLS + patches)."""
+        return 1 + self.grid[0] * self.grid[1]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,32 +112,46 @@ class OrtMultiHeadAttention(torch.autograd.Function):
 
 
 class ExplicitAttention(nn.Module):
-    """Multi-head self-attention written out: qkv projection, split heads, SDPA, merge, output projection."""
+    """Multi-head self-attention written out: qkv projection, split heads, SDPA, merge, output projection.
 
-    def __init__(self, width: int, heads: int):
+    Static shapes: the token count N is fixed by the image size, so every reshape is written with constants and -1
+    for the batch, and the softmax scale 1/sqrt(Dh) is a constant -- the exported graph computes no shapes at run
+    time (no Shape/Gather/Concat chains that ONNX Runtime would place on the CPU)."""
+
+    def __init__(self, width: int, heads: int, tokens: int):
         super().__init__()
-        self.heads, self.head_dim = heads, width // heads
+        self.width, self.heads, self.head_dim, self.tokens = width, heads, width // heads, tokens
+        self.scale = 1.0 / math.sqrt(self.head_dim)  # SDPA's default, as a constant
         self.qkv = nn.Linear(width, 3 * width)
         self.out = nn.Linear(width, width)
         self.onnx_fused = False  # set by the exporter: emit OrtMultiHeadAttention while exporting
 
+    def _check_tokens(self, x: torch.Tensor) -> None:
+        if not torch.jit.is_tracing() and x.shape[1] != self.tokens:
+            raise ValueError(f"attention expects {self.tokens} tokens, got {x.shape[1]}")
+
+    def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, N, W] (already ln_1-normalized) -> q, k, v, each [B, H, N, Dh]."""
+        self._check_tokens(x)
+        qkv = self.qkv(x).reshape(-1, self.tokens, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        return q, k, v
+
     def head_outputs(self, x: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
         """Per-head attention outputs before the output projection: [B, H, Nq, Dh], Nq = 1 if ``cls_only`` else N."""
-        b, n, w = x.shape
         if self.onnx_fused and torch.onnx.is_in_onnx_export():
-            q, k, v = self.qkv(x).chunk(3, dim=-1)  # [B, N, W] each, head h = columns h*Dh:(h+1)*Dh
+            self._check_tokens(x)
+            q, k, v = self.qkv(x).split(self.width, dim=-1)  # [B, N, W] each, head h = columns h*Dh:(h+1)*Dh
             o = OrtMultiHeadAttention.apply(q[:, :1] if cls_only else q, k, v, self.heads)
-            return o.reshape(b, o.shape[1], self.heads, self.head_dim).transpose(1, 2)
-        qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each [B, H, N, Dh]
+            return o.reshape(-1, 1 if cls_only else self.tokens, self.heads, self.head_dim).transpose(1, 2)
+        q, k, v = self.qkv_heads(x)
         if cls_only:
             q = q[:, :, :1]
-        return F.scaled_dot_product_attention(q, k, v)
+        return F.scaled_dot_product_attention(q, k, v, scale=self.scale)
 
-    def merge(self, o: torch.Tensor) -> torch.Tensor:
+    def merge(self, o: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
         """[B, H, Nq, Dh] -> [B, Nq, W]: concatenate heads, then W_o o + b_o."""
-        b, h, nq, dh = o.shape
-        return self.out(o.transpose(1, 2).reshape(b, nq, h * dh))
+        return self.out(o.transpose(1, 2).reshape(-1, 1 if cls_only else self.tokens, self.width))
 
 
 class ExplicitBlock(nn.Module):
@@ -135,7 +160,7 @@ class ExplicitBlock(nn.Module):
     def __init__(self, cfg: TowerConfig):
         super().__init__()
         self.ln_1 = nn.LayerNorm(cfg.width, eps=cfg.eps)
-        self.attn = ExplicitAttention(cfg.width, cfg.heads)
+        self.attn = ExplicitAttention(cfg.width, cfg.heads, cfg.tokens)
         self.ls_1 = LayerScale(cfg.width) if cfg.layer_scale else nn.Identity()
         self.ln_2 = nn.LayerNorm(cfg.width, eps=cfg.eps)
         self.mlp = nn.Sequential(
@@ -150,7 +175,7 @@ class ExplicitBlock(nn.Module):
         o = self.attn.head_outputs(self.ln_1(x), cls_only=cls_only)
         if cls_only:
             x = x[:, :1]
-        x = x + self.ls_1(self.attn.merge(o))
+        x = x + self.ls_1(self.attn.merge(o, cls_only))
         mlp_delta = self.ls_2(self.mlp(self.ln_2(x)))
         return x + mlp_delta, o, mlp_delta
 
@@ -180,7 +205,7 @@ class ExplicitViT(nn.Module):
         super().__init__()
         self.cfg = cfg
         w = cfg.width
-        gh, gw = cfg.image_size[0] // cfg.patch_size[0], cfg.image_size[1] // cfg.patch_size[1]
+        gh, gw = cfg.grid
         self.conv1 = nn.Conv2d(3, w, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False)
         self.class_embedding = nn.Parameter(torch.zeros(w))
         self.positional_embedding = nn.Parameter(torch.zeros(gh * gw + 1, w))
@@ -224,9 +249,11 @@ class ExplicitViT(nn.Module):
     # ---- forward ------------------------------------------------------------------------------------------------
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] -> ln_pre([cls; patches] + pos) [B, N, W]."""
-        x = self.conv1(images).flatten(2).transpose(1, 2)  # [B, gh*gw, W]
-        cls_tok = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls_tok, x], dim=1) + self.positional_embedding.to(x.dtype)
+        x = self.conv1(images).reshape(-1, self.cfg.width, self.cfg.tokens - 1).transpose(1, 2)  # [B, gh*gw, W]
+        pos = self.positional_embedding.to(x.dtype)
+        first = (self.class_embedding.to(x.dtype) + pos[0])[None]  # cls + pos_0, [1, W]
+        # [cls; patches] + pos as a zero row padded on top plus constants: the same sums, no batch-sized expand
+        x = F.pad(x, (0, 0, 1, 0)) + torch.cat([first, pos[1:]])
         return self.ln_pre(x)
 
     def project(self, cls_final: torch.Tensor) -> torch.Tensor:
