@@ -53,6 +53,16 @@ def test_tower_has_no_multihead_attention(tiny_clip):
     assert not any(isinstance(m, torch.nn.MultiheadAttention) for m in tower.modules())
 
 
+def test_wrong_image_size_refused(tiny_clip):
+    """Reshapes are static (constants, -1 for the batch): an image of another size must be refused, not reshaped into
+    a wrong batch (4 images of 48x48 have 9 x 16 patches' worth of numbers for a 32x32 tower)."""
+    tower = ExplicitViT.from_open_clip(tiny_clip.model.visual)
+    with pytest.raises(ClipDebiasError, match=r"images of size \[48, 48\]; this tower takes \[32, 32\]"):
+        tower(torch.randn(4, 3, 48, 48))
+    with pytest.raises(ValueError, match="expects 17 tokens"):
+        tower.blocks[0].attn.head_outputs(torch.randn(2, 5, tower.cfg.width))
+
+
 def test_trace_matches_forward(tiny_clip):
     tower = ExplicitViT.from_open_clip(tiny_clip.model.visual)
     x = torch.randn(3, 3, 32, 32)

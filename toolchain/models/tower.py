@@ -249,6 +249,9 @@ class ExplicitViT(nn.Module):
     # ---- forward ------------------------------------------------------------------------------------------------
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] -> ln_pre([cls; patches] + pos) [B, N, W]."""
+        if not torch.jit.is_tracing() and tuple(images.shape[-2:]) != tuple(self.cfg.image_size):
+            raise ClipDebiasError(f"images of size {list(images.shape[-2:])}; this tower takes "
+                                  f"{list(self.cfg.image_size)} (preprocess with the model's transform)")
         x = self.conv1(images).reshape(-1, self.cfg.width, self.cfg.tokens - 1).transpose(1, 2)  # [B, gh*gw, W]
         pos = self.positional_embedding.to(x.dtype)
         first = (self.class_embedding.to(x.dtype) + pos[0])[None]  # cls + pos_0, [1, W]
