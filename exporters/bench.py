@@ -8,7 +8,7 @@ Rows (those that can run here, in this order; the first is the baseline of ``spe
   ort fp32          model.onnx (ORT_ENABLE_ALL)
   ort fp32 (ort)    model.ort.onnx, when the artifact kept it
   ort fp16          model.fp16.onnx, when present (CPU: ORT_ENABLE_BASIC, see ``onnx_export.ort_session``)
-  ort int8          model.int8.onnx, when present (CPU provider, ORT_ENABLE_ALL)
+  ort int8          model.int8.onnx, when present (CPU provider, ORT_ENABLE_ALL; image by image, as the runtime)
   tensorrt          model.plan, when tensorrt + a CUDA device are present (host->device copies included)
 
 Per batch size b: p50 latency (ms) over ``iters`` timed calls after ``warmup``, throughput = b / p50 (img/s),
@@ -55,8 +55,14 @@ def _torch_runner(module: Any) -> Runner:
 
 
 def _ort_runner(path: Path, precision: str) -> Runner:
+    from runtime.backends import image_by_image
+
     sess = ort_session(path, precision)
-    return lambda x: sess.run(None, {"image": x})
+
+    def run(x: np.ndarray) -> list[np.ndarray]:
+        return sess.run(["logits", "embedding"], {"image": x})
+
+    return (lambda x: image_by_image(run, x)) if precision == "int8" else run  # int8: as the runtime runs it
 
 
 def _open_clip_runner(name: str) -> Runner | None:

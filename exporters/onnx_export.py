@@ -306,8 +306,14 @@ def compare(precision: str, logits: np.ndarray, emb: np.ndarray, ref_logits: np.
 
 def run_gate(path: str | Path, precision: str, x: np.ndarray, ref_logits: np.ndarray, ref_emb: np.ndarray) -> GateResult:
     """Run ``path`` on the gate batch with onnxruntime (CPU) and raise ``ClipDebiasError`` when it fails."""
+    from runtime.backends import image_by_image
+
     sess = ort_session(path, precision)
-    logits, emb = sess.run(["logits", "embedding"], {"image": x})
+
+    def run(batch: np.ndarray) -> list[np.ndarray]:
+        return sess.run(["logits", "embedding"], {"image": batch})
+
+    logits, emb = image_by_image(run, x) if precision == "int8" else run(x)  # as the runtime runs it
     res = compare(precision, logits, emb, ref_logits, ref_emb)
     log.info("parity %s: max|dlogit| %.3g (tol %.3g), max|demb| %.3g, min cos %.7f, argmax agree %.0f%%",
              precision, res.max_logit_diff, res.logit_tolerance, res.max_embedding_diff, res.min_cosine,

@@ -16,7 +16,8 @@ fp32 when listed; on CUDA the plain ``model.onnx`` (the ORT-optimized graph may 
 
 int8 (``model.int8.onnx``, dynamically quantized linear layers) runs on the CPU provider only, at ``ORT_ENABLE_ALL``
 (which fuses DynamicQuantizeLinear + MatMulInteger into DynamicQuantizeMatMul): the CUDA provider has no
-MatMulInteger kernels for it, so ``device="cuda"`` with int8 is refused and ``auto`` runs it on the CPU.
+MatMulInteger kernels for it, so ``device="cuda"`` with int8 is refused and ``auto`` runs it on the CPU. It runs
+image by image, so an image's result never depends on the rest of its batch (per-tensor activation scales).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -59,6 +60,17 @@ class Backend(Protocol):
     def info(self) -> dict[str, Any]:
         """What runs: backend, device, precision, file, providers/options."""
         ...
+
+
+def image_by_image(run: Callable[[np.ndarray], Sequence[np.ndarray]], batch: np.ndarray) -> list[np.ndarray]:
+    """``run`` on each image [1, 3, H, W] of ``batch``, outputs concatenated along the batch axis. For int8 graphs:
+    dynamic quantization takes one scale per activation tensor, so in a batch one image's range would move every
+    other image's result; image by image each result depends on that image alone (at the same CPU cost: the GEMMs
+    already have N tokens rows per image)."""
+    if len(batch) == 1:
+        return list(run(batch))
+    outs = [run(batch[i : i + 1]) for i in range(len(batch))]
+    return [np.concatenate([o[j] for o in outs]) for j in range(len(outs[0]))]
 
 
 def _what_runs(b: Backend) -> dict[str, Any]:
@@ -198,7 +210,10 @@ class OrtBackend:
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.device == "cuda":
             return self._run_cuda(batch)
-        logits, emb = self.session.run(list(OUTPUTS), {self._input: batch})
+        def run(x: np.ndarray) -> list[np.ndarray]:
+            return self.session.run(list(OUTPUTS), {self._input: x})
+
+        logits, emb = image_by_image(run, batch) if self.precision == "int8" else run(batch)
         return logits, emb
 
     def _run_cuda(self, batch: np.ndarray | DeviceBatch) -> tuple[np.ndarray, np.ndarray]:

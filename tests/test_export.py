@@ -236,7 +236,7 @@ def test_bad_precision(tiny_edited, tmp_path):
 def test_int8_quantizes_block_linears_and_runs_on_cpu(tiny_clip, tiny_edited, tmp_path):
     """int8: exactly the 4 weight MatMuls of each block become integer MatMuls (plain and debiased graphs name them
     differently); the gate passes and still holds on another batch size; the runtime runs it on the CPU provider
-    (also for device auto) and refuses CUDA with one line; an int8-only artifact has no model.onnx."""
+    (also for device auto), image by image, and refuses CUDA with one line; an int8-only artifact has no model.onnx."""
     import onnx
 
     import runtime
@@ -255,6 +255,9 @@ def test_int8_quantizes_block_linears_and_runs_on_cpu(tiny_clip, tiny_edited, tm
     assert (clf.info()["device"], clf.info()["file"]) == ("cpu", "model.int8.onnx")
     logits, emb = clf.run(x)
     assert ox.compare("int8", logits, emb, ref_logits, ref_emb).passed
+    # image by image: an image's result does not depend on the rest of its batch (per-tensor dynamic scales)
+    np.testing.assert_array_equal(logits, np.concatenate([clf.run(x[i : i + 1])[0] for i in range(len(x))]))
+    np.testing.assert_array_equal(logits[2:3], clf.run(np.concatenate([x[2:3], 50 * x[:3]]))[0][:1])
     with pytest.raises(BackendError, match="CPU provider only"):
         runtime.load(rep.artifact, precision="int8", device="cuda")
     only = export_onnx(tiny_edited, tmp_path / "only", precision="int8", ort_optimize=False)
