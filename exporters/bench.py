@@ -27,6 +27,7 @@ import numpy as np
 
 from exporters.artifact import verify_files
 from exporters.onnx_export import library_versions, ort_session, p50_latency_ms
+from runtime.backends import image_by_image
 from runtime.errors import ClipDebiasError
 from runtime.manifest import Manifest
 
@@ -55,8 +56,6 @@ def _torch_runner(module: Any) -> Runner:
 
 
 def _ort_runner(path: Path, precision: str) -> Runner:
-    from runtime.backends import image_by_image
-
     sess = ort_session(path, precision)
 
     def run(x: np.ndarray) -> list[np.ndarray]:

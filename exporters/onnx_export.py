@@ -46,6 +46,7 @@ import numpy as np
 
 from exporters.artifact import ONNX_FP16, ONNX_FP32, ONNX_INT8, ONNX_ORT, model_file, staged_artifact, write_manifest
 from exporters.timing import interleaved
+from runtime.backends import image_by_image
 from runtime.errors import ClipDebiasError
 from runtime.manifest import Manifest, Preprocessing, TensorSpec
 
@@ -306,8 +307,6 @@ def compare(precision: str, logits: np.ndarray, emb: np.ndarray, ref_logits: np.
 
 def run_gate(path: str | Path, precision: str, x: np.ndarray, ref_logits: np.ndarray, ref_emb: np.ndarray) -> GateResult:
     """Run ``path`` on the gate batch with onnxruntime (CPU) and raise ``ClipDebiasError`` when it fails."""
-    from runtime.backends import image_by_image
-
     sess = ort_session(path, precision)
 
     def run(batch: np.ndarray) -> list[np.ndarray]:
