@@ -27,7 +27,7 @@ import numpy as np
 
 from exporters.artifact import verify_files
 from exporters.onnx_export import library_versions, ort_session, p50_latency_ms
-from runtime.backends import image_by_image
+from runtime.backends import session_runner
 from runtime.errors import ClipDebiasError
 from runtime.manifest import Manifest
 
@@ -56,12 +56,7 @@ def _torch_runner(module: Any) -> Runner:
 
 
 def _ort_runner(path: Path, precision: str) -> Runner:
-    sess = ort_session(path, precision)
-
-    def run(x: np.ndarray) -> list[np.ndarray]:
-        return sess.run(["logits", "embedding"], {"image": x})
-
-    return (lambda x: image_by_image(run, x)) if precision == "int8" else run  # int8: as the runtime runs it
+    return session_runner(ort_session(path, precision), precision)  # int8 image by image, as the runtime
 
 
 def _open_clip_runner(name: str) -> Runner | None:

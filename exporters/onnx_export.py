@@ -46,7 +46,7 @@ import numpy as np
 
 from exporters.artifact import ONNX_FP16, ONNX_FP32, ONNX_INT8, ONNX_ORT, model_file, staged_artifact, write_manifest
 from exporters.timing import interleaved
-from runtime.backends import image_by_image
+from runtime.backends import session_runner
 from runtime.errors import ClipDebiasError
 from runtime.manifest import Manifest, Preprocessing, TensorSpec
 
@@ -307,12 +307,7 @@ def compare(precision: str, logits: np.ndarray, emb: np.ndarray, ref_logits: np.
 
 def run_gate(path: str | Path, precision: str, x: np.ndarray, ref_logits: np.ndarray, ref_emb: np.ndarray) -> GateResult:
     """Run ``path`` on the gate batch with onnxruntime (CPU) and raise ``ClipDebiasError`` when it fails."""
-    sess = ort_session(path, precision)
-
-    def run(batch: np.ndarray) -> list[np.ndarray]:
-        return sess.run(["logits", "embedding"], {"image": batch})
-
-    logits, emb = image_by_image(run, x) if precision == "int8" else run(x)  # as the runtime runs it
+    logits, emb = session_runner(ort_session(path, precision), precision)(x)  # as the runtime runs it
     res = compare(precision, logits, emb, ref_logits, ref_emb)
     log.info("parity %s: max|dlogit| %.3g (tol %.3g), max|demb| %.3g, min cos %.7f, argmax agree %.0f%%",
              precision, res.max_logit_diff, res.logit_tolerance, res.max_embedding_diff, res.min_cosine,
@@ -462,8 +457,8 @@ def export_onnx(model_dir_or_model: Any, out: str | Path, precision: str = "fp32
     """Export a model directory (or a ``DebiasedClassifier``) to the artifact directory ``out`` and return it.
 
     precision: fp32 (model.onnx) | fp16 (model.fp16.onnx) | int8 (model.int8.onnx) | both (fp32,fp16) | a comma
-    list (``fp32,int8``); the fp32 graph is always exported and gated, and kept when listed. Every graph passes its parity gate first;
-    a failure raises ``ClipDebiasError`` and leaves ``out`` untouched. ``fused_attention``: see ``export_module_onnx``
-    (recorded in the manifest's ``export`` field)."""
+    list (``fp32,int8``); the fp32 graph is always exported and gated, and kept when listed. Every graph passes its
+    parity gate first; a failure raises ``ClipDebiasError`` and leaves ``out`` untouched. ``fused_attention``: see
+    ``export_module_onnx`` (recorded in the manifest's ``export`` field)."""
     return export_onnx_report(model_dir_or_model, out, precision, opset, ort_optimize, gate_batch, seed,
                               fused_attention=fused_attention).artifact

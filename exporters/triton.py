@@ -5,8 +5,8 @@
     REPO/NAME/manifest.json    (the artifact's manifest, as documentation: labels, preprocessing, provenance)
 
 The engine is used when the artifact has one and ``kind`` is gpu (a TensorRT plan cannot run on CPU instances);
-otherwise the fp32 ONNX graph (else the fp16 one, else the int8 one -- for CPU instances; all have fp32 I/O). ``REPO/NAME`` is written
-into a temp dir and renamed into place.
+otherwise the fp32 ONNX graph (else the fp16 one, else the int8 one -- for CPU instances; all have fp32 I/O).
+``REPO/NAME`` is written into a temp dir and renamed into place.
 """
 
 from __future__ import annotations

@@ -28,7 +28,9 @@ def _log_to_stderr() -> None:
 def onnx_cmd(
     model_dir: Annotated[Path, typer.Argument(help="Model directory written by 'clip-debias build'.")],
     out: Annotated[Path, typer.Option("--out", help="Artifact directory to write (replaced atomically).")],
-    precision: Annotated[str, typer.Option("--precision", help="fp32 | fp16 | int8 | both (= fp32,fp16) | a comma list such as fp32,int8. int8 = dynamically quantized linear layers for the CPU.")] = "fp32",
+    precision: Annotated[str, typer.Option(
+        "--precision", help="fp32 | fp16 | int8 | both (= fp32,fp16) | a comma list such as fp32,int8. "
+                            "int8 = dynamically quantized linear layers, for the CPU.")] = "fp32",
     opset: Annotated[int, typer.Option("--opset", min=14, help="ONNX opset.")] = 18,
     ort_optimize: Annotated[bool, typer.Option("--ort-optimize/--no-ort-optimize",
                                                help="Also save model.ort.onnx when it is measurably faster.")] = True,
@@ -45,7 +47,8 @@ def onnx_cmd(
                                 fused_attention=fused_attention)
     for g in report.gates:
         typer.echo(f"{g.precision}: max |logit diff| {g.max_logit_diff:.3g} (tol {g.logit_tolerance:.3g}), "
-                   f"max |embedding diff| {g.max_embedding_diff:.3g}, min cosine {g.min_cosine:.5f}, argmax agree {100 * g.argmax_agree:.0f}%")
+                   f"max |embedding diff| {g.max_embedding_diff:.3g}, min cosine {g.min_cosine:.5f}, "
+                   f"argmax agree {100 * g.argmax_agree:.0f}%")
     typer.echo(f"wrote {report.artifact}")
 
 
