@@ -4,7 +4,9 @@ Rows: open_clip torch eager fp16 (plain encoder), the debiased torch model fp16 
 last two layers, zero-shot head), and the torch-free runtime on ONNX Runtime CUDA, fp32 and fp16, with plain and with
 fused attention (``export_onnx(fused_attention=True)``) (numpy in, numpy out: host<->device copies included, as a
 service sees it), and on CUDA the same runtime fed a device-resident torch CUDA tensor (``__cuda_array_interface__``,
-bound in place; outputs copied back). Random weights (no pretrained weights here).
+bound in place; outputs copied back), each also with ``cuda_graph=True`` (ONNX Runtime CUDA graphs: one captured
+graph per batch size, replayed; the row records its max |logit diff| against the uncaptured session). Random weights
+(no pretrained weights here).
 
     python benchmarks/gpu_bench.py --out gpu_bench.json
 """
@@ -96,17 +98,25 @@ def main() -> None:
     for fused in (False, True):
         art = export_onnx(debiased, Path(tempfile.mkdtemp()) / "artifact", precision="both", fused_attention=fused)
         for precision in ("fp32", "fp16"):
-            name = f"runtime onnxruntime {args.device} {precision}{' fused attention' if fused else ''} (numpy I/O)"
-            try:
-                clf = runtime.load(art, backend="onnxruntime", device=args.device, precision=precision)
-            except Exception as e:  # report, don't hide
-                rows.append({"backend": name, "error": str(e)[:300]})
-                print(rows[-1], flush=True)
-                continue
-            add(name, lambda: clf.predict_logits(xb_np), lambda: clf.predict_logits(x1_np), cuda=False)
-            if on_gpu:
-                add(name.replace("(numpy I/O)", "(torch CUDA tensor in)"), lambda: clf.predict_logits(xb_dev),
-                    lambda: clf.predict_logits(x1_dev), cuda=False)
+            for graph in (False, True) if on_gpu else (False,):
+                name = (f"runtime onnxruntime {args.device} {precision}{' fused attention' if fused else ''}"
+                        f"{', CUDA graph' if graph else ''} (numpy I/O)")
+                try:
+                    clf = runtime.load(art, backend="onnxruntime", device=args.device, precision=precision,
+                                       cuda_graph=graph)
+                except Exception as e:  # report, don't hide
+                    rows.append({"backend": name, "error": str(e)[:300]})
+                    print(rows[-1], flush=True)
+                    continue
+                add(name, lambda: clf.predict_logits(xb_np), lambda: clf.predict_logits(x1_np), cuda=False)
+                if on_gpu:
+                    add(name.replace("(numpy I/O)", "(torch CUDA tensor in)"), lambda: clf.predict_logits(xb_dev),
+                        lambda: clf.predict_logits(x1_dev), cuda=False)
+                    if graph:  # the captured graph must compute what the uncaptured session computes
+                        ref = runtime.load(art, backend="onnxruntime", device="cuda", precision=precision)
+                        diff = float(np.abs(clf.predict_logits(x1_np) - ref.predict_logits(x1_np)).max())
+                        rows[-1]["max_abs_logit_diff_vs_uncaptured_b1"] = diff
+                        print({"backend": name, "max_abs_logit_diff_vs_uncaptured_b1": diff}, flush=True)
     info = {"gpu": torch.cuda.get_device_name() if on_gpu else "none", "torch": torch.__version__, "rows": rows}
     try:
         import onnxruntime

@@ -9,6 +9,9 @@ Rows (those that can run here, in this order; the first is the baseline of ``spe
   ort fp32 (ort)    model.ort.onnx, when the artifact kept it
   ort fp16          model.fp16.onnx, when present (CPU: ORT_ENABLE_BASIC, see ``onnx_export.ort_session``)
   ort int8          model.int8.onnx, when present (CPU provider, ORT_ENABLE_ALL; image by image, as the runtime)
+  ort cuda fp32/16  the runtime on ONNX Runtime CUDA (``runtime.load(device="cuda").predict_logits``: host<->device
+                    copies and input checks included), when onnxruntime has the CUDA provider; each also as
+                    "... graph" with ``cuda_graph=True`` (one captured CUDA graph per batch size)
   tensorrt          model.plan, when tensorrt + a CUDA device are present (host->device copies included)
 
 Per batch size b: p50 latency (ms) over ``iters`` timed calls after ``warmup``, throughput = b / p50 (img/s),
@@ -57,6 +60,32 @@ def _torch_runner(module: Any) -> Runner:
 
 def _ort_runner(path: Path, precision: str) -> Runner:
     return session_runner(ort_session(path, precision), precision)  # int8 image by image, as the runtime
+
+
+def _ort_cuda_runners(artifact: Path, manifest: Manifest) -> list[tuple[str, Runner]]:
+    """The runtime on ONNX Runtime CUDA, fp32/fp16, uncaptured and with CUDA graphs; none without the CUDA provider.
+    A configuration the machine cannot load is left out with one line on stderr."""
+    import sys
+
+    import runtime
+    from runtime.backends import ort_has_cuda
+
+    if not ort_has_cuda():
+        return []
+    rows: list[tuple[str, Runner]] = []
+    for precision in ("fp32", "fp16"):
+        if manifest.file("onnx", precision) is None:
+            continue
+        for graph in (False, True):
+            label = f"ort cuda {precision}{' graph' if graph else ''}"
+            try:
+                clf = runtime.load(artifact, backend="onnxruntime", device="cuda", precision=precision,
+                                   cuda_graph=graph)
+            except ClipDebiasError as e:
+                print(f"bench: row '{label}' left out: {e}", file=sys.stderr)
+                continue
+            rows.append((label, clf.predict_logits))
+    return rows
 
 
 def _open_clip_runner(name: str) -> Runner | None:
@@ -135,6 +164,7 @@ def runners(artifact: str | Path, model_dir: str | Path | None = None,
         f = manifest.file(kind, precision)
         if f is not None:
             rows.append((label, _ort_runner(artifact / f.path, precision)))
+    rows += _ort_cuda_runners(artifact, manifest)
     trt = _tensorrt_runner(artifact, manifest)
     if trt is not None:
         rows.append(("tensorrt", trt))

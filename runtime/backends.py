@@ -1,18 +1,21 @@
 """Inference backends for an artifact: ONNX Runtime (CPU / CUDA) and TensorRT (lazy, optional).
 
 Every backend maps a validated float32 batch [N, 3, H, W] to ``(logits [N, C], embedding [N, D])`` float32 and is
-safe to call from several threads at once (no mutable state shared between calls).
+safe to call from several threads at once (no mutable state shared between calls, except the fixed device buffers
+of CUDA graphs, which one lock guards).
 
 Choice (``select_backend``), ``backend="auto"``:
   TensorRT if ``model.plan`` of the wanted precision is listed, ``tensorrt`` + a CUDA device are available and
   ``device`` is auto/cuda; else ONNX Runtime CUDA if onnxruntime has ``CUDAExecutionProvider`` and device is
   auto/cuda; else ONNX Runtime CPU (device auto/cpu). Asking for ``device="cuda"`` and ending up on the CPU is an
-  error; only ``device="auto"`` may fall back.
+  error; only ``device="auto"`` may fall back. ``cuda_graph=True`` (ONNX Runtime on device "cuda" only): one
+  captured CUDA graph per batch size, replayed (``runtime.captured_graphs``).
 
 ONNX Runtime graph optimization level per (device, precision) -- see ``ort_optimization_level``: fp32 at
 ``ORT_ENABLE_ALL``; fp16 at ALL only with ``device="cuda"`` (never on the CPU, where onnxruntime 1.31 was seen to
-segfault while creating an fp16 session at ALL): ``ORT_ENABLE_BASIC`` on the CPU, ``ORT_ENABLE_EXTENDED`` for auto. On the CPU an ``onnx-ort`` file (``model.ort.onnx``) is preferred for
-fp32 when listed; on CUDA the plain ``model.onnx`` (the ORT-optimized graph may hold CPU-only fused nodes).
+segfault while creating an fp16 session at ALL): ``ORT_ENABLE_BASIC`` on the CPU, ``ORT_ENABLE_EXTENDED`` for
+auto. On the CPU an ``onnx-ort`` file (``model.ort.onnx``) is preferred for fp32 when listed; on CUDA the plain
+``model.onnx`` (the ORT-optimized graph may hold CPU-only fused nodes).
 
 int8 (``model.int8.onnx``, dynamically quantized linear layers) runs on the CPU provider only, at ``ORT_ENABLE_ALL``
 (which fuses DynamicQuantizeLinear + MatMulInteger into DynamicQuantizeMatMul): the CUDA provider has no
@@ -29,6 +32,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
+from runtime.captured_graphs import UNCAPTURED, CapturedGraphs, run_options
 from runtime.device_input import DeviceBatch
 from runtime.errors import ArtifactError, ClipDebiasError
 from runtime.manifest import MANIFEST_NAME, Manifest, ModelFile, TensorSpec
@@ -156,6 +160,14 @@ def ort_optimization_level(device: str, precision: str) -> Any:
     return levels.ORT_ENABLE_ALL if device == "cuda" and ort_has_cuda() else levels.ORT_ENABLE_EXTENDED
 
 
+def check_cuda_graph(backend: str, device: str) -> None:
+    """``cuda_graph`` is an ONNX Runtime CUDA option: refuse it for another device or backend in one line."""
+    if device != "cuda":
+        raise BackendError(f"cuda_graph needs device 'cuda' (CUDA graphs exist only there), got '{device}'")
+    if backend not in ("auto", "onnxruntime"):
+        raise BackendError(f"cuda_graph is an onnxruntime option, not one of backend '{backend}' (use onnxruntime)")
+
+
 def ort_has_cuda() -> bool:
     import onnxruntime as ort
 
@@ -165,7 +177,12 @@ def ort_has_cuda() -> bool:
 @dataclass
 class OrtBackend:
     """ONNX Runtime session over one model file. ``InferenceSession.run`` is thread-safe; on CUDA each call makes its
-    own IO binding (input copied host->device once, outputs left on device then copied back)."""
+    own IO binding (input copied host->device once, outputs left on device then copied back).
+
+    ``cuda_graph`` (device "cuda" only): the session is created with ``enable_cuda_graph=1`` and every call of a batch
+    size goes through that size's fixed device buffers (``runtime.captured_graphs``), so onnxruntime captures the
+    graph once and replays it -- one launch instead of one per kernel, which is what batch-1 latency on a GPU is
+    made of. UNVERIFIED on a GPU: written against onnxruntime 1.31's documented API; tested on the CPU provider."""
 
     path: Path
     model_file: ModelFile
@@ -173,14 +190,18 @@ class OrtBackend:
     device: str  # requested: cpu | cuda | auto
     precision: str
     intra_op_threads: int | None = None
+    cuda_graph: bool = False
     device_id: int = 0
     name: str = field(default="onnxruntime", init=False)
     providers: list[str] = field(default_factory=list, init=False)
     session: Any = field(default=None, init=False, repr=False)
+    graphs: CapturedGraphs | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         import onnxruntime as ort
 
+        if self.cuda_graph:
+            check_cuda_graph(self.name, self.device)
         want_cuda = self.device in ("cuda", "auto") and ort_has_cuda()
         if self.device == "cuda" and not want_cuda:
             raise BackendError(
@@ -195,10 +216,16 @@ class OrtBackend:
             so.intra_op_num_threads = int(self.intra_op_threads)
         providers: list[Any] = ["CPUExecutionProvider"]
         if want_cuda:
-            providers.insert(0, ("CUDAExecutionProvider", {"device_id": self.device_id}))
+            cuda_options = {"device_id": str(self.device_id)}
+            if self.cuda_graph:
+                cuda_options["enable_cuda_graph"] = "1"
+            providers.insert(0, ("CUDAExecutionProvider", cuda_options))
         try:
             self.session = ort.InferenceSession(str(self.path), so, providers=providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            if self.cuda_graph:  # e.g. a node left on the CPU provider makes capture impossible
+                raise BackendError(f"{self.path}: onnxruntime cannot create a CUDA-graph session "
+                                   f"({_first_line(e)}); load without cuda_graph") from None
             raise ArtifactError(f"{self.path}: onnxruntime cannot load the model ({_first_line(e)})") from None
         self.providers = list(self.session.get_providers())
         on_cuda = "CUDAExecutionProvider" in self.providers
@@ -218,6 +245,10 @@ class OrtBackend:
         )
         self._input = self.manifest.inputs[0].name
         self._run_host = session_runner(self.session, self.precision, self._input)
+        if self.cuda_graph:
+            dims = {o.name: [int(d) for d in o.shape[1:]] for o in self.manifest.outputs}
+            self.graphs = CapturedGraphs(self.session, self._input, {n: dims[n] for n in OUTPUTS}, "cuda",
+                                         self.device_id)
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.device == "cuda":
@@ -225,9 +256,30 @@ class OrtBackend:
         logits, emb = self._run_host(batch)
         return logits, emb
 
+    def _captured(self, batch: Any) -> tuple[np.ndarray, np.ndarray] | None:
+        """Through the batch size's captured graph, when this session has them and the batch can be copied into the
+        fixed input buffer (numpy, an OrtValue, or a DLPack-capable device tensor); None otherwise."""
+        if self.graphs is None or not self.graphs.can_capture(int(batch.shape[0])):
+            return None
+        if isinstance(batch, DeviceBatch):
+            if batch.is_ortvalue:
+                batch = batch.source
+            elif hasattr(batch.source, "__dlpack__"):
+                import onnxruntime as ort
+
+                batch = ort.OrtValue.from_dlpack(batch.source)  # a view: copied device to device by the graph runner
+            else:
+                return None
+        logits, emb = self.graphs.run(batch)
+        return logits, emb
+
     def _run_cuda(self, batch: np.ndarray | DeviceBatch) -> tuple[np.ndarray, np.ndarray]:
         """IO binding, one per call (binding objects are not shared between threads): a host batch is copied to the
-        device once; a device batch is bound in place. Outputs stay on the device until copied back."""
+        device once; a device batch is bound in place. Outputs stay on the device until copied back. With
+        ``cuda_graph``: the batch size's captured graph, else this path run uncaptured (``gpu_graph_id=-1``)."""
+        captured = self._captured(batch)
+        if captured is not None:
+            return captured
         io = self.session.io_binding()
         if isinstance(batch, np.ndarray):
             io.bind_cpu_input(self._input, batch)
@@ -237,7 +289,7 @@ class OrtBackend:
             io.bind_input(self._input, "cuda", batch.device_id, np.float32, list(batch.shape), batch.pointer)
         for name in OUTPUTS:
             io.bind_output(name, "cuda", self.device_id)
-        self.session.run_with_iobinding(io)
+        self.session.run_with_iobinding(io, run_options(UNCAPTURED) if self.graphs is not None else None)
         logits, emb = io.copy_outputs_to_cpu()
         return logits, emb
 
@@ -254,6 +306,7 @@ class OrtBackend:
             **_what_runs(self),
             "providers": self.providers,
             "graph_optimization_level": str(self.session.get_session_options().graph_optimization_level),
+            **({"cuda_graph_batch_sizes": self.graphs.batch_sizes} if self.graphs is not None else {}),
         }
 
 
@@ -445,8 +498,10 @@ def select_backend(
     intra_op_threads: int | None = None,
     use_ort_optimized: bool = True,
     check_sha256: bool = True,
+    cuda_graph: bool = False,
 ) -> Backend:
-    """Pick and open the backend (see the module docstring). Hashes the chosen model file before opening it."""
+    """Pick and open the backend (see the module docstring). Hashes the chosen model file before opening it.
+    ``cuda_graph``: ONNX Runtime CUDA graphs (``OrtBackend``); needs backend onnxruntime (or auto) and device cuda."""
     if backend not in BACKENDS:
         raise BackendError(f"backend {backend!r} is not one of {BACKENDS}")
     if device not in DEVICES:
@@ -460,10 +515,12 @@ def select_backend(
             manifest.check_files(root, verify=[mf])
         return mf
 
+    if cuda_graph:
+        check_cuda_graph(backend, device)
     plan = manifest.file("tensorrt", precision)
-    if backend == "tensorrt" or (
+    if not cuda_graph and (backend == "tensorrt" or (
         backend == "auto" and device in ("auto", "cuda") and plan is not None and tensorrt_available()
-    ):
+    )):
         if device == "cpu":
             raise BackendError("backend 'tensorrt' needs device 'cuda' (or 'auto'), got 'cpu'")
         try:
@@ -486,4 +543,4 @@ def select_backend(
         mf = _listed(manifest, "onnx-ort", "fp32", root)  # CPU-optimized graph: CPU only
     else:
         mf = _listed(manifest, "onnx", "fp32", root)
-    return OrtBackend(root / verified(mf).path, mf, manifest, device, precision, intra_op_threads)
+    return OrtBackend(root / verified(mf).path, mf, manifest, device, precision, intra_op_threads, cuda_graph)

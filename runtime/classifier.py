@@ -225,6 +225,7 @@ def load(
     intra_op_threads: int | None = None,
     use_ort_optimized: bool = True,
     check_sha256: bool = True,
+    cuda_graph: bool = False,
 ) -> Classifier:
     """Open an artifact directory: validate ``manifest.json`` (format version, fields, contract), check that every
     listed file exists, hash the model file to be loaded (sha256), open the backend and check the graph's inputs and
@@ -232,7 +233,9 @@ def load(
     machine cannot provide the backend/device).
 
     backend: auto | onnxruntime | tensorrt. device: auto | cpu | cuda (only auto may fall back to the CPU).
-    precision: fp32 | fp16 (needs ``model.fp16.onnx`` or an fp16 plan) | int8 (needs ``model.int8.onnx``; CPU only)."""
+    precision: fp32 | fp16 (needs ``model.fp16.onnx`` or an fp16 plan) | int8 (needs ``model.int8.onnx``; CPU only).
+    cuda_graph: ONNX Runtime CUDA graphs, one captured per batch size (device "cuda" only; see
+    ``runtime.captured_graphs``) -- for low batch-1 latency on a GPU."""
     root = Path(artifact)
     manifest = Manifest.load(root)
     _, input_shape = _check_contract(root, manifest)
@@ -243,5 +246,6 @@ def load(
     b = select_backend(
         root, manifest, backend, device, precision,
         intra_op_threads=intra_op_threads, use_ort_optimized=use_ort_optimized, check_sha256=check_sha256,
+        cuda_graph=cuda_graph,
     )
     return Classifier(root, manifest, b, pre, input_shape)

@@ -117,6 +117,7 @@ def verify(
     thresholds: Thresholds | None = None,
     *,
     precision: str = "fp32",
+    cuda_graph: bool = False,
     warmup: int = 2,
     workers: int | None = None,
     progress: bool = True,
@@ -125,11 +126,11 @@ def verify(
 ) -> VerifyReport:
     """Load the artifact (or use ``classifier``), index ``split`` of ``dataset`` at ``data``, classify every image
     in batches of ``batch_size`` and build the report. ``workers`` threads decode/preprocess images (default
-    min(4, cpus)); decoding never overlaps a timed model call."""
+    min(4, cpus)); decoding never overlaps a timed model call. ``cuda_graph``: see ``runtime.load``."""
     if batch_size <= 0:
         raise InputError(f"batch size must be positive, got {batch_size}")
     thresholds = thresholds or Thresholds()
-    clf = classifier or load(artifact, backend=backend, device=device, precision=precision)
+    clf = classifier or load(artifact, backend=backend, device=device, precision=precision, cuda_graph=cuda_graph)
     names = clf.class_names
     index = load_index(dataset, Path(data), split, classes=names if dataset == "csv" else None)
     if len(index.class_names) != len(names):

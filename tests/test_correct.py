@@ -101,7 +101,10 @@ def test_saved_perception_model_reloads(clip, images, cache, options, tmp_path: 
     model = build_classifier(plan, cache, clip, replace(options, classifier="perception", z_from="class-free"))
     again = DebiasedClassifier.load(model.save(tmp_path / "m"))
     with torch.no_grad():
-        assert (model(images)[0] - again(images)[0]).abs().max() <= 1e-6
+        want, got = model(images)[0], again(images)[0]
+    # the same float32 arithmetic; reloaded weights sit at other addresses, and oneDNN/MKL may then pick another
+    # summation order: allow a few float32 ulps of the largest logit (a full test run once saw > 1e-6 absolute)
+    assert (want - got).abs().max() <= 8 * torch.finfo(torch.float32).eps * max(1.0, float(want.abs().max()))
     assert again.head.kind == "perception" and again.head.z_from == "class-free"
 
 

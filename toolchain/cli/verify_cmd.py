@@ -84,6 +84,7 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto (only auto may fall back to cpu)."),
         precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | int8 (int8: CPU only)."),
         batch_size: int = typer.Option(32, "--batch-size", help="Images per model call."),
+        cuda_graph: bool = typer.Option(False, "--cuda-graph", help="ONNX Runtime CUDA graphs (--device cuda only)."),
         min_accuracy: Optional[float] = typer.Option(None, "--min-accuracy", help="Fraction 0..1 (0.9 = 90%)."),
         min_worst_group: Optional[float] = typer.Option(None, "--min-worst-group", help="Fraction 0..1."),
         max_latency_ms: Optional[float] = typer.Option(None, "--max-latency-ms", help="Max p95 ms per batch."),
@@ -109,7 +110,7 @@ def register(app: typer.Typer) -> None:
                 raise ClipDebiasError(f"{json_path.parent}: folder for --json does not exist")
             report = run_verify(
                 artifact, dataset, data, split, backend=backend, device=device, batch_size=batch_size,
-                thresholds=thresholds, precision=precision, workers=workers, progress=progress,
+                thresholds=thresholds, precision=precision, cuda_graph=cuda_graph, workers=workers, progress=progress,
                 console=Console(stderr=True),
             )
             if json_path is not None:
