@@ -267,7 +267,10 @@ class OrtBackend:
             elif hasattr(batch.source, "__dlpack__"):
                 import onnxruntime as ort
 
-                batch = ort.OrtValue.from_dlpack(batch.source)  # a view: copied device to device by the graph runner
+                try:  # a view of the caller's tensor, copied device to device into the graph's input buffer
+                    batch = ort.OrtValue.from_dlpack(batch.source)
+                except Exception:  # an onnxruntime built without DLPack: bind in place, uncaptured
+                    return None
             else:
                 return None
         logits, emb = self.graphs.run(batch)
