@@ -7,6 +7,7 @@ registered with open_clip on first use, so ``--model clipdebias-tiny`` works lik
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -96,8 +97,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             try:
                 sd = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception:
-                sd = torch.jit.load(str(path), map_location="cpu").state_dict()  # OpenAI's released .pt files
+            except Exception:  # OpenAI's released .pt files are TorchScript archives: only torch.jit reads them
+                with warnings.catch_warnings():  # torch >= 2.10 deprecates torch.jit.load; nothing for a user to do
+                    warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*deprecated", category=FutureWarning)
+                    sd = torch.jit.load(str(path), map_location="cpu").state_dict()
     except ClipDebiasError:
         raise
     except Exception as e:  # corrupt or foreign file
