@@ -273,8 +273,8 @@ class OrtBackend:
                     return None
             else:
                 return None
-        logits, emb = self.graphs.run(batch)
-        return logits, emb
+        outs = self.graphs.run(batch)
+        return (outs[0], outs[1]) if outs is not None else None
 
     def _run_cuda(self, batch: np.ndarray | DeviceBatch) -> tuple[np.ndarray, np.ndarray]:
         """IO binding, one per call (binding objects are not shared between threads): a host batch is copied to the

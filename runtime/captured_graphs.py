@@ -88,14 +88,15 @@ class CapturedGraphs:
     def can_capture(self, n: int) -> bool:
         return n in self._slots or len(self._slots) < self.max_graphs
 
-    def run(self, batch: Any) -> list[np.ndarray]:
+    def run(self, batch: Any) -> list[np.ndarray] | None:
         """``batch``: float32 numpy [n, 3, H, W], or an OrtValue of that shape (copied device to device). Returns
-        host arrays in ``output_dims`` order."""
+        host arrays in ``output_dims`` order, or None when n is a new batch size and ``max_graphs`` are taken (the
+        caller runs it uncaptured)."""
         shape = tuple(batch.shape() if callable(getattr(batch, "shape", None)) else batch.shape)
         n = int(shape[0])
-        if not self.can_capture(n):
-            raise ValueError(f"batch size {n}: already {self.max_graphs} captured graphs (sizes {self.batch_sizes})")
         with self._lock:
+            if not self.can_capture(n):
+                return None
             slot = self._slot(n, shape)
             slot.image.update_inplace(batch)
             self.session.run_with_iobinding(slot.binding, slot.options)
