@@ -2,11 +2,13 @@
 
 Rows: open_clip torch eager fp16 (plain encoder), the debiased torch model fp16 (2 ablated + 1 projected head in the
 last two layers, zero-shot head), and the torch-free runtime on ONNX Runtime CUDA, fp32 and fp16, with plain and with
-fused attention (``export_onnx(fused_attention=True)``) (numpy in, numpy out: host<->device copies included, as a
-service sees it), and on CUDA the same runtime fed a device-resident torch CUDA tensor (``__cuda_array_interface__``,
+fused attention (``export_onnx(fused_attention=True)``), plus fp16 fused with LayerNorm kept in fp32 (the fp16 graph
+as exported before 2026-11-22, for comparison) -- numpy in, numpy out: host<->device copies included, as a
+service sees it -- and on CUDA the same runtime fed a device-resident torch CUDA tensor (``__cuda_array_interface__``,
 bound in place; outputs copied back), each also with ``cuda_graph=True`` (ONNX Runtime CUDA graphs: one captured
-graph per batch size, replayed; the row records its max |logit diff| against the uncaptured session). Random weights
-(no pretrained weights here).
+graph per batch size, replayed; the row records its max |logit diff| against the uncaptured session). Also where
+onnxruntime placed the nodes of each graph (``node_placement``: CPU nodes and Memcpy on a CUDA session). Random
+weights (no pretrained weights here).
 
     python benchmarks/gpu_bench.py --out gpu_bench.json
 """
@@ -37,6 +39,40 @@ def median_ms(fn: Callable[[], object], iters: int, warmup: int = 5, cuda: bool 
             torch.cuda.synchronize()
         times.append((time.perf_counter() - t0) * 1e3)
     return float(np.median(times))
+
+
+def node_placement(model: Path, device: str, precision: str, x: np.ndarray) -> dict[str, object]:
+    """Where onnxruntime placed each node of ``model`` (one profiled run at the runtime's optimization level): node
+    count per provider, the op types left on the CPU provider and the Memcpy nodes it inserted. On a CUDA session a
+    CPU node or Memcpy means host round trips inside the graph (and no CUDA graph capture)."""
+    import collections
+    import os
+
+    import onnxruntime as ort
+
+    from runtime.backends import ort_optimization_level
+
+    so = ort.SessionOptions()
+    so.enable_profiling, so.log_severity_level = True, 3
+    so.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "placement")
+    so.graph_optimization_level = ort_optimization_level(device, precision)
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    sess = ort.InferenceSession(str(model), so, providers=providers)
+    sess.run(None, {"image": x})
+    trace = sess.end_profiling()
+    per_provider: collections.Counter[str] = collections.Counter()
+    on_cpu: collections.Counter[str] = collections.Counter()
+    memcpy = 0
+    for e in json.loads(Path(trace).read_text()):
+        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
+            continue
+        provider, op = e["args"].get("provider", "?"), e["args"].get("op_name", "?")
+        per_provider[provider] += 1
+        memcpy += op.startswith("Memcpy")
+        if provider == "CPUExecutionProvider":
+            on_cpu[op] += 1
+    os.remove(trace)
+    return {"nodes_per_provider": dict(per_provider), "cpu_op_types": dict(on_cpu), "memcpy_nodes": memcpy}
 
 
 def main() -> None:
@@ -95,12 +131,22 @@ def main() -> None:
 
     xb_np, x1_np = xb.float().cpu().numpy(), x1.float().cpu().numpy()
     xb_dev, x1_dev = xb.float().contiguous(), x1.float().contiguous()  # fp32 on the device: the graph's input type
-    for fused in (False, True):
-        art = export_onnx(debiased, Path(tempfile.mkdtemp()) / "artifact", precision="both", fused_attention=fused)
-        for precision in ("fp32", "fp16"):
+    placement: dict[str, object] = {}
+    variants = [("", False, (), ("fp32", "fp16")), (" fused attention", True, (), ("fp32", "fp16")),
+                (" fused attention, LayerNorm fp32", True, ("LayerNormalization",), ("fp16",))]  # the older fp16 graph
+    for suffix, fused, fp32_ops, precisions in variants:
+        art = export_onnx(debiased, Path(tempfile.mkdtemp()) / "artifact", precision="both", fused_attention=fused,
+                          fp16_fp32_ops=fp32_ops)
+        for precision in precisions:
+            key = f"{precision}{suffix}"
+            model = art / ("model.onnx" if precision == "fp32" else "model.fp16.onnx")
+            try:
+                placement[key] = node_placement(model, args.device, precision, x1_np)
+            except Exception as e:  # report, don't hide
+                placement[key] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+            print({"placement": key, **placement[key]}, flush=True)
             for graph in (False, True) if on_gpu else (False,):
-                name = (f"runtime onnxruntime {args.device} {precision}{' fused attention' if fused else ''}"
-                        f"{', CUDA graph' if graph else ''} (numpy I/O)")
+                name = f"runtime onnxruntime {args.device} {key}{', CUDA graph' if graph else ''} (numpy I/O)"
                 try:
                     clf = runtime.load(art, backend="onnxruntime", device=args.device, precision=precision,
                                        cuda_graph=graph)
@@ -117,7 +163,8 @@ def main() -> None:
                         diff = float(np.abs(clf.predict_logits(x1_np) - ref.predict_logits(x1_np)).max())
                         rows[-1]["max_abs_logit_diff_vs_uncaptured_b1"] = diff
                         print({"backend": name, "max_abs_logit_diff_vs_uncaptured_b1": diff}, flush=True)
-    info = {"gpu": torch.cuda.get_device_name() if on_gpu else "none", "torch": torch.__version__, "rows": rows}
+    info = {"gpu": torch.cuda.get_device_name() if on_gpu else "none", "torch": torch.__version__, "rows": rows,
+            "node_placement": placement}
     try:
         import onnxruntime
 

@@ -11,10 +11,15 @@ exercises the dynamic axis); ``m = max(1, max |logits_torch|)``:
   so an export that reproduces e' to fp32 rounding (measured ~2e-7 per component) moves a logit by at most
   ~s * ||delta e||; the bound is relative to the logit magnitude (~1e-4 relative is still ~1000 fp32 ulps, so a
   wrong graph cannot hide in it) and absolute 1e-4 for small logits (random-weight models, s ~ 14).
-- fp16 (fp16 weights/compute, fp32 I/O, LayerNormalization kept in fp32 because CLIP residual streams carry
-  outlier channels whose squares overflow fp16): max |logits diff| <= 2e-2 * m — about 40 fp16 unit roundoffs
+- fp16 (fp16 weights/compute, fp32 I/O; ``fp16_fp32_ops`` op types stay fp32, none by default): max |logits diff|
+  <= 2e-2 * m — about 40 fp16 unit roundoffs
   (u = 2^-11) relative to the logits, the accumulated rounding of ~L sequential fp16 blocks — plus min cos(e16, e) >=
-  0.999.
+  0.999. LayerNormalization runs in fp16 too: the ONNX op computes its mean and variance in ``stash_type``
+  (default 1 = float32), so the outlier channels of CLIP residual streams, whose squares overflow fp16, are safe
+  (onnxruntime's CPU kernel checked with channels at 1500: max error 1.4e-3 after normalization), and the graph keeps
+  no Cast pair around each of its 2L + 2 LayerNorms (ViT-B-16: 3 Casts instead of 107; on CUDA each pair is two passes
+  over a [B, N, W] activation, and it blocks onnxruntime's Add + LayerNorm fusion). ``--fp16-fp32-ops
+  LayerNormalization`` restores the old graph.
 - int8 (``model.int8.onnx``, for the CPU provider: ONNX Runtime dynamic quantization of the transformer blocks'
   weight MatMuls only -- qkv, out, mlp -- with per-output-channel 7-bit weights (``reduce_range``: CPUs without
   VNNI saturate the u8 x s8 pair sums of full 8-bit weights; measured min cosine 0.993 without it, 0.9998 with it
@@ -66,7 +71,7 @@ INT8_MIN_COSINE = 0.995
 INT8_NODE_PATTERN = re.compile(r"(?:^|/)blocks\.\d+/(?:qkv|out|mlp/[^/]+)/MatMul$")
 GATE_BATCH = 4
 EXAMPLE_BATCH = 2
-FP16_KEEP_FP32_OPS = ("LayerNormalization",)
+FP16_KEEP_FP32_OPS: tuple[str, ...] = ()  # op types the fp16 graph keeps in fp32 by default (see the docstring)
 ORT_KEEP_MIN_SPEEDUP = 1.03  # keep model.ort.onnx only when p50 latency improves by >= 3 %
 
 
@@ -178,6 +183,17 @@ def _topo_sort(graph: Any) -> None:
         pending = rest
     del graph.node[:]
     graph.node.extend(ordered)
+
+
+def check_op_types(ops: Sequence[str], option: str = "--fp16-fp32-ops") -> list[str]:
+    """``ops`` as a list, each checked to be an ONNX (or onnxruntime contrib) operator type; one line otherwise."""
+    import onnx
+
+    ops = [o.strip() for o in ops if o.strip()]
+    for op in ops:
+        if not (onnx.defs.has(op) or onnx.defs.has(op, "com.microsoft")):
+            raise ClipDebiasError(f"{option}: '{op}' is not an ONNX operator type (e.g. LayerNormalization, Softmax)")
+    return ops
 
 
 def convert_fp16(src: str | Path, dst: str | Path, keep_fp32_ops: Sequence[str] = FP16_KEEP_FP32_OPS) -> Path:
@@ -313,8 +329,10 @@ def run_gate(path: str | Path, precision: str, x: np.ndarray, ref_logits: np.nda
              precision, res.max_logit_diff, res.logit_tolerance, res.max_embedding_diff, res.min_cosine,
              100 * res.argmax_agree)
     if not res.passed:
+        hint = (" (if the model's activations need it: --fp16-fp32-ops LayerNormalization,Softmax)"
+                if precision == "fp16" else "")
         raise ClipDebiasError(f"{Path(path).name}: {precision} parity gate failed against the torch model "
-                              f"({res.reason}); artifact not written")
+                              f"({res.reason}); artifact not written{hint}")
     return res
 
 
@@ -345,7 +363,8 @@ def preprocessing_of(cfg: dict[str, Any], image_size: tuple[int, int]) -> Prepro
                               "(expected open_clip's preprocess_cfg)") from e
 
 
-def build_manifest(model: Any, files: list[Any], opset: int, fused_attention: bool = False) -> Manifest:
+def build_manifest(model: Any, files: list[Any], opset: int, fused_attention: bool = False,
+                   fp16_fp32_ops: Sequence[str] = FP16_KEEP_FP32_OPS) -> Manifest:
     """The manifest of a ``DebiasedClassifier`` export (``files`` already hashed)."""
     spec, cfg = model.spec, model.tower.cfg
     h, w = cfg.image_size
@@ -358,7 +377,8 @@ def build_manifest(model: Any, files: list[Any], opset: int, fused_attention: bo
         inputs=[TensorSpec("image", "float32", ["batch", 3, h, w])],
         outputs=[TensorSpec("logits", "float32", ["batch", len(spec.class_names)]),
                  TensorSpec("embedding", "float32", ["batch", cfg.embed_dim])],
-        opset=opset, files=files, versions=library_versions(), export={"fused_attention": fused_attention})
+        opset=opset, files=files, versions=library_versions(), export={"fused_attention": fused_attention,
+                                                                  "fp16_fp32_ops": list(fp16_fp32_ops)})
 
 
 # ---- high level: model dir -> artifact -----------------------------------------------------------------------------
@@ -390,11 +410,15 @@ def _check_outputs(tmp: Path, expected: set[str]) -> None:
 
 def export_onnx_report(model_dir_or_model: Any, out: str | Path, precision: str = "fp32", opset: int = DEFAULT_OPSET,
                        ort_optimize: bool = True, gate_batch: int = GATE_BATCH, seed: int = 0,
-                       latency_iters: int = 10, fused_attention: bool = False) -> ExportReport:
+                       latency_iters: int = 10, fused_attention: bool = False,
+                       fp16_fp32_ops: Sequence[str] = FP16_KEEP_FP32_OPS) -> ExportReport:
     """``export_onnx`` returning the measured gate and latency numbers too."""
+    import functools
+
     import torch
 
     wanted = parse_precisions(precision)
+    fp16_fp32_ops = check_op_types(fp16_fp32_ops)
     model = _as_classifier(model_dir_or_model)
     h, w = model.tower.cfg.image_size
     x = gate_images(h, w, gate_batch, seed)
@@ -410,7 +434,8 @@ def export_onnx_report(model_dir_or_model: Any, out: str | Path, precision: str 
         files = []
         if "fp32" in wanted:
             files.append(model_file(tmp, ONNX_FP32, "onnx", "fp32"))
-        for name, derived, convert in (("fp16", ONNX_FP16, convert_fp16), ("int8", ONNX_INT8, quantize_int8)):
+        to_fp16 = functools.partial(convert_fp16, keep_fp32_ops=fp16_fp32_ops)
+        for name, derived, convert in (("fp16", ONNX_FP16, to_fp16), ("int8", ONNX_INT8, quantize_int8)):
             if name in wanted:
                 report.gates.append(run_gate(convert(fp32, tmp / derived), name, x, ref_logits, ref_emb))
                 files.append(model_file(tmp, derived, "onnx", name))
@@ -420,7 +445,7 @@ def export_onnx_report(model_dir_or_model: Any, out: str | Path, precision: str 
                 files.append(model_file(tmp, ONNX_ORT, "onnx-ort", "fp32"))
         if "fp32" not in wanted:
             fp32.unlink()
-        write_manifest(tmp, build_manifest(model, files, opset, fused_attention))
+        write_manifest(tmp, build_manifest(model, files, opset, fused_attention, fp16_fp32_ops))
     log.info("wrote %s (%s)", out, ", ".join(f.path for f in files))
     return report
 
@@ -453,12 +478,13 @@ def _maybe_keep_ort(tmp: Path, x: np.ndarray, ref_logits: np.ndarray, ref_emb: n
 
 def export_onnx(model_dir_or_model: Any, out: str | Path, precision: str = "fp32", opset: int = DEFAULT_OPSET,
                 ort_optimize: bool = True, gate_batch: int = GATE_BATCH, seed: int = 0,
-                fused_attention: bool = False) -> Path:
+                fused_attention: bool = False, fp16_fp32_ops: Sequence[str] = FP16_KEEP_FP32_OPS) -> Path:
     """Export a model directory (or a ``DebiasedClassifier``) to the artifact directory ``out`` and return it.
 
     precision: fp32 (model.onnx) | fp16 (model.fp16.onnx) | int8 (model.int8.onnx) | both (fp32,fp16) | a comma
     list (``fp32,int8``); the fp32 graph is always exported and gated, and kept when listed. Every graph passes its
     parity gate first; a failure raises ``ClipDebiasError`` and leaves ``out`` untouched. ``fused_attention``: see
-    ``export_module_onnx`` (recorded in the manifest's ``export`` field)."""
+    ``export_module_onnx``; ``fp16_fp32_ops``: op types model.fp16.onnx keeps in fp32 (both recorded in the
+    manifest's ``export`` field)."""
     return export_onnx_report(model_dir_or_model, out, precision, opset, ort_optimize, gate_batch, seed,
-                              fused_attention=fused_attention).artifact
+                              fused_attention=fused_attention, fp16_fp32_ops=fp16_fp32_ops).artifact

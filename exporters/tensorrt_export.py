@@ -4,8 +4,9 @@ the artifact (rewritten atomically, see ``exporters.artifact``).
 API per TensorRT major version (``import tensorrt`` is lazy; without it: one-line ``ClipDebiasError``):
 
 - TRT 10: ``builder.create_network(0)`` (explicit batch is the only mode). fp16: when the artifact has
-  ``model.fp16.onnx`` the network is built strongly typed from it (same precision choices as the gated ORT fp16 graph,
-  LayerNormalization in fp32), else from ``model.onnx`` with ``BuilderFlag.FP16`` (weak typing).
+  ``model.fp16.onnx`` the network is built strongly typed from it (same precision choices as the gated ORT fp16 graph:
+  LayerNormalization in fp16 with fp32 statistics per its ``stash_type``, unless the artifact was exported with
+  ``--fp16-fp32-ops LayerNormalization``), else from ``model.onnx`` with ``BuilderFlag.FP16`` (weak typing).
 - TRT 11: precision builder flags are gone; fp16 means building the fp16 ONNX with
   ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` (accepted and implied on 11). fp32 builds ``model.onnx``.
 

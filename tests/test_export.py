@@ -143,7 +143,7 @@ def test_manifest_fields_and_hashes(tiny_edited, tiny_both):
     raw = json.loads((art / MANIFEST_NAME).read_text())
     assert set(raw) == {"model", "plan", "class_names", "group_names", "preprocessing", "inputs", "outputs", "opset",
                         "files", "versions", "export", "format_version"}
-    assert m.format_version == 1 and m.opset == 18 and m.export == {"fused_attention": False}
+    assert m.format_version == 1 and m.opset == 18 and m.export == {"fused_attention": False, "fp16_fp32_ops": []}
     assert m.model["name"] == "clipdebias-tiny"
     assert m.class_names == CLASSES and m.group_names == ["g0", "g1"]
     assert m.plan["ablated"] == [[3, 0], [2, 1]] and m.plan["salient"] == [[3, 2]]
@@ -368,7 +368,7 @@ def test_fused_attention_export(tmp_path, tiny_clip):
     assert ops.count("MultiHeadAttention") == 4 and "Softmax" not in ops
     ops8 = [n.op_type for n in onnx.load(str(art / "model.int8.onnx")).graph.node]  # both rewrites compose
     assert ops8.count("MultiHeadAttention") == 4 and ops8.count("MatMulInteger") == 16
-    assert runtime.load(art, device="cpu").manifest.export == {"fused_attention": True}
+    assert runtime.load(art, device="cpu").manifest.export == {"fused_attention": True, "fp16_fp32_ops": []}
     x = np.random.default_rng(0).standard_normal((7, 3, 32, 32)).astype(np.float32)
     with torch.no_grad():
         ref = model(torch.from_numpy(x))[0].numpy()
@@ -379,3 +379,39 @@ def test_fused_attention_export(tmp_path, tiny_clip):
 
     with pytest.raises(ClipDebiasError, match="re-export without it for TensorRT"):
         export_tensorrt(art)
+
+
+def _layernorm_input_types(path: Path) -> set[int]:
+    import onnx
+
+    m = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    types = {v.name: v.type.tensor_type.elem_type for v in [*m.graph.value_info, *m.graph.input]}
+    return {types[n.input[0]] for n in m.graph.node if n.op_type == "LayerNormalization"}
+
+
+def test_fp16_layernorm_in_fp16_survives_outlier_channels(tiny_clip, tmp_path):
+    """model.fp16.onnx runs LayerNormalization in fp16 (statistics in fp32 by the op's stash_type): no Cast pairs
+    around it, and a residual channel at 1000 -- whose square (1e6) overflows fp16 -- still passes the fp16 gate.
+    ``fp16_fp32_ops`` keeps LayerNorm in fp32 and is recorded in the manifest."""
+    import onnx
+
+    model = copy.deepcopy(edited_classifier(tiny_clip, [[3, 1]], [[2, 2]]))
+    with torch.no_grad():  # channel 5 at ~1000 in ln_pre's input and, through ln_pre's bias, in every later LN's
+        model.tower.positional_embedding[:, 5] += 1000.0
+        model.tower.ln_pre.bias[5] += 1000.0
+    report = export_onnx_report(model, tmp_path / "a", precision="fp16", ort_optimize=False)
+    fp16 = report.artifact / "model.fp16.onnx"
+    assert report.gates[-1].precision == "fp16" and report.gates[-1].passed
+    assert _layernorm_input_types(fp16) == {onnx.TensorProto.FLOAT16}
+    io = {"image", "logits", "embedding"}
+    float_casts = [n for n in onnx.load(str(fp16)).graph.node if n.op_type == "Cast" and not io & {*n.input, *n.output}
+                   and n.attribute[0].i in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
+    assert float_casts == []  # only the fp32 I/O casts convert between float types
+
+    kept = export_onnx(model, tmp_path / "b", precision="fp16", ort_optimize=False,
+                       fp16_fp32_ops=["LayerNormalization"])
+    assert _layernorm_input_types(kept / "model.fp16.onnx") == {onnx.TensorProto.FLOAT}
+    assert Manifest.load(kept).export["fp16_fp32_ops"] == ["LayerNormalization"]
+    with pytest.raises(ClipDebiasError, match="'Layernorm' is not an ONNX operator type") as e:
+        export_onnx(model, tmp_path / "c", precision="fp16", fp16_fp32_ops=["Layernorm"])
+    assert "\n" not in str(e.value) and not (tmp_path / "c").exists()

@@ -38,13 +38,17 @@ def onnx_cmd(
         "--fused-attention/--no-fused-attention",
         help="Write attention as ONNX Runtime's fused MultiHeadAttention (faster on CUDA; ONNX Runtime only, "
              "not TensorRT).")] = False,
+    fp16_fp32_ops: Annotated[str, typer.Option(
+        "--fp16-fp32-ops",
+        help="Comma list of ONNX op types model.fp16.onnx keeps in fp32, e.g. LayerNormalization (default: none; "
+             "LayerNormalization already computes its statistics in fp32).")] = "",
 ) -> None:
     """Export MODEL_DIR to an ONNX artifact (parity-gated against torch; nothing is written on failure)."""
     from exporters.onnx_export import export_onnx_report
 
     _log_to_stderr()
     report = export_onnx_report(model_dir, out, precision=precision, opset=opset, ort_optimize=ort_optimize,
-                                fused_attention=fused_attention)
+                                fused_attention=fused_attention, fp16_fp32_ops=fp16_fp32_ops.split(","))
     for g in report.gates:
         typer.echo(f"{g.precision}: max |logit diff| {g.max_logit_diff:.3g} (tol {g.logit_tolerance:.3g}), "
                    f"max |embedding diff| {g.max_embedding_diff:.3g}, min cosine {g.min_cosine:.5f}, "
