@@ -25,6 +25,7 @@ image by image, so an image's result never depends on the rest of its batch (per
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,7 +260,7 @@ class OrtBackend:
     def _captured(self, batch: Any) -> tuple[np.ndarray, np.ndarray] | None:
         """Through the batch size's captured graph, when this session has them and the batch can be copied into the
         fixed input buffer (numpy, an OrtValue, or a DLPack-capable device tensor); None otherwise."""
-        if self.graphs is None or not self.graphs.can_capture(int(batch.shape[0])):
+        if self.graphs is None:
             return None
         if isinstance(batch, DeviceBatch):
             if batch.is_ortvalue:
@@ -279,10 +280,15 @@ class OrtBackend:
     def _run_cuda(self, batch: np.ndarray | DeviceBatch) -> tuple[np.ndarray, np.ndarray]:
         """IO binding, one per call (binding objects are not shared between threads): a host batch is copied to the
         device once; a device batch is bound in place. Outputs stay on the device until copied back. With
-        ``cuda_graph``: the batch size's captured graph, else this path run uncaptured (``gpu_graph_id=-1``)."""
+        ``cuda_graph``: the batch size's captured graph, else this path run uncaptured (``gpu_graph_id=-1``) under the
+        graphs' lock (a CUDA-graph session runs one call at a time)."""
         captured = self._captured(batch)
         if captured is not None:
             return captured
+        with self.graphs.lock if self.graphs is not None else contextlib.nullcontext():
+            return self._run_bound(batch)
+
+    def _run_bound(self, batch: np.ndarray | DeviceBatch) -> tuple[np.ndarray, np.ndarray]:
         io = self.session.io_binding()
         if isinstance(batch, np.ndarray):
             io.bind_cpu_input(self._input, batch)

@@ -11,7 +11,8 @@ output buffers never move. ``CapturedGraphs`` keeps, for each batch size n it ha
 A call copies the batch into the input buffer (``OrtValue.update_inplace``: host -> device, or device -> device for
 a DLPack-capable device tensor), replays graph g (onnxruntime captures it on the first runs of that id) and copies
 both outputs back to the host. Buffers are shared by every caller of a batch size, so calls hold one lock. A batch
-size beyond ``max_graphs`` runs uncaptured (``gpu_graph_id=-1``) with its own binding.
+size beyond ``max_graphs`` gets None back and runs uncaptured (``gpu_graph_id=-1``) with its own binding, under the
+same lock (``OrtBackend``).
 
 The class is written for CUDA but is device-agnostic: on the CPU provider the same bindings run without capture,
 which is how the tests check it (no GPU where it was written).
@@ -60,7 +61,7 @@ class CapturedGraphs:
         self.session, self.input_name, self.output_dims = session, input_name, dict(output_dims)
         self.device, self.device_id, self.max_graphs = device, device_id, max_graphs
         self._slots: dict[int, _Slot] = {}
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()  # also held by the owner's uncaptured runs on this session
 
     @property
     def batch_sizes(self) -> list[int]:
@@ -94,7 +95,7 @@ class CapturedGraphs:
         caller runs it uncaptured)."""
         shape = tuple(batch.shape() if callable(getattr(batch, "shape", None)) else batch.shape)
         n = int(shape[0])
-        with self._lock:
+        with self.lock:
             if not self.can_capture(n):
                 return None
             slot = self._slot(n, shape)
