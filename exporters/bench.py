@@ -14,14 +14,17 @@ Rows (those that can run here, in this order; the first is the baseline of ``spe
                     "... graph" with ``cuda_graph=True`` (one captured CUDA graph per batch size)
   tensorrt          model.plan, when tensorrt + a CUDA device are present (host->device copies included)
 
-Per batch size b: p50 latency (ms) over ``iters`` timed calls after ``warmup``, throughput = b / p50 (img/s),
-speedup = p50(first row) / p50(row).
+Per batch size b the rows take turns, call by call (``exporters.timing.round_robin``: load from other processes hits
+every row alike, instead of whichever row ran while it lasted): p50 latency (ms) over ``iters`` rounds after
+``warmup``, throughput = b / p50 (img/s), speedup = median over rounds of time(first row) / time(row).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
+import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -29,7 +32,8 @@ from typing import Any, Callable
 import numpy as np
 
 from exporters.artifact import verify_files
-from exporters.onnx_export import library_versions, ort_session, p50_latency_ms
+from exporters.onnx_export import library_versions, ort_session
+from exporters.timing import round_robin
 from runtime.backends import session_runner
 from runtime.errors import ClipDebiasError
 from runtime.manifest import Manifest
@@ -185,11 +189,11 @@ def bench(artifact: str | Path, batch_sizes: tuple[int, ...] | list[int] = (1, 8
     rng = np.random.default_rng(0)
     for b in batch_sizes:
         x = rng.standard_normal((b, 3, h, w)).astype(np.float32)
-        first: float | None = None
-        for label, run in backends:
-            p50 = p50_latency_ms(lambda: run(x), iters=iters, warmup=warmup)
-            first = first if first is not None else p50
-            rows.append(BenchRow(label, b, p50, b / (p50 / 1e3), first / p50))
+        wall, _ = round_robin([functools.partial(run, x) for _, run in backends], iters, warmup)
+        for (label, _), times in zip(backends, wall):
+            p50 = 1e3 * statistics.median(times)
+            speedup = statistics.median(t0 / t for t0, t in zip(wall[0], times))
+            rows.append(BenchRow(label, b, p50, b / (p50 / 1e3), speedup))
     return rows
 
 

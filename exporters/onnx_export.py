@@ -41,11 +41,10 @@ from __future__ import annotations
 import inspect
 import logging
 import re
-import time
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -275,18 +274,6 @@ def ort_session(path: str | Path, precision: str = "fp32", providers: Sequence[s
     except Exception as e:
         raise ClipDebiasError(f"{path}: onnxruntime cannot load it "
                               f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
-
-
-def p50_latency_ms(fn: Callable[[], Any], iters: int = 10, warmup: int = 2) -> float:
-    """Median wall time of ``fn()`` in milliseconds."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return float(np.median(times))
 
 
 # ---- gates ----------------------------------------------------------------------------------------------------------

@@ -8,7 +8,24 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
+
+
+def round_robin(fns: Sequence[Callable[[], Any]], rounds: int, warmup: int = 1) -> tuple[list[list[float]], list[float]]:
+    """Call ``fns`` in turn, ``rounds`` times each (after ``warmup`` calls of each), so that load from other
+    processes hits all of them alike. Returns (wall seconds per call [fn][round], total process CPU seconds [fn])."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    wall: list[list[float]] = [[] for _ in fns]
+    cpu = [0.0 for _ in fns]
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            t, c = time.perf_counter(), time.process_time()
+            fn()
+            wall[i].append(time.perf_counter() - t)
+            cpu[i] += time.process_time() - c
+    return wall, cpu
 
 
 def interleaved(base: Callable[[], Any], other: Callable[[], Any], rounds: int, warmup: int = 1) -> dict[str, float]:
@@ -17,24 +34,14 @@ def interleaved(base: Callable[[], Any], other: Callable[[], Any], rounds: int, 
     Returns min and median wall time of each (ms), ``ratio`` = min(other) / min(base), ``median_ratio`` = median of the
     per-round other/base wall ratios, ``median_speedup`` = median of the per-round base/other ratios, and ``cpu_ratio``
     = total process CPU time of other / base."""
-    for _ in range(warmup):
-        base(), other()
-    wall: dict[str, list[float]] = {"base": [], "other": []}
-    cpu = {"base": 0.0, "other": 0.0}
-    for _ in range(rounds):
-        for name, fn in (("base", base), ("other", other)):
-            t, c = time.perf_counter(), time.process_time()
-            fn()
-            wall[name].append(time.perf_counter() - t)
-            cpu[name] += time.process_time() - c
-    tb, to = min(wall["base"]), min(wall["other"])
-    pairs = list(zip(wall["base"], wall["other"]))
-    return {"base_ms": tb * 1e3, "other_ms": to * 1e3, "ratio": to / tb,
-            "base_median_ms": statistics.median(wall["base"]) * 1e3,
-            "other_median_ms": statistics.median(wall["other"]) * 1e3,
+    (wb, wo), (cb, co) = round_robin([base, other], rounds, warmup)
+    pairs = list(zip(wb, wo))
+    return {"base_ms": min(wb) * 1e3, "other_ms": min(wo) * 1e3, "ratio": min(wo) / min(wb),
+            "base_median_ms": statistics.median(wb) * 1e3,
+            "other_median_ms": statistics.median(wo) * 1e3,
             "median_ratio": statistics.median(o / b for b, o in pairs),
             "median_speedup": statistics.median(b / o for b, o in pairs),
-            "cpu_ratio": cpu["other"] / max(cpu["base"], 1e-12)}
+            "cpu_ratio": co / max(cb, 1e-12)}
 
 
 def describe(r: dict[str, float]) -> str:

@@ -94,12 +94,13 @@ def triton_cmd(
 def bench_cmd(
     artifact: Annotated[Path, typer.Argument(help="Artifact directory.")],
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes.")] = "1,8,32",
-    iters: Annotated[int, typer.Option("--iters", help="Timed calls per backend and batch size.")] = 10,
+    iters: Annotated[int, typer.Option("--iters", help="Timed rounds per batch size (each round calls every backend once, in turn).")] = 10,
     model_dir: Annotated[Optional[Path], typer.Option("--model-dir", help="Model directory: adds the torch "
                                                       "plain-encoder and debiased rows.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """p50 latency and throughput of every backend of ARTIFACT side by side (open_clip eager, torch, ORT, TensorRT)."""
+    """p50 latency and throughput of every backend of ARTIFACT side by side (open_clip eager, torch, ORT, TensorRT),
+    the backends taking turns call by call so that machine load hits them alike."""
     from exporters.bench import bench, bench_json, bench_table
 
     try:
