@@ -58,6 +58,14 @@ def test_ortvalue_input_is_copied_in(session, art):
     np.testing.assert_array_equal(got[0], session.run(["logits"], {"image": x})[0])
 
 
+def test_dlpack_view_is_copied_in(session, art):
+    """The path a torch CUDA tensor takes on a CUDA-graph session (``OrtValue.from_dlpack`` view, then a device-side
+    ``update_inplace``), here with a numpy array, which speaks DLPack too."""
+    x = _batch(3, seed=8)
+    got = _graphs(session, art).run(ort.OrtValue.from_dlpack(x))
+    np.testing.assert_array_equal(got[0], session.run(["logits"], {"image": x})[0])
+
+
 def test_threads_share_buffers_safely(session, art):
     """16 calls from 8 threads over two batch sizes (shared buffers per size) == serial, bit-exact."""
     graphs = _graphs(session, art)
