@@ -46,7 +46,7 @@ class _Slot:
 
     graph_id: int
     image: Any  # OrtValue [n, 3, H, W]
-    outputs: list[Any]  # OrtValues, in ``output_names`` order
+    outputs: list[Any]  # OrtValues, in ``output_dims`` order
     binding: Any  # onnxruntime IOBinding
     options: Any  # RunOptions with gpu_graph_id
 
