@@ -1,4 +1,4 @@
-"""Interleaved timing: two callables alternate, round by round, so load from other processes hits both alike.
+"""Interleaved timing: callables take turns, round by round, so load from other processes hits all of them alike.
 
 On a shared 2-core machine separate pytest-benchmark runs of two models can disagree by 2x from run to run; the
 ratios we report (benchmarks) and the keep/drop decision for ``model.ort.onnx`` (export) come from ``interleaved``.
