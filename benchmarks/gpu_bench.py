@@ -75,6 +75,27 @@ def node_placement(model: Path, device: str, precision: str, x: np.ndarray) -> d
     return {"nodes_per_provider": dict(per_provider), "cpu_op_types": dict(on_cpu), "memcpy_nodes": memcpy}
 
 
+def kernel_profile(fn: Callable[[], object], runs: int = 3, top: int = 20) -> dict[str, object]:
+    """GPU time per CUDA kernel over ``runs`` calls of ``fn`` (after one warm-up), from torch's profiler: CUPTI
+    records every kernel in the process, onnxruntime's too. Returns the GPU time per call and the ``top`` kernels by
+    total time (name cut to 90 characters, ms per call, launches per call, share of GPU time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(runs):
+            fn()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.key_averages() if e.device_time_total > 0]
+    total_us = sum(e.device_time_total for e in kernels)
+    kernels.sort(key=lambda e: e.device_time_total, reverse=True)
+    return {"gpu_ms_per_call": round(total_us / runs / 1e3, 3), "top": [
+        {"kernel": e.key[:90], "ms_per_call": round(e.device_time_total / runs / 1e3, 3),
+         "launches_per_call": e.count / runs, "share": round(e.device_time_total / total_us, 4)}
+        for e in kernels[:top]]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("gpu_bench.json"))
@@ -82,6 +103,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--model", default="ViT-B-16")
     ap.add_argument("--device", default="cuda", help="cuda (the point) or cpu (a dry run of this script)")
+    ap.add_argument("--no-cuda-graph", action="store_true", help="leave out the CUDA-graph rows")
     args = ap.parse_args()
 
     from toolchain.correct.classifier import DebiasedClassifier, plain_classifier
@@ -99,6 +121,11 @@ def main() -> None:
     debiased = DebiasedClassifier(plain.tower, plain.head, spec, torch.randn(2, dim) * 0.02,
                                   orthonormal_basis(torch.randn(2, dim))).eval()
     rows: list[dict[str, object]] = []
+    placement: dict[str, object] = {}
+    profiles: dict[str, object] = {}
+    info: dict[str, object] = {"gpu": torch.cuda.get_device_name() if args.device == "cuda" else "none",
+                               "torch": torch.__version__, "rows": rows, "node_placement": placement,
+                               "kernel_profile": profiles}
     dev = torch.device(args.device)
     on_gpu = dev.type == "cuda"
     half = torch.float16 if on_gpu else torch.float32
@@ -117,10 +144,21 @@ def main() -> None:
             return
         rows.append({"backend": name, f"img_per_s_b{b}": round(b / ms_b * 1e3, 1), "ms_b1": round(ms_1, 3)})
         print(rows[-1], flush=True)
+        args.out.write_text(json.dumps(info, indent=2))  # so far: a crash later keeps these rows
+
+    def profile(key: str, fn: Callable[[], object]) -> None:
+        """Where a batch's GPU time goes (``kernel_profile``), recorded under ``key``."""
+        try:
+            profiles[key] = kernel_profile(fn)
+        except Exception as e:  # report, don't hide
+            profiles[key] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+        print({"kernel_profile": key, **profiles[key]}, flush=True)
 
     with torch.inference_mode():
         enc = clip.model.visual.to(dev, half).eval()
         add(f"open_clip torch eager {half} (plain encoder)", lambda: enc(xb), lambda: enc(x1))
+        if on_gpu:
+            profile("open_clip torch eager fp16", lambda: enc(xb))
         enc.to("cpu", torch.float32)
         deb = DebiasedClassifier.load(_save(debiased)).to(dev, half)  # fresh copy: constants in fp16
         add(f"debiased torch eager {half}", lambda: deb(xb), lambda: deb(x1))
@@ -131,9 +169,9 @@ def main() -> None:
 
     xb_np, x1_np = xb.float().cpu().numpy(), x1.float().cpu().numpy()
     xb_dev, x1_dev = xb.float().contiguous(), x1.float().contiguous()  # fp32 on the device: the graph's input type
-    placement: dict[str, object] = {}
     variants = [("", False, (), ("fp32", "fp16")), (" fused attention", True, (), ("fp32", "fp16")),
                 (" fused attention, LayerNorm fp32", True, ("LayerNormalization",), ("fp16",))]  # the older fp16 graph
+    graphs = (False, True) if on_gpu and not args.no_cuda_graph else (False,)
     for suffix, fused, fp32_ops, precisions in variants:
         art = export_onnx(debiased, Path(tempfile.mkdtemp()) / "artifact", precision="both", fused_attention=fused,
                           fp16_fp32_ops=fp32_ops)
@@ -146,7 +184,7 @@ def main() -> None:
                 placement[key] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
             print({"placement": key, **placement[key]}, flush=True)
             uncaptured = None
-            for graph in (False, True) if on_gpu else (False,):
+            for graph in graphs:
                 name = f"runtime onnxruntime {args.device} {key}{', CUDA graph' if graph else ''} (numpy I/O)"
                 try:
                     clf = runtime.load(art, backend="onnxruntime", device=args.device, precision=precision,
@@ -158,6 +196,8 @@ def main() -> None:
                 add(name, lambda: clf.predict_logits(xb_np), lambda: clf.predict_logits(x1_np), cuda=False)
                 if not graph:
                     uncaptured = clf
+                if on_gpu and not graph and key in ("fp16 fused attention", "fp32 fused attention"):
+                    profile(key, lambda: clf.predict_logits(xb_dev))  # device-resident input: the graph's kernels alone
                 if on_gpu:
                     add(name.replace("(numpy I/O)", "(torch CUDA tensor in)"), lambda: clf.predict_logits(xb_dev),
                         lambda: clf.predict_logits(x1_dev), cuda=False)
@@ -165,8 +205,6 @@ def main() -> None:
                         diff = float(np.abs(clf.predict_logits(x1_np) - uncaptured.predict_logits(x1_np)).max())
                         rows[-1]["max_abs_logit_diff_vs_uncaptured_b1"] = diff
                         print({"backend": name, "max_abs_logit_diff_vs_uncaptured_b1": diff}, flush=True)
-    info = {"gpu": torch.cuda.get_device_name() if on_gpu else "none", "torch": torch.__version__, "rows": rows,
-            "node_placement": placement}
     try:
         import onnxruntime
 
