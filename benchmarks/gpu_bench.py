@@ -104,6 +104,8 @@ def main() -> None:
     ap.add_argument("--model", default="ViT-B-16")
     ap.add_argument("--device", default="cuda", help="cuda (the point) or cpu (a dry run of this script)")
     ap.add_argument("--no-cuda-graph", action="store_true", help="leave out the CUDA-graph rows")
+    ap.add_argument("--variants", default="plain,fused,fused-ln32",
+                    help="exported graphs to run: plain, fused (--fused-attention), fused-ln32 (fused, LayerNorm fp32)")
     args = ap.parse_args()
 
     from toolchain.correct.classifier import DebiasedClassifier, plain_classifier
@@ -169,10 +171,10 @@ def main() -> None:
 
     xb_np, x1_np = xb.float().cpu().numpy(), x1.float().cpu().numpy()
     xb_dev, x1_dev = xb.float().contiguous(), x1.float().contiguous()  # fp32 on the device: the graph's input type
-    variants = [("", False, (), ("fp32", "fp16")), (" fused attention", True, (), ("fp32", "fp16")),
-                (" fused attention, LayerNorm fp32", True, ("LayerNormalization",), ("fp16",))]  # the older fp16 graph
+    variants = {"plain": ("", False, (), ("fp32", "fp16")), "fused": (" fused attention", True, (), ("fp32", "fp16")),
+                "fused-ln32": (" fused attention, LayerNorm fp32", True, ("LayerNormalization",), ("fp16",))}
     graphs = (False, True) if on_gpu and not args.no_cuda_graph else (False,)
-    for suffix, fused, fp32_ops, precisions in variants:
+    for suffix, fused, fp32_ops, precisions in (variants[v] for v in args.variants.split(",")):
         art = export_onnx(debiased, Path(tempfile.mkdtemp()) / "artifact", precision="both", fused_attention=fused,
                           fp16_fp32_ops=fp32_ops)
         for precision in precisions:

@@ -119,20 +119,22 @@ def export_module_onnx(module: Any, example: Any, path: str | Path, opset: int =
     """Trace ``module(example)`` to ONNX at ``path`` with a dynamic batch axis on the input and every output, then run
     ``onnx.checker``. Serves the classifier (image -> logits, embedding) and the plain encoder (image -> embedding).
 
-    ``fused_attention``: every ``ExplicitAttention`` is written as ONNX Runtime's ``com.microsoft::MultiHeadAttention``
-    (fused attention kernels; ONNX Runtime only, not TensorRT) instead of MatMul/Softmax/MatMul."""
+    ``fused_attention``: an ONNX Runtime-only graph (not TensorRT): every full-query ``ExplicitAttention`` is written as
+    ``com.microsoft::Attention`` (QKV projection + bias + fused attention kernel), the CLS-only last layer as
+    ``MultiHeadAttention``, each residual Add + LayerNormalization (with the bias Add before it) as
+    ``SkipLayerNormalization`` (``exporters.ort_fusions``), and the patch embedding as patchify + MatMul."""
     import onnx
     import torch
 
-    from toolchain.models.tower import ExplicitAttention
+    from toolchain.models.tower import ExplicitAttention, ExplicitViT
 
     path = Path(path)
     module = module.eval()
     axes = {input_name: {0: "batch"}, **{n: {0: "batch"} for n in output_names}}
-    attentions = [m for m in module.modules() if isinstance(m, ExplicitAttention)]
+    fusable = [m for m in module.modules() if isinstance(m, (ExplicitAttention, ExplicitViT))]
     extra = {"custom_opsets": {"com.microsoft": 1}} if fused_attention else {}
     try:
-        for m in attentions:
+        for m in fusable:
             m.onnx_fused = fused_attention
         with torch.no_grad(), _quiet_tracer_warnings():
             torch.onnx.export(module, (example,), str(path), input_names=[input_name], output_names=list(output_names),
@@ -142,8 +144,15 @@ def export_module_onnx(module: Any, example: Any, path: str | Path, opset: int =
         raise ClipDebiasError(f"{path}: torch.onnx.export failed at opset {opset} "
                               f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
     finally:
-        for m in attentions:
+        for m in fusable:
             m.onnx_fused = False
+    if fused_attention:  # an ONNX Runtime-only graph anyway: also fuse residual Add + LayerNorm (+ bias)
+        from exporters.ort_fusions import fuse_skip_layer_norm
+
+        graph = onnx.load(str(path))
+        fused = fuse_skip_layer_norm(graph)
+        log.debug("%s: %s", path, fused)
+        onnx.save(graph, str(path))
     try:
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as e:
@@ -230,7 +239,8 @@ def quantize_int8(src: str | Path, dst: str | Path) -> Path:
     quant_log.setLevel(logging.ERROR)
     try:
         quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
-                         per_channel=True, reduce_range=True, weight_type=QuantType.QInt8)
+                         per_channel=True, reduce_range=True, weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # for contrib ops' outputs
     finally:
         quant_log.setLevel(level)
     try:

@@ -351,8 +351,10 @@ def test_refuses_to_replace_a_non_artifact_directory(tiny_edited, tmp_path):
 
 
 def test_fused_attention_export(tmp_path, tiny_clip):
-    """--fused-attention writes every attention as com.microsoft::MultiHeadAttention; the parity gates still hold, the
-    runtime runs it (dynamic batch), and the manifest records it; int8 quantization applies on top of it."""
+    """--fused-attention writes full-query attention as com.microsoft::Attention (QKV projection inside), the CLS-only
+    last layer as MultiHeadAttention, and every residual Add + LayerNorm after the first block's as
+    SkipLayerNormalization with its bias folded in; the parity gates still hold, the runtime runs it (dynamic batch),
+    and the manifest records it; int8 quantization applies on top of it."""
     import numpy as np
     import onnx
     import torch
@@ -365,9 +367,13 @@ def test_fused_attention_export(tmp_path, tiny_clip):
     art = export_onnx(model, tmp_path / "art", precision="fp32,fp16,int8", fused_attention=True, ort_optimize=False)
     graph = onnx.load(str(art / "model.onnx")).graph
     ops = [n.op_type for n in graph.node]
-    assert ops.count("MultiHeadAttention") == 4 and "Softmax" not in ops
+    assert ops.count("Attention") == 3 and ops.count("MultiHeadAttention") == 1 and "Softmax" not in ops
+    skip = [n for n in graph.node if n.op_type == "SkipLayerNormalization"]
+    assert len(skip) == 7 and all(len(n.input) == 5 for n in skip)  # ln_2 of 4 blocks, ln_1 of blocks 1-3; + bias
+    assert ops.count("LayerNormalization") == 3  # ln_pre, blocks.0 ln_1, ln_post
     ops8 = [n.op_type for n in onnx.load(str(art / "model.int8.onnx")).graph.node]  # both rewrites compose
-    assert ops8.count("MultiHeadAttention") == 4 and ops8.count("MatMulInteger") == 16
+    assert ops8.count("Attention") == 3 and ops8.count("SkipLayerNormalization") == 7
+    assert ops8.count("MatMulInteger") == 13  # out, fc1, fc2 of 4 blocks + the last block's qkv
     assert runtime.load(art, device="cpu").manifest.export == {"fused_attention": True, "fp16_fp32_ops": []}
     x = np.random.default_rng(0).standard_normal((7, 3, 32, 32)).astype(np.float32)
     with torch.no_grad():

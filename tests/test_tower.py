@@ -48,6 +48,18 @@ def test_vitb16_parity():
     assert _parity(load_clip("ViT-B-16")) <= TOL
 
 
+def test_patchify_matmul_is_the_patch_convolution(vitb32_clip):
+    """The ONNX Runtime-only export writes conv1 as patchify + MatMul: the same numbers up to summation order."""
+    tower = ExplicitViT.from_open_clip(vitb32_clip.model.visual)
+    x = torch.randn(3, 3, *tower.cfg.image_size)
+    w = tower.conv1.weight
+    with torch.no_grad():
+        conv = tower.conv1(x).flatten(2).transpose(1, 2)  # [B, gh*gw, W]
+        gemm = tower.patchify(x) @ w.reshape(w.shape[0], -1).t()
+    assert gemm.shape == conv.shape == (3, 49, 768)
+    assert (gemm - conv).abs().max().item() <= TOL
+
+
 def test_tower_has_no_multihead_attention(tiny_clip):
     tower = ExplicitViT.from_open_clip(tiny_clip.model.visual)
     assert not any(isinstance(m, torch.nn.MultiheadAttention) for m in tower.modules())

@@ -111,6 +111,24 @@ class OrtMultiHeadAttention(torch.autograd.Function):
         return g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=heads).setType(q.type())
 
 
+class OrtAttention(torch.autograd.Function):
+    """x [B, N, W] -> per-head softmax(q k^T / sqrt(Dh)) v, heads concatenated [B, N, W], with [q | k | v] = x @ w + b
+    (w [W, 3W], b [3W]).
+
+    Exported as ONNX Runtime's ``com.microsoft::Attention``: the QKV projection, its bias and the fused attention
+    kernel in one op, so the graph holds no Split of q, k, v and no separate bias Add (used for full-query layers
+    while exporting with ``fused_attention``)."""
+
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, heads: int) -> torch.Tensor:
+        q, k, v = (x @ w + b).chunk(3, dim=-1)
+        return OrtMultiHeadAttention.forward(ctx, q, k, v, heads)
+
+    @staticmethod
+    def symbolic(g: object, x: object, w: object, b: object, heads: int) -> object:
+        return g.op("com.microsoft::Attention", x, w, b, num_heads_i=heads).setType(x.type())
+
+
 class ExplicitAttention(nn.Module):
     """Multi-head self-attention written out: qkv projection, split heads, SDPA, merge, output projection.
 
@@ -141,8 +159,11 @@ class ExplicitAttention(nn.Module):
         """Per-head attention outputs before the output projection: [B, H, Nq, Dh], Nq = 1 if ``cls_only`` else N."""
         if self.onnx_fused and torch.onnx.is_in_onnx_export():
             self._check_tokens(x)
-            q, k, v = self.qkv(x).split(self.width, dim=-1)  # [B, N, W] each, head h = columns h*Dh:(h+1)*Dh
-            o = OrtMultiHeadAttention.apply(q[:, :1] if cls_only else q, k, v, self.heads)
+            if cls_only:  # one query row: MultiHeadAttention on q[:, :1] and all keys
+                q, k, v = self.qkv(x).split(self.width, dim=-1)  # [B, N, W] each, head h = columns h*Dh:(h+1)*Dh
+                o = OrtMultiHeadAttention.apply(q[:, :1], k, v, self.heads)
+            else:
+                o = OrtAttention.apply(x, self.qkv.weight.t(), self.qkv.bias, self.heads)
             return o.reshape(-1, 1 if cls_only else self.tokens, self.heads, self.head_dim).transpose(1, 2)
         q, k, v = self.qkv_heads(x)
         if cls_only:
@@ -213,6 +234,7 @@ class ExplicitViT(nn.Module):
         self.blocks = nn.ModuleList(ExplicitBlock(cfg) for _ in range(cfg.layers))
         self.ln_post = nn.LayerNorm(w, eps=cfg.eps)
         self.proj = nn.Parameter(torch.zeros(w, cfg.output_dim)) if cfg.output_dim is not None else None
+        self.onnx_fused = False  # set by the exporter: patch embedding as patchify + MatMul while exporting
 
     # ---- construction -------------------------------------------------------------------------------------------
     @classmethod
@@ -252,12 +274,25 @@ class ExplicitViT(nn.Module):
         if not torch.jit.is_tracing() and tuple(images.shape[-2:]) != tuple(self.cfg.image_size):
             raise ClipDebiasError(f"images of size {list(images.shape[-2:])}; this tower takes "
                                   f"{list(self.cfg.image_size)} (preprocess with the model's transform)")
-        x = self.conv1(images).reshape(-1, self.cfg.width, self.cfg.tokens - 1).transpose(1, 2)  # [B, gh*gw, W]
+        if self.onnx_fused and torch.onnx.is_in_onnx_export():
+            x = self.patchify(images) @ self.conv1.weight.reshape(self.cfg.width, -1).t()  # [B, gh*gw, W]
+        else:
+            x = self.conv1(images).reshape(-1, self.cfg.width, self.cfg.tokens - 1).transpose(1, 2)  # [B, gh*gw, W]
         pos = self.positional_embedding.to(x.dtype)
-        first = (self.class_embedding.to(x.dtype) + pos[0])[None]  # cls + pos_0, [1, W]
-        # [cls; patches] + pos as a zero row padded on top plus constants: the same sums, no batch-sized expand
-        x = F.pad(x, (0, 0, 1, 0)) + torch.cat([first, pos[1:]])
+        first = self.class_embedding.to(x.dtype) + pos[0]  # cls + pos_0, [W]
+        # the CLS row made batch-sized as 0 * (a patch row) + constant: no expand to a run-time batch size (no Shape
+        # op), and a graph whose shapes ONNX inference follows ([batch, N, W] throughout); 0 * finite = 0 exactly
+        x = torch.cat([x[:, :1] * 0 + first, x + pos[1:]], dim=1)
         return self.ln_pre(x)
+
+    def patchify(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> [B, gh*gw, 3*ph*pw], patches in row-major grid order, each flattened (channel, row, col) like
+        a ``conv1`` weight row: ``conv1(images)`` is ``patchify(images) @ conv1.weight.reshape(W, -1).T``. The exporter's
+        ONNX Runtime-only graph uses this form: one transpose of the input and a GEMM instead of a strided convolution
+        with its layout conversions."""
+        (gh, gw), (ph, pw) = self.cfg.grid, self.cfg.patch_size
+        x = images.reshape(-1, 3, gh, ph, gw, pw).permute(0, 2, 4, 1, 3, 5)
+        return x.reshape(-1, gh * gw, 3 * ph * pw)
 
     def project(self, cls_final: torch.Tensor) -> torch.Tensor:
         """[B, W] -> y [B, D] = ln_post(x) @ proj."""
