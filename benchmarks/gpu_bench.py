@@ -1,14 +1,16 @@
 """GPU throughput (batch 256) and batch-1 latency of ViT-B-16 per backend, measured in one run on one CUDA machine.
 
 Rows: open_clip torch eager fp16 (plain encoder), the debiased torch model fp16 (2 ablated + 1 projected head in the
-last two layers, zero-shot head), and the torch-free runtime on ONNX Runtime CUDA, fp32 and fp16, with plain and with
-fused attention (``export_onnx(fused_attention=True)``), plus fp16 fused with LayerNorm kept in fp32 (the fp16 graph
-as exported before 2026-11-22, for comparison) -- numpy in, numpy out: host<->device copies included, as a
-service sees it -- and on CUDA the same runtime fed a device-resident torch CUDA tensor (``__cuda_array_interface__``,
-bound in place; outputs copied back), each also with ``cuda_graph=True`` (ONNX Runtime CUDA graphs: one captured
-graph per batch size, replayed; the row records its max |logit diff| against the uncaptured session). Also where
-onnxruntime placed the nodes of each graph (``node_placement``: CPU nodes and Memcpy on a CUDA session). Random
-weights (no pretrained weights here).
+last two layers, zero-shot head), and the torch-free runtime on ONNX Runtime CUDA, fp32 and fp16, for the ONNX
+Runtime-fused graph (``export_onnx(fused_attention=True)``: Attention, SkipLayerNormalization, patchify + MatMul) and
+the plain one (``--variants``; ``plain-ln32``: the plain fp16 graph with LayerNorm kept in fp32, as exported before
+2026-11-22) -- numpy in, numpy out (host<->device copies included, as a service sees it), and a device-resident torch
+CUDA tensor in (bound in place; outputs copied back), each also with ``cuda_graph=True`` (one captured graph per batch
+size, replayed; the row records its max |logit diff| against the uncaptured session). Also recorded: each uncaptured
+backend's max |logit diff| against the torch model in fp32 on the CPU (batch 4); where onnxruntime placed the nodes
+(``node_placement``: CPU nodes and Memcpy on a CUDA session); GPU time per CUDA kernel at batch 256
+(``kernel_profile``, torch's profiler) for open_clip eager and the fused graphs; and the steps of a fused fp16
+CUDA-graph call (``graph_breakdown_b256``). Random weights (no pretrained weights here).
 
     python benchmarks/gpu_bench.py --out gpu_bench.json
 """
@@ -96,6 +98,25 @@ def kernel_profile(fn: Callable[[], object], runs: int = 3, top: int = 20) -> di
         for e in kernels[:top]]}
 
 
+def graph_breakdown(clf: object, x_dev: torch.Tensor, iters: int) -> dict[str, float]:
+    """Median ms of each step of a CUDA-graph call at ``x_dev``'s batch size, from a device tensor: the copy into the
+    graph's input buffer, the replay (onnxruntime's run, which waits for the GPU), the outputs to the host, and the
+    whole ``predict_logits`` call (checks and bookkeeping included)."""
+    import onnxruntime as ort
+
+    graphs = clf.backend.graphs  # type: ignore[attr-defined]
+    clf.predict_logits(x_dev)  # type: ignore[attr-defined]  # captures this size
+    slot = graphs._slots[int(x_dev.shape[0])]
+    src = ort.OrtValue.from_dlpack(x_dev)
+    return {
+        "copy_in_ms": round(median_ms(lambda: slot.image.update_inplace(src), iters), 3),
+        "replay_ms": round(median_ms(lambda: graphs.session.run_with_iobinding(slot.binding, slot.options), iters), 3),
+        "outputs_to_host_ms": round(median_ms(lambda: [np.array(v.numpy(), copy=True) for v in slot.outputs], iters,
+                                              cuda=False), 3),
+        "call_ms": round(median_ms(lambda: clf.predict_logits(x_dev), iters, cuda=False), 3),  # type: ignore[attr-defined]
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("gpu_bench.json"))
@@ -104,8 +125,8 @@ def main() -> None:
     ap.add_argument("--model", default="ViT-B-16")
     ap.add_argument("--device", default="cuda", help="cuda (the point) or cpu (a dry run of this script)")
     ap.add_argument("--no-cuda-graph", action="store_true", help="leave out the CUDA-graph rows")
-    ap.add_argument("--variants", default="plain,fused,fused-ln32",
-                    help="exported graphs to run: plain, fused (--fused-attention), fused-ln32 (fused, LayerNorm fp32)")
+    ap.add_argument("--variants", default="fused,plain",
+                    help="exported graphs to run: fused (--fused-attention), plain, plain-ln32 (plain, LayerNorm fp32)")
     args = ap.parse_args()
 
     from toolchain.correct.classifier import DebiasedClassifier, plain_classifier
@@ -171,8 +192,12 @@ def main() -> None:
 
     xb_np, x1_np = xb.float().cpu().numpy(), x1.float().cpu().numpy()
     xb_dev, x1_dev = xb.float().contiguous(), x1.float().contiguous()  # fp32 on the device: the graph's input type
+    with torch.no_grad():
+        ref4 = debiased(torch.from_numpy(xb_np[:4]))[0].numpy()
+    breakdown: dict[str, object] = {}
+    info["graph_breakdown_b256"] = breakdown
     variants = {"plain": ("", False, (), ("fp32", "fp16")), "fused": (" fused attention", True, (), ("fp32", "fp16")),
-                "fused-ln32": (" fused attention, LayerNorm fp32", True, ("LayerNormalization",), ("fp16",))}
+                "plain-ln32": (", LayerNorm fp32", False, ("LayerNormalization",), ("fp16",))}
     graphs = (False, True) if on_gpu and not args.no_cuda_graph else (False,)
     for suffix, fused, fp32_ops, precisions in (variants[v] for v in args.variants.split(",")):
         art = export_onnx(debiased, Path(tempfile.mkdtemp()) / "artifact", precision="both", fused_attention=fused,
@@ -206,7 +231,16 @@ def main() -> None:
                     if graph and uncaptured is not None:  # the captured graph must compute what the uncaptured one does
                         diff = float(np.abs(clf.predict_logits(x1_np) - uncaptured.predict_logits(x1_np)).max())
                         rows[-1]["max_abs_logit_diff_vs_uncaptured_b1"] = diff
-                        print({"backend": name, "max_abs_logit_diff_vs_uncaptured_b1": diff}, flush=True)
+                        print({"backend": rows[-1]["backend"], "max_abs_logit_diff_vs_uncaptured_b1": diff}, flush=True)
+                if not graph:  # what this backend computes vs the torch model in fp32 on the CPU
+                    rows[-1]["max_abs_logit_diff_vs_torch_fp32_b4"] = float(
+                        np.abs(clf.predict_logits(xb_np[:4]) - ref4).max())
+                if on_gpu and graph and precision == "fp16" and fused:
+                    try:
+                        breakdown[key] = graph_breakdown(clf, xb_dev, args.iters)
+                    except Exception as e:  # report, don't hide
+                        breakdown[key] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+                    print({"graph_breakdown_b256": key, **breakdown[key]}, flush=True)
     try:
         import onnxruntime
 

@@ -193,6 +193,24 @@ def _topo_sort(graph: Any) -> None:
     graph.node.extend(ordered)
 
 
+def _drop_repeated_casts(graph: Any) -> None:
+    """Keep one of identical Cast nodes (same input, same output name, same target type). The fp16 converter inserts
+    one Cast per fp32-kept consumer, named after the value it converts, so a value read by two such ops (in a fused
+    graph, e.g. the residual stream read by Add and LayerNormalization when both are kept) would be produced twice."""
+    seen: dict[str, Any] = {}
+    kept = []
+    for node in graph.node:
+        if node.op_type == "Cast" and node.output[0] in seen:
+            first = seen[node.output[0]]
+            if list(first.input) == list(node.input) and first.attribute == node.attribute:
+                continue
+        seen.setdefault(node.output[0], node)
+        kept.append(node)
+    if len(kept) < len(graph.node):
+        del graph.node[:]
+        graph.node.extend(kept)
+
+
 def check_op_types(ops: Sequence[str], option: str = "--fp16-fp32-ops") -> list[str]:
     """``ops`` as a list, each checked to be an ONNX (or onnxruntime contrib) operator type; one line otherwise."""
     import onnx
@@ -212,6 +230,7 @@ def convert_fp16(src: str | Path, dst: str | Path, keep_fp32_ops: Sequence[str] 
     model = onnx.load(str(src))
     m16 = convert_float_to_float16(model, keep_io_types=True,
                                    op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(keep_fp32_ops))
+    _drop_repeated_casts(m16.graph)
     _topo_sort(m16.graph)
     onnx.save(m16, str(dst))
     try:
@@ -416,6 +435,9 @@ def export_onnx_report(model_dir_or_model: Any, out: str | Path, precision: str 
 
     wanted = parse_precisions(precision)
     fp16_fp32_ops = check_op_types(fp16_fp32_ops)
+    if fused_attention and {"LayerNormalization", "SkipLayerNormalization"} & set(fp16_fp32_ops):
+        raise ClipDebiasError("--fp16-fp32-ops LayerNormalization does not combine with --fused-attention: the fused "
+                              "graph normalizes with SkipLayerNormalization, which keeps its statistics in fp32 anyway")
     model = _as_classifier(model_dir_or_model)
     h, w = model.tower.cfg.image_size
     x = gate_images(h, w, gate_batch, seed)

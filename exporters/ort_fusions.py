@@ -95,16 +95,20 @@ class _InferredShapes:
         return None if dims is None else [object() if d is None else d for d in dims]
 
 
-def _bypass_initializer_identities(wrapped: Any) -> None:
-    """Let consumers of ``Identity(initializer)`` read the initializer itself. The torch exporter writes equal weights
-    (e.g. the zero biases of a fresh model) once and the copies as Identity nodes; the bias fusion needs an
-    initializer."""
+def _materialize_initializer_identities(wrapped: Any) -> None:
+    """Replace each ``Identity(initializer)`` by an initializer of its own under the Identity's output name. The torch
+    exporter writes equal weights (e.g. the zero biases of a fresh model) once and the copies as Identity nodes; the
+    bias fusion needs an initializer. A copy, not a shared read: the fp16 converter names the Cast it puts before an
+    fp32-kept op after the initializer it reads, so two such ops reading one initializer would collide."""
+    from onnx import numpy_helper
+
     outputs = {o.name for o in wrapped.model.graph.output}
     for node in list(wrapped.model.graph.node):
-        if node.op_type == "Identity" and wrapped.get_initializer(node.input[0]) is not None \
-                and node.output[0] not in outputs:
-            wrapped.replace_input_of_all_nodes(node.output[0], node.input[0])
-            wrapped.remove_node(node)
+        source = wrapped.get_initializer(node.input[0]) if node.op_type == "Identity" else None
+        if source is None or node.output[0] in outputs:
+            continue
+        wrapped.add_initializer(numpy_helper.from_array(numpy_helper.to_array(source), node.output[0]))
+        wrapped.remove_node(node)
 
 
 def fuse_skip_layer_norm(model: Any) -> dict[str, int]:
@@ -118,7 +122,7 @@ def fuse_skip_layer_norm(model: Any) -> dict[str, int]:
 
     pin_batch_reshapes(model)
     wrapped = OnnxModel(model)
-    _bypass_initializer_identities(wrapped)
+    _materialize_initializer_identities(wrapped)
     skip = FusionSkipLayerNormalization(wrapped, shape_infer=False)
     skip.shape_infer_helper = _InferredShapes(model)  # the library's own shape check, with ONNX's inference
     skip.apply()

@@ -421,3 +421,23 @@ def test_fp16_layernorm_in_fp16_survives_outlier_channels(tiny_clip, tmp_path):
     with pytest.raises(ClipDebiasError, match="'Layernorm' is not an ONNX operator type") as e:
         export_onnx(model, tmp_path / "c", precision="fp16", fp16_fp32_ops=["Layernorm"])
     assert "\n" not in str(e.value) and not (tmp_path / "c").exists()
+
+
+def test_fused_graph_refuses_layernorm_in_fp32(tiny_clip, tmp_path):
+    """--fused-attention normalizes with SkipLayerNormalization (fp32 statistics, like LayerNorm's stash_type): asking
+    to keep LayerNorm in fp32 as well is refused in one line, and nothing is written."""
+    with pytest.raises(ClipDebiasError, match="does not combine with --fused-attention") as e:
+        export_onnx(plain_classifier(tiny_clip, ["a", "b"]), tmp_path / "a", precision="fp16", fused_attention=True,
+                    fp16_fp32_ops=["LayerNormalization"])
+    assert "\n" not in str(e.value) and not (tmp_path / "a").exists()
+
+
+def test_fp16_repeated_casts_dropped(tiny_clip, tmp_path):
+    """Two fp32-kept ops reading one fp16 value (the residual stream feeds Add and LayerNorm) get one Cast, not two
+    nodes writing the same name (which onnx.checker rejects)."""
+    art = export_onnx(plain_classifier(tiny_clip, ["a", "b"]), tmp_path / "a", precision="fp16", ort_optimize=False,
+                      fp16_fp32_ops=["Add", "LayerNormalization"])
+    import onnx
+
+    outputs = [o for n in onnx.load(str(art / "model.fp16.onnx")).graph.node for o in n.output if o]
+    assert len(outputs) == len(set(outputs))
