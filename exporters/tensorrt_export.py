@@ -151,8 +151,8 @@ def export_tensorrt(artifact: str | Path, opts: EngineOptions | None = None) -> 
     artifact = Path(artifact)
     manifest = Manifest.load(artifact)
     if manifest.export.get("fused_attention"):
-        raise ClipDebiasError(f"{artifact}: exported with --fused-attention (ONNX Runtime's MultiHeadAttention op, "
-                              "which TensorRT cannot parse); re-export without it for TensorRT")
+        raise ClipDebiasError(f"{artifact}: exported with --fused-attention (ONNX Runtime's contrib ops, which "
+                              "TensorRT cannot parse); re-export without it for TensorRT")
     trt = import_tensorrt()
     opts = opts or EngineOptions()
     opts.check()

@@ -36,8 +36,9 @@ def onnx_cmd(
                                                help="Also save model.ort.onnx when it is measurably faster.")] = True,
     fused_attention: Annotated[bool, typer.Option(
         "--fused-attention/--no-fused-attention",
-        help="Write attention as ONNX Runtime's fused MultiHeadAttention (faster on CUDA; ONNX Runtime only, "
-             "not TensorRT).")] = False,
+        help="Write an ONNX Runtime-only graph with its fused ops (Attention, SkipLayerNormalization; patch "
+             "embedding as a GEMM): the fast one on CUDA (H100, ViT-B/16 fp16: 1.8x the plain graph), not for "
+             "TensorRT.")] = False,
     fp16_fp32_ops: Annotated[str, typer.Option(
         "--fp16-fp32-ops",
         help="Comma list of ONNX op types model.fp16.onnx keeps in fp32, e.g. LayerNormalization (default: none; "
