@@ -113,7 +113,7 @@ def graph_breakdown(clf: object, x_dev: torch.Tensor, iters: int) -> dict[str, f
         "replay_ms": round(median_ms(lambda: graphs.session.run_with_iobinding(slot.binding, slot.options), iters), 3),
         "outputs_to_host_ms": round(median_ms(lambda: [np.array(v.numpy(), copy=True) for v in slot.outputs], iters,
                                               cuda=False), 3),
-        "call_ms": round(median_ms(lambda: clf.predict_logits(x_dev), iters, cuda=False), 3),  # type: ignore[attr-defined]
+        "call_ms": round(median_ms(lambda: clf.predict_logits(x_dev), iters, cuda=False), 3),  # type: ignore
     }
 
 

@@ -286,10 +286,10 @@ class ExplicitViT(nn.Module):
         return self.ln_pre(x)
 
     def patchify(self, images: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] -> [B, gh*gw, 3*ph*pw], patches in row-major grid order, each flattened (channel, row, col) like
-        a ``conv1`` weight row: ``conv1(images)`` is ``patchify(images) @ conv1.weight.reshape(W, -1).T``. The exporter's
-        ONNX Runtime-only graph uses this form: one transpose of the input and a GEMM instead of a strided convolution
-        with its layout conversions."""
+        """[B, 3, H, W] -> [B, gh*gw, 3*ph*pw], patches in row-major grid order, each flattened (channel, row, col)
+        like a ``conv1`` weight row: ``conv1(images)`` is ``patchify(images) @ conv1.weight.reshape(W, -1).T``. The
+        exporter's ONNX Runtime-only graph uses this form: one transpose of the input and a GEMM instead of a strided
+        convolution with its layout conversions."""
         (gh, gw), (ph, pw) = self.cfg.grid, self.cfg.patch_size
         x = images.reshape(-1, 3, gh, ph, gw, pw).permute(0, 2, 4, 1, 3, 5)
         return x.reshape(-1, gh * gw, 3 * ph * pw)
