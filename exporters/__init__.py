@@ -6,7 +6,7 @@ Importing this package is cheap: torch, onnx and tensorrt are imported inside th
 
 from __future__ import annotations
 
-from typing import Any
+from runtime.lazy_exports import lazy_exports
 
 _LAZY = {
     "export_onnx": "exporters.onnx_export",
@@ -20,10 +20,4 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'exporters' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports("exporters", _LAZY, globals())

@@ -5,13 +5,13 @@
     preds = clf.classify(["bird.jpg"])                          # [Prediction(label, index, probabilities, logits)]
     logits = clf.predict_logits(batch)                          # float32 [N, 3, H, W] -> [N, C]
 
-``runtime.verify.verify`` checks an artifact on a labelled dataset. Names are imported lazily, so ``import runtime`` (done by ``toolchain.errors``) stays cheap.
+``runtime.verify.verify`` checks an artifact on a labelled dataset. Names are imported lazily, so ``import runtime``
+(done by ``toolchain.errors``) stays cheap.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from runtime.lazy_exports import lazy_exports
 
 _EXPORTS = {
     "load": "runtime.classifier",
@@ -25,6 +25,7 @@ _EXPORTS = {
     "TensorSpec": "runtime.manifest",
     "ModelFile": "runtime.manifest",
     "BackendError": "runtime.backends",
+    "BackendOptions": "runtime.backends",
     "ClipDebiasError": "runtime.errors",
     "ArtifactError": "runtime.errors",
     "InputError": "runtime.errors",
@@ -34,15 +35,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'runtime' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports("runtime", _EXPORTS, globals())

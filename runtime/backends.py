@@ -336,6 +336,15 @@ def _cudart() -> Any:
     return cudart
 
 
+def import_tensorrt() -> Any:
+    """The ``tensorrt`` module, or one ``BackendError`` line saying it is not installed."""
+    try:
+        import tensorrt  # type: ignore[import-not-found]
+    except ImportError:
+        raise BackendError("backend 'tensorrt': the tensorrt package is not installed (pip install tensorrt)") from None
+    return tensorrt
+
+
 def tensorrt_available() -> bool:
     """``tensorrt`` and cuda-python importable and at least one CUDA device visible."""
     try:
@@ -399,10 +408,7 @@ class TensorRTBackend:
     device: str = field(default="cuda", init=False)
 
     def __post_init__(self) -> None:
-        try:
-            import tensorrt as trt  # type: ignore[import-not-found]
-        except ImportError:
-            raise BackendError("backend 'tensorrt': the tensorrt package is not installed (pip install tensorrt)") from None
+        trt = import_tensorrt()
         try:
             self._cudart = _cudart()
         except ImportError:
@@ -420,7 +426,8 @@ class TensorRTBackend:
                 import json
 
                 side = json.loads(self.path.with_name(self.path.name + ".json").read_text())
-                built = f" (built with TensorRT {side.get('tensorrt', '?')} for {side.get('gpu', side.get('gpu_name', '?'))})"
+                gpu = side.get("gpu", side.get("gpu_name", "?"))
+                built = f" (built with TensorRT {side.get('tensorrt', '?')} for {gpu})"
             except Exception:
                 pass
             raise ArtifactError(
@@ -502,20 +509,26 @@ def _listed(manifest: Manifest, kind: str, precision: str, root: Path) -> ModelF
     return mf
 
 
-def select_backend(
-    root: Path,
-    manifest: Manifest,
-    backend: str = "auto",
-    device: str = "auto",
-    precision: str = "fp32",
-    *,
-    intra_op_threads: int | None = None,
-    use_ort_optimized: bool = True,
-    check_sha256: bool = True,
-    cuda_graph: bool = False,
-) -> Backend:
-    """Pick and open the backend (see the module docstring). Hashes the chosen model file before opening it.
-    ``cuda_graph``: ONNX Runtime CUDA graphs (``OrtBackend``); needs backend onnxruntime (or auto) and device cuda."""
+@dataclass(frozen=True)
+class BackendOptions:
+    """How ``select_backend`` opens the chosen model file.
+
+    intra_op_threads:  ONNX Runtime CPU threads (None: onnxruntime's default, one per core)
+    use_ort_optimized: on the CPU, prefer the listed ``onnx-ort`` fp32 graph (``model.ort.onnx``) when there is one
+    check_sha256:      hash the chosen model file against the manifest before opening it
+    cuda_graph:        ONNX Runtime CUDA graphs, one captured per batch size (backend onnxruntime or auto, device
+                       cuda; see ``runtime.captured_graphs``)
+    """
+
+    intra_op_threads: int | None = None
+    use_ort_optimized: bool = True
+    check_sha256: bool = True
+    cuda_graph: bool = False
+
+
+def select_backend(root: Path, manifest: Manifest, backend: str = "auto", device: str = "auto",
+                   precision: str = "fp32", options: BackendOptions = BackendOptions()) -> Backend:
+    """Pick and open the backend (see the module docstring) for ``manifest`` of the artifact at ``root``."""
     if backend not in BACKENDS:
         raise BackendError(f"backend {backend!r} is not one of {BACKENDS}")
     if device not in DEVICES:
@@ -525,10 +538,11 @@ def select_backend(
     manifest.check_files(root, verify=[])  # every listed file exists
 
     def verified(mf: ModelFile) -> ModelFile:
-        if check_sha256:
+        if options.check_sha256:
             manifest.check_files(root, verify=[mf])
         return mf
 
+    cuda_graph, threads = options.cuda_graph, options.intra_op_threads
     if cuda_graph:
         check_cuda_graph(backend, device)
     plan = manifest.file("tensorrt", precision)
@@ -537,10 +551,7 @@ def select_backend(
     )):
         if device == "cpu":
             raise BackendError("backend 'tensorrt' needs device 'cuda' (or 'auto'), got 'cpu'")
-        try:
-            import tensorrt  # type: ignore[import-not-found]  # noqa: F401
-        except ImportError:
-            raise BackendError("backend 'tensorrt': the tensorrt package is not installed (pip install tensorrt)") from None
+        import_tensorrt()
         mf = verified(_listed(manifest, "tensorrt", precision, root))
         return TensorRTBackend(root / mf.path, mf, manifest, precision)
 
@@ -549,12 +560,12 @@ def select_backend(
             raise BackendError("precision 'int8': the dynamically quantized graph runs on the CPU provider only; use "
                                "device 'cpu' (or 'auto'), or precision fp16 on CUDA")
         mf = _listed(manifest, "onnx", "int8", root)
-        return OrtBackend(root / verified(mf).path, mf, manifest, "cpu", precision, intra_op_threads)
+        return OrtBackend(root / verified(mf).path, mf, manifest, "cpu", precision, threads)
     on_cuda = device == "cuda" or (device == "auto" and ort_has_cuda())
     if precision == "fp16":
         mf = _listed(manifest, "onnx", "fp16", root)
-    elif not on_cuda and use_ort_optimized and manifest.file("onnx-ort", "fp32") is not None:
+    elif not on_cuda and options.use_ort_optimized and manifest.file("onnx-ort", "fp32") is not None:
         mf = _listed(manifest, "onnx-ort", "fp32", root)  # CPU-optimized graph: CPU only
     else:
         mf = _listed(manifest, "onnx", "fp32", root)
-    return OrtBackend(root / verified(mf).path, mf, manifest, device, precision, intra_op_threads, cuda_graph)
+    return OrtBackend(root / verified(mf).path, mf, manifest, device, precision, threads, cuda_graph)

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from runtime.backends import Backend, select_backend
+from runtime.backends import Backend, BackendOptions, select_backend
 from runtime.device_input import as_device_batch
 from runtime.errors import ArtifactError, InputError
 from runtime.manifest import MANIFEST_NAME, Manifest
@@ -182,7 +182,8 @@ class Classifier:
     def _as_batch(self, x: Any) -> np.ndarray:
         if isinstance(x, np.ndarray) and x.ndim == 4:
             return x
-        if isinstance(x, (Image.Image, str, os.PathLike)) or (isinstance(x, np.ndarray) and x.ndim in (2, 3) and x.dtype == np.uint8):
+        one_image = isinstance(x, np.ndarray) and x.ndim in (2, 3) and x.dtype == np.uint8
+        if one_image or isinstance(x, (Image.Image, str, os.PathLike)):
             return self.preprocessor.batch([x])
         if isinstance(x, np.ndarray):
             return x  # let check_batch name the problem
@@ -243,9 +244,6 @@ def load(
         pre = Preprocessor.from_manifest(manifest.preprocessing)
     except ValueError as e:
         raise ArtifactError(f"{root / MANIFEST_NAME}: field 'preprocessing': {e}") from None
-    b = select_backend(
-        root, manifest, backend, device, precision,
-        intra_op_threads=intra_op_threads, use_ort_optimized=use_ort_optimized, check_sha256=check_sha256,
-        cuda_graph=cuda_graph,
-    )
+    options = BackendOptions(intra_op_threads, use_ort_optimized, check_sha256, cuda_graph)
+    b = select_backend(root, manifest, backend, device, precision, options)
     return Classifier(root, manifest, b, pre, input_shape)
