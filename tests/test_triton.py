@@ -14,10 +14,7 @@ from runtime.errors import ClipDebiasError
 from runtime.manifest import MANIFEST_NAME, Manifest
 from toolchain.correct.classifier import plain_classifier
 
-ONNX_CONFIG = """\
-name: "clip_debias"
-platform: "onnxruntime_onnx"
-max_batch_size: 32
+IO_CONFIG = """\
 input [
   {
     name: "image"
@@ -37,6 +34,13 @@ output [
     dims: [ 32 ]
   }
 ]
+"""
+
+ONNX_CONFIG = """\
+name: "clip_debias"
+platform: "onnxruntime_onnx"
+max_batch_size: 32
+""" + IO_CONFIG + """\
 dynamic_batching {
   preferred_batch_size: [ 8, 16, 32 ]
   max_queue_delay_microseconds: 100
@@ -53,25 +57,7 @@ PLAN_CONFIG = """\
 name: "birds"
 platform: "tensorrt_plan"
 max_batch_size: 16
-input [
-  {
-    name: "image"
-    data_type: TYPE_FP32
-    dims: [ 3, 32, 32 ]
-  }
-]
-output [
-  {
-    name: "logits"
-    data_type: TYPE_FP32
-    dims: [ 3 ]
-  },
-  {
-    name: "embedding"
-    data_type: TYPE_FP32
-    dims: [ 32 ]
-  }
-]
+""" + IO_CONFIG + """\
 dynamic_batching {
   preferred_batch_size: [ 4, 6, 8, 16 ]
   max_queue_delay_microseconds: 100

@@ -96,6 +96,19 @@ def load_json(path: Path | None) -> Any:
         return None
 
 
+def json_section(page: Page, title: str, name: str, key: str, kind: type, missing: str
+                 ) -> tuple[dict[str, Any], Any] | None:
+    """Open a section: its heading, then (the JSON object of file ``name``, its field ``key``) when that field is a
+    ``kind``; else a note ``missing`` and None (the section ends there)."""
+    page.add(f"<h2>{title}</h2>")
+    data = load_json(find(page.root, name))
+    value = data.get(key) if isinstance(data, dict) else None
+    if not isinstance(value, kind):
+        page.note(missing)
+        return None
+    return data, value
+
+
 # ---- sections ---------------------------------------------------------------------------------------------------
 
 def section_plan(page: Page) -> None:
@@ -141,12 +154,11 @@ def _render_plan(plan_path: Path, out: Path) -> Path | None:
 
 
 def section_descriptions(page: Page) -> None:
-    page.add("<h2>Head descriptions (TextSpan)</h2>")
-    data = load_json(find(page.root, "descriptions.json"))
-    heads = data.get("heads") if isinstance(data, dict) else None
-    if not isinstance(heads, list):
-        page.note("no descriptions.json (run 'clip-debias explain')")
+    found = json_section(page, "Head descriptions (TextSpan)", "descriptions.json", "heads", list,
+                         "no descriptions.json (run 'clip-debias explain')")
+    if found is None:
         return
+    data, heads = found
     if data.get("pool"):
         page.add(f"<p>pool {esc(data['pool'])} ({esc(data.get('pool_size', '?'))} descriptions)</p>")
     for h in heads:
@@ -213,12 +225,11 @@ def section_compare(page: Page) -> None:
 
 
 def section_latency(page: Page) -> None:
-    page.add("<h2>Latency (verify)</h2>")
-    data = load_json(find(page.root, "report.json"))
-    lat = data.get("latency_ms") if isinstance(data, dict) else None
-    if not isinstance(lat, dict):
-        page.note("no verify report.json with latency_ms (run 'clip-debias verify --json DIR/report.json')")
+    found = json_section(page, "Latency (verify)", "report.json", "latency_ms", dict,
+                         "no verify report.json with latency_ms (run 'clip-debias verify --json DIR/report.json')")
+    if found is None:
         return
+    data, lat = found
     fmt = lambda v: f"{v:.2f}" if isinstance(v, (int, float)) else "-"  # noqa: E731
     thr = data.get("throughput_per_s")
     page.add(table(["p50 ms", "p95 ms", "p99 ms", "throughput / s"],
@@ -233,12 +244,11 @@ def section_latency(page: Page) -> None:
 
 
 def section_keywords(page: Page) -> None:
-    page.add("<h2>Discovered keywords (B2T)</h2>")
-    data = load_json(find(page.root, "keywords.json"))
-    classes = data.get("classes") if isinstance(data, dict) else None
-    if not isinstance(classes, list):
-        page.note("no keywords.json (run 'clip-debias discover')")
+    found = json_section(page, "Discovered keywords (B2T)", "keywords.json", "classes", list,
+                         "no keywords.json (run 'clip-debias discover')")
+    if found is None:
         return
+    _, classes = found
     for c in classes:
         page.add(f"<h3>{esc(c.get('class_name'))}: {esc(c.get('n_wrong'))} misclassified, "
                  f"{esc(c.get('n_correct'))} correct</h3>")
