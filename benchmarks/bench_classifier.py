@@ -44,7 +44,8 @@ def models() -> tuple[DebiasedClassifier, DebiasedClassifier]:
 
     plain = DebiasedClassifier(tower, ZeroShotHead(unit(2, d)), spec([], [], 0)).eval()
     edited = DebiasedClassifier(tower, PerceptionHead(unit(4, 2, d), 100.0), spec(ABLATED, SALIENT, 3),
-                                ablation_means=0.01 * torch.randn(2, d), basis=orthonormal_basis(torch.randn(3, d))).eval()
+                                ablation_means=0.01 * torch.randn(2, d),
+                                basis=orthonormal_basis(torch.randn(3, d))).eval()
     return plain, edited
 
 

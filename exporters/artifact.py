@@ -64,8 +64,8 @@ def staged_artifact(out: str | Path) -> Iterator[Path]:
     if out.exists() and not out.is_dir():
         raise ClipDebiasError(f"{out}: exists and is not a directory (expected an artifact directory path)")
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
-        raise ClipDebiasError(f"{out}: exists, is not empty and has no {MANIFEST_NAME}; refusing to replace a directory "
-                              "that is not an artifact")
+        raise ClipDebiasError(f"{out}: exists, is not empty and has no {MANIFEST_NAME}; refusing to replace a "
+                              "directory that is not an artifact")
     tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; the artifact is meant to be shipped and read by services

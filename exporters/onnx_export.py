@@ -156,7 +156,8 @@ def export_module_onnx(module: Any, example: Any, path: str | Path, opset: int =
     try:
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as e:
-        raise ClipDebiasError(f"{path}: onnx.checker rejected the exported graph ({str(e).splitlines()[0][:200]})") from e
+        raise ClipDebiasError(f"{path}: onnx.checker rejected the exported graph "
+                              f"({str(e).splitlines()[0][:200]})") from e
     return path
 
 
@@ -288,8 +289,10 @@ def ort_session(path: str | Path, precision: str = "fp32", providers: Sequence[s
     ORT_ENABLE_ALL; the CPU has no fp16 GEMM, so higher levels buy nothing there)."""
     import onnxruntime as ort
 
-    levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+    levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
     level = level or "all"
     if precision == "fp16" and "CPUExecutionProvider" in providers and level in ("all", "extended"):
         level = "basic"
@@ -311,7 +314,8 @@ def gate_images(height: int, width: int, batch: int = GATE_BATCH, seed: int = 0)
     return np.random.default_rng(seed).standard_normal((batch, 3, height, width)).astype(np.float32)
 
 
-def compare(precision: str, logits: np.ndarray, emb: np.ndarray, ref_logits: np.ndarray, ref_emb: np.ndarray) -> GateResult:
+def compare(precision: str, logits: np.ndarray, emb: np.ndarray, ref_logits: np.ndarray,
+            ref_emb: np.ndarray) -> GateResult:
     """Gate one graph's outputs against the torch reference (tolerances: module docstring)."""
     scale = max(1.0, float(np.abs(ref_logits).max()))
     dl = float(np.abs(logits - ref_logits).max())
@@ -334,10 +338,12 @@ def compare(precision: str, logits: np.ndarray, emb: np.ndarray, ref_logits: np.
         reasons.append(f"min embedding cosine {cos:.6f} < {min_cos}")
     if not same[decided].all():
         reasons.append(f"argmax differs on {int((~same[decided]).sum())} of {int(decided.sum())} gate images")
-    return GateResult(precision, dl, de, tol, cos, float(same.mean()), int(decided.sum()), not reasons, "; ".join(reasons))
+    return GateResult(precision, dl, de, tol, cos, float(same.mean()), int(decided.sum()), not reasons,
+                      "; ".join(reasons))
 
 
-def run_gate(path: str | Path, precision: str, x: np.ndarray, ref_logits: np.ndarray, ref_emb: np.ndarray) -> GateResult:
+def run_gate(path: str | Path, precision: str, x: np.ndarray, ref_logits: np.ndarray,
+             ref_emb: np.ndarray) -> GateResult:
     """Run ``path`` on the gate batch with onnxruntime (CPU) and raise ``ClipDebiasError`` when it fails."""
     logits, emb = session_runner(ort_session(path, precision), precision)(x)  # as the runtime runs it
     res = compare(precision, logits, emb, ref_logits, ref_emb)
@@ -373,7 +379,8 @@ def preprocessing_of(cfg: dict[str, Any], image_size: tuple[int, int]) -> Prepro
     try:
         return Preprocessing(size=size, mean=[float(m) for m in cfg["mean"]], std=[float(s) for s in cfg["std"]],
                              interpolation=str(cfg.get("interpolation", "bicubic")),
-                             resize_mode=str(cfg.get("resize_mode", "shortest")), fill_color=int(cfg.get("fill_color", 0)))
+                             resize_mode=str(cfg.get("resize_mode", "shortest")),
+                             fill_color=int(cfg.get("fill_color", 0)))
     except KeyError as e:
         raise ClipDebiasError(f"config.json: field 'preprocess.{e.args[0]}' missing "
                               "(expected open_clip's preprocess_cfg)") from e

@@ -89,7 +89,8 @@ def _source_onnx(trt: Any, artifact: Path, manifest: Manifest, opts: EngineOptio
     return ONNX_FP32, False
 
 
-def build_engine(trt: Any, onnx_path: Path, height: int, width: int, opts: EngineOptions, strongly_typed: bool) -> bytes:
+def build_engine(trt: Any, onnx_path: Path, height: int, width: int, opts: EngineOptions,
+                 strongly_typed: bool) -> bytes:
     """Parse ``onnx_path`` and build a serialized engine with one batch profile."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)

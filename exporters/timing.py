@@ -11,7 +11,8 @@ import time
 from typing import Any, Callable, Sequence
 
 
-def round_robin(fns: Sequence[Callable[[], Any]], rounds: int, warmup: int = 1) -> tuple[list[list[float]], list[float]]:
+def round_robin(fns: Sequence[Callable[[], Any]], rounds: int,
+                warmup: int = 1) -> tuple[list[list[float]], list[float]]:
     """Call ``fns`` in turn, ``rounds`` times each (after ``warmup`` calls of each), so that load from other
     processes hits all of them alike. Returns (wall seconds per call [fn][round], total process CPU seconds [fn])."""
     for _ in range(warmup):

@@ -99,7 +99,8 @@ def triton_config(manifest: Manifest, name: str, platform: str, max_batch: int, 
     return TritonConfig(name=name, platform=platform, max_batch_size=max_batch,
                         image_dims=tuple(int(d) for d in image.shape[1:]),  # type: ignore[arg-type]
                         num_classes=int(logits.shape[1]), embed_dim=int(emb.shape[1]),
-                        preferred_batch_sizes=preferred_batch_sizes(max_batch, opt_batch), instances=instances, kind=kind)
+                        preferred_batch_sizes=preferred_batch_sizes(max_batch, opt_batch), instances=instances,
+                        kind=kind)
 
 
 def export_triton(artifact: str | Path, repo: str | Path, name: str = "clip_debias", max_batch: int = 32,

@@ -158,18 +158,22 @@ class Manifest:
             export=d.get("export", {}),
             format_version=version,
         )
-        if not isinstance(m.class_names, list) or not m.class_names or not all(isinstance(c, str) for c in m.class_names):
+        if (not isinstance(m.class_names, list) or not m.class_names
+                or not all(isinstance(c, str) for c in m.class_names)):
             raise ArtifactError(f"{source}: field 'class_names' must be a non-empty list of strings")
         if not isinstance(m.group_names, list) or not all(isinstance(g, str) for g in m.group_names):
             raise ArtifactError(f"{source}: field 'group_names' must be a list of strings")
         def numbers(v: Any, n: int, kind: type | tuple[type, ...]) -> bool:
-            return isinstance(v, list) and len(v) == n and all(isinstance(x, kind) and not isinstance(x, bool) for x in v)
+            return isinstance(v, list) and len(v) == n and all(
+                isinstance(x, kind) and not isinstance(x, bool) for x in v)
 
         p = m.preprocessing
         if not (numbers(p.size, 2, int) and numbers(p.mean, 3, (int, float)) and numbers(p.std, 3, (int, float))):
             raise ArtifactError(f"{source}: field 'preprocessing' needs size [H, W] ints, mean [3], std [3] numbers")
-        if not isinstance(p.fill_color, int) or not isinstance(p.resize_mode, str) or not isinstance(p.interpolation, str):
-            raise ArtifactError(f"{source}: field 'preprocessing': fill_color must be an int, resize_mode/interpolation strings")
+        if (not isinstance(p.fill_color, int) or not isinstance(p.resize_mode, str)
+                or not isinstance(p.interpolation, str)):
+            raise ArtifactError(f"{source}: field 'preprocessing': fill_color must be an int, "
+                                "resize_mode/interpolation strings")
         if not isinstance(m.opset, int):
             raise ArtifactError(f"{source}: field 'opset' must be an int, got {m.opset!r}")
         if not isinstance(m.model, dict) or not isinstance(m.plan, dict) or not isinstance(m.versions, dict):
@@ -178,7 +182,8 @@ class Manifest:
             raise ArtifactError(f"{source}: field 'files' lists no model file")
         for i, mf in enumerate(m.files):
             where = f"{source}: field 'files[{i}]'"
-            if not isinstance(mf.path, str) or not mf.path or Path(mf.path).is_absolute() or ".." in Path(mf.path).parts:
+            if (not isinstance(mf.path, str) or not mf.path or Path(mf.path).is_absolute()
+                    or ".." in Path(mf.path).parts):
                 raise ArtifactError(f"{where}.path {mf.path!r} must be a relative path inside the artifact")
             if not isinstance(mf.sha256, str) or len(mf.sha256) != 64:
                 raise ArtifactError(f"{where}.sha256 must be a 64-character hex digest")
@@ -218,7 +223,8 @@ class Manifest:
         if not root.is_dir():
             raise ArtifactError(f"{root}: not a directory (an artifact is a directory with {MANIFEST_NAME})")
         if ".tmp-" in root.name:
-            raise ArtifactError(f"{root}: a temporary export directory (export unfinished or crashed); use the final one")
+            raise ArtifactError(f"{root}: a temporary export directory (export unfinished or crashed); "
+                                "use the final one")
         if not path.is_file():
             raise ArtifactError(f"{path}: missing (not an artifact directory, or an export that did not finish)")
         try:

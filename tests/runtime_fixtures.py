@@ -51,7 +51,8 @@ class FixtureArtifact:
         return x @ self.w1.astype(np.float64) @ self.w2.astype(np.float64)
 
 
-def _graph(w1: np.ndarray, w2: np.ndarray, size: tuple[int, int], fp16: bool, batch: str | int = "batch") -> onnx.ModelProto:
+def _graph(w1: np.ndarray, w2: np.ndarray, size: tuple[int, int], fp16: bool,
+           batch: str | int = "batch") -> onnx.ModelProto:
     h, w = size
     d, c = w2.shape
     wdt = np.float16 if fp16 else np.float32

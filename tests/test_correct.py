@@ -115,7 +115,8 @@ def test_bad_plans_are_refused(clip, images, cache, options):
         build_classifier(plan_with(cache, [], [[3, 7]]), cache, clip, options)
     other = plan_with(cache, [[3, 1]], [])
     other.identity = ModelIdentity("ViT-B-16", pretrained="openai").to_dict()
-    with pytest.raises(ClipDebiasError, match="plan comes from ViT-B-16 \\(openai\\), but the model is clipdebias-tiny"):
+    with pytest.raises(ClipDebiasError,
+                       match="plan comes from ViT-B-16 \\(openai\\), but the model is clipdebias-tiny"):
         build_classifier(other, cache, clip, options)
     narrow = decomposed(clip, images[:4], [3])
     with pytest.raises(ClipDebiasError, match=r"layers \[2\] of the plan's heads are not in the cache"):
@@ -160,7 +161,8 @@ def test_cli_build_and_compare(clip, images, cache, tmp_path: Path):
     assert "ablation means from waterbirds/train" in res.output
     model = DebiasedClassifier.load(tmp_path / "model")
     assert model.spec.ablated == [[3, 1]] and model.spec.plan["calibration"]["n"] == len(cache)
-    res = runner.invoke(app, ["evaluate", "--compare", "--model", "clipdebias-tiny", "--plan", str(tmp_path / "plan.json"),
+    res = runner.invoke(app, ["evaluate", "--compare", "--model", "clipdebias-tiny",
+                              "--plan", str(tmp_path / "plan.json"),
                               "--cache", str(tmp_path / "train.safetensors"), "--json", str(tmp_path / "cmp.json")])
     assert res.exit_code == 0, res.output
     rows = json.loads((tmp_path / "cmp.json").read_text())["rows"]
@@ -191,7 +193,8 @@ def test_cli_evaluate_on_a_csv_dataset(clip, cache, tmp_path: Path):
     res = runner.invoke(app, ["evaluate", str(tmp_path / "model"), *data, "--json", str(tmp_path / "m.json")])
     assert res.exit_code == 0, res.output
     torch.manual_seed(0)
-    res = runner.invoke(app, ["evaluate", "--compare", "--model", "clipdebias-tiny", "--plan", str(tmp_path / "plan.json"),
+    res = runner.invoke(app, ["evaluate", "--compare", "--model", "clipdebias-tiny",
+                              "--plan", str(tmp_path / "plan.json"),
                               *data, "--contexts", "waterbirds", "--json", str(tmp_path / "c.json")])
     assert res.exit_code == 0, res.output
     single = json.loads((tmp_path / "m.json").read_text())["rows"][0]

@@ -61,7 +61,8 @@ WATERBIRDS_ROWS = [  # img_filename, y, split, place
 ]
 
 
-def waterbirds(root: Path, rows=WATERBIRDS_ROWS, header: str = "img_id,img_filename,y,split,place,place_filename") -> Path:
+def waterbirds(root: Path, rows=WATERBIRDS_ROWS,
+               header: str = "img_id,img_filename,y,split,place,place_filename") -> Path:
     lines = [header] + [f"{i},{f},{y},{s},{p},/x/{i}.jpg" for i, (f, y, s, p) in enumerate(rows, 1)]
     write(root / "metadata.csv", "\n".join(lines) + "\n")
     for f, *_ in rows:
@@ -135,7 +136,8 @@ def celeba(root: Path, attr: str = "txt", part: str = "txt", rows=CELEBA_ROWS, n
     values = [[f, "-1", str(b), str(m), "1"] for f, b, m, _ in rows]
     if attr == "txt":  # published: count, names, then space-padded rows
         write(root / "list_attr_celeba.txt",
-              f"{len(rows)}\n{' '.join(CELEBA_ATTRS)} \n" + "".join(f"{v[0]} " + "  ".join(v[1:]) + "\n" for v in values))
+              f"{len(rows)}\n{' '.join(CELEBA_ATTRS)} \n"
+              + "".join(f"{v[0]} " + "  ".join(v[1:]) + "\n" for v in values))
     else:
         write(root / "list_attr_celeba.csv",
               "image_id," + ",".join(CELEBA_ATTRS) + "\n" + "".join(",".join(v) + "\n" for v in values))
@@ -172,13 +174,17 @@ def test_celeba_kaggle_nested_image_folder(tmp_path: Path) -> None:
 def test_celeba_errors(tmp_path: Path) -> None:
     root = celeba(tmp_path)
     (root / "list_eval_partition.txt").unlink()
-    assert "neither list_eval_partition.txt nor list_eval_partition.csv found" in error(load_index, "celeba", root, "train")
+    assert "neither list_eval_partition.txt nor list_eval_partition.csv found" in error(
+        load_index, "celeba", root, "train"
+    )
     write(root / "list_eval_partition.txt", "000001.jpg 0\n000002.jpg 5\n")
     assert "list_eval_partition.txt line 2: column 'partition' must be 0 or 1 or 2, got '5'" in error(
         load_index, "celeba", root, "train"
     )
     write(root / "list_eval_partition.txt", "000001.jpg 0\n")
-    assert "list_eval_partition.txt: no partition for '000002.jpg' (listed in" in error(load_index, "celeba", root, "train")
+    assert "list_eval_partition.txt: no partition for '000002.jpg' (listed in" in error(
+        load_index, "celeba", root, "train"
+    )
     celeba(root)
     attr = root / "list_attr_celeba.txt"
     write(attr, attr.read_text().replace("000003.jpg -1  -1  1", "000003.jpg -1  0  1"))
@@ -300,7 +306,8 @@ def bad_images(root: Path) -> Path:
     write(root / "corrupt.png", "not an image")
     jpeg = (root / "good1.jpg").read_bytes()
     (root / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
-    return write(root / "data.csv", "path,label\ngood0.png,0\ncorrupt.png,1\nmissing.png,0\ntruncated.jpg,1\ngood1.jpg,1\n")
+    return write(root / "data.csv",
+                 "path,label\ngood0.png,0\ncorrupt.png,1\nmissing.png,0\ntruncated.jpg,1\ngood1.jpg,1\n")
 
 
 def test_bad_image_stops_with_one_line(tmp_path: Path, preprocess) -> None:

@@ -81,7 +81,8 @@ def test_explain_heads_maps_absolute_layers():
     terms, texts, known = _constructed_head()
     heads = torch.zeros(400, 2, 3, 32)
     heads[:, 1, 2] = terms
-    spans = explain_heads(heads, [6, 7], [(7, 2)], [f"t{i}" for i in range(300)], texts, k=2, roles={(7, 2): "spurious"})
+    spans = explain_heads(heads, [6, 7], [(7, 2)], [f"t{i}" for i in range(300)], texts, k=2,
+                          roles={(7, 2): "spurious"})
     assert [e.text for e in spans[0].entries] == [f"t{known[0]}", f"t{known[1]}"] and spans[0].role == "spurious"
     with pytest.raises(ClipDebiasError, match=r"\[5, 0\] is not in the cache"):
         explain_heads(heads, [6, 7], [(5, 0)], ["a"], texts[:1], k=1)

@@ -12,7 +12,8 @@ from toolchain.correct.perception import ContextSpec, PerceptionHead, perception
 from toolchain.errors import ClipDebiasError
 
 
-def reference(e: torch.Tensor, text: torch.Tensor, scale: float, tau: float, text0: torch.Tensor | None) -> torch.Tensor:
+def reference(e: torch.Tensor, text: torch.Tensor, scale: float, tau: float,
+              text0: torch.Tensor | None) -> torch.Tensor:
     """P(y|x) = sum_z P(z|x) P(y|x,z), straight in probability space, float64."""
     e, text = e.double(), text.double()
     f = scale * torch.einsum("bd,zcd->bzc", e, text)
@@ -97,4 +98,5 @@ def test_head_with_the_tiny_text_tower():
     free = perception_head(clip, WATERBIRDS_CLASSES, spec, z_from="class-free")
     assert free.text0.shape == (2, 32) and free.config()["contexts"] == ["on land", "on water"]
     with pytest.raises(ClipDebiasError, match="needs 'class_free'"):
-        perception_head(clip, WATERBIRDS_CLASSES, ContextSpec("a {class}, {context}.", {"bg": ["x", "y"]}), z_from="class-free")
+        perception_head(clip, WATERBIRDS_CLASSES, ContextSpec("a {class}, {context}.", {"bg": ["x", "y"]}),
+                        z_from="class-free")

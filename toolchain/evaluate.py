@@ -38,13 +38,15 @@ class MethodResult:
         return {"method": self.method, "edits": self.edits, **self.report.to_dict()}
 
 
-def report_of(logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, group_names: list[str]) -> AccuracyReport:
+def report_of(logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor,
+              group_names: list[str]) -> AccuracyReport:
     """``accuracy_report`` of argmax predictions."""
     return accuracy_report(logits.argmax(dim=-1).cpu().numpy(), labels.cpu().numpy(), groups.cpu().numpy(), group_names)
 
 
 def _describe(edits: EditSet) -> str:
-    parts = [f"ablate {edits.ablated}" if edits.ablated else "", f"project {edits.salient} (rank {edits.basis.shape[0]}, "
+    parts = [f"ablate {edits.ablated}" if edits.ablated else "",
+             f"project {edits.salient} (rank {edits.basis.shape[0]}, "
              f"renorm {edits.renorm})" if edits.salient and edits.basis is not None else ""]
     return "; ".join(p for p in parts if p) or "none"
 
@@ -62,8 +64,8 @@ def compare_methods(cache_test: DecompositionCache, plan: LocatePlan, calibratio
     require_layers(cache_test.layers, plan.spurious_heads() + plan.salient_heads(),
                    f"cache {cache_test.dataset}/{cache_test.split}")
     if cache_test.class_names and len(cache_test.class_names) != len(plan.class_names):
-        raise ClipDebiasError(f"cache {cache_test.dataset}/{cache_test.split} has {len(cache_test.class_names)} classes, "
-                              f"the plan {len(plan.class_names)} ({', '.join(plan.class_names)})")
+        raise ClipDebiasError(f"cache {cache_test.dataset}/{cache_test.split} has {len(cache_test.class_names)} "
+                              f"classes, the plan {len(plan.class_names)} ({', '.join(plan.class_names)})")
     base = BuildOptions(attribute_pairs=attribute_pairs, contexts=contexts, tau=tau, z_from=z_from, renorm=renorm,
                         allow_test_calibration=allow_test_calibration, templates=templates)
     templates = list(templates or plan.templates or ["a photo of a {}."])

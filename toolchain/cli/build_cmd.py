@@ -10,7 +10,8 @@ import typer
 from toolchain.cli.options import ModelOpt, PretrainedOpt, WeightsOpt, load_model
 
 AblateOpt = Annotated[bool, typer.Option("--ablate/--no-ablate", help="Mean-ablate the spurious heads.")]
-ProjectOpt = Annotated[bool, typer.Option("--project/--no-project", help="Project the salient heads (RoboShot accept).")]
+ProjectOpt = Annotated[bool, typer.Option(
+    "--project/--no-project", help="Project the salient heads (RoboShot accept).")]
 ContextsOpt = Annotated[str, typer.Option(
     "--contexts", help="PerceptionCLIP contexts: waterbirds | celeba | FILE.yaml | defaults (the plan's dataset).")]
 PairsOpt = Annotated[str, typer.Option(

@@ -23,8 +23,10 @@ def decompose(
     batch_size: BatchOpt = 32,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "fp32",
-    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images; list them in OUT.skipped.txt.")] = False,
-    classes: Annotated[Optional[str], typer.Option("--classes", help="csv datasets: comma-separated class names.")] = None,
+    skip_bad: Annotated[bool, typer.Option(
+        "--skip-bad", help="Skip unreadable images; list them in OUT.skipped.txt.")] = False,
+    classes: Annotated[Optional[str], typer.Option(
+        "--classes", help="csv datasets: comma-separated class names.")] = None,
 ) -> None:
     """Write heads [N, L, H, D], rest [N, D], labels, groups (and attributes) of one split: the exact per-head
     decomposition of the normalized CLS embedding (heads.sum + rest == encode_image(x, normalize=True))."""

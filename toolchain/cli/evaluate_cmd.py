@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from toolchain.cli.build_cmd import AllowTestOpt, ContextsOpt, PairsOpt, RenormOpt, TauOpt, ZFromOpt, default_calibration
+from toolchain.cli.build_cmd import (AllowTestOpt, ContextsOpt, PairsOpt, RenormOpt, TauOpt, ZFromOpt,
+                                     default_calibration)
 from toolchain.cli.options import BatchOpt, DeviceOpt, PretrainedOpt, WeightsOpt, load_model
 
 
@@ -19,21 +20,24 @@ def evaluate(
     split: Annotated[str, typer.Option("--split", help="train | val | test")] = "test",
     compare: Annotated[bool, typer.Option(
         "--compare", help="Rows zero-shot / ablate / ablate+project / PerceptionCLIP / LTC+PerceptionCLIP from "
-                          "decomposed terms (needs --model, --plan; --calibration defaults to the plan's cache).")] = False,
+                          "decomposed terms (needs --model, --plan; --calibration defaults to the plan's "
+                          "cache).")] = False,
     model: Annotated[Optional[str], typer.Option("--model", help="--compare: open_clip model name.")] = None,
     pretrained: PretrainedOpt = None,
     weights: WeightsOpt = None,
     plan: Annotated[Optional[Path], typer.Option("--plan", help="--compare: plan.json.")] = None,
     calibration: Annotated[Optional[Path], typer.Option("--calibration", help="--compare: calibration cache.")] = None,
     cache: Annotated[Optional[Path], typer.Option(
-        "--cache", help="--compare: a decomposition cache of the evaluated split (instead of --dataset/--data).")] = None,
+        "--cache", help="--compare: a decomposition cache of the evaluated split "
+                        "(instead of --dataset/--data).")] = None,
     contexts: ContextsOpt = "defaults",
     attribute_pairs: PairsOpt = "defaults",
     tau: TauOpt = 1.0,
     z_from: ZFromOpt = "joint",
     renorm: RenormOpt = "unit",
     allow_test_calibration: AllowTestOpt = False,
-    classes: Annotated[Optional[str], typer.Option("--classes", help="csv datasets: comma-separated class names.")] = None,
+    classes: Annotated[Optional[str], typer.Option(
+        "--classes", help="csv datasets: comma-separated class names.")] = None,
     batch_size: BatchOpt = 32,
     device: DeviceOpt = "cpu",
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images.")] = False,
@@ -52,14 +56,16 @@ def evaluate(
         from toolchain.evaluate import evaluate_model
 
         if model_dir is None or dataset is None or data is None:
-            raise ClipDebiasError("evaluate needs MODEL_DIR, --dataset and --data (or --compare with --model and --plan)")
+            raise ClipDebiasError("evaluate needs MODEL_DIR, --dataset and --data "
+                                  "(or --compare with --model and --plan)")
         report = evaluate_model(model_dir, dataset, data, split, batch_size=batch_size, device=device,
                                 skip_bad=skip_bad, classes=class_list)
         provenance = json.loads((model_dir / "config.json").read_text()).get("plan", {})
         rows, extra = [(str(model_dir), report)], {"model_dir": str(model_dir), "dataset": dataset, "split": split,
                                                    "model_plan": provenance}
         if provenance.get("test_calibration"):
-            typer.echo("WARNING: this model was calibrated on the TEST split (--allow-test-calibration): optimistic numbers")
+            typer.echo("WARNING: this model was calibrated on the TEST split (--allow-test-calibration): "
+                       "optimistic numbers")
     print_reports(rows)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)

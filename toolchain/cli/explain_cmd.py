@@ -203,7 +203,8 @@ def _print_keywords(results) -> None:
 def _write_attribute_prompts(path: Path, prompts: dict[str, list[str]]) -> Path:
     import yaml
 
-    header = ("# Suggested by 'clip-debias discover' (B2T): one attribute value per top keyword, prompts averaged over\n"
+    header = ("# Suggested by 'clip-debias discover' (B2T): one attribute value per top keyword, "
+              "prompts averaged over\n"
               "# the classes. Review, reorder to the dataset's attribute order, then: locate --attribute-prompts "
               f"{path.name}\n")
     path.write_text(header + yaml.safe_dump({"attribute_prompts": prompts}, sort_keys=False, allow_unicode=True),

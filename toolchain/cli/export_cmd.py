@@ -95,7 +95,8 @@ def triton_cmd(
 def bench_cmd(
     artifact: Annotated[Path, typer.Argument(help="Artifact directory.")],
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes.")] = "1,8,32",
-    iters: Annotated[int, typer.Option("--iters", help="Timed rounds per batch size (each round calls every backend once, in turn).")] = 10,
+    iters: Annotated[int, typer.Option(
+        "--iters", help="Timed rounds per batch size (each round calls every backend once, in turn).")] = 10,
     model_dir: Annotated[Optional[Path], typer.Option("--model-dir", help="Model directory: adds the torch "
                                                       "plain-encoder and debiased rows.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
@@ -107,7 +108,8 @@ def bench_cmd(
     try:
         sizes = [int(s) for s in batch_sizes.split(",") if s.strip()]
     except ValueError:
-        raise ClipDebiasError(f"--batch-sizes {batch_sizes!r}: expected comma-separated integers, e.g. 1,8,32") from None
+        raise ClipDebiasError(f"--batch-sizes {batch_sizes!r}: expected comma-separated integers, "
+                              "e.g. 1,8,32") from None
     rows = bench(artifact, sizes, iters=iters, model_dir=model_dir)
     if as_json:
         typer.echo(json.dumps(bench_json(rows), indent=2))

@@ -33,14 +33,18 @@ def locate(
     templates: Annotated[Optional[Path], typer.Option(
         "--templates", help="Template file (.txt one per line with {}, or YAML/JSON list); averaged.")] = None,
     attribute_prompts: Annotated[Optional[str], typer.Option(
-        "--attribute-prompts", help="Predict groups zero-shot from attribute prompts: FILE.yaml or 'defaults'.")] = None,
+        "--attribute-prompts", help="Predict groups zero-shot from attribute prompts: "
+                                    "FILE.yaml or 'defaults'.")] = None,
     minority_groups: Annotated[Optional[str], typer.Option(
-        "--minority-groups", help="Comma-separated minority group ids (default: derived, see --minority-from).")] = None,
+        "--minority-groups", help="Comma-separated minority group ids "
+                                  "(default: derived, see --minority-from).")] = None,
     minority_from: Annotated[str, typer.Option(
         "--minority-from", help="counts: per class all but the most frequent group (needs an imbalanced split); "
                                 "predictions: all but the group with the best zero-shot accuracy.")] = "counts",
-    max_spurious: Annotated[Optional[int], typer.Option("--max-spurious", min=0, help="Keep at most N spurious heads.")] = None,
-    max_salient: Annotated[Optional[int], typer.Option("--max-salient", min=0, help="Keep at most N salient heads.")] = None,
+    max_spurious: Annotated[Optional[int], typer.Option(
+        "--max-spurious", min=0, help="Keep at most N spurious heads.")] = None,
+    max_salient: Annotated[Optional[int], typer.Option(
+        "--max-salient", min=0, help="Keep at most N salient heads.")] = None,
 ) -> None:
     """Score every cached head on the minority groups: spurious if n(W) - n(C) > 1/K, salient if n(C) - n(W) > 1/K."""
     from toolchain.correct.defaults import attribute_prompts_for, classes_for, templates_for
@@ -60,8 +64,8 @@ def locate(
     plan.save(out)
     png = save_heatmap(plan, out.with_suffix(".png"))
     typer.echo(f"located on {plan.dataset}/{plan.split} ({plan.n} images, {plan.group_source} groups): minority groups "
-               f"{plan.minority_group_names} ({plan.minority_source}), {plan.n_wrong} wrong / {plan.n_correct} correct; "
-               f"K={plan.k}, threshold {plan.threshold:.4f}")
+               f"{plan.minority_group_names} ({plan.minority_source}), {plan.n_wrong} wrong / {plan.n_correct} "
+               f"correct; K={plan.k}, threshold {plan.threshold:.4f}")
     for kind, found in (("spurious", plan.spurious), ("salient", plan.salient)):
         heads = ", ".join(f"L{s.head[0]}H{s.head[1]} ({s.score:+.3f})" for s in found) or "none"
         typer.echo(f"  {kind}: {heads}")

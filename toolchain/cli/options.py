@@ -34,7 +34,8 @@ def torch_dtype(name: str) -> Any:
     return table[name]
 
 
-def load_model(model: str, pretrained: str | None, weights: Path | None, device: str = "cpu", dtype: str = "fp32") -> Any:
+def load_model(model: str, pretrained: str | None, weights: Path | None, device: str = "cpu",
+               dtype: str = "fp32") -> Any:
     """``toolchain.models.loading.load_clip`` from CLI option values."""
     from toolchain.models.loading import load_clip
 

@@ -95,7 +95,8 @@ class DebiasedClassifier(nn.Module):
         for l, h in self.edited:
             if not (0 <= l < tower.cfg.layers and 0 <= h < tower.cfg.heads):
                 raise ClipDebiasError(
-                    f"plan head [{l}, {h}] is out of range for a tower of {tower.cfg.layers} layers x {tower.cfg.heads} heads")
+                    f"plan head [{l}, {h}] is out of range for a tower of {tower.cfg.layers} layers x "
+                    f"{tower.cfg.heads} heads")
         self.n_ablated = len(spec.ablated)
         # index of each edited head in the [B, L_edited * H] flattened head outputs
         flat = [self.layers.index(l) * tower.cfg.heads + h for l, h in self.edited]
@@ -186,7 +187,8 @@ class DebiasedClassifier(nn.Module):
         model = cls(tower, head, spec)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ClipDebiasError(f"{w_path}: weights do not match {cfg_path} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+            raise ClipDebiasError(f"{w_path}: weights do not match {cfg_path} (missing {missing[:3]}, "
+                                  f"unexpected {unexpected[:3]})")
         return model.to(device).eval()
 
 

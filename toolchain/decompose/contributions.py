@@ -53,7 +53,8 @@ def resolve_layers(n_layers: int, last: int | None = None, layers: list[int] | N
         return out
     last = 4 if last is None else last
     if not 1 <= last <= n_layers:
-        raise ClipDebiasError(f"--layers: last {last} layers requested, the tower has {n_layers} (expected 1..{n_layers})")
+        raise ClipDebiasError(f"--layers: last {last} layers requested, the tower has {n_layers} "
+                              f"(expected 1..{n_layers})")
     return list(range(n_layers - last, n_layers))
 
 

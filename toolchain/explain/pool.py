@@ -1,4 +1,5 @@
-"""The general description pool for TextSpan (``data/pool.txt``) and the keyword vocabulary for B2T (``data/vocab.txt``).
+"""The general description pool for TextSpan (``data/pool.txt``) and the keyword vocabulary for B2T
+(``data/vocab.txt``).
 
 Both files are generated from the word lists and templates below (written for this project) by ``generate_pool()`` /
 ``generate_vocab()``: plain enumeration, no randomness, so ``python -m toolchain.explain.pool`` always rewrites the
@@ -88,8 +89,9 @@ STYLES = (
     "a photo", "a close-up photo", "a blurry photo", "a black and white photo", "a sepia photo", "a dark photo",
     "a bright photo", "an overexposed photo", "a low resolution photo", "a grainy photo", "a cropped photo",
     "a pixelated photo", "a jpeg compressed photo", "a photo with a shallow depth of field", "a wide-angle photo",
-    "an aerial photo", "a satellite image", "a drawing", "a pencil sketch", "a charcoal drawing", "a watercolor painting",
-    "an oil painting", "a cartoon", "a comic strip", "an anime illustration", "a 3d rendering", "a video game screenshot",
+    "an aerial photo", "a satellite image", "a drawing", "a pencil sketch", "a charcoal drawing",
+    "a watercolor painting", "an oil painting", "a cartoon", "a comic strip", "an anime illustration",
+    "a 3d rendering", "a video game screenshot",
     "a toy model", "a sculpture", "an origami model", "a tattoo", "an embroidery", "a mosaic", "a stained glass window",
     "a graffiti", "a logo", "an icon", "a diagram", "an infrared photo", "a thermal image", "an x-ray image",
     "a microscope image", "a vintage postcard", "a polaroid photo", "a film still", "a selfie", "a screenshot",

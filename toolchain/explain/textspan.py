@@ -175,6 +175,7 @@ def descriptions_markdown(spans: list[HeadSpan], title: str = "TextSpan descript
                   f"output-space rank {s.rank}; the {len(s.entries)} descriptions explain "
                   f"{100 * s.explained:.1f}% of the head's variance", "",
                   "| # | description | variance |", "|---|---|---|"]
-        lines += [f"| {i + 1} | {e.text.replace('|', '/')} | {100 * e.variance:.2f}% |" for i, e in enumerate(s.entries)]
+        lines += [f"| {i + 1} | {e.text.replace('|', '/')} | {100 * e.variance:.2f}% |"
+                  for i, e in enumerate(s.entries)]
         lines.append("")
     return "\n".join(lines)

@@ -62,7 +62,8 @@ def _land(rng: np.random.Generator, size: int) -> np.ndarray:
     """[size, size, 3] float RGB in [0, 255]: green/brown ground, two octaves of noise plus grain."""
     green = np.array([70, 125, 50], np.float32) + rng.uniform(-20, 20, 3).astype(np.float32)
     brown = np.array([130, 95, 55], np.float32) + rng.uniform(-20, 20, 3).astype(np.float32)
-    mix = 0.65 * _value_noise(rng, size, int(rng.integers(3, 6))) + 0.35 * _value_noise(rng, size, int(rng.integers(8, 14)))
+    mix = (0.65 * _value_noise(rng, size, int(rng.integers(3, 6)))
+           + 0.35 * _value_noise(rng, size, int(rng.integers(8, 14))))
     img = green * (1 - mix[..., None]) + brown * mix[..., None]
     return img + rng.normal(0, 9, (size, size, 1)).astype(np.float32)
 
@@ -280,7 +281,8 @@ def read_metadata(data: str | Path) -> list[dict[str, int | str]]:
     """The rows of ``DIR/metadata.csv`` as dicts (img_filename: str; y, split, place: int)."""
     path = Path(data) / "metadata.csv"
     if not path.is_file():
-        raise ClipDebiasError(f"{path}: not found (expected a Waterbirds-layout data dir, e.g. from `clip-debias lab make-data`)")
+        raise ClipDebiasError(f"{path}: not found (expected a Waterbirds-layout data dir, "
+                              "e.g. from `clip-debias lab make-data`)")
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         missing = {"img_filename", "y", "split", "place"} - set(reader.fieldnames or ())

@@ -257,7 +257,8 @@ def train_lab_model(
         if log_every and ((step + 1) % log_every == 0 or step + 1 == steps):
             now = time.perf_counter()
             n = log_every if (step + 1) % log_every == 0 else (step + 1) % log_every
-            log(f"step {step + 1:5d}/{steps}  loss {np.mean(losses[-n:]):.4f}  lr {_lr_at(step, steps, lr, warmup):.2e}  "
+            log(f"step {step + 1:5d}/{steps}  loss {np.mean(losses[-n:]):.4f}  "
+                f"lr {_lr_at(step, steps, lr, warmup):.2e}  "
                 f"scale {model.logit_scale.exp().item():5.1f}  {n / (now - t_log):.2f} steps/s")
             t_log = now
         if eval_every and (step + 1) % eval_every == 0:

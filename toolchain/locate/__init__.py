@@ -1,4 +1,5 @@
-"""Locate: score attention heads on minority groups (``ltc``), derive groups (``groups``), draw the grid (``heatmap``)."""
+"""Locate: score attention heads on minority groups (``ltc``), derive groups (``groups``), draw the grid
+(``heatmap``)."""
 
 from toolchain.locate.ltc import HeadScore, LocatePlan, locate_cache, locate_terms, select_heads
 

@@ -84,14 +84,16 @@ def minority_from_counts(labels: torch.Tensor, groups: torch.Tensor, group_names
                               "predict groups with --attribute-prompts or name them with --minority-groups")
     if not decisive and known:
         choice = minority_from_user(known, groups, group_names)
-        return MinorityChoice(choice.groups, choice.names, "defaults", f"group counts balanced within classes ({table}); "
+        return MinorityChoice(choice.groups, choice.names, "defaults",
+                              f"group counts balanced within classes ({table}); "
                               "the dataset's known train-split minority groups (shipped defaults)")
     if not decisive:
         raise ClipDebiasError(
             f"{where}: group counts are balanced within every class ({table}), so they cannot tell the majority "
             f"correlation; locate on a train-split cache, pass --minority-groups, or --minority-from predictions")
     ids = _minority_given_majority(by_class, majority)
-    return MinorityChoice(ids, group_names_of(group_names, ids), "counts", f"per class, all but the most frequent group ({table})")
+    return MinorityChoice(ids, group_names_of(group_names, ids), "counts",
+                          f"per class, all but the most frequent group ({table})")
 
 
 def minority_from_predictions(labels: torch.Tensor, groups: torch.Tensor, predictions: torch.Tensor,

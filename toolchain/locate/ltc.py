@@ -92,7 +92,8 @@ class LocatePlan:
             "spurious": [s.head for s in self.spurious], "salient": [s.head for s in self.salient],
             "k": self.k, "threshold": self.threshold, "minority_groups": self.minority_groups,
             "minority_group_names": self.minority_group_names, "minority_source": self.minority_source,
-            "group_source": self.group_source, "located_on": {"dataset": self.dataset, "split": self.split, "n": self.n},
+            "group_source": self.group_source,
+            "located_on": {"dataset": self.dataset, "split": self.split, "n": self.n},
             "templates": self.templates,
         }
 
@@ -121,7 +122,8 @@ class LocatePlan:
                 raw[key] = [HeadScore(**h) for h in raw[key]]
             plan = cls(**raw)
         except (KeyError, TypeError) as e:
-            raise ClipDebiasError(f"{path}: malformed plan ({e}); expected a file written by 'clip-debias locate'") from e
+            raise ClipDebiasError(f"{path}: malformed plan ({e}); "
+                                  "expected a file written by 'clip-debias locate'") from e
         for s in plan.spurious + plan.salient:
             if len(s.head) != 2 or not all(isinstance(v, int) for v in s.head):
                 raise ClipDebiasError(f"{path}: head {s.head!r} is not [layer, head]")
@@ -218,7 +220,8 @@ def locate_terms(cache: DecompositionCache, text: torch.Tensor, *, class_names: 
     embeddings = cache.embeddings()
     labels = cache.labels.long()
     if attribute_text is not None:
-        groups, group_names = predicted_groups(embeddings, labels, attribute_text, class_names, list(attribute_names or []))
+        groups, group_names = predicted_groups(embeddings, labels, attribute_text, class_names,
+                                               list(attribute_names or []))
         group_source = "predicted"
     else:
         groups, group_names, group_source = cache.groups.long(), list(cache.group_names), "labels"

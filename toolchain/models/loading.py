@@ -53,7 +53,8 @@ class ModelIdentity:
         return (self.name, self.pretrained, self.weights_sha256) == (other.name, other.pretrained, other.weights_sha256)
 
     def describe(self) -> str:
-        src = self.pretrained or (f"weights sha256 {self.weights_sha256[:12]}" if self.weights_sha256 else "random init")
+        src = self.pretrained or (f"weights sha256 {self.weights_sha256[:12]}" if self.weights_sha256
+                                  else "random init")
         return f"{self.name} ({src})"
 
 
@@ -151,7 +152,8 @@ def load_clip(
         sd.pop("text.transformer.embeddings.position_ids", None)
         missing, unexpected = model.load_state_dict(sd, strict=False)
         if missing or unexpected:
-            what = (f"missing {missing[:3]}" if missing else "") + (f" unexpected {unexpected[:3]}" if unexpected else "")
+            what = ((f"missing {missing[:3]}" if missing else "")
+                    + (f" unexpected {unexpected[:3]}" if unexpected else ""))
             raise ClipDebiasError(f"{weights}: weights do not fit --model {name} ({what.strip()})")
         identity = ModelIdentity(name=name, weights_sha256=sha256_file(weights), weights_file=Path(weights).name)
     from toolchain.models.tower import tower_config_of

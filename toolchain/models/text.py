@@ -10,8 +10,8 @@ DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
 
 @torch.no_grad()
-def class_text_matrix(clip: LoadedClip, class_names: list[str], templates: tuple[str, ...] | list[str] = DEFAULT_TEMPLATES,
-                      ) -> torch.Tensor:
+def class_text_matrix(clip: LoadedClip, class_names: list[str],
+                      templates: tuple[str, ...] | list[str] = DEFAULT_TEMPLATES) -> torch.Tensor:
     """Zero-shot classifier weights T [C, D]: per class, the mean of the unit-norm embeddings of its templated
     prompts, renormalized to unit norm (CLIP's prompt ensembling; one template = that prompt's embedding)."""
     rows = []

@@ -377,12 +377,15 @@ def tower_config_of(visual: nn.Module) -> TowerConfig:
     kind = type(visual).__name__
     if not isinstance(visual, VisionTransformer):
         raise ClipDebiasError(
-            f"image tower {kind} is not supported: clip-debias needs a plain CLS-token ViT (open_clip VisionTransformer)"
+            f"image tower {kind} is not supported: clip-debias needs a plain CLS-token ViT "
+            "(open_clip VisionTransformer)"
         )
     if getattr(visual, "attn_pool", None) is not None:
-        raise ClipDebiasError("image tower uses attentional pooling; only CLS-token pooling (pool_type 'tok') is supported")
+        raise ClipDebiasError("image tower uses attentional pooling; "
+                              "only CLS-token pooling (pool_type 'tok') is supported")
     if getattr(visual, "pool_type", "tok") != "tok":
-        raise ClipDebiasError(f"image tower pools with '{visual.pool_type}'; only CLS-token pooling ('tok') is supported")
+        raise ClipDebiasError(f"image tower pools with '{visual.pool_type}'; "
+                              "only CLS-token pooling ('tok') is supported")
     blocks = list(visual.transformer.resblocks)
     for blk in blocks:
         if type(blk) is not ResidualAttentionBlock or not isinstance(blk.attn, nn.MultiheadAttention) \

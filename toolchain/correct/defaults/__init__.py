@@ -36,7 +36,8 @@ def read_config(path: str | Path) -> Any:
 def dataset_defaults(dataset: str) -> dict[str, Any]:
     """The shipped defaults of ``dataset``."""
     if dataset not in DATASETS:
-        raise ClipDebiasError(f"no shipped defaults for dataset '{dataset}' (defaults exist for {', '.join(DATASETS)}); "
+        raise ClipDebiasError(f"no shipped defaults for dataset '{dataset}' "
+                              f"(defaults exist for {', '.join(DATASETS)}); "
                               "pass a prompt file instead")
     return read_config(DEFAULTS_DIR / f"{dataset}.yaml")
 
@@ -95,7 +96,8 @@ def parse_attribute_prompts(value: Any, origin: str) -> tuple[list[str], list[li
 def parse_attribute_pairs(value: Any, origin: str) -> list[tuple[str, str]]:
     """[[p+, p-], ...] -> list of (p+, p-) prompt pairs."""
     ok = isinstance(value, list) and value and all(
-        isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(s, str) and s.strip() for s in p) for p in value)
+        isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(s, str) and s.strip() for s in p)
+        for p in value)
     if not ok:
         raise ClipDebiasError(f"{origin}: field 'attribute_pairs' must be a non-empty list of [positive, negative] "
                               "prompt pairs")
