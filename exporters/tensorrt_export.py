@@ -30,22 +30,12 @@ import numpy as np
 from exporters.artifact import (ONNX_FP16, ONNX_FP32, TRT_PLAN, TRT_SIDECAR, copy_artifact_files, model_file,
                                 staged_artifact, verify_files, write_manifest)
 from exporters.onnx_export import compare, gate_images, ort_session
+from runtime.backends import import_tensorrt
 from runtime.errors import ClipDebiasError
 from runtime.manifest import Manifest
 
 log = logging.getLogger("clip_debias.export")
-
-TENSORRT_MISSING = "TensorRT is not installed: pip install 'clip-debias[tensorrt]' on a machine with an NVIDIA GPU"
-
-
-def import_tensorrt() -> Any:
-    """``import tensorrt`` or raise the one-line install hint."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise ClipDebiasError(TENSORRT_MISSING) from None
-    return trt
-
+TENSORRT_CONTEXT = "export tensorrt"  # how the missing-TensorRT line starts (runtime.backends.import_tensorrt)
 
 @dataclass
 class EngineOptions:
@@ -154,7 +144,7 @@ def export_tensorrt(artifact: str | Path, opts: EngineOptions | None = None) -> 
     if manifest.export.get("fused_attention"):
         raise ClipDebiasError(f"{artifact}: exported with --fused-attention (ONNX Runtime's contrib ops, which "
                               "TensorRT cannot parse); re-export without it for TensorRT")
-    trt = import_tensorrt()
+    trt = import_tensorrt(TENSORRT_CONTEXT)
     opts = opts or EngineOptions()
     opts.check()
     if _major(trt) < 10:

@@ -336,12 +336,13 @@ def _cudart() -> Any:
     return cudart
 
 
-def import_tensorrt() -> Any:
-    """The ``tensorrt`` module, or one ``BackendError`` line saying it is not installed."""
+def import_tensorrt(context: str = "backend 'tensorrt'") -> Any:
+    """The ``tensorrt`` module, or one ``BackendError`` line: ``context``, then that TensorRT is not installed."""
     try:
         import tensorrt  # type: ignore[import-not-found]
     except ImportError:
-        raise BackendError("backend 'tensorrt': the tensorrt package is not installed (pip install tensorrt)") from None
+        raise BackendError(f"{context}: TensorRT is not installed: pip install 'clip-debias[tensorrt]' on a machine "
+                           "with an NVIDIA GPU") from None
     return tensorrt
 
 

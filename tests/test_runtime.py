@@ -352,7 +352,7 @@ def test_tensorrt_missing_is_one_line(art):
         pytest.skip("tensorrt installed")
     except ImportError:
         pass
-    with pytest.raises(BackendError, match="tensorrt package is not installed") as e:
+    with pytest.raises(BackendError, match="backend 'tensorrt': TensorRT is not installed") as e:
         runtime.load(art.path, backend="tensorrt")
     assert "\n" not in str(e.value)
     with pytest.raises(BackendError, match="needs device 'cuda'"):
