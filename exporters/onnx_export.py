@@ -66,7 +66,8 @@ INT8_LOGIT_RTOL = 0.1
 INT8_MIN_COSINE = 0.995
 # the weight MatMuls of the transformer blocks, as the TorchScript exporter names them after ExplicitViT's module
 # paths: /tower/blocks.3/qkv/MatMul (plain classifier) or /blocks.3/mlp/mlp.0/MatMul (DebiasedClassifier runs the
-# blocks itself); tests/test_export.py checks that exactly 4 per block match on both
+# blocks itself); tests/test_export.py checks that exactly 4 per block match on both (3 in the last block, whose
+# CLS-only query projection is a plain MatMul: ExplicitAttention.cls_head_outputs)
 INT8_NODE_PATTERN = re.compile(r"(?:^|/)blocks\.\d+/(?:qkv|out|mlp/[^/]+)/MatMul$")
 GATE_BATCH = 4
 EXAMPLE_BATCH = 2
@@ -120,9 +121,10 @@ def export_module_onnx(module: Any, example: Any, path: str | Path, opset: int =
     ``onnx.checker``. Serves the classifier (image -> logits, embedding) and the plain encoder (image -> embedding).
 
     ``fused_attention``: an ONNX Runtime-only graph (not TensorRT): every full-query ``ExplicitAttention`` is written as
-    ``com.microsoft::Attention`` (QKV projection + bias + fused attention kernel), the CLS-only last layer as
-    ``MultiHeadAttention``, each residual Add + LayerNormalization (with the bias Add before it) as
-    ``SkipLayerNormalization`` (``exporters.ort_fusions``), and the patch embedding as patchify + MatMul."""
+    ``com.microsoft::Attention`` (QKV projection + bias + fused attention kernel; the CLS-only last layer has no
+    key/value projection to fuse, see ``ExplicitAttention.cls_head_outputs``), each residual Add + LayerNormalization
+    (with the bias Add before it) as ``SkipLayerNormalization`` (``exporters.ort_fusions``), and the patch embedding
+    as patchify + MatMul."""
     import onnx
     import torch
 

@@ -7,7 +7,7 @@ import torch
 
 from toolchain.errors import ClipDebiasError
 from toolchain.models.loading import load_clip
-from toolchain.models.tower import ExplicitViT
+from toolchain.models.tower import ExplicitAttention, ExplicitViT
 
 # fp32 parity bound from the issue: 1e-5 on embeddings of random-weight models (we see ~2e-6 on ViT-B).
 TOL = 1e-5
@@ -58,6 +58,22 @@ def test_patchify_matmul_is_the_patch_convolution(vitb32_clip):
         gemm = tower.patchify(x) @ w.reshape(w.shape[0], -1).t()
     assert gemm.shape == conv.shape == (3, 49, 768)
     assert (gemm - conv).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("width,heads,tokens", [(64, 4, 17), (768, 12, 197)])
+def test_cls_head_outputs_fold_keys_and_values(width, heads, tokens):
+    """The last block's CLS-only attention (keys and values folded into the query, see ``cls_head_outputs``) equals
+    SDPA on the projected q[:, :, :1], k, v: exact algebra, so in float64 up to rounding (1e-12), with non-zero
+    biases (the key bias cancels in the softmax, the value bias passes through)."""
+    torch.manual_seed(0)
+    attn = ExplicitAttention(width, heads, tokens).double()
+    torch.nn.init.normal_(attn.qkv.bias, std=0.5)
+    x = torch.randn(3, tokens, width, dtype=torch.float64)
+    q, k, v = attn.qkv_heads(x)
+    ref = torch.nn.functional.scaled_dot_product_attention(q[:, :, :1], k, v)
+    got = attn.head_outputs(x, cls_only=True)
+    assert got.shape == (3, heads, 1, width // heads)
+    assert (got - ref).abs().max().item() <= 1e-12
 
 
 def test_tower_has_no_multihead_attention(tiny_clip):

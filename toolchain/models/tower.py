@@ -9,7 +9,8 @@ Notation (shapes): B batch, N = 1 + patches tokens, W width, H heads, Dh = W / H
 Block l:  x <- x + ls_1(Attn(ln_1(x))),  x <- x + ls_2(MLP(ln_2(x))).
 Output:   y = ln_post(x_final[:, 0]) @ proj   (== open_clip ``encode_image(normalize=False)``).
 
-The last block only needs the CLS query (nothing reads the other tokens after it), so it computes a single query row.
+The last block only needs the CLS query (nothing reads the other tokens after it), so it computes a single query row,
+and folds the key and value projections into that query (``ExplicitAttention.cls_head_outputs``).
 """
 
 from __future__ import annotations
@@ -88,41 +89,20 @@ class LayerScale(nn.Module):
         return x * self.gamma
 
 
-class OrtMultiHeadAttention(torch.autograd.Function):
-    """softmax(q k^T / sqrt(Dh)) v per head on [B, Nq, W] / [B, N, W] inputs -> [B, Nq, W].
-
-    Computed with SDPA in torch; exported as ONNX Runtime's fused contrib op ``com.microsoft::MultiHeadAttention``
-    (flash / memory-efficient attention on CUDA). Only used while exporting with ``fused_attention`` (see
-    ``ExplicitAttention.onnx_fused``): the graph then runs on ONNX Runtime only.
-    """
-
-    @staticmethod
-    def forward(ctx: object, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-        b, nq, w = q.shape
-
-        def split(t: torch.Tensor) -> torch.Tensor:  # [B, M, W] -> [B, H, M, Dh]
-            return t.reshape(b, t.shape[1], heads, w // heads).transpose(1, 2)
-
-        o = F.scaled_dot_product_attention(split(q), split(k), split(v))
-        return o.transpose(1, 2).reshape(b, nq, w)
-
-    @staticmethod
-    def symbolic(g: object, q: object, k: object, v: object, heads: int) -> object:
-        return g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=heads).setType(q.type())
-
-
 class OrtAttention(torch.autograd.Function):
     """x [B, N, W] -> per-head softmax(q k^T / sqrt(Dh)) v, heads concatenated [B, N, W], with [q | k | v] = x @ w + b
     (w [W, 3W], b [3W]).
 
-    Exported as ONNX Runtime's ``com.microsoft::Attention``: the QKV projection, its bias and the fused attention
-    kernel in one op, so the graph holds no Split of q, k, v and no separate bias Add (used for full-query layers
-    while exporting with ``fused_attention``)."""
+    Computed with SDPA in torch; exported as ONNX Runtime's ``com.microsoft::Attention``: the QKV projection, its bias
+    and the fused attention kernel (flash / memory-efficient on CUDA) in one op, so the graph holds no Split of q, k, v
+    and no separate bias Add. Only used while exporting with ``fused_attention`` (see ``ExplicitAttention.onnx_fused``),
+    for the full-query layers: the graph then runs on ONNX Runtime only."""
 
     @staticmethod
     def forward(ctx: object, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, heads: int) -> torch.Tensor:
-        q, k, v = (x @ w + b).chunk(3, dim=-1)
-        return OrtMultiHeadAttention.forward(ctx, q, k, v, heads)
+        bsz, n, width = x.shape
+        q, k, v = (x @ w + b).reshape(bsz, n, 3, heads, width // heads).permute(2, 0, 3, 1, 4)  # [B, H, N, Dh] each
+        return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(bsz, n, width)
 
     @staticmethod
     def symbolic(g: object, x: object, w: object, b: object, heads: int) -> object:
@@ -142,7 +122,7 @@ class ExplicitAttention(nn.Module):
         self.scale = 1.0 / math.sqrt(self.head_dim)  # SDPA's default, as a constant
         self.qkv = nn.Linear(width, 3 * width)
         self.out = nn.Linear(width, width)
-        self.onnx_fused = False  # set by the exporter: emit OrtMultiHeadAttention while exporting
+        self.onnx_fused = False  # set by the exporter: emit OrtAttention while exporting
 
     def _check_tokens(self, x: torch.Tensor) -> None:
         if not torch.jit.is_tracing() and x.shape[1] != self.tokens:
@@ -157,18 +137,34 @@ class ExplicitAttention(nn.Module):
 
     def head_outputs(self, x: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
         """Per-head attention outputs before the output projection: [B, H, Nq, Dh], Nq = 1 if ``cls_only`` else N."""
+        if cls_only:
+            return self.cls_head_outputs(x)
         if self.onnx_fused and torch.onnx.is_in_onnx_export():
             self._check_tokens(x)
-            if cls_only:  # one query row: MultiHeadAttention on q[:, :1] and all keys
-                q, k, v = self.qkv(x).split(self.width, dim=-1)  # [B, N, W] each, head h = columns h*Dh:(h+1)*Dh
-                o = OrtMultiHeadAttention.apply(q[:, :1], k, v, self.heads)
-            else:
-                o = OrtAttention.apply(x, self.qkv.weight.t(), self.qkv.bias, self.heads)
-            return o.reshape(-1, 1 if cls_only else self.tokens, self.heads, self.head_dim).transpose(1, 2)
-        q, k, v = self.qkv_heads(x)
-        if cls_only:
-            q = q[:, :, :1]
-        return F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+            o = OrtAttention.apply(x, self.qkv.weight.t(), self.qkv.bias, self.heads)
+            return o.reshape(-1, self.tokens, self.heads, self.head_dim).transpose(1, 2)
+        return F.scaled_dot_product_attention(*self.qkv_heads(x), scale=self.scale)
+
+    def cls_head_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, N, W] -> the CLS query's per-head outputs [B, H, 1, Dh], without projecting any key or value.
+
+        With q_h = W_q,h x_0 + b_q,h the CLS query of head h (W_k,h, W_v,h [Dh, W] its rows of the key/value weights)
+        and s = 1/sqrt(Dh):
+          score_hj = s q_h . (W_k,h x_j + b_k,h) = (s W_k,h^T q_h) . x_j + c_h   (c_h is the same for every j, so
+                                                                                 the softmax cancels it)
+          o_h = sum_j a_hj (W_v,h x_j + b_v,h) = W_v,h (sum_j a_hj x_j) + b_v,h     (sum_j a_hj = 1)
+        This costs O(H N W) where projecting the keys and values of all N tokens costs O(N W^2): 1/64 of the
+        multiply-adds at ViT-B widths, and the same result up to float rounding."""
+        self._check_tokens(x)
+        w, h, dh = self.width, self.heads, self.head_dim
+        w_k = self.qkv.weight[w:2 * w].reshape(h, dh, w)  # [H, Dh, W]; folds to a constant in ONNX, like w_v
+        w_v = self.qkv.weight[2 * w:].reshape(h, dh, w)
+        b_v = self.qkv.bias[2 * w:].reshape(h, 1, dh)
+        q = F.linear(x[:, :1], self.qkv.weight[:w], self.qkv.bias[:w])  # [B, 1, W]
+        q = q.reshape(-1, 1, h, dh).transpose(1, 2) * self.scale  # [B, H, 1, Dh]
+        tokens = x.unsqueeze(1)  # [B, 1, N, W]
+        attn = ((q @ w_k) @ tokens.transpose(-1, -2)).softmax(dim=-1)  # [B, H, 1, W] @ [B, 1, W, N] -> [B, H, 1, N]
+        return (attn @ tokens) @ w_v.transpose(-1, -2) + b_v  # [B, H, 1, W] @ [H, W, Dh] -> [B, H, 1, Dh]
 
     def merge(self, o: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
         """[B, H, Nq, Dh] -> [B, Nq, W]: concatenate heads, then W_o o + b_o."""
