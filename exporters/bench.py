@@ -16,7 +16,9 @@ Rows (those that can run here, in this order; the first is the baseline of ``spe
 
 Per batch size b the rows take turns, call by call (``exporters.timing.round_robin``: load from other processes hits
 every row alike, instead of whichever row ran while it lasted): p50 latency (ms) over ``iters`` rounds after
-``warmup``, throughput = b / p50 (img/s), speedup = median over rounds of time(first row) / time(row).
+``warmup``, throughput = b / p50 (img/s), speedup = median over rounds of time(first row) / time(row). No row runs
+while the previous one's threads still spin: the CPU ORT sessions stop spinning when a run returns
+(``stop_spinning``), and ``round_robin`` pauses between calls.
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ def _torch_runner(module: Any) -> Runner:
 
 
 def _ort_runner(path: Path, precision: str) -> Runner:
-    return session_runner(ort_session(path, precision), precision)  # int8 image by image, as the runtime
+    # int8 image by image, as the runtime; no spinning after a run, which would slow the torch row that follows
+    return session_runner(ort_session(path, precision, stop_spinning=True), precision)
 
 
 def _ort_cuda_runners(artifact: Path, manifest: Manifest) -> list[tuple[str, Runner]]:

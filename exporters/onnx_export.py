@@ -285,10 +285,15 @@ def parse_precisions(precision: str) -> list[str]:
 
 # ---- onnxruntime ----------------------------------------------------------------------------------------------------
 def ort_session(path: str | Path, precision: str = "fp32", providers: Sequence[str] = ("CPUExecutionProvider",),
-                level: str | None = None, optimized_path: str | Path | None = None) -> Any:
+                level: str | None = None, optimized_path: str | Path | None = None,
+                stop_spinning: bool = False) -> Any:
     """An onnxruntime session. ``level``: disable|basic|extended|all (default all). fp16 on the CPU provider runs at
     basic, like ``runtime.backends`` (onnxruntime 1.31's CPU provider can crash creating an fp16 session at
-    ORT_ENABLE_ALL; the CPU has no fp16 GEMM, so higher levels buy nothing there)."""
+    ORT_ENABLE_ALL; the CPU has no fp16 GEMM, so higher levels buy nothing there).
+
+    ``stop_spinning``: the intra-op threads stop spinning when a run returns (``session.force_spinning_stop``).
+    For benchmarks that interleave ONNX Runtime with torch: by default the idle ORT threads spin on after a run
+    (measured: ~40 ms of CPU on our 2-core machine) and slow down whatever runs next."""
     import onnxruntime as ort
 
     levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -301,6 +306,8 @@ def ort_session(path: str | Path, precision: str = "fp32", providers: Sequence[s
     so = ort.SessionOptions()
     so.graph_optimization_level = levels[level]
     so.log_severity_level = 3
+    if stop_spinning:
+        so.add_session_config_entry("session.force_spinning_stop", "1")
     if optimized_path is not None:
         so.optimized_model_filepath = str(optimized_path)
     try:

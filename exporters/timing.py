@@ -11,10 +11,15 @@ import time
 from typing import Any, Callable, Sequence
 
 
-def round_robin(fns: Sequence[Callable[[], Any]], rounds: int,
-                warmup: int = 1) -> tuple[list[list[float]], list[float]]:
+SETTLE_S = 0.01  # pause before each timed call: torch's OpenMP threads spin a few ms after a call returns
+
+
+def round_robin(fns: Sequence[Callable[[], Any]], rounds: int, warmup: int = 1,
+                settle_s: float = SETTLE_S) -> tuple[list[list[float]], list[float]]:
     """Call ``fns`` in turn, ``rounds`` times each (after ``warmup`` calls of each), so that load from other
-    processes hits all of them alike. Returns (wall seconds per call [fn][round], total process CPU seconds [fn])."""
+    processes hits all of them alike, pausing ``settle_s`` before each timed call so that no call shares the CPU
+    with the previous one's spinning threads. Returns (wall seconds per call [fn][round], total process CPU seconds
+    [fn]; the pauses excluded)."""
     for _ in range(warmup):
         for fn in fns:
             fn()
@@ -22,6 +27,7 @@ def round_robin(fns: Sequence[Callable[[], Any]], rounds: int,
     cpu = [0.0 for _ in fns]
     for _ in range(rounds):
         for i, fn in enumerate(fns):
+            time.sleep(settle_s)
             t, c = time.perf_counter(), time.process_time()
             fn()
             wall[i].append(time.perf_counter() - t)

@@ -234,9 +234,10 @@ def test_bad_precision(tiny_edited, tmp_path):
 
 # ---- int8 ---------------------------------------------------------------------------------------------------------
 def test_int8_quantizes_block_linears_and_runs_on_cpu(tiny_clip, tiny_edited, tmp_path):
-    """int8: exactly the 4 weight MatMuls of each block (3 of the last) become integer MatMuls (plain and debiased graphs name them
-    differently); the gate passes and still holds on another batch size; the runtime runs it on the CPU provider
-    (also for device auto), image by image, and refuses CUDA with one line; an int8-only artifact has no model.onnx."""
+    """int8: exactly the 4 weight MatMuls of each block (3 of the last) become integer MatMuls (plain and debiased
+    graphs name them differently); the gate passes and still holds on another batch size; the runtime runs it on the
+    CPU provider (also for device auto), image by image, and refuses CUDA with one line; an int8-only artifact has no
+    model.onnx."""
     import onnx
 
     import runtime
@@ -343,6 +344,17 @@ def test_bench_rows(tiny_clip, tmp_path):
     assert len(bench_json(rows)["rows"]) == 12
 
 
+def test_benchmark_sessions_stop_spinning(tiny_clip, tmp_path):
+    """Sessions that take turns with torch (bench, benchmarks/) stop their idle threads' spinning when a run returns,
+    so the spinning does not slow the torch call that follows; other sessions keep ONNX Runtime's default."""
+    art = export_onnx(plain_classifier(tiny_clip, CLASSES), tmp_path / "art", ort_optimize=False)
+    key = "session.force_spinning_stop"
+    options = ort_session(art / "model.onnx", stop_spinning=True).get_session_options()
+    assert options.get_session_config_entry(key) == "1"
+    with pytest.raises(RuntimeError, match="does not have configuration with key"):  # i.e. ORT's default
+        ort_session(art / "model.onnx").get_session_options().get_session_config_entry(key)
+
+
 def test_refuses_to_replace_a_non_artifact_directory(tiny_edited, tmp_path):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "keep.txt").write_text("mine")
@@ -354,8 +366,8 @@ def test_refuses_to_replace_a_non_artifact_directory(tiny_edited, tmp_path):
 def test_fused_attention_export(tmp_path, tiny_clip):
     """--fused-attention writes full-query attention as com.microsoft::Attention (QKV projection inside; the CLS-only
     last layer keeps its few small MatMuls and one Softmax), and every residual Add + LayerNorm after the first
-    block's as SkipLayerNormalization with its bias folded in; the parity gates still hold, the runtime runs it (dynamic batch),
-    and the manifest records it; int8 quantization applies on top of it."""
+    block's as SkipLayerNormalization with its bias folded in; the parity gates still hold, the runtime runs it
+    (dynamic batch), and the manifest records it; int8 quantization applies on top of it."""
     import numpy as np
     import onnx
     import torch
