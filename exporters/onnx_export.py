@@ -70,6 +70,7 @@ INT8_MIN_COSINE = 0.995
 # CLS-only query projection is a plain MatMul: ExplicitAttention.cls_head_outputs)
 INT8_NODE_PATTERN = re.compile(r"(?:^|/)blocks\.\d+/(?:qkv|out|mlp/[^/]+)/MatMul$")
 GATE_BATCH = 4
+MIN_OPSET = 14  # scaled_dot_product_attention and LayerNormalization export from 14 on
 EXAMPLE_BATCH = 2
 FP16_KEEP_FP32_OPS: tuple[str, ...] = ()  # op types the fp16 graph keeps in fp32 by default (see the docstring)
 ORT_KEEP_MIN_SPEEDUP = 1.03  # keep model.ort.onnx only when p50 latency improves by >= 3 %
@@ -114,6 +115,17 @@ def _exporter_kwargs() -> dict[str, Any]:
     return {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
 
 
+def check_opset(opset: int) -> None:
+    """Refuse, in one line, an opset the installed torch's TorchScript exporter cannot write (before it fails with
+    a long graph dump): MIN_OPSET .. its maximum (20 on torch 2.14)."""
+    from torch.onnx import _constants
+
+    top = int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", _constants.ONNX_MAX_OPSET))
+    if not MIN_OPSET <= opset <= top:
+        raise ClipDebiasError(f"--opset {opset}: expected {MIN_OPSET}..{top} (what this torch's TorchScript ONNX "
+                              "exporter writes)")
+
+
 def export_module_onnx(module: Any, example: Any, path: str | Path, opset: int = DEFAULT_OPSET,
                        output_names: Sequence[str] = ("logits", "embedding"), input_name: str = "image",
                        fused_attention: bool = False) -> Path:
@@ -133,6 +145,7 @@ def export_module_onnx(module: Any, example: Any, path: str | Path, opset: int =
     path = Path(path)
     module = module.eval()
     axes = {input_name: {0: "batch"}, **{n: {0: "batch"} for n in output_names}}
+    check_opset(opset)
     fusable = [m for m in module.modules() if isinstance(m, (ExplicitAttention, ExplicitViT))]
     extra = {"custom_opsets": {"com.microsoft": 1}} if fused_attention else {}
     try:

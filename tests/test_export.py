@@ -344,6 +344,17 @@ def test_bench_rows(tiny_clip, tmp_path):
     assert len(bench_json(rows)["rows"]) == 12
 
 
+def test_opset_out_of_range_refused_in_one_line():
+    """Checked before torch.onnx.export, which would print a long graph dump before failing."""
+    from exporters.onnx_export import check_opset
+
+    for opset in (13, 99):
+        with pytest.raises(ClipDebiasError, match=rf"^--opset {opset}: expected 14\.\.\d+ ") as e:
+            check_opset(opset)
+        assert "\n" not in str(e.value)
+    check_opset(18)
+
+
 def test_benchmark_sessions_stop_spinning(tiny_clip, tmp_path):
     """Sessions that take turns with torch (bench, benchmarks/) stop their idle threads' spinning when a run returns,
     so the spinning does not slow the torch call that follows; other sessions keep ONNX Runtime's default."""

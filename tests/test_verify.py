@@ -126,6 +126,18 @@ def test_cli_bad_input_exit_2_one_line(setup, extra, msg):
     assert len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], r.output
 
 
+def test_cli_json_path_checked_before_running(setup, tmp_path):
+    """--json under a file, or naming a folder, is refused in one line before any image is read."""
+    art, data, _ = setup
+    (tmp_path / "file.txt").write_text("mine")
+    base = [art.path, "--dataset", "waterbirds", "--data", data, "--no-progress", "--json"]
+    for target, msg in ((tmp_path / "file.txt" / "r.json", "is not an existing folder"), (tmp_path, "is a folder")):
+        r = _cli([*base, target])
+        lines = [ln for ln in r.output.splitlines() if ln.strip()]
+        assert r.exit_code == 2 and len(lines) == 1 and msg in lines[0], r.output
+    assert (tmp_path / "file.txt").read_text() == "mine"
+
+
 def test_cli_entry_point_subprocess(setup, tmp_path):
     """The installed ``clip-debias`` script: exit codes, one error line, no traceback."""
     art, data, _ = setup

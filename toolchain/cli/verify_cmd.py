@@ -106,8 +106,11 @@ def register(app: typer.Typer) -> None:
             if workers is not None and workers <= 0:
                 raise ClipDebiasError(f"option --workers: must be positive, got {workers}")
             thresholds = Thresholds(min_accuracy, min_worst_group, max_latency_ms)
-            if json_path is not None and not json_path.parent.exists():
-                raise ClipDebiasError(f"{json_path.parent}: folder for --json does not exist")
+            if json_path is not None and not json_path.parent.is_dir():
+                raise ClipDebiasError(f"--json {json_path}: {json_path.parent} is not an existing folder")
+            if json_path is not None and json_path.is_dir():
+                raise ClipDebiasError(f"--json {json_path}: is a folder; expected a file path such as "
+                                      f"{json_path / 'report.json'}")
             report = run_verify(
                 artifact, dataset, data, split, backend=backend, device=device, batch_size=batch_size,
                 thresholds=thresholds, precision=precision, cuda_graph=cuda_graph, workers=workers, progress=progress,
