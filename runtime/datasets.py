@@ -27,10 +27,13 @@ opened here (see ``toolchain.datasets.loader``).
 from __future__ import annotations
 
 import csv
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.errors import ClipDebiasError
+
+log = logging.getLogger("clip_debias.datasets")
 
 SPLITS = ("train", "val", "test")
 FORMATS = ("waterbirds", "celeba", "csv")
@@ -286,4 +289,7 @@ def _load_csv(data: Path, split: str, classes: list[str] | None) -> DatasetIndex
         if not has_split or row["split"] == split:
             records.append(ImageRecord(path.parent / row["path"], label, group))
     group_names = [f"group_{g}" for g in range(max(groups, default=-1) + 1)] if has_group else list(class_names)
+    if not has_split:  # train, val and test are the same images: say so, a "test" result here is not held out
+        log.warning("warning: %s has no 'split' column: split '%s' is every row of the file (so is every other "
+                    "split)", path, split)
     return DatasetIndex("csv", path.parent, split, records, class_names, group_names)

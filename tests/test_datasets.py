@@ -223,6 +223,22 @@ def test_csv_int_labels_directory_convention(tmp_path: Path) -> None:
     assert "column 'label' must be below 2" in error(load_index, "csv", tmp_path, "train", classes=["cat", "dog"])
 
 
+def test_csv_without_split_column_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Every split of a CSV without a 'split' column is the whole file; a held-out "test" result would be a lie, so
+    loading says so (one warning line); with the column, nothing is said."""
+    csv_dataset(tmp_path / "a", ["path,label", "x.png,0", "y.png,1"])
+    with caplog.at_level("WARNING", logger="clip_debias.datasets"):
+        assert len(load_index("csv", tmp_path / "a", "test")) == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        f"warning: {tmp_path / 'a' / 'data.csv'} has no 'split' column: split 'test' is every row of the file (so is "
+        "every other split)"]
+    caplog.clear()
+    csv_dataset(tmp_path / "b", ["path,label,split", "x.png,0,test", "y.png,1,train"])
+    with caplog.at_level("WARNING", logger="clip_debias.datasets"):
+        assert len(load_index("csv", tmp_path / "b", "test")) == 1
+    assert not caplog.records
+
+
 def test_csv_string_labels_group_split(tmp_path: Path) -> None:
     path = csv_dataset(tmp_path / "sub", [
         "path,label,group,split", "a.png,dog,1,train", "b.png,cat,0,train", "c.png,dog,3,val", "d.png,cat,2,test",
