@@ -108,3 +108,59 @@ def test_cli_make_data(tmp_path: Path) -> None:
     assert _groups(read_metadata(tmp_path / "c"), 0) == [9, 1, 1, 9]
     res = runner.invoke(app, ["lab", "make-data", "--out", str(tmp_path / "e"), "--object-scale", "big"])
     assert isinstance(res.exception, ClipDebiasError) or (res.exit_code == 2 and "--object-scale" in res.output)
+
+
+def _one_error_line(args: list[str], *needles: str) -> None:
+    """The CLI run fails with exit code 2 and a single 'error: ...' line containing ``needles`` (no traceback)."""
+    from typer.testing import CliRunner
+
+    from toolchain.cli.app import app
+
+    res = CliRunner().invoke(app, args)
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (args, res.output)
+    assert all(n in lines[0] for n in needles), lines[0]
+
+
+@pytest.mark.parametrize("option,value", [
+    ("--class-texture", "2"), ("--class-texture", "-0.1"), ("--workers", "0"), ("--n-val", "6"), ("--n-test", "10"),
+    ("--seed", "-1"), ("--correlation", "1.5"), ("--n-train", "-1"), ("--image-size", "8"),
+])
+def test_cli_make_data_refuses_bad_values(tmp_path: Path, option: str, value: str) -> None:
+    _one_error_line(["lab", "make-data", "--out", str(tmp_path / "d"), "--n-train", "8", "--n-val", "4",
+                     "--n-test", "4", option, value], option)
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("option,value", [
+    ("--lr", "-1"), ("--lr", "0"), ("--p-background", "3"), ("--threads", "0"), ("--eval-every", "-1"),
+    ("--device", "gpu"), ("--steps", "0"),
+])
+def test_cli_train_refuses_bad_values(small_data: Path, tmp_path: Path, option: str, value: str) -> None:
+    _one_error_line(["lab", "train", "--data", str(small_data), "--out", str(tmp_path / "w.safetensors"),
+                     "--steps", "1", "--batch-size", "8", option, value], option)
+    assert not (tmp_path / "w.safetensors").exists()
+
+
+def test_cli_report_refuses_bad_split_and_model(small_data: Path) -> None:
+    _one_error_line(["lab", "report", "--weights", str(LAB_WEIGHTS), "--data", str(small_data), "--split", "val,dev"],
+                    "--split val,dev")
+    _one_error_line(["lab", "report", "--weights", str(LAB_WEIGHTS), "--data", str(small_data), "--model", "ViT-B-32"],
+                    LAB_WEIGHTS.name, "--model ViT-B-32", "differ in shape", "in the file", "in the model")
+
+
+def test_make_data_defaults_are_the_recipe() -> None:
+    """`lab make-data` with no options makes the data the shipped weights were trained on."""
+    import inspect
+
+    from toolchain.cli.lab_cmd import make_data
+    from toolchain.lab.data import LabDataConfig
+
+    args = json.loads(LAB_RECIPE.read_text())["make_data"]["args"]
+    cli = {k: p.default for k, p in inspect.signature(make_data).parameters.items()}
+    lib = {k: p.default for k, p in inspect.signature(make_lab_data).parameters.items()}
+    for key, want in args.items():
+        if key == "object_scale":
+            assert tuple(float(v) for v in cli[key].split(",")) == tuple(want) == lib[key], key
+        else:
+            assert cli[key] == want == lib[key] == getattr(LabDataConfig(), key), key

@@ -74,3 +74,64 @@ def test_unknown_pretrained_tag_says_use_weights():
 def test_pretrained_and_weights_exclusive(tmp_path):
     with pytest.raises(ClipDebiasError, match="exclusive"):
         load_clip("clipdebias-tiny", pretrained="x", weights=tmp_path / "w.pt")
+
+
+def test_weights_of_another_shape_are_one_line(tmp_path, tiny_clip):
+    """Same keys, other shapes (a checkpoint of another width): one line naming the file, the model and a tensor."""
+    sd = dict(tiny_clip.model.state_dict())
+    sd["ln_final.weight"] = torch.ones(7)
+    path = tmp_path / "wide.pt"
+    torch.save(sd, path)
+    with pytest.raises(ClipDebiasError) as e:
+        load_clip("clipdebias-tiny", weights=path)
+    msg = str(e.value)
+    assert "wide.pt" in msg and "--model clipdebias-tiny" in msg and "\n" not in msg
+    assert f"ln_final.weight: [7] in the file, [{sd['positional_embedding'].shape[1]}] in the model" in msg
+
+
+def _cli(args: list[str]):
+    from typer.testing import CliRunner
+
+    from toolchain.cli.app import app
+
+    return CliRunner().invoke(app, args)
+
+
+def _one_error_line(res, *needles: str) -> str:
+    """The single 'error: ...' line of a CLI run that failed with exit code 2 (no traceback)."""
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), res.output
+    assert all(n in lines[0] for n in needles), lines[0]
+    return lines[0]
+
+
+def test_device_is_checked(tmp_path, monkeypatch):
+    from toolchain.cli.options import check_device
+
+    assert check_device("cpu") == "cpu"
+    base = ["decompose", "--model", "clipdebias-tiny", "--dataset", "waterbirds", "--data", str(tmp_path),
+            "--out", str(tmp_path / "x.safetensors")]
+    _one_error_line(_cli(base + ["--device", "gpu"]), "--device gpu: expected cpu, cuda or cuda:N")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    _one_error_line(_cli(base + ["--device", "cuda"]), "--device cuda: no CUDA device is visible to torch")
+    with pytest.raises(ClipDebiasError, match="--device cuda:1: no CUDA device"):
+        check_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ClipDebiasError, match=r"--device cuda:1: torch sees 1 CUDA device"):
+        check_device("cuda:1")
+
+
+def test_random_weights_warn_on_stderr(capsys):
+    from toolchain.cli.options import load_model
+    from toolchain.lab import LAB_WEIGHTS
+
+    load_model("clipdebias-tiny", None, None)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: --model clipdebias-tiny has no --pretrained or --weights")
+    assert "RANDOM weights" in err[0]
+    load_model("clipdebias-lab", None, None)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "RANDOM" in err[0] and LAB_WEIGHTS.name in err[0]
+    load_model("clipdebias-lab", None, LAB_WEIGHTS)
+    assert capsys.readouterr().err == ""

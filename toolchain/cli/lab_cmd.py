@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from toolchain.cli.options import DeviceOpt
+
 lab_app = typer.Typer(help="Bias lab: make the synthetic land/water bird data, train the tiny lab CLIP, report.",
                       no_args_is_help=True)
 
@@ -28,16 +30,19 @@ def make_data(
     out: Annotated[Path, typer.Option("--out", help="Output data dir (Waterbirds layout: metadata.csv + PNGs).")],
     n_train: Annotated[int, typer.Option("--n-train", help="Train images.")] = 4800,
     correlation: Annotated[float, typer.Option(
-        "--correlation", help="Fraction of train images whose background agrees with the class.")] = 0.95,
+        "--correlation", help="Fraction of train images whose background agrees with the class.")] = 0.85,
     image_size: Annotated[int, typer.Option("--image-size", help="Image side in pixels.")] = 64,
     seed: Annotated[int, typer.Option("--seed", help="Seed; the same seed gives the same bytes.")] = 0,
-    n_val: Annotated[int, typer.Option("--n-val", help="Val images (balanced over the 4 groups).")] = 600,
-    n_test: Annotated[int, typer.Option("--n-test", help="Test images (balanced over the 4 groups).")] = 1200,
+    n_val: Annotated[int, typer.Option(
+        "--n-val", help="Val images, a multiple of 4 (balanced over the 4 groups).")] = 600,
+    n_test: Annotated[int, typer.Option(
+        "--n-test", help="Test images, a multiple of 4 (balanced over the 4 groups).")] = 1200,
     object_scale: Annotated[str, typer.Option(
         "--object-scale", help="Object radius range MIN,MAX as fractions of the image side.")] = "0.15,0.22",
     class_texture: Annotated[float, typer.Option(
-        "--class-texture", help="Prob. that the object's texture follows its class.")] = 0.75,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="Processes (default: all cores).")] = None,
+        "--class-texture", help="Prob. in [0, 1] that the object's texture follows its class.")] = 0.75,
+    workers: Annotated[Optional[int], typer.Option(
+        "--workers", min=1, help="Processes (default: all cores).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing non-empty --out.")] = False,
 ) -> None:
     """Generate the synthetic landbird/waterbird data set (deterministic for a seed)."""
@@ -61,13 +66,15 @@ def train(
     steps: Annotated[int, typer.Option("--steps", min=1, help="Optimizer steps.")] = 3000,
     seed: Annotated[int, typer.Option("--seed", help="Seed (init, batches, captions, augmentation).")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="Images per step.")] = 64,
-    lr: Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate (cosine schedule).")] = 3e-4,
+    lr: Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate, > 0 (cosine schedule).")] = 3e-4,
     p_background: Annotated[float, typer.Option(
-        "--p-background", help="Prob. that a caption also names the background.")] = 0.3,
-    device: Annotated[str, typer.Option("--device", help="cpu | cuda")] = "cpu",
-    threads: Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads (default: torch's).")] = None,
+        "--p-background", min=0.0, max=1.0, help="Prob. that a caption also names the background.")] = 0.3,
+    device: DeviceOpt = "cpu",
+    threads: Annotated[Optional[int], typer.Option(
+        "--threads", min=1, help="torch CPU threads (default: torch's).")] = None,
     fp32: Annotated[bool, typer.Option("--fp32", help="Save fp32 weights (default fp16).")] = False,
-    eval_every: Annotated[int, typer.Option("--eval-every", help="Val zero-shot every N steps (0: never).")] = 0,
+    eval_every: Annotated[int, typer.Option(
+        "--eval-every", min=0, help="Val zero-shot every N steps (0: never).")] = 0,
 ) -> None:
     """Train the tiny lab CLIP contrastively (open_clip ClipLoss) and report its val zero-shot accuracy."""
     from toolchain.lab.train import train_lab_model, zero_shot_report
@@ -90,10 +97,14 @@ def report(
     model: Annotated[str, typer.Option("--model", help="open_clip model name.")] = "clipdebias-lab",
 ) -> None:
     """Print zero-shot average and worst-group accuracy per split."""
+    from toolchain.errors import ClipDebiasError
     from toolchain.lab.train import zero_shot_report
 
-    zero_shot_report(weights, data, tuple(s.strip() for s in split.split(",") if s.strip()), model_name=model,
-                     log=typer.echo)
+    splits = tuple(s.strip() for s in split.split(",") if s.strip())
+    bad = [s for s in splits if s not in ("train", "val", "test")]
+    if bad or not splits:
+        raise ClipDebiasError(f"--split {split}: expected a comma-separated list of train, val, test")
+    zero_shot_report(weights, data, splits, model_name=model, log=typer.echo)
 
 
 def register(app: typer.Typer) -> None:

@@ -2,17 +2,39 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+
+
+def check_device(device: str) -> str:
+    """``--device`` value -> itself if torch can use it (cpu, cuda, cuda:N), else one clear error line. torch is
+    imported only for a cuda device, so the default costs nothing on the torch-free base install."""
+    from toolchain.errors import ClipDebiasError
+
+    m = re.fullmatch(r"(cpu|cuda)(?::(\d+))?", device.strip())
+    if m is None or (m.group(1) == "cpu" and m.group(2) is not None):
+        raise ClipDebiasError(f"--device {device}: expected cpu, cuda or cuda:N")
+    if m.group(1) == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ClipDebiasError(f"--device {device}: no CUDA device is visible to torch (use --device cpu)")
+        count = torch.cuda.device_count()
+        if m.group(2) is not None and int(m.group(2)) >= count:
+            raise ClipDebiasError(f"--device {device}: torch sees {count} CUDA device(s) (cuda:0 .. cuda:{count - 1})")
+    return device.strip()
+
 
 ModelOpt = Annotated[str, typer.Option("--model", help="open_clip model name, e.g. ViT-B-16 (or clipdebias-lab).")]
 PretrainedOpt = Annotated[Optional[str], typer.Option(
     "--pretrained", help="open_clip pretrained tag, downloaded by open_clip (e.g. laion2b_s34b_b88k).")]
 WeightsOpt = Annotated[Optional[Path], typer.Option(
     "--weights", help="Local OpenAI / open_clip checkpoint (.pt, .bin, .safetensors).")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="torch device: cpu, cuda, cuda:1 ...")]
+DeviceOpt = Annotated[str, typer.Option("--device", callback=check_device,
+                                        help="torch device: cpu, cuda or cuda:N.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="compute dtype: fp32 | fp16 | bf16 (terms are stored fp32).")]
 DatasetOpt = Annotated[str, typer.Option("--dataset", help="waterbirds | celeba | csv")]
 DataOpt = Annotated[Path, typer.Option("--data", help="Dataset root folder (csv: the CSV file).")]
@@ -34,9 +56,28 @@ def torch_dtype(name: str) -> Any:
     return table[name]
 
 
+def random_weights_warning(model: str) -> str:
+    """The one stderr line that says a model was built without weights (for clipdebias-lab: where its weights are)."""
+    msg = (f"warning: --model {model} has no --pretrained or --weights: using RANDOM weights "
+           "(results mean nothing)")
+    from toolchain.lab import LAB_MODEL, LAB_WEIGHTS
+
+    if model == LAB_MODEL:
+        try:
+            where = LAB_WEIGHTS.relative_to(Path.cwd())
+        except ValueError:
+            where = LAB_WEIGHTS
+        msg += f"; the trained lab weights are shipped: --weights {where}"
+    return msg
+
+
 def load_model(model: str, pretrained: str | None, weights: Path | None, device: str = "cpu",
                dtype: str = "fp32") -> Any:
-    """``toolchain.models.loading.load_clip`` from CLI option values."""
+    """``toolchain.models.loading.load_clip`` from CLI option values; warns on stderr when the weights are random."""
     from toolchain.models.loading import load_clip
 
-    return load_clip(model, pretrained=pretrained, weights=weights, device=device, dtype=torch_dtype(dtype))
+    clip = load_clip(model, pretrained=pretrained, weights=weights, device=check_device(device),
+                     dtype=torch_dtype(dtype))
+    if clip.identity.pretrained is None and clip.identity.weights_sha256 is None:
+        typer.echo(random_weights_warning(model), err=True)
+    return clip

@@ -88,6 +88,8 @@ class GroupAccuracy:
 # ---- data -----------------------------------------------------------------------------------------------------------
 def load_split(data: str | Path, split: str | int) -> LabSplit:
     """Decode every image of ``split`` ('train'/'val'/'test' or 0/1/2) of the data dir ``data``."""
+    if split not in SPLIT_NAMES and split not in range(len(SPLIT_NAMES)):
+        raise ClipDebiasError(f"--split {split}: expected one of {', '.join(SPLIT_NAMES)}")
     s = SPLIT_NAMES.index(split) if isinstance(split, str) else int(split)
     rows = [r for r in read_metadata(data) if r["split"] == s]
     if not rows:
@@ -217,6 +219,14 @@ def train_lab_model(
 
     if steps < 1 or batch_size < 2:
         raise ClipDebiasError(f"--steps {steps} / --batch-size {batch_size}: expected steps >= 1 and batch size >= 2")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ClipDebiasError(f"--lr {lr}: expected a learning rate > 0")
+    if not 0.0 <= p_background <= 1.0:
+        raise ClipDebiasError(f"--p-background {p_background}: expected a probability in [0, 1]")
+    if threads is not None and threads < 1:
+        raise ClipDebiasError(f"--threads {threads}: expected at least 1")
+    if eval_every < 0:
+        raise ClipDebiasError(f"--eval-every {eval_every}: expected N >= 0 (0: never)")
     if threads:
         torch.set_num_threads(threads)
     register_configs()
@@ -306,8 +316,11 @@ def zero_shot_report(
     """Load ``weights`` with ``load_clip`` and print (via ``log``) avg and worst-group zero-shot accuracy per split."""
     from toolchain.models.loading import load_clip
 
-    loaded = load_clip(model_name, weights=weights)
     splits = (split,) if isinstance(split, str) else tuple(split)
+    for s in splits:
+        if s not in SPLIT_NAMES:
+            raise ClipDebiasError(f"--split {s}: expected one of {', '.join(SPLIT_NAMES)}")
+    loaded = load_clip(model_name, weights=weights)
     out = {}
     for s in splits:
         out[s] = group_accuracy(loaded.model, loaded.tokenizer, load_split(data, s), s, prompts)

@@ -116,6 +116,22 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return sd
 
 
+def _check_fits(model: torch.nn.Module, sd: dict[str, torch.Tensor], weights: str | Path, name: str) -> None:
+    """One clear line when the state dict ``sd`` read from ``weights`` has other keys or other tensor shapes than
+    ``model`` (a checkpoint of another architecture), before ``load_state_dict`` would raise a long RuntimeError."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shape = {k: list(getattr(v, "shape", [])) for k, v in sd.items()}
+    bad = [k for k, v in own.items() if k in shape and shape[k] != list(v.shape)]
+    parts = [f"{len(missing)} tensor(s) missing (first {missing[0]})" if missing else "",
+             f"{len(unexpected)} unexpected (first {unexpected[0]})" if unexpected else "",
+             f"{len(bad)} tensor(s) differ in shape (first {bad[0]}: {shape[bad[0]]} in the file, "
+             f"{list(own[bad[0]].shape)} in the model)" if bad else ""]
+    if any(parts):
+        raise ClipDebiasError(f"{weights}: weights do not fit --model {name} ({'; '.join(p for p in parts if p)})")
+
+
 def load_clip(
     name: str,
     pretrained: str | None = None,
@@ -150,11 +166,8 @@ def load_clip(
         if "logit_scale" in sd and sd["logit_scale"].ndim != model.logit_scale.ndim:
             sd["logit_scale"] = sd["logit_scale"].reshape(model.logit_scale.shape)
         sd.pop("text.transformer.embeddings.position_ids", None)
-        missing, unexpected = model.load_state_dict(sd, strict=False)
-        if missing or unexpected:
-            what = ((f"missing {missing[:3]}" if missing else "")
-                    + (f" unexpected {unexpected[:3]}" if unexpected else ""))
-            raise ClipDebiasError(f"{weights}: weights do not fit --model {name} ({what.strip()})")
+        _check_fits(model, sd, weights, name)
+        model.load_state_dict(sd, strict=True)
         identity = ModelIdentity(name=name, weights_sha256=sha256_file(weights), weights_file=Path(weights).name)
     from toolchain.models.tower import tower_config_of
 
