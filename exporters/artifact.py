@@ -1,8 +1,9 @@
 """Write an artifact directory atomically.
 
-Protocol (``staged_artifact``): make ``ARTIFACT.tmp-XXXX`` beside the target, let the caller write the model files
-into it, hash them, write ``manifest.json`` LAST, then rename the temp dir onto ``ARTIFACT`` (an existing artifact is
-first renamed aside to ``ARTIFACT.old-XXXX`` and removed after the swap). On any failure the temp dir is removed, so
+Protocol (``staged_artifact``, see ``runtime.atomic_output``): make ``.ARTIFACT.tmp-XXXX`` beside the target, let
+the caller write the model files into it, hash them, write ``manifest.json`` LAST, then rename the temp dir onto
+``ARTIFACT`` (an existing artifact is first renamed aside to ``.ARTIFACT.old-XXXX`` and removed after the swap; a
+non-empty directory without ``manifest.json`` is never replaced). On any failure the temp dir is removed, so
 an interrupted export never leaves a directory that loads: a temp dir holds no manifest until every model file is
 complete, and the target name only ever points at a finished artifact.
 """
@@ -11,11 +12,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import ContextManager
 
+from runtime.atomic_output import staged_directory
 from runtime.errors import ArtifactError, ClipDebiasError
 from runtime.manifest import MANIFEST_NAME, Manifest, ModelFile, sha256_file
 
@@ -55,44 +55,10 @@ def verify_files(artifact_dir: str | Path, manifest: Manifest) -> None:
             raise ArtifactError(f"{path}: sha256 differs from {MANIFEST_NAME} (file changed after export)")
 
 
-@contextmanager
-def staged_artifact(out: str | Path) -> Iterator[Path]:
-    """Yield a fresh temp dir ``OUT.tmp-XXXX`` beside ``out``; on normal exit it must hold ``manifest.json`` and is
-    renamed onto ``out`` (replacing an existing artifact); on any exception it is removed and ``out`` is untouched."""
-    out = Path(out).absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists() and not out.is_dir():
-        raise ClipDebiasError(f"{out}: exists and is not a directory (expected an artifact directory path)")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
-        raise ClipDebiasError(f"{out}: exists, is not empty and has no {MANIFEST_NAME}; refusing to replace a "
-                              "directory that is not an artifact")
-    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
-    try:
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; the artifact is meant to be shipped and read by services
-        yield tmp
-        if not (tmp / MANIFEST_NAME).is_file():
-            raise ClipDebiasError(f"{tmp}: export finished without writing {MANIFEST_NAME}")
-        _swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` onto ``out``; an existing ``out`` is moved aside first (rename is atomic per directory entry)."""
-    old: Path | None = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f"{out.name}.old-", dir=out.parent))
-        os.rmdir(old)
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out)  # put the previous artifact back
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def staged_artifact(out: str | Path) -> ContextManager[Path]:
+    """A fresh temp dir beside ``out``; on normal exit it must hold ``manifest.json`` and is renamed onto ``out``
+    (replacing an existing artifact, never a foreign directory); on any exception ``out`` is untouched."""
+    return staged_directory(out, MANIFEST_NAME, "an artifact")
 
 
 def copy_artifact_files(src: str | Path, dst: str | Path, manifest: Manifest, skip: tuple[str, ...] = ()) -> None:

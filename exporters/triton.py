@@ -6,7 +6,8 @@
 
 The engine is used when the artifact has one and ``kind`` is gpu (a TensorRT plan cannot run on CPU instances);
 otherwise the fp32 ONNX graph (else the fp16 one, else the int8 one -- for CPU instances; all have fp32 I/O).
-``REPO/NAME`` is written into a temp dir and renamed into place.
+``REPO/NAME`` is written into a temp dir and renamed into place (``runtime.atomic_output``); an existing ``REPO/NAME``
+is replaced only when it holds a ``config.pbtxt`` (a model folder), never a foreign directory.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from pathlib import Path
 
 from exporters.artifact import TRT_PLAN, verify_files
 from exporters.tensorrt_export import read_sidecar
+from runtime.atomic_output import staged_directory
 from runtime.errors import ClipDebiasError
 from runtime.manifest import MANIFEST_NAME, Manifest
 
 KINDS = ("cpu", "gpu")
+CONFIG_PBTXT = "config.pbtxt"
 
 
 @dataclass
@@ -136,19 +139,10 @@ def export_triton(artifact: str | Path, repo: str | Path, name: str = "clip_debi
         platform, src, dst = "onnxruntime_onnx", onnx_file.path, "model.onnx"
     cfg = triton_config(manifest, name, platform, max_batch, instances, kind, opt)
 
-    repo.mkdir(parents=True, exist_ok=True)
     target = repo / name
-    tmp = repo / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        (tmp / "1").mkdir(parents=True)
+    with staged_directory(target, CONFIG_PBTXT, "a Triton model folder written by 'clip-debias export triton'") as tmp:
+        (tmp / "1").mkdir()
         shutil.copy2(artifact / src, tmp / "1" / dst)
         shutil.copy2(artifact / MANIFEST_NAME, tmp / MANIFEST_NAME)
-        (tmp / "config.pbtxt").write_text(cfg.to_pbtxt())
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / CONFIG_PBTXT).write_text(cfg.to_pbtxt())
     return target

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.atomic_output import write_atomic
 from runtime.classifier import Classifier, load
 from runtime.datasets import load_index
 from runtime.errors import ClipDebiasError, InputError
@@ -83,12 +84,9 @@ class VerifyReport:
         return json.dumps(self.to_dict(), indent=2)
 
     def write_json(self, path: str | Path) -> Path:
-        """Write the JSON report (temp file + rename)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(self.to_json() + "\n")
-        os.replace(tmp, path)
-        return path
+        """Write the JSON report (temp file + rename, see ``runtime.atomic_output``)."""
+        write_atomic(path, self.to_json() + "\n")
+        return Path(path)
 
 
 def check_thresholds(

@@ -14,9 +14,6 @@ Everything that depends on data or text (mu, u, the text matrices) is a constant
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from runtime.atomic_output import staged_directory
 from runtime.errors import ClipDebiasError
 from toolchain.correct.edits import Renorm, corrected_embedding
 from toolchain.models.tower import ExplicitViT, TowerConfig
@@ -133,25 +131,17 @@ class DebiasedClassifier(nn.Module):
 
     # ---- persistence --------------------------------------------------------------------------------------------
     def save(self, model_dir: str | Path) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` into a temp dir beside ``model_dir``, then rename."""
+        """Write ``model.safetensors`` then ``config.json`` into a temp dir beside ``model_dir``, then rename it onto
+        ``model_dir`` (refused when that is a non-empty directory without ``config.json``: not a model of ours)."""
         from safetensors.torch import save_file
 
-        model_dir = Path(model_dir)
-        model_dir.parent.mkdir(parents=True, exist_ok=True)
         spec = asdict(self.spec)
         spec["head"] = self.head.config()
-        tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.tmp-", dir=model_dir.parent))
-        try:
+        with staged_directory(model_dir, CONFIG_NAME, "a model directory written by 'clip-debias build'") as tmp:
             state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
             save_file(state, str(tmp / WEIGHTS_NAME))
             (tmp / CONFIG_NAME).write_text(json.dumps(spec, indent=2))
-            if model_dir.exists():
-                shutil.rmtree(model_dir)
-            os.replace(tmp, model_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return model_dir
+        return Path(model_dir)
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "cpu") -> "DebiasedClassifier":

@@ -9,13 +9,12 @@ list of absolute layer indices, 0 = first block), ``dataset``, ``split``, ``clas
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from runtime.atomic_output import atomic_file
 from toolchain.errors import ClipDebiasError
 from toolchain.models.loading import ModelIdentity
 
@@ -57,11 +56,9 @@ class DecompositionCache:
 
 
 def save_cache(path: str | Path, cache: DecompositionCache) -> Path:
-    """Write atomically (temp file in the same folder, then rename)."""
+    """Write atomically (temp file in the same folder, then rename; umask permissions)."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {
         "heads": cache.heads.float().contiguous(),
         "rest": cache.rest.float().contiguous(),
@@ -81,15 +78,9 @@ def save_cache(path: str | Path, cache: DecompositionCache) -> Path:
         "paths": json.dumps(cache.paths),
         "convention": cache.convention,
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return Path(path)
 
 
 def load_cache(path: str | Path) -> DecompositionCache:
