@@ -88,6 +88,16 @@ def test_explain_heads_maps_absolute_layers():
         explain_heads(heads, [6, 7], [(5, 0)], ["a"], texts[:1], k=1)
 
 
+def test_require_cached_heads_names_the_cache():
+    from toolchain.explain.textspan import require_cached_heads
+
+    require_cached_heads([6, 7], 3, [(6, 0), (7, 2)], "val.safetensors")
+    with pytest.raises(ClipDebiasError) as e:
+        require_cached_heads([6, 7], 3, [(6, 0), (5, 1), (7, 3)], "val.safetensors")
+    assert str(e.value) == ("val.safetensors: heads [[5, 1], [7, 3]] are not in the cache (layers [6, 7], 3 heads "
+                            "each); pick cached heads or decompose with --layers covering them")
+
+
 def test_pool_embedding_cache(tmp_path, tiny_clip):
     from toolchain.explain.textspan import cached_pool_embeddings
 
@@ -347,3 +357,28 @@ def test_cli_errors(tmp_path):
     res = CliRunner().invoke(app, ["explain-image", str(tmp_path / "x.png"), "--model", "clipdebias-tiny", "--text",
                                    "a", "--heads", "9:0", "--out", str(tmp_path / "o.png")])
     assert _failed_with(res, "out of range")
+
+
+@pytest.mark.parametrize("choice", [["--heads", "1:0"], ["--heads", "plan.json"], ["--layers", "0"]])
+def test_cli_explain_checks_heads_before_encoding_or_writing(tmp_path, tiny_clip, monkeypatch, choice):
+    """A head the cache does not hold fails with one line naming the cache, before the pool is encoded or any file
+    is written (the pool has thousands of descriptions: minutes on a ViT-B)."""
+    from toolchain.cli.app import app
+    from toolchain.explain import textspan
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("the pool was encoded before the heads were checked")
+
+    monkeypatch.setattr(textspan, "encode_pool", no_encoding)
+    cache = _small_cache(tmp_path / "val.safetensors", tiny_clip.identity)  # layers [2, 3]
+    (tmp_path / "plan.json").write_text(json.dumps({"spurious": [{"head": [3, 1]}], "salient": [{"head": [1, 0]}]}))
+    if choice[1] == "plan.json":
+        choice = ["--heads", str(tmp_path / "plan.json")]
+    out = tmp_path / "ex2"
+    res = CliRunner().invoke(app, ["explain", str(cache), "--model", "clipdebias-tiny", *choice, "--out", str(out)])
+    heads = "heads [[0, 0], [0, 1], [0, 2], [0, 3]] are" if choice[0] == "--layers" else "head [1, 0] is"
+    lines = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert lines == [f"error: {cache}: {heads} not in the cache (layers [2, 3], 4 heads each); pick cached heads or "
+                     "decompose with --layers covering them"]
+    assert not out.exists()

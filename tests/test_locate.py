@@ -120,9 +120,70 @@ def test_plan_roundtrip_and_heatmap(tmp_path: Path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     raw = json.loads(path.read_text())
     assert raw["spurious"][0]["head"] == list(SPURIOUS) and {"n_wrong", "n_correct", "score"} <= set(raw["spurious"][0])
+    assert "source" not in raw and again.source == str(path)  # where it came from is known, never saved
     (tmp_path / "bad.json").write_text(json.dumps({"spurious": []}))
-    with pytest.raises(ClipDebiasError, match="bad.json: malformed plan"):
+    with pytest.raises(ClipDebiasError, match="bad.json: field 'salient' is missing"):
         LocatePlan.load(tmp_path / "bad.json")
+
+
+HEADS = "{head: [layer, head], n_wrong, n_correct, score}"
+BAD_PLANS = [  # (edit of a good plan's JSON, the error after 'PATH: ')
+    (lambda p: p["spurious"].extend([p["spurious"][0], [6, 0]]),
+     f"field 'spurious[2]': expected an object {HEADS}, got a list"),
+    (lambda p: p["spurious"][0].pop("score"), "field 'spurious[0].score' is missing (expected a number)"),
+    (lambda p: p.pop("spurious"), f"field 'spurious' is missing (expected a list of objects {HEADS})"),
+    (lambda p: p["salient"][0].update(head=[6]), "field 'salient[0].head': expected [layer, head] (two integers), "
+                                                 "got [6]"),
+    (lambda p: p["salient"][0].update(head=[6, True]), "field 'salient[0].head': expected [layer, head] (two "
+                                                       "integers), got [6, true]"),
+    (lambda p: p["spurious"][0].update(score="high"), "field 'spurious[0].score': expected a number, got a string"),
+    (lambda p: p["spurious"][0].update(extra=1), f"field 'spurious[0].extra' is not a plan field (expected an "
+                                                 f"object {HEADS})"),
+    (lambda p: p.update(k="2"), "field 'k': expected an integer, got a string"),
+    (lambda p: p.update(layers=[6, "7"]), "field 'layers[1]': expected an integer, got a string"),
+    (lambda p: p.update(identity=None), "field 'identity': expected an object, got null"),
+    (lambda p: p.update(max_salient=1.5), "field 'max_salient': expected an integer or null, got a number"),
+    (lambda p: p.update(surprise=1), "field 'surprise' is not a plan field (expected a plan written by "
+                                     "'clip-debias locate')"),
+    (lambda p: p["n_wrong_grid"].pop(), "field 'n_wrong_grid': expected 2 rows (one per entry of 'layers') of 3 "
+                                        "numbers ('n_heads'), got 1 row"),
+    (lambda p: p["n_correct_grid"][1].pop(), "field 'n_correct_grid': expected 2 rows (one per entry of 'layers') "
+                                             "of 3 numbers ('n_heads'), got 2 numbers in row 1"),
+    (lambda p: p.update(format=2), "field 'format' is 2, expected 1"),
+    (lambda p: p["spurious"][0].update(head=[9, 0]), "field 'spurious[0].head': [9, 0] is not in the plan's grid "
+                                                     "(layers [6, 7] x 3 heads)"),
+    (lambda p: p["salient"][0].update(head=[6, 3]), "field 'salient[0].head': [6, 3] is not in the plan's grid "
+                                                    "(layers [6, 7] x 3 heads)"),
+    (lambda p: p["salient"].append(dict(p["spurious"][0])),
+     "field 'salient[1].head': [7, 2] is also spurious ('spurious[0]'); a head is either ablated (spurious) or "
+     "projected (salient), not both"),
+    (lambda p: p["spurious"].append(dict(p["spurious"][0])),
+     "field 'spurious[1].head': [7, 2] is listed twice (also 'spurious[0]'); each head once per list"),
+    (lambda p: p["salient"].extend([{**p["salient"][0], "head": [7, 0]}, dict(p["salient"][0])]),
+     "field 'salient[2].head': [6, 1] is listed twice (also 'salient[0]'); each head once per list"),
+]
+
+
+@pytest.mark.parametrize("edit,message", BAD_PLANS)
+def test_plan_errors_name_the_file_and_field(tmp_path: Path, edit, message):
+    raw = json.loads(locate_terms(planted_cache(), TEXT).save(tmp_path / "good.json").read_text())
+    edit(raw)
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ClipDebiasError) as e:
+        LocatePlan.load(path)
+    assert str(e.value) == f"{path}: {message}"
+
+
+def test_overlap_and_duplicates_refused_in_built_plans():
+    from toolchain.locate.ltc import HeadScore, check_plan_heads
+
+    plan = locate_terms(planted_cache(), TEXT)
+    plan.salient.append(HeadScore(list(SPURIOUS), 0.0, 0.0, 0.0))
+    with pytest.raises(ClipDebiasError) as e:
+        check_plan_heads(plan)
+    assert str(e.value) == ("plan: field 'salient[1].head': [7, 2] is also spurious ('spurious[0]'); a head is either "
+                            "ablated (spurious) or projected (salient), not both")
 
 
 def test_cli_locate_smoke_and_identity_refusal(tmp_path: Path):
@@ -146,3 +207,64 @@ def test_cli_locate_smoke_and_identity_refusal(tmp_path: Path):
                               "--out", str(out)])
     assert res.exit_code == 2
     assert "comes from clipdebias-tiny (random init), but the model is clipdebias-tiny-ls" in res.output
+
+
+def _tiny_plan(tmp_path: Path) -> tuple[Path, Path]:
+    """(plan.json located by the CLI on a planted cache of the tiny model's width and layers, that cache)."""
+    from toolchain.cli.app import app
+
+    cache = planted_cache()
+    cache.layers = [2, 3]  # inside the tiny model's 4 layers
+    cache.heads = torch.nn.functional.pad(cache.heads, (0, 32 - D))
+    cache.rest = torch.nn.functional.pad(cache.rest, (0, 32 - D))
+    save_cache(tmp_path / "train.safetensors", cache)
+    cache.dataset = "csv"  # a dataset without shipped attribute pairs
+    save_cache(tmp_path / "csv.safetensors", cache)
+    out = tmp_path / "plan.json"
+    res = CliRunner().invoke(app, ["locate", str(tmp_path / "train.safetensors"), "--model", "clipdebias-tiny",
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    raw = json.loads(out.read_text())  # the random-init text tower picks its own heads: pin one of each
+    raw["spurious"] = [{"head": [3, 2], "n_wrong": 0.5, "n_correct": 0.0, "score": 0.5}]
+    raw["salient"] = [{"head": [2, 1], "n_wrong": 0.0, "n_correct": 0.5, "score": 0.5}]
+    out.write_text(json.dumps(raw))
+    return out, tmp_path / "train.safetensors"
+
+
+def _error_line(res) -> str:
+    lines = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert res.exit_code == 2 and len(lines) == 1 and "Traceback" not in res.output, res.output
+    return lines[0]
+
+
+def test_cli_build_names_a_moved_calibration_cache(tmp_path: Path):
+    from toolchain.cli.app import app
+
+    plan, cache = _tiny_plan(tmp_path)
+    cache.rename(tmp_path / "moved.safetensors")
+    runner = CliRunner()
+    res = runner.invoke(app, ["build", "--plan", str(plan), "--model", "clipdebias-tiny", "--out", str(tmp_path / "m")])
+    assert _error_line(res) == (f"error: {plan} records calibration cache {cache}, which does not exist; pass "
+                                "--calibration CACHE, or --no-ablate")
+    res = runner.invoke(app, ["evaluate", "--compare", "--plan", str(plan), "--model", "clipdebias-tiny",
+                              "--cache", str(tmp_path / "csv.safetensors")])
+    assert _error_line(res) == (f"error: {plan} records calibration cache {cache}, which does not exist; pass "
+                                "--calibration CACHE")
+    res = runner.invoke(app, ["build", "--plan", str(plan), "--model", "clipdebias-tiny", "--out", str(tmp_path / "m"),
+                              "--calibration", str(tmp_path / "moved.safetensors")])
+    assert res.exit_code == 0, res.output
+
+
+def test_cli_evaluate_compare_advice_names_its_own_options(tmp_path: Path):
+    from toolchain.cli.app import app
+
+    plan, cache = _tiny_plan(tmp_path)
+    res = CliRunner().invoke(app, ["evaluate", "--compare", "--plan", str(plan), "--model", "clipdebias-tiny",
+                                   "--cache", str(tmp_path / "csv.safetensors")])
+    assert _error_line(res) == ("error: the plan has 1 salient head(s) to project but no attribute pairs were given "
+                                "(--attribute-pairs FILE; the 'ablate + project' rows need them)")
+    pairs = tmp_path / "pairs.yaml"
+    pairs.write_text("attribute_pairs:\n  - [a photo of water, a photo of land]\n")
+    res = CliRunner().invoke(app, ["evaluate", "--compare", "--plan", str(plan), "--model", "clipdebias-tiny",
+                                   "--cache", str(tmp_path / "csv.safetensors"), "--attribute-pairs", str(pairs)])
+    assert res.exit_code == 0, res.output

@@ -69,10 +69,12 @@ def compare_methods(cache_test: DecompositionCache, plan: LocatePlan, calibratio
     base = BuildOptions(attribute_pairs=attribute_pairs, contexts=contexts, tau=tau, z_from=z_from, renorm=renorm,
                         allow_test_calibration=allow_test_calibration, templates=templates)
     templates = list(templates or plan.templates or ["a photo of a {}."])
+    hints = {"pairs_hint": "--attribute-pairs FILE; the 'ablate + project' rows need them",
+             "calibration_hint": "--calibration CACHE"}  # the options of 'evaluate --compare'
     variants = {
         "none": EditSet(renorm=renorm),
-        "ablate": make_edits(plan, calibration, clip, replace(base, project=False)),
-        "ltc": make_edits(plan, calibration, clip, base),
+        "ablate": make_edits(plan, calibration, clip, replace(base, project=False), **hints),
+        "ltc": make_edits(plan, calibration, clip, base, **hints),
     }
     embeddings = {k: v.apply(cache_test) for k, v in variants.items()}
     rows = [("zero-shot", "zeroshot", "none"), ("ablate only", "zeroshot", "ablate"),

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from toolchain.cli.options import ModelOpt, PretrainedOpt, WeightsOpt, load_model
+
+if TYPE_CHECKING:
+    from toolchain.locate.ltc import LocatePlan
 
 AblateOpt = Annotated[bool, typer.Option("--ablate/--no-ablate", help="Mean-ablate the spurious heads.")]
 ProjectOpt = Annotated[bool, typer.Option(
@@ -24,10 +27,23 @@ AllowTestOpt = Annotated[bool, typer.Option(
     "--allow-test-calibration", help="Allow a test-split calibration cache (leaks test data; recorded in the model).")]
 
 
-def default_calibration(plan) -> Path | None:
-    """The cache the plan was located on, when it still exists (the default calibration split)."""
+def default_calibration(plan: "LocatePlan", calibration: Path | None, needed: bool, hint: str) -> Path | None:
+    """``calibration`` when given, else the cache the plan was located on (``plan.cache_path``) when it exists.
+    When mean ablation is ``needed`` and there is none, one line naming the recorded path and ``hint`` (the options
+    of the calling command that fix it)."""
+    from toolchain.errors import ClipDebiasError
+
+    if calibration is not None:
+        return calibration
     path = Path(plan.cache_path) if plan.cache_path else None
-    return path if path is not None and path.is_file() else None
+    if path is not None and path.is_file():
+        return path
+    if not needed:
+        return None
+    if path is None:
+        raise ClipDebiasError(f"{plan.where()} records no calibration cache (field 'cache_path' is empty) for mean "
+                              f"ablation of its {len(plan.spurious)} spurious head(s); pass {hint}")
+    raise ClipDebiasError(f"{plan.where()} records calibration cache {path}, which does not exist; pass {hint}")
 
 
 def build(
@@ -55,8 +71,13 @@ def build(
     from toolchain.decompose.cache import load_cache
     from toolchain.locate.ltc import LocatePlan
 
+    from runtime.atomic_output import check_directory_target
+    from toolchain.correct.classifier import CONFIG_NAME, MODEL_DIR_KIND
+
+    check_directory_target(out, CONFIG_NAME, MODEL_DIR_KIND)  # before the build's minutes of work, not after
     located = LocatePlan.load(plan)
-    calibration = calibration or default_calibration(located)
+    calibration = default_calibration(located, calibration, ablate and bool(located.spurious),
+                                      "--calibration CACHE, or --no-ablate")
     calib = load_cache(calibration) if calibration is not None else None
     clip = load_model(model, pretrained, weights)
     options = BuildOptions(

@@ -85,7 +85,7 @@ def _compare(model, pretrained, weights, plan, calibration, cache, dataset, data
     if model is None or plan is None:
         raise ClipDebiasError("evaluate --compare needs --model and --plan")
     located = LocatePlan.load(plan)
-    calibration = calibration or default_calibration(located)
+    calibration = default_calibration(located, calibration, bool(located.spurious), "--calibration CACHE")
     calib = load_cache(calibration) if calibration is not None else None
     clip = load_model(model, pretrained, weights, device)
     if cache is not None:

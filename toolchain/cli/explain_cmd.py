@@ -37,15 +37,22 @@ def explain(
     """TextSpan: per head, greedily pick the descriptions whose directions (projected on the head's output space)
     explain the most variance of its terms over the cache's images, removing each from terms and pool."""
     from toolchain.decompose.cache import load_cache
-    from toolchain.explain import select_heads
+    from toolchain.errors import ClipDebiasError
+    from toolchain.explain import heads_option, select_heads
     from toolchain.explain.pool import POOL_FILE, load_pool
-    from toolchain.explain.textspan import cached_pool_embeddings, descriptions_markdown, explain_heads
+    from toolchain.explain.textspan import (cached_pool_embeddings, descriptions_markdown, explain_heads,
+                                            require_cached_heads)
 
     terms = load_cache(cache)
+    if heads and layers:
+        raise ClipDebiasError("--heads and --layers are exclusive: give one")
+    if heads:  # the requested heads must be cached: checked before loading the model, encoding or writing anything
+        require_cached_heads(terms.layers, terms.heads.shape[2], heads_option(heads)[0], str(cache))
     clip = load_model(model, pretrained, weights, device)
     _same_backbone(terms.identity, clip.identity, f"cache {cache}")
     n_layers = len(clip.model.visual.transformer.resblocks)
     chosen, roles = select_heads(heads, layers, n_layers, terms.heads.shape[2], terms.layers)
+    require_cached_heads(terms.layers, terms.heads.shape[2], chosen, str(cache))  # --layers: before the pool too
     texts = load_pool(pool)
     typer.echo(f"pool: {len(texts)} descriptions (text embeddings cached in {out / POOL_CACHE})")
     text_emb = cached_pool_embeddings(clip, texts, out / POOL_CACHE)

@@ -23,7 +23,7 @@ from toolchain.correct.edits import corrected_embedding, orthonormal_basis
 from toolchain.correct.perception import ContextSpec, perception_head
 from toolchain.decompose.cache import DecompositionCache
 from toolchain.errors import ClipDebiasError
-from toolchain.locate.ltc import LocatePlan, require_layers, require_same_backbone
+from toolchain.locate.ltc import LocatePlan, check_plan_heads, require_layers, require_same_backbone
 from toolchain.models.tower import ExplicitViT, TowerConfig
 
 CLASSIFIERS = ("zeroshot", "perception")
@@ -74,13 +74,18 @@ def head_terms(cache: DecompositionCache, heads: list[tuple[int, int]]) -> torch
 
 # ---- checks -----------------------------------------------------------------------------------------------------
 
-def check_plan(plan: LocatePlan, clip: Any, cfg: TowerConfig, where: str = "plan") -> None:
-    """Refuse a plan from another backbone or with heads outside the tower's layers x heads grid."""
+def check_plan(plan: LocatePlan, clip: Any, cfg: TowerConfig, where: str | None = None) -> None:
+    """Refuse a plan from another backbone, with heads outside the tower's layers x heads grid, or with a head listed
+    twice or both spurious and salient. Lines start with ``where`` (default: the plan's file, else 'plan')."""
+    where = where or plan.where()
     require_same_backbone(clip.identity, plan.model_identity, where)
-    for l, h in plan.spurious_heads() + plan.salient_heads():
-        if not (0 <= l < cfg.layers and 0 <= h < cfg.heads):
-            raise ClipDebiasError(f"{where}: head [{l}, {h}] is out of range for {clip.identity.describe()} "
-                                  f"({cfg.layers} layers x {cfg.heads} heads)")
+    for role, entries in (("spurious", plan.spurious), ("salient", plan.salient)):
+        for i, s in enumerate(entries):
+            l, h = s.head
+            if not (0 <= l < cfg.layers and 0 <= h < cfg.heads):
+                raise ClipDebiasError(f"{where}: field '{role}[{i}].head': head [{l}, {h}] is out of range for "
+                                      f"{clip.identity.describe()} ({cfg.layers} layers x {cfg.heads} heads)")
+    check_plan_heads(plan, where)
 
 
 def check_calibration(calibration: DecompositionCache, clip: Any, heads: list[tuple[int, int]],
@@ -109,20 +114,24 @@ def projection_basis(clip: Any, pairs: list[tuple[str, str]]) -> torch.Tensor:
     return orthonormal_basis(pos - neg)
 
 
-def make_edits(plan: LocatePlan, calibration: DecompositionCache | None, clip: Any, options: BuildOptions) -> EditSet:
-    """The ``EditSet`` for ``options`` (ablate and/or project), checked against the calibration cache."""
+def make_edits(plan: LocatePlan, calibration: DecompositionCache | None, clip: Any, options: BuildOptions, *,
+               pairs_hint: str = "--attribute-pairs FILE, or --no-project",
+               calibration_hint: str = "--calibration CACHE, or --no-ablate") -> EditSet:
+    """The ``EditSet`` for ``options`` (ablate and/or project), checked against the calibration cache. The hints are
+    the options that supply missing pairs or calibration on the calling command (defaults: ``build``'s)."""
     if options.renorm not in RENORMS:
         raise ClipDebiasError(f"--renorm {options.renorm!r}: expected one of {', '.join(RENORMS)}")
     edits = EditSet(renorm=options.renorm)
     if options.ablate and plan.spurious:
         if calibration is None:
-            raise ClipDebiasError("mean ablation needs a calibration cache (--calibration)")
+            raise ClipDebiasError(f"mean ablation of the plan's {len(plan.spurious)} spurious head(s) needs a "
+                                  f"calibration cache ({calibration_hint})")
         check_calibration(calibration, clip, plan.spurious_heads(), options.allow_test_calibration)
         edits.ablated, edits.means = plan.spurious_heads(), ablation_means(calibration, plan.spurious_heads())
     if options.project and plan.salient:
         if not options.attribute_pairs:
             raise ClipDebiasError(f"the plan has {len(plan.salient)} salient head(s) to project but no attribute pairs "
-                                  "were given (--attribute-pairs FILE, or --no-project)")
+                                  f"were given ({pairs_hint})")
         edits.salient, edits.basis = plan.salient_heads(), projection_basis(clip, options.attribute_pairs)
     return edits
 

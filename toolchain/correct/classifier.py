@@ -27,6 +27,7 @@ from toolchain.correct.edits import Renorm, corrected_embedding
 from toolchain.models.tower import ExplicitViT, TowerConfig
 
 CONFIG_NAME = "config.json"
+MODEL_DIR_KIND = "a model directory written by 'clip-debias build'"  # what staged_directory refuses to replace
 WEIGHTS_NAME = "model.safetensors"
 MODEL_FORMAT = 1
 
@@ -137,7 +138,7 @@ class DebiasedClassifier(nn.Module):
 
         spec = asdict(self.spec)
         spec["head"] = self.head.config()
-        with staged_directory(model_dir, CONFIG_NAME, "a model directory written by 'clip-debias build'") as tmp:
+        with staged_directory(model_dir, CONFIG_NAME, MODEL_DIR_KIND) as tmp:
             state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
             save_file(state, str(tmp / WEIGHTS_NAME))
             (tmp / CONFIG_NAME).write_text(json.dumps(spec, indent=2))

@@ -80,6 +80,16 @@ def parse_layers(value: str) -> list[int]:
         raise ClipDebiasError(f"--layers: '{value}' is not a comma-separated list of layer indices") from None
 
 
+def heads_option(heads: str) -> tuple[list[tuple[int, int]], dict[tuple[int, int], str]]:
+    """(heads, roles) of ``--heads plan.json | L:H,...`` alone (no model needed; roles only from a plan)."""
+    if heads.endswith(".json") or Path(heads).is_file():
+        roles = plan_heads(heads)
+        if not roles:
+            raise ClipDebiasError(f"{heads}: the plan lists no spurious or salient heads")
+        return list(roles), roles
+    return parse_head_list(heads), {}
+
+
 def select_heads(heads: str | None, layers: str | None, n_layers: int, n_heads: int,
                  default_layers: list[int]) -> tuple[list[tuple[int, int]], dict[tuple[int, int], str]]:
     """(heads, roles) from ``--heads plan.json | L:H,...`` or ``--layers l,...`` (negative counts from the end), else
@@ -88,13 +98,7 @@ def select_heads(heads: str | None, layers: str | None, n_layers: int, n_heads: 
         raise ClipDebiasError("--heads and --layers are exclusive: give one")
     roles: dict[tuple[int, int], str] = {}
     if heads:
-        if heads.endswith(".json") or Path(heads).is_file():
-            roles = plan_heads(heads)
-            chosen = list(roles)
-            if not chosen:
-                raise ClipDebiasError(f"{heads}: the plan lists no spurious or salient heads")
-        else:
-            chosen = parse_head_list(heads)
+        chosen, roles = heads_option(heads)
     else:
         picked = [l + n_layers if l < 0 else l for l in (parse_layers(layers) if layers else default_layers)]
         chosen = [(l, h) for l in picked for h in range(n_heads)]

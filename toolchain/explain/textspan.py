@@ -149,17 +149,25 @@ def cached_pool_embeddings(clip: Any, texts: list[str], path: str | Path) -> tor
     return emb
 
 
+def require_cached_heads(layers: list[int], n_heads: int, wanted: list[tuple[int, int]], where: str = "") -> None:
+    """Refuse any wanted (absolute layer, head) that a cache of ``layers`` x ``n_heads`` does not hold; cheap, so
+    callers run it before encoding the pool or writing anything. ``where`` (the cache file) starts the line."""
+    missing = [[l, h] for l, h in wanted if l not in layers or not 0 <= h < n_heads]
+    if missing:
+        what = f"head {missing[0]} is" if len(missing) == 1 else f"heads {missing} are"
+        raise ClipDebiasError(f"{where + ': ' if where else ''}{what} not in the cache (layers {layers}, {n_heads} "
+                              "heads each); pick cached heads or decompose with --layers covering them")
+
+
 def explain_heads(heads: torch.Tensor, layers: list[int], wanted: list[tuple[int, int]], texts: list[str],
                   text_emb: torch.Tensor, k: int, rank: int | None = None,
                   roles: dict[tuple[int, int], str] | None = None) -> list[HeadSpan]:
     """TextSpan for each wanted (absolute layer, head) of a cache's ``heads`` [N, L, H, D] (``layers`` = the cache's
     absolute layer indices)."""
+    require_cached_heads(layers, heads.shape[2], wanted)
     row = {layer: i for i, layer in enumerate(layers)}
     out = []
     for layer, head in wanted:
-        if layer not in row or not 0 <= head < heads.shape[2]:
-            raise ClipDebiasError(f"head [{layer}, {head}] is not in the cache (layers {layers}, "
-                                  f"{heads.shape[2]} heads each)")
         idx, shares, r, total = textspan(heads[:, row[layer], head], text_emb, k, rank)
         entries = [SpanEntry(texts[i], s, i) for i, s in zip(idx, shares)]
         out.append(HeadSpan(layer, head, r, total, entries, (roles or {}).get((layer, head))))

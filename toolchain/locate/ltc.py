@@ -14,9 +14,9 @@ with optional caps on how many of each are kept. Heads are stored as absolute ``
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -71,6 +71,7 @@ class LocatePlan:
     max_salient: int | None = None
     cache_path: str = ""  # the located cache (build's default calibration cache)
     format: int = PLAN_FORMAT
+    source: str = field(default="", compare=False, repr=False)  # the file it was loaded from (not saved)
 
     @property
     def model_identity(self) -> ModelIdentity:
@@ -97,15 +98,21 @@ class LocatePlan:
             "templates": self.templates,
         }
 
+    def where(self) -> str:
+        """How error lines name this plan: its file when loaded from one, else 'plan'."""
+        return self.source or "plan"
+
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self), indent=2))
+        data = asdict(self)
+        data.pop("source")
+        path.write_text(json.dumps(data, indent=2))
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> "LocatePlan":
-        """Read a plan written by ``save``; one clear line for a missing file or field."""
+        """Read a plan written by ``save``; one clear line naming the file and the field for anything malformed."""
         path = Path(path)
         if not path.is_file():
             raise ClipDebiasError(f"{path}: plan not found (write one with 'clip-debias locate')")
@@ -116,18 +123,155 @@ class LocatePlan:
         if not isinstance(raw, dict):
             raise ClipDebiasError(f"{path}: not a plan (expected a JSON object written by 'clip-debias locate')")
         if raw.get("format", PLAN_FORMAT) != PLAN_FORMAT:
-            raise ClipDebiasError(f"{path}: field 'format' is {raw.get('format')}, expected {PLAN_FORMAT}")
-        try:
-            for key in ("spurious", "salient"):
-                raw[key] = [HeadScore(**h) for h in raw[key]]
-            plan = cls(**raw)
-        except (KeyError, TypeError) as e:
-            raise ClipDebiasError(f"{path}: malformed plan ({e}); "
-                                  "expected a file written by 'clip-debias locate'") from e
-        for s in plan.spurious + plan.salient:
-            if len(s.head) != 2 or not all(isinstance(v, int) for v in s.head):
-                raise ClipDebiasError(f"{path}: head {s.head!r} is not [layer, head]")
+            raise ClipDebiasError(f"{path}: field 'format' is {json.dumps(raw['format'])}, expected {PLAN_FORMAT}")
+        check_plan_fields(raw, str(path))
+        for key in ("spurious", "salient"):
+            raw[key] = [HeadScore(**h) for h in raw[key]]
+        plan = cls(**raw, source=str(path))
+        check_plan_heads(plan)
         return plan
+
+
+# ---- plan file validation ---------------------------------------------------------------------------------------
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# kind -> (test, "an X", "Xs")
+_KINDS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
+    "int": (_int, "an integer", "integers"), "num": (_num, "a number", "numbers"),
+    "str": (lambda v: isinstance(v, str), "a string", "strings"),
+    "obj": (lambda v: isinstance(v, dict), "an object", "objects"),
+}
+# every LocatePlan field a plan file holds -> its kind ("list:K" a list of K, "?" may be null); "heads" and "grid"
+# are checked by ``check_plan_fields`` itself
+PLAN_FIELDS: dict[str, str] = {
+    "spurious": "heads", "salient": "heads", "k": "int", "threshold": "num", "layers": "list:int", "n_heads": "int",
+    "n_wrong_grid": "grid", "n_correct_grid": "grid", "minority_groups": "list:int", "minority_group_names": "list:str",
+    "minority_source": "str", "minority_note": "str", "group_source": "str", "n_minority": "int", "n_wrong": "int",
+    "n_correct": "int", "dataset": "str", "split": "str", "n": "int", "identity": "obj", "class_names": "list:str",
+    "templates": "list:str", "attribute_names": "list:str", "max_spurious": "int?", "max_salient": "int?",
+    "cache_path": "str", "format": "int",
+}
+HEAD_FIELDS: dict[str, str] = {"head": "pair", "n_wrong": "num", "n_correct": "num", "score": "num"}
+HEAD_KEYS = "{head: [layer, head], n_wrong, n_correct, score}"
+HEAD_OBJECT = f"an object {HEAD_KEYS}"
+
+
+def json_kind(value: Any) -> str:
+    """What a JSON value is, as an error line names it ('a list', 'null', ...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    for test, name, _ in _KINDS.values():
+        if test(value):
+            return name
+    return "a list" if isinstance(value, list) else type(value).__name__
+
+
+def _expected(kind: str) -> str:
+    if kind.endswith("?"):
+        return f"{_expected(kind[:-1])} or null"
+    if kind.startswith("list:"):
+        return f"a list of {_KINDS[kind[5:]][2]}"
+    return {"heads": f"a list of objects {HEAD_KEYS}", "grid": "a list of rows (lists of numbers)",
+            "pair": "[layer, head] (two integers)"}.get(kind) or _KINDS[kind][1]
+
+
+def _bad(where: str, name: str, kind: str, value: Any) -> ClipDebiasError:
+    got = json.dumps(value) if isinstance(value, list) and len(json.dumps(value)) <= 40 else json_kind(value)
+    return ClipDebiasError(f"{where}: field '{name}': expected {_expected(kind)}, got {got}")
+
+
+def _check_value(where: str, name: str, kind: str, value: Any) -> None:
+    """Refuse ``value`` of field ``name`` unless it is of ``kind`` (see ``PLAN_FIELDS``)."""
+    if kind.endswith("?"):  # an optional scalar
+        if value is not None and not _KINDS[kind[:-1]][0](value):
+            raise _bad(where, name, kind, value)
+        return
+    if kind.startswith("list:"):
+        if not isinstance(value, list):
+            raise _bad(where, name, kind, value)
+        for i, item in enumerate(value):
+            _check_value(where, f"{name}[{i}]", kind[5:], item)
+    elif kind == "pair":
+        if not (isinstance(value, list) and len(value) == 2 and all(_int(v) for v in value)):
+            raise _bad(where, name, kind, value)
+    elif kind == "grid":
+        if not isinstance(value, list):
+            raise _bad(where, name, kind, value)
+        for i, row in enumerate(value):
+            _check_value(where, f"{name}[{i}]", "list:num", row)
+    elif kind == "heads":
+        if not isinstance(value, list):
+            raise _bad(where, name, kind, value)
+        for i, entry in enumerate(value):
+            _check_object(where, f"{name}[{i}]", HEAD_FIELDS, entry, HEAD_OBJECT)
+    elif not _KINDS[kind][0](value):
+        raise _bad(where, name, kind, value)
+
+
+def _check_object(where: str, name: str, spec: dict[str, str], value: Any, what: str,
+                  optional: tuple[str, ...] = ()) -> None:
+    """``value`` must be an object with exactly the keys of ``spec`` (those in ``optional`` may be left out)."""
+    if not isinstance(value, dict):
+        raise ClipDebiasError(f"{where}: field '{name}': expected {what}, got {json_kind(value)}")
+    prefix = f"{name}." if name else ""
+    for key in value:
+        if key not in spec:
+            raise ClipDebiasError(f"{where}: field '{prefix}{key}' is not a plan field (expected {what})")
+    for key, kind in spec.items():
+        if key not in value:
+            if key in optional:
+                continue
+            raise ClipDebiasError(f"{where}: field '{prefix}{key}' is missing (expected {_expected(kind)})")
+        _check_value(where, prefix + key, kind, value[key])
+
+
+def check_plan_fields(raw: dict[str, Any], where: str) -> None:
+    """Refuse a plan object whose fields are missing, unknown or of the wrong type, or whose grids do not have the
+    shape len(layers) x n_heads; one line naming ``where`` (the file) and the field."""
+    optional = tuple(f.name for f in fields(LocatePlan) if f.default is not MISSING or f.default_factory is not MISSING)
+    _check_object(where, "", PLAN_FIELDS, raw, "a plan written by 'clip-debias locate'", optional)
+    _check_value(where, "identity.name", "str", raw["identity"].get("name"))
+    for key in ("pretrained", "weights_sha256", "weights_file"):
+        _check_value(where, f"identity.{key}", "str?", raw["identity"].get(key))
+    rows, cols = len(raw["layers"]), raw["n_heads"]
+    for name in ("n_wrong_grid", "n_correct_grid"):
+        grid = raw[name]
+        bad = next((i for i, row in enumerate(grid) if len(row) != cols), None)
+        if len(grid) != rows or bad is not None:
+            got = (f"{len(grid)} row{'s' * (len(grid) != 1)}" if len(grid) != rows
+                   else f"{len(grid[bad])} numbers in row {bad}")
+            raise ClipDebiasError(f"{where}: field '{name}': expected {rows} rows (one per entry of 'layers') of "
+                                  f"{cols} numbers ('n_heads'), got {got}")
+
+
+def check_plan_heads(plan: LocatePlan, where: str | None = None) -> None:
+    """Refuse a head outside the plan's layers x n_heads grid, listed twice in one list, or both spurious and salient
+    (it would be ablated and projected at once)."""
+    where = where or plan.where()
+    seen: dict[tuple[int, int], str] = {}
+    for role, entries in (("spurious", plan.spurious), ("salient", plan.salient)):
+        for i, s in enumerate(entries):
+            name, head = f"{role}[{i}]", (s.head[0], s.head[1])
+            if head[0] not in plan.layers or not 0 <= head[1] < plan.n_heads:
+                raise ClipDebiasError(f"{where}: field '{name}.head': {list(head)} is not in the plan's grid (layers "
+                                      f"{plan.layers} x {plan.n_heads} heads)")
+            if head in seen:
+                first = seen[head]
+                if first.startswith(role):
+                    raise ClipDebiasError(f"{where}: field '{name}.head': {list(head)} is listed twice (also "
+                                          f"'{first}'); each head once per list")
+                raise ClipDebiasError(f"{where}: field '{name}.head': {list(head)} is also spurious ('{first}'); a "
+                                      "head is either ablated (spurious) or projected (salient), not both")
+            seen[head] = name
 
 
 # ---- checks shared by locate, build and evaluate ----------------------------------------------------------------
