@@ -160,11 +160,12 @@ class ExplicitAttention(nn.Module):
         w_k = self.qkv.weight[w:2 * w].reshape(h, dh, w)  # [H, Dh, W]; folds to a constant in ONNX, like w_v
         w_v = self.qkv.weight[2 * w:].reshape(h, dh, w)
         b_v = self.qkv.bias[2 * w:].reshape(h, 1, dh)
-        q = F.linear(x[:, :1], self.qkv.weight[:w], self.qkv.bias[:w])  # [B, 1, W]
-        q = q.reshape(-1, 1, h, dh).transpose(1, 2) * self.scale  # [B, H, 1, Dh]
-        tokens = x.unsqueeze(1)  # [B, 1, N, W]
-        attn = ((q @ w_k) @ tokens.transpose(-1, -2)).softmax(dim=-1)  # [B, H, 1, W] @ [B, 1, W, N] -> [B, H, 1, N]
-        return (attn @ tokens) @ w_v.transpose(-1, -2) + b_v  # [B, H, 1, W] @ [H, W, Dh] -> [B, H, 1, Dh]
+        # batched GEMMs without broadcasting: over heads [H, B, .] for the weights, over images [B, H, .] for tokens
+        q = F.linear(x[:, 0], self.qkv.weight[:w], self.qkv.bias[:w]) * self.scale  # [B, W]
+        q_folded = (q.reshape(-1, h, dh).transpose(0, 1) @ w_k).transpose(0, 1)  # [H, B, Dh] @ [H, Dh, W] -> [B, H, W]
+        attn = (q_folded @ x.transpose(1, 2)).softmax(dim=-1)  # [B, H, W] @ [B, W, N] -> [B, H, N]
+        mixed = (attn @ x).transpose(0, 1)  # [B, H, N] @ [B, N, W] -> [H, B, W]
+        return (mixed @ w_v.transpose(1, 2) + b_v).transpose(0, 1).unsqueeze(2)  # [H, B, Dh] -> [B, H, 1, Dh]
 
     def merge(self, o: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
         """[B, H, Nq, Dh] -> [B, Nq, W]: concatenate heads, then W_o o + b_o."""
