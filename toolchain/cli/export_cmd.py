@@ -40,7 +40,7 @@ def onnx_cmd(
         "--fused-attention/--no-fused-attention",
         help="Write an ONNX Runtime-only graph with its fused ops (Attention, SkipLayerNormalization; patch "
              "embedding as a GEMM): the fast one on CUDA (H100, ViT-B/16 fp16: 1.8x the plain graph); not for "
-             "TensorRT, and slower on the CPU (0.89x the plain graph, ViT-B/16 on 2 cores).")] = False,
+             "TensorRT, and no faster on the CPU (ViT-B/16 on 2 cores: about 1.03x the plain graph's time).")] = False,
     fp16_fp32_ops: Annotated[str, typer.Option(
         "--fp16-fp32-ops",
         help="Comma list of ONNX op types model.fp16.onnx keeps in fp32, e.g. LayerNormalization (default: none; "
