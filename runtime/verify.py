@@ -76,6 +76,7 @@ class VerifyReport:
     class_names: list[str] = field(default_factory=list)
     dataset_class_names: list[str] = field(default_factory=list)
     class_names_match: bool = True
+    skipped: list[str] = field(default_factory=list)  # unreadable images left out (skip_bad), not counted in n
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -121,10 +122,12 @@ def verify(
     progress: bool = True,
     console: Any = None,
     classifier: Classifier | None = None,
+    skip_bad: bool = False,
 ) -> VerifyReport:
     """Load the artifact (or use ``classifier``), index ``split`` of ``dataset`` at ``data``, classify every image
     in batches of ``batch_size`` and build the report. ``workers`` threads decode/preprocess images (default
-    min(4, cpus)); decoding never overlaps a timed model call. ``cuda_graph``: see ``runtime.load``."""
+    min(4, cpus)); decoding never overlaps a timed model call. ``cuda_graph``: see ``runtime.load``. ``skip_bad``:
+    an unreadable image is left out and listed in ``skipped`` (its batch runs smaller) instead of stopping."""
     if batch_size <= 0:
         raise InputError(f"batch size must be positive, got {batch_size}")
     thresholds = thresholds or Thresholds()
@@ -144,7 +147,20 @@ def verify(
 
     workers = workers or min(4, os.cpu_count() or 1)
     preds = np.empty(len(records), dtype=np.int64)
+    kept = np.ones(len(records), dtype=bool)
+    skipped: list[str] = []
+
+    def decode(r: Any) -> np.ndarray | None:
+        try:
+            return clf.preprocess(r.path)
+        except InputError:
+            if not skip_bad:
+                raise
+            skipped.append(str(r.path))
+            return None
+
     latencies: list[float] = []
+    warm = False
     t_start = time.perf_counter()
     batches = [records[i : i + batch_size] for i in range(0, len(records), batch_size)]
 
@@ -157,20 +173,28 @@ def verify(
     with ThreadPoolExecutor(max_workers=workers) as pool, bar:
         task = bar.add_task("verify", total=len(records), split=split)
         done = 0
-        for bi, chunk in enumerate(batches):
-            x = clf.check_batch(np.stack(list(pool.map(lambda r: clf.preprocess(r.path), chunk))))
-            if bi == 0:
-                for _ in range(warmup):
-                    clf.backend.run(x)
-            t0 = time.perf_counter()
-            logits, _ = clf.backend.run(x)
-            latencies.append((time.perf_counter() - t0) * 1000.0)
-            preds[done : done + len(chunk)] = np.asarray(logits).argmax(axis=1)
+        for chunk in batches:
+            arrays = list(pool.map(decode, chunk))
+            ok = np.array([a is not None for a in arrays])
+            kept[done : done + len(chunk)] = ok
+            if ok.any():
+                x = clf.check_batch(np.stack([a for a in arrays if a is not None]))
+                if not warm:
+                    for _ in range(warmup):
+                        clf.backend.run(x)
+                    warm = True
+                t0 = time.perf_counter()
+                logits, _ = clf.backend.run(x)
+                latencies.append((time.perf_counter() - t0) * 1000.0)
+                preds[done : done + len(chunk)][ok] = np.asarray(logits).argmax(axis=1)
             done += len(chunk)
             bar.update(task, advance=len(chunk))
     wall = time.perf_counter() - t_start
+    if not kept.any():
+        raise ClipDebiasError(f"{data}: none of the {len(records)} images of split '{split}' could be read")
+    n = int(kept.sum())
 
-    acc = accuracy_report(preds, labels, groups, index.group_names)
+    acc = accuracy_report(preds[kept], labels[kept], groups[kept], index.group_names)
     lat = np.asarray(latencies)
     p50, p95, p99 = (float(v) for v in np.percentile(lat, [50, 95, 99]))
     checks = check_thresholds(thresholds, acc.accuracy, acc.worst_group_accuracy, p95)
@@ -180,19 +204,20 @@ def verify(
         worst_group=acc.worst_group,
         groups={k: {"n": g.n, "accuracy": g.accuracy} for k, g in acc.groups.items()},
         latency_ms={"p50": p50, "p95": p95, "p99": p99, "mean": float(lat.mean())},
-        throughput_per_s=float(len(records) / max(lat.sum() / 1000.0, 1e-9)),
+        throughput_per_s=float(n / max(lat.sum() / 1000.0, 1e-9)),
         thresholds=checks,
         passed=all(c.passed for c in checks.values()),
         artifact=str(clf.root),
         dataset=dataset,
         data=str(data),
         split=split,
-        n=len(records),
+        n=n,
         batch_size=batch_size,
-        n_batches=len(batches),
+        n_batches=len(latencies),
         backend=clf.info(),
-        end_to_end_per_s=float(len(records) / max(wall, 1e-9)),
+        end_to_end_per_s=float(n / max(wall, 1e-9)),
         class_names=names,
         dataset_class_names=list(index.class_names),
         class_names_match=list(index.class_names) == names,
+        skipped=sorted(skipped),
     )

@@ -69,6 +69,25 @@ def test_verify_csv_dataset_three_classes(tmp_path):
     assert r.passed and r.thresholds == {}  # no thresholds: nothing to fail
 
 
+def test_verify_skip_bad_leaves_out_unreadable_images(tmp_path):
+    """An unreadable image stops verify with one line naming it; with skip_bad it is left out, listed in
+    ``skipped``, and the numbers equal a direct computation over the readable images."""
+    names = ("cat", "dog", "fox")
+    art = build_artifact(tmp_path / "a", class_names=names, group_names=(), fp16=False, size=(16, 20), seed=3)
+    images = build_csv_dataset(tmp_path / "d", names, n=10, split="val")
+    bad = images[4]
+    bad.path.write_bytes(b"not an image")
+    with pytest.raises(InputError, match="cannot read image") as e:
+        verify(art.path, "csv", tmp_path / "d", "val", device="cpu", batch_size=4, progress=False)
+    assert str(bad.path) in str(e.value)
+    r = verify(art.path, "csv", tmp_path / "d", "val", device="cpu", batch_size=4, progress=False, skip_bad=True)
+    good = [im for im in images if im.split == "val" and im is not bad]
+    correct = [int(np.argmax(art.color_logits(im.rgb))) == im.label for im in good]
+    assert r.skipped == [str(bad.path)] and r.n == 9 and r.n_batches == 3
+    assert r.accuracy == pytest.approx(float(np.mean(correct)))
+    assert json.loads(r.to_json())["skipped"] == [str(bad.path)]
+
+
 def test_threshold_validation():
     with pytest.raises(InputError, match="fraction"):
         Thresholds(min_accuracy=90)

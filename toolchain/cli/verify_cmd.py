@@ -34,6 +34,9 @@ def print_report(report, console) -> None:  # noqa: ANN001 (rich Console, Verify
         f"[bold]{report.artifact}[/bold] on {report.dataset} {report.split} ({report.n} images) -- "
         f"{b.get('backend')} {b.get('device')} {b.get('precision')} ({b.get('file')}), batch {report.batch_size}"
     )
+    if report.skipped:
+        console.print(f"[yellow]warning:[/yellow] {len(report.skipped)} unreadable image(s) left out (--skip-bad), "
+                      f"e.g. {report.skipped[0]}; the full list is in the JSON report")
     if not report.class_names_match:
         console.print(
             f"[yellow]warning:[/yellow] dataset classes {report.dataset_class_names} differ in name from the "
@@ -91,6 +94,8 @@ def register(app: typer.Typer) -> None:
         json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here."),
         workers: Optional[int] = typer.Option(None, "--workers", help="Image decoding threads (default min(4, cpus))."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (stderr)."),
+        skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out unreadable images (listed in the report "
+                                                                "as 'skipped') instead of stopping."),
     ) -> None:
         """Run ARTIFACT on a dataset split with the torch-free runtime; check accuracy, worst-group accuracy and
         latency thresholds. Exit 0 = all met, 1 = a threshold failed, 2 = bad input."""
@@ -114,7 +119,7 @@ def register(app: typer.Typer) -> None:
             report = run_verify(
                 artifact, dataset, data, split, backend=backend, device=device, batch_size=batch_size,
                 thresholds=thresholds, precision=precision, cuda_graph=cuda_graph, workers=workers, progress=progress,
-                console=Console(stderr=True),
+                console=Console(stderr=True), skip_bad=skip_bad,
             )
             if json_path is not None:
                 report.write_json(json_path)
