@@ -464,6 +464,9 @@ def export_onnx_report(model_dir_or_model: Any, out: str | Path, precision: str 
 
     wanted = parse_precisions(precision)
     fp16_fp32_ops = check_op_types(fp16_fp32_ops)
+    if fp16_fp32_ops and "fp16" not in wanted:
+        raise ClipDebiasError(f"--fp16-fp32-ops {','.join(fp16_fp32_ops)}: applies to model.fp16.onnx, but --precision "
+                              f"{precision} writes no fp16 graph (add fp16, e.g. --precision both)")
     if fused_attention and {"LayerNormalization", "SkipLayerNormalization"} & set(fp16_fp32_ops):
         raise ClipDebiasError("--fp16-fp32-ops LayerNormalization does not combine with --fused-attention: the fused "
                               "graph normalizes with SkipLayerNormalization, which keeps its statistics in fp32 anyway")

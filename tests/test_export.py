@@ -445,6 +445,9 @@ def test_fp16_layernorm_in_fp16_survives_outlier_channels(tiny_clip, tmp_path):
     with pytest.raises(ClipDebiasError, match="'Layernorm' is not an ONNX operator type") as e:
         export_onnx(model, tmp_path / "c", precision="fp16", fp16_fp32_ops=["Layernorm"])
     assert "\n" not in str(e.value) and not (tmp_path / "c").exists()
+    with pytest.raises(ClipDebiasError, match="writes no fp16 graph") as e:  # an option that would do nothing
+        export_onnx(model, tmp_path / "c", precision="fp32,int8", fp16_fp32_ops=["LayerNormalization"])
+    assert "\n" not in str(e.value) and not (tmp_path / "c").exists()
 
 
 def test_fused_graph_refuses_layernorm_in_fp32(tiny_clip, tmp_path):
