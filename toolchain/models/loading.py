@@ -148,7 +148,9 @@ def load_clip(
         raise ClipDebiasError("--pretrained and --weights are exclusive: give one source of weights")
     if name not in open_clip.list_models():
         raise ClipDebiasError(f"--model {name}: unknown open_clip model name (see open_clip.list_models())")
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # open_clip warns on random init
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.CRITICAL)  # open_clip warns on random init and logs a failed download before raising
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             name, pretrained=pretrained or None, device="cpu"
@@ -160,6 +162,8 @@ def load_clip(
                 f"({_first_sentence(e)}); offline, pass a local checkpoint with --weights FILE"
             ) from e
         raise
+    finally:
+        root.setLevel(level)
     identity = ModelIdentity(name=name, pretrained=pretrained or None)
     if weights is not None:
         sd = read_state_dict(weights)
