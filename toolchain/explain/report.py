@@ -101,12 +101,18 @@ def json_section(page: Page, title: str, name: str, key: str, kind: type, missin
     """Open a section: its heading, then (the JSON object of file ``name``, its field ``key``) when that field is a
     ``kind``; else a note ``missing`` and None (the section ends there)."""
     page.add(f"<h2>{title}</h2>")
-    data = load_json(find(page.root, name))
+    path = find(page.root, name)
+    data = load_json(path)
     value = data.get(key) if isinstance(data, dict) else None
     if not isinstance(value, kind):
-        page.note(missing)
+        page.note(missing if path is None else unusable(path, f"an object with a '{key}' {kind.__name__}"))
         return None
     return data, value
+
+
+def unusable(path: Path, expected: str) -> str:
+    """The note for a file that is there but cannot be shown."""
+    return f"{path.name}: unreadable or not the expected content ({expected}); section skipped"
 
 
 # ---- sections ---------------------------------------------------------------------------------------------------
@@ -121,7 +127,8 @@ def section_plan(page: Page) -> None:
     if png is not None:
         page.add(page.image(png, "n(W) - n(C) over (layer, head); S = spurious, + = salient"))
     if not isinstance(plan, dict):
-        page.note("no plan.json (run 'clip-debias locate')" if plan_path is None else f"{plan_path.name}: unreadable")
+        page.note("no plan.json (run 'clip-debias locate')" if plan_path is None else
+                  unusable(plan_path, "a plan written by 'clip-debias locate'"))
         return
     rows = []
     for role in ROLES:
@@ -211,7 +218,8 @@ def section_compare(page: Page) -> None:
     path = find(page.root, "compare.json")
     rows = compare_rows(load_json(path))
     if not rows:
-        page.note("no compare.json (run 'clip-debias evaluate --compare ... --json DIR/compare.json')")
+        page.note("no compare.json (run 'clip-debias evaluate --compare ... --json DIR/compare.json')" if path is None
+                  else unusable(path, "method rows {method, accuracy, worst_group_accuracy, groups}"))
         return
     page.add(page.image(render_compare(rows, path.parent / "compare.png"), "accuracy per group and method"))
     groups = list(dict.fromkeys(g for r in rows for g in (r.get("groups") or {})))
