@@ -149,6 +149,22 @@ def _tensorrt_runner(artifact: Path, manifest: Manifest) -> Runner | None:
     return run
 
 
+def check_same_model(spec: Any, manifest: Manifest, model_dir: Path, artifact: Path) -> None:
+    """Refuse, in one line, a ``--model-dir`` that is not the model ``artifact`` was exported from (other weights,
+    edits, head or classes): its torch rows would time a different model."""
+    ours = {"model": dict(spec.identity), "ablated": [list(p) for p in spec.ablated],
+            "salient": [list(p) for p in spec.salient], "head": spec.head.get("kind"),
+            "classes": list(spec.class_names)}
+    theirs = {"model": dict(manifest.model), "ablated": manifest.plan.get("ablated"),
+              "salient": manifest.plan.get("salient"), "head": (manifest.plan.get("head") or {}).get("kind"),
+              "classes": list(manifest.class_names)}
+    differ = [k for k in ours if ours[k] != theirs[k]]
+    if differ:
+        raise ClipDebiasError(f"--model-dir {model_dir}: not the model {artifact} was exported from "
+                              f"({', '.join(differ)} differ); give the model directory it was built from, or leave "
+                              "--model-dir out")
+
+
 def runners(artifact: str | Path, model_dir: str | Path | None = None,
             open_clip_row: bool = True) -> list[tuple[str, Runner]]:
     """The backends that can run here, baseline first."""
@@ -164,6 +180,7 @@ def runners(artifact: str | Path, model_dir: str | Path | None = None,
         from toolchain.correct.classifier import DebiasedClassifier
 
         model = DebiasedClassifier.load(model_dir)
+        check_same_model(model.spec, manifest, Path(model_dir), artifact)
         rows.append(("torch plain", _torch_runner(model.tower)))
         rows.append(("torch debiased", _torch_runner(model)))
     for label, kind, precision in (("ort fp32", "onnx", "fp32"), ("ort fp32 (ort)", "onnx-ort", "fp32"),

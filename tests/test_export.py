@@ -342,6 +342,10 @@ def test_bench_rows(tiny_clip, tmp_path):
     assert all(r.speedup == 1.0 for r in rows if r.backend == "open_clip eager")
     assert all(r.p50_ms > 0 and r.throughput > 0 for r in rows)
     assert len(bench_json(rows)["rows"]) == 12
+    other = plain_classifier(tiny_clip, ["x", "y", "z"])  # same weights, other classes: another model
+    other.save(tmp_path / "other")
+    with pytest.raises(ClipDebiasError, match=r"--model-dir .*other: not the model .* \(classes differ\)"):
+        bench(art, [1], iters=1, model_dir=tmp_path / "other", warmup=0)
 
 
 def test_opset_out_of_range_refused_in_one_line():
