@@ -357,6 +357,9 @@ def test_cli_errors(tmp_path):
     res = CliRunner().invoke(app, ["explain-image", str(tmp_path / "x.png"), "--model", "clipdebias-tiny", "--text",
                                    "a", "--heads", "9:0", "--out", str(tmp_path / "o.png")])
     assert _failed_with(res, "out of range")
+    res = CliRunner().invoke(app, ["explain-image", str(tmp_path / "x.png"), "--model", "clipdebias-tiny", "--text",
+                                   " ", "--out", str(tmp_path / "o.png")])
+    assert _failed_with(res, "--text: empty")
 
 
 @pytest.mark.parametrize("choice", [["--heads", "1:0"], ["--heads", "plan.json"], ["--layers", "0"]])

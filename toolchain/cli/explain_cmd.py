@@ -84,9 +84,13 @@ def explain_image(
 ) -> None:
     """Heat map of the per-patch direct contributions of heads (default: every head of the last layer) along a text
     direction; the patch terms plus the CLS token's term sum exactly to the heads' CLS terms."""
+    from toolchain.errors import ClipDebiasError
     from toolchain.explain import select_heads
     from toolchain.explain.tokens import explain_image as run
 
+    for option, value in (("--text", text), ("--vs", vs)):
+        if value is not None and not value.strip():
+            raise ClipDebiasError(f"{option}: empty; expected a text such as 'a photo of water'")
     clip = load_model(model, pretrained, weights)
     n_layers = len(clip.model.visual.transformer.resblocks)
     n_heads = clip.model.visual.transformer.resblocks[0].attn.num_heads
