@@ -349,8 +349,7 @@ def import_tensorrt(context: str = "backend 'tensorrt'") -> Any:
 def tensorrt_available() -> bool:
     """``tensorrt`` and cuda-python importable and at least one CUDA device visible."""
     try:
-        import tensorrt  # type: ignore[import-not-found]  # noqa: F401
-
+        import_tensorrt()
         cudart = _cudart()
         err, count = cudart.cudaGetDeviceCount()
         return int(err) == 0 and count > 0
