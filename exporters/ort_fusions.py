@@ -15,7 +15,7 @@ import math
 from typing import Any
 
 
-CONTRIB_SAME_SHAPE = ("Attention", "MultiHeadAttention")  # output 0 has input 0's shape in our graphs ([B, Nq, W])
+CONTRIB_SAME_SHAPE = ("Attention",)  # contrib ops whose output 0 has input 0's shape in our graphs ([B, N, W])
 
 
 def inferred_shapes(model: Any) -> dict[str, list[int | str | None]]:

@@ -37,6 +37,7 @@ from runtime.manifest import Manifest
 log = logging.getLogger("clip_debias.export")
 TENSORRT_CONTEXT = "export tensorrt"  # how the missing-TensorRT line starts (runtime.backends.import_tensorrt)
 
+
 @dataclass
 class EngineOptions:
     """Build options. Batch profile: 1 <= min_batch <= opt_batch <= max_batch."""

@@ -147,8 +147,7 @@ def verify(
 
     workers = workers or min(4, os.cpu_count() or 1)
     preds = np.empty(len(records), dtype=np.int64)
-    kept = np.ones(len(records), dtype=bool)
-    skipped: list[str] = []
+    kept = np.ones(len(records), dtype=bool)  # False: unreadable and left out (skip_bad)
 
     def decode(r: Any) -> np.ndarray | None:
         try:
@@ -156,7 +155,6 @@ def verify(
         except InputError:
             if not skip_bad:
                 raise
-            skipped.append(str(r.path))
             return None
 
     latencies: list[float] = []
@@ -219,5 +217,5 @@ def verify(
         class_names=names,
         dataset_class_names=list(index.class_names),
         class_names_match=list(index.class_names) == names,
-        skipped=sorted(skipped),
+        skipped=[str(r.path) for r, ok in zip(records, kept) if not ok],
     )

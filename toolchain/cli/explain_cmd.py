@@ -37,15 +37,13 @@ def explain(
     """TextSpan: per head, greedily pick the descriptions whose directions (projected on the head's output space)
     explain the most variance of its terms over the cache's images, removing each from terms and pool."""
     from toolchain.decompose.cache import load_cache
-    from toolchain.errors import ClipDebiasError
-    from toolchain.explain import heads_option, select_heads
+    from toolchain.explain import check_heads_or_layers, heads_option, select_heads
     from toolchain.explain.pool import POOL_FILE, load_pool
     from toolchain.explain.textspan import (cached_pool_embeddings, descriptions_markdown, explain_heads,
                                             require_cached_heads)
 
     terms = load_cache(cache)
-    if heads and layers:
-        raise ClipDebiasError("--heads and --layers are exclusive: give one")
+    check_heads_or_layers(heads, layers)
     if heads:  # the requested heads must be cached: checked before loading the model, encoding or writing anything
         require_cached_heads(terms.layers, terms.heads.shape[2], heads_option(heads)[0], str(cache))
     clip = load_model(model, pretrained, weights, device)

@@ -90,12 +90,17 @@ def heads_option(heads: str) -> tuple[list[tuple[int, int]], dict[tuple[int, int
     return parse_head_list(heads), {}
 
 
+def check_heads_or_layers(heads: str | None, layers: str | None) -> None:
+    """``--heads`` and ``--layers`` are exclusive (one line); commands check it before loading anything."""
+    if heads and layers:
+        raise ClipDebiasError("--heads and --layers are exclusive: give one")
+
+
 def select_heads(heads: str | None, layers: str | None, n_layers: int, n_heads: int,
                  default_layers: list[int]) -> tuple[list[tuple[int, int]], dict[tuple[int, int], str]]:
     """(heads, roles) from ``--heads plan.json | L:H,...`` or ``--layers l,...`` (negative counts from the end), else
     every head of ``default_layers``. Roles come from a plan (empty otherwise)."""
-    if heads and layers:
-        raise ClipDebiasError("--heads and --layers are exclusive: give one")
+    check_heads_or_layers(heads, layers)
     roles: dict[tuple[int, int], str] = {}
     if heads:
         chosen, roles = heads_option(heads)

@@ -89,6 +89,14 @@ class LayerScale(nn.Module):
         return x * self.gamma
 
 
+def split_qkv(qkv: torch.Tensor, tokens: int, heads: int,
+              head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[B, N, 3W] = [q | k | v] (head h = columns h*Dh:(h+1)*Dh of each) -> q, k, v, each [B, H, N, Dh]. The reshape
+    is written with constants and -1 for the batch (no run-time shape ops in an exported graph)."""
+    q, k, v = qkv.reshape(-1, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    return q, k, v
+
+
 class OrtAttention(torch.autograd.Function):
     """x [B, N, W] -> per-head softmax(q k^T / sqrt(Dh)) v, heads concatenated [B, N, W], with [q | k | v] = x @ w + b
     (w [W, 3W], b [3W]).
@@ -101,8 +109,8 @@ class OrtAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx: object, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, heads: int) -> torch.Tensor:
         bsz, n, width = x.shape
-        q, k, v = (x @ w + b).reshape(bsz, n, 3, heads, width // heads).permute(2, 0, 3, 1, 4)  # [B, H, N, Dh] each
-        return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(bsz, n, width)
+        o = F.scaled_dot_product_attention(*split_qkv(x @ w + b, n, heads, width // heads))  # [B, H, N, Dh]
+        return o.transpose(1, 2).reshape(bsz, n, width)
 
     @staticmethod
     def symbolic(g: object, x: object, w: object, b: object, heads: int) -> object:
@@ -131,9 +139,7 @@ class ExplicitAttention(nn.Module):
     def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [B, N, W] (already ln_1-normalized) -> q, k, v, each [B, H, N, Dh]."""
         self._check_tokens(x)
-        qkv = self.qkv(x).reshape(-1, self.tokens, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        return q, k, v
+        return split_qkv(self.qkv(x), self.tokens, self.heads, self.head_dim)
 
     def head_outputs(self, x: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
         """Per-head attention outputs before the output projection: [B, H, Nq, Dh], Nq = 1 if ``cls_only`` else N."""
