@@ -17,12 +17,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from exporters.timing import describe, interleaved
-from toolchain.correct.classifier import ClassifierSpec, DebiasedClassifier, ZeroShotHead
-from toolchain.correct.edits import orthonormal_basis
-from toolchain.correct.perception import PerceptionHead
-from toolchain.models.loading import load_clip
-from toolchain.models.tower import ExplicitViT
+from clip_debias.exporters.timing import describe, interleaved
+from clip_debias.toolchain.correct.classifier import ClassifierSpec, DebiasedClassifier, ZeroShotHead
+from clip_debias.toolchain.correct.edits import orthonormal_basis
+from clip_debias.toolchain.correct.perception import PerceptionHead
+from clip_debias.toolchain.models.loading import load_clip
+from clip_debias.toolchain.models.tower import ExplicitViT
 
 ABLATED = [[10, 3], [11, 5]]
 SALIENT = [[10, 7], [11, 1]]

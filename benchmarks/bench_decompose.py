@@ -13,9 +13,9 @@ BATCH = 8
 
 @pytest.fixture(scope="module")
 def setup():
-    from toolchain.decompose.contributions import Decomposer, resolve_layers
-    from toolchain.models.loading import load_clip
-    from toolchain.models.tower import ExplicitViT
+    from clip_debias.toolchain.decompose.contributions import Decomposer, resolve_layers
+    from clip_debias.toolchain.models.loading import load_clip
+    from clip_debias.toolchain.models.tower import ExplicitViT
 
     torch.manual_seed(0)
     clip = load_clip("ViT-B-16")
@@ -40,7 +40,7 @@ def test_decompose_last4(benchmark, setup):
 
 def test_zz_interleaved_ratio(benchmark, setup):
     """The ratio of this run from interleaved calls (robust to other processes' load); printed with -s."""
-    from exporters.timing import describe, interleaved
+    from clip_debias.exporters.timing import describe, interleaved
 
     clip, decomposer, images = setup
     benchmark.pedantic(lambda: None, rounds=1)

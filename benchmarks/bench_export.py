@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from exporters.timing import interleaved
+from clip_debias.exporters.timing import interleaved
 
 pytest.importorskip("pytest_benchmark")
 
@@ -44,10 +44,10 @@ def _measure(benchmark: Any, name: str, fn: Callable[[], Any], batch: int, basel
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     import torch
 
-    from exporters.onnx_export import export_module_onnx, export_onnx, gate_images, ort_session
-    from toolchain.correct.classifier import DebiasedClassifier, plain_classifier
-    from toolchain.correct.edits import orthonormal_basis
-    from toolchain.models.loading import load_clip
+    from clip_debias.exporters.onnx_export import export_module_onnx, export_onnx, gate_images, ort_session
+    from clip_debias.toolchain.correct.classifier import DebiasedClassifier, plain_classifier
+    from clip_debias.toolchain.correct.edits import orthonormal_basis
+    from clip_debias.toolchain.models.loading import load_clip
 
     torch.manual_seed(0)
     clip = load_clip(MODEL)

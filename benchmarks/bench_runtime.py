@@ -15,7 +15,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-import runtime  # noqa: E402
+from clip_debias import runtime  # noqa: E402
 from runtime_fixtures import build_artifact  # noqa: E402
 
 

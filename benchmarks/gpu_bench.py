@@ -52,7 +52,7 @@ def node_placement(model: Path, device: str, precision: str, x: np.ndarray) -> d
 
     import onnxruntime as ort
 
-    from runtime.backends import ort_optimization_level
+    from clip_debias.runtime.backends import ort_optimization_level
 
     so = ort.SessionOptions()
     so.enable_profiling, so.log_severity_level = True, 3
@@ -129,9 +129,9 @@ def main() -> None:
                     help="exported graphs to run: fused (--fused-attention), plain, plain-ln32 (plain, LayerNorm fp32)")
     args = ap.parse_args()
 
-    from toolchain.correct.classifier import DebiasedClassifier, plain_classifier
-    from toolchain.correct.edits import orthonormal_basis
-    from toolchain.models.loading import load_clip
+    from clip_debias.toolchain.correct.classifier import DebiasedClassifier, plain_classifier
+    from clip_debias.toolchain.correct.edits import orthonormal_basis
+    from clip_debias.toolchain.models.loading import load_clip
 
     torch.manual_seed(0)
     clip = load_clip(args.model)
@@ -187,8 +187,8 @@ def main() -> None:
         add(f"debiased torch eager {half}", lambda: deb(xb), lambda: deb(x1))
         deb.to("cpu")
 
-    import runtime
-    from exporters.onnx_export import export_onnx
+    from clip_debias import runtime
+    from clip_debias.exporters.onnx_export import export_onnx
 
     xb_np, x1_np = xb.float().cpu().numpy(), x1.float().cpu().numpy()
     xb_dev, x1_dev = xb.float().contiguous(), x1.float().contiguous()  # fp32 on the device: the graph's input type

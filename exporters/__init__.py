@@ -6,18 +6,18 @@ Importing this package is cheap: torch, onnx and tensorrt are imported inside th
 
 from __future__ import annotations
 
-from runtime.lazy_exports import lazy_exports
+from clip_debias.runtime.lazy_exports import lazy_exports
 
 _LAZY = {
-    "export_onnx": "exporters.onnx_export",
-    "export_onnx_report": "exporters.onnx_export",
-    "export_module_onnx": "exporters.onnx_export",
-    "export_tensorrt": "exporters.tensorrt_export",
-    "EngineOptions": "exporters.tensorrt_export",
-    "export_triton": "exporters.triton",
-    "bench": "exporters.bench",
+    "export_onnx": "clip_debias.exporters.onnx_export",
+    "export_onnx_report": "clip_debias.exporters.onnx_export",
+    "export_module_onnx": "clip_debias.exporters.onnx_export",
+    "export_tensorrt": "clip_debias.exporters.tensorrt_export",
+    "EngineOptions": "clip_debias.exporters.tensorrt_export",
+    "export_triton": "clip_debias.exporters.triton",
+    "bench": "clip_debias.exporters.bench",
 }
 
 __all__ = sorted(_LAZY)
 
-__getattr__, __dir__ = lazy_exports("exporters", _LAZY, globals())
+__getattr__, __dir__ = lazy_exports("clip_debias.exporters", _LAZY, globals())

@@ -15,9 +15,9 @@ import shutil
 from pathlib import Path
 from typing import ContextManager
 
-from runtime.atomic_output import staged_directory
-from runtime.errors import ArtifactError, ClipDebiasError
-from runtime.manifest import MANIFEST_NAME, Manifest, ModelFile, sha256_file
+from clip_debias.runtime.atomic_output import staged_directory
+from clip_debias.runtime.errors import ArtifactError, ClipDebiasError
+from clip_debias.runtime.manifest import MANIFEST_NAME, Manifest, ModelFile, sha256_file
 
 # file name -> (kind, precision) as listed in the manifest (see runtime/manifest.py)
 ONNX_FP32 = "model.onnx"

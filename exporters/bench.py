@@ -33,12 +33,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from exporters.artifact import verify_files
-from exporters.onnx_export import library_versions, ort_session
-from exporters.timing import round_robin
-from runtime.backends import session_runner
-from runtime.errors import ClipDebiasError
-from runtime.manifest import Manifest
+from clip_debias.exporters.artifact import verify_files
+from clip_debias.exporters.onnx_export import library_versions, ort_session
+from clip_debias.exporters.timing import round_robin
+from clip_debias.runtime.backends import session_runner
+from clip_debias.runtime.errors import ClipDebiasError
+from clip_debias.runtime.manifest import Manifest
 
 Runner = Callable[[np.ndarray], Any]
 
@@ -74,8 +74,8 @@ def _ort_cuda_runners(artifact: Path, manifest: Manifest) -> list[tuple[str, Run
     A configuration the machine cannot load is left out with one line on stderr."""
     import sys
 
-    import runtime
-    from runtime.backends import ort_has_cuda
+    from clip_debias import runtime
+    from clip_debias.runtime.backends import ort_has_cuda
 
     if not ort_has_cuda():
         return []
@@ -97,7 +97,7 @@ def _ort_cuda_runners(artifact: Path, manifest: Manifest) -> list[tuple[str, Run
 
 def _open_clip_runner(name: str) -> Runner | None:
     try:
-        from toolchain.models.loading import load_clip
+        from clip_debias.toolchain.models.loading import load_clip
 
         model = load_clip(name).model
     except Exception:  # unknown architecture / open_clip missing: the row is just absent
@@ -177,7 +177,7 @@ def runners(artifact: str | Path, model_dir: str | Path | None = None,
         if oc is not None:
             rows.append(("open_clip eager", oc))
     if model_dir is not None:
-        from toolchain.correct.classifier import DebiasedClassifier
+        from clip_debias.toolchain.correct.classifier import DebiasedClassifier
 
         model = DebiasedClassifier.load(model_dir)
         check_same_model(model.spec, manifest, Path(model_dir), artifact)

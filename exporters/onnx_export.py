@@ -48,11 +48,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from exporters.artifact import ONNX_FP16, ONNX_FP32, ONNX_INT8, ONNX_ORT, model_file, staged_artifact, write_manifest
-from exporters.timing import interleaved
-from runtime.backends import session_runner
-from runtime.errors import ClipDebiasError
-from runtime.manifest import Manifest, Preprocessing, TensorSpec
+from clip_debias.exporters.artifact import ONNX_FP16, ONNX_FP32, ONNX_INT8, ONNX_ORT, model_file, staged_artifact, write_manifest
+from clip_debias.exporters.timing import interleaved
+from clip_debias.runtime.backends import session_runner
+from clip_debias.runtime.errors import ClipDebiasError
+from clip_debias.runtime.manifest import Manifest, Preprocessing, TensorSpec
 
 log = logging.getLogger("clip_debias.export")
 
@@ -140,7 +140,7 @@ def export_module_onnx(module: Any, example: Any, path: str | Path, opset: int =
     import onnx
     import torch
 
-    from toolchain.models.tower import ExplicitAttention, ExplicitViT
+    from clip_debias.toolchain.models.tower import ExplicitAttention, ExplicitViT
 
     path = Path(path)
     module = module.eval()
@@ -162,7 +162,7 @@ def export_module_onnx(module: Any, example: Any, path: str | Path, opset: int =
         for m in fusable:
             m.onnx_fused = False
     if fused_attention:  # an ONNX Runtime-only graph anyway: also fuse residual Add + LayerNorm (+ bias)
-        from exporters.ort_fusions import fuse_skip_layer_norm
+        from clip_debias.exporters.ort_fusions import fuse_skip_layer_norm
 
         graph = onnx.load(str(path))
         fused = fuse_skip_layer_norm(graph)
@@ -430,7 +430,7 @@ def build_manifest(model: Any, files: list[Any], opset: int, fused_attention: bo
 def _as_classifier(model_dir_or_model: Any) -> Any:
     import torch
 
-    from toolchain.correct.classifier import DebiasedClassifier
+    from clip_debias.toolchain.correct.classifier import DebiasedClassifier
 
     if isinstance(model_dir_or_model, (str, Path)):
         model = DebiasedClassifier.load(model_dir_or_model)

@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from exporters.artifact import (ONNX_FP16, ONNX_FP32, TRT_PLAN, TRT_SIDECAR, copy_artifact_files, model_file,
+from clip_debias.exporters.artifact import (ONNX_FP16, ONNX_FP32, TRT_PLAN, TRT_SIDECAR, copy_artifact_files, model_file,
                                 staged_artifact, verify_files, write_manifest)
-from exporters.onnx_export import compare, gate_images, ort_session
-from runtime.backends import import_tensorrt
-from runtime.errors import ClipDebiasError
-from runtime.manifest import Manifest
+from clip_debias.exporters.onnx_export import compare, gate_images, ort_session
+from clip_debias.runtime.backends import import_tensorrt
+from clip_debias.runtime.errors import ClipDebiasError
+from clip_debias.runtime.manifest import Manifest
 
 log = logging.getLogger("clip_debias.export")
 TENSORRT_CONTEXT = "export tensorrt"  # how the missing-TensorRT line starts (runtime.backends.import_tensorrt)

@@ -16,11 +16,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from exporters.artifact import TRT_PLAN, verify_files
-from exporters.tensorrt_export import read_sidecar
-from runtime.atomic_output import staged_directory
-from runtime.errors import ClipDebiasError
-from runtime.manifest import MANIFEST_NAME, Manifest
+from clip_debias.exporters.artifact import TRT_PLAN, verify_files
+from clip_debias.exporters.tensorrt_export import read_sidecar
+from clip_debias.runtime.atomic_output import staged_directory
+from clip_debias.runtime.errors import ClipDebiasError
+from clip_debias.runtime.manifest import MANIFEST_NAME, Manifest
 
 KINDS = ("cpu", "gpu")
 CONFIG_PBTXT = "config.pbtxt"

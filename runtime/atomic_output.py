@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from runtime.errors import ClipDebiasError
+from clip_debias.runtime.errors import ClipDebiasError
 
 
 def current_umask() -> int:

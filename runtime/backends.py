@@ -33,10 +33,10 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from runtime.captured_graphs import UNCAPTURED, CapturedGraphs, run_options
-from runtime.device_input import DeviceBatch
-from runtime.errors import ArtifactError, ClipDebiasError
-from runtime.manifest import MANIFEST_NAME, Manifest, ModelFile, TensorSpec
+from clip_debias.runtime.captured_graphs import UNCAPTURED, CapturedGraphs, run_options
+from clip_debias.runtime.device_input import DeviceBatch
+from clip_debias.runtime.errors import ArtifactError, ClipDebiasError
+from clip_debias.runtime.manifest import MANIFEST_NAME, Manifest, ModelFile, TensorSpec
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 DEVICES = ("auto", "cpu", "cuda")
@@ -459,7 +459,7 @@ class TensorRTBackend:
         return state
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from runtime.errors import InputError
+        from clip_debias.runtime.errors import InputError
 
         if self.max_batch and batch.shape[0] > self.max_batch:
             raise InputError(f"batch of {batch.shape[0]} exceeds the TensorRT engine's max batch {self.max_batch}")

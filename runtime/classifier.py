@@ -23,11 +23,11 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from runtime.backends import Backend, BackendOptions, select_backend
-from runtime.device_input import as_device_batch
-from runtime.errors import ArtifactError, InputError
-from runtime.manifest import MANIFEST_NAME, Manifest
-from runtime.preprocess import Preprocessor
+from clip_debias.runtime.backends import Backend, BackendOptions, select_backend
+from clip_debias.runtime.device_input import as_device_batch
+from clip_debias.runtime.errors import ArtifactError, InputError
+from clip_debias.runtime.manifest import MANIFEST_NAME, Manifest
+from clip_debias.runtime.preprocess import Preprocessor
 
 
 @dataclass

@@ -31,7 +31,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime.errors import ClipDebiasError
+from clip_debias.runtime.errors import ClipDebiasError
 
 log = logging.getLogger("clip_debias.datasets")
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.errors import InputError
+from clip_debias.runtime.errors import InputError
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64"}
 

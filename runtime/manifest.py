@@ -22,7 +22,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import ArtifactError
+from clip_debias.runtime.errors import ArtifactError
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"

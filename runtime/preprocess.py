@@ -26,8 +26,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from runtime.errors import InputError
-from runtime.manifest import Preprocessing
+from clip_debias.runtime.errors import InputError
+from clip_debias.runtime.manifest import Preprocessing
 
 _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,

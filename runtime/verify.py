@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from runtime.atomic_output import write_atomic
-from runtime.classifier import Classifier, load
-from runtime.datasets import load_index
-from runtime.errors import ClipDebiasError, InputError
-from runtime.metrics import accuracy_report
+from clip_debias.runtime.atomic_output import write_atomic
+from clip_debias.runtime.classifier import Classifier, load
+from clip_debias.runtime.datasets import load_index
+from clip_debias.runtime.errors import ClipDebiasError, InputError
+from clip_debias.runtime.metrics import accuracy_report
 
 
 @dataclass

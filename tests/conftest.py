@@ -14,7 +14,7 @@ def tiny_clip():
     """Random-weight tiny ViT CLIP (4 layers x 4 heads, width 64, D 32, 32x32 images)."""
     import torch
 
-    from toolchain.models.loading import load_clip
+    from clip_debias.toolchain.models.loading import load_clip
 
     torch.manual_seed(0)
     return load_clip("clipdebias-tiny")
@@ -24,7 +24,7 @@ def tiny_clip():
 def vitb32_clip():
     import torch
 
-    from toolchain.models.loading import load_clip
+    from clip_debias.toolchain.models.loading import load_clip
 
     torch.manual_seed(0)
     return load_clip("ViT-B-32")

@@ -24,7 +24,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from runtime.manifest import Manifest, ModelFile, Preprocessing, TensorSpec, sha256_file
+from clip_debias.runtime.manifest import Manifest, ModelFile, Preprocessing, TensorSpec, sha256_file
 
 OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]

@@ -1,4 +1,4 @@
-"""runtime.atomic_output and its writers: never replace a directory that is not ours, the cwd or a path under a file;
+"""clip_debias.runtime.atomic_output and its writers: never replace a directory that is not ours, the cwd or a path under a file;
 replace our own output atomically; leave the old output on failure; give outputs the umask's permissions."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from runtime.atomic_output import atomic_file, staged_directory, write_atomic
-from runtime.errors import ClipDebiasError
+from clip_debias.runtime.atomic_output import atomic_file, staged_directory, write_atomic
+from clip_debias.runtime.errors import ClipDebiasError
 
 MARK = "marker.json"
 
@@ -145,20 +145,20 @@ def _umask() -> int:
 # ---- the writers --------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def model(tiny_clip):
-    from toolchain.correct.classifier import plain_classifier
+    from clip_debias.toolchain.correct.classifier import plain_classifier
 
     return plain_classifier(tiny_clip, ["a", "b", "c"])
 
 
 @pytest.fixture(scope="module")
 def artifact(model, tmp_path_factory) -> Path:
-    from exporters.onnx_export import export_onnx
+    from clip_debias.exporters.onnx_export import export_onnx
 
     return export_onnx(model, tmp_path_factory.mktemp("a") / "art", ort_optimize=False)
 
 
 def test_classifier_save(model, foreign: Path, artifact: Path, tmp_path: Path, umask_027: None) -> None:
-    from toolchain.correct.classifier import DebiasedClassifier
+    from clip_debias.toolchain.correct.classifier import DebiasedClassifier
 
     out = model.save(tmp_path / "model")
     model.save(out)  # our own model: replaced
@@ -174,7 +174,7 @@ def test_classifier_save(model, foreign: Path, artifact: Path, tmp_path: Path, u
 
 
 def test_export_onnx_refusals(model, tmp_path: Path) -> None:
-    from exporters.onnx_export import export_onnx
+    from clip_debias.exporters.onnx_export import export_onnx
 
     (tmp_path / "afile").write_text("keep")
     with pytest.raises(ClipDebiasError, match="afile: is a file"):
@@ -182,8 +182,8 @@ def test_export_onnx_refusals(model, tmp_path: Path) -> None:
 
 
 def test_triton_refusals(artifact: Path, foreign: Path, tmp_path: Path) -> None:
-    from exporters.triton import export_triton
-    from toolchain.cli.app import app
+    from clip_debias.exporters.triton import export_triton
+    from clip_debias.toolchain.cli.app import app
 
     with pytest.raises(ClipDebiasError, match="mine: exists, is not empty and has no config.pbtxt; refusing"):
         export_triton(artifact, foreign.parent, name="mine")
@@ -195,7 +195,7 @@ def test_triton_refusals(artifact: Path, foreign: Path, tmp_path: Path) -> None:
 
 
 def test_decompose_cache_permissions(tiny_clip, tmp_path: Path) -> None:
-    from toolchain.decompose.cache import DecompositionCache, load_cache, save_cache
+    from clip_debias.toolchain.decompose.cache import DecompositionCache, load_cache, save_cache
 
     c = DecompositionCache(heads=torch.zeros(2, 1, 4, 32), rest=torch.zeros(2, 32), labels=torch.tensor([0, 1]),
                            groups=torch.tensor([0, 1]), layers=[3], identity=tiny_clip.identity, dataset="csv",
@@ -207,7 +207,7 @@ def test_decompose_cache_permissions(tiny_clip, tmp_path: Path) -> None:
 
 
 def test_lab_data_overwrite_refuses_foreign(foreign: Path, tmp_path: Path) -> None:
-    from toolchain.lab.data import make_lab_data
+    from clip_debias.toolchain.lab.data import make_lab_data
 
     args = dict(n_train=8, n_val=0, n_test=0, workers=1)
     out = make_lab_data(tmp_path / "d", **args)

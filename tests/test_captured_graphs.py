@@ -10,9 +10,9 @@ import onnxruntime as ort
 import pytest
 from typer.testing import CliRunner
 
-import runtime
-from runtime.backends import OUTPUTS, BackendError
-from runtime.captured_graphs import GPU_GRAPH_ID, UNCAPTURED, CapturedGraphs, run_options
+from clip_debias import runtime
+from clip_debias.runtime.backends import OUTPUTS, BackendError
+from clip_debias.runtime.captured_graphs import GPU_GRAPH_ID, UNCAPTURED, CapturedGraphs, run_options
 from runtime_fixtures import build_artifact, build_waterbirds
 
 SIZE = (24, 24)
@@ -96,7 +96,7 @@ def test_cuda_graph_needs_cuda_in_one_line(art):
 
 
 def test_cli_verify_cuda_graph_on_cpu_exits_2(art, tmp_path):
-    from toolchain.cli.app import app
+    from clip_debias.toolchain.cli.app import app
 
     build_waterbirds(tmp_path / "wb")
     res = CliRunner().invoke(app, ["verify", str(art.path), "--dataset", "waterbirds", "--data", str(tmp_path / "wb"),

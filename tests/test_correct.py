@@ -11,17 +11,17 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from toolchain.correct.build import BuildOptions, build_classifier, make_edits, make_head
-from toolchain.correct.classifier import DebiasedClassifier
-from toolchain.correct.defaults import attribute_pairs_for, contexts_for
-from toolchain.decompose.cache import DecompositionCache, save_cache
-from toolchain.decompose.contributions import Decomposer
-from toolchain.errors import ClipDebiasError
-from toolchain.evaluate import compare_methods
-from toolchain.locate.ltc import HeadScore, LocatePlan, locate_terms
-from toolchain.models.loading import ModelIdentity, load_clip
-from toolchain.models.text import class_text_matrix
-from toolchain.models.tower import ExplicitViT
+from clip_debias.toolchain.correct.build import BuildOptions, build_classifier, make_edits, make_head
+from clip_debias.toolchain.correct.classifier import DebiasedClassifier
+from clip_debias.toolchain.correct.defaults import attribute_pairs_for, contexts_for
+from clip_debias.toolchain.decompose.cache import DecompositionCache, save_cache
+from clip_debias.toolchain.decompose.contributions import Decomposer
+from clip_debias.toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.evaluate import compare_methods
+from clip_debias.toolchain.locate.ltc import HeadScore, LocatePlan, locate_terms
+from clip_debias.toolchain.models.loading import ModelIdentity, load_clip
+from clip_debias.toolchain.models.text import class_text_matrix
+from clip_debias.toolchain.models.tower import ExplicitViT
 
 CLASSES = ["landbird", "waterbird"]
 GROUPS = ["landbird/land", "landbird/water", "waterbird/land", "waterbird/water"]
@@ -148,7 +148,7 @@ def test_compare_rows_use_the_same_edits(clip, images, cache, options):
 
 
 def test_cli_build_and_compare(clip, images, cache, tmp_path: Path):
-    from toolchain.cli.app import app
+    from clip_debias.toolchain.cli.app import app
 
     save_cache(tmp_path / "train.safetensors", cache)
     plan = plan_with(cache, [[3, 1]], [[2, 2]])
@@ -173,7 +173,7 @@ def test_cli_evaluate_on_a_csv_dataset(clip, cache, tmp_path: Path):
     """evaluate MODEL_DIR and evaluate --compare --dataset csv both run on images on disk and agree on zero-shot."""
     from PIL import Image
 
-    from toolchain.cli.app import app
+    from clip_debias.toolchain.cli.app import app
 
     rows = ["path,label,group,split"]
     g = torch.Generator().manual_seed(1)

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from runtime.datasets import load_index
-from toolchain.datasets import iter_batches
-from toolchain.errors import ClipDebiasError
-from toolchain.models.loading import load_clip
+from clip_debias.runtime.datasets import load_index
+from clip_debias.toolchain.datasets import iter_batches
+from clip_debias.toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.models.loading import load_clip
 
 CELEBA_ATTRS = ["5_o_Clock_Shadow", "Blond_Hair", "Male", "Young"]  # the real file has 40; the loader reads by name
 

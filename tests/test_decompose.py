@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from toolchain.decompose.cache import load_cache, save_cache
-from toolchain.decompose.contributions import Decomposer, resolve_layers
-from toolchain.errors import ClipDebiasError
-from toolchain.models.loading import load_clip
-from toolchain.models.tower import ExplicitViT
+from clip_debias.toolchain.decompose.cache import load_cache, save_cache
+from clip_debias.toolchain.decompose.contributions import Decomposer, resolve_layers
+from clip_debias.toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.models.loading import load_clip
+from clip_debias.toolchain.models.tower import ExplicitViT
 
 TOL = 1e-5  # the bound; observed ~2e-7 on unit-norm embeddings
 
@@ -86,7 +86,7 @@ def _csv_fixture(root, n=6):
 
 
 def test_cli_decompose_writes_cache(tmp_path, tiny_clip):
-    from toolchain.cli.app import app
+    from clip_debias.toolchain.cli.app import app
 
     data = _csv_fixture(tmp_path / "data")
     out = tmp_path / "train.safetensors"
@@ -106,7 +106,7 @@ def test_cli_decompose_writes_cache(tmp_path, tiny_clip):
 
 
 def test_cache_roundtrip_and_errors(tmp_path, tiny_clip):
-    from toolchain.decompose.cache import DecompositionCache
+    from clip_debias.toolchain.decompose.cache import DecompositionCache
 
     c = DecompositionCache(heads=torch.randn(3, 1, 4, 32), rest=torch.randn(3, 32), labels=torch.tensor([0, 1, 0]),
                            groups=torch.tensor([0, 3, 1]), layers=[3], identity=tiny_clip.identity, dataset="csv",
@@ -128,7 +128,7 @@ def test_cli_bad_input_is_one_line(tmp_path):
     import subprocess
     import sys
 
-    res = subprocess.run([sys.executable, "-m", "toolchain.cli.app", "decompose", "--model", "clipdebias-tiny",
+    res = subprocess.run([sys.executable, "-m", "clip_debias.toolchain.cli.app", "decompose", "--model", "clipdebias-tiny",
                           "--dataset", "waterbirds", "--data", str(tmp_path), "--out", str(tmp_path / "x.safetensors")],
                          capture_output=True, text=True)
     assert res.returncode == 2, res.stderr
@@ -144,7 +144,7 @@ def test_toolchain_command_without_torch_says_which_extra(tmp_path):
 
     code = ("import sys; sys.modules['torch'] = None; sys.argv = ['clip-debias', 'decompose', '--model', 'x', "
             f"'--dataset', 'csv', '--data', {str(tmp_path)!r}, '--out', {str(tmp_path / 'x.safetensors')!r}]; "
-            "from toolchain.cli.app import main; main()")
+            "from clip_debias.toolchain.cli.app import main; main()")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     lines = [l for l in res.stderr.splitlines() if l.strip()]
     assert res.returncode == 2 and len(lines) == 1, res.stderr

@@ -9,7 +9,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    from toolchain.demo import run_demo
+    from clip_debias.toolchain.demo import run_demo
 
     out = tmp_path_factory.mktemp("demo")
     return out, run_demo(out, quick=True, batch_size=64)

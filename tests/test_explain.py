@@ -14,17 +14,17 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from toolchain.decompose.cache import DecompositionCache, save_cache
-from toolchain.decompose.contributions import Decomposer
-from toolchain.errors import ClipDebiasError
-from toolchain.explain import plan_heads, select_heads
-from toolchain.explain.b2t import (ClassKeywords, KeywordScore, attribute_prompts, keyword_scores, rank_class,
+from clip_debias.toolchain.decompose.cache import DecompositionCache, save_cache
+from clip_debias.toolchain.decompose.contributions import Decomposer
+from clip_debias.toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.explain import plan_heads, select_heads
+from clip_debias.toolchain.explain.b2t import (ClassKeywords, KeywordScore, attribute_prompts, keyword_scores, rank_class,
                                    zero_shot_predictions)
-from toolchain.explain.pool import POOL_FILE, VOCAB_FILE, generate_pool, generate_vocab, load_pool
-from toolchain.explain.report import build_report
-from toolchain.explain.textspan import auto_rank, explain_heads, textspan
-from toolchain.explain.tokens import token_terms
-from toolchain.models.tower import ExplicitViT
+from clip_debias.toolchain.explain.pool import POOL_FILE, VOCAB_FILE, generate_pool, generate_vocab, load_pool
+from clip_debias.toolchain.explain.report import build_report
+from clip_debias.toolchain.explain.textspan import auto_rank, explain_heads, textspan
+from clip_debias.toolchain.explain.tokens import token_terms
+from clip_debias.toolchain.models.tower import ExplicitViT
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -89,7 +89,7 @@ def test_explain_heads_maps_absolute_layers():
 
 
 def test_require_cached_heads_names_the_cache():
-    from toolchain.explain.textspan import require_cached_heads
+    from clip_debias.toolchain.explain.textspan import require_cached_heads
 
     require_cached_heads([6, 7], 3, [(6, 0), (7, 2)], "val.safetensors")
     with pytest.raises(ClipDebiasError) as e:
@@ -99,7 +99,7 @@ def test_require_cached_heads_names_the_cache():
 
 
 def test_pool_embedding_cache(tmp_path, tiny_clip):
-    from toolchain.explain.textspan import cached_pool_embeddings
+    from clip_debias.toolchain.explain.textspan import cached_pool_embeddings
 
     path = tmp_path / "pool.safetensors"
     first = cached_pool_embeddings(tiny_clip, ["a dog.", "a cat."], path)
@@ -149,7 +149,7 @@ def test_b2t_scores_match_numpy_reference():
 
 
 def test_zero_shot_and_attribute_prompts():
-    from toolchain.correct.defaults import parse_attribute_prompts
+    from clip_debias.toolchain.correct.defaults import parse_attribute_prompts
 
     e = _unit(torch.tensor([[1.0, 0.1], [0.1, 1.0], [1.0, -0.2]]))
     assert zero_shot_predictions(e, torch.eye(2)).tolist() == [0, 1, 0]
@@ -269,7 +269,7 @@ def _small_cache(path: Path, identity) -> Path:
 
 
 def test_cli_explain_and_report(tmp_path, tiny_clip):
-    from toolchain.cli.app import app
+    from clip_debias.toolchain.cli.app import app
 
     cache = _small_cache(tmp_path / "val.safetensors", tiny_clip.identity)
     pool = tmp_path / "pool.txt"
@@ -305,7 +305,7 @@ def test_cli_explain_and_report(tmp_path, tiny_clip):
 
 
 def test_cli_discover_on_cache(tmp_path, tiny_clip):
-    from toolchain.cli.app import app
+    from clip_debias.toolchain.cli.app import app
 
     cache = _small_cache(tmp_path / "val.safetensors", tiny_clip.identity)
     vocab = tmp_path / "vocab.txt"
@@ -322,7 +322,7 @@ def test_cli_discover_on_cache(tmp_path, tiny_clip):
 def test_cli_discover_captions(tmp_path, tiny_clip):
     """csv dataset with a captions column: candidates are YAKE keywords of the misclassified images' captions."""
     pytest.importorskip("yake")
-    from toolchain.cli.app import app
+    from clip_debias.toolchain.cli.app import app
 
     root = tmp_path / "data"
     root.mkdir()
@@ -348,7 +348,7 @@ def _failed_with(res, text: str) -> bool:
 
 
 def test_cli_errors(tmp_path):
-    from toolchain.cli.app import app
+    from clip_debias.toolchain.cli.app import app
 
     assert _failed_with(CliRunner().invoke(app, ["report", str(tmp_path / "missing")]), "not a folder")
     res = CliRunner().invoke(app, ["explain", str(tmp_path / "none.safetensors"), "--model", "clipdebias-tiny",
@@ -366,8 +366,8 @@ def test_cli_errors(tmp_path):
 def test_cli_explain_checks_heads_before_encoding_or_writing(tmp_path, tiny_clip, monkeypatch, choice):
     """A head the cache does not hold fails with one line naming the cache, before the pool is encoded or any file
     is written (the pool has thousands of descriptions: minutes on a ViT-B)."""
-    from toolchain.cli.app import app
-    from toolchain.explain import textspan
+    from clip_debias.toolchain.cli.app import app
+    from clip_debias.toolchain.explain import textspan
 
     def no_encoding(*args, **kwargs):
         raise AssertionError("the pool was encoded before the heads were checked")

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-import exporters.onnx_export as ox
-from exporters.artifact import staged_artifact
-from exporters.onnx_export import export_module_onnx, export_onnx, export_onnx_report, ort_session
-from runtime.errors import ClipDebiasError
-from runtime.manifest import MANIFEST_NAME, Manifest
-from toolchain.correct.classifier import DebiasedClassifier, plain_classifier
-from toolchain.correct.edits import orthonormal_basis
+import clip_debias.exporters.onnx_export as ox
+from clip_debias.exporters.artifact import staged_artifact
+from clip_debias.exporters.onnx_export import export_module_onnx, export_onnx, export_onnx_report, ort_session
+from clip_debias.runtime.errors import ClipDebiasError
+from clip_debias.runtime.manifest import MANIFEST_NAME, Manifest
+from clip_debias.toolchain.correct.classifier import DebiasedClassifier, plain_classifier
+from clip_debias.toolchain.correct.edits import orthonormal_basis
 
 CLASSES = ["a", "b", "c"]
 
@@ -240,8 +240,8 @@ def test_int8_quantizes_block_linears_and_runs_on_cpu(tiny_clip, tiny_edited, tm
     model.onnx."""
     import onnx
 
-    import runtime
-    from runtime.backends import BackendError
+    from clip_debias import runtime
+    from clip_debias.runtime.backends import BackendError
 
     for name, model in (("plain", plain_classifier(tiny_clip, CLASSES)), ("edited", tiny_edited)):
         rep = export_onnx_report(model, tmp_path / name, precision="fp32,int8", ort_optimize=False)
@@ -273,7 +273,7 @@ def test_cli_export_onnx_from_model_dir(tiny_clip, tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from toolchain.cli.export_cmd import register
+    from clip_debias.toolchain.cli.export_cmd import register
 
     app = typer.Typer()
     register(app)
@@ -298,7 +298,7 @@ def _has_tensorrt() -> bool:
 @pytest.mark.skipif(_has_tensorrt(), reason="tensorrt is installed")
 def test_tensorrt_missing_is_one_line_nonzero(tmp_path, monkeypatch, capsys):
     """Through the real entry point (``clip-debias`` = ``toolchain.cli.app:main``), in-process to save the imports."""
-    from toolchain.cli import app as cli
+    from clip_debias.toolchain.cli import app as cli
 
     monkeypatch.setattr(sys, "argv", ["clip-debias", "export", "tensorrt", str(tmp_path)])
     with pytest.raises(SystemExit) as exc:
@@ -316,7 +316,7 @@ def test_tensorrt_engine_added_to_artifact(tiny_clip, tmp_path):
     pytest.importorskip("tensorrt")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    from exporters.tensorrt_export import EngineOptions, export_tensorrt
+    from clip_debias.exporters.tensorrt_export import EngineOptions, export_tensorrt
 
     art = export_onnx(plain_classifier(tiny_clip, CLASSES), tmp_path / "art", precision="both", ort_optimize=False)
     export_tensorrt(art, EngineOptions(fp16=True, min_batch=1, opt_batch=4, max_batch=8, workspace_gb=1))
@@ -331,7 +331,7 @@ def test_tensorrt_engine_added_to_artifact(tiny_clip, tmp_path):
 
 # ---- bench --------------------------------------------------------------------------------------------------------
 def test_bench_rows(tiny_clip, tmp_path):
-    from exporters.bench import bench, bench_json
+    from clip_debias.exporters.bench import bench, bench_json
 
     model = plain_classifier(tiny_clip, CLASSES)
     model.save(tmp_path / "model")
@@ -350,7 +350,7 @@ def test_bench_rows(tiny_clip, tmp_path):
 
 def test_opset_out_of_range_refused_in_one_line():
     """Checked before torch.onnx.export, which would print a long graph dump before failing."""
-    from exporters.onnx_export import check_opset
+    from clip_debias.exporters.onnx_export import check_opset
 
     for opset in (13, 99):
         with pytest.raises(ClipDebiasError, match=rf"^--opset {opset}: expected 14\.\.\d+ ") as e:
@@ -387,9 +387,9 @@ def test_fused_attention_export(tmp_path, tiny_clip):
     import onnx
     import torch
 
-    import runtime
-    from exporters.onnx_export import export_onnx
-    from toolchain.correct.classifier import plain_classifier
+    from clip_debias import runtime
+    from clip_debias.exporters.onnx_export import export_onnx
+    from clip_debias.toolchain.correct.classifier import plain_classifier
 
     model = plain_classifier(tiny_clip, ["a", "b", "c"])
     art = export_onnx(model, tmp_path / "art", precision="fp32,fp16,int8", fused_attention=True, ort_optimize=False)
@@ -408,8 +408,8 @@ def test_fused_attention_export(tmp_path, tiny_clip):
         ref = model(torch.from_numpy(x))[0].numpy()
     assert np.abs(runtime.load(art, device="cpu").predict_logits(x) - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
     assert not any(m.onnx_fused for m in model.modules() if hasattr(m, "onnx_fused"))  # flags reset after export
-    from toolchain.errors import ClipDebiasError
-    from exporters.tensorrt_export import export_tensorrt
+    from clip_debias.toolchain.errors import ClipDebiasError
+    from clip_debias.exporters.tensorrt_export import export_tensorrt
 
     with pytest.raises(ClipDebiasError, match="re-export without it for TensorRT"):
         export_tensorrt(art)

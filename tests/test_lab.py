@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from toolchain.errors import ClipDebiasError
-from toolchain.lab import LAB_RECIPE, LAB_WEIGHTS
-from toolchain.lab.data import group_counts, make_lab_data, read_metadata
+from clip_debias.toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.lab import LAB_RECIPE, LAB_WEIGHTS
+from clip_debias.toolchain.lab.data import group_counts, make_lab_data, read_metadata
 
 
 def _digest(root: Path) -> str:
@@ -70,21 +70,21 @@ def test_make_data_rejects_bad_input(tmp_path: Path, small_data: Path) -> None:
 
 
 def test_short_training_lowers_loss(tmp_path: Path) -> None:
-    from toolchain.lab.train import train_lab_model
+    from clip_debias.toolchain.lab.train import train_lab_model
 
     data = make_lab_data(tmp_path / "d", n_train=16, n_val=8, n_test=0, correlation=1.0, seed=1, workers=1)
     res = train_lab_model(data, tmp_path / "w.safetensors", steps=15, batch_size=16, lr=1e-3, seed=0, threads=2,
                           log=lambda s: None)
     assert len(res.losses) == 15
     assert sum(res.losses[-4:]) / 4 < sum(res.losses[:4]) / 4 - 0.1
-    from toolchain.models.loading import load_clip
+    from clip_debias.toolchain.models.loading import load_clip
 
     assert load_clip("clipdebias-lab", weights=res.out).identity.weights_sha256
 
 
 def test_shipped_weights_load() -> None:
-    from toolchain.models.loading import load_clip, sha256_file
-    from toolchain.models.tower import tower_config_of
+    from clip_debias.toolchain.models.loading import load_clip, sha256_file
+    from clip_debias.toolchain.models.tower import tower_config_of
 
     assert LAB_WEIGHTS.stat().st_size < 20 * 2**20
     recipe = json.loads(LAB_RECIPE.read_text())
@@ -99,7 +99,7 @@ def test_shipped_weights_load() -> None:
 def test_cli_make_data(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from toolchain.cli.app import app
+    from clip_debias.toolchain.cli.app import app
 
     runner = CliRunner()
     res = runner.invoke(app, ["lab", "make-data", "--out", str(tmp_path / "c"), "--n-train", "20", "--n-val", "4",
@@ -114,7 +114,7 @@ def _one_error_line(args: list[str], *needles: str) -> None:
     """The CLI run fails with exit code 2 and a single 'error: ...' line containing ``needles`` (no traceback)."""
     from typer.testing import CliRunner
 
-    from toolchain.cli.app import app
+    from clip_debias.toolchain.cli.app import app
 
     res = CliRunner().invoke(app, args)
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
@@ -153,8 +153,8 @@ def test_make_data_defaults_are_the_recipe() -> None:
     """`lab make-data` with no options makes the data the shipped weights were trained on."""
     import inspect
 
-    from toolchain.cli.lab_cmd import make_data
-    from toolchain.lab.data import LabDataConfig
+    from clip_debias.toolchain.cli.lab_cmd import make_data
+    from clip_debias.toolchain.lab.data import LabDataConfig
 
     args = json.loads(LAB_RECIPE.read_text())["make_data"]["args"]
     cli = {k: p.default for k, p in inspect.signature(make_data).parameters.items()}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from toolchain.errors import ClipDebiasError
-from toolchain.models.loading import load_clip, sha256_file
+from clip_debias.toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.models.loading import load_clip, sha256_file
 
 
 def _same_weights(a, b) -> bool:
@@ -92,7 +92,7 @@ def test_weights_of_another_shape_are_one_line(tmp_path, tiny_clip):
 def _cli(args: list[str]):
     from typer.testing import CliRunner
 
-    from toolchain.cli.app import app
+    from clip_debias.toolchain.cli.app import app
 
     return CliRunner().invoke(app, args)
 
@@ -106,7 +106,7 @@ def _one_error_line(res, *needles: str) -> str:
 
 
 def test_device_is_checked(tmp_path, monkeypatch):
-    from toolchain.cli.options import check_device
+    from clip_debias.toolchain.cli.options import check_device
 
     assert check_device("cpu") == "cpu"
     base = ["decompose", "--model", "clipdebias-tiny", "--dataset", "waterbirds", "--data", str(tmp_path),
@@ -123,8 +123,8 @@ def test_device_is_checked(tmp_path, monkeypatch):
 
 
 def test_random_weights_warn_on_stderr(capsys):
-    from toolchain.cli.options import load_model
-    from toolchain.lab import LAB_WEIGHTS
+    from clip_debias.toolchain.cli.options import load_model
+    from clip_debias.toolchain.lab import LAB_WEIGHTS
 
     load_model("clipdebias-tiny", None, None)
     err = capsys.readouterr().err.strip().splitlines()

@@ -9,12 +9,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from toolchain.decompose.cache import DecompositionCache, save_cache
-from toolchain.errors import ClipDebiasError
-from toolchain.locate.groups import minority_from_counts
-from toolchain.locate.heatmap import save_heatmap
-from toolchain.locate.ltc import LocatePlan, locate_terms, select_heads
-from toolchain.models.loading import ModelIdentity
+from clip_debias.toolchain.decompose.cache import DecompositionCache, save_cache
+from clip_debias.toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.locate.groups import minority_from_counts
+from clip_debias.toolchain.locate.heatmap import save_heatmap
+from clip_debias.toolchain.locate.ltc import LocatePlan, locate_terms, select_heads
+from clip_debias.toolchain.models.loading import ModelIdentity
 
 LAYERS = [6, 7]  # absolute indices of the cached layers
 SPURIOUS, SALIENT = (7, 2), (6, 1)
@@ -176,7 +176,7 @@ def test_plan_errors_name_the_file_and_field(tmp_path: Path, edit, message):
 
 
 def test_overlap_and_duplicates_refused_in_built_plans():
-    from toolchain.locate.ltc import HeadScore, check_plan_heads
+    from clip_debias.toolchain.locate.ltc import HeadScore, check_plan_heads
 
     plan = locate_terms(planted_cache(), TEXT)
     plan.salient.append(HeadScore(list(SPURIOUS), 0.0, 0.0, 0.0))
@@ -187,7 +187,7 @@ def test_overlap_and_duplicates_refused_in_built_plans():
 
 
 def test_cli_locate_smoke_and_identity_refusal(tmp_path: Path):
-    from toolchain.cli.app import app
+    from clip_debias.toolchain.cli.app import app
 
     cache = planted_cache()
     # hand-built terms live in D=6; the tiny model's text is D=32: give the CLI a cache of the model's width
@@ -211,7 +211,7 @@ def test_cli_locate_smoke_and_identity_refusal(tmp_path: Path):
 
 def _tiny_plan(tmp_path: Path) -> tuple[Path, Path]:
     """(plan.json located by the CLI on a planted cache of the tiny model's width and layers, that cache)."""
-    from toolchain.cli.app import app
+    from clip_debias.toolchain.cli.app import app
 
     cache = planted_cache()
     cache.layers = [2, 3]  # inside the tiny model's 4 layers
@@ -238,7 +238,7 @@ def _error_line(res) -> str:
 
 
 def test_cli_build_names_a_moved_calibration_cache(tmp_path: Path):
-    from toolchain.cli.app import app
+    from clip_debias.toolchain.cli.app import app
 
     plan, cache = _tiny_plan(tmp_path)
     cache.rename(tmp_path / "moved.safetensors")
@@ -256,7 +256,7 @@ def test_cli_build_names_a_moved_calibration_cache(tmp_path: Path):
 
 
 def test_cli_evaluate_compare_advice_names_its_own_options(tmp_path: Path):
-    from toolchain.cli.app import app
+    from clip_debias.toolchain.cli.app import app
 
     plan, cache = _tiny_plan(tmp_path)
     res = CliRunner().invoke(app, ["evaluate", "--compare", "--plan", str(plan), "--model", "clipdebias-tiny",

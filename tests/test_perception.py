@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from runtime.datasets import CELEBA_CLASSES, WATERBIRDS_CLASSES
-from toolchain.correct.defaults import (attribute_pairs_for, attribute_prompts_for, classes_for, contexts_for,
+from clip_debias.runtime.datasets import CELEBA_CLASSES, WATERBIRDS_CLASSES
+from clip_debias.toolchain.correct.defaults import (attribute_pairs_for, attribute_prompts_for, classes_for, contexts_for,
                                         known_minority_groups, templates_for)
-from toolchain.correct.perception import ContextSpec, PerceptionHead, perception_log_probs
-from toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.correct.perception import ContextSpec, PerceptionHead, perception_log_probs
+from clip_debias.toolchain.errors import ClipDebiasError
 
 
 def reference(e: torch.Tensor, text: torch.Tensor, scale: float, tau: float,
@@ -87,8 +87,8 @@ def test_shipped_defaults_are_complete(dataset, classes):
 
 
 def test_head_with_the_tiny_text_tower():
-    from toolchain.correct.perception import perception_head
-    from toolchain.models.loading import load_clip
+    from clip_debias.toolchain.correct.perception import perception_head
+    from clip_debias.toolchain.models.loading import load_clip
 
     clip = load_clip("clipdebias-tiny")
     spec = contexts_for("waterbirds", None)

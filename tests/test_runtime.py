@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import runtime
-from runtime.backends import BackendError, ort_optimization_level
-from runtime.errors import ArtifactError, InputError
-from runtime.manifest import Preprocessing
-from runtime.preprocess import Preprocessor
+from clip_debias import runtime
+from clip_debias.runtime.backends import BackendError, ort_optimization_level
+from clip_debias.runtime.errors import ArtifactError, InputError
+from clip_debias.runtime.manifest import Preprocessing
+from clip_debias.runtime.preprocess import Preprocessor
 from runtime_fixtures import OPENAI_MEAN, OPENAI_STD, build_artifact
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,8 +65,8 @@ def _edit_manifest(path: Path, edit) -> None:
 def test_runtime_imports_no_torch(tmp_path):
     r = _python(f"""
         import sys
-        import runtime, runtime.classifier, runtime.verify, runtime.backends, runtime.preprocess
-        import toolchain.cli.verify_cmd
+        import clip_debias.runtime as runtime, clip_debias.runtime.classifier, clip_debias.runtime.verify, clip_debias.runtime.backends, clip_debias.runtime.preprocess
+        import clip_debias.toolchain.cli.verify_cmd
         from runtime_fixtures import build_artifact
         a = build_artifact({str(tmp_path / 'a')!r})
         import numpy as np
@@ -280,7 +280,7 @@ def test_graph_with_fixed_batch_refused(art, tmp_path):
     m = onnx.load(path / "model.onnx")
     m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
     onnx.save(m, path / "model.onnx")
-    from runtime.manifest import sha256_file
+    from clip_debias.runtime.manifest import sha256_file
 
     _edit_manifest(path, lambda d: d["files"][0].update(sha256=sha256_file(path / "model.onnx")))
     with pytest.raises(ArtifactError, match=r"model\.onnx: graph input 'image' has shape \[1, 3, 24, 24\]"):
@@ -362,7 +362,7 @@ def test_tensorrt_missing_is_one_line(art):
 
 
 def test_auto_without_tensorrt_uses_onnxruntime_even_with_a_plan(art, tmp_path):
-    from runtime.manifest import sha256_file
+    from clip_debias.runtime.manifest import sha256_file
 
     path = _copy(art, tmp_path)
     (path / "model.plan").write_bytes(b"not really an engine")
@@ -378,7 +378,7 @@ def test_cli_verify_path_imports_no_torch(art, tmp_path):
         import sys
         from runtime_fixtures import build_waterbirds
         from typer.testing import CliRunner
-        from toolchain.cli.app import app
+        from clip_debias.toolchain.cli.app import app
         build_waterbirds({str(tmp_path / 'wb')!r})
         res = CliRunner().invoke(app, ['verify', {str(art.path)!r}, '--dataset', 'waterbirds',
                                        '--data', {str(tmp_path / 'wb')!r}, '--no-progress'])
@@ -410,7 +410,7 @@ def test_host_ortvalue_is_validated_like_an_array(clf):
 
 
 def test_cuda_array_interface_checked_then_refused_on_cpu(clf):
-    from runtime.device_input import as_device_batch
+    from clip_debias.runtime.device_input import as_device_batch
 
     dev = as_device_batch(_FakeCudaArray((2, 3, 24, 24)))
     assert (dev.shape, dev.dtype, dev.device, dev.pointer) == ((2, 3, 24, 24), "float32", "cuda", 12345)

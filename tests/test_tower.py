@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from toolchain.errors import ClipDebiasError
-from toolchain.models.loading import load_clip
-from toolchain.models.tower import ExplicitAttention, ExplicitViT
+from clip_debias.toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.models.loading import load_clip
+from clip_debias.toolchain.models.tower import ExplicitAttention, ExplicitViT
 
 # fp32 parity bound from the issue: 1e-5 on embeddings of random-weight models (we see ~2e-6 on ViT-B).
 TOL = 1e-5

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from exporters.artifact import model_file, write_manifest
-from exporters.onnx_export import export_onnx
-from exporters.triton import export_triton, preferred_batch_sizes
-from runtime.errors import ClipDebiasError
-from runtime.manifest import MANIFEST_NAME, Manifest
-from toolchain.correct.classifier import plain_classifier
+from clip_debias.exporters.artifact import model_file, write_manifest
+from clip_debias.exporters.onnx_export import export_onnx
+from clip_debias.exporters.triton import export_triton, preferred_batch_sizes
+from clip_debias.runtime.errors import ClipDebiasError
+from clip_debias.runtime.manifest import MANIFEST_NAME, Manifest
+from clip_debias.toolchain.correct.classifier import plain_classifier
 
 IO_CONFIG = """\
 input [

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from runtime.errors import InputError
-from runtime.verify import Thresholds, verify
+from clip_debias.runtime.errors import InputError
+from clip_debias.runtime.verify import Thresholds, verify
 from runtime_fixtures import build_artifact, build_csv_dataset, build_waterbirds
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,7 +99,7 @@ def test_threshold_validation():
 # CLI
 # ------------------------------------------------------------------------------------------------------------
 def _cli(args: list[str]):
-    from toolchain.cli.app import app
+    from clip_debias.toolchain.cli.app import app
 
     return CliRunner().invoke(app, ["verify", *map(str, args)])
 
@@ -161,7 +161,7 @@ def test_cli_entry_point_subprocess(setup, tmp_path):
     """The installed ``clip-debias`` script: exit codes, one error line, no traceback."""
     art, data, _ = setup
     exe = Path(sys.executable).with_name("clip-debias")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "toolchain.cli.app"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "clip_debias.toolchain.cli.app"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
 
     def run(*args):

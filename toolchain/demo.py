@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from runtime.datasets import load_index
-from toolchain.decompose.cache import DecompositionCache, save_cache
+from clip_debias.runtime.datasets import load_index
+from clip_debias.toolchain.decompose.cache import DecompositionCache, save_cache
 
 LAB_DIR = Path(__file__).parent / "lab"
 LAB_MODEL = "clipdebias-lab"
@@ -82,7 +82,7 @@ def compare_rows(cache: DecompositionCache, plan: Any, calibration: Decompositio
     again with each head's norm kept (``renorm="keep"``), marked " (keep norm)"."""
     from dataclasses import replace
 
-    from toolchain.evaluate import compare_methods
+    from clip_debias.toolchain.evaluate import compare_methods
 
     rows = compare_methods(cache, plan, calibration, clip, contexts=contexts, attribute_pairs=pairs)
     if not plan.salient_heads():
@@ -93,19 +93,19 @@ def compare_rows(cache: DecompositionCache, plan: Any, calibration: Decompositio
 
 def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any = None) -> DemoSummary:
     """Run the whole pipeline into ``out`` and return the summary (also printed when ``console`` is given)."""
-    from exporters.onnx_export import export_onnx
-    from runtime.verify import Thresholds, verify
-    from toolchain.correct.build import BuildOptions, build_classifier
-    from toolchain.correct.classifier import plain_classifier
-    from toolchain.correct.defaults import attribute_pairs_for, contexts_for
-    from toolchain.decompose.contributions import resolve_layers
-    from toolchain.decompose.run import decompose_dataset
-    from toolchain.lab.data import make_lab_data
-    from toolchain.locate.groups import minority_from_counts
-    from toolchain.locate.heatmap import save_heatmap
-    from toolchain.locate.ltc import locate_cache
-    from toolchain.locate.probe import attribute_probe, margin_shifts
-    from toolchain.models.loading import load_clip
+    from clip_debias.exporters.onnx_export import export_onnx
+    from clip_debias.runtime.verify import Thresholds, verify
+    from clip_debias.toolchain.correct.build import BuildOptions, build_classifier
+    from clip_debias.toolchain.correct.classifier import plain_classifier
+    from clip_debias.toolchain.correct.defaults import attribute_pairs_for, contexts_for
+    from clip_debias.toolchain.decompose.contributions import resolve_layers
+    from clip_debias.toolchain.decompose.run import decompose_dataset
+    from clip_debias.toolchain.lab.data import make_lab_data
+    from clip_debias.toolchain.locate.groups import minority_from_counts
+    from clip_debias.toolchain.locate.heatmap import save_heatmap
+    from clip_debias.toolchain.locate.ltc import locate_cache
+    from clip_debias.toolchain.locate.probe import attribute_probe, margin_shifts
+    from clip_debias.toolchain.models.loading import load_clip
 
     say = console.print if console is not None else (lambda *a, **k: None)
     out.mkdir(parents=True, exist_ok=True)
@@ -168,7 +168,7 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
     lap("verify")
 
     say("[bold]7/8 probe[/bold] each head's terms for the background (test split)")
-    from toolchain.models.text import class_text_matrix
+    from clip_debias.toolchain.models.text import class_text_matrix
 
     probe_acc = attribute_probe(caches["val"], caches["test"])  # linear probe: fit on val, score on test
     shifts = margin_shifts(caches["test"], class_text_matrix(clip, plan.class_names),
@@ -191,8 +191,8 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
     (out / "compare.json").write_text(json.dumps(summary.test_rows, indent=2))
 
     say("[bold]8/8 explain[/bold] the located heads (TextSpan), discover keywords of the errors (B2T), one HTML report")
-    from toolchain.cli.explain_cmd import discover, explain
-    from toolchain.explain.report import build_report
+    from clip_debias.toolchain.cli.explain_cmd import discover, explain
+    from clip_debias.toolchain.explain.report import build_report
 
     explain(out / "val.safetensors", LAB_MODEL, out / "explain", weights=LAB_WEIGHTS, heads=str(out / "plan.json"),
             pool=LAB_POOL, per_head=3)

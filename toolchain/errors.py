@@ -1,5 +1,5 @@
 """Expected user errors. One type for the whole project, defined in the torch-free runtime."""
 
-from runtime.errors import ArtifactError, ClipDebiasError, InputError
+from clip_debias.runtime.errors import ArtifactError, ClipDebiasError, InputError
 
 __all__ = ["ClipDebiasError", "ArtifactError", "InputError"]

@@ -17,13 +17,13 @@ from typing import Any
 
 import torch
 
-from runtime.metrics import AccuracyReport, accuracy_report
-from toolchain.correct.build import BuildOptions, EditSet, check_plan, make_edits, make_head
-from toolchain.correct.perception import ContextSpec
-from toolchain.decompose.cache import DecompositionCache
-from toolchain.errors import ClipDebiasError
-from toolchain.locate.ltc import LocatePlan, require_layers, require_same_backbone
-from toolchain.models.tower import tower_config_of
+from clip_debias.runtime.metrics import AccuracyReport, accuracy_report
+from clip_debias.toolchain.correct.build import BuildOptions, EditSet, check_plan, make_edits, make_head
+from clip_debias.toolchain.correct.perception import ContextSpec
+from clip_debias.toolchain.decompose.cache import DecompositionCache
+from clip_debias.toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.locate.ltc import LocatePlan, require_layers, require_same_backbone
+from clip_debias.toolchain.models.tower import tower_config_of
 
 
 @dataclass
@@ -97,9 +97,9 @@ def evaluate_model(model_dir: str | Path, dataset: str, data: str | Path, split:
     recorded preprocessing) and report its accuracy."""
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
-    from runtime.datasets import load_index
-    from toolchain.correct.classifier import DebiasedClassifier
-    from toolchain.datasets import iter_batches
+    from clip_debias.runtime.datasets import load_index
+    from clip_debias.toolchain.correct.classifier import DebiasedClassifier
+    from clip_debias.toolchain.datasets import iter_batches
 
     model = DebiasedClassifier.load(model_dir, device=device)
     index = load_index(dataset, Path(data), split, classes=classes)

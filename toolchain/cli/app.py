@@ -14,7 +14,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from runtime.errors import ClipDebiasError
+from clip_debias.runtime.errors import ClipDebiasError
 
 
 # modules of the optional extras -> the extra that installs them
@@ -74,15 +74,15 @@ def _root() -> None:
 
 # One module per stage, each defining register(app: typer.Typer) -> None. Order = order in --help.
 COMMAND_MODULES = (
-    "toolchain.cli.decompose_cmd",
-    "toolchain.cli.locate_cmd",
-    "toolchain.cli.build_cmd",
-    "toolchain.cli.evaluate_cmd",
-    "toolchain.cli.export_cmd",
-    "toolchain.cli.verify_cmd",
-    "toolchain.cli.demo_cmd",
-    "toolchain.cli.lab_cmd",
-    "toolchain.cli.explain_cmd",
+    "clip_debias.toolchain.cli.decompose_cmd",
+    "clip_debias.toolchain.cli.locate_cmd",
+    "clip_debias.toolchain.cli.build_cmd",
+    "clip_debias.toolchain.cli.evaluate_cmd",
+    "clip_debias.toolchain.cli.export_cmd",
+    "clip_debias.toolchain.cli.verify_cmd",
+    "clip_debias.toolchain.cli.demo_cmd",
+    "clip_debias.toolchain.cli.lab_cmd",
+    "clip_debias.toolchain.cli.explain_cmd",
 )
 
 for _mod in COMMAND_MODULES:

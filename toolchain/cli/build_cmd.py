@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from toolchain.cli.options import ModelOpt, PretrainedOpt, WeightsOpt, load_model
+from clip_debias.toolchain.cli.options import ModelOpt, PretrainedOpt, WeightsOpt, load_model
 
 if TYPE_CHECKING:
-    from toolchain.locate.ltc import LocatePlan
+    from clip_debias.toolchain.locate.ltc import LocatePlan
 
 AblateOpt = Annotated[bool, typer.Option("--ablate/--no-ablate", help="Mean-ablate the spurious heads.")]
 ProjectOpt = Annotated[bool, typer.Option(
@@ -31,7 +31,7 @@ def default_calibration(plan: "LocatePlan", calibration: Path | None, needed: bo
     """``calibration`` when given, else the cache the plan was located on (``plan.cache_path``) when it exists.
     When mean ablation is ``needed`` and there is none, one line naming the recorded path and ``hint`` (the options
     of the calling command that fix it)."""
-    from toolchain.errors import ClipDebiasError
+    from clip_debias.toolchain.errors import ClipDebiasError
 
     if calibration is not None:
         return calibration
@@ -66,13 +66,13 @@ def build(
     allow_test_calibration: AllowTestOpt = False,
 ) -> None:
     """Bake the plan's corrections (mean ablation, salient projection) and the classifier head into one model."""
-    from toolchain.correct.build import BuildOptions, build_classifier
-    from toolchain.correct.defaults import attribute_pairs_for, contexts_for
-    from toolchain.decompose.cache import load_cache
-    from toolchain.locate.ltc import LocatePlan
+    from clip_debias.toolchain.correct.build import BuildOptions, build_classifier
+    from clip_debias.toolchain.correct.defaults import attribute_pairs_for, contexts_for
+    from clip_debias.toolchain.decompose.cache import load_cache
+    from clip_debias.toolchain.locate.ltc import LocatePlan
 
-    from runtime.atomic_output import check_directory_target
-    from toolchain.correct.classifier import CONFIG_NAME, MODEL_DIR_KIND
+    from clip_debias.runtime.atomic_output import check_directory_target
+    from clip_debias.toolchain.correct.classifier import CONFIG_NAME, MODEL_DIR_KIND
 
     check_directory_target(out, CONFIG_NAME, MODEL_DIR_KIND)  # before the build's minutes of work, not after
     located = LocatePlan.load(plan)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from toolchain.cli.options import (BatchOpt, DataOpt, DatasetOpt, DeviceOpt, DtypeOpt, ModelOpt, PretrainedOpt,
+from clip_debias.toolchain.cli.options import (BatchOpt, DataOpt, DatasetOpt, DeviceOpt, DtypeOpt, ModelOpt, PretrainedOpt,
                                    SplitOpt, WeightsOpt, load_model)
 
 
@@ -30,10 +30,10 @@ def decompose(
 ) -> None:
     """Write heads [N, L, H, D], rest [N, D], labels, groups (and attributes) of one split: the exact per-head
     decomposition of the normalized CLS embedding (heads.sum + rest == encode_image(x, normalize=True))."""
-    from runtime.datasets import load_index
-    from toolchain.decompose.cache import save_cache
-    from toolchain.decompose.contributions import resolve_layers
-    from toolchain.decompose.run import decompose_dataset
+    from clip_debias.runtime.datasets import load_index
+    from clip_debias.toolchain.decompose.cache import save_cache
+    from clip_debias.toolchain.decompose.contributions import resolve_layers
+    from clip_debias.toolchain.decompose.run import decompose_dataset
 
     index = load_index(dataset, data, split, classes=classes.split(",") if classes else None)
     clip = load_model(model, pretrained, weights, device, dtype)

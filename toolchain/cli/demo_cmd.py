@@ -18,7 +18,7 @@ def demo(
     print the before/after table (zero-shot vs LTC vs PerceptionCLIP vs both) and the artifact's latency."""
     from rich.console import Console
 
-    from toolchain.demo import run_demo
+    from clip_debias.toolchain.demo import run_demo
 
     console = Console()
     summary = run_demo(out, quick=quick, batch_size=batch_size, console=console)

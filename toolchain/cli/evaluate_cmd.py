@@ -8,9 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from toolchain.cli.build_cmd import (AllowTestOpt, ContextsOpt, PairsOpt, RenormOpt, TauOpt, ZFromOpt,
+from clip_debias.toolchain.cli.build_cmd import (AllowTestOpt, ContextsOpt, PairsOpt, RenormOpt, TauOpt, ZFromOpt,
                                      default_calibration)
-from toolchain.cli.options import BatchOpt, DeviceOpt, PretrainedOpt, WeightsOpt, load_model
+from clip_debias.toolchain.cli.options import BatchOpt, DeviceOpt, PretrainedOpt, WeightsOpt, load_model
 
 
 def evaluate(
@@ -44,8 +44,8 @@ def evaluate(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON.")] = None,
 ) -> None:
     """Unweighted average accuracy, worst-group accuracy and the per-group table."""
-    from toolchain.errors import ClipDebiasError
-    from toolchain.evaluate import print_reports, reports_json
+    from clip_debias.toolchain.errors import ClipDebiasError
+    from clip_debias.toolchain.evaluate import print_reports, reports_json
 
     class_list = [c.strip() for c in classes.split(",")] if classes else None
     if compare:
@@ -53,7 +53,7 @@ def evaluate(
                                attribute_pairs, tau, z_from, renorm, allow_test_calibration, class_list, batch_size,
                                device, skip_bad)
     else:
-        from toolchain.evaluate import evaluate_model
+        from clip_debias.toolchain.evaluate import evaluate_model
 
         if model_dir is None or dataset is None or data is None:
             raise ClipDebiasError("evaluate needs MODEL_DIR, --dataset and --data "
@@ -76,11 +76,11 @@ def evaluate(
 def _compare(model, pretrained, weights, plan, calibration, cache, dataset, data, split, contexts, attribute_pairs,
              tau, z_from, renorm, allow_test, classes, batch_size, device, skip_bad):
     """Load or decompose the evaluated split, then ``compare_methods``; returns (rows, provenance)."""
-    from toolchain.correct.defaults import attribute_pairs_for, contexts_for
-    from toolchain.decompose.cache import load_cache
-    from toolchain.errors import ClipDebiasError
-    from toolchain.evaluate import compare_methods
-    from toolchain.locate.ltc import LocatePlan
+    from clip_debias.toolchain.correct.defaults import attribute_pairs_for, contexts_for
+    from clip_debias.toolchain.decompose.cache import load_cache
+    from clip_debias.toolchain.errors import ClipDebiasError
+    from clip_debias.toolchain.evaluate import compare_methods
+    from clip_debias.toolchain.locate.ltc import LocatePlan
 
     if model is None or plan is None:
         raise ClipDebiasError("evaluate --compare needs --model and --plan")
@@ -91,8 +91,8 @@ def _compare(model, pretrained, weights, plan, calibration, cache, dataset, data
     if cache is not None:
         terms = load_cache(cache)
     elif dataset is not None and data is not None:
-        from runtime.datasets import load_index
-        from toolchain.decompose.run import decompose_dataset
+        from clip_debias.runtime.datasets import load_index
+        from clip_debias.toolchain.decompose.run import decompose_dataset
 
         index = load_index(dataset, data, split, classes=classes)
         terms = decompose_dataset(clip, index, layers=list(located.layers), batch_size=batch_size, device=device,

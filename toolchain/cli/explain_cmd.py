@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from toolchain.cli.options import BatchOpt, DeviceOpt, ModelOpt, PretrainedOpt, SplitOpt, WeightsOpt, load_model
+from clip_debias.toolchain.cli.options import BatchOpt, DeviceOpt, ModelOpt, PretrainedOpt, SplitOpt, WeightsOpt, load_model
 
 HeadsOpt = Annotated[Optional[str], typer.Option(
     "--heads", help="plan.json (its spurious + salient heads) or LAYER:HEAD,... e.g. 11:3,11:5 (absolute layers).")]
@@ -36,10 +36,10 @@ def explain(
 ) -> None:
     """TextSpan: per head, greedily pick the descriptions whose directions (projected on the head's output space)
     explain the most variance of its terms over the cache's images, removing each from terms and pool."""
-    from toolchain.decompose.cache import load_cache
-    from toolchain.explain import check_heads_or_layers, heads_option, select_heads
-    from toolchain.explain.pool import POOL_FILE, load_pool
-    from toolchain.explain.textspan import (cached_pool_embeddings, descriptions_markdown, explain_heads,
+    from clip_debias.toolchain.decompose.cache import load_cache
+    from clip_debias.toolchain.explain import check_heads_or_layers, heads_option, select_heads
+    from clip_debias.toolchain.explain.pool import POOL_FILE, load_pool
+    from clip_debias.toolchain.explain.textspan import (cached_pool_embeddings, descriptions_markdown, explain_heads,
                                             require_cached_heads)
 
     terms = load_cache(cache)
@@ -82,9 +82,9 @@ def explain_image(
 ) -> None:
     """Heat map of the per-patch direct contributions of heads (default: every head of the last layer) along a text
     direction; the patch terms plus the CLS token's term sum exactly to the heads' CLS terms."""
-    from toolchain.errors import ClipDebiasError
-    from toolchain.explain import select_heads
-    from toolchain.explain.tokens import explain_image as run
+    from clip_debias.toolchain.errors import ClipDebiasError
+    from clip_debias.toolchain.explain import select_heads
+    from clip_debias.toolchain.explain.tokens import explain_image as run
 
     for option, value in (("--text", text), ("--vs", vs)):
         if value is not None and not value.strip():
@@ -123,9 +123,9 @@ def discover(
 ) -> None:
     """B2T: per class, score(a) = mean 100 cos(image, 'a photo of a {a}.') over misclassified images minus the same
     over correctly classified ones; rank keywords and suggest attribute prompts for 'locate --attribute-prompts'."""
-    from toolchain.correct.defaults import classes_for, templates_for
-    from toolchain.explain.b2t import attribute_prompts, discover as run, keywords_json
-    from toolchain.explain.pool import load_vocab
+    from clip_debias.toolchain.correct.defaults import classes_for, templates_for
+    from clip_debias.toolchain.explain.b2t import attribute_prompts, discover as run, keywords_json
+    from clip_debias.toolchain.explain.pool import load_vocab
 
     clip = load_model(model, pretrained, weights, device)
     images, captions = _discover_input(source, dataset, split, captions_column, clip, batch_size, device)
@@ -153,7 +153,7 @@ def report(
     title: Annotated[str, typer.Option("--title", help="Page title.")] = "clip-debias report",
 ) -> None:
     """Write FOLDER/report.html: one static page (inline CSS, images by relative path, no network assets)."""
-    from toolchain.explain.report import build_report
+    from clip_debias.toolchain.explain.report import build_report
 
     typer.echo(f"wrote {build_report(folder, title=title)}")
 
@@ -161,7 +161,7 @@ def report(
 # ---- helpers ----------------------------------------------------------------------------------------------------
 
 def _same_backbone(cache_identity, model_identity, what: str) -> None:
-    from toolchain.locate.ltc import require_same_backbone
+    from clip_debias.toolchain.locate.ltc import require_same_backbone
 
     require_same_backbone(model_identity, cache_identity, what)
 
@@ -169,18 +169,18 @@ def _same_backbone(cache_identity, model_identity, what: str) -> None:
 def _discover_input(source: Path, dataset: str | None, split: str, captions_column: str | None, clip, batch_size: int,
                     device: str):
     """(ImageSet, captions or None) from a cache file or a dataset."""
-    from toolchain.errors import ClipDebiasError
-    from toolchain.explain.b2t import ImageSet, embed_index, read_captions
+    from clip_debias.toolchain.errors import ClipDebiasError
+    from clip_debias.toolchain.explain.b2t import ImageSet, embed_index, read_captions
 
     if source.suffix == ".safetensors":
-        from toolchain.decompose.cache import load_cache
+        from clip_debias.toolchain.decompose.cache import load_cache
 
         if captions_column:
             raise ClipDebiasError("--captions-column needs a csv dataset as input, not a cache")
         cache = load_cache(source)
         _same_backbone(cache.identity, clip.identity, f"cache {source}")
         return ImageSet(cache.embeddings().float(), cache.labels, cache.paths, cache.class_names, cache.dataset), None
-    from toolchain.datasets import load_index
+    from clip_debias.toolchain.datasets import load_index
 
     if dataset is None:
         if source.suffix == ".csv" or (source / "data.csv").is_file():

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from runtime.errors import ClipDebiasError
+from clip_debias.runtime.errors import ClipDebiasError
 
 export_app = typer.Typer(help="Export a built model: ONNX artifact, TensorRT engine, Triton model repository.",
                          no_args_is_help=True)
@@ -47,7 +47,7 @@ def onnx_cmd(
              "LayerNormalization already computes its statistics in fp32).")] = "",
 ) -> None:
     """Export MODEL_DIR to an ONNX artifact (parity-gated against torch; nothing is written on failure)."""
-    from exporters.onnx_export import export_onnx_report
+    from clip_debias.exporters.onnx_export import export_onnx_report
 
     _log_to_stderr()
     report = export_onnx_report(model_dir, out, precision=precision, opset=opset, ort_optimize=ort_optimize,
@@ -69,8 +69,8 @@ def tensorrt_cmd(
     workspace_gb: Annotated[float, typer.Option("--workspace-gb", help="Builder workspace limit in GiB.")] = 4.0,
 ) -> None:
     """Build a TensorRT engine from ARTIFACT's ONNX and add it to the artifact (needs TensorRT and an NVIDIA GPU)."""
-    from exporters.tensorrt_export import TENSORRT_CONTEXT, EngineOptions, export_tensorrt
-    from runtime.backends import import_tensorrt
+    from clip_debias.exporters.tensorrt_export import TENSORRT_CONTEXT, EngineOptions, export_tensorrt
+    from clip_debias.runtime.backends import import_tensorrt
 
     import_tensorrt(TENSORRT_CONTEXT)  # the one-line install hint before anything else
     _log_to_stderr()
@@ -89,7 +89,7 @@ def triton_cmd(
                                                 "else cpu)")] = None,
 ) -> None:
     """Write REPO/NAME (config.pbtxt, 1/model.onnx or 1/model.plan, manifest.json) for Triton Inference Server."""
-    from exporters.triton import export_triton
+    from clip_debias.exporters.triton import export_triton
 
     target = export_triton(artifact, repo, name=name, max_batch=max_batch, instances=instances, kind=kind)
     typer.echo(f"wrote {target}")
@@ -106,7 +106,7 @@ def bench_cmd(
 ) -> None:
     """p50 latency and throughput of every backend of ARTIFACT side by side (open_clip eager, torch, ORT, TensorRT),
     the backends taking turns call by call so that machine load hits them alike."""
-    from exporters.bench import bench, bench_json, bench_table
+    from clip_debias.exporters.bench import bench, bench_json, bench_table
 
     try:
         sizes = [int(s) for s in batch_sizes.split(",") if s.strip()]

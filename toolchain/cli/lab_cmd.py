@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from toolchain.cli.options import DeviceOpt
+from clip_debias.toolchain.cli.options import DeviceOpt
 
 lab_app = typer.Typer(help="Bias lab: make the synthetic land/water bird data, train the tiny lab CLIP, report.",
                       no_args_is_help=True)
@@ -16,7 +16,7 @@ lab_app = typer.Typer(help="Bias lab: make the synthetic land/water bird data, t
 
 def _scale_pair(text: str) -> tuple[float, float]:
     """'0.15,0.22' -> (0.15, 0.22)."""
-    from toolchain.errors import ClipDebiasError
+    from clip_debias.toolchain.errors import ClipDebiasError
 
     try:
         lo, hi = (float(v) for v in text.split(","))
@@ -48,7 +48,7 @@ def make_data(
     """Generate the synthetic landbird/waterbird data set (deterministic for a seed)."""
     import time
 
-    from toolchain.lab.data import group_counts, make_lab_data
+    from clip_debias.toolchain.lab.data import group_counts, make_lab_data
 
     t0 = time.perf_counter()
     path = make_lab_data(out, n_train=n_train, correlation=correlation, image_size=image_size, seed=seed,
@@ -77,10 +77,10 @@ def train(
         "--eval-every", min=0, help="Val zero-shot every N steps (0: never).")] = 0,
 ) -> None:
     """Train the tiny lab CLIP contrastively (open_clip ClipLoss) and report its val zero-shot accuracy."""
-    from toolchain.lab.train import train_lab_model, zero_shot_report
+    from clip_debias.toolchain.lab.train import train_lab_model, zero_shot_report
 
     if out.suffix != ".safetensors":
-        from toolchain.errors import ClipDebiasError
+        from clip_debias.toolchain.errors import ClipDebiasError
 
         raise ClipDebiasError(f"--out {out}: expected a .safetensors file name")
     res = train_lab_model(data, out, steps=steps, seed=seed, batch_size=batch_size, lr=lr, p_background=p_background,
@@ -97,8 +97,8 @@ def report(
     model: Annotated[str, typer.Option("--model", help="open_clip model name.")] = "clipdebias-lab",
 ) -> None:
     """Print zero-shot average and worst-group accuracy per split."""
-    from toolchain.errors import ClipDebiasError
-    from toolchain.lab.train import zero_shot_report
+    from clip_debias.toolchain.errors import ClipDebiasError
+    from clip_debias.toolchain.lab.train import zero_shot_report
 
     splits = tuple(s.strip() for s in split.split(",") if s.strip())
     bad = [s for s in splits if s not in ("train", "val", "test")]

@@ -7,14 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from toolchain.cli.options import ModelOpt, PretrainedOpt, WeightsOpt, load_model
+from clip_debias.toolchain.cli.options import ModelOpt, PretrainedOpt, WeightsOpt, load_model
 
 
 def int_list(value: str | None, option: str) -> list[int] | None:
     """'1,2' -> [1, 2]; one clear line for anything else."""
     if not value:
         return None
-    from toolchain.errors import ClipDebiasError
+    from clip_debias.toolchain.errors import ClipDebiasError
 
     try:
         return [int(v) for v in value.split(",") if v.strip()]
@@ -47,10 +47,10 @@ def locate(
         "--max-salient", min=0, help="Keep at most N salient heads.")] = None,
 ) -> None:
     """Score every cached head on the minority groups: spurious if n(W) - n(C) > 1/K, salient if n(C) - n(W) > 1/K."""
-    from toolchain.correct.defaults import attribute_prompts_for, classes_for, templates_for
-    from toolchain.decompose.cache import load_cache
-    from toolchain.locate.heatmap import save_heatmap
-    from toolchain.locate.ltc import locate_cache
+    from clip_debias.toolchain.correct.defaults import attribute_prompts_for, classes_for, templates_for
+    from clip_debias.toolchain.decompose.cache import load_cache
+    from clip_debias.toolchain.locate.heatmap import save_heatmap
+    from clip_debias.toolchain.locate.ltc import locate_cache
 
     terms = load_cache(cache)
     clip = load_model(model, pretrained, weights)

@@ -12,7 +12,7 @@ import typer
 def check_device(device: str) -> str:
     """``--device`` value -> itself if torch can use it (cpu, cuda, cuda:N), else one clear error line. torch is
     imported only for a cuda device, so the default costs nothing on the torch-free base install."""
-    from toolchain.errors import ClipDebiasError
+    from clip_debias.toolchain.errors import ClipDebiasError
 
     m = re.fullmatch(r"(cpu|cuda)(?::(\d+))?", device.strip())
     if m is None or (m.group(1) == "cpu" and m.group(2) is not None):
@@ -48,7 +48,7 @@ def torch_dtype(name: str) -> Any:
     """'fp32' | 'fp16' | 'bf16' -> torch dtype, or one clear error line."""
     import torch
 
-    from toolchain.errors import ClipDebiasError
+    from clip_debias.toolchain.errors import ClipDebiasError
 
     table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     if name not in table:
@@ -60,7 +60,7 @@ def random_weights_warning(model: str) -> str:
     """The one stderr line that says a model was built without weights (for clipdebias-lab: where its weights are)."""
     msg = (f"warning: --model {model} has no --pretrained or --weights: using RANDOM weights "
            "(results mean nothing)")
-    from toolchain.lab import LAB_MODEL, LAB_WEIGHTS
+    from clip_debias.toolchain.lab import LAB_MODEL, LAB_WEIGHTS
 
     if model == LAB_MODEL:
         try:
@@ -74,7 +74,7 @@ def random_weights_warning(model: str) -> str:
 def load_model(model: str, pretrained: str | None, weights: Path | None, device: str = "cpu",
                dtype: str = "fp32") -> Any:
     """``toolchain.models.loading.load_clip`` from CLI option values; warns on stderr when the weights are random."""
-    from toolchain.models.loading import load_clip
+    from clip_debias.toolchain.models.loading import load_clip
 
     clip = load_clip(model, pretrained=pretrained, weights=weights, device=check_device(device),
                      dtype=torch_dtype(dtype))

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from runtime.errors import ClipDebiasError
+from clip_debias.runtime.errors import ClipDebiasError
 
 DATASETS = ("waterbirds", "celeba", "csv")
 
@@ -102,7 +102,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         try:
-            from runtime.verify import Thresholds, verify as run_verify
+            from clip_debias.runtime.verify import Thresholds, verify as run_verify
 
             _choice("--dataset", dataset, DATASETS)
             _choice("--backend", backend, ("auto", "onnxruntime", "tensorrt"))

@@ -18,13 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from toolchain.correct.classifier import ClassifierSpec, DebiasedClassifier, ZeroShotHead
-from toolchain.correct.edits import corrected_embedding, orthonormal_basis
-from toolchain.correct.perception import ContextSpec, perception_head
-from toolchain.decompose.cache import DecompositionCache
-from toolchain.errors import ClipDebiasError
-from toolchain.locate.ltc import LocatePlan, check_plan_heads, require_layers, require_same_backbone
-from toolchain.models.tower import ExplicitViT, TowerConfig
+from clip_debias.toolchain.correct.classifier import ClassifierSpec, DebiasedClassifier, ZeroShotHead
+from clip_debias.toolchain.correct.edits import corrected_embedding, orthonormal_basis
+from clip_debias.toolchain.correct.perception import ContextSpec, perception_head
+from clip_debias.toolchain.decompose.cache import DecompositionCache
+from clip_debias.toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.locate.ltc import LocatePlan, check_plan_heads, require_layers, require_same_backbone
+from clip_debias.toolchain.models.tower import ExplicitViT, TowerConfig
 
 CLASSIFIERS = ("zeroshot", "perception")
 RENORMS = ("unit", "keep")
@@ -138,7 +138,7 @@ def make_edits(plan: LocatePlan, calibration: DecompositionCache | None, clip: A
 
 def make_head(clip: Any, class_names: list[str], templates: list[str], options: BuildOptions) -> nn.Module:
     """Zero-shot head (T [C, D] from ``templates``) or PerceptionCLIP head (``options.contexts``)."""
-    from toolchain.models.text import class_text_matrix
+    from clip_debias.toolchain.models.text import class_text_matrix
 
     scale = float(clip.model.logit_scale.detach().exp())
     if options.classifier == "zeroshot":

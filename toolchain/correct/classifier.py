@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from runtime.atomic_output import staged_directory
-from runtime.errors import ClipDebiasError
-from toolchain.correct.edits import Renorm, corrected_embedding
-from toolchain.models.tower import ExplicitViT, TowerConfig
+from clip_debias.runtime.atomic_output import staged_directory
+from clip_debias.runtime.errors import ClipDebiasError
+from clip_debias.toolchain.correct.edits import Renorm, corrected_embedding
+from clip_debias.toolchain.models.tower import ExplicitViT, TowerConfig
 
 CONFIG_NAME = "config.json"
 MODEL_DIR_KIND = "a model directory written by 'clip-debias build'"  # what staged_directory refuses to replace
@@ -149,7 +149,7 @@ class DebiasedClassifier(nn.Module):
         """Rebuild from ``config.json`` and ``model.safetensors`` (no open_clip, plan or data needed)."""
         from safetensors.torch import load_file
 
-        import toolchain.correct.perception  # noqa: F401  (registers the 'perception' head kind)
+        import clip_debias.toolchain.correct.perception  # noqa: F401  (registers the 'perception' head kind)
 
         model_dir = Path(model_dir)
         cfg_path, w_path = model_dir / CONFIG_NAME, model_dir / WEIGHTS_NAME
@@ -186,7 +186,7 @@ class DebiasedClassifier(nn.Module):
 def plain_classifier(clip: Any, class_names: list[str], group_names: list[str] | None = None,
                      templates: tuple[str, ...] | list[str] | None = None) -> DebiasedClassifier:
     """The unedited zero-shot classifier of a ``LoadedClip``: logits = logit_scale * e @ T^T."""
-    from toolchain.models.text import DEFAULT_TEMPLATES, class_text_matrix
+    from clip_debias.toolchain.models.text import DEFAULT_TEMPLATES, class_text_matrix
 
     tower = ExplicitViT.from_open_clip(clip.model.visual)
     text = class_text_matrix(clip, class_names, templates or DEFAULT_TEMPLATES)

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from toolchain.correct.classifier import register_head
-from toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.correct.classifier import register_head
+from clip_debias.toolchain.errors import ClipDebiasError
 
 Z_FROM = ("joint", "class-free")
 
@@ -66,7 +66,7 @@ class ContextSpec:
 @torch.no_grad()
 def perception_text(clip: Any, class_names: list[str], spec: ContextSpec) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(T [Z, C, D], T0 [Z, D] or None): unit-norm embeddings of the class x context and class-free prompts."""
-    from toolchain.correct.defaults import prompt_matrix
+    from clip_debias.toolchain.correct.defaults import prompt_matrix
 
     zs = spec.combinations()
     rows = [[spec.template.replace("{context}", z).replace("{class}", c)] for z in zs for c in class_names]

@@ -17,8 +17,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, Dataset
 
-from runtime.datasets import DatasetIndex, ImageRecord
-from toolchain.errors import ClipDebiasError
+from clip_debias.runtime.datasets import DatasetIndex, ImageRecord
+from clip_debias.toolchain.errors import ClipDebiasError
 
 
 @dataclass

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from runtime.atomic_output import atomic_file
-from toolchain.errors import ClipDebiasError
-from toolchain.models.loading import ModelIdentity
+from clip_debias.runtime.atomic_output import atomic_file
+from clip_debias.toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.models.loading import ModelIdentity
 
 CONVENTION = (
     "textspan: heads[n,l,h] = direct contribution of head h of layer layers[l] to the unit-norm CLS embedding, "

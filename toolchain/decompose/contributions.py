@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from toolchain.errors import ClipDebiasError
-from toolchain.models.tower import ExplicitViT
+from clip_debias.toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.models.tower import ExplicitViT
 
 
 @dataclass

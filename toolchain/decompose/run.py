@@ -6,11 +6,11 @@ from pathlib import Path
 
 import torch
 
-from runtime.datasets import DatasetIndex
-from toolchain.decompose.cache import DecompositionCache
-from toolchain.decompose.contributions import Decomposer
-from toolchain.models.loading import LoadedClip
-from toolchain.models.tower import ExplicitViT
+from clip_debias.runtime.datasets import DatasetIndex
+from clip_debias.toolchain.decompose.cache import DecompositionCache
+from clip_debias.toolchain.decompose.contributions import Decomposer
+from clip_debias.toolchain.models.loading import LoadedClip
+from clip_debias.toolchain.models.tower import ExplicitViT
 
 
 def decompose_dataset(
@@ -28,7 +28,7 @@ def decompose_dataset(
     Rows follow the order of the images that loaded (with ``skip_bad``, unreadable ones are left out and listed in
     ``skipped_log``). Terms are stored in float32 whatever the compute dtype.
     """
-    from toolchain.datasets import iter_batches
+    from clip_debias.toolchain.datasets import iter_batches
 
     tower = ExplicitViT.from_open_clip(clip.model.visual)
     decomposer = Decomposer(tower, layers).to(device)
@@ -45,7 +45,7 @@ def decompose_dataset(
             attrs.append(batch.attributes)
         paths.extend(batch.paths)
     if not heads:
-        from toolchain.errors import ClipDebiasError
+        from clip_debias.toolchain.errors import ClipDebiasError
 
         raise ClipDebiasError(f"{index.root}: no image of split '{index.split}' could be read")
     return DecompositionCache(

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.errors import ClipDebiasError
 
 ROLES = ("spurious", "salient")
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.errors import ClipDebiasError
 
 KEYWORD_TEMPLATE = "a photo of a {}."
 ATTRIBUTE_TEMPLATE = "a photo of a {cls}, {keyword}."
@@ -135,7 +135,7 @@ class ImageSet:
 @torch.no_grad()
 def embed_index(clip: Any, index: Any, batch_size: int = 32, device: str = "cpu") -> ImageSet:
     """Encode every image of a ``DatasetIndex`` with ``encode_image(normalize=True)`` (float32 on the CPU)."""
-    from toolchain.datasets import iter_batches
+    from clip_debias.toolchain.datasets import iter_batches
 
     dtype = next(clip.model.parameters()).dtype
     emb, labels, paths = [], [], []
@@ -148,7 +148,7 @@ def embed_index(clip: Any, index: Any, batch_size: int = 32, device: str = "cpu"
 
 def read_captions(csv_path: str | Path, column: str) -> dict[str, str]:
     """{image path as the csv loader builds it (CSV folder / path): caption} from a csv dataset's ``column``."""
-    from runtime.datasets import read_csv
+    from clip_debias.runtime.datasets import read_csv
 
     csv_path = Path(csv_path)
     if csv_path.is_dir():
@@ -161,7 +161,7 @@ def discover(images: ImageSet, clip: Any, class_names: list[str], templates: lis
              vocab: list[str] | None = None, captions: dict[str, str] | None = None) -> list[ClassKeywords]:
     """B2T over every class: zero-shot predictions with ``templates`` (default "a photo of a {}."), then per class the
     ``top`` keywords of the vocabulary, or of the YAKE keywords of its misclassified images' captions."""
-    from toolchain.models.text import DEFAULT_TEMPLATES, class_text_matrix
+    from clip_debias.toolchain.models.text import DEFAULT_TEMPLATES, class_text_matrix
 
     if len(class_names) != len(images.class_names):
         raise ClipDebiasError(f"--classes: {len(class_names)} names given, the data has {len(images.class_names)} "
@@ -187,6 +187,6 @@ def discover(images: ImageSet, clip: Any, class_names: list[str], templates: lis
 
 def _prompt_embeddings(clip: Any, keywords: list[str]) -> torch.Tensor:
     """[K, D] unit-norm embeddings of "a photo of a {keyword}." (batched)."""
-    from toolchain.explain.textspan import encode_pool
+    from clip_debias.toolchain.explain.textspan import encode_pool
 
     return encode_pool(clip, [KEYWORD_TEMPLATE.format(k) for k in keywords])

@@ -11,7 +11,7 @@ from __future__ import annotations
 from itertools import product
 from pathlib import Path
 
-from toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.errors import ClipDebiasError
 
 DATA_DIR = Path(__file__).parent / "data"
 POOL_FILE = DATA_DIR / "pool.txt"

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from toolchain.errors import ClipDebiasError
-from toolchain.explain import ROLES, _entry_head
+from clip_debias.toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.explain import ROLES, _entry_head
 
 REPORT_NAME = "report.html"
 CSS = """
@@ -152,8 +152,8 @@ def section_plan(page: Page) -> None:
 def _render_plan(plan_path: Path, out: Path) -> Path | None:
     """plan.png from a full locate plan (``toolchain.locate.heatmap``); None when the plan cannot be read that way."""
     try:
-        from toolchain.locate.heatmap import save_heatmap
-        from toolchain.locate.ltc import LocatePlan
+        from clip_debias.toolchain.locate.heatmap import save_heatmap
+        from clip_debias.toolchain.locate.ltc import LocatePlan
 
         return save_heatmap(LocatePlan.load(plan_path), out)
     except Exception:  # a partial or foreign plan: the table is still shown

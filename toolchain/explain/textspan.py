@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.errors import ClipDebiasError
 
 VARIANCE_KEPT = 0.99  # automatic rank: smallest r whose singular values keep this share of the variance
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from toolchain.errors import ClipDebiasError
-from toolchain.models.tower import ExplicitViT
+from clip_debias.toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.models.tower import ExplicitViT
 
 
 @dataclass
@@ -134,7 +134,7 @@ def explain_image(clip, image_path: str | Path, heads: list[tuple[int, int]], te
                   out: str | Path) -> tuple[Path, float, float]:
     """Heat map of ``heads`` along ``text`` (minus ``vs``) for one image file, written to ``out``. Returns (path,
     sum over all tokens, CLS token share)."""
-    from toolchain.datasets.loader import read_image
+    from clip_debias.toolchain.datasets.loader import read_image
 
     image_path = Path(image_path)
     if not image_path.is_file():

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from runtime.atomic_output import staged_directory
-from toolchain.errors import ClipDebiasError
+from clip_debias.runtime.atomic_output import staged_directory
+from clip_debias.toolchain.errors import ClipDebiasError
 
 GENERATOR_VERSION = 1
 LAB_MARKER = "lab.json"  # written last; marks a finished lab data set (one that --overwrite may replace)

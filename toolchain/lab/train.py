@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from toolchain.errors import ClipDebiasError
-from toolchain.lab.data import CLASS_NAMES, PLACE_NAMES, SPLIT_NAMES, read_metadata
+from clip_debias.toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.lab.data import CLASS_NAMES, PLACE_NAMES, SPLIT_NAMES, read_metadata
 
 MODEL_NAME = "clipdebias-lab"
 CLASS_TEMPLATES = (
@@ -215,7 +215,7 @@ def train_lab_model(
     import open_clip
     from open_clip.loss import ClipLoss
 
-    from toolchain.models.loading import register_configs
+    from clip_debias.toolchain.models.loading import register_configs
 
     if steps < 1 or batch_size < 2:
         raise ClipDebiasError(f"--steps {steps} / --batch-size {batch_size}: expected steps >= 1 and batch size >= 2")
@@ -314,7 +314,7 @@ def zero_shot_report(
     log: Callable[[str], None] | None = print,
 ) -> dict[str, GroupAccuracy]:
     """Load ``weights`` with ``load_clip`` and print (via ``log``) avg and worst-group zero-shot accuracy per split."""
-    from toolchain.models.loading import load_clip
+    from clip_debias.toolchain.models.loading import load_clip
 
     splits = (split,) if isinstance(split, str) else tuple(split)
     for s in splits:

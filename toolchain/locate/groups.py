@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.errors import ClipDebiasError
 
 MIN_RATIO = 1.5
 

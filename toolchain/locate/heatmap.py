@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from toolchain.locate.ltc import LocatePlan
+from clip_debias.toolchain.locate.ltc import LocatePlan
 
 
 def save_heatmap(plan: LocatePlan, path: str | Path) -> Path:

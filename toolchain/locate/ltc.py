@@ -20,11 +20,11 @@ from typing import Any, Callable
 
 import torch
 
-from toolchain.decompose.cache import DecompositionCache
-from toolchain.errors import ClipDebiasError
-from toolchain.locate.groups import (MinorityChoice, minority_from_counts, minority_from_predictions,
+from clip_debias.toolchain.decompose.cache import DecompositionCache
+from clip_debias.toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.locate.groups import (MinorityChoice, minority_from_counts, minority_from_predictions,
                                      minority_from_user, predicted_groups)
-from toolchain.models.loading import ModelIdentity
+from clip_debias.toolchain.models.loading import ModelIdentity
 
 PLAN_FORMAT = 1
 MINORITY_SOURCES = ("counts", "predictions")
@@ -398,8 +398,8 @@ def locate_cache(cache: DecompositionCache, clip: Any, *, class_names: list[str]
 
     ``templates`` default to "a photo of a {}."; ``attribute_prompts`` = (value names, prompts per value) switches to
     predicted groups. For a shipped dataset, its known minority groups back up balanced group counts."""
-    from toolchain.correct.defaults import known_minority_groups, prompt_matrix
-    from toolchain.models.text import DEFAULT_TEMPLATES, class_text_matrix
+    from clip_debias.toolchain.correct.defaults import known_minority_groups, prompt_matrix
+    from clip_debias.toolchain.models.text import DEFAULT_TEMPLATES, class_text_matrix
 
     require_same_backbone(clip.identity, cache.identity, f"cache {cache.dataset}/{cache.split}")
     class_names = list(class_names or cache.class_names)

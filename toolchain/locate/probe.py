@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from toolchain.decompose.cache import DecompositionCache
-from toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.decompose.cache import DecompositionCache
+from clip_debias.toolchain.errors import ClipDebiasError
 
 
 def attribute_probe(fit: DecompositionCache, test: DecompositionCache, ridge: float = 1e-3) -> torch.Tensor:

@@ -14,8 +14,8 @@ from typing import Any, Callable
 
 import torch
 
-from runtime.manifest import sha256_file
-from toolchain.errors import ClipDebiasError
+from clip_debias.runtime.manifest import sha256_file
+from clip_debias.toolchain.errors import ClipDebiasError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 _registered = False
@@ -173,7 +173,7 @@ def load_clip(
         _check_fits(model, sd, weights, name)
         model.load_state_dict(sd, strict=True)
         identity = ModelIdentity(name=name, weights_sha256=sha256_file(weights), weights_file=Path(weights).name)
-    from toolchain.models.tower import tower_config_of
+    from clip_debias.toolchain.models.tower import tower_config_of
 
     tower_config_of(model.visual)  # refuse non-ViT / non-CLS towers now, with one clear line
     model = model.to(device=device, dtype=dtype).eval()

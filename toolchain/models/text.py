@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from toolchain.models.loading import LoadedClip
+from clip_debias.toolchain.models.loading import LoadedClip
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 

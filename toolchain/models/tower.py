@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.errors import ClipDebiasError
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.errors import ClipDebiasError
 
 DEFAULTS_DIR = Path(__file__).parent
 DATASETS = ("waterbirds", "celeba")
@@ -166,7 +166,7 @@ def known_minority_groups(dataset: str | None) -> list[int] | None:
 
 def contexts_for(source: str | Path | None, dataset: str | None, optional: bool = True):
     """A ``ContextSpec`` from ``--contexts waterbirds|celeba|FILE.yaml|defaults``; None when nothing applies."""
-    from toolchain.correct.perception import ContextSpec
+    from clip_debias.toolchain.correct.perception import ContextSpec
 
     found = resolve(source, dataset, "perception", optional=optional)
     return ContextSpec.parse(*found) if found else None
