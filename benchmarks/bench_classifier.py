@@ -18,8 +18,9 @@ import pytest
 import torch
 
 from clip_debias.exporters.timing import describe, interleaved
-from clip_debias.toolchain.correct.classifier import ClassifierSpec, DebiasedClassifier, ZeroShotHead
+from clip_debias.toolchain.correct.classifier import ClassifierSpec, DebiasedClassifier, PreprocessRecord
 from clip_debias.toolchain.correct.edits import orthonormal_basis
+from clip_debias.toolchain.correct.heads import ZeroShotHead
 from clip_debias.toolchain.correct.perception import PerceptionHead
 from clip_debias.toolchain.models.loading import load_clip
 from clip_debias.toolchain.models.tower import ExplicitViT
@@ -39,8 +40,8 @@ def models() -> tuple[DebiasedClassifier, DebiasedClassifier]:
 
     def spec(ablated: list, salient: list, rank: int) -> ClassifierSpec:
         return ClassifierSpec(tower=tower.cfg.to_dict(), identity=clip.identity.to_dict(), class_names=["a", "b"],
-                              group_names=[], preprocess=clip.preprocess_cfg, ablated=ablated, salient=salient,
-                              basis_rank=rank)
+                              group_names=[], preprocess=PreprocessRecord.of(clip.preprocess_cfg), ablated=ablated,
+                              salient=salient, basis_rank=rank)
 
     plain = DebiasedClassifier(tower, ZeroShotHead(unit(2, d)), spec([], [], 0)).eval()
     edited = DebiasedClassifier(tower, PerceptionHead(unit(4, 2, d), 100.0), spec(ABLATED, SALIENT, 3),

@@ -3,7 +3,7 @@
 An artifact is a directory::
 
     ARTIFACT/
-      manifest.json        this file's dataclass, as JSON
+      manifest.json        ``Manifest`` as JSON (strict models: unknown fields refused, see ``runtime.schema``)
       model.onnx           fp32 graph: image float32 [batch, 3, H, W] -> logits [batch, C], embedding [batch, D]
       model.fp16.onnx      optional, fp16 weights/compute with fp32 I/O
       model.int8.onnx      optional, dynamically quantized int8 linear layers with fp32 I/O (for the CPU)
@@ -18,16 +18,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import MISSING, asdict, dataclass, field, fields
+import re
+from dataclasses import asdict, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic.dataclasses import dataclass
 
 from clip_debias.runtime.errors import ArtifactError
+from clip_debias.runtime.schema import FORMAT, FieldError, describe_value, read_json, validate
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+MANIFEST_WHAT = "an artifact manifest written by 'clip-debias export'"
 FILE_KINDS = ("onnx", "onnx-ort", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
+SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -39,40 +46,64 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-@dataclass
+def _axis(value: Any) -> int | str:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"expected an integer or an axis name (a string), got {describe_value(value)}")
+    return value
+
+
+Axis = Annotated[Any, AfterValidator(_axis)]  # a dimension: its size, or the name of a dynamic axis ("batch")
+
+
+@dataclass(config=FORMAT)
 class Preprocessing:
     """open_clip's eval transform, recorded: resize (``resize_mode`` shortest|longest|squash, ``interpolation``
     bicubic|bilinear|nearest) to ``size`` [H, W] with centre crop (or pad with ``fill_color`` for longest), RGB,
     to [0, 1], then (x - mean) / std per channel."""
 
-    size: list[int]
-    mean: list[float]
-    std: list[float]
+    size: Annotated[list[int], Field(min_length=2, max_length=2, description="[H, W] (two integers)")]
+    mean: Annotated[list[float], Field(min_length=3, max_length=3, description="three numbers (R, G, B)")]
+    std: Annotated[list[float], Field(min_length=3, max_length=3, description="three numbers (R, G, B)")]
     interpolation: str = "bicubic"
     resize_mode: str = "shortest"
     fill_color: int = 0
 
 
-@dataclass
+@dataclass(config=FORMAT)
 class TensorSpec:
     """An input or output of the graph. ``shape`` uses the string "batch" for the dynamic axis."""
 
     name: str
     dtype: str
-    shape: list[int | str]
+    shape: list[Axis]
 
 
-@dataclass
+@dataclass(config=FORMAT)
 class ModelFile:
-    """One model file of the artifact. ``kind``: onnx | onnx-ort | tensorrt; ``precision``: fp32 | fp16 | int8."""
+    """One model file of the artifact: its path relative to the artifact, its sha256 (64 hex digits), ``kind``
+    (one of ``FILE_KINDS``) and ``precision`` (one of ``PRECISIONS``)."""
 
     path: str
     sha256: str
-    kind: str = "onnx"
-    precision: str = "fp32"
+    kind: Literal[FILE_KINDS] = "onnx"
+    precision: Literal[PRECISIONS] = "fp32"
+
+    @field_validator("path")
+    @classmethod
+    def _inside(cls, path: str) -> str:
+        if not path or Path(path).is_absolute() or ".." in Path(path).parts:
+            raise ValueError(f"expected a relative path inside the artifact, got {describe_value(path)}")
+        return path
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, digest: str) -> str:
+        if not SHA256.fullmatch(digest):
+            raise ValueError(f"expected a sha256 digest (64 hex digits), got {describe_value(digest)}")
+        return digest
 
 
-@dataclass
+@dataclass(config=FORMAT)
 class Manifest:
     """Everything needed to run and audit the artifact without the toolchain.
 
@@ -83,16 +114,22 @@ class Manifest:
 
     model: dict[str, Any]
     plan: dict[str, Any]
-    class_names: list[str]
+    class_names: Annotated[list[str], Field(min_length=1, description="a non-empty list of strings")]
     group_names: list[str]
     preprocessing: Preprocessing
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     opset: int
-    files: list[ModelFile]
+    files: Annotated[list[ModelFile], Field(min_length=1, description="a non-empty list of model files")]
     versions: dict[str, str] = field(default_factory=dict)
     export: dict[str, Any] = field(default_factory=dict)  # how the graphs were written, e.g. {"fused_attention": true}
     format_version: int = FORMAT_VERSION
+
+    @model_validator(mode="after")
+    def _version(self) -> "Manifest":
+        if self.format_version != FORMAT_VERSION:
+            raise FieldError("format_version", f"is {self.format_version}, expected {FORMAT_VERSION}")
+        return self
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False)
@@ -115,89 +152,14 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: Any, source: str = MANIFEST_NAME) -> "Manifest":
-        """Validate and build; any problem raises ``ArtifactError`` naming the file and field."""
-        if not isinstance(d, dict):
-            raise ArtifactError(f"{source}: expected a JSON object")
-        if "format_version" not in d:
-            raise ArtifactError(f"{source}: missing field 'format_version'")
-        version = d.get("format_version")
-        if version != FORMAT_VERSION:
-            raise ArtifactError(f"{source}: field 'format_version' is {version!r}, expected {FORMAT_VERSION}")
-        for f in fields(cls):
-            if f.name not in d and f.name not in ("versions", "export"):
-                raise ArtifactError(f"{source}: missing field '{f.name}'")
-
-        def sub(klass: type, value: Any, name: str) -> Any:
-            if not isinstance(value, dict):
-                raise ArtifactError(f"{source}: field '{name}' must be an object")
-            need = [g.name for g in fields(klass) if g.default is MISSING and g.default_factory is MISSING]
-            for n in need:
-                if n not in value:
-                    raise ArtifactError(f"{source}: missing field '{name}.{n}'")
-            try:
-                return klass(**{g.name: value[g.name] for g in fields(klass) if g.name in value})
-            except TypeError as e:
-                raise ArtifactError(f"{source}: field '{name}': {e}") from e
-
-        def sublist(klass: type, value: Any, name: str) -> list[Any]:
-            if not isinstance(value, list):
-                raise ArtifactError(f"{source}: field '{name}' must be a list")
-            return [sub(klass, v, f"{name}[{i}]") for i, v in enumerate(value)]
-
-        m = cls(
-            model=d["model"],
-            plan=d["plan"],
-            class_names=d["class_names"],
-            group_names=d["group_names"],
-            preprocessing=sub(Preprocessing, d["preprocessing"], "preprocessing"),
-            inputs=sublist(TensorSpec, d["inputs"], "inputs"),
-            outputs=sublist(TensorSpec, d["outputs"], "outputs"),
-            opset=d["opset"],
-            files=sublist(ModelFile, d["files"], "files"),
-            versions=d.get("versions", {}),
-            export=d.get("export", {}),
-            format_version=version,
-        )
-        if (not isinstance(m.class_names, list) or not m.class_names
-                or not all(isinstance(c, str) for c in m.class_names)):
-            raise ArtifactError(f"{source}: field 'class_names' must be a non-empty list of strings")
-        if not isinstance(m.group_names, list) or not all(isinstance(g, str) for g in m.group_names):
-            raise ArtifactError(f"{source}: field 'group_names' must be a list of strings")
-        def numbers(v: Any, n: int, kind: type | tuple[type, ...]) -> bool:
-            return isinstance(v, list) and len(v) == n and all(
-                isinstance(x, kind) and not isinstance(x, bool) for x in v)
-
-        p = m.preprocessing
-        if not (numbers(p.size, 2, int) and numbers(p.mean, 3, (int, float)) and numbers(p.std, 3, (int, float))):
-            raise ArtifactError(f"{source}: field 'preprocessing' needs size [H, W] ints, mean [3], std [3] numbers")
-        if (not isinstance(p.fill_color, int) or not isinstance(p.resize_mode, str)
-                or not isinstance(p.interpolation, str)):
-            raise ArtifactError(f"{source}: field 'preprocessing': fill_color must be an int, "
-                                "resize_mode/interpolation strings")
-        if not isinstance(m.opset, int):
-            raise ArtifactError(f"{source}: field 'opset' must be an int, got {m.opset!r}")
-        if not isinstance(m.model, dict) or not isinstance(m.plan, dict) or not isinstance(m.versions, dict):
-            raise ArtifactError(f"{source}: fields 'model', 'plan' and 'versions' must be objects")
-        if not m.files:
-            raise ArtifactError(f"{source}: field 'files' lists no model file")
-        for i, mf in enumerate(m.files):
-            where = f"{source}: field 'files[{i}]'"
-            if (not isinstance(mf.path, str) or not mf.path or Path(mf.path).is_absolute()
-                    or ".." in Path(mf.path).parts):
-                raise ArtifactError(f"{where}.path {mf.path!r} must be a relative path inside the artifact")
-            if not isinstance(mf.sha256, str) or len(mf.sha256) != 64:
-                raise ArtifactError(f"{where}.sha256 must be a 64-character hex digest")
-            if mf.kind not in FILE_KINDS:
-                raise ArtifactError(f"{where}.kind {mf.kind!r} is not one of {FILE_KINDS}")
-            if mf.precision not in PRECISIONS:
-                raise ArtifactError(f"{where}.precision {mf.precision!r} is not one of {PRECISIONS}")
-        for name, specs in (("inputs", m.inputs), ("outputs", m.outputs)):
-            for i, t in enumerate(specs):
-                if not isinstance(t.name, str) or not isinstance(t.dtype, str):
-                    raise ArtifactError(f"{source}: field '{name}[{i}]': name and dtype must be strings")
-                if not isinstance(t.shape, list) or not all(isinstance(d, (int, str)) for d in t.shape):
-                    raise ArtifactError(f"{source}: field '{name}[{i}].shape' must be a list of ints / axis names")
-        return m
+        """Validate and build; any problem raises a one-line ``ArtifactError`` naming the file and field. The format
+        version is checked first: a newer manifest is refused for its version, not for its fields."""
+        if isinstance(d, dict) and "format_version" not in d:
+            raise ArtifactError(f"{source}: field 'format_version': missing (expected {FORMAT_VERSION})")
+        if isinstance(d, dict) and d["format_version"] != FORMAT_VERSION:
+            raise ArtifactError(f"{source}: field 'format_version': is {json.dumps(d['format_version'])}, expected "
+                                f"{FORMAT_VERSION}")
+        return validate(cls, d, source, MANIFEST_WHAT, ArtifactError)
 
     def check_files(self, artifact_dir: str | Path, verify: list[ModelFile] | None = None) -> None:
         """Every listed file must exist; the files in ``verify`` (default: all) must match their sha256.
@@ -227,8 +189,4 @@ class Manifest:
                                 "use the final one")
         if not path.is_file():
             raise ArtifactError(f"{path}: missing (not an artifact directory, or an export that did not finish)")
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ArtifactError(f"{path}: not valid JSON ({e})") from e
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_json(path, MANIFEST_WHAT, ArtifactError), source=str(path))

@@ -13,14 +13,14 @@ from typer.testing import CliRunner
 
 from clip_debias.toolchain.correct.build import BuildOptions, build_classifier, make_edits, make_head
 from clip_debias.toolchain.correct.classifier import DebiasedClassifier
-from clip_debias.toolchain.correct.defaults import attribute_pairs_for, contexts_for
+from clip_debias.toolchain.prompts.defaults import attribute_pairs_for, contexts_for
 from clip_debias.toolchain.decompose.cache import DecompositionCache, save_cache
 from clip_debias.toolchain.decompose.contributions import Decomposer
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.evaluate import compare_methods
 from clip_debias.toolchain.locate.ltc import HeadScore, LocatePlan, locate_terms
 from clip_debias.toolchain.models.loading import ModelIdentity, load_clip
-from clip_debias.toolchain.models.text import class_text_matrix
+from clip_debias.toolchain.prompts.text import class_text_matrix
 from clip_debias.toolchain.models.tower import ExplicitViT
 
 CLASSES = ["landbird", "waterbird"]

@@ -25,6 +25,8 @@ def test_demo_writes_every_artifact(demo_run):
     for key in ("accuracy", "worst_group_accuracy", "groups", "latency_ms", "throughput_per_s", "thresholds", "passed"):
         assert key in report
     assert summary.chosen in {r["method"] for r in summary.val_rows}
+    page = (out / "report.html").read_text()  # every file the demo wrote reads back through its model
+    assert "section skipped" not in page and "no compare.json" not in page and "Discovered keywords" in page
 
 
 def test_verified_artifacts_match_torch_rows(demo_run):

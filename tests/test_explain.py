@@ -14,17 +14,18 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from clip_debias.toolchain.decompose.cache import DecompositionCache, save_cache
 from clip_debias.toolchain.decompose.contributions import Decomposer
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.explain import plan_heads, select_heads
-from clip_debias.toolchain.explain.b2t import (ClassKeywords, KeywordScore, attribute_prompts, keyword_scores, rank_class,
-                                   zero_shot_predictions)
+from clip_debias.toolchain.explain.b2t import (ClassKeywords, KeywordScore, attribute_prompts, keyword_scores,
+                                               rank_class, zero_shot_predictions)
 from clip_debias.toolchain.explain.pool import POOL_FILE, VOCAB_FILE, generate_pool, generate_vocab, load_pool
 from clip_debias.toolchain.explain.report import build_report
 from clip_debias.toolchain.explain.textspan import auto_rank, explain_heads, textspan
 from clip_debias.toolchain.explain.tokens import token_terms
+from clip_debias.toolchain.models.loading import ModelIdentity
 from clip_debias.toolchain.models.tower import ExplicitViT
+from plan_fixtures import small_cache as _small_cache, write_plan
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -148,8 +149,8 @@ def test_b2t_scores_match_numpy_reference():
                                      1).note
 
 
-def test_zero_shot_and_attribute_prompts():
-    from clip_debias.toolchain.correct.defaults import parse_attribute_prompts
+def test_zero_shot_and_attribute_prompts(tmp_path):
+    from clip_debias.toolchain.prompts.defaults import attribute_prompts_for
 
     e = _unit(torch.tensor([[1.0, 0.1], [0.1, 1.0], [1.0, -0.2]]))
     assert zero_shot_predictions(e, torch.eye(2)).tolist() == [0, 1, 0]
@@ -158,7 +159,10 @@ def test_zero_shot_and_attribute_prompts():
     prompts = attribute_prompts(res, ["landbird", "waterbird"])
     assert list(prompts) == ["water", "forest"]
     assert prompts["forest"] == ["a photo of a landbird, forest.", "a photo of a waterbird, forest."]
-    names, rows = parse_attribute_prompts(prompts, "test")  # what locate --attribute-prompts reads
+    from clip_debias.toolchain.explain.jobs import write_attribute_prompts
+
+    path = write_attribute_prompts(tmp_path / "attribute_prompts.yaml", prompts)
+    names, rows = attribute_prompts_for(str(path), None)  # what locate --attribute-prompts reads
     assert names == ["water", "forest"] and len(rows[0]) == 2
 
 
@@ -174,9 +178,7 @@ def test_pool_is_generated_and_shipped():
 
 
 def test_select_heads(tmp_path):
-    plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps({"spurious": [{"head": [3, 1], "score": 0.2}, [2, 0]],
-                                "salient": [{"layer": 3, "head": 2}, [3, 1]]}))
+    plan = write_plan(tmp_path / "plan.json", [[3, 1], [2, 0]], [[3, 2]])
     assert plan_heads(plan) == {(3, 1): "spurious", (2, 0): "spurious", (3, 2): "salient"}
     assert select_heads(str(plan), None, 4, 4, [3])[0] == [(3, 1), (2, 0), (3, 2)]
     assert select_heads("3:1,2:0", None, 4, 4, [3]) == ([(3, 1), (2, 0)], {})
@@ -186,9 +188,12 @@ def test_select_heads(tmp_path):
         select_heads("3-1", None, 4, 4, [3])
     with pytest.raises(ClipDebiasError, match="out of range"):
         select_heads("4:0", None, 4, 4, [3])
-    plan.write_text(json.dumps({"spurious": [["x", 1]]}))
-    with pytest.raises(ClipDebiasError, match="plan.json: spurious entry"):
+    raw = json.loads(plan.read_text())
+    raw["spurious"][0]["head"] = ["x", 1]
+    plan.write_text(json.dumps(raw))
+    with pytest.raises(ClipDebiasError) as e:  # the plan's own reader (LocatePlan), not a looser one
         plan_heads(plan)
+    assert str(e.value) == f"{plan}: field 'spurious[0].head[0]': expected an integer, got the string \"x\""
 
 
 # ---- report -----------------------------------------------------------------------------------------------------
@@ -203,24 +208,33 @@ class _Refs(HTMLParser):
 
 
 def _report_dir(root: Path) -> Path:
+    """A folder with one file of each kind the report reads, written from the writers' own models."""
+    from clip_debias.runtime.metrics import AccuracyReport, GroupAccuracy
+    from clip_debias.runtime.verify import VerifyReport
+    from clip_debias.toolchain.evaluate import compare_file
+    from clip_debias.toolchain.explain.files import Descriptions, HeadDescription, Keywords, class_keywords_record
+    from clip_debias.toolchain.explain.textspan import SpanEntry
+
     root.mkdir()
     Image.new("RGB", (20, 10), (200, 30, 30)).save(root / "plan.png")
     (root / "maps").mkdir()
     Image.new("RGB", (16, 16), (30, 30, 200)).save(root / "maps" / "heat map 11_3.png")
-    (root / "plan.json").write_text(json.dumps({"spurious": [{"head": [3, 1], "n_wrong": 0.4, "n_correct": 0.1,
-                                                              "score": 0.3}], "salient": [[3, 2]], "dataset": "csv"}))
-    (root / "descriptions.json").write_text(json.dumps({"pool": "shipped:pool.txt", "pool_size": 3, "heads": [
-        {"layer": 3, "head": 1, "rank": 4, "role": "spurious", "explained": 0.5,
-         "entries": [{"text": "a photo taken on <water>", "variance": 0.5, "index": 0}]}]}))
-    (root / "compare.json").write_text(json.dumps({"rows": [
-        {"method": m, "accuracy": a, "worst_group_accuracy": w, "worst_group": "g1",
-         "groups": {"g0": {"n": 10, "accuracy": a + 0.05}, "g1": {"n": 4, "accuracy": w}}}
-        for m, a, w in (("zero-shot", 0.8, 0.4), ("ltc", 0.85, 0.7))]}))
-    (root / "report.json").write_text(json.dumps({"latency_ms": {"p50": 1.5, "p95": 2.0, "p99": 3.1},
-                                                  "throughput_per_s": 640.0, "accuracy": 0.9}))
-    (root / "keywords.json").write_text(json.dumps({"classes": [
-        {"class_name": "landbird", "n_wrong": 3, "n_correct": 9, "note": "",
-         "keywords": [{"keyword": "ocean", "score": 4.2, "cos_wrong": 20.0, "cos_correct": 15.8}]}]}))
+    write_plan(root / "plan.json", [[3, 1]], [[3, 2]])
+    identity = ModelIdentity("clipdebias-tiny").to_dict()
+    Descriptions(cache="val.safetensors", dataset="csv", split="val", n=24, model=identity, pool="shipped:pool.txt",
+                 pool_size=3, per_head=1, rank="auto", heads=[HeadDescription(
+                     3, 1, 4, 2.0, [SpanEntry("a photo taken on <water>", 0.5, 0)], "spurious", 0.5)],
+                 ).save(root / "descriptions.json")
+    rows = [(m, AccuracyReport(a, w, "g1", {"g0": GroupAccuracy(10, a + 0.05), "g1": GroupAccuracy(4, w)}))
+            for m, a, w in (("zero-shot", 0.8, 0.4), ("ltc", 0.85, 0.7))]
+    (root / "compare.json").write_text(compare_file(rows).to_json())
+    (root / "report.json").write_text(VerifyReport(
+        accuracy=0.9, worst_group_accuracy=0.8, worst_group="g1", groups={"g1": {"n": 4, "accuracy": 0.8}},
+        latency_ms={"p50": 1.5, "p95": 2.0, "p99": 3.1, "mean": 1.6}, throughput_per_s=640.0, thresholds={},
+        passed=True).to_json())
+    keywords = ClassKeywords("landbird", 3, 9, [KeywordScore("ocean", 4.2, 20.0, 15.8)])
+    Keywords(source="val.safetensors", dataset="csv", n=12, model=identity, candidates="shipped:vocab.txt",
+             classes=[class_keywords_record(keywords)]).save(root / "keywords.json")
     return root
 
 
@@ -245,6 +259,25 @@ def test_report_page(tmp_path):
     assert (tmp_path / "r" / "compare.png").is_file()
     empty = build_report(tmp_path / "r" / "maps").read_text()  # only a PNG there: the other sections say so
     assert "no descriptions.json" in empty and "no compare.json" in empty and "heat%20map" in empty
+    assert "section skipped" not in text  # every file was read by its model
+
+
+@pytest.mark.parametrize("name,edit,field", [
+    ("plan.json", lambda d: d["spurious"][0].update(head=[3]), "spurious[0].head"),
+    ("descriptions.json", lambda d: d["heads"][0]["entries"][0].pop("variance"), "heads[0].entries[0].variance"),
+    ("compare.json", lambda d: d["rows"][1].update(accuracy="high"), "rows[1].accuracy"),
+    ("report.json", lambda d: d["latency_ms"].update(p95=None), "latency_ms.p95"),
+    ("keywords.json", lambda d: d["classes"][0].update(extra=1), "classes[0].extra"),
+])
+def test_report_notes_a_malformed_file_with_its_field(tmp_path, name, edit, field):
+    """A malformed file is read by its model: its section says, in one line, which file and field, and the rest of
+    the page is still written."""
+    root = _report_dir(tmp_path / "r")
+    data = json.loads((root / name).read_text())
+    edit(data)
+    (root / name).write_text(json.dumps(data))
+    text = build_report(root).read_text()
+    assert f"{root / name}: field &#x27;{field}&#x27;:" in text and text.count("section skipped") == 1
 
 
 @pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="no /usr/bin/chromium")
@@ -258,24 +291,13 @@ def test_report_renders_headless(tmp_path):
 
 # ---- CLI smoke ----------------------------------------------------------------------------------------------------
 
-def _small_cache(path: Path, identity) -> Path:
-    g = torch.Generator().manual_seed(5)
-    n = 24
-    cache = DecompositionCache(heads=0.05 * torch.randn(n, 2, 4, 32, generator=g), rest=torch.randn(n, 32, generator=g),
-                               labels=torch.arange(n) % 2, groups=torch.arange(n) % 4, layers=[2, 3],
-                               identity=identity, dataset="csv", split="val", class_names=["a", "b"],
-                               group_names=[f"g{i}" for i in range(4)], paths=[f"im{i}.png" for i in range(n)])
-    return save_cache(path, cache)
-
-
 def test_cli_explain_and_report(tmp_path, tiny_clip):
     from clip_debias.toolchain.cli.app import app
 
     cache = _small_cache(tmp_path / "val.safetensors", tiny_clip.identity)
     pool = tmp_path / "pool.txt"
     pool.write_text("\n".join(load_pool()[::200]) + "\n")
-    plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps({"spurious": [{"head": [3, 1], "score": 0.3}], "salient": [{"head": [2, 0]}]}))
+    plan = write_plan(tmp_path / "plan.json", [[3, 1]], [[2, 0]], identity=tiny_clip.identity.to_dict())
     out = tmp_path / "out"
     runner = CliRunner()
     res = runner.invoke(app, ["explain", str(cache), "--model", "clipdebias-tiny", "--heads", str(plan),
@@ -374,7 +396,7 @@ def test_cli_explain_checks_heads_before_encoding_or_writing(tmp_path, tiny_clip
 
     monkeypatch.setattr(textspan, "encode_pool", no_encoding)
     cache = _small_cache(tmp_path / "val.safetensors", tiny_clip.identity)  # layers [2, 3]
-    (tmp_path / "plan.json").write_text(json.dumps({"spurious": [{"head": [3, 1]}], "salient": [{"head": [1, 0]}]}))
+    write_plan(tmp_path / "plan.json", [[3, 1]], [[1, 0]], layers=(1, 2, 3))
     if choice[1] == "plan.json":
         choice = ["--heads", str(tmp_path / "plan.json")]
     out = tmp_path / "ex2"

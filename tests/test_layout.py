@@ -38,6 +38,122 @@ def test_no_module_imports_a_bare_folder_name():
     assert not bad, bad
 
 
+# The import layers, low to high: a module may import modules of its own layer or of lower ones, never of a higher
+# one. An entry names a package and everything below it (the longest entry that matches wins), except those in
+# INIT_ONLY, which name the package's __init__ alone. A new module below no entry fails the test: give it a layer.
+LAYERS = (
+    ("clip_debias.runtime",),
+    ("clip_debias.toolchain", "clip_debias.toolchain.errors", "clip_debias.toolchain.models"),
+    ("clip_debias.toolchain.datasets",),
+    ("clip_debias.toolchain.decompose",),
+    ("clip_debias.toolchain.prompts",),
+    ("clip_debias.toolchain.locate",),
+    ("clip_debias.toolchain.correct",),
+    ("clip_debias.toolchain.evaluate", "clip_debias.toolchain.explain", "clip_debias.toolchain.lab"),
+    ("clip_debias.exporters",),
+    ("clip_debias.toolchain.demo",),  # orchestration of whole pipelines
+    ("clip_debias.toolchain.cli",),
+)
+INIT_ONLY = {"clip_debias.toolchain"}
+
+
+def _layer(module: str) -> int | None:
+    """The index in ``LAYERS`` of ``module`` (None: no entry covers it)."""
+    best: tuple[int, int] | None = None
+    for i, entries in enumerate(LAYERS):
+        for e in entries:
+            if module == e or (e not in INIT_ONLY and module.startswith(e + ".")):
+                if best is None or len(e) > best[0]:
+                    best = (len(e), i)
+    return None if best is None else best[1]
+
+
+def _imports(name: str, path: Path, modules: set[str]) -> set[str]:
+    """The package modules ``name`` imports anywhere in its file (module level, in functions, under TYPE_CHECKING):
+    for ``from X import Y`` the module X.Y when it is one, else X; for ``import X.Y`` the longest module prefix."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+
+    def longest(dotted: str) -> str | None:
+        parts = dotted.split(".")
+        return next((".".join(parts[:k]) for k in range(len(parts), 0, -1) if ".".join(parts[:k]) in modules), None)
+
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {m for a in node.names if (m := longest(a.name))}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            for a in node.names:
+                m = f"{base}.{a.name}" if f"{base}.{a.name}" in modules else longest(base)
+                if m:
+                    found.add(m)
+    return found - {name}
+
+
+def _import_graph() -> dict[str, set[str]]:
+    files = _package_modules()
+    return {name: _imports(name, f, set(files)) for name, f in files.items()}
+
+
+def test_every_module_has_a_layer():
+    assert [m for m in _package_modules() if _layer(m) is None] == []
+
+
+def test_no_import_from_a_lower_layer_to_a_higher_one():
+    """runtime <- errors, models <- datasets <- decompose <- prompts <- locate <- correct <- evaluate, explain, lab
+    <- exporters <- demo <- cli (see ``LAYERS``): nothing imports upward, so nothing below the CLI imports the CLI."""
+    bad = [f"{a} (layer {_layer(a)}) imports {b} (layer {_layer(b)})"
+           for a, targets in sorted(_import_graph().items()) for b in sorted(targets)
+           if None not in (_layer(a), _layer(b)) and _layer(b) > _layer(a)]
+    assert bad == []
+
+
+def test_no_import_cycles():
+    """No two modules import each other, directly or through others (Tarjan's strongly connected components)."""
+    graph = _import_graph()
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    assert cycles == []
+
+
+def test_import_graph_sees_deferred_imports_and_cycles(tmp_path):
+    """The walker itself: an import inside a function counts, and a two-module cycle is found."""
+    (tmp_path / "a.py").write_text("def f():\n    from pkg import b\n")
+    (tmp_path / "b.py").write_text("import pkg.a\n")
+    modules = {"pkg", "pkg.a", "pkg.b"}
+    assert _imports("pkg.a", tmp_path / "a.py", modules) == {"pkg.b"}
+    assert _imports("pkg.b", tmp_path / "b.py", modules) == {"pkg.a"}
+    assert _layer("clip_debias.toolchain.cli.app") == len(LAYERS) - 1 and _layer("clip_debias.toolchain.foo") is None
+
+
 def test_pyproject_lists_every_package():
     """Every folder with an ``__init__.py`` is an installed package (the list in pyproject.toml is explicit because
     the folders are mapped under ``clip_debias``)."""
@@ -70,7 +186,7 @@ def test_wheel_installs_one_top_level_package(installed):
     assert sorted(p.name for p in (installed / "clip_debias").iterdir()) == ["exporters", "runtime", "toolchain"]
     data = installed / "clip_debias" / "toolchain"
     for f in ("models/configs/clipdebias-lab.json", "lab/weights/clipdebias-lab.safetensors", "lab/recipe.json",
-              "explain/data/pool.txt", "correct/defaults/waterbirds.yaml"):
+              "explain/data/pool.txt", "prompts/data/waterbirds.yaml"):
         assert (data / f).is_file(), f
 
 

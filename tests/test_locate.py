@@ -122,34 +122,39 @@ def test_plan_roundtrip_and_heatmap(tmp_path: Path):
     assert raw["spurious"][0]["head"] == list(SPURIOUS) and {"n_wrong", "n_correct", "score"} <= set(raw["spurious"][0])
     assert "source" not in raw and again.source == str(path)  # where it came from is known, never saved
     (tmp_path / "bad.json").write_text(json.dumps({"spurious": []}))
-    with pytest.raises(ClipDebiasError, match="bad.json: field 'salient' is missing"):
+    with pytest.raises(ClipDebiasError, match="bad.json: field 'salient': missing"):
         LocatePlan.load(tmp_path / "bad.json")
 
 
-HEADS = "{head: [layer, head], n_wrong, n_correct, score}"
+HEADS = "{head, n_wrong, n_correct, score}"
 BAD_PLANS = [  # (edit of a good plan's JSON, the error after 'PATH: ')
     (lambda p: p["spurious"].extend([p["spurious"][0], [6, 0]]),
-     f"field 'spurious[2]': expected an object {HEADS}, got a list"),
-    (lambda p: p["spurious"][0].pop("score"), "field 'spurious[0].score' is missing (expected a number)"),
-    (lambda p: p.pop("spurious"), f"field 'spurious' is missing (expected a list of objects {HEADS})"),
-    (lambda p: p["salient"][0].update(head=[6]), "field 'salient[0].head': expected [layer, head] (two integers), "
-                                                 "got [6]"),
-    (lambda p: p["salient"][0].update(head=[6, True]), "field 'salient[0].head': expected [layer, head] (two "
-                                                       "integers), got [6, true]"),
-    (lambda p: p["spurious"][0].update(score="high"), "field 'spurious[0].score': expected a number, got a string"),
-    (lambda p: p["spurious"][0].update(extra=1), f"field 'spurious[0].extra' is not a plan field (expected an "
-                                                 f"object {HEADS})"),
-    (lambda p: p.update(k="2"), "field 'k': expected an integer, got a string"),
-    (lambda p: p.update(layers=[6, "7"]), "field 'layers[1]': expected an integer, got a string"),
-    (lambda p: p.update(identity=None), "field 'identity': expected an object, got null"),
-    (lambda p: p.update(max_salient=1.5), "field 'max_salient': expected an integer or null, got a number"),
-    (lambda p: p.update(surprise=1), "field 'surprise' is not a plan field (expected a plan written by "
-                                     "'clip-debias locate')"),
+     f"field 'spurious[2]': expected an object {HEADS}, got [6, 0]"),
+    (lambda p: p["spurious"][0].pop("score"), "field 'spurious[0].score': missing (expected a number)"),
+    (lambda p: p.pop("spurious"), f"field 'spurious': missing (expected a list of objects {HEADS})"),
+    (lambda p: p["salient"][0].update(head=[6]), "field 'salient[0].head': expected a [layer, head] pair (two "
+                                                 "integers), got [6]"),
+    (lambda p: p["salient"][0].update(head=[6, True]), "field 'salient[0].head[1]': expected an integer, got true"),
+    (lambda p: p["spurious"][0].update(score="high"), "field 'spurious[0].score': expected a number, got the string "
+                                                      '"high"'),
+    (lambda p: p["spurious"][0].update(extra=1), "field 'spurious[0].extra': unknown field (allowed: head, n_wrong, "
+                                                 "n_correct, score)"),
+    (lambda p: p.update(k="2"), "field 'k': expected an integer, got the string \"2\""),
+    (lambda p: p.update(k=2.0), "field 'k': expected an integer, got the number 2.0"),
+    (lambda p: p.update(layers=[6, "7"]), "field 'layers[1]': expected an integer, got the string \"7\""),
+    (lambda p: p.update(identity=None), "field 'identity': expected an object {name, pretrained, weights_sha256, "
+                                        "weights_file}, got null"),
+    (lambda p: p["identity"].update(name=7), "field 'identity.name': expected a string, got the number 7"),
+    (lambda p: p.update(max_salient=1.5), "field 'max_salient': expected an integer or null, got the number 1.5"),
+    (lambda p: p.update(surprise=1), "field 'surprise': unknown field (not part of a plan written by 'clip-debias "
+                                     "locate')"),
+    (lambda p: p.update(source="elsewhere.json"), "field 'source': unknown field (not part of a plan written by "
+                                                  "'clip-debias locate')"),
     (lambda p: p["n_wrong_grid"].pop(), "field 'n_wrong_grid': expected 2 rows (one per entry of 'layers') of 3 "
                                         "numbers ('n_heads'), got 1 row"),
     (lambda p: p["n_correct_grid"][1].pop(), "field 'n_correct_grid': expected 2 rows (one per entry of 'layers') "
                                              "of 3 numbers ('n_heads'), got 2 numbers in row 1"),
-    (lambda p: p.update(format=2), "field 'format' is 2, expected 1"),
+    (lambda p: p.update(format=2), "field 'format': is 2, expected 1"),
     (lambda p: p["spurious"][0].update(head=[9, 0]), "field 'spurious[0].head': [9, 0] is not in the plan's grid "
                                                      "(layers [6, 7] x 3 heads)"),
     (lambda p: p["salient"][0].update(head=[6, 3]), "field 'salient[0].head': [6, 3] is not in the plan's grid "

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from clip_debias.runtime.datasets import CELEBA_CLASSES, WATERBIRDS_CLASSES
-from clip_debias.toolchain.correct.defaults import (attribute_pairs_for, attribute_prompts_for, classes_for, contexts_for,
-                                        known_minority_groups, templates_for)
-from clip_debias.toolchain.correct.perception import ContextSpec, PerceptionHead, perception_log_probs
+from clip_debias.toolchain.correct.perception import PerceptionHead, perception_log_probs
 from clip_debias.toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.prompts.defaults import (attribute_pairs_for, attribute_prompts_for, classes_for,
+                                                    contexts_for, known_minority_groups, templates_for)
+from clip_debias.toolchain.prompts.files import ContextSpec
 
 
 def reference(e: torch.Tensor, text: torch.Tensor, scale: float, tau: float,
@@ -55,13 +56,43 @@ def test_fp16_forward_has_no_inf_or_nan_under_extreme_logits():
             assert (out.double().exp() - ref.exp()).abs().max() <= 2e-3
 
 
-def test_context_spec_combinations_and_refusals():
+BAD_CONTEXTS = [  # (YAML of a contexts file, the error after 'FILE: ')
+    ("template: 'a photo of a {class}.'\ncontexts: {bg: [x]}\n",
+     "field 'perception.template': expected a template with '{class}' and '{context}', got the string "
+     '"a photo of a {class}."'),
+    ("template: 'a {class}, {context}.'\ncontexts: {bg: []}\n",
+     "field 'perception.contexts.bg': expected a non-empty list of strings, got []"),
+    ("template: 'a {class}, {context}.'\ncontexts: {}\n",
+     "field 'perception.contexts': expected an object mapping each context attribute to a non-empty list of values, "
+     "got an object"),
+    ("template: 'a {class}, {context}.'\ncontexts: {bg: [x, 3]}\n",
+     "field 'perception.contexts.bg[1]': expected a string, got the number 3"),
+    ("template: 'a {class}, {context}.'\ncontexts: {bg: [x]}\nclass_free: a bird\n",
+     "field 'perception.class_free': expected a template with '{context}', got the string \"a bird\""),
+    ("perception:\n  template: 'a {class}, {context}.'\n  context: {bg: [x]}\n",
+     "field 'perception.contexts': missing (expected an object mapping each context attribute to a non-empty list "
+     "of values) (and 1 more problem)"),
+    ("perception: {template: 'a {class}, {context}.', contexts: {bg: [x]}}\nattribute_pairs: [[a, b, c]]\n",
+     "field 'attribute_pairs[0]': expected a [positive, negative] prompt pair, got [\"a\", \"b\", \"c\"]"),
+    ("perception: {template: 'a {class}, {context}.', contexts: {bg: [x]}}\norigin: me\n",
+     "field 'origin': unknown field (allowed: classes, templates, minority_groups, attribute_prompts, "
+     "attribute_pairs, perception)"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD_CONTEXTS)
+def test_malformed_contexts_file_names_file_and_field(tmp_path, text, message):
+    path = tmp_path / "ctx.yaml"
+    path.write_text(text)
+    with pytest.raises(ClipDebiasError) as e:
+        contexts_for(str(path), None)
+    assert str(e.value) == f"{path}: {message}"
+
+
+def test_context_spec_combinations():
     spec = contexts_for("celeba", None)
     assert len(spec.combinations()) == 12 and spec.combinations()[0] == "female, young, white"
-    with pytest.raises(ClipDebiasError, match=r"template must be a string with '\{class\}' and '\{context\}'"):
-        ContextSpec.parse({"template": "a photo of a {class}.", "contexts": {"bg": ["x"]}}, "my.yaml")
-    with pytest.raises(ClipDebiasError, match="contexts must map"):
-        ContextSpec.parse({"template": "a {class}, {context}.", "contexts": {"bg": []}}, "my.yaml")
+    assert spec.origin == "defaults:celeba"
 
 
 def test_user_contexts_file(tmp_path):

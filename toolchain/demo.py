@@ -97,9 +97,10 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
     from clip_debias.runtime.verify import Thresholds, verify
     from clip_debias.toolchain.correct.build import BuildOptions, build_classifier
     from clip_debias.toolchain.correct.classifier import plain_classifier
-    from clip_debias.toolchain.correct.defaults import attribute_pairs_for, contexts_for
+    from clip_debias.toolchain.prompts.defaults import attribute_pairs_for, contexts_for
     from clip_debias.toolchain.decompose.contributions import resolve_layers
     from clip_debias.toolchain.decompose.run import decompose_dataset
+    from clip_debias.toolchain.evaluate import compare_file
     from clip_debias.toolchain.lab.data import make_lab_data
     from clip_debias.toolchain.locate.groups import minority_from_counts
     from clip_debias.toolchain.locate.heatmap import save_heatmap
@@ -168,7 +169,7 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
     lap("verify")
 
     say("[bold]7/8 probe[/bold] each head's terms for the background (test split)")
-    from clip_debias.toolchain.models.text import class_text_matrix
+    from clip_debias.toolchain.prompts.text import class_text_matrix
 
     probe_acc = attribute_probe(caches["val"], caches["test"])  # linear probe: fit on val, score on test
     shifts = margin_shifts(caches["test"], class_text_matrix(clip, plan.class_names),
@@ -188,15 +189,20 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
         val_rows=[r.to_dict() for r in rows["val"]], test_rows=[r.to_dict() for r in rows["test"]],
         verify=reports, probe=probe, seconds=times,
     )
-    (out / "compare.json").write_text(json.dumps(summary.test_rows, indent=2))
+    (out / "compare.json").write_text(compare_file(rows["test"], located={"dataset": plan.dataset,
+                                                                          "split": plan.split}).to_json())
 
     say("[bold]8/8 explain[/bold] the located heads (TextSpan), discover keywords of the errors (B2T), one HTML report")
-    from clip_debias.toolchain.cli.explain_cmd import discover, explain
+    from clip_debias.toolchain.explain.jobs import describe_heads, discover_keywords, span_lines
     from clip_debias.toolchain.explain.report import build_report
 
-    explain(out / "val.safetensors", LAB_MODEL, out / "explain", weights=LAB_WEIGHTS, heads=str(out / "plan.json"),
-            pool=LAB_POOL, per_head=3)
-    discover(out / "val.safetensors", LAB_MODEL, out / "discover", weights=LAB_WEIGHTS, vocab=LAB_VOCAB, top=5)
+    described = describe_heads(out / "val.safetensors", lambda: clip, out / "explain", heads=str(out / "plan.json"),
+                               pool=LAB_POOL, per_head=3)
+    for line in span_lines(described.doc):
+        say(line, markup=False, highlight=False)
+    _, discovered = discover_keywords(out / "val.safetensors", lambda: clip, out / "discover", vocab=LAB_VOCAB, top=5)
+    for c in discovered.doc.classes:
+        say(f"  {c.class_name}: {', '.join(k.keyword for k in c.keywords) or c.note}", markup=False, highlight=False)
     build_report(out, title="clip-debias demo: bias lab")
     lap("explain")
     (out / "demo.json").write_text(json.dumps(asdict(summary), indent=2))

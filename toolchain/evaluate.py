@@ -11,19 +11,23 @@ uses (``EditSet.apply`` -> ``corrected_embedding``), the rows:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import json
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
+from pydantic.dataclasses import dataclass as format_dataclass
 
 from clip_debias.runtime.metrics import AccuracyReport, accuracy_report
+from clip_debias.runtime.schema import FORMAT, read_model
 from clip_debias.toolchain.correct.build import BuildOptions, EditSet, check_plan, make_edits, make_head
-from clip_debias.toolchain.correct.perception import ContextSpec
 from clip_debias.toolchain.decompose.cache import DecompositionCache
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.locate.ltc import LocatePlan, require_layers, require_same_backbone
 from clip_debias.toolchain.models.tower import tower_config_of
+from clip_debias.toolchain.prompts.files import ContextSpec
+from clip_debias.toolchain.prompts.text import DEFAULT_TEMPLATES
 
 
 @dataclass
@@ -68,7 +72,7 @@ def compare_methods(cache_test: DecompositionCache, plan: LocatePlan, calibratio
                               f"classes, the plan {len(plan.class_names)} ({', '.join(plan.class_names)})")
     base = BuildOptions(attribute_pairs=attribute_pairs, contexts=contexts, tau=tau, z_from=z_from, renorm=renorm,
                         allow_test_calibration=allow_test_calibration, templates=templates)
-    templates = list(templates or plan.templates or ["a photo of a {}."])
+    templates = list(templates or plan.templates or DEFAULT_TEMPLATES)
     hints = {"pairs_hint": "--attribute-pairs FILE; the 'ablate + project' rows need them",
              "calibration_hint": "--calibration CACHE"}  # the options of 'evaluate --compare'
     variants = {
@@ -136,6 +140,53 @@ def print_reports(rows: list[tuple[str, AccuracyReport]], console: Any = None) -
     console.print(table)
 
 
-def reports_json(rows: list[tuple[str, AccuracyReport]], extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """JSON-ready dict of the rows (and any extra provenance)."""
-    return {**(extra or {}), "rows": [{"method": n, **r.to_dict()} for n, r in rows]}
+# ---- compare.json -----------------------------------------------------------------------------------------------
+
+COMPARE_WHAT = "results written by 'clip-debias evaluate --json'"
+
+
+@format_dataclass(config=FORMAT)
+class CompareRow(AccuracyReport):
+    """One method's row: its ``AccuracyReport`` with the method's name and (``--compare``) what it edited."""
+
+    method: str = ""
+    edits: str = ""
+
+
+@format_dataclass(config=FORMAT)
+class SplitRef:
+    dataset: str
+    split: str
+    n: Optional[int] = None
+
+
+@format_dataclass(config=FORMAT)
+class CompareFile:
+    """What ``evaluate --json`` (and the demo's ``compare.json``) holds: the rows, and where they come from —
+    ``--compare``: the evaluated and located splits, the calibration split, each row's edits; a model directory: its
+    path, the dataset split and the model's recorded plan."""
+
+    rows: list[CompareRow]
+    evaluated: Optional[SplitRef] = None
+    located: Optional[SplitRef] = None
+    calibration: Optional[str] = None
+    test_calibration: Optional[bool] = None
+    edits: Optional[dict[str, str]] = None
+    model_dir: Optional[str] = None
+    dataset: Optional[str] = None
+    split: Optional[str] = None
+    model_plan: Optional[dict[str, Any]] = None
+
+    def to_json(self) -> str:
+        return json.dumps({k: v for k, v in asdict(self).items() if v is not None}, indent=2)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CompareFile":
+        return read_model(cls, path, COMPARE_WHAT)
+
+
+def compare_file(rows: list[tuple[str, AccuracyReport]] | list[MethodResult], **provenance: Any) -> CompareFile:
+    """The ``CompareFile`` of (name, report) rows or ``compare_methods`` results (with their edits)."""
+    out = [CompareRow(**r.report.to_dict(), method=r.method, edits=r.edits) if isinstance(r, MethodResult)
+           else CompareRow(**r[1].to_dict(), method=r[0]) for r in rows]
+    return CompareFile(rows=out, **provenance)

@@ -67,7 +67,7 @@ def build(
 ) -> None:
     """Bake the plan's corrections (mean ablation, salient projection) and the classifier head into one model."""
     from clip_debias.toolchain.correct.build import BuildOptions, build_classifier
-    from clip_debias.toolchain.correct.defaults import attribute_pairs_for, contexts_for
+    from clip_debias.toolchain.prompts.defaults import attribute_pairs_for, contexts_for
     from clip_debias.toolchain.decompose.cache import load_cache
     from clip_debias.toolchain.locate.ltc import LocatePlan
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -45,7 +44,7 @@ def evaluate(
 ) -> None:
     """Unweighted average accuracy, worst-group accuracy and the per-group table."""
     from clip_debias.toolchain.errors import ClipDebiasError
-    from clip_debias.toolchain.evaluate import print_reports, reports_json
+    from clip_debias.toolchain.evaluate import compare_file, print_reports
 
     class_list = [c.strip() for c in classes.split(",")] if classes else None
     if compare:
@@ -53,6 +52,7 @@ def evaluate(
                                attribute_pairs, tau, z_from, renorm, allow_test_calibration, class_list, batch_size,
                                device, skip_bad)
     else:
+        from clip_debias.toolchain.correct.classifier import CONFIG_NAME, read_spec
         from clip_debias.toolchain.evaluate import evaluate_model
 
         if model_dir is None or dataset is None or data is None:
@@ -60,7 +60,7 @@ def evaluate(
                                   "(or --compare with --model and --plan)")
         report = evaluate_model(model_dir, dataset, data, split, batch_size=batch_size, device=device,
                                 skip_bad=skip_bad, classes=class_list)
-        provenance = json.loads((model_dir / "config.json").read_text()).get("plan", {})
+        provenance = read_spec(model_dir / CONFIG_NAME).plan
         rows, extra = [(str(model_dir), report)], {"model_dir": str(model_dir), "dataset": dataset, "split": split,
                                                    "model_plan": provenance}
         if provenance.get("test_calibration"):
@@ -69,14 +69,14 @@ def evaluate(
     print_reports(rows)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(reports_json(rows, extra), indent=2))
+        json_out.write_text(compare_file(rows, **extra).to_json())
         typer.echo(f"wrote {json_out}")
 
 
 def _compare(model, pretrained, weights, plan, calibration, cache, dataset, data, split, contexts, attribute_pairs,
              tau, z_from, renorm, allow_test, classes, batch_size, device, skip_bad):
     """Load or decompose the evaluated split, then ``compare_methods``; returns (rows, provenance)."""
-    from clip_debias.toolchain.correct.defaults import attribute_pairs_for, contexts_for
+    from clip_debias.toolchain.prompts.defaults import attribute_pairs_for, contexts_for
     from clip_debias.toolchain.decompose.cache import load_cache
     from clip_debias.toolchain.errors import ClipDebiasError
     from clip_debias.toolchain.evaluate import compare_methods

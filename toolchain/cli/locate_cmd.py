@@ -47,7 +47,7 @@ def locate(
         "--max-salient", min=0, help="Keep at most N salient heads.")] = None,
 ) -> None:
     """Score every cached head on the minority groups: spurious if n(W) - n(C) > 1/K, salient if n(C) - n(W) > 1/K."""
-    from clip_debias.toolchain.correct.defaults import attribute_prompts_for, classes_for, templates_for
+    from clip_debias.toolchain.prompts.defaults import attribute_prompts_for, classes_for, templates_for
     from clip_debias.toolchain.decompose.cache import load_cache
     from clip_debias.toolchain.locate.heatmap import save_heatmap
     from clip_debias.toolchain.locate.ltc import locate_cache

@@ -18,15 +18,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from clip_debias.toolchain.correct.classifier import ClassifierSpec, DebiasedClassifier, ZeroShotHead
+from clip_debias.toolchain.correct.classifier import ClassifierSpec, DebiasedClassifier, PreprocessRecord
 from clip_debias.toolchain.correct.edits import corrected_embedding, orthonormal_basis
-from clip_debias.toolchain.correct.perception import ContextSpec, perception_head
+from clip_debias.toolchain.correct.heads import HEAD_KINDS
 from clip_debias.toolchain.decompose.cache import DecompositionCache
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.locate.ltc import LocatePlan, check_plan_heads, require_layers, require_same_backbone
 from clip_debias.toolchain.models.tower import ExplicitViT, TowerConfig
+from clip_debias.toolchain.prompts.files import ContextSpec
+from clip_debias.toolchain.prompts.text import DEFAULT_TEMPLATES
 
-CLASSIFIERS = ("zeroshot", "perception")
+CLASSIFIERS = tuple(HEAD_KINDS)
 RENORMS = ("unit", "keep")
 
 
@@ -137,17 +139,11 @@ def make_edits(plan: LocatePlan, calibration: DecompositionCache | None, clip: A
 
 
 def make_head(clip: Any, class_names: list[str], templates: list[str], options: BuildOptions) -> nn.Module:
-    """Zero-shot head (T [C, D] from ``templates``) or PerceptionCLIP head (``options.contexts``)."""
-    from clip_debias.toolchain.models.text import class_text_matrix
-
-    scale = float(clip.model.logit_scale.detach().exp())
-    if options.classifier == "zeroshot":
-        return ZeroShotHead(class_text_matrix(clip, class_names, templates), scale)
-    if options.classifier == "perception":
-        if options.contexts is None:
-            raise ClipDebiasError("--classifier perception needs contexts (--contexts waterbirds|celeba|FILE.yaml)")
-        return perception_head(clip, class_names, options.contexts, options.tau, options.z_from)
-    raise ClipDebiasError(f"--classifier {options.classifier!r}: expected one of {', '.join(CLASSIFIERS)}")
+    """The head of kind ``options.classifier`` (``correct.heads.HEAD_KINDS``): zero-shot (T [C, D] from
+    ``templates``) or PerceptionCLIP (``options.contexts``)."""
+    if options.classifier not in HEAD_KINDS:
+        raise ClipDebiasError(f"--classifier {options.classifier!r}: expected one of {', '.join(CLASSIFIERS)}")
+    return HEAD_KINDS[options.classifier].make(clip, class_names, templates, options)
 
 
 def build_classifier(plan: LocatePlan, calibration: DecompositionCache | None, clip: Any,
@@ -158,7 +154,7 @@ def build_classifier(plan: LocatePlan, calibration: DecompositionCache | None, c
     tower = ExplicitViT.from_open_clip(clip.model.visual)
     check_plan(plan, clip, tower.cfg)
     edits = make_edits(plan, calibration, clip, options)
-    head = make_head(clip, plan.class_names, list(options.templates or plan.templates or ["a photo of a {}."]), options)
+    head = make_head(clip, plan.class_names, list(options.templates or plan.templates or DEFAULT_TEMPLATES), options)
     opts = {k: v for k, v in asdict(options).items() if k not in ("contexts", "attribute_pairs")}
     provenance = {
         **plan.summary(),
@@ -170,7 +166,8 @@ def build_classifier(plan: LocatePlan, calibration: DecompositionCache | None, c
     }
     spec = ClassifierSpec(
         tower=tower.cfg.to_dict(), identity=clip.identity.to_dict(), class_names=list(plan.class_names),
-        group_names=list(calibration.group_names if calibration is not None else []), preprocess=clip.preprocess_cfg,
+        group_names=list(calibration.group_names if calibration is not None else []),
+        preprocess=PreprocessRecord.of(clip.preprocess_cfg),
         ablated=[list(h) for h in edits.ablated], salient=[list(h) for h in edits.salient],
         basis_rank=int(edits.basis.shape[0]) if edits.basis is not None else 0, renorm=edits.renorm, plan=provenance,
     )

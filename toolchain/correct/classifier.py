@@ -5,7 +5,7 @@ forward(image [B, 3, H, W]):
     e   = y / ||y||                                                     (plain normalized embedding, [B, D])
     c_j = o_{l_j, h_j} @ A_j / (sigma ||y||)  for each edited head j    ([B, E, D], A_j constant [Dh, D])
     e'  = corrected_embedding(e, c_ablated, mu, c_salient, u, renorm)   (``toolchain.correct.edits``)
-    logits = head(e')                                                   (zero-shot or PerceptionCLIP, constants)
+    logits = head(e')                                     (a kind of ``correct.heads.HEAD_KINDS``, constants)
 
 Everything that depends on data or text (mu, u, the text matrices) is a constant buffer, so the saved model
 (``model.safetensors`` + ``config.json``) reloads and exports without the plan, the data or the text tower.
@@ -14,71 +14,105 @@ Everything that depends on data or text (mu, u, the text matrices) is a constant
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import Field, model_validator
+from pydantic.dataclasses import dataclass
 from torch import nn
 
 from clip_debias.runtime.atomic_output import staged_directory
 from clip_debias.runtime.errors import ClipDebiasError
+from clip_debias.runtime.schema import FORMAT, FieldError, describe_value, read_json, stored_as_dict, validate
 from clip_debias.toolchain.correct.edits import Renorm, corrected_embedding
+from clip_debias.toolchain.correct.heads import HEAD_KINDS, ZeroShotHead, logit_scale_of
+from clip_debias.toolchain.locate.ltc import HeadIndex, IdentityRecord
 from clip_debias.toolchain.models.tower import ExplicitViT, TowerConfig
+from clip_debias.toolchain.prompts.text import DEFAULT_TEMPLATES, class_text_matrix
 
 CONFIG_NAME = "config.json"
 MODEL_DIR_KIND = "a model directory written by 'clip-debias build'"  # what staged_directory refuses to replace
+CONFIG_WHAT = "a model config written by 'clip-debias build'"
 WEIGHTS_NAME = "model.safetensors"
 MODEL_FORMAT = 1
 
+__all__ = ["ClassifierSpec", "DebiasedClassifier", "PreprocessRecord", "ZeroShotHead", "plain_classifier"]
 
-class ZeroShotHead(nn.Module):
-    """logits = logit_scale * e' @ T^T, T [C, D] unit-norm class text embeddings."""
 
-    kind = "zeroshot"
+@dataclass(config=FORMAT)
+class PreprocessRecord:
+    """open_clip's ``preprocess_cfg`` of the model (its eval transform), as config.json records it."""
 
-    def __init__(self, text: torch.Tensor, logit_scale: float = 100.0):
-        super().__init__()
-        self.register_buffer("text", text.clone())
-        self.logit_scale = float(logit_scale)
-
-    def forward(self, e: torch.Tensor) -> torch.Tensor:
-        return self.logit_scale * e @ self.text.T
-
-    def config(self) -> dict[str, Any]:
-        return {"kind": self.kind, "logit_scale": self.logit_scale, "num_classes": self.text.shape[0]}
+    size: Annotated[list[int], Field(min_length=2, max_length=2, description="[H, W] (two integers)")]
+    mean: Annotated[list[float], Field(min_length=3, max_length=3, description="three numbers (R, G, B)")]
+    std: Annotated[list[float], Field(min_length=3, max_length=3, description="three numbers (R, G, B)")]
+    mode: str = "RGB"
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
+    fill_color: int = 0
 
     @classmethod
-    def empty(cls, cfg: dict[str, Any], dim: int) -> "ZeroShotHead":
-        return cls(torch.zeros(cfg["num_classes"], dim), cfg["logit_scale"])
+    def of(cls, preprocess_cfg: dict[str, Any]) -> dict[str, Any]:
+        """The record of a ``LoadedClip.preprocess_cfg`` (the keys above; others are open_clip's, not ours)."""
+        return {k: v for k, v in preprocess_cfg.items() if k in cls.__dataclass_fields__}
 
 
-HEAD_KINDS: dict[str, type[nn.Module]] = {"zeroshot": ZeroShotHead}
+TowerRecord = stored_as_dict(TowerConfig)  # validated as a TowerConfig, kept as its dict
+PreprocessDict = stored_as_dict(PreprocessRecord)
 
 
-def register_head(cls: type[nn.Module]) -> type[nn.Module]:
-    """Make a head kind loadable by name. A head has ``kind``, ``forward(e [B, D]) -> [B, C]``, ``config()`` and
-    ``empty(config, dim)`` (same shapes, buffers filled by ``load_state_dict``)."""
-    HEAD_KINDS[cls.kind] = cls
-    return cls
-
-
-@dataclass
+@dataclass(config=FORMAT)
 class ClassifierSpec:
-    """What ``config.json`` holds: architecture, identity, labels, preprocessing and the edits."""
+    """What ``config.json`` holds: architecture, identity, labels, preprocessing and the edits. ``head`` is the
+    head's ``config()`` (checked against its kind's model in ``read_spec``); ``plan`` the provenance (the
+    LocatePlan summary, calibration split, options)."""
 
-    tower: dict[str, Any]
-    identity: dict[str, Any]
-    class_names: list[str]
+    tower: TowerRecord
+    identity: IdentityRecord
+    class_names: Annotated[list[str], Field(min_length=1, description="a non-empty list of strings")]
     group_names: list[str]
-    preprocess: dict[str, Any]
-    ablated: list[list[int]] = field(default_factory=list)  # [[layer, head], ...] mean-ablated
-    salient: list[list[int]] = field(default_factory=list)  # [[layer, head], ...] projected
-    basis_rank: int = 0
-    renorm: str = "unit"
+    preprocess: PreprocessDict
+    ablated: list[HeadIndex] = field(default_factory=list)  # [[layer, head], ...] mean-ablated
+    salient: list[HeadIndex] = field(default_factory=list)  # [[layer, head], ...] projected
+    basis_rank: Annotated[int, Field(ge=0, description="an integer >= 0")] = 0
+    renorm: Renorm = "unit"
     head: dict[str, Any] = field(default_factory=dict)
     plan: dict[str, Any] = field(default_factory=dict)  # provenance: the LocatePlan summary, calibration split...
     format: int = MODEL_FORMAT
+
+    @model_validator(mode="after")
+    def _check(self) -> "ClassifierSpec":
+        """The format, and every edited head inside the tower (layers x heads), each once."""
+        if self.format != MODEL_FORMAT:
+            raise FieldError("format", f"is {self.format}, expected {MODEL_FORMAT}")
+        layers, heads = self.tower["layers"], self.tower["heads"]
+        seen: dict[tuple[int, int], str] = {}
+        for role in ("ablated", "salient"):
+            for i, (l, h) in enumerate(getattr(self, role)):
+                name = f"{role}[{i}]"
+                if not (0 <= l < layers and 0 <= h < heads):
+                    raise FieldError(name, f"[{l}, {h}] is outside the tower ({layers} layers x {heads} heads)")
+                if (l, h) in seen:
+                    raise FieldError(name, f"[{l}, {h}] is also '{seen[l, h]}'; each head is edited once")
+                seen[l, h] = name
+        return self
+
+
+def read_spec(path: str | Path) -> ClassifierSpec:
+    """A model directory's ``config.json``, validated (its ``head`` object by the model of its kind); one line naming
+    the file and the field for anything malformed."""
+    raw = read_json(path, CONFIG_WHAT)
+    if isinstance(raw, dict) and raw.get("format", MODEL_FORMAT) != MODEL_FORMAT:
+        raise ClipDebiasError(f"{path}: field 'format': is {json.dumps(raw['format'])}, expected {MODEL_FORMAT}")
+    spec = validate(ClassifierSpec, raw, str(path), CONFIG_WHAT)
+    kind = spec.head.get("kind")
+    if kind not in HEAD_KINDS:
+        raise ClipDebiasError(f"{path}: field 'head.kind': expected one of {', '.join(map(repr, HEAD_KINDS))}, got "
+                              f"{describe_value(kind)}")
+    validate(HEAD_KINDS[kind].config, spec.head, str(path), CONFIG_WHAT, prefix="head")
+    return spec
 
 
 class DebiasedClassifier(nn.Module):
@@ -91,11 +125,6 @@ class DebiasedClassifier(nn.Module):
         d = tower.cfg.embed_dim
         self.edited = [tuple(p) for p in spec.ablated] + [tuple(p) for p in spec.salient]
         self.layers = sorted({l for l, _ in self.edited})
-        for l, h in self.edited:
-            if not (0 <= l < tower.cfg.layers and 0 <= h < tower.cfg.heads):
-                raise ClipDebiasError(
-                    f"plan head [{l}, {h}] is out of range for a tower of {tower.cfg.layers} layers x "
-                    f"{tower.cfg.heads} heads")
         self.n_ablated = len(spec.ablated)
         # index of each edited head in the [B, L_edited * H] flattened head outputs
         flat = [self.layers.index(l) * tower.cfg.heads + h for l, h in self.edited]
@@ -149,24 +178,13 @@ class DebiasedClassifier(nn.Module):
         """Rebuild from ``config.json`` and ``model.safetensors`` (no open_clip, plan or data needed)."""
         from safetensors.torch import load_file
 
-        import clip_debias.toolchain.correct.perception  # noqa: F401  (registers the 'perception' head kind)
-
         model_dir = Path(model_dir)
         cfg_path, w_path = model_dir / CONFIG_NAME, model_dir / WEIGHTS_NAME
         for p in (cfg_path, w_path):
             if not p.is_file():
                 raise ClipDebiasError(f"{p}: missing (expected a model directory written by 'clip-debias build')")
-        try:
-            raw = json.loads(cfg_path.read_text())
-            spec = ClassifierSpec(**raw)
-        except (json.JSONDecodeError, TypeError) as e:
-            raise ClipDebiasError(f"{cfg_path}: not a clip-debias model config ({e})") from e
-        if spec.format != MODEL_FORMAT:
-            raise ClipDebiasError(f"{cfg_path}: field 'format' is {spec.format}, expected {MODEL_FORMAT}")
+        spec = read_spec(cfg_path)
         tower = ExplicitViT(TowerConfig.from_dict(spec.tower))
-        kind = spec.head.get("kind")
-        if kind not in HEAD_KINDS:
-            raise ClipDebiasError(f"{cfg_path}: field 'head.kind' is {kind!r}, expected one of {sorted(HEAD_KINDS)}")
         state = load_file(str(w_path))
         # the folded readouts are derived from the tower weights at construction: load those first
         tower_state = {k[len("tower."):]: v for k, v in state.items() if k.startswith("tower.")}
@@ -174,7 +192,7 @@ class DebiasedClassifier(nn.Module):
             tower.load_state_dict(tower_state, strict=True)
         except RuntimeError as e:
             raise ClipDebiasError(f"{w_path}: tower weights do not match {cfg_path} ({str(e).splitlines()[0]})") from e
-        head = HEAD_KINDS[kind].empty(spec.head, tower.cfg.embed_dim)
+        head = HEAD_KINDS[spec.head["kind"]].module.empty(spec.head, tower.cfg.embed_dim)
         model = cls(tower, head, spec)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
@@ -186,10 +204,8 @@ class DebiasedClassifier(nn.Module):
 def plain_classifier(clip: Any, class_names: list[str], group_names: list[str] | None = None,
                      templates: tuple[str, ...] | list[str] | None = None) -> DebiasedClassifier:
     """The unedited zero-shot classifier of a ``LoadedClip``: logits = logit_scale * e @ T^T."""
-    from clip_debias.toolchain.models.text import DEFAULT_TEMPLATES, class_text_matrix
-
     tower = ExplicitViT.from_open_clip(clip.model.visual)
     text = class_text_matrix(clip, class_names, templates or DEFAULT_TEMPLATES)
     spec = ClassifierSpec(tower=tower.cfg.to_dict(), identity=clip.identity.to_dict(), class_names=list(class_names),
-                          group_names=list(group_names or []), preprocess=clip.preprocess_cfg)
-    return DebiasedClassifier(tower, ZeroShotHead(text, float(clip.model.logit_scale.detach().exp())), spec).eval()
+                          group_names=list(group_names or []), preprocess=PreprocessRecord.of(clip.preprocess_cfg))
+    return DebiasedClassifier(tower, ZeroShotHead(text, logit_scale_of(clip)), spec).eval()

@@ -1,8 +1,8 @@
 """PerceptionCLIP head: infer the context z, then classify given it (Zhou et al., ICLR 2024).
 
-Contexts: attributes with values (e.g. background: on land / on water); every combination of values is one context
-z (Z in all), described by joining the values with ", ". With f(x, y, z) = s * cos(e, t_{z,y}) (s = logit scale),
-t_{z,y} = text of ``template.format(class=y, context=z)``:
+Contexts (``prompts.files.ContextSpec``): attributes with values (e.g. background: on land / on water); every
+combination of values is one context z (Z in all), described by joining the values with ", ". With
+f(x, y, z) = s * cos(e, t_{z,y}) (s = logit scale), t_{z,y} = text of ``template.format(class=y, context=z)``:
 
     joint (default):   log P(z|x) = logsumexp_y f(x,y,z)/tau - logsumexp_{y,z'} f(x,y,z')/tau
     class-free:        log P(z|x) = log_softmax_z  s * cos(e, t0_z) / tau,  t0_z = text of ``class_free`` (no class)
@@ -16,58 +16,24 @@ The text matrices T [Z, C, D] and T0 [Z, D] are constant buffers.
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Annotated, Any, Literal, Optional
 
 import torch
+from pydantic import BeforeValidator, Field
+from pydantic.dataclasses import dataclass
 from torch import nn
 
-from clip_debias.toolchain.correct.classifier import register_head
+from clip_debias.runtime.schema import FORMAT
 from clip_debias.toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.prompts.files import ContextSpec
+from clip_debias.toolchain.prompts.text import prompt_matrix
 
 Z_FROM = ("joint", "class-free")
-
-
-@dataclass
-class ContextSpec:
-    """Prompt template with ``{class}`` and ``{context}``, optional class-free template with ``{context}`` and the
-    context attributes {name: [values]} (combinations in row-major order of the attributes as given)."""
-
-    template: str
-    contexts: dict[str, list[str]]
-    class_free: str | None = None
-    origin: str = ""
-
-    def combinations(self) -> list[str]:
-        """The Z context phrases: values of one combination joined with ", "."""
-        return [", ".join(combo) for combo in itertools.product(*self.contexts.values())]
-
-    @classmethod
-    def parse(cls, value: Any, origin: str) -> "ContextSpec":
-        """From the ``perception`` mapping of a defaults or user YAML file."""
-        where = f"{origin}: field 'perception'"
-        if not isinstance(value, dict):
-            raise ClipDebiasError(f"{where} must be a mapping with template, contexts (and optional class_free)")
-        template, contexts, class_free = value.get("template"), value.get("contexts"), value.get("class_free")
-        if not isinstance(template, str) or "{class}" not in template or "{context}" not in template:
-            raise ClipDebiasError(f"{where}.template must be a string with '{{class}}' and '{{context}}'")
-        if class_free is not None and (not isinstance(class_free, str) or "{context}" not in class_free):
-            raise ClipDebiasError(f"{where}.class_free must be a string with '{{context}}'")
-        if not isinstance(contexts, dict) or not contexts or not all(
-                isinstance(v, list) and v and all(isinstance(s, str) for s in v) for v in contexts.values()):
-            raise ClipDebiasError(f"{where}.contexts must map each attribute to a non-empty list of value strings")
-        return cls(template, {str(k): list(v) for k, v in contexts.items()}, class_free, origin)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @torch.no_grad()
 def perception_text(clip: Any, class_names: list[str], spec: ContextSpec) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(T [Z, C, D], T0 [Z, D] or None): unit-norm embeddings of the class x context and class-free prompts."""
-    from clip_debias.toolchain.correct.defaults import prompt_matrix
-
     zs = spec.combinations()
     rows = [[spec.template.replace("{context}", z).replace("{class}", c)] for z in zs for c in class_names]
     rows += [[spec.class_free.replace("{context}", z)] for z in zs] if spec.class_free else []
@@ -89,7 +55,19 @@ def perception_log_probs(e: torch.Tensor, text: torch.Tensor, logit_scale: float
     return torch.logsumexp(log_pz[:, :, None] + log_py_z, dim=1).to(e.dtype)
 
 
-@register_head
+@dataclass(config=FORMAT)
+class PerceptionConfig:
+    """config.json's ``head`` object of a perception head (``PerceptionHead.config``)."""
+
+    kind: Literal["perception"]
+    logit_scale: float
+    tau: Annotated[float, Field(gt=0, description="a number > 0")]
+    z_from: Literal[Z_FROM]
+    num_classes: Annotated[int, Field(ge=1, description="an integer >= 1")]
+    contexts: Annotated[list[str], Field(min_length=1, description="a non-empty list of context phrases")]
+    context_spec: Annotated[Optional[ContextSpec], BeforeValidator(lambda v: v or None)] = None  # {} = none given
+
+
 class PerceptionHead(nn.Module):
     """logits = log P(y|x) (``perception_log_probs``); buffers ``text`` [Z, C, D] and ``text0`` [Z, D] (class-free
     variant) or [0, D] (joint)."""
@@ -138,3 +116,11 @@ def perception_head(clip: Any, class_names: list[str], spec: ContextSpec, tau: f
     text, text0 = perception_text(clip, class_names, spec)
     return PerceptionHead(text, float(clip.model.logit_scale.detach().exp()), tau,
                           text0 if z_from == "class-free" else None, spec.combinations(), spec.to_dict())
+
+
+def perception_for(clip: Any, class_names: list[str], templates: list[str], options: Any) -> PerceptionHead:
+    """``build``'s perception head (``correct.heads.HEAD_KINDS``): the contexts, tau and z_from of ``options`` (a
+    ``BuildOptions``); class templates are not used (the contexts' template is)."""
+    if options.contexts is None:
+        raise ClipDebiasError("--classifier perception needs contexts (--contexts waterbirds|celeba|FILE.yaml)")
+    return perception_head(clip, class_names, options.contexts, options.tau, options.z_from)

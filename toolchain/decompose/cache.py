@@ -1,20 +1,24 @@
 """Decomposition cache: one safetensors file per (model, dataset, split).
 
 Tensors: ``heads`` [N, L, H, D] float32, ``rest`` [N, D], ``labels`` [N], ``groups`` [N], ``attributes`` [N] (when the
-dataset has a spurious attribute). Header metadata (all strings): ``model`` (ModelIdentity JSON), ``layers`` (JSON
-list of absolute layer indices, 0 = first block), ``dataset``, ``split``, ``class_names``, ``group_names``,
-``attribute_names`` (JSON lists), ``paths`` (JSON list of image paths, row order), ``convention``.
+dataset has a spurious attribute). Header metadata (``CacheHeader``; safetensors stores strings, so lists and the
+identity are JSON): ``model`` (ModelIdentity), ``layers`` (absolute layer indices, 0 = first block), ``dataset``,
+``split``, ``class_names``, ``group_names``, ``attribute_names``, ``paths`` (image paths, row order), ``convention``.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from pydantic import field_validator
+from pydantic.dataclasses import dataclass as format_dataclass
 
 from clip_debias.runtime.atomic_output import atomic_file
+from clip_debias.runtime.schema import FORMAT, validate
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.models.loading import ModelIdentity
 
@@ -24,8 +28,33 @@ CONVENTION = (
     "divided by ||y||; rest = embedding term + MLP terms + untraced layers + attention out-proj biases + ln_post "
     "bias @ proj; heads.sum((1,2)) + rest == encode_image(x, normalize=True)"
 )
+CACHE_WHAT = "a decomposition cache written by 'clip-debias decompose'"
 _REQUIRED_TENSORS = ("heads", "rest", "labels", "groups")
-_REQUIRED_META = ("model", "layers", "dataset", "split", "class_names", "group_names")
+
+
+@format_dataclass(config=FORMAT)
+class CacheHeader:
+    """The header metadata of a cache file (see module doc)."""
+
+    model: ModelIdentity
+    layers: list[int]
+    dataset: str
+    split: str
+    class_names: list[str]
+    group_names: list[str]
+    attribute_names: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    convention: str = CONVENTION
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, layers: list[int]) -> list[int]:
+        if any(l < 0 for l in layers) or len(set(layers)) != len(layers):
+            raise ValueError(f"expected distinct absolute layer indices (>= 0), got {layers}")
+        return layers
+
+
+JSON_FIELDS = ("model", "layers", "class_names", "group_names", "attribute_names", "paths")  # stored as JSON text
 
 
 @dataclass
@@ -54,6 +83,12 @@ class DecompositionCache:
     def __len__(self) -> int:
         return self.heads.shape[0]
 
+    def header(self) -> CacheHeader:
+        return CacheHeader(model=self.identity, layers=list(self.layers), dataset=self.dataset, split=self.split,
+                           class_names=list(self.class_names), group_names=list(self.group_names),
+                           attribute_names=list(self.attribute_names), paths=list(self.paths),
+                           convention=self.convention)
+
 
 def save_cache(path: str | Path, cache: DecompositionCache) -> Path:
     """Write atomically (temp file in the same folder, then rename; umask permissions)."""
@@ -67,24 +102,50 @@ def save_cache(path: str | Path, cache: DecompositionCache) -> Path:
     }
     if cache.attributes is not None:
         tensors["attributes"] = cache.attributes.long().contiguous()
-    meta = {
-        "model": json.dumps(cache.identity.to_dict()),
-        "layers": json.dumps(cache.layers),
-        "dataset": cache.dataset,
-        "split": cache.split,
-        "class_names": json.dumps(cache.class_names),
-        "group_names": json.dumps(cache.group_names),
-        "attribute_names": json.dumps(cache.attribute_names),
-        "paths": json.dumps(cache.paths),
-        "convention": cache.convention,
-    }
+    meta = {k: json.dumps(v) if k in JSON_FIELDS else v for k, v in asdict(cache.header()).items()}
     with atomic_file(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return Path(path)
 
 
+def read_header(meta: dict[str, str], where: str) -> CacheHeader:
+    """The validated ``CacheHeader`` of a file's metadata strings; one line naming ``where`` and the field."""
+    decoded: dict[str, Any] = {}
+    for key, text in meta.items():
+        if key not in JSON_FIELDS:
+            decoded[key] = text
+            continue
+        try:
+            decoded[key] = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ClipDebiasError(f"{where}: field '{key}': expected JSON text (the header stores it as JSON), "
+                                  f"got {text[:40]!r} ({e.msg})") from None
+    return validate(CacheHeader, decoded, where, CACHE_WHAT)
+
+
+def check_tensors(tensors: dict[str, torch.Tensor], header: CacheHeader, where: str) -> None:
+    """Shapes against each other and the header: heads [N, len(layers), H, D], rest [N, D], labels, groups (and
+    attributes) [N], paths N or none; labels and groups index their names."""
+    heads = tensors["heads"]
+    if heads.ndim != 4 or heads.shape[1] != len(header.layers):
+        raise ClipDebiasError(f"{where}: tensor 'heads' has shape {list(heads.shape)}, expected [N, "
+                              f"{len(header.layers)} (one per entry of 'layers'), H, D]")
+    n, d = heads.shape[0], heads.shape[3]
+    expected = {"rest": [n, d], "labels": [n], "groups": [n], "attributes": [n]}
+    for key, shape in expected.items():
+        if key in tensors and list(tensors[key].shape) != shape:
+            raise ClipDebiasError(f"{where}: tensor '{key}' has shape {list(tensors[key].shape)}, expected {shape}")
+    if header.paths and len(header.paths) != n:
+        raise ClipDebiasError(f"{where}: field 'paths': {len(header.paths)} paths for {n} rows")
+    for key, names in (("labels", header.class_names), ("groups", header.group_names)):
+        values = tensors[key]
+        if names and n and not (0 <= int(values.min()) and int(values.max()) < len(names)):
+            raise ClipDebiasError(f"{where}: tensor '{key}' holds ids outside 0..{len(names) - 1} (the "
+                                  f"{len(names)} entries of '{'class_names' if key == 'labels' else 'group_names'}')")
+
+
 def load_cache(path: str | Path) -> DecompositionCache:
-    """Read a cache written by ``save_cache``; one clear line for a missing file, key or metadata field."""
+    """Read a cache written by ``save_cache``; one clear line for a missing file, tensor or a malformed header."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -100,20 +161,11 @@ def load_cache(path: str | Path) -> DecompositionCache:
     for k in _REQUIRED_TENSORS:
         if k not in tensors:
             raise ClipDebiasError(f"{path}: missing tensor '{k}' (expected a file written by 'clip-debias decompose')")
-    for k in _REQUIRED_META:
-        if k not in meta:
-            raise ClipDebiasError(f"{path}: missing metadata field '{k}'")
-    try:
-        return DecompositionCache(
-            heads=tensors["heads"], rest=tensors["rest"], labels=tensors["labels"], groups=tensors["groups"],
-            attributes=tensors.get("attributes"),
-            layers=json.loads(meta["layers"]),
-            identity=ModelIdentity.from_dict(json.loads(meta["model"])),
-            dataset=meta["dataset"], split=meta["split"],
-            class_names=json.loads(meta["class_names"]), group_names=json.loads(meta["group_names"]),
-            attribute_names=json.loads(meta.get("attribute_names", "[]")),
-            paths=json.loads(meta.get("paths", "[]")),
-            convention=meta.get("convention", CONVENTION),
-        )
-    except (json.JSONDecodeError, TypeError) as e:
-        raise ClipDebiasError(f"{path}: malformed metadata ({e})") from e
+    header = read_header(meta, str(path))
+    check_tensors(tensors, header, str(path))
+    return DecompositionCache(
+        heads=tensors["heads"], rest=tensors["rest"], labels=tensors["labels"], groups=tensors["groups"],
+        attributes=tensors.get("attributes"), layers=header.layers, identity=header.model, dataset=header.dataset,
+        split=header.split, class_names=header.class_names, group_names=header.group_names,
+        attribute_names=header.attribute_names, paths=header.paths, convention=header.convention,
+    )

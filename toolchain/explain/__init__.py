@@ -1,61 +1,25 @@
 """Explain: TextSpan head descriptions, token heat maps, B2T keyword discovery and the static HTML report.
 
 This module holds what the explain commands share: choosing heads from ``--heads`` (a ``plan.json`` or
-``L:H,L:H``) or ``--layers``. Heads are always absolute ``(layer, head)`` pairs (0 = first block).
+``L:H,L:H``) or ``--layers``. Heads are always absolute ``(layer, head)`` pairs (0 = first block). ``jobs`` runs
+explain and discover (for the CLI and the demo), ``files`` holds the models of the files they write.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 from clip_debias.toolchain.errors import ClipDebiasError
 
 ROLES = ("spurious", "salient")
 
 
-def _entry_head(entry: Any) -> tuple[int, int] | None:
-    """A plan entry as (layer, head): ``[l, h]``, ``{"head": [l, h]}`` or ``{"layer": l, "head": h}``; else None."""
-    if isinstance(entry, dict):
-        if isinstance(entry.get("head"), (list, tuple)):
-            entry = entry["head"]
-        elif "layer" in entry and "head" in entry:
-            entry = [entry["layer"], entry["head"]]
-    if isinstance(entry, (list, tuple)) and len(entry) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
-                                                                     for v in entry):
-        return int(entry[0]), int(entry[1])
-    return None
-
-
-def read_plan(path: str | Path) -> dict[str, Any]:
-    """The raw JSON object of a locate plan; one clear line when it is missing or not an object."""
-    path = Path(path)
-    if not path.is_file():
-        raise ClipDebiasError(f"{path}: plan not found (write one with 'clip-debias locate')")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ClipDebiasError(f"{path}: not a JSON plan ({e})") from e
-    if not isinstance(raw, dict):
-        raise ClipDebiasError(f"{path}: not a plan (expected a JSON object with 'spurious'/'salient' lists)")
-    return raw
-
-
 def plan_heads(path: str | Path) -> dict[tuple[int, int], str]:
-    """{(layer, head): role} of a plan's ``spurious`` then ``salient`` entries, in plan order (first role wins)."""
-    raw = read_plan(path)
-    out: dict[tuple[int, int], str] = {}
-    for role in ROLES:
-        entries = raw.get(role, [])
-        if not isinstance(entries, list):
-            raise ClipDebiasError(f"{path}: field '{role}' must be a list of heads")
-        for entry in entries:
-            head = _entry_head(entry)
-            if head is None:
-                raise ClipDebiasError(f"{path}: {role} entry {entry!r} is not [layer, head] or {{'head': [l, h]}}")
-            out.setdefault(head, role)
-    return out
+    """{(layer, head): role} of a plan's ``spurious`` then ``salient`` heads, in plan order (``LocatePlan.load``:
+    a malformed plan is one line naming the file and the field)."""
+    from clip_debias.toolchain.locate.ltc import LocatePlan
+
+    return LocatePlan.load(path).roles()
 
 
 def parse_head_list(value: str) -> list[tuple[int, int]]:

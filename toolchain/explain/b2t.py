@@ -12,19 +12,22 @@ with YAKE. Classes without failures or without successes are skipped (the differ
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic.dataclasses import dataclass as format_dataclass
 
+from clip_debias.runtime.schema import FORMAT
 from clip_debias.toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.prompts.text import DEFAULT_TEMPLATE, DEFAULT_TEMPLATES, class_text_matrix
 
-KEYWORD_TEMPLATE = "a photo of a {}."
+KEYWORD_TEMPLATE = DEFAULT_TEMPLATE  # a keyword is scored as the zero-shot prompt of a class named by it
 ATTRIBUTE_TEMPLATE = "a photo of a {cls}, {keyword}."
 
 
-@dataclass
+@format_dataclass(config=FORMAT)
 class KeywordScore:
     keyword: str
     score: float
@@ -32,7 +35,7 @@ class KeywordScore:
     cos_correct: float  # mean 100 cos over the correctly classified images
 
 
-@dataclass
+@format_dataclass(config=FORMAT)
 class ClassKeywords:
     """Ranked keywords of one class (best first) with the counts they were measured on."""
 
@@ -107,18 +110,6 @@ def attribute_prompts(results: list[ClassKeywords], class_names: list[str], per_
     return values
 
 
-def keywords_json(results: list[ClassKeywords], extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """JSON-ready results: {..extra, classes: [{class_name, n_wrong, n_correct, keywords: [...], note,
-    suggested_prompts}]}."""
-    rows = []
-    for r in results:
-        d = asdict(r)
-        d["suggested_prompts"] = [ATTRIBUTE_TEMPLATE.format(cls=r.class_name, keyword=k.keyword)
-                                  for k in r.keywords[:5]]
-        rows.append(d)
-    return {**(extra or {}), "classes": rows}
-
-
 # ---- inputs: a decomposition cache or a dataset -----------------------------------------------------------------
 
 @dataclass
@@ -159,10 +150,8 @@ def read_captions(csv_path: str | Path, column: str) -> dict[str, str]:
 
 def discover(images: ImageSet, clip: Any, class_names: list[str], templates: list[str] | None, top: int,
              vocab: list[str] | None = None, captions: dict[str, str] | None = None) -> list[ClassKeywords]:
-    """B2T over every class: zero-shot predictions with ``templates`` (default "a photo of a {}."), then per class the
-    ``top`` keywords of the vocabulary, or of the YAKE keywords of its misclassified images' captions."""
-    from clip_debias.toolchain.models.text import DEFAULT_TEMPLATES, class_text_matrix
-
+    """B2T over every class: zero-shot predictions with ``templates`` (default ``DEFAULT_TEMPLATES``), then per class
+    the ``top`` keywords of the vocabulary, or of the YAKE keywords of its misclassified images' captions."""
     if len(class_names) != len(images.class_names):
         raise ClipDebiasError(f"--classes: {len(class_names)} names given, the data has {len(images.class_names)} "
                               f"classes ({', '.join(images.class_names)})")

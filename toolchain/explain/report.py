@@ -1,23 +1,29 @@
 """``clip-debias report DIR``: one static HTML page gathering whatever the other stages left in DIR.
 
-Sections (each skipped with a note when its file is absent): located heads (``plan.json`` + ``plan.png``, rendered
-from the plan when missing), head descriptions (``descriptions.json``), per-group accuracy before/after
-(``compare.json``: rows {method, accuracy, worst_group_accuracy, groups {name: {n, accuracy}}}, or {"rows": [...]}
-as ``evaluate --json`` writes; rendered to ``compare.png``), latency (a verify ``report.json``), discovered keywords
-(``keywords.json``), and every other PNG (heat maps). No network assets: inline CSS, images by relative path.
+Sections (each skipped with a note when its file is absent, or malformed: the note is the reader's one line naming
+the file and the field): located heads (``plan.json``, a ``LocatePlan``, + ``plan.png``, rendered from the plan when
+missing), head descriptions (``descriptions.json``, ``explain.files.Descriptions``), per-group accuracy before/after
+(``compare.json`` as ``evaluate --json`` writes it, ``evaluate.CompareFile``; rendered to ``compare.png``), latency
+(verify's ``report.json``, ``VerifyReportFile``), discovered keywords (``keywords.json``, ``explain.files.Keywords``),
+and every other PNG (heat maps). No network assets: inline CSS, images by relative path.
 """
 
 from __future__ import annotations
 
 import html
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import quote
 
+from pydantic.dataclasses import dataclass as format_dataclass
+
+from clip_debias.runtime.schema import FORMAT, read_model
+from clip_debias.runtime.verify import VerifyReport
 from clip_debias.toolchain.errors import ClipDebiasError
-from clip_debias.toolchain.explain import ROLES, _entry_head
+from clip_debias.toolchain.evaluate import CompareFile, CompareRow
+from clip_debias.toolchain.explain.files import Descriptions, Keywords
+from clip_debias.toolchain.locate.ltc import LocatePlan
 
 REPORT_NAME = "report.html"
 CSS = """
@@ -86,105 +92,64 @@ def find(root: Path, name: str) -> Path | None:
     return hits[0] if hits else None
 
 
-def load_json(path: Path | None) -> Any:
-    """Parsed JSON, or None when the file is absent or unreadable (the section is skipped with a note)."""
-    if path is None:
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
+@format_dataclass(config=FORMAT)
+class VerifyReportFile(VerifyReport):
+    """verify's ``report.json``, read back as the ``VerifyReport`` that wrote it (every field checked)."""
 
 
-def json_section(page: Page, title: str, name: str, key: str, kind: type, missing: str
-                 ) -> tuple[dict[str, Any], Any] | None:
-    """Open a section: its heading, then (the JSON object of file ``name``, its field ``key``) when that field is a
-    ``kind``; else a note ``missing`` and None (the section ends there)."""
+def read_verify_report(path: str | Path) -> VerifyReportFile:
+    return read_model(VerifyReportFile, path, "a report written by 'clip-debias verify --json'")
+
+
+def load_section(page: Page, title: str, name: str, read: Callable[[Path], Any], missing: str) -> Any:
+    """Open a section: its heading, then the file ``name`` read by ``read`` (a model's reader); None, after a note,
+    when the file is absent (``missing``) or malformed (the reader's one line)."""
     page.add(f"<h2>{title}</h2>")
     path = find(page.root, name)
-    data = load_json(path)
-    value = data.get(key) if isinstance(data, dict) else None
-    if not isinstance(value, kind):
-        page.note(missing if path is None else unusable(path, f"an object with a '{key}' {kind.__name__}"))
+    if path is None:
+        page.note(missing)
         return None
-    return data, value
-
-
-def unusable(path: Path, expected: str) -> str:
-    """The note for a file that is there but cannot be shown."""
-    return f"{path.name}: unreadable or not the expected content ({expected}); section skipped"
+    try:
+        return read(path)
+    except ClipDebiasError as e:
+        page.note(f"{e}; section skipped")
+        return None
 
 
 # ---- sections ---------------------------------------------------------------------------------------------------
 
 def section_plan(page: Page) -> None:
-    page.add("<h2>Located heads</h2>")
-    plan_path = find(page.root, "plan.json")
-    plan = load_json(plan_path)
-    png = find(page.root, "plan.png")
-    if png is None and isinstance(plan, dict) and plan_path is not None:
-        png = _render_plan(plan_path, plan_path.parent / "plan.png")
-    if png is not None:
-        page.add(page.image(png, "n(W) - n(C) over (layer, head); S = spurious, + = salient"))
-    if not isinstance(plan, dict):
-        page.note("no plan.json (run 'clip-debias locate')" if plan_path is None else
-                  unusable(plan_path, "a plan written by 'clip-debias locate'"))
+    plan = load_section(page, "Located heads", "plan.json", LocatePlan.load, "no plan.json (run 'clip-debias locate')")
+    if plan is None:
         return
-    rows = []
-    for role in ROLES:
-        for entry in plan.get(role, []) or []:
-            head = _entry_head(entry)
-            if head is None:
-                continue
-            score = entry.get("score") if isinstance(entry, dict) else None
-            nw = entry.get("n_wrong") if isinstance(entry, dict) else None
-            nc = entry.get("n_correct") if isinstance(entry, dict) else None
-            rows.append([f'<span class="{role}">{role}</span>', esc(head[0]), esc(head[1]),
-                         *(f"{v:.3f}" if isinstance(v, (int, float)) else "-" for v in (nw, nc, score))])
-    meta = [f"{k} {esc(plan[k])}" for k in ("dataset", "split", "n", "threshold", "minority_group_names")
-            if k in plan]
-    if meta:
-        page.add(f"<p>{'; '.join(meta)}</p>")
+    from clip_debias.toolchain.locate.heatmap import save_heatmap
+
+    png = find(page.root, "plan.png") or save_heatmap(plan, Path(plan.source).parent / "plan.png")
+    page.add(page.image(png, "n(W) - n(C) over (layer, head); S = spurious, + = salient"))
+    rows = [[f'<span class="{role}">{role}</span>', esc(s.head[0]), esc(s.head[1]),
+             *(f"{v:.3f}" for v in (s.n_wrong, s.n_correct, s.score))]
+            for role, entries in (("spurious", plan.spurious), ("salient", plan.salient)) for s in entries]
+    page.add(f"<p>dataset {esc(plan.dataset)}; split {esc(plan.split)}; n {esc(plan.n)}; threshold "
+             f"{plan.threshold:.4f}; minority groups {esc(', '.join(plan.minority_group_names))}</p>")
     page.add(table(["role", "layer", "head", "n(W)", "n(C)", "score"], rows, {1, 2, 3, 4, 5}) if rows
              else '<p class="note">the plan lists no heads</p>')
 
 
-def _render_plan(plan_path: Path, out: Path) -> Path | None:
-    """plan.png from a full locate plan (``toolchain.locate.heatmap``); None when the plan cannot be read that way."""
-    try:
-        from clip_debias.toolchain.locate.heatmap import save_heatmap
-        from clip_debias.toolchain.locate.ltc import LocatePlan
-
-        return save_heatmap(LocatePlan.load(plan_path), out)
-    except Exception:  # a partial or foreign plan: the table is still shown
-        return None
-
-
 def section_descriptions(page: Page) -> None:
-    found = json_section(page, "Head descriptions (TextSpan)", "descriptions.json", "heads", list,
-                         "no descriptions.json (run 'clip-debias explain')")
-    if found is None:
+    doc = load_section(page, "Head descriptions (TextSpan)", "descriptions.json", Descriptions.load,
+                       "no descriptions.json (run 'clip-debias explain')")
+    if doc is None:
         return
-    data, heads = found
-    if data.get("pool"):
-        page.add(f"<p>pool {esc(data['pool'])} ({esc(data.get('pool_size', '?'))} descriptions)</p>")
-    for h in heads:
-        role = h.get("role")
-        tag = f' <span class="{esc(role)}">({esc(role)})</span>' if role else ""
-        page.add(f"<h3>layer {esc(h.get('layer'))}, head {esc(h.get('head'))}{tag}</h3>")
-        rows = [[esc(i + 1), esc(e.get("text", "")), pct(e.get("variance"))]
-                for i, e in enumerate(h.get("entries", []))]
-        page.add(f"<p>rank {esc(h.get('rank', '?'))}; together {pct(h.get('explained'))} of the head's variance</p>")
+    page.add(f"<p>pool {esc(doc.pool)} ({esc(doc.pool_size)} descriptions)</p>")
+    for h in doc.heads:
+        tag = f' <span class="{esc(h.role)}">({esc(h.role)})</span>' if h.role else ""
+        page.add(f"<h3>layer {esc(h.layer)}, head {esc(h.head)}{tag}</h3>")
+        rows = [[esc(i + 1), esc(e.text), pct(e.variance)] for i, e in enumerate(h.entries)]
+        page.add(f"<p>rank {esc(h.rank)}; together {pct(h.explained)} of the head's variance</p>")
         page.add(table(["#", "description", "variance"], rows, {0, 2}))
 
 
-def compare_rows(data: Any) -> list[dict[str, Any]]:
-    """The method rows of a compare.json (a list, or {"rows": [...]})."""
-    rows = data.get("rows") if isinstance(data, dict) else data
-    return [r for r in rows if isinstance(r, dict) and "method" in r] if isinstance(rows, list) else []
-
-
-def render_compare(rows: list[dict[str, Any]], out: Path) -> Path:
+def render_compare(rows: list[CompareRow], out: Path) -> Path:
     """Grouped bar chart: per-group accuracy (and overall / worst group) for each method."""
     import matplotlib
 
@@ -192,16 +157,14 @@ def render_compare(rows: list[dict[str, Any]], out: Path) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    groups = list(dict.fromkeys(g for r in rows for g in (r.get("groups") or {})))
+    groups = list(dict.fromkeys(g for r in rows for g in r.groups))
     labels = ["average", "worst group"] + groups
     width = 0.8 / max(1, len(rows))
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(labels) + 2), 3.6))
     x = np.arange(len(labels))
     for i, r in enumerate(rows):
-        g = r.get("groups") or {}
-        vals = [r.get("accuracy"), r.get("worst_group_accuracy")] + [(g.get(n) or {}).get("accuracy") for n in groups]
-        ax.bar(x + (i - (len(rows) - 1) / 2) * width, [100 * v if isinstance(v, (int, float)) else 0 for v in vals],
-               width, label=str(r["method"]))
+        vals = [r.accuracy, r.worst_group_accuracy] + [r.groups[n].accuracy if n in r.groups else 0.0 for n in groups]
+        ax.bar(x + (i - (len(rows) - 1) / 2) * width, [100 * v for v in vals], width, label=r.method)
     ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
@@ -214,56 +177,50 @@ def render_compare(rows: list[dict[str, Any]], out: Path) -> Path:
 
 
 def section_compare(page: Page) -> None:
-    page.add("<h2>Accuracy before / after</h2>")
-    path = find(page.root, "compare.json")
-    rows = compare_rows(load_json(path))
-    if not rows:
-        page.note("no compare.json (run 'clip-debias evaluate --compare ... --json DIR/compare.json')" if path is None
-                  else unusable(path, "method rows {method, accuracy, worst_group_accuracy, groups}"))
+    doc = load_section(page, "Accuracy before / after", "compare.json", CompareFile.load,
+                       "no compare.json (run 'clip-debias evaluate --compare ... --json DIR/compare.json')")
+    if doc is None:
         return
-    page.add(page.image(render_compare(rows, path.parent / "compare.png"), "accuracy per group and method"))
-    groups = list(dict.fromkeys(g for r in rows for g in (r.get("groups") or {})))
-    body = []
-    for r in rows:
-        g = r.get("groups") or {}
-        cells = [f"{pct((g.get(n) or {}).get('accuracy'))} (n={esc((g.get(n) or {}).get('n', '-'))})" if n in g
-                 else "-" for n in groups]
-        body.append([esc(r["method"]), pct(r.get("accuracy")), pct(r.get("worst_group_accuracy")), *cells])
+    if not doc.rows:
+        page.note("compare.json holds no rows")
+        return
+    page.add(page.image(render_compare(doc.rows, find(page.root, "compare.json").parent / "compare.png"),
+                        "accuracy per group and method"))
+    groups = list(dict.fromkeys(g for r in doc.rows for g in r.groups))
+    body = [[esc(r.method), pct(r.accuracy), pct(r.worst_group_accuracy),
+             *(f"{pct(r.groups[n].accuracy)} (n={esc(r.groups[n].n)})" if n in r.groups else "-" for n in groups)]
+            for r in doc.rows]
     page.add(table(["method", "average", "worst group", *map(esc, groups)], body, set(range(1, 3 + len(groups)))))
 
 
 def section_latency(page: Page) -> None:
-    found = json_section(page, "Latency (verify)", "report.json", "latency_ms", dict,
-                         "no verify report.json with latency_ms (run 'clip-debias verify --json DIR/report.json')")
-    if found is None:
+    r = load_section(page, "Latency (verify)", "report.json", read_verify_report,
+                     "no verify report.json (run 'clip-debias verify --json DIR/report.json')")
+    if r is None:
         return
-    data, lat = found
+    lat = r.latency_ms
     fmt = lambda v: f"{v:.2f}" if isinstance(v, (int, float)) else "-"  # noqa: E731
-    thr = data.get("throughput_per_s")
     page.add(table(["p50 ms", "p95 ms", "p99 ms", "throughput / s"],
-                   [[fmt(lat.get("p50")), fmt(lat.get("p95")), fmt(lat.get("p99")), fmt(thr)]], {0, 1, 2, 3}))
-    extra = [f"{k} {esc(data[k])}" for k in ("artifact", "dataset", "split", "n", "batch_size") if data.get(k)]
-    if "accuracy" in data:
-        extra.append(f"accuracy {pct(data['accuracy'])}, worst group {pct(data.get('worst_group_accuracy'))}")
-    if isinstance(data.get("backend"), dict) and data["backend"]:
-        extra.append("backend " + esc(", ".join(f"{k}={v}" for k, v in data["backend"].items())))
-    if extra:
-        page.add(f"<p>{'; '.join(extra)}</p>")
+                   [[fmt(lat.get("p50")), fmt(lat.get("p95")), fmt(lat.get("p99")), fmt(r.throughput_per_s)]],
+                   {0, 1, 2, 3}))
+    extra = [f"{k} {esc(getattr(r, k))}" for k in ("artifact", "dataset", "split", "n", "batch_size") if getattr(r, k)]
+    extra.append(f"accuracy {pct(r.accuracy)}, worst group {pct(r.worst_group_accuracy)}")
+    if r.backend:
+        extra.append("backend " + esc(", ".join(f"{k}={v}" for k, v in r.backend.items())))
+    page.add(f"<p>{'; '.join(extra)}</p>")
 
 
 def section_keywords(page: Page) -> None:
-    found = json_section(page, "Discovered keywords (B2T)", "keywords.json", "classes", list,
-                         "no keywords.json (run 'clip-debias discover')")
-    if found is None:
+    doc = load_section(page, "Discovered keywords (B2T)", "keywords.json", Keywords.load,
+                       "no keywords.json (run 'clip-debias discover')")
+    if doc is None:
         return
-    _, classes = found
-    for c in classes:
-        page.add(f"<h3>{esc(c.get('class_name'))}: {esc(c.get('n_wrong'))} misclassified, "
-                 f"{esc(c.get('n_correct'))} correct</h3>")
-        if c.get("note"):
-            page.note(c["note"])
-        rows = [[esc(i + 1), esc(k.get("keyword")), f"{k.get('score', 0):.2f}", f"{k.get('cos_wrong', 0):.2f}",
-                 f"{k.get('cos_correct', 0):.2f}"] for i, k in enumerate(c.get("keywords", []))]
+    for c in doc.classes:
+        page.add(f"<h3>{esc(c.class_name)}: {esc(c.n_wrong)} misclassified, {esc(c.n_correct)} correct</h3>")
+        if c.note:
+            page.note(c.note)
+        rows = [[esc(i + 1), esc(k.keyword), f"{k.score:.2f}", f"{k.cos_wrong:.2f}", f"{k.cos_correct:.2f}"]
+                for i, k in enumerate(c.keywords)]
         if rows:
             page.add(table(["#", "keyword", "score", "100 cos (wrong)", "100 cos (correct)"], rows, {0, 2, 3, 4}))
 

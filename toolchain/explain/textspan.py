@@ -21,18 +21,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
+from pydantic.dataclasses import dataclass
 
+from clip_debias.runtime.schema import FORMAT
 from clip_debias.toolchain.errors import ClipDebiasError
 
 VARIANCE_KEPT = 0.99  # automatic rank: smallest r whose singular values keep this share of the variance
 
 
-@dataclass
+@dataclass(config=FORMAT)
 class SpanEntry:
     """One chosen description: its pool index and the share of the head's variance its direction explains."""
 
@@ -41,7 +43,7 @@ class SpanEntry:
     index: int
 
 
-@dataclass
+@dataclass(config=FORMAT)
 class HeadSpan:
     """TextSpan result of one head (absolute ``layer``, ``head``), with the rank of the output space used."""
 
@@ -50,7 +52,7 @@ class HeadSpan:
     rank: int
     total_variance: float  # trace of the centred covariance of the head's terms
     entries: list[SpanEntry] = field(default_factory=list)
-    role: str | None = None  # spurious | salient (from a plan), else None
+    role: Optional[str] = None  # spurious | salient (from a plan), else None
 
     @property
     def explained(self) -> float:

@@ -14,35 +14,46 @@ with optional caps on how many of each are kept. Heads are stored as absolute ``
 from __future__ import annotations
 
 import json
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Optional
 
 import torch
+from pydantic import Field, model_validator
+from pydantic.dataclasses import dataclass
 
+from clip_debias.runtime.schema import FORMAT, FieldError, read_json, stored_as_dict, validate
 from clip_debias.toolchain.decompose.cache import DecompositionCache
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.locate.groups import (MinorityChoice, minority_from_counts, minority_from_predictions,
                                      minority_from_user, predicted_groups)
 from clip_debias.toolchain.models.loading import ModelIdentity
+from clip_debias.toolchain.prompts.defaults import known_minority_groups
+from clip_debias.toolchain.prompts.text import DEFAULT_TEMPLATES, class_text_matrix, prompt_matrix
 
 PLAN_FORMAT = 1
+PLAN_WHAT = "a plan written by 'clip-debias locate'"
 MINORITY_SOURCES = ("counts", "predictions")
 
+HeadIndex = Annotated[list[int], Field(min_length=2, max_length=2, description="a [layer, head] pair (two integers)")]
+IdentityRecord = stored_as_dict(ModelIdentity)  # validated as a ModelIdentity, kept as its dict
 
-@dataclass
+
+@dataclass(config=FORMAT)
 class HeadScore:
     """One located head: absolute ``[layer, head]``, n(W), n(C) and the score (the difference that selected it)."""
 
-    head: list[int]
+    head: HeadIndex
     n_wrong: float
     n_correct: float
     score: float
 
 
-@dataclass
+@dataclass(config=FORMAT)
 class LocatePlan:
-    """What ``clip-debias locate`` found and everything needed to trust and rebuild it (saved as JSON)."""
+    """What ``clip-debias locate`` found and everything needed to trust and rebuild it (saved as JSON). Validated on
+    construction and load: the grids are len(layers) x n_heads, every head lies in that grid, once per list, and no
+    head is both spurious and salient (``check_plan_heads``)."""
 
     spurious: list[HeadScore]
     salient: list[HeadScore]
@@ -63,15 +74,33 @@ class LocatePlan:
     dataset: str
     split: str
     n: int
-    identity: dict[str, Any]
+    identity: IdentityRecord
     class_names: list[str]
     templates: list[str]
     attribute_names: list[str] = field(default_factory=list)  # predicted groups: attribute values used
-    max_spurious: int | None = None
-    max_salient: int | None = None
+    max_spurious: Optional[int] = None
+    max_salient: Optional[int] = None
     cache_path: str = ""  # the located cache (build's default calibration cache)
     format: int = PLAN_FORMAT
-    source: str = field(default="", compare=False, repr=False)  # the file it was loaded from (not saved)
+    source: str = field(default="", init=False, compare=False, repr=False)  # the file it was loaded from (not saved)
+
+    @model_validator(mode="after")
+    def _check(self) -> "LocatePlan":
+        if self.format != PLAN_FORMAT:
+            raise FieldError("format", f"is {self.format}, expected {PLAN_FORMAT}")
+        rows, cols = len(self.layers), self.n_heads
+        for name in ("n_wrong_grid", "n_correct_grid"):
+            grid = getattr(self, name)
+            bad = next((i for i, row in enumerate(grid) if len(row) != cols), None)
+            if len(grid) != rows or bad is not None:
+                got = (f"{len(grid)} row{'s' * (len(grid) != 1)}" if len(grid) != rows
+                       else f"{len(grid[bad])} numbers in row {bad}")
+                raise FieldError(name, f"expected {rows} rows (one per entry of 'layers') of {cols} numbers "
+                                       f"('n_heads'), got {got}")
+        problem = head_problem(self)
+        if problem is not None:
+            raise problem
+        return self
 
     @property
     def model_identity(self) -> ModelIdentity:
@@ -82,6 +111,10 @@ class LocatePlan:
 
     def salient_heads(self) -> list[tuple[int, int]]:
         return [(s.head[0], s.head[1]) for s in self.salient]
+
+    def roles(self) -> dict[tuple[int, int], str]:
+        """{(layer, head): 'spurious' | 'salient'} in plan order."""
+        return {**{h: "spurious" for h in self.spurious_heads()}, **{h: "salient" for h in self.salient_heads()}}
 
     def diff_grid(self) -> torch.Tensor:
         """n(W) - n(C) [L, H]."""
@@ -112,166 +145,44 @@ class LocatePlan:
 
     @classmethod
     def load(cls, path: str | Path) -> "LocatePlan":
-        """Read a plan written by ``save``; one clear line naming the file and the field for anything malformed."""
+        """Read a plan written by ``save``; one clear line naming the file and the field for anything malformed. The
+        format is checked first (a newer plan is refused for its format, not for its fields)."""
         path = Path(path)
         if not path.is_file():
             raise ClipDebiasError(f"{path}: plan not found (write one with 'clip-debias locate')")
-        try:
-            raw = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ClipDebiasError(f"{path}: not a JSON plan ({e})") from e
-        if not isinstance(raw, dict):
-            raise ClipDebiasError(f"{path}: not a plan (expected a JSON object written by 'clip-debias locate')")
-        if raw.get("format", PLAN_FORMAT) != PLAN_FORMAT:
-            raise ClipDebiasError(f"{path}: field 'format' is {json.dumps(raw['format'])}, expected {PLAN_FORMAT}")
-        check_plan_fields(raw, str(path))
-        for key in ("spurious", "salient"):
-            raw[key] = [HeadScore(**h) for h in raw[key]]
-        plan = cls(**raw, source=str(path))
-        check_plan_heads(plan)
+        raw = read_json(path, PLAN_WHAT)
+        if isinstance(raw, dict) and raw.get("format", PLAN_FORMAT) != PLAN_FORMAT:
+            raise ClipDebiasError(f"{path}: field 'format': is {json.dumps(raw['format'])}, expected {PLAN_FORMAT}")
+        plan = validate(cls, raw, str(path), PLAN_WHAT)
+        plan.source = str(path)
         return plan
 
 
-# ---- plan file validation ---------------------------------------------------------------------------------------
-
-def _int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-# kind -> (test, "an X", "Xs")
-_KINDS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
-    "int": (_int, "an integer", "integers"), "num": (_num, "a number", "numbers"),
-    "str": (lambda v: isinstance(v, str), "a string", "strings"),
-    "obj": (lambda v: isinstance(v, dict), "an object", "objects"),
-}
-# every LocatePlan field a plan file holds -> its kind ("list:K" a list of K, "?" may be null); "heads" and "grid"
-# are checked by ``check_plan_fields`` itself
-PLAN_FIELDS: dict[str, str] = {
-    "spurious": "heads", "salient": "heads", "k": "int", "threshold": "num", "layers": "list:int", "n_heads": "int",
-    "n_wrong_grid": "grid", "n_correct_grid": "grid", "minority_groups": "list:int", "minority_group_names": "list:str",
-    "minority_source": "str", "minority_note": "str", "group_source": "str", "n_minority": "int", "n_wrong": "int",
-    "n_correct": "int", "dataset": "str", "split": "str", "n": "int", "identity": "obj", "class_names": "list:str",
-    "templates": "list:str", "attribute_names": "list:str", "max_spurious": "int?", "max_salient": "int?",
-    "cache_path": "str", "format": "int",
-}
-HEAD_FIELDS: dict[str, str] = {"head": "pair", "n_wrong": "num", "n_correct": "num", "score": "num"}
-HEAD_KEYS = "{head: [layer, head], n_wrong, n_correct, score}"
-HEAD_OBJECT = f"an object {HEAD_KEYS}"
-
-
-def json_kind(value: Any) -> str:
-    """What a JSON value is, as an error line names it ('a list', 'null', ...)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    for test, name, _ in _KINDS.values():
-        if test(value):
-            return name
-    return "a list" if isinstance(value, list) else type(value).__name__
-
-
-def _expected(kind: str) -> str:
-    if kind.endswith("?"):
-        return f"{_expected(kind[:-1])} or null"
-    if kind.startswith("list:"):
-        return f"a list of {_KINDS[kind[5:]][2]}"
-    return {"heads": f"a list of objects {HEAD_KEYS}", "grid": "a list of rows (lists of numbers)",
-            "pair": "[layer, head] (two integers)"}.get(kind) or _KINDS[kind][1]
-
-
-def _bad(where: str, name: str, kind: str, value: Any) -> ClipDebiasError:
-    got = json.dumps(value) if isinstance(value, list) and len(json.dumps(value)) <= 40 else json_kind(value)
-    return ClipDebiasError(f"{where}: field '{name}': expected {_expected(kind)}, got {got}")
-
-
-def _check_value(where: str, name: str, kind: str, value: Any) -> None:
-    """Refuse ``value`` of field ``name`` unless it is of ``kind`` (see ``PLAN_FIELDS``)."""
-    if kind.endswith("?"):  # an optional scalar
-        if value is not None and not _KINDS[kind[:-1]][0](value):
-            raise _bad(where, name, kind, value)
-        return
-    if kind.startswith("list:"):
-        if not isinstance(value, list):
-            raise _bad(where, name, kind, value)
-        for i, item in enumerate(value):
-            _check_value(where, f"{name}[{i}]", kind[5:], item)
-    elif kind == "pair":
-        if not (isinstance(value, list) and len(value) == 2 and all(_int(v) for v in value)):
-            raise _bad(where, name, kind, value)
-    elif kind == "grid":
-        if not isinstance(value, list):
-            raise _bad(where, name, kind, value)
-        for i, row in enumerate(value):
-            _check_value(where, f"{name}[{i}]", "list:num", row)
-    elif kind == "heads":
-        if not isinstance(value, list):
-            raise _bad(where, name, kind, value)
-        for i, entry in enumerate(value):
-            _check_object(where, f"{name}[{i}]", HEAD_FIELDS, entry, HEAD_OBJECT)
-    elif not _KINDS[kind][0](value):
-        raise _bad(where, name, kind, value)
-
-
-def _check_object(where: str, name: str, spec: dict[str, str], value: Any, what: str,
-                  optional: tuple[str, ...] = ()) -> None:
-    """``value`` must be an object with exactly the keys of ``spec`` (those in ``optional`` may be left out)."""
-    if not isinstance(value, dict):
-        raise ClipDebiasError(f"{where}: field '{name}': expected {what}, got {json_kind(value)}")
-    prefix = f"{name}." if name else ""
-    for key in value:
-        if key not in spec:
-            raise ClipDebiasError(f"{where}: field '{prefix}{key}' is not a plan field (expected {what})")
-    for key, kind in spec.items():
-        if key not in value:
-            if key in optional:
-                continue
-            raise ClipDebiasError(f"{where}: field '{prefix}{key}' is missing (expected {_expected(kind)})")
-        _check_value(where, prefix + key, kind, value[key])
-
-
-def check_plan_fields(raw: dict[str, Any], where: str) -> None:
-    """Refuse a plan object whose fields are missing, unknown or of the wrong type, or whose grids do not have the
-    shape len(layers) x n_heads; one line naming ``where`` (the file) and the field."""
-    optional = tuple(f.name for f in fields(LocatePlan) if f.default is not MISSING or f.default_factory is not MISSING)
-    _check_object(where, "", PLAN_FIELDS, raw, "a plan written by 'clip-debias locate'", optional)
-    _check_value(where, "identity.name", "str", raw["identity"].get("name"))
-    for key in ("pretrained", "weights_sha256", "weights_file"):
-        _check_value(where, f"identity.{key}", "str?", raw["identity"].get(key))
-    rows, cols = len(raw["layers"]), raw["n_heads"]
-    for name in ("n_wrong_grid", "n_correct_grid"):
-        grid = raw[name]
-        bad = next((i for i, row in enumerate(grid) if len(row) != cols), None)
-        if len(grid) != rows or bad is not None:
-            got = (f"{len(grid)} row{'s' * (len(grid) != 1)}" if len(grid) != rows
-                   else f"{len(grid[bad])} numbers in row {bad}")
-            raise ClipDebiasError(f"{where}: field '{name}': expected {rows} rows (one per entry of 'layers') of "
-                                  f"{cols} numbers ('n_heads'), got {got}")
-
-
-def check_plan_heads(plan: LocatePlan, where: str | None = None) -> None:
-    """Refuse a head outside the plan's layers x n_heads grid, listed twice in one list, or both spurious and salient
-    (it would be ablated and projected at once)."""
-    where = where or plan.where()
+def head_problem(plan: LocatePlan) -> FieldError | None:
+    """The first head outside the plan's layers x n_heads grid, listed twice in one list, or both spurious and
+    salient (it would be ablated and projected at once); None when there is none."""
     seen: dict[tuple[int, int], str] = {}
     for role, entries in (("spurious", plan.spurious), ("salient", plan.salient)):
         for i, s in enumerate(entries):
-            name, head = f"{role}[{i}]", (s.head[0], s.head[1])
+            entry, head = f"{role}[{i}]", (s.head[0], s.head[1])
             if head[0] not in plan.layers or not 0 <= head[1] < plan.n_heads:
-                raise ClipDebiasError(f"{where}: field '{name}.head': {list(head)} is not in the plan's grid (layers "
-                                      f"{plan.layers} x {plan.n_heads} heads)")
+                return FieldError(f"{entry}.head", f"{list(head)} is not in the plan's grid (layers {plan.layers} x "
+                                                   f"{plan.n_heads} heads)")
             if head in seen:
-                first = seen[head]
-                if first.startswith(role):
-                    raise ClipDebiasError(f"{where}: field '{name}.head': {list(head)} is listed twice (also "
-                                          f"'{first}'); each head once per list")
-                raise ClipDebiasError(f"{where}: field '{name}.head': {list(head)} is also spurious ('{first}'); a "
-                                      "head is either ablated (spurious) or projected (salient), not both")
-            seen[head] = name
+                if seen[head].startswith(role):
+                    return FieldError(f"{entry}.head", f"{list(head)} is listed twice (also '{seen[head]}'); each "
+                                                       "head once per list")
+                return FieldError(f"{entry}.head", f"{list(head)} is also spurious ('{seen[head]}'); a head is "
+                                                   "either ablated (spurious) or projected (salient), not both")
+            seen[head] = entry
+    return None
+
+
+def check_plan_heads(plan: LocatePlan, where: str | None = None) -> None:
+    """``head_problem`` as a one-line ``ClipDebiasError`` starting with ``where`` (default: the plan's file)."""
+    problem = head_problem(plan)
+    if problem is not None:
+        raise ClipDebiasError(problem.line(where or plan.where()))
 
 
 # ---- checks shared by locate, build and evaluate ----------------------------------------------------------------
@@ -396,11 +307,8 @@ def locate_cache(cache: DecompositionCache, clip: Any, *, class_names: list[str]
                  max_spurious: int | None = None, max_salient: int | None = None) -> LocatePlan:
     """Locate on ``cache`` with the text tower of ``clip`` (a ``LoadedClip`` of the cache's backbone).
 
-    ``templates`` default to "a photo of a {}."; ``attribute_prompts`` = (value names, prompts per value) switches to
+    ``templates`` default to ``DEFAULT_TEMPLATES``; ``attribute_prompts`` = (value names, prompts per value) switches to
     predicted groups. For a shipped dataset, its known minority groups back up balanced group counts."""
-    from clip_debias.toolchain.correct.defaults import known_minority_groups, prompt_matrix
-    from clip_debias.toolchain.models.text import DEFAULT_TEMPLATES, class_text_matrix
-
     require_same_backbone(clip.identity, cache.identity, f"cache {cache.dataset}/{cache.split}")
     class_names = list(class_names or cache.class_names)
     templates = list(templates or DEFAULT_TEMPLATES)
