@@ -8,9 +8,9 @@ has a model: a pydantic dataclass with ``config=FORMAT`` (unknown fields refused
 
 Files are validated strictly, as JSON (no "1" for 1, no true for 1, no 1.5 for an integer); models built in code
 validate leniently (a tuple for a list). A check that spans fields raises ``FieldError(field, message)`` from a
-validator, and the line names that field. Models avoid unions other than ``X | None`` (a union's error names its
-member types, not fields): a value of several shapes gets a validator instead (see ``manifest.Axis``).
-Torch-free (pydantic only).
+validator, and the line names that field. The formatter reads the model's annotations for what a field expects
+(a ``Field(description=...)`` in ``Annotated`` overrides the words) and drops pydantic's union member tags from the
+path. Torch-free (pydantic only).
 """
 
 from __future__ import annotations
@@ -134,6 +134,8 @@ CONSTRAINTS = ("too_short", "too_long", "greater_than", "greater_than_equal", "l
 
 def _described(tp: Any) -> bool:
     """Whether ``tp`` carries its own description (``Field(description=...)``), which then states its bounds."""
+    if _is_union(tp):
+        return any(_described(a) for a in get_args(tp) if a is not type(None))
     return get_origin(tp) is Annotated and any(isinstance(m, FieldInfo) and m.description for m in get_args(tp)[1:])
 
 
@@ -154,7 +156,8 @@ def join_path(*parts: str) -> str:
 
 
 def describe_value(value: Any) -> str:
-    """What was found, briefly: null, true, the number 1.5, the string "x", [6, 0], a list of 40 items, an object."""
+    """What was found, briefly: null, true, the number 1.5, the string "x", [6, 0], a list of 40 items, an object
+    {a, b}."""
     if value is None or isinstance(value, bool):
         return json.dumps(value)
     if isinstance(value, (int, float)):
@@ -166,7 +169,9 @@ def describe_value(value: Any) -> str:
         shown = json.dumps(value, default=str)
         return shown if len(shown) <= MAX_SHOWN else f"a list of {len(value)} items"
     if isinstance(value, dict):
-        return "an object"
+        keys = ", ".join(map(str, value))
+        return "an empty object" if not value else (
+            f"an object {{{keys}}}" if len(keys) <= MAX_SHOWN else f"an object of {len(value)} keys")
     return type(value).__name__
 
 

@@ -67,7 +67,8 @@ def test_formatter_lines():
 def test_formatter_words():
     assert describe_value("x" * 100) == f'the string "{"x" * 37}..."'
     assert describe_value(list(range(30))) == "a list of 30 items"
-    assert describe_value({"a": 1}) == "an object"
+    assert describe_value({"a": 1, "b": 2}) == "an object {a, b}" and describe_value({}) == "an empty object"
+    assert describe_value({f"key{i}": i for i in range(20)}) == "an object of 20 keys"
     assert describe_type(dict[str, list[int]]) == "an object of lists of integers"
     assert describe_type(Annotated[list[int], Field(description="a [layer, head] pair")]) == "a [layer, head] pair"
     assert describe_type(list[Annotated[list[int], Field(description="a [layer, head] pair (two integers)")]]) == (

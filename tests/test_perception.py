@@ -64,7 +64,7 @@ BAD_CONTEXTS = [  # (YAML of a contexts file, the error after 'FILE: ')
      "field 'perception.contexts.bg': expected a non-empty list of strings, got []"),
     ("template: 'a {class}, {context}.'\ncontexts: {}\n",
      "field 'perception.contexts': expected an object mapping each context attribute to a non-empty list of values, "
-     "got an object"),
+     "got an empty object"),
     ("template: 'a {class}, {context}.'\ncontexts: {bg: [x, 3]}\n",
      "field 'perception.contexts.bg[1]': expected a string, got the number 3"),
     ("template: 'a {class}, {context}.'\ncontexts: {bg: [x]}\nclass_free: a bird\n",

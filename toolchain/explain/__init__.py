@@ -10,15 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from clip_debias.toolchain.errors import ClipDebiasError
-
-ROLES = ("spurious", "salient")
+from clip_debias.toolchain.locate.ltc import LocatePlan
 
 
 def plan_heads(path: str | Path) -> dict[tuple[int, int], str]:
     """{(layer, head): role} of a plan's ``spurious`` then ``salient`` heads, in plan order (``LocatePlan.load``:
     a malformed plan is one line naming the file and the field)."""
-    from clip_debias.toolchain.locate.ltc import LocatePlan
-
     return LocatePlan.load(path).roles()
 
 

@@ -23,6 +23,7 @@ from clip_debias.runtime.verify import VerifyReport
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.evaluate import CompareFile, CompareRow
 from clip_debias.toolchain.explain.files import Descriptions, Keywords
+from clip_debias.toolchain.locate.heatmap import save_heatmap
 from clip_debias.toolchain.locate.ltc import LocatePlan
 
 REPORT_NAME = "report.html"
@@ -122,8 +123,6 @@ def section_plan(page: Page) -> None:
     plan = load_section(page, "Located heads", "plan.json", LocatePlan.load, "no plan.json (run 'clip-debias locate')")
     if plan is None:
         return
-    from clip_debias.toolchain.locate.heatmap import save_heatmap
-
     png = find(page.root, "plan.png") or save_heatmap(plan, Path(plan.source).parent / "plan.png")
     page.add(page.image(png, "n(W) - n(C) over (layer, head); S = spurious, + = salient"))
     rows = [[f'<span class="{role}">{role}</span>', esc(s.head[0]), esc(s.head[1]),

@@ -102,11 +102,11 @@ class ContextSpec(PerceptionPrompts):
 
 @dataclass(config=FORMAT)
 class PromptFile:
-    """A prompt file (see module doc); every key optional."""
+    """A prompt file (see module doc). Every key may be left out (then None); a null value is refused."""
 
-    classes: Optional[list[str]] = None
-    templates: Optional[Templates] = None
-    minority_groups: Optional[list[int]] = None
-    attribute_prompts: Optional[AttributePrompts] = None
-    attribute_pairs: Optional[PromptPairs] = None
-    perception: Optional[PerceptionPrompts] = None
+    classes: list[str] = None  # type: ignore[assignment]
+    templates: Templates = None
+    minority_groups: list[int] = None  # type: ignore[assignment]
+    attribute_prompts: AttributePrompts = None
+    attribute_pairs: PromptPairs = None
+    perception: PerceptionPrompts = None  # type: ignore[assignment]
