@@ -44,7 +44,8 @@ def _measure(benchmark: Any, name: str, fn: Callable[[], Any], batch: int, basel
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     import torch
 
-    from clip_debias.exporters.onnx_export import export_module_onnx, export_onnx, gate_images, ort_session
+    from clip_debias.exporters.onnx_export import export_module_onnx, export_onnx, gate_images
+    from clip_debias.runtime.backends import ort_session
     from clip_debias.toolchain.correct.classifier import DebiasedClassifier, plain_classifier
     from clip_debias.toolchain.correct.edits import orthonormal_basis
     from clip_debias.toolchain.models.loading import load_clip

@@ -1,7 +1,7 @@
 """Write an artifact directory atomically.
 
 Protocol (``staged_artifact``, see ``runtime.atomic_output``): make ``.ARTIFACT.tmp-XXXX`` beside the target, let
-the caller write the model files into it, hash them, write ``manifest.json`` LAST, then rename the temp dir onto
+the caller write the model files into it, hash them, write ``manifest.json`` LAST (``Manifest.save``), then rename the temp dir onto
 ``ARTIFACT`` (an existing artifact is first renamed aside to ``.ARTIFACT.old-XXXX`` and removed after the swap; a
 non-empty directory without ``manifest.json`` is never replaced). On any failure the temp dir is removed, so
 an interrupted export never leaves a directory that loads: a temp dir holds no manifest until every model file is
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import ContextManager
 
 from clip_debias.runtime.atomic_output import staged_directory
-from clip_debias.runtime.errors import ArtifactError, ClipDebiasError
+from clip_debias.runtime.errors import ClipDebiasError
 from clip_debias.runtime.manifest import MANIFEST_NAME, Manifest, ModelFile, sha256_file
 
 # file name -> (kind, precision) as listed in the manifest (see runtime/manifest.py)
@@ -34,25 +34,6 @@ def model_file(artifact_dir: str | Path, name: str, kind: str, precision: str) -
     if not path.is_file():
         raise ClipDebiasError(f"{path}: missing (expected the exported {kind} {precision} model file)")
     return ModelFile(path=name, sha256=sha256_file(path), kind=kind, precision=precision)
-
-
-def write_manifest(artifact_dir: str | Path, manifest: Manifest) -> Path:
-    """Write ``manifest.json`` (the last file of an export; its presence marks the artifact complete)."""
-    path = Path(artifact_dir) / MANIFEST_NAME
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(manifest.to_json())
-    os.replace(tmp, path)
-    return path
-
-
-def verify_files(artifact_dir: str | Path, manifest: Manifest) -> None:
-    """Every listed model file exists and has its recorded sha256, else ``ArtifactError`` naming the file."""
-    for f in manifest.files:
-        path = Path(artifact_dir) / f.path
-        if not path.is_file():
-            raise ArtifactError(f"{path}: listed in {MANIFEST_NAME} but missing")
-        if sha256_file(path) != f.sha256:
-            raise ArtifactError(f"{path}: sha256 differs from {MANIFEST_NAME} (file changed after export)")
 
 
 def staged_artifact(out: str | Path) -> ContextManager[Path]:

@@ -7,12 +7,18 @@ Rows (those that can run here, in this order; the first is the baseline of ``spe
   torch debiased    the ``DebiasedClassifier`` of MODEL_DIR                                          [--model-dir]
   ort fp32          model.onnx (ORT_ENABLE_ALL)
   ort fp32 (ort)    model.ort.onnx, when the artifact kept it
-  ort fp16          model.fp16.onnx, when present (CPU: ORT_ENABLE_BASIC, see ``onnx_export.ort_session``)
+  ort fp16          model.fp16.onnx, when present (CPU: ORT_ENABLE_BASIC, see ``runtime.backends.ort``)
   ort int8          model.int8.onnx, when present (CPU provider, ORT_ENABLE_ALL; image by image, as the runtime)
+  openvino fp32/bf16  model.onnx on OpenVINO's CPU plugin, when ``openvino`` is installed (bf16: when the CPU has
+                    bf16 arithmetic, see ``runtime.backends.ov``)
   ort cuda fp32/16  the runtime on ONNX Runtime CUDA (``runtime.load(device="cuda").predict_logits``: host<->device
                     copies and input checks included), when onnxruntime has the CUDA provider; each also as
                     "... graph" with ``cuda_graph=True`` (one captured CUDA graph per batch size)
   tensorrt          model.plan, when tensorrt + a CUDA device are present (host->device copies included)
+
+Every ONNX Runtime, OpenVINO and TensorRT row is the runtime's own backend (``runtime.load(...).backend.run``: what a
+service runs, minus the classifier's input checks); a row the machine cannot load is left out with one line on
+stderr saying why (``--json`` records it under ``left_out``).
 
 Per batch size b the rows take turns, call by call (``exporters.timing.round_robin``: load from other processes hits
 every row alike, instead of whichever row ran while it lasted): p50 latency (ms) over ``iters`` rounds after
@@ -33,10 +39,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from clip_debias.exporters.artifact import verify_files
-from clip_debias.exporters.onnx_export import library_versions, ort_session
+from clip_debias.exporters.onnx_export import library_versions
 from clip_debias.exporters.timing import round_robin
-from clip_debias.runtime.backends import session_runner
+from clip_debias.runtime import cpu_features
 from clip_debias.runtime.errors import ClipDebiasError
 from clip_debias.runtime.manifest import Manifest
 
@@ -64,17 +69,45 @@ def _torch_runner(module: Any) -> Runner:
     return run
 
 
-def _ort_runner(path: Path, precision: str) -> Runner:
-    # int8 image by image, as the runtime; no spinning after a run, which would slow the torch row that follows
-    return session_runner(ort_session(path, precision, stop_spinning=True), precision)
-
-
-def _ort_cuda_runners(artifact: Path, manifest: Manifest) -> list[tuple[str, Runner]]:
-    """The runtime on ONNX Runtime CUDA, fp32/fp16, uncaptured and with CUDA graphs; none without the CUDA provider.
-    A configuration the machine cannot load is left out with one line on stderr."""
+def _load(artifact: Path, label: str, left_out: list[str], **load: Any) -> Any:
+    """``runtime.load(artifact, **load)`` (file hashes already checked), or None with the reason appended to
+    ``left_out`` and printed on stderr."""
     import sys
 
     from clip_debias import runtime
+
+    try:
+        return runtime.load(artifact, check_sha256=False, **load)
+    except ClipDebiasError as e:
+        left_out.append(f"{label}: {e}")
+        print(f"bench: row '{label}' left out: {e}", file=sys.stderr)
+        return None
+
+
+def _cpu_runners(artifact: Path, manifest: Manifest, left_out: list[str]) -> list[tuple[str, Runner]]:
+    """ONNX Runtime CPU rows for each listed graph (no spinning after a run: it would slow the torch row that
+    follows), then OpenVINO fp32 and bf16 on model.onnx when ``openvino`` is installed."""
+    import importlib.util
+
+    rows: list[tuple[str, Runner]] = []
+    cpu = {"device": "cpu", "stop_spinning": True}
+    for label, kind, precision in (("ort fp32", "onnx", "fp32"), ("ort fp32 (ort)", "onnx-ort", "fp32"),
+                                   ("ort fp16", "onnx", "fp16"), ("ort int8", "onnx", "int8")):
+        if manifest.file(kind, precision) is not None:
+            clf = _load(artifact, label, left_out, backend="onnxruntime", precision=precision,
+                        use_ort_optimized=kind == "onnx-ort", **cpu)
+            rows += [(label, clf.backend.run)] if clf is not None else []
+    if manifest.file("onnx", "fp32") is not None and importlib.util.find_spec("openvino") is not None:
+        for precision in ("fp32", "bf16"):
+            label = f"openvino {precision}"
+            clf = _load(artifact, label, left_out, backend="openvino", device="cpu", precision=precision)
+            rows += [(label, clf.backend.run)] if clf is not None else []
+    return rows
+
+
+def _ort_cuda_runners(artifact: Path, manifest: Manifest, left_out: list[str]) -> list[tuple[str, Runner]]:
+    """The runtime on ONNX Runtime CUDA, fp32/fp16, uncaptured and with CUDA graphs; none without the CUDA provider.
+    ``predict_logits``: input checks and host<->device copies included."""
     from clip_debias.runtime.backends import ort_has_cuda
 
     if not ort_has_cuda():
@@ -85,13 +118,9 @@ def _ort_cuda_runners(artifact: Path, manifest: Manifest) -> list[tuple[str, Run
             continue
         for graph in (False, True):
             label = f"ort cuda {precision}{' graph' if graph else ''}"
-            try:
-                clf = runtime.load(artifact, backend="onnxruntime", device="cuda", precision=precision,
-                                   cuda_graph=graph)
-            except ClipDebiasError as e:
-                print(f"bench: row '{label}' left out: {e}", file=sys.stderr)
-                continue
-            rows.append((label, clf.predict_logits))
+            clf = _load(artifact, label, left_out, backend="onnxruntime", device="cuda", precision=precision,
+                        cuda_graph=graph)
+            rows += [(label, clf.predict_logits)] if clf is not None else []
     return rows
 
 
@@ -116,37 +145,15 @@ def _open_clip_runner(name: str) -> Runner | None:
     return _torch_runner(Enc(model))
 
 
-def _tensorrt_runner(artifact: Path, manifest: Manifest) -> Runner | None:
+def _tensorrt_runner(artifact: Path, manifest: Manifest, left_out: list[str]) -> list[tuple[str, Runner]]:
+    """The runtime's TensorRT backend on the listed plan (fp16 first), when tensorrt + a CUDA device are present."""
+    from clip_debias.runtime.backends import tensorrt_available
+
     plan = manifest.file("tensorrt", "fp16") or manifest.file("tensorrt", "fp32")
-    if plan is None:
-        return None
-    try:
-        import tensorrt as trt
-        import torch
-
-        if not torch.cuda.is_available():
-            return None
-    except ImportError:
-        return None
-    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine((artifact / plan.path).read_bytes())
-    context = engine.create_execution_context()
-    outputs = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)
-               if engine.get_tensor_mode(engine.get_tensor_name(i)) == trt.TensorIOMode.OUTPUT]
-
-    def run(x: np.ndarray) -> Any:
-        context.set_input_shape("image", tuple(x.shape))
-        image = torch.from_numpy(x).cuda()
-        context.set_tensor_address("image", image.data_ptr())
-        bufs = []
-        for name in outputs:
-            buf = torch.empty(tuple(context.get_tensor_shape(name)), dtype=torch.float32, device="cuda")
-            context.set_tensor_address(name, buf.data_ptr())
-            bufs.append(buf)
-        stream = torch.cuda.current_stream()
-        context.execute_async_v3(stream.cuda_stream)
-        return [b.cpu().numpy() for b in bufs]  # .cpu() synchronizes
-
-    return run
+    if plan is None or not tensorrt_available():
+        return []
+    clf = _load(artifact, "tensorrt", left_out, backend="tensorrt", device="cuda", precision=plan.precision)
+    return [("tensorrt", clf.backend.run)] if clf is not None else []
 
 
 def check_same_model(spec: Any, manifest: Manifest, model_dir: Path, artifact: Path) -> None:
@@ -165,12 +172,13 @@ def check_same_model(spec: Any, manifest: Manifest, model_dir: Path, artifact: P
                               "--model-dir out")
 
 
-def runners(artifact: str | Path, model_dir: str | Path | None = None,
-            open_clip_row: bool = True) -> list[tuple[str, Runner]]:
-    """The backends that can run here, baseline first."""
+def runners(artifact: str | Path, model_dir: str | Path | None = None, open_clip_row: bool = True,
+            left_out: list[str] | None = None) -> list[tuple[str, Runner]]:
+    """The backends that can run here, baseline first; rows that cannot are listed in ``left_out``."""
     artifact = Path(artifact)
+    left_out = [] if left_out is None else left_out
     manifest = Manifest.load(artifact)
-    verify_files(artifact, manifest)
+    manifest.check_files(artifact)  # every listed file there, with its sha256 (the rows then load unhashed)
     rows: list[tuple[str, Runner]] = []
     if open_clip_row:
         oc = _open_clip_runner(str(manifest.model.get("name", "")))
@@ -183,28 +191,24 @@ def runners(artifact: str | Path, model_dir: str | Path | None = None,
         check_same_model(model.spec, manifest, Path(model_dir), artifact)
         rows.append(("torch plain", _torch_runner(model.tower)))
         rows.append(("torch debiased", _torch_runner(model)))
-    for label, kind, precision in (("ort fp32", "onnx", "fp32"), ("ort fp32 (ort)", "onnx-ort", "fp32"),
-                                   ("ort fp16", "onnx", "fp16"), ("ort int8", "onnx", "int8")):
-        f = manifest.file(kind, precision)
-        if f is not None:
-            rows.append((label, _ort_runner(artifact / f.path, precision)))
-    rows += _ort_cuda_runners(artifact, manifest)
-    trt = _tensorrt_runner(artifact, manifest)
-    if trt is not None:
-        rows.append(("tensorrt", trt))
+    rows += _cpu_runners(artifact, manifest, left_out)
+    rows += _ort_cuda_runners(artifact, manifest, left_out)
+    rows += _tensorrt_runner(artifact, manifest, left_out)
     return rows
 
 
 def bench(artifact: str | Path, batch_sizes: tuple[int, ...] | list[int] = (1, 8, 32), iters: int = 10,
-          model_dir: str | Path | None = None, warmup: int = 3, open_clip_row: bool = True) -> list[BenchRow]:
-    """Time every available backend at every batch size (see module docstring)."""
+          model_dir: str | Path | None = None, warmup: int = 3, open_clip_row: bool = True,
+          left_out: list[str] | None = None) -> list[BenchRow]:
+    """Time every available backend at every batch size (see module docstring); rows that cannot run here are
+    appended to ``left_out`` (one line each)."""
     if not batch_sizes or any(b < 1 for b in batch_sizes):
         raise ClipDebiasError(f"--batch-sizes {list(batch_sizes)}: expected positive integers")
     if iters < 1:
         raise ClipDebiasError(f"--iters {iters}: expected >= 1")
     manifest = Manifest.load(artifact)
     h, w = (int(s) for s in manifest.inputs[0].shape[2:4])
-    backends = runners(artifact, model_dir, open_clip_row)
+    backends = runners(artifact, model_dir, open_clip_row, left_out)
     rows: list[BenchRow] = []
     rng = np.random.default_rng(0)
     for b in batch_sizes:
@@ -217,21 +221,30 @@ def bench(artifact: str | Path, batch_sizes: tuple[int, ...] | list[int] = (1, 8
     return rows
 
 
-def bench_json(rows: list[BenchRow]) -> dict[str, Any]:
-    """Rows plus the machine they were measured on."""
+def bench_json(rows: list[BenchRow], left_out: list[str] | None = None) -> dict[str, Any]:
+    """Rows plus the machine they were measured on (CPU model and the instruction-set flags the CPU precisions use,
+    ``runtime.cpu_features``) and the rows left out."""
+    import importlib.util
+
     import onnxruntime as ort
 
+    versions = library_versions()
+    if importlib.util.find_spec("openvino") is not None:
+        import openvino
+
+        versions["openvino"] = openvino.get_version()
     return {"rows": [asdict(r) for r in rows],
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "ort_providers":
-                        ort.get_available_providers()},
-            "versions": library_versions()}
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "cpu": cpu_features.cpu_model(),
+                        "cpu_flags": cpu_features.features(), "load_avg_1m": os.getloadavg()[0],
+                        "ort_providers": ort.get_available_providers()},
+            "left_out": list(left_out or []), "versions": versions}
 
 
 def bench_table(rows: list[BenchRow], title: str = "clip-debias bench") -> Any:
     """A rich ``Table`` of the rows."""
     from rich.table import Table
 
-    table = Table(title=title)
+    table = Table(title=title, caption=cpu_features.describe())
     for col, justify in (("backend", "left"), ("batch", "right"), ("p50 ms", "right"), ("img/s", "right"),
                          ("speedup vs first", "right")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]

@@ -33,11 +33,15 @@ exercises the dynamic axis); ``m = max(1, max |logits_torch|)``:
 - all: identical argmax on every gate row whose torch top-2 margin exceeds the logit tolerance (a near-tie inside
   the error bound has no defined order at that precision).
 
-A failed gate raises ``ClipDebiasError`` with the measured numbers and nothing is written.
+A failed gate raises ``ClipDebiasError`` with the measured numbers and nothing is written. The tolerances and the
+comparison live in ``runtime.parity`` (``verify``'s bf16 gate uses them too); each graph runs through the runtime's
+own ONNX Runtime backend (``runtime.backends.OrtBackend`` over a ``ModelSource`` with the export's IO specs, before
+there is a manifest), so the gate checks what ``runtime.load`` will run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import re
@@ -48,47 +52,26 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from clip_debias.exporters.artifact import ONNX_FP16, ONNX_FP32, ONNX_INT8, ONNX_ORT, model_file, staged_artifact, write_manifest
+from clip_debias.exporters.artifact import ONNX_FP16, ONNX_FP32, ONNX_INT8, ONNX_ORT, model_file, staged_artifact
 from clip_debias.exporters.timing import interleaved
-from clip_debias.runtime.backends import session_runner
+from clip_debias.runtime.backends import ModelSource, OrtBackend, save_optimized
 from clip_debias.runtime.errors import ClipDebiasError
 from clip_debias.runtime.manifest import Manifest, Preprocessing, TensorSpec
+from clip_debias.runtime.parity import GATE_BATCH, GateResult, compare, gate_images  # noqa: F401 (re-exported)
 
 log = logging.getLogger("clip_debias.export")
 
 DEFAULT_OPSET = 18
 PRECISIONS = ("fp32", "fp16", "int8")  # --precision takes one, a comma list, or "both" (= fp32,fp16)
-FP32_LOGIT_RTOL = 1e-4
-FP32_EMBED_ATOL = 1e-5
-FP16_LOGIT_RTOL = 2e-2
-FP16_MIN_COSINE = 0.999
-INT8_LOGIT_RTOL = 0.1
-INT8_MIN_COSINE = 0.995
 # the weight MatMuls of the transformer blocks, as the TorchScript exporter names them after ExplicitViT's module
 # paths: /tower/blocks.3/qkv/MatMul (plain classifier) or /blocks.3/mlp/mlp.0/MatMul (DebiasedClassifier runs the
 # blocks itself); tests/test_export.py checks that exactly 4 per block match on both (3 in the last block, whose
 # CLS-only query projection is a plain MatMul: ExplicitAttention.cls_head_outputs)
 INT8_NODE_PATTERN = re.compile(r"(?:^|/)blocks\.\d+/(?:qkv|out|mlp/[^/]+)/MatMul$")
-GATE_BATCH = 4
 MIN_OPSET = 14  # scaled_dot_product_attention and LayerNormalization export from 14 on
 EXAMPLE_BATCH = 2
 FP16_KEEP_FP32_OPS: tuple[str, ...] = ()  # op types the fp16 graph keeps in fp32 by default (see the docstring)
 ORT_KEEP_MIN_SPEEDUP = 1.03  # keep model.ort.onnx only when p50 latency improves by >= 3 %
-
-
-@dataclass
-class GateResult:
-    """Parity of one exported graph against the torch model on the gate batch."""
-
-    precision: str
-    max_logit_diff: float
-    max_embedding_diff: float
-    logit_tolerance: float
-    min_cosine: float
-    argmax_agree: float  # fraction of gate rows with the same argmax
-    argmax_checked: int  # rows whose torch top-2 margin exceeds the tolerance
-    passed: bool
-    reason: str = ""
 
 
 @dataclass
@@ -296,78 +279,23 @@ def parse_precisions(precision: str) -> list[str]:
     return list(dict.fromkeys(words))
 
 
-# ---- onnxruntime ----------------------------------------------------------------------------------------------------
-def ort_session(path: str | Path, precision: str = "fp32", providers: Sequence[str] = ("CPUExecutionProvider",),
-                level: str | None = None, optimized_path: str | Path | None = None,
-                stop_spinning: bool = False) -> Any:
-    """An onnxruntime session. ``level``: disable|basic|extended|all (default all). fp16 on the CPU provider runs at
-    basic, like ``runtime.backends`` (onnxruntime 1.31's CPU provider can crash creating an fp16 session at
-    ORT_ENABLE_ALL; the CPU has no fp16 GEMM, so higher levels buy nothing there).
-
-    ``stop_spinning``: the intra-op threads stop spinning when a run returns (``session.force_spinning_stop``).
-    For benchmarks that interleave ONNX Runtime with torch: by default the idle ORT threads spin on after a run
-    (measured: ~40 ms of CPU on our 2-core machine) and slow down whatever runs next."""
-    import onnxruntime as ort
-
-    levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
-    level = level or "all"
-    if precision == "fp16" and "CPUExecutionProvider" in providers and level in ("all", "extended"):
-        level = "basic"
-    so = ort.SessionOptions()
-    so.graph_optimization_level = levels[level]
-    so.log_severity_level = 3
-    if stop_spinning:
-        so.add_session_config_entry("session.force_spinning_stop", "1")
-    if optimized_path is not None:
-        so.optimized_model_filepath = str(optimized_path)
-    try:
-        return ort.InferenceSession(str(path), so, providers=list(providers))
-    except Exception as e:
-        raise ClipDebiasError(f"{path}: onnxruntime cannot load it "
-                              f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
-
-
 # ---- gates ----------------------------------------------------------------------------------------------------------
-def gate_images(height: int, width: int, batch: int = GATE_BATCH, seed: int = 0) -> np.ndarray:
-    """Seeded N(0, 1) float32 images [batch, 3, H, W] (already in normalized-pixel space)."""
-    return np.random.default_rng(seed).standard_normal((batch, 3, height, width)).astype(np.float32)
+def io_specs(model: Any) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The graph contract of a ``DebiasedClassifier`` export: ``image`` float32 [batch, 3, H, W] in; ``logits``
+    [batch, C] and ``embedding`` [batch, D] out (the manifest's ``inputs`` / ``outputs``, and what the gates check
+    each graph against before there is a manifest)."""
+    cfg = model.tower.cfg
+    h, w = cfg.image_size
+    return ([TensorSpec("image", "float32", ["batch", 3, h, w])],
+            [TensorSpec("logits", "float32", ["batch", len(model.spec.class_names)]),
+             TensorSpec("embedding", "float32", ["batch", cfg.embed_dim])])
 
 
-def compare(precision: str, logits: np.ndarray, emb: np.ndarray, ref_logits: np.ndarray,
-            ref_emb: np.ndarray) -> GateResult:
-    """Gate one graph's outputs against the torch reference (tolerances: module docstring)."""
-    scale = max(1.0, float(np.abs(ref_logits).max()))
-    dl = float(np.abs(logits - ref_logits).max())
-    de = float(np.abs(emb - ref_emb).max())
-    cos = float((np.sum(emb * ref_emb, -1) / (np.linalg.norm(emb, axis=-1) * np.linalg.norm(ref_emb, axis=-1))).min())
-    rtol = {"fp32": FP32_LOGIT_RTOL, "fp16": FP16_LOGIT_RTOL, "int8": INT8_LOGIT_RTOL}[precision]
-    min_cos = {"fp16": FP16_MIN_COSINE, "int8": INT8_MIN_COSINE}.get(precision)
-    tol = rtol * scale
-    same = logits.argmax(-1) == ref_logits.argmax(-1)
-    top2 = np.sort(ref_logits, axis=-1)[:, -2:] if ref_logits.shape[-1] > 1 else np.zeros((len(ref_logits), 2))
-    decided = (top2[:, 1] - top2[:, 0]) > tol
-    reasons = []
-    if not np.isfinite(logits).all() or not np.isfinite(emb).all():
-        reasons.append("non-finite outputs")
-    if not dl <= tol:
-        reasons.append(f"max |logit diff| {dl:.3g} > {tol:.3g}")
-    if precision == "fp32" and not de <= FP32_EMBED_ATOL:
-        reasons.append(f"max |embedding diff| {de:.3g} > {FP32_EMBED_ATOL:.3g}")
-    if min_cos is not None and not cos >= min_cos:
-        reasons.append(f"min embedding cosine {cos:.6f} < {min_cos}")
-    if not same[decided].all():
-        reasons.append(f"argmax differs on {int((~same[decided]).sum())} of {int(decided.sum())} gate images")
-    return GateResult(precision, dl, de, tol, cos, float(same.mean()), int(decided.sum()), not reasons,
-                      "; ".join(reasons))
-
-
-def run_gate(path: str | Path, precision: str, x: np.ndarray, ref_logits: np.ndarray,
-             ref_emb: np.ndarray) -> GateResult:
-    """Run ``path`` on the gate batch with onnxruntime (CPU) and raise ``ClipDebiasError`` when it fails."""
-    logits, emb = session_runner(ort_session(path, precision), precision)(x)  # as the runtime runs it
+def run_gate(source: ModelSource, x: np.ndarray, ref_logits: np.ndarray, ref_emb: np.ndarray) -> GateResult:
+    """Run ``source`` on the gate batch through the runtime's ONNX Runtime backend on the CPU (its IO checked, int8
+    image by image: what ``runtime.load`` runs) and raise ``ClipDebiasError`` when the gate fails."""
+    precision = source.precision
+    logits, emb = OrtBackend(source, "cpu").run(x)
     res = compare(precision, logits, emb, ref_logits, ref_emb)
     log.info("parity %s: max|dlogit| %.3g (tol %.3g), max|demb| %.3g, min cos %.7f, argmax agree %.0f%%",
              precision, res.max_logit_diff, res.logit_tolerance, res.max_embedding_diff, res.min_cosine,
@@ -375,7 +303,7 @@ def run_gate(path: str | Path, precision: str, x: np.ndarray, ref_logits: np.nda
     if not res.passed:
         hint = (" (if the model's activations need it: --fp16-fp32-ops LayerNormalization,Softmax)"
                 if precision == "fp16" else "")
-        raise ClipDebiasError(f"{Path(path).name}: {precision} parity gate failed against the torch model "
+        raise ClipDebiasError(f"{source.path.name}: {precision} parity gate failed against the torch model "
                               f"({res.reason}); artifact not written{hint}")
     return res
 
@@ -413,15 +341,14 @@ def build_manifest(model: Any, files: list[Any], opset: int, fused_attention: bo
     """The manifest of a ``DebiasedClassifier`` export (``files`` already hashed)."""
     spec, cfg = model.spec, model.tower.cfg
     h, w = cfg.image_size
+    inputs, outputs = io_specs(model)
     head = model.head.config() if hasattr(model.head, "config") else dict(spec.head)
     plan = {"ablated": [list(p) for p in spec.ablated], "salient": [list(p) for p in spec.salient],
             "basis_rank": spec.basis_rank, "renorm": spec.renorm, "head": head, "plan": spec.plan}
     return Manifest(
         model=dict(spec.identity), plan=plan, class_names=list(spec.class_names), group_names=list(spec.group_names),
         preprocessing=preprocessing_of(spec.preprocess, (h, w)),
-        inputs=[TensorSpec("image", "float32", ["batch", 3, h, w])],
-        outputs=[TensorSpec("logits", "float32", ["batch", len(spec.class_names)]),
-                 TensorSpec("embedding", "float32", ["batch", cfg.embed_dim])],
+        inputs=inputs, outputs=outputs,
         opset=opset, files=files, versions=library_versions(), export={"fused_attention": fused_attention,
                                                                   "fp16_fp32_ops": list(fp16_fp32_ops)})
 
@@ -478,44 +405,51 @@ def export_onnx_report(model_dir_or_model: Any, out: str | Path, precision: str 
     example = torch.from_numpy(gate_images(h, w, EXAMPLE_BATCH, seed + 1))
     out = Path(out)
     report = ExportReport(artifact=out.absolute())
+    inputs, outputs = io_specs(model)
     with staged_artifact(out) as tmp:
         fp32 = export_module_onnx(model, example, tmp / ONNX_FP32, opset, fused_attention=fused_attention)
         _check_outputs(tmp, {ONNX_FP32})
-        report.gates.append(run_gate(fp32, "fp32", x, ref_logits, ref_emb))
+        report.gates.append(run_gate(ModelSource(fp32, "fp32", inputs, outputs), x, ref_logits, ref_emb))
         files = []
         if "fp32" in wanted:
             files.append(model_file(tmp, ONNX_FP32, "onnx", "fp32"))
         to_fp16 = functools.partial(convert_fp16, keep_fp32_ops=fp16_fp32_ops)
         for name, derived, convert in (("fp16", ONNX_FP16, to_fp16), ("int8", ONNX_INT8, quantize_int8)):
             if name in wanted:
-                report.gates.append(run_gate(convert(fp32, tmp / derived), name, x, ref_logits, ref_emb))
+                source = ModelSource(convert(fp32, tmp / derived), name, inputs, outputs)
+                report.gates.append(run_gate(source, x, ref_logits, ref_emb))
                 files.append(model_file(tmp, derived, "onnx", name))
         if "fp32" in wanted and ort_optimize:
-            report.ort_kept = _maybe_keep_ort(tmp, x, ref_logits, ref_emb, report, latency_iters)
+            fp32_source = ModelSource(fp32, "fp32", inputs, outputs)
+            report.ort_kept = _maybe_keep_ort(fp32_source, x, ref_logits, ref_emb, report, latency_iters)
             if report.ort_kept:
                 files.append(model_file(tmp, ONNX_ORT, "onnx-ort", "fp32"))
         if "fp32" not in wanted:
             fp32.unlink()
-        write_manifest(tmp, build_manifest(model, files, opset, fused_attention, fp16_fp32_ops))
+        build_manifest(model, files, opset, fused_attention, fp16_fp32_ops).save(tmp)
     log.info("wrote %s (%s)", out, ", ".join(f.path for f in files))
     return report
 
 
-def _maybe_keep_ort(tmp: Path, x: np.ndarray, ref_logits: np.ndarray, ref_emb: np.ndarray, report: ExportReport,
-                    iters: int) -> bool:
-    """Save the ORT_ENABLE_EXTENDED-optimized fp32 graph (portable across CPUs, unlike a graph saved at ALL); keep it
-    only when it beats model.onnx (both loaded at the default level, ALL) by >= 3 % at batch 1: median of per-pair
-    latency ratios over interleaved runs."""
-    ort_path = tmp / ONNX_ORT
-    ort_session(tmp / ONNX_FP32, level="extended", optimized_path=ort_path)
-    gate = compare("fp32", *ort_session(ort_path).run(["logits", "embedding"], {"image": x}), ref_logits, ref_emb)
-    if not gate.passed:  # an optimizer bug must not ship; the plain graph still does
-        log.warning("model.ort.onnx dropped: parity %s", gate.reason)
+def _maybe_keep_ort(fp32: ModelSource, x: np.ndarray, ref_logits: np.ndarray, ref_emb: np.ndarray,
+                    report: ExportReport, iters: int) -> bool:
+    """Save the ORT_ENABLE_EXTENDED-optimized fp32 graph beside ``fp32`` (portable across CPUs, unlike a graph saved at
+    ALL); keep it only when it passes the fp32 gate and beats model.onnx (both run by the runtime's ONNX Runtime
+    backend at the default level, ALL) by >= 3 % at batch 1: median of per-pair latency ratios over interleaved
+    runs."""
+    ort_path = save_optimized(fp32.path, fp32.path.with_name(ONNX_ORT))
+    try:
+        opt = OrtBackend(dataclasses.replace(fp32, path=ort_path), "cpu")
+        gate = compare("fp32", *opt.run(x), ref_logits, ref_emb)
+        reason = gate.reason
+    except ClipDebiasError as e:  # e.g. the optimizer changed the graph's inputs or outputs
+        gate, reason = None, str(e)
+    if gate is None or not gate.passed:  # an optimizer bug must not ship; the plain graph still does
+        log.warning("model.ort.onnx dropped: parity %s", reason)
         ort_path.unlink()
         return False
-    one = {"image": x[:1]}
-    base, opt = ort_session(tmp / ONNX_FP32), ort_session(ort_path)
-    r = interleaved(lambda: base.run(None, one), lambda: opt.run(None, one), max(3, iters))
+    one, base = x[:1], OrtBackend(fp32, "cpu")
+    r = interleaved(lambda: base.run(one), lambda: opt.run(one), max(3, iters))
     speedup = r["median_speedup"]
     report.ort_latency_ms = {ONNX_FP32: r["base_median_ms"], ONNX_ORT: r["other_median_ms"], "paired_speedup": speedup}
     keep = speedup >= ORT_KEEP_MIN_SPEEDUP

@@ -10,9 +10,12 @@ API per TensorRT major version (``import tensorrt`` is lazy; without it: one-lin
 - TRT 11: precision builder flags are gone; fp16 means building the fp16 ONNX with
   ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` (accepted and implied on 11). fp32 builds ``model.onnx``.
 
-One optimization profile over the batch axis: ``image`` [min|opt|max, 3, H, W]. Accuracy gate: engine vs onnxruntime
-fp32 (CPU) on seeded N(0, 1) images: max |logit diff| <= 2e-2 * max(1, max |logits|) (TF32/fp16 kernels have a
-10-bit mantissa, same budget as the fp16 ONNX gate) and identical argmax on rows with a top-2 margin above that.
+One optimization profile over the batch axis: ``image`` [min|opt|max, 3, H, W]. Accuracy gate: the engine, written
+into the staged artifact and run by the runtime's own TensorRT backend (``runtime.backends.TensorRTBackend``: what
+``runtime.load(backend="tensorrt")`` runs), vs the runtime's ONNX Runtime backend on the artifact's fp32 graph (CPU)
+on seeded N(0, 1) images: max |logit diff| <= 2e-2 * max(1, max |logits|) (TF32/fp16 kernels have a 10-bit mantissa,
+same budget as the fp16 ONNX gate) and identical argmax on rows with a top-2 margin above that; a failure leaves the
+artifact unchanged.
 Sidecar ``model.plan.json``: TensorRT version, GPU name, compute capability, source ONNX file + sha256, profile.
 UNVERIFIED: written against the TensorRT 10/11 Python API documentation; no TensorRT was available to run it.
 """
@@ -25,17 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
-from clip_debias.exporters.artifact import (ONNX_FP16, ONNX_FP32, TRT_PLAN, TRT_SIDECAR, copy_artifact_files, model_file,
-                                staged_artifact, verify_files, write_manifest)
-from clip_debias.exporters.onnx_export import compare, gate_images, ort_session
-from clip_debias.runtime.backends import import_tensorrt
+from clip_debias.exporters.artifact import (ONNX_FP16, ONNX_FP32, TRT_PLAN, TRT_SIDECAR, copy_artifact_files,
+                                            model_file, staged_artifact)
+from clip_debias.runtime.backends import ModelSource, OrtBackend, TensorRTBackend, import_tensorrt
 from clip_debias.runtime.errors import ClipDebiasError
 from clip_debias.runtime.manifest import Manifest
+from clip_debias.runtime.parity import GateResult, compare, gate_images
 
 log = logging.getLogger("clip_debias.export")
-TENSORRT_CONTEXT = "export tensorrt"  # how the missing-TensorRT line starts (runtime.backends.import_tensorrt)
+TENSORRT_CONTEXT = "export tensorrt"  # how the missing-TensorRT line starts (runtime.backends.trt.import_tensorrt)
 
 
 @dataclass
@@ -105,28 +107,15 @@ def build_engine(trt: Any, onnx_path: Path, height: int, width: int, opts: Engin
     return bytes(serialized)
 
 
-def run_engine(trt: Any, plan: bytes, x: np.ndarray) -> dict[str, np.ndarray]:
-    """Run a serialized engine on ``x`` [B, 3, H, W] with torch CUDA buffers; returns {output name: array}."""
-    import torch
-
-    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    engine = runtime.deserialize_cuda_engine(plan)
-    if engine is None:
-        raise ClipDebiasError("model.plan: TensorRT could not deserialize the engine it just built")
-    context = engine.create_execution_context()
-    context.set_input_shape("image", tuple(x.shape))
-    buffers: dict[str, torch.Tensor] = {"image": torch.from_numpy(x).cuda().contiguous()}
-    for i in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(i)
-        if engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT:
-            dtype = torch.from_numpy(np.empty(0, dtype=trt.nptype(engine.get_tensor_dtype(name)))).dtype
-            buffers[name] = torch.empty(tuple(context.get_tensor_shape(name)), dtype=dtype, device="cuda")
-        context.set_tensor_address(name, buffers[name].data_ptr())
-    stream = torch.cuda.current_stream()
-    if not context.execute_async_v3(stream.cuda_stream):
-        raise ClipDebiasError("model.plan: TensorRT execution failed")
-    stream.synchronize()
-    return {k: v.float().cpu().numpy() for k, v in buffers.items() if k != "image"}
+def gate_engine(artifact: Path, manifest: Manifest, plan: Path, precision: str, batch: int) -> GateResult:
+    """The engine at ``plan`` (run by the runtime's TensorRT backend) vs the artifact's fp32 graph (or its fp16 one
+    when that is all there is) on the runtime's ONNX Runtime CPU backend, on ``batch`` gate images."""
+    ref_file = manifest.file("onnx", "fp32") or manifest.file("onnx", "fp16")
+    ref = OrtBackend(ModelSource.listed(artifact, manifest, ref_file), "cpu")
+    engine = TensorRTBackend(ModelSource(plan, precision, manifest.inputs, manifest.outputs))
+    _, h, w = (int(s) for s in manifest.inputs[0].shape[1:4])
+    x = gate_images(h, w, batch=batch)
+    return compare("fp16", *engine.run(x), *ref.run(x))  # fp16/TF32 budget, see the module docstring
 
 
 def _gpu_info() -> dict[str, str]:
@@ -150,7 +139,7 @@ def export_tensorrt(artifact: str | Path, opts: EngineOptions | None = None) -> 
     opts.check()
     if _major(trt) < 10:
         raise ClipDebiasError(f"TensorRT {trt.__version__} is too old: clip-debias builds engines with TensorRT >= 10")
-    verify_files(artifact, manifest)
+    manifest.check_files(artifact)  # every listed file there, with its sha256
     gpu = _gpu_info()
     src, strongly = _source_onnx(trt, artifact, manifest, opts)
     h, w = (int(s) for s in manifest.inputs[0].shape[2:4])
@@ -158,34 +147,27 @@ def export_tensorrt(artifact: str | Path, opts: EngineOptions | None = None) -> 
              "fp16" if opts.fp16 else "fp32", opts.min_batch, opts.opt_batch, opts.max_batch, gpu["gpu"])
     plan = build_engine(trt, artifact / src, h, w, opts, strongly)
 
-    # gate: engine vs onnxruntime fp32 (or the fp16 graph when that is all there is)
-    ref_file = manifest.file("onnx", "fp32") or manifest.file("onnx", "fp16")
-    x = gate_images(h, w, batch=min(max(4, opts.min_batch), opts.max_batch))
-    ref_sess = ort_session(artifact / ref_file.path, ref_file.precision)
-    ref_logits, ref_emb = ref_sess.run(["logits", "embedding"], {"image": x})
-    out = run_engine(trt, plan, x)
-    gate = compare("fp16", out["logits"], out["embedding"], ref_logits, ref_emb)  # fp16/TF32 budget, see docstring
-    log.info("TensorRT gate: max|dlogit| %.3g (tol %.3g), argmax agree %.0f%%", gate.max_logit_diff,
-             gate.logit_tolerance, 100 * gate.argmax_agree)
-    if not gate.passed:
-        raise ClipDebiasError(f"{artifact / TRT_PLAN}: TensorRT gate failed against onnxruntime ({gate.reason}); "
-                              "artifact unchanged")
-
     precision = "fp16" if opts.fp16 else "fp32"
-    sidecar = {"tensorrt": str(trt.__version__), **gpu, "precision": precision, "onnx_file": src,
-               "onnx_sha256": next(f.sha256 for f in manifest.files if f.path == src),
-               "strongly_typed": strongly, "profile": {"input": "image", "min": opts.min_batch, "opt": opts.opt_batch,
-                                                       "max": opts.max_batch},
-               "workspace_gb": opts.workspace_gb,
-               "gate": {"max_logit_diff": gate.max_logit_diff, "tolerance": gate.logit_tolerance,
-                        "argmax_agree": gate.argmax_agree}}
     with staged_artifact(artifact) as tmp:
         copy_artifact_files(artifact, tmp, manifest, skip=(TRT_PLAN, TRT_SIDECAR))
         (tmp / TRT_PLAN).write_bytes(plan)
+        gate = gate_engine(tmp, manifest, tmp / TRT_PLAN, precision, min(max(4, opts.min_batch), opts.max_batch))
+        log.info("TensorRT gate: max|dlogit| %.3g (tol %.3g), argmax agree %.0f%%", gate.max_logit_diff,
+                 gate.logit_tolerance, 100 * gate.argmax_agree)
+        if not gate.passed:  # raising inside the staged directory discards it: the artifact is unchanged
+            raise ClipDebiasError(f"{artifact / TRT_PLAN}: TensorRT gate failed against onnxruntime ({gate.reason}); "
+                                  "artifact unchanged")
+        sidecar = {"tensorrt": str(trt.__version__), **gpu, "precision": precision, "onnx_file": src,
+                   "onnx_sha256": next(f.sha256 for f in manifest.files if f.path == src),
+                   "strongly_typed": strongly, "profile": {"input": "image", "min": opts.min_batch,
+                                                           "opt": opts.opt_batch, "max": opts.max_batch},
+                   "workspace_gb": opts.workspace_gb,
+                   "gate": {"max_logit_diff": gate.max_logit_diff, "tolerance": gate.logit_tolerance,
+                            "argmax_agree": gate.argmax_agree}}
         (tmp / TRT_SIDECAR).write_text(json.dumps(sidecar, indent=2))
         manifest.files = [f for f in manifest.files if f.kind != "tensorrt"] + \
             [model_file(tmp, TRT_PLAN, "tensorrt", precision)]
-        write_manifest(tmp, manifest)
+        manifest.save(tmp)
     return artifact
 
 

@@ -16,7 +16,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from clip_debias.exporters.artifact import TRT_PLAN, verify_files
+from clip_debias.exporters.artifact import TRT_PLAN
 from clip_debias.exporters.tensorrt_export import read_sidecar
 from clip_debias.runtime.atomic_output import staged_directory
 from clip_debias.runtime.errors import ClipDebiasError
@@ -112,7 +112,7 @@ def export_triton(artifact: str | Path, repo: str | Path, name: str = "clip_debi
     TensorRT engine, else cpu."""
     artifact, repo = Path(artifact), Path(repo)
     manifest = Manifest.load(artifact)
-    verify_files(artifact, manifest)
+    manifest.check_files(artifact)  # every listed file there, with its sha256
     plan = manifest.file("tensorrt", "fp16") or manifest.file("tensorrt", "fp32")
     kind = kind or ("gpu" if plan else "cpu")
     if kind not in KINDS:

@@ -227,16 +227,20 @@ def load(
     use_ort_optimized: bool = True,
     check_sha256: bool = True,
     cuda_graph: bool = False,
+    stop_spinning: bool = False,
+    performance_hint: str = "latency",
 ) -> Classifier:
     """Open an artifact directory: validate ``manifest.json`` (format version, fields, contract), check that every
     listed file exists, hash the model file to be loaded (sha256), open the backend and check the graph's inputs and
     outputs against the manifest. Any problem is a one-line ``ArtifactError`` (or ``BackendError`` when the
     machine cannot provide the backend/device).
 
-    backend: auto | onnxruntime | tensorrt. device: auto | cpu | cuda (only auto may fall back to the CPU).
-    precision: fp32 | fp16 (needs ``model.fp16.onnx`` or an fp16 plan) | int8 (needs ``model.int8.onnx``; CPU only).
+    backend: auto | onnxruntime | tensorrt | openvino (``runtime.backends.selection``). device: auto | cpu | cuda
+    (only auto may fall back to the CPU). precision: fp32 | fp16 (needs ``model.fp16.onnx`` or an fp16 plan) | int8
+    (needs ``model.int8.onnx``; CPU only) | bf16 (OpenVINO on a CPU with bf16 arithmetic, from ``model.onnx``).
     cuda_graph: ONNX Runtime CUDA graphs, one captured per batch size (device "cuda" only; see
-    ``runtime.captured_graphs``) -- for low batch-1 latency on a GPU."""
+    ``runtime.captured_graphs``) -- for low batch-1 latency on a GPU. stop_spinning (ONNX Runtime CPU) and
+    performance_hint (OpenVINO: latency | throughput): see ``runtime.backends.BackendOptions``."""
     root = Path(artifact)
     manifest = Manifest.load(root)
     _, input_shape = _check_contract(root, manifest)
@@ -244,6 +248,7 @@ def load(
         pre = Preprocessor.from_manifest(manifest.preprocessing)
     except ValueError as e:
         raise ArtifactError(f"{root / MANIFEST_NAME}: field 'preprocessing': {e}") from None
-    options = BackendOptions(intra_op_threads, use_ort_optimized, check_sha256, cuda_graph)
+    options = BackendOptions(intra_op_threads, use_ort_optimized, check_sha256, cuda_graph, stop_spinning,
+                             performance_hint)
     b = select_backend(root, manifest, backend, device, precision, options)
     return Classifier(root, manifest, b, pre, input_shape)

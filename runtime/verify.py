@@ -7,6 +7,9 @@ interpolation (``numpy.percentile``); the first batch is run ``warmup`` extra ti
 counted exactly once; the last batch may be smaller. Throughput = images / summed model time (model-only);
 ``end_to_end_per_s`` adds decoding and preprocessing.
 Thresholds: ``min_accuracy`` and ``min_worst_group`` are fractions in [0, 1]; ``max_latency_ms`` applies to p95.
+Precision gate: a bf16 run (OpenVINO; no export writes or gates a bf16 file) is first compared with the same
+artifact's fp32 graph on ONNX Runtime on the gate batch (``runtime.parity``: max logit diff, embedding cosine, argmax
+agreement); the report holds the numbers (``precision_gate``) and a failed gate fails the run (exit 1).
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ from clip_debias.runtime.classifier import Classifier, load
 from clip_debias.runtime.datasets import load_index
 from clip_debias.runtime.errors import ClipDebiasError, InputError
 from clip_debias.runtime.metrics import accuracy_report
+from clip_debias.runtime.parity import GateResult, precision_gate
+
+GATED_AT_VERIFY = ("bf16",)  # precisions without an exported, export-gated file: gated against fp32 here
 
 
 @dataclass
@@ -77,6 +83,7 @@ class VerifyReport:
     dataset_class_names: list[str] = field(default_factory=list)
     class_names_match: bool = True
     skipped: list[str] = field(default_factory=list)  # unreadable images left out (skip_bad), not counted in n
+    precision_gate: dict[str, Any] | None = None  # GateResult vs the artifact's fp32 graph (GATED_AT_VERIFY)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -132,6 +139,7 @@ def verify(
         raise InputError(f"batch size must be positive, got {batch_size}")
     thresholds = thresholds or Thresholds()
     clf = classifier or load(artifact, backend=backend, device=device, precision=precision, cuda_graph=cuda_graph)
+    gate = gate_against_fp32(clf) if clf.backend.precision in GATED_AT_VERIFY else None
     names = clf.class_names
     index = load_index(dataset, Path(data), split, classes=names if dataset == "csv" else None)
     if len(index.class_names) != len(names):
@@ -196,6 +204,7 @@ def verify(
     lat = np.asarray(latencies)
     p50, p95, p99 = (float(v) for v in np.percentile(lat, [50, 95, 99]))
     checks = check_thresholds(thresholds, acc.accuracy, acc.worst_group_accuracy, p95)
+    passed = all(c.passed for c in checks.values()) and (gate is None or gate.passed)
     return VerifyReport(
         accuracy=acc.accuracy,
         worst_group_accuracy=acc.worst_group_accuracy,
@@ -204,7 +213,7 @@ def verify(
         latency_ms={"p50": p50, "p95": p95, "p99": p99, "mean": float(lat.mean())},
         throughput_per_s=float(n / max(lat.sum() / 1000.0, 1e-9)),
         thresholds=checks,
-        passed=all(c.passed for c in checks.values()),
+        passed=passed,
         artifact=str(clf.root),
         dataset=dataset,
         data=str(data),
@@ -218,4 +227,11 @@ def verify(
         dataset_class_names=list(index.class_names),
         class_names_match=list(index.class_names) == names,
         skipped=[str(r.path) for r, ok in zip(records, kept) if not ok],
+        precision_gate=gate.to_dict() if gate is not None else None,
     )
+
+
+def gate_against_fp32(clf: Classifier) -> GateResult:
+    """``clf`` (reduced precision) vs the same artifact's fp32 graph on ONNX Runtime CPU, on the gate batch."""
+    reference = load(clf.root, backend="onnxruntime", device="cpu", precision="fp32")
+    return precision_gate(clf, reference)

@@ -15,7 +15,9 @@ import torch
 
 import clip_debias.exporters.onnx_export as ox
 from clip_debias.exporters.artifact import staged_artifact
-from clip_debias.exporters.onnx_export import export_module_onnx, export_onnx, export_onnx_report, ort_session
+from clip_debias.exporters.onnx_export import export_module_onnx, export_onnx, export_onnx_report
+from clip_debias.runtime import parity
+from clip_debias.runtime.backends import ort_session
 from clip_debias.runtime.errors import ClipDebiasError
 from clip_debias.runtime.manifest import MANIFEST_NAME, Manifest
 from clip_debias.toolchain.correct.classifier import DebiasedClassifier, plain_classifier
@@ -128,7 +130,7 @@ def test_fp16_argmax_matches_fp32(tiny_edited, tiny_both):
     l32, _ = ort_session(art / "model.onnx").run(["logits", "embedding"], {"image": x})
     l16, e16 = ort_session(art / "model.fp16.onnx", "fp16").run(["logits", "embedding"], {"image": x})
     assert e16.dtype == np.float32
-    tol = ox.FP16_LOGIT_RTOL * max(1.0, float(np.abs(l32).max()))
+    tol = parity.LOGIT_RTOL["fp16"] * max(1.0, float(np.abs(l32).max()))
     top2 = np.sort(l32, -1)[:, -2:]
     decided = top2[:, 1] - top2[:, 0] > tol
     assert decided.sum() >= 32
@@ -187,7 +189,7 @@ def test_failed_reexport_keeps_previous_artifact(tiny_clip, tmp_path, monkeypatc
     model = plain_classifier(tiny_clip, CLASSES)
     out = export_onnx(model, tmp_path / "art", ort_optimize=False)
     before = (out / MANIFEST_NAME).read_text()
-    monkeypatch.setattr(ox, "FP32_LOGIT_RTOL", -1.0)
+    monkeypatch.setitem(parity.LOGIT_RTOL, "fp32", -1.0)
     with pytest.raises(ClipDebiasError):
         export_onnx(model, out, ort_optimize=False)
     assert (out / MANIFEST_NAME).read_text() == before
@@ -199,7 +201,7 @@ def test_failed_reexport_keeps_previous_artifact(tiny_clip, tmp_path, monkeypatc
 
 
 def test_gate_failure_refuses_to_write(tiny_edited, tmp_path, monkeypatch):
-    monkeypatch.setattr(ox, "FP32_LOGIT_RTOL", -1.0)  # any measured difference now exceeds the tolerance
+    monkeypatch.setitem(parity.LOGIT_RTOL, "fp32", -1.0)  # any measured difference now exceeds the tolerance
     with pytest.raises(ClipDebiasError, match=r"fp32 parity gate failed .*max \|logit diff\| [0-9.e-]+ >"):
         export_onnx(tiny_edited, tmp_path / "art")
     assert not (tmp_path / "art").exists() and leftovers(tmp_path) == []

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from clip_debias.exporters.artifact import model_file, write_manifest
+from clip_debias.exporters.artifact import model_file
 from clip_debias.exporters.onnx_export import export_onnx
 from clip_debias.exporters.triton import export_triton, preferred_batch_sizes
 from clip_debias.runtime.errors import ClipDebiasError
@@ -88,7 +88,7 @@ def plan_artifact(artifact, tmp_path) -> Path:
     (art / "model.plan.json").write_text(json.dumps({"profile": {"input": "image", "min": 1, "opt": 6, "max": 16}}))
     m = Manifest.load(art)
     m.files.append(model_file(art, "model.plan", "tensorrt", "fp16"))
-    write_manifest(art, m)
+    m.save(art)
     return art
 
 

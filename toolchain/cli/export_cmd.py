@@ -104,8 +104,9 @@ def bench_cmd(
                                                       "plain-encoder and debiased rows.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """p50 latency and throughput of every backend of ARTIFACT side by side (open_clip eager, torch, ORT, TensorRT),
-    the backends taking turns call by call so that machine load hits them alike."""
+    """p50 latency and throughput of every backend of ARTIFACT side by side (open_clip eager, torch, ONNX Runtime,
+    OpenVINO, TensorRT), the backends taking turns call by call so that machine load hits them alike. The table's
+    caption names the CPU flags the CPU precisions use (avx512f, avx512_vnni, avx512_bf16, amx)."""
     from clip_debias.exporters.bench import bench, bench_json, bench_table
 
     try:
@@ -113,9 +114,10 @@ def bench_cmd(
     except ValueError:
         raise ClipDebiasError(f"--batch-sizes {batch_sizes!r}: expected comma-separated integers, "
                               "e.g. 1,8,32") from None
-    rows = bench(artifact, sizes, iters=iters, model_dir=model_dir)
+    left_out: list[str] = []
+    rows = bench(artifact, sizes, iters=iters, model_dir=model_dir, left_out=left_out)
     if as_json:
-        typer.echo(json.dumps(bench_json(rows), indent=2))
+        typer.echo(json.dumps(bench_json(rows, left_out), indent=2))
     else:
         from rich.console import Console
 

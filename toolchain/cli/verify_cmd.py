@@ -34,6 +34,13 @@ def print_report(report, console) -> None:  # noqa: ANN001 (rich Console, Verify
         f"[bold]{report.artifact}[/bold] on {report.dataset} {report.split} ({report.n} images) -- "
         f"{b.get('backend')} {b.get('device')} {b.get('precision')} ({b.get('file')}), batch {report.batch_size}"
     )
+    gate = report.precision_gate
+    if gate is not None:
+        console.print(f"{gate['precision']} gate vs the fp32 graph (onnxruntime, {report.backend.get('precision')} "
+                      f"on the gate batch): max |logit diff| {gate['max_logit_diff']:.3g} (tol "
+                      f"{gate['logit_tolerance']:.3g}), min cosine {gate['min_cosine']:.5f}, argmax agree "
+                      f"{100 * gate['argmax_agree']:.0f}% -- "
+                      + ("[green]PASS[/green]" if gate["passed"] else f"[red]FAIL[/red] ({gate['reason']})"))
     if report.skipped:
         console.print(f"[yellow]warning:[/yellow] {len(report.skipped)} unreadable image(s) left out (--skip-bad), "
                       f"e.g. {report.skipped[0]}; the full list is in the JSON report")
@@ -83,9 +90,11 @@ def register(app: typer.Typer) -> None:
         dataset: str = typer.Option(..., "--dataset", help="Dataset format: waterbirds | celeba | csv."),
         data: Path = typer.Option(..., "--data", help="Dataset folder (csv: folder with data.csv, or the CSV)."),
         split: str = typer.Option("test", "--split", help="train | val | test."),
-        backend: str = typer.Option("auto", "--backend", help="auto | onnxruntime | tensorrt."),
+        backend: str = typer.Option("auto", "--backend", help="auto | onnxruntime | tensorrt | openvino."),
         device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto (only auto may fall back to cpu)."),
-        precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | int8 (int8: CPU only)."),
+        precision: str = typer.Option(
+            "fp32", "--precision", help="fp32 | fp16 | int8 (int8: CPU only) | bf16 (OpenVINO on a CPU with bf16 "
+                                        "arithmetic; gated against the fp32 graph first, the gate's numbers printed)."),
         batch_size: int = typer.Option(32, "--batch-size", help="Images per model call."),
         cuda_graph: bool = typer.Option(False, "--cuda-graph", help="ONNX Runtime CUDA graphs (--device cuda only)."),
         min_accuracy: Optional[float] = typer.Option(None, "--min-accuracy", help="Fraction 0..1 (0.9 = 90%)."),
@@ -102,12 +111,13 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         try:
+            from clip_debias.runtime.backends import BACKENDS, DEVICES, PRECISIONS
             from clip_debias.runtime.verify import Thresholds, verify as run_verify
 
             _choice("--dataset", dataset, DATASETS)
-            _choice("--backend", backend, ("auto", "onnxruntime", "tensorrt"))
-            _choice("--device", device, ("auto", "cpu", "cuda"))
-            _choice("--precision", precision, ("fp32", "fp16", "int8"))
+            _choice("--backend", backend, BACKENDS)
+            _choice("--device", device, DEVICES)
+            _choice("--precision", precision, PRECISIONS)
             if workers is not None and workers <= 0:
                 raise ClipDebiasError(f"option --workers: must be positive, got {workers}")
             thresholds = Thresholds(min_accuracy, min_worst_group, max_latency_ms)
