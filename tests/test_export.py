@@ -185,6 +185,25 @@ def test_failure_mid_export_leaves_nothing(tiny_edited, tmp_path, monkeypatch):
     assert leftovers(tmp_path) == []
 
 
+def test_gate_runs_the_runtime_backend_with_the_export_specs(tmp_path):
+    """The export gate opens each graph with the runtime's ONNX Runtime backend over the export's IO specs (no
+    manifest yet): a graph that does not meet them fails the gate in one line, as ``runtime.load`` would."""
+    from clip_debias.runtime.backends import ModelSource
+    from clip_debias.runtime.errors import ArtifactError
+    from clip_debias.runtime.manifest import TensorSpec
+    from runtime_fixtures import build_artifact
+
+    a = build_artifact(tmp_path / "a")
+    x = np.random.default_rng(0).standard_normal((4, 3, 24, 24)).astype(np.float32)
+    ref_logits, ref_emb = (r.astype(np.float32) for r in a.reference(x))
+    specs = (list(a.manifest.inputs), list(a.manifest.outputs))
+    assert ox.run_gate(ModelSource(a.path / "model.onnx", "fp32", *specs), x, ref_logits, ref_emb).passed
+    wrong = [TensorSpec("logits", "float32", ["batch", 99]), specs[1][1]]
+    with pytest.raises(ArtifactError, match=r"graph output 'logits' has shape \['batch', 2\]") as e:
+        ox.run_gate(ModelSource(a.path / "model.onnx", "fp32", specs[0], wrong), x, ref_logits, ref_emb)
+    assert "\n" not in str(e.value)
+
+
 def test_failed_reexport_keeps_previous_artifact(tiny_clip, tmp_path, monkeypatch):
     model = plain_classifier(tiny_clip, CLASSES)
     out = export_onnx(model, tmp_path / "art", ort_optimize=False)
@@ -332,18 +351,28 @@ def test_tensorrt_engine_added_to_artifact(tiny_clip, tmp_path):
 
 
 # ---- bench --------------------------------------------------------------------------------------------------------
+def has_openvino() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
 def test_bench_rows(tiny_clip, tmp_path):
     from clip_debias.exporters.bench import bench, bench_json
 
     model = plain_classifier(tiny_clip, CLASSES)
     model.save(tmp_path / "model")
     art = export_onnx(model, tmp_path / "art", precision="fp32,fp16,int8", ort_optimize=False)
-    rows = bench(art, [1, 2], iters=1, model_dir=tmp_path / "model", warmup=0)
+    left_out: list[str] = []
+    rows = bench(art, [1, 2], iters=1, model_dir=tmp_path / "model", warmup=0, left_out=left_out)
     labels = [r.backend for r in rows if r.batch == 1]
-    assert labels == ["open_clip eager", "torch plain", "torch debiased", "ort fp32", "ort fp16", "ort int8"]
+    runtime_rows = ["ort fp32", "ort fp16", "ort int8"]
+    assert labels[:6] == ["open_clip eager", "torch plain", "torch debiased", *runtime_rows]
+    assert labels[6:] == [label for label in ("openvino fp32", "openvino bf16")  # when openvino can run them
+                          if not any(why.startswith(label) for why in left_out)] if has_openvino() else []
     assert all(r.speedup == 1.0 for r in rows if r.backend == "open_clip eager")
     assert all(r.p50_ms > 0 and r.throughput > 0 for r in rows)
-    assert len(bench_json(rows)["rows"]) == 12
+    assert len(bench_json(rows)["rows"]) == 2 * len(labels)
     other = plain_classifier(tiny_clip, ["x", "y", "z"])  # same weights, other classes: another model
     other.save(tmp_path / "other")
     with pytest.raises(ClipDebiasError, match=r"--model-dir .*other: not the model .* \(classes differ\)"):

@@ -332,6 +332,48 @@ def test_fp16_optimization_level_is_never_all():
     assert ort_optimization_level("cpu", "fp32") == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 
 
+def test_ort_policy_is_one_place(art):
+    """The fp16-on-CPU rule caps a level asked for explicitly too (the export's saved graph, bench, benchmarks/ all
+    make sessions through ``ort_session``); fp32 on CUDA is asked for without TF32."""
+    import onnxruntime as ort
+
+    from clip_debias.runtime.backends import ort_session
+    from clip_debias.runtime.backends.ort import cuda_provider_options
+
+    levels = ort.GraphOptimizationLevel
+    assert ort_optimization_level("cpu", "fp16", "all") == levels.ORT_ENABLE_BASIC
+    assert ort_optimization_level("cpu", "fp32", "extended") == levels.ORT_ENABLE_EXTENDED
+    sess = ort_session(art.path / "model.fp16.onnx", "fp16", level="all")
+    assert sess.get_session_options().graph_optimization_level == levels.ORT_ENABLE_BASIC
+    assert cuda_provider_options("fp32")["use_tf32"] == "0" and "use_tf32" not in cuda_provider_options("fp16")
+    assert cuda_provider_options("fp16", cuda_graph=True)["enable_cuda_graph"] == "1"
+
+
+def test_backend_table_entries_are_complete_and_lazy():
+    """A backend is one module plus one entry in ``BACKEND_MODULES``: each module has the selection interface, and
+    neither importing the package nor running on ONNX Runtime imports OpenVINO or TensorRT."""
+    from clip_debias.runtime.backends import BACKEND_MODULES, BACKENDS
+    from clip_debias.runtime.backends.selection import backend_module
+
+    assert BACKENDS == ("auto", *BACKEND_MODULES)
+    for name in BACKEND_MODULES:
+        mod = backend_module(name)
+        assert mod.NAME == name and set(mod.DEVICES) <= {"auto", "cpu", "cuda"} and mod.PRECISIONS
+        assert callable(mod.picked_by_auto) and callable(mod.open_backend)
+    r = _python("""
+        import sys
+        import numpy as np
+        from clip_debias import runtime
+        from runtime_fixtures import build_artifact
+        import tempfile
+        a = build_artifact(tempfile.mkdtemp() + '/a')
+        runtime.load(a.path, device='cpu').predict_logits(np.zeros((1, 3, 24, 24), np.float32))
+        print(sorted(m for m in ('openvino', 'tensorrt', 'torch') if m in sys.modules))
+    """)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "[]"
+
+
 def test_fp16_missing_is_clear(tmp_path):
     a = build_artifact(tmp_path / "a", fp16=False)
     with pytest.raises(ArtifactError, match="no onnx fp16 model listed"):

@@ -112,8 +112,8 @@ class OpenVINOBackend:
             self.compiled = core.compile_model(model, "CPU", config)
         except Exception as e:
             raise BackendError(f"{path}: OpenVINO cannot compile the model for the CPU ({first_line(e)})") from None
-        got = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
-        if OV_PRECISION[self.precision] not in got:
+        got = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        if got != OV_PRECISION[self.precision]:
             raise BackendError(f"precision '{self.precision}' refused: OpenVINO compiled the model at {got} instead "
                                f"of {OV_PRECISION[self.precision]}")
         self._input = self.source.input_name
@@ -137,7 +137,7 @@ class OpenVINOBackend:
 
     def info(self) -> dict[str, Any]:
         return {**what_runs(self), "openvino": self._version,
-                "inference_precision": str(self.compiled.get_property("INFERENCE_PRECISION_HINT")),
+                "inference_precision": self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
                 "performance_hint": str(self.compiled.get_property("PERFORMANCE_HINT")),
                 "threads": int(self.compiled.get_property("INFERENCE_NUM_THREADS")),
                 "cpu": cpu_features.describe()}
