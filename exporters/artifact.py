@@ -1,9 +1,9 @@
 """Write an artifact directory atomically.
 
 Protocol (``staged_artifact``, see ``runtime.atomic_output``): make ``.ARTIFACT.tmp-XXXX`` beside the target, let
-the caller write the model files into it, hash them, write ``manifest.json`` LAST (``Manifest.save``), then rename the temp dir onto
-``ARTIFACT`` (an existing artifact is first renamed aside to ``.ARTIFACT.old-XXXX`` and removed after the swap; a
-non-empty directory without ``manifest.json`` is never replaced). On any failure the temp dir is removed, so
+the caller write the model files into it, hash them, write ``manifest.json`` LAST (``Manifest.save``), then rename
+the temp dir onto ``ARTIFACT`` (an existing artifact is first renamed aside to ``.ARTIFACT.old-XXXX`` and removed
+after the swap; a non-empty directory without ``manifest.json`` is never replaced). On any failure the temp dir is removed, so
 an interrupted export never leaves a directory that loads: a temp dir holds no manifest until every model file is
 complete, and the target name only ever points at a finished artifact.
 """

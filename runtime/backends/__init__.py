@@ -25,4 +25,5 @@ from clip_debias.runtime.backends.trt import TensorRTBackend, import_tensorrt, t
 __all__ = ["BACKENDS", "BACKEND_MODULES", "DEVICES", "OUTPUTS", "PRECISIONS", "Backend", "BackendError",
            "BackendOptions", "BackendRequest", "ModelSource", "OrtBackend", "TensorRTBackend", "check_cuda_graph",
            "check_graph_io", "image_by_image", "import_tensorrt", "model_source", "ort_has_cuda",
-           "ort_optimization_level", "ort_session", "save_optimized", "select_backend", "session_runner", "tensorrt_available"]
+           "ort_optimization_level", "ort_session", "save_optimized", "select_backend", "session_runner",
+           "tensorrt_available"]
