@@ -36,8 +36,8 @@ def print_report(report, console) -> None:  # noqa: ANN001 (rich Console, Verify
     )
     gate = report.precision_gate
     if gate is not None:
-        console.print(f"{gate['precision']} gate vs the fp32 graph (onnxruntime, {report.backend.get('precision')} "
-                      f"on the gate batch): max |logit diff| {gate['max_logit_diff']:.3g} (tol "
+        console.print(f"{gate['precision']} gate (against the artifact's fp32 graph on onnxruntime, gate batch): "
+                      f"max |logit diff| {gate['max_logit_diff']:.3g} (tol "
                       f"{gate['logit_tolerance']:.3g}), min cosine {gate['min_cosine']:.5f}, argmax agree "
                       f"{100 * gate['argmax_agree']:.0f}% -- "
                       + ("[green]PASS[/green]" if gate["passed"] else f"[red]FAIL[/red] ({gate['reason']})"))
