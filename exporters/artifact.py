@@ -2,8 +2,9 @@
 
 Protocol (``staged_artifact``, see ``runtime.atomic_output``): make ``.ARTIFACT.tmp-XXXX`` beside the target, let
 the caller write the model files into it, hash them, write ``manifest.json`` LAST (``Manifest.save``), then rename
-the temp dir onto ``ARTIFACT`` (an existing artifact is first renamed aside to ``.ARTIFACT.old-XXXX`` and removed
-after the swap; a non-empty directory without ``manifest.json`` is never replaced). On any failure the temp dir is removed, so
+the temp dir onto ``ARTIFACT`` (an existing artifact is first renamed aside to ``.ARTIFACT.old-...`` and the files it
+listed are removed after the swap; only an artifact of ours, untouched, is ever replaced: ``runtime.ownership``). On
+any failure the temp dir is removed, so
 an interrupted export never leaves a directory that loads: a temp dir holds no manifest until every model file is
 complete, and the target name only ever points at a finished artifact.
 """
@@ -38,8 +39,8 @@ def model_file(artifact_dir: str | Path, name: str, kind: str, precision: str) -
 
 def staged_artifact(out: str | Path) -> ContextManager[Path]:
     """A fresh temp dir beside ``out``; on normal exit it must hold ``manifest.json`` and is renamed onto ``out``
-    (replacing an existing artifact, never a foreign directory); on any exception ``out`` is untouched."""
-    return staged_directory(out, MANIFEST_NAME, "an artifact")
+    (replacing an artifact of ours, never another directory); on any exception ``out`` is untouched."""
+    return staged_directory(out, "artifact", complete=MANIFEST_NAME)
 
 
 def copy_artifact_files(src: str | Path, dst: str | Path, manifest: Manifest, skip: tuple[str, ...] = ()) -> None:

@@ -56,7 +56,9 @@ from clip_debias.exporters.artifact import ONNX_FP16, ONNX_FP32, ONNX_INT8, ONNX
 from clip_debias.exporters.timing import interleaved
 from clip_debias.runtime.backends import ModelSource, OrtBackend, save_optimized
 from clip_debias.runtime.errors import ClipDebiasError
+from clip_debias.runtime.integrity import verify_artifact
 from clip_debias.runtime.manifest import Manifest, Preprocessing, TensorSpec
+from clip_debias.runtime.ownership import MARKER_NAME
 from clip_debias.runtime.parity import GATE_BATCH, GateResult, compare, gate_images  # noqa: F401 (re-exported)
 
 log = logging.getLogger("clip_debias.export")
@@ -83,6 +85,7 @@ class ExportReport:
     # {"model.onnx": p50 ms, "model.ort.onnx": p50 ms, "paired_speedup": x} at batch 1
     ort_latency_ms: dict[str, float] = field(default_factory=dict)
     ort_kept: bool = False
+    digest: str = ""  # the artifact digest (runtime.integrity): pin it with verify --expect-digest
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -374,7 +377,7 @@ def _as_classifier(model_dir_or_model: Any) -> Any:
 
 
 def _check_outputs(tmp: Path, expected: set[str]) -> None:
-    extra = sorted(p.name for p in tmp.iterdir() if p.name not in expected)
+    extra = sorted(p.name for p in tmp.iterdir() if p.name not in expected | {MARKER_NAME})
     if extra:
         raise ClipDebiasError(f"{tmp}: export wrote unexpected files {extra[:3]} (models over 2 GiB need ONNX external "
                               "data, which clip-debias artifacts do not support)")
@@ -427,6 +430,7 @@ def export_onnx_report(model_dir_or_model: Any, out: str | Path, precision: str 
         if "fp32" not in wanted:
             fp32.unlink()
         build_manifest(model, files, opset, fused_attention, fp16_fp32_ops).save(tmp)
+    report.digest = verify_artifact(out)[1]
     log.info("wrote %s (%s)", out, ", ".join(f.path for f in files))
     return report
 

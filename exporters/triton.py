@@ -7,7 +7,7 @@
 The engine is used when the artifact has one and ``kind`` is gpu (a TensorRT plan cannot run on CPU instances);
 otherwise the fp32 ONNX graph (else the fp16 one, else the int8 one -- for CPU instances; all have fp32 I/O).
 ``REPO/NAME`` is written into a temp dir and renamed into place (``runtime.atomic_output``); an existing ``REPO/NAME``
-is replaced only when it holds a ``config.pbtxt`` (a model folder), never a foreign directory.
+is replaced only when it is a Triton model folder of ours, untouched (its ``clip-debias-output.json`` marker).
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def export_triton(artifact: str | Path, repo: str | Path, name: str = "clip_debi
     cfg = triton_config(manifest, name, platform, max_batch, instances, kind, opt)
 
     target = repo / name
-    with staged_directory(target, CONFIG_PBTXT, "a Triton model folder written by 'clip-debias export triton'") as tmp:
+    with staged_directory(target, "triton-model", complete=CONFIG_PBTXT) as tmp:
         (tmp / "1").mkdir()
         shutil.copy2(artifact / src, tmp / "1" / dst)
         shutil.copy2(artifact / MANIFEST_NAME, tmp / MANIFEST_NAME)

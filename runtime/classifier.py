@@ -9,7 +9,8 @@ manifest's; float32 is used as is, other floating dtypes (float16/float64) are c
 type -- this is the precision the model computes in anyway); integer/bool/other dtypes are refused (they are almost
 certainly un-normalized pixels); NaN/Inf (also after the cast) are refused. Each refusal is one ``InputError`` line.
 Device-resident batches (an ``OrtValue``, a torch CUDA tensor, a CuPy array) go to a CUDA session without a host
-copy: see ``runtime.device_input``.
+copy: see ``runtime.device_input``. Outputs are checked on every device: a batch item whose logits or embedding hold
+NaN/Inf (from a finite input: e.g. values near float32's maximum overflow inside the model) is refused in one line.
 All methods are safe to call from several threads at once.
 """
 
@@ -26,6 +27,8 @@ from PIL import Image
 from clip_debias.runtime.backends import Backend, BackendOptions, select_backend
 from clip_debias.runtime.device_input import as_device_batch
 from clip_debias.runtime.errors import ArtifactError, InputError
+from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS
+from clip_debias.runtime.integrity import check_digest, parse_digest, verify_artifact
 from clip_debias.runtime.manifest import MANIFEST_NAME, Manifest
 from clip_debias.runtime.preprocess import Preprocessor
 
@@ -83,12 +86,13 @@ class Classifier:
     """A loaded artifact. Build with ``runtime.load``."""
 
     def __init__(self, root: Path, manifest: Manifest, backend: Backend, preprocessor: Preprocessor,
-                 input_shape: tuple[int, int, int]) -> None:
+                 input_shape: tuple[int, int, int], digest: str | None = None) -> None:
         self.root = root
         self.manifest = manifest
         self.backend = backend
         self.preprocessor = preprocessor
         self.input_shape = input_shape  # (3, H, W)
+        self.digest = digest  # "sha256:..." of the files checked at load (runtime.integrity); None if not checked
 
     # -- description ------------------------------------------------------------------------------------------
     @property
@@ -100,8 +104,8 @@ class Classifier:
         return list(self.manifest.group_names)
 
     def info(self) -> dict[str, Any]:
-        """What runs: artifact path, backend, device, precision, model file, providers."""
-        return {"artifact": str(self.root), **self.backend.info()}
+        """What runs: artifact path and digest, backend, device, precision, model file, providers."""
+        return {"artifact": str(self.root), "digest": self.digest, **self.backend.info()}
 
     def __repr__(self) -> str:
         b = self.backend
@@ -157,22 +161,32 @@ class Classifier:
                 raise InputError(f"input contains {bad} NaN/Inf value(s) (first in batch item {first})")
         return batch
 
+    @staticmethod
+    def check_outputs(logits: np.ndarray, emb: np.ndarray, scanned: bool = True) -> None:
+        """Refuse NaN/Inf outputs with one ``InputError`` naming the batch items. ``scanned``: the input was checked
+        finite (host arrays), so the model overflowed on it; else (device input) the input may hold NaN/Inf."""
+        finite = np.isfinite(logits).all(axis=1) & np.isfinite(emb).all(axis=1)
+        if not finite.all():
+            items = np.flatnonzero(~finite)[:8].tolist()
+            why = ("from a finite input: values this large overflow the model (expected normalized pixels, "
+                   "|x| of a few units; use Classifier.preprocess)" if scanned else
+                   "a device-resident input is not scanned for NaN/Inf -- check those images")
+            raise InputError(f"outputs are NaN/Inf for batch item(s) {items}, {why}")
+
     def run(self, batch: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Validated batch -> (logits [N, C], embedding [N, D]) float32 numpy arrays. ``batch``: a numpy array, or a
-        device-resident one (``runtime.device_input``: OrtValue, torch CUDA tensor, CuPy array...)."""
+        """Validated batch -> (logits [N, C], embedding [N, D]) float32 numpy arrays, finite (``check_outputs``).
+        ``batch``: a numpy array, or a device-resident one (``runtime.device_input``: OrtValue, torch CUDA tensor,
+        CuPy array...)."""
         dev = None if isinstance(batch, np.ndarray) else as_device_batch(batch)
-        if dev is None:
-            return self.backend.run(self.check_batch(batch))
-        if dev.device == "cpu":  # a host OrtValue: validated like any array
-            return self.backend.run(self.check_batch(dev.source.numpy()))
+        if dev is None or dev.device == "cpu":  # a host OrtValue: validated like any array
+            logits, emb = self.backend.run(self.check_batch(batch if dev is None else dev.source.numpy()))
+            self.check_outputs(logits, emb)
+            return logits, emb
         self._check_shape(dev.shape)
         if dev.dtype != "float32":
             raise InputError(f"device input dtype {dev.dtype}; expected float32 (no cast happens on the device)")
         logits, emb = self.backend.run_device(dev)
-        finite = np.isfinite(logits).all(axis=1) & np.isfinite(emb).all(axis=1)
-        if not finite.all():
-            raise InputError(f"outputs are NaN/Inf for batch item(s) {np.flatnonzero(~finite)[:8].tolist()}: a "
-                             "device-resident input is not scanned for NaN/Inf -- check those images")
+        self.check_outputs(logits, emb, scanned=False)
         return logits, emb
 
     def predict_logits(self, batch: Any) -> np.ndarray:
@@ -229,9 +243,12 @@ def load(
     cuda_graph: bool = False,
     stop_spinning: bool = False,
     performance_hint: str = "latency",
+    expected_digest: str | None = None,
+    max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> Classifier:
-    """Open an artifact directory: validate ``manifest.json`` (format version, fields, contract), check that every
-    listed file exists, hash the model file to be loaded (sha256), open the backend and check the graph's inputs and
+    """Open an artifact directory: validate ``manifest.json`` (format version, fields, contract), check the sha256 of
+    every file of the artifact and compute its digest (``runtime.integrity``; ``check_sha256=False`` skips both),
+    refuse it when ``expected_digest`` is given and differs, open the backend and check the graph's inputs and
     outputs against the manifest. Any problem is a one-line ``ArtifactError`` (or ``BackendError`` when the
     machine cannot provide the backend/device).
 
@@ -240,15 +257,25 @@ def load(
     (needs ``model.int8.onnx``; CPU only) | bf16 (OpenVINO on a CPU with bf16 arithmetic, from ``model.onnx``).
     cuda_graph: ONNX Runtime CUDA graphs, one captured per batch size (device "cuda" only; see
     ``runtime.captured_graphs``) -- for low batch-1 latency on a GPU. stop_spinning (ONNX Runtime CPU) and
-    performance_hint (OpenVINO: latency | throughput): see ``runtime.backends.BackendOptions``."""
+    performance_hint (OpenVINO: latency | throughput): see ``runtime.backends.BackendOptions``.
+    expected_digest: ``sha256:...`` as ``export`` / ``verify`` print it (pins the exact artifact).
+    max_image_pixels: image files over this many pixels are refused before decoding (``runtime.images``)."""
     root = Path(artifact)
-    manifest = Manifest.load(root)
+    digest = None
+    if expected_digest is not None:
+        expected_digest = parse_digest(expected_digest)  # a malformed value fails before any hashing
+    if check_sha256 or expected_digest is not None:
+        manifest, digest = verify_artifact(root)
+        if expected_digest is not None:
+            check_digest(root, digest, expected_digest)
+    else:
+        manifest = Manifest.load(root)
     _, input_shape = _check_contract(root, manifest)
     try:
-        pre = Preprocessor.from_manifest(manifest.preprocessing)
+        pre = Preprocessor.from_manifest(manifest.preprocessing, max_image_pixels)
     except ValueError as e:
         raise ArtifactError(f"{root / MANIFEST_NAME}: field 'preprocessing': {e}") from None
-    options = BackendOptions(intra_op_threads, use_ort_optimized, check_sha256, cuda_graph, stop_spinning,
-                             performance_hint)
+    options = BackendOptions(intra_op_threads, use_ort_optimized, False, cuda_graph, stop_spinning,
+                             performance_hint)  # every file was hashed above (runtime.integrity)
     b = select_backend(root, manifest, backend, device, precision, options)
-    return Classifier(root, manifest, b, pre, input_shape)
+    return Classifier(root, manifest, b, pre, input_shape, digest)

@@ -12,13 +12,22 @@
   train/val/test. Target ``Blond_Hair``, attribute ``Male``, -1/1 -> 0/1, group = 2*y + a.
 - ``csv``: DATA is a ``.csv`` file, or a folder holding ``data.csv``. Columns ``path,label[,group][,split]``:
 
-  - ``path``: image path relative to the CSV's folder (absolute paths are kept as they are);
+  - ``path``: image path relative to the CSV's folder;
   - ``label``: either all integers 0..C-1 (class names from ``classes``, else ``class_0``, ``class_1``, ...) or
     strings (the class names: sorted, or in the order of ``classes`` when given);
   - ``group``: optional integer >= 0 (names ``group_0``, ...); without it group = label (names = class names);
   - ``split``: optional ``train``/``val``/``test``; without the column every row belongs to every split.
 
   Classes and groups are counted over the whole file, so every split of one CSV gets the same names.
+
+Image paths must stay inside the data folder (DATA; celeba: its image folder; csv: the CSV's folder): an absolute
+path, or one whose ``..`` climbs out of it, is refused with one line naming the file, line and column, unless
+``allow_outside_root`` (``--allow-outside-root``). The check is on the text of the path; symbolic links inside the
+folder are followed as the file system resolves them.
+
+``DatasetIndex.group_source`` says where the groups come from: ``dataset`` (waterbirds, celeba: named by the
+format), ``csv column`` (ids of a csv ``group`` column, named ``group_N``) or ``labels`` (a csv without one: each
+class is its own group).
 
 Expected problems raise ``ClipDebiasError`` with one line naming the file, the line and the field. Images are not
 opened here (see ``toolchain.datasets.loader``).
@@ -28,6 +37,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +75,7 @@ class DatasetIndex:
     group_names: list[str]
     attribute_name: str | None = None
     attribute_names: list[str] = field(default_factory=list)
+    group_source: str = "dataset"  # dataset | csv column | labels (see the module docstring)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -83,9 +94,11 @@ class Table:
         return f"{self.path} line {line}: column '{column}'"
 
 
-def load_index(dataset: str, data: Path, split: str, *, classes: list[str] | None = None) -> DatasetIndex:
+def load_index(dataset: str, data: Path, split: str, *, classes: list[str] | None = None,
+               allow_outside_root: bool = False) -> DatasetIndex:
     """The records of ``split`` (train/val/test) of ``dataset`` (one of ``FORMATS``) stored at ``data``.
-    ``classes`` names (and for string labels orders) the classes of a ``csv`` dataset."""
+    ``classes`` names (and for string labels orders) the classes of a ``csv`` dataset. ``allow_outside_root``:
+    accept image paths that leave the data folder (see the module docstring)."""
     data = Path(data)
     if dataset not in FORMATS:
         raise ClipDebiasError(f"dataset format '{dataset}' is unknown (expected one of: {', '.join(FORMATS)})")
@@ -96,7 +109,7 @@ def load_index(dataset: str, data: Path, split: str, *, classes: list[str] | Non
     if classes is not None and dataset != "csv":
         raise ClipDebiasError(f"class names are fixed for the {dataset} format; give classes only for the csv format")
     loaders = {"waterbirds": _load_waterbirds, "celeba": _load_celeba, "csv": _load_csv}
-    index = loaders[dataset](data, split, classes)
+    index = loaders[dataset](data, split, classes, allow_outside_root)
     if not index.records:
         raise ClipDebiasError(f"{data}: split '{split}' of the {dataset} dataset has no images")
     return index
@@ -188,6 +201,16 @@ def parse_partition(table: Table, line: int, column: str, value: str) -> str:
     return SPLITS[parse_int(table, line, column, value, (0, 1, 2))]
 
 
+def image_path(root: Path, table: Table, line: int, column: str, value: str, allow_outside_root: bool) -> Path:
+    """``root / value``; an absolute ``value`` or one whose ``..`` leave ``root`` is refused unless
+    ``allow_outside_root``."""
+    norm = os.path.normpath(value)
+    if not allow_outside_root and (os.path.isabs(value) or norm == os.pardir or norm.startswith(os.pardir + os.sep)):
+        raise ClipDebiasError(f"{table.where(line, column)} '{value}' leaves the data folder {root} (an absolute "
+                              "path or '..'); pass --allow-outside-root to read it")
+    return root / value
+
+
 def pair_groups(class_names: list[str], attribute_names: list[str]) -> list[str]:
     """Names of groups ``2*y + a`` for binary class y and attribute a: ``class/attribute``."""
     return [f"{c}/{a}" for c in class_names for a in attribute_names]
@@ -196,7 +219,7 @@ def pair_groups(class_names: list[str], attribute_names: list[str]) -> list[str]
 # ---- formats ---------------------------------------------------------------------------------------------------
 
 
-def _load_waterbirds(data: Path, split: str, classes: list[str] | None) -> DatasetIndex:
+def _load_waterbirds(data: Path, split: str, classes: list[str] | None, outside: bool) -> DatasetIndex:
     path = _require_file(data / "metadata.csv", "the Waterbirds metadata with columns img_filename, y, split, place")
     table = read_csv(path, ("img_filename", "y", "split", "place"))
     records = []
@@ -205,7 +228,8 @@ def _load_waterbirds(data: Path, split: str, classes: list[str] | None) -> Datas
             continue
         y = parse_int(table, line, "y", row["y"], (0, 1))
         place = parse_int(table, line, "place", row["place"], (0, 1))
-        records.append(ImageRecord(data / row["img_filename"], y, 2 * y + place, place))
+        path = image_path(data, table, line, "img_filename", row["img_filename"], outside)
+        records.append(ImageRecord(path, y, 2 * y + place, place))
     return DatasetIndex(
         "waterbirds", data, split, records, list(WATERBIRDS_CLASSES),
         pair_groups(WATERBIRDS_CLASSES, WATERBIRDS_ATTRIBUTES), "place", list(WATERBIRDS_ATTRIBUTES),
@@ -221,7 +245,7 @@ def _celeba_table(data: Path, stem: str, what: str, required: tuple[str, ...], t
     return read_whitespace(path, required, columns=txt_columns, skip=txt_skip), "filename"
 
 
-def _load_celeba(data: Path, split: str, classes: list[str] | None) -> DatasetIndex:
+def _load_celeba(data: Path, split: str, classes: list[str] | None, outside: bool) -> DatasetIndex:
     images = data / "img_align_celeba"
     if (images / "img_align_celeba").is_dir():  # Kaggle's archive nests the folder
         images = images / "img_align_celeba"
@@ -241,7 +265,7 @@ def _load_celeba(data: Path, split: str, classes: list[str] | None) -> DatasetIn
             continue
         y = (parse_int(attrs, line, CELEBA_TARGET, row[CELEBA_TARGET], (-1, 1)) + 1) // 2
         a = (parse_int(attrs, line, CELEBA_ATTRIBUTE, row[CELEBA_ATTRIBUTE], (-1, 1)) + 1) // 2
-        records.append(ImageRecord(images / name, y, 2 * y + a, a))
+        records.append(ImageRecord(image_path(images, attrs, line, attr_key, name, outside), y, 2 * y + a, a))
     return DatasetIndex(
         "celeba", data, split, records, list(CELEBA_CLASSES),
         pair_groups(CELEBA_CLASSES, CELEBA_ATTRIBUTES), CELEBA_ATTRIBUTE, list(CELEBA_ATTRIBUTES),
@@ -273,7 +297,7 @@ def _class_ids(table: Table, classes: list[str] | None) -> tuple[list[int], list
     return [position[v] for _, v in values], names
 
 
-def _load_csv(data: Path, split: str, classes: list[str] | None) -> DatasetIndex:
+def _load_csv(data: Path, split: str, classes: list[str] | None, outside: bool) -> DatasetIndex:
     path = _require_file(data / "data.csv", "a CSV with columns path,label[,group][,split]") if data.is_dir() else data
     table = read_csv(path, ("path", "label"))
     ids, class_names = _class_ids(table, classes)
@@ -286,10 +310,12 @@ def _load_csv(data: Path, split: str, classes: list[str] | None) -> DatasetIndex
                                   f"got '{row['split']}'")
         if not row["path"]:
             raise ClipDebiasError(f"{table.where(line, 'path')} is empty (expected an image path)")
+        image = image_path(path.parent, table, line, "path", row["path"], outside)
         if not has_split or row["split"] == split:
-            records.append(ImageRecord(path.parent / row["path"], label, group))
+            records.append(ImageRecord(image, label, group))
     group_names = [f"group_{g}" for g in range(max(groups, default=-1) + 1)] if has_group else list(class_names)
     if not has_split:  # train, val and test are the same images: say so, a "test" result here is not held out
         log.warning("warning: %s has no 'split' column: split '%s' is every row of the file (so is every other "
                     "split)", path, split)
-    return DatasetIndex("csv", path.parent, split, records, class_names, group_names)
+    return DatasetIndex("csv", path.parent, split, records, class_names, group_names,
+                        group_source="csv column" if has_group else "labels")

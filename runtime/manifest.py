@@ -15,7 +15,6 @@ Every model file is listed in ``files`` with its sha256; the runtime refuses a f
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -27,6 +26,7 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
 from clip_debias.runtime.errors import ArtifactError
+from clip_debias.runtime.ownership import sha256_file  # noqa: F401  (the one file hasher; imported from here too)
 from clip_debias.runtime.schema import FORMAT, FieldError, describe_value, read_json, validate
 
 FORMAT_VERSION = 1
@@ -35,15 +35,6 @@ MANIFEST_WHAT = "an artifact manifest written by 'clip-debias export'"
 FILE_KINDS = ("onnx", "onnx-ort", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
 SHA256 = re.compile(r"[0-9a-fA-F]{64}")
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _axis(value: Any) -> int | str:

@@ -14,6 +14,9 @@ for RGBA (PIL resizes premultiplied alpha), palette (PIL resizes "P" images with
    ``(d + 1) // 2``); crop offsets ``int(round((h - H) / 2.0))`` (torchvision / open_clip ``center_crop_or_pad``).
 3. ``convert('RGB')`` (RGBA drops alpha, L/P/CMYK/... converted by PIL);
 4. float32 ``x / 255`` then ``(x - mean) / std`` per channel, in float32, channels first: [3, H, W].
+
+Image files are decoded by ``runtime.images.load_image`` (the loader the toolchain uses too: pixel limit, 16-bit
+images scaled to 8 bits, undefined sample ranges refused); a PIL image passed in goes through the same bit-depth rule.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from clip_debias.runtime.errors import InputError
+from clip_debias.runtime.images import load_image, to_8bit
+from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS
 from clip_debias.runtime.manifest import Preprocessing
 
 _RESAMPLE = {
@@ -37,21 +42,13 @@ _RESAMPLE = {
 RESIZE_MODES = ("shortest", "longest", "squash")
 
 
-def load_image(path: str | os.PathLike[str]) -> Image.Image:
-    """Open and fully decode an image file (no EXIF rotation, like open_clip). Unreadable -> ``InputError``."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im
-    except FileNotFoundError:
-        raise InputError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        raise InputError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
+__all__ = ["Preprocessor", "as_pil", "load_image", "RESIZE_MODES"]
 
 
 @dataclass(frozen=True)
 class Preprocessor:
-    """Callable ``image -> float32 [3, H, W]`` for one artifact's recorded ``Preprocessing``."""
+    """Callable ``image -> float32 [3, H, W]`` for one artifact's recorded ``Preprocessing``. ``max_pixels``: image
+    files over this many pixels are refused before decoding (None: PIL's own limit only)."""
 
     size: tuple[int, int]
     mean: tuple[float, float, float]
@@ -59,9 +56,10 @@ class Preprocessor:
     interpolation: str = "bicubic"
     resize_mode: str = "shortest"
     fill_color: int = 0
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
 
     @classmethod
-    def from_manifest(cls, p: Preprocessing) -> "Preprocessor":
+    def from_manifest(cls, p: Preprocessing, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> "Preprocessor":
         """Build from the manifest's record; an unknown mode/interpolation is an ``ArtifactError``-worthy bug, so it
         raises ``ValueError`` here and the loader turns it into a one-line artifact error."""
         if p.resize_mode not in RESIZE_MODES:
@@ -80,6 +78,7 @@ class Preprocessor:
             interpolation=p.interpolation,
             resize_mode=p.resize_mode,
             fill_color=int(p.fill_color),
+            max_pixels=max_pixels,
         )
 
     # -- geometry ---------------------------------------------------------------------------------------------
@@ -150,7 +149,7 @@ class Preprocessor:
 
     def __call__(self, image: Any) -> np.ndarray:
         """PIL image or image path -> float32 [3, H, W], normalized. Raises ``InputError`` for anything else."""
-        img = as_pil(image)
+        img = as_pil(image, self.max_pixels)
         try:
             rgb = self.to_pil(img)
         except (ValueError, OSError) as e:  # PIL cannot resize/convert this mode, truncated data, ...
@@ -168,12 +167,13 @@ class Preprocessor:
         return np.stack(arrays)
 
 
-def as_pil(image: Any) -> Image.Image:
-    """A PIL image, a path, or an HxW / HxWx{1,3,4} uint8 array -> PIL image (the array as PIL would read it)."""
+def as_pil(image: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """A PIL image, a path, or an HxW / HxWx{1,3,4} uint8 array -> PIL image with 8-bit samples (a file decoded by
+    ``runtime.images.load_image``; the array as PIL would read it)."""
     if isinstance(image, Image.Image):
-        return image
+        return to_8bit(image)
     if isinstance(image, (str, os.PathLike, Path)):
-        return load_image(image)
+        return load_image(image, max_pixels)
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4))):
             raise InputError(

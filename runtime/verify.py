@@ -1,12 +1,25 @@
 """``verify``: run an artifact over a labelled dataset split and check accuracy / robustness / latency thresholds.
 
-Numbers (``runtime.metrics.accuracy_report``): accuracy = mean over all images of [argmax logits == label];
-worst-group accuracy = min over groups present of the group's accuracy. Latency: wall time of the model call
+Numbers (``runtime.metrics.accuracy_report``): accuracy = mean over the images read of [argmax logits == label];
+worst-group accuracy = min over the groups present of the group's accuracy. Latency: wall time of the model call
 alone (backend run on an already decoded, preprocessed, validated batch) per batch, in ms, p50/p95/p99 by linear
 interpolation (``numpy.percentile``); the first batch is run ``warmup`` extra times untimed first. Every image is
 counted exactly once; the last batch may be smaller. Throughput = images / summed model time (model-only);
 ``end_to_end_per_s`` adds decoding and preprocessing.
-Thresholds: ``min_accuracy`` and ``min_worst_group`` are fractions in [0, 1]; ``max_latency_ms`` applies to p95.
+
+A gate cannot pass by omission:
+
+- **Groups**: verify knows the groups the split must hold (``expected_groups``, see ``resolve_groups``): the dataset's
+  own (waterbirds, celeba); for a csv with a ``group`` column the names ``--groups`` gives, else the manifest's group
+  names (when it names every id of the file), else ``group_N`` for every id of the file; for a csv without one, its
+  classes. A group with no image (absent from the split, or every image skipped) is listed with n = 0 and makes
+  ``min_worst_group`` FAIL, naming it.
+- **Skipped images** (``skip_bad``): at most ``max_skipped`` (default 1 % of the split) may be left out; beyond it
+  the ``max_skipped`` threshold FAILs.
+- Every threshold's result records what it was computed over (``over``).
+
+Thresholds: ``min_accuracy`` and ``min_worst_group`` are fractions in [0, 1]; ``max_latency_ms`` applies to p95;
+``max_skipped`` is a ``MaxSkipped``.
 Precision gate: a bf16 run (OpenVINO; no export writes or gates a bf16 file) is first compared with the same
 artifact's fp32 graph on ONNX Runtime on the gate batch (``runtime.parity``: max logit diff, embedding cosine, argmax
 agreement); the report holds the numbers (``precision_gate``) and a failed gate fails the run (exit 1).
@@ -26,21 +39,26 @@ import numpy as np
 
 from clip_debias.runtime.atomic_output import write_atomic
 from clip_debias.runtime.classifier import Classifier, load
-from clip_debias.runtime.datasets import load_index
+from clip_debias.runtime.datasets import DatasetIndex, load_index
 from clip_debias.runtime.errors import ClipDebiasError, InputError
-from clip_debias.runtime.metrics import accuracy_report
+from clip_debias.runtime.integrity import check_digest
+from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SKIPPED, MaxSkipped
+from clip_debias.runtime.metrics import AccuracyReport, accuracy_report
 from clip_debias.runtime.parity import GateResult, precision_gate
 
 GATED_AT_VERIFY = ("bf16",)  # precisions without an exported, export-gated file: gated against fp32 here
+VERIFY_REPORT = "clip-debias verify"  # the 'report' field of the JSON report (runtime.ownership recognises it)
 
 
 @dataclass
 class Thresholds:
-    """Pass criteria; ``None`` = not checked. Accuracies are fractions in [0, 1]; latency is p95 per batch in ms."""
+    """Pass criteria; ``None`` = not checked. Accuracies are fractions in [0, 1]; latency is p95 per batch in ms;
+    ``max_skipped`` applies with ``skip_bad`` (None there: ``DEFAULT_MAX_SKIPPED``, 1 %)."""
 
     min_accuracy: float | None = None
     min_worst_group: float | None = None
     max_latency_ms: float | None = None
+    max_skipped: MaxSkipped | None = None
 
     def __post_init__(self) -> None:
         for name in ("min_accuracy", "min_worst_group"):
@@ -53,9 +71,14 @@ class Thresholds:
 
 @dataclass
 class ThresholdResult:
+    """One checked threshold: the limit, the measured value (None: nothing to measure), the verdict, what the value
+    was computed over, and why it failed when the value alone does not say."""
+
     threshold: float
-    value: float
+    value: float | None
     passed: bool
+    over: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
 
 
 @dataclass
@@ -65,7 +88,7 @@ class VerifyReport:
     accuracy: float
     worst_group_accuracy: float
     worst_group: str
-    groups: dict[str, dict[str, float | int]]  # name -> {n, accuracy}
+    groups: dict[str, dict[str, float | int | None]]  # name -> {n, accuracy}; an expected group with no image: n 0
     latency_ms: dict[str, float]  # p50, p95, p99, mean
     throughput_per_s: float
     thresholds: dict[str, ThresholdResult]
@@ -74,7 +97,7 @@ class VerifyReport:
     dataset: str = ""
     data: str = ""
     split: str = ""
-    n: int = 0
+    n: int = 0  # images read and counted
     batch_size: int = 0
     n_batches: int = 0
     backend: dict[str, Any] = field(default_factory=dict)
@@ -84,6 +107,12 @@ class VerifyReport:
     class_names_match: bool = True
     skipped: list[str] = field(default_factory=list)  # unreadable images left out (skip_bad), not counted in n
     precision_gate: dict[str, Any] | None = None  # GateResult vs the artifact's fp32 graph (GATED_AT_VERIFY)
+    n_split: int = 0  # images the split lists (n + skipped)
+    expected_groups: list[str] = field(default_factory=list)
+    groups_from: str = ""  # dataset | --groups | manifest | csv group ids | classes
+    missing_groups: list[str] = field(default_factory=list)  # expected groups with no image counted
+    artifact_digest: str | None = None
+    report: str = VERIFY_REPORT
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,24 +120,64 @@ class VerifyReport:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
-    def write_json(self, path: str | Path) -> Path:
-        """Write the JSON report (temp file + rename, see ``runtime.atomic_output``)."""
-        write_atomic(path, self.to_json() + "\n")
+    def write_json(self, path: str | Path, force: bool = False) -> Path:
+        """Write the JSON report (temp file + rename; an existing file is replaced only when it is a verify report,
+        or with ``force``: ``runtime.atomic_output``)."""
+        write_atomic(path, self.to_json() + "\n", "verify-report", force)
         return Path(path)
 
 
-def check_thresholds(
-    t: Thresholds, accuracy: float, worst_group: float, p95_ms: float
-) -> dict[str, ThresholdResult]:
-    """The thresholds that are set, each with its measured value and whether it is met (>= for accuracies,
-    <= for latency)."""
+def resolve_groups(index: DatasetIndex, manifest_groups: list[str], groups: list[str] | None
+                   ) -> tuple[list[str], str]:
+    """(names of group ids 0..G-1, where they come from): every one of them is expected in the split (see the module
+    docstring). ``groups``: the ``--groups`` names, for a csv dataset with a ``group`` column only."""
+    where = f"{index.root} ({index.dataset})"
+    if index.group_source == "dataset":
+        if groups:
+            raise InputError(f"--groups: the {index.dataset} dataset defines its groups "
+                             f"({', '.join(index.group_names)}); --groups names the ids of a csv 'group' column")
+        return list(index.group_names), "dataset"
+    if index.group_source == "labels":
+        if groups:
+            raise InputError(f"--groups: {where} has no 'group' column, so its groups are its classes "
+                             f"({', '.join(index.class_names)}); add a 'group' column to name others")
+        return list(index.class_names), "classes"
+    ids = len(index.group_names)  # over the whole file
+    if groups:
+        if len(groups) < ids or len(set(groups)) != len(groups):
+            raise InputError(f"--groups {','.join(groups)}: expected {ids} or more distinct names, one per group id "
+                             f"0..{ids - 1} of {where}")
+        return list(groups), "--groups"
+    if manifest_groups and len(manifest_groups) >= ids:
+        return list(manifest_groups), "manifest"
+    return list(index.group_names), "csv group ids"
+
+
+def check_thresholds(t: Thresholds, acc: AccuracyReport, p95_ms: float, over: dict[str, dict[str, Any]],
+                     skipped: int = 0, n_split: int = 0, skip_bad: bool = False) -> dict[str, ThresholdResult]:
+    """The thresholds that are set, each with its measured value, verdict (>= for accuracies, <= for latency and
+    skipped images) and ``over`` (what it was computed over). ``min_worst_group`` also fails when an expected group
+    has no image; ``max_skipped`` is checked with ``skip_bad`` only."""
     out: dict[str, ThresholdResult] = {}
     if t.min_accuracy is not None:
-        out["min_accuracy"] = ThresholdResult(t.min_accuracy, accuracy, accuracy >= t.min_accuracy)
+        out["min_accuracy"] = ThresholdResult(t.min_accuracy, acc.accuracy, acc.accuracy >= t.min_accuracy,
+                                              over["accuracy"])
     if t.min_worst_group is not None:
-        out["min_worst_group"] = ThresholdResult(t.min_worst_group, worst_group, worst_group >= t.min_worst_group)
+        v = acc.worst_group_accuracy
+        reason = (f"group(s) {', '.join(acc.missing)} have no image (absent from the split, or every image of them "
+                  "skipped)" if acc.missing else "")
+        out["min_worst_group"] = ThresholdResult(t.min_worst_group, v, v >= t.min_worst_group and not acc.missing,
+                                                 over["worst_group"], reason)
     if t.max_latency_ms is not None:
-        out["max_latency_ms"] = ThresholdResult(t.max_latency_ms, p95_ms, p95_ms <= t.max_latency_ms)
+        out["max_latency_ms"] = ThresholdResult(t.max_latency_ms, p95_ms, p95_ms <= t.max_latency_ms,
+                                                over["latency"])
+    if skip_bad:
+        m = t.max_skipped or DEFAULT_MAX_SKIPPED
+        limit = m.limit(n_split)
+        out["max_skipped"] = ThresholdResult(
+            float(limit), float(skipped), skipped <= limit,
+            {"images_in_split": n_split, "max_skipped": m.to_dict(), "limit_images": limit},
+            f"{skipped} of {n_split} images unreadable, over --max-skipped {m.describe()}" if skipped > limit else "")
     return out
 
 
@@ -130,26 +199,37 @@ def verify(
     console: Any = None,
     classifier: Classifier | None = None,
     skip_bad: bool = False,
+    groups: list[str] | None = None,
+    expected_digest: str | None = None,
+    allow_outside_root: bool = False,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> VerifyReport:
     """Load the artifact (or use ``classifier``), index ``split`` of ``dataset`` at ``data``, classify every image
     in batches of ``batch_size`` and build the report. ``workers`` threads decode/preprocess images (default
-    min(4, cpus)); decoding never overlaps a timed model call. ``cuda_graph``: see ``runtime.load``. ``skip_bad``:
-    an unreadable image is left out and listed in ``skipped`` (its batch runs smaller) instead of stopping."""
+    min(4, cpus)); decoding never overlaps a timed model call. ``cuda_graph``, ``expected_digest``, ``max_pixels``:
+    see ``runtime.load``. ``skip_bad``: an unreadable image is left out and listed in ``skipped`` (its batch runs
+    smaller) instead of stopping, up to ``thresholds.max_skipped``. ``groups``: names of a csv's group ids (see
+    ``resolve_groups``). ``allow_outside_root``: see ``runtime.datasets``."""
     if batch_size <= 0:
         raise InputError(f"batch size must be positive, got {batch_size}")
     thresholds = thresholds or Thresholds()
-    clf = classifier or load(artifact, backend=backend, device=device, precision=precision, cuda_graph=cuda_graph)
+    clf = classifier or load(artifact, backend=backend, device=device, precision=precision, cuda_graph=cuda_graph,
+                             expected_digest=expected_digest, max_image_pixels=max_pixels)
+    if classifier is not None and expected_digest is not None:
+        check_digest(clf.root, clf.digest or "not computed (loaded with check_sha256=False)", expected_digest)
     gate = gate_against_fp32(clf) if clf.backend.precision in GATED_AT_VERIFY else None
     names = clf.class_names
-    index = load_index(dataset, Path(data), split, classes=names if dataset == "csv" else None)
+    index = load_index(dataset, Path(data), split, classes=names if dataset == "csv" else None,
+                       allow_outside_root=allow_outside_root)
     if len(index.class_names) != len(names):
         raise ClipDebiasError(
             f"{data}: the {dataset} dataset has {len(index.class_names)} classes {index.class_names}, "
             f"the artifact {len(names)} {names}"
         )
+    group_names, groups_from = resolve_groups(index, clf.group_names, groups)
     records = index.records
     labels = np.array([r.label for r in records], dtype=np.int64)
-    groups = np.array([r.group for r in records], dtype=np.int64)
+    group_ids = np.array([r.group for r in records], dtype=np.int64)
     if labels.min() < 0 or labels.max() >= len(names):
         raise ClipDebiasError(f"{data}: labels outside 0..{len(names) - 1}")
 
@@ -190,8 +270,9 @@ def verify(
                         clf.backend.run(x)
                     warm = True
                 t0 = time.perf_counter()
-                logits, _ = clf.backend.run(x)
+                logits, emb = clf.backend.run(x)
                 latencies.append((time.perf_counter() - t0) * 1000.0)
+                _check_finite(clf, logits, emb, [r for r, a in zip(chunk, arrays) if a is not None])
                 preds[done : done + len(chunk)][ok] = np.asarray(logits).argmax(axis=1)
             done += len(chunk)
             bar.update(task, advance=len(chunk))
@@ -199,11 +280,23 @@ def verify(
     if not kept.any():
         raise ClipDebiasError(f"{data}: none of the {len(records)} images of split '{split}' could be read")
     n = int(kept.sum())
+    skipped = [str(r.path) for r, ok in zip(records, kept) if not ok]
 
-    acc = accuracy_report(preds[kept], labels[kept], groups[kept], index.group_names)
+    acc = accuracy_report(preds[kept], labels[kept], group_ids[kept], group_names, expected=group_names)
     lat = np.asarray(latencies)
     p50, p95, p99 = (float(v) for v in np.percentile(lat, [50, 95, 99]))
-    checks = check_thresholds(thresholds, acc.accuracy, acc.worst_group_accuracy, p95)
+    info = clf.info()
+    over = {
+        "accuracy": {"images": n, "images_in_split": len(records), "skipped": len(skipped),
+                     "statistic": "mean over the images read of [argmax logits == label]"},
+        "worst_group": {"groups": {k: g.n for k, g in acc.groups.items()}, "expected_groups": group_names,
+                        "groups_from": groups_from, "missing": acc.missing,
+                        "statistic": "min over the groups with images of the group's accuracy"},
+        "latency": {"statistic": "p95 of the model time per batch", "batches": len(latencies),
+                    "batch_size": batch_size, "warmup_runs": warmup, "backend": info.get("backend"),
+                    "device": info.get("device"), "precision": info.get("precision")},
+    }
+    checks = check_thresholds(thresholds, acc, p95, over, len(skipped), len(records), skip_bad)
     passed = all(c.passed for c in checks.values()) and (gate is None or gate.passed)
     return VerifyReport(
         accuracy=acc.accuracy,
@@ -221,13 +314,18 @@ def verify(
         n=n,
         batch_size=batch_size,
         n_batches=len(latencies),
-        backend=clf.info(),
+        backend=info,
         end_to_end_per_s=float(n / max(wall, 1e-9)),
         class_names=names,
         dataset_class_names=list(index.class_names),
         class_names_match=list(index.class_names) == names,
-        skipped=[str(r.path) for r, ok in zip(records, kept) if not ok],
+        skipped=skipped,
         precision_gate=gate.to_dict() if gate is not None else None,
+        n_split=len(records),
+        expected_groups=group_names,
+        groups_from=groups_from,
+        missing_groups=acc.missing,
+        artifact_digest=clf.digest,
     )
 
 
@@ -235,3 +333,12 @@ def gate_against_fp32(clf: Classifier) -> GateResult:
     """``clf`` (reduced precision) vs the same artifact's fp32 graph on ONNX Runtime CPU, on the gate batch."""
     reference = load(clf.root, backend="onnxruntime", device="cpu", precision="fp32")
     return precision_gate(clf, reference)
+
+
+def _check_finite(clf: Classifier, logits: np.ndarray, emb: np.ndarray, records: list[Any]) -> None:
+    """``Classifier.check_outputs``, the error naming the image instead of the batch item."""
+    try:
+        clf.check_outputs(logits, emb)
+    except InputError as e:
+        bad = np.flatnonzero(~(np.isfinite(logits).all(axis=1) & np.isfinite(emb).all(axis=1)))
+        raise InputError(f"{records[int(bad[0])].path}: {e}") from None

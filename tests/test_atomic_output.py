@@ -1,29 +1,35 @@
-"""clip_debias.runtime.atomic_output and its writers: never replace a directory that is not ours, the cwd or a path under a file;
-replace our own output atomically; leave the old output on failure; give outputs the umask's permissions."""
+"""clip_debias.runtime.atomic_output / ownership: a folder is ours by its marker (kind, format, command, the sha256 of
+every file), never by a file name; a command replaces only an untouched folder of ours of the same kind and deletes
+only the files it listed; single files are ours by their own format; stale staging of a killed run is cleaned up and
+said; the old output survives a failure; outputs get the umask's permissions."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
 import pytest
-import torch
-from typer.testing import CliRunner
 
-from clip_debias.runtime.atomic_output import atomic_file, staged_directory, write_atomic
+from clip_debias.runtime.atomic_output import (atomic_file, check_file_target, claim_directory, staged_directory,
+                                               write_atomic)
 from clip_debias.runtime.errors import ClipDebiasError
+from clip_debias.runtime.ownership import (FOLDER_KINDS, MARKER_NAME, SKIPPED_HEADER, file_is_ours, host_id,
+                                           new_marker, read_marker, set_command)
 
-MARK = "marker.json"
+KIND = "artifact"
 
 
-def write_ours(out: Path, text: str) -> Path:
-    with staged_directory(out, MARK, "a test output") as tmp:
-        (tmp / "data.txt").write_text(text)
+def write_ours(out: Path, text: str, kind: str = KIND) -> Path:
+    with staged_directory(out, kind, complete="data.txt") as tmp:
         (tmp / "sub").mkdir()
         (tmp / "sub" / "x.bin").write_bytes(b"x")
-        (tmp / MARK).write_text("{}")
+        (tmp / "data.txt").write_text(text)
     return out
 
 
@@ -31,12 +37,26 @@ def litter(parent: Path) -> list[str]:
     return sorted(p.name for p in parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
 
 
-def tree(root: Path) -> list[str]:
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every path under ``root`` with its bytes (None for a folder): 'byte-identical afterwards'."""
+    return {p.relative_to(root).as_posix(): (None if p.is_dir() else p.read_bytes()) for p in sorted(root.rglob("*"))}
 
 
 def mode(p: Path) -> int:
     return stat.S_IMODE(p.stat().st_mode)
+
+
+def one_line(e: pytest.ExceptionInfo) -> str:
+    text = str(e.value)
+    assert "\n" not in text
+    return text
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
 
 
 @pytest.fixture
@@ -49,15 +69,19 @@ def umask_027() -> Iterator[None]:
 
 
 @pytest.fixture
-def foreign(tmp_path: Path) -> Path:
-    d = tmp_path / "mine"
-    d.mkdir()
-    (d / "notes.txt").write_text("keep me")
-    return d
+def notices(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.INFO, logger="clip_debias.output")
+    return caplog
 
 
+# ---- folders --------------------------------------------------------------------------------------------------------
 def test_writes_and_replaces_our_own_output(tmp_path: Path) -> None:
+    set_command(["export", "onnx", "m", "--out", "out"])
     out = write_ours(tmp_path / "out", "one")
+    marker = read_marker(out)
+    assert marker is not None and marker.kind == KIND and marker.state == "complete" and marker.format == 1
+    assert marker.command == "clip-debias export onnx m --out out" and marker.pid == os.getpid()
+    assert set(marker.files) == {"data.txt", "sub/x.bin"}  # every file but the marker, with its sha256
     write_ours(out, "two")
     assert (out / "data.txt").read_text() == "two" and (out / "sub" / "x.bin").is_file()
     assert litter(tmp_path) == []
@@ -65,154 +89,229 @@ def test_writes_and_replaces_our_own_output(tmp_path: Path) -> None:
 
 def test_empty_directory_is_replaced(tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
-    assert (write_ours(tmp_path / "out", "x") / MARK).is_file()
+    assert (write_ours(tmp_path / "out", "x") / MARKER_NAME).is_file()
 
 
-def test_foreign_directory_refused_and_untouched(foreign: Path) -> None:
-    with pytest.raises(ClipDebiasError, match=r"mine: exists, is not empty and has no marker\.json; refusing") as e:
-        write_ours(foreign, "x")
-    assert "\n" not in str(e.value)
-    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"] and litter(foreign.parent) == []
+@pytest.mark.parametrize("kind", sorted(FOLDER_KINDS))
+def test_project_folder_with_our_file_name_refused_byte_identical(tmp_path: Path, kind: str) -> None:
+    """The issue's case: a project folder holding the file name an output of that kind used to be recognised by
+    (manifest.json, config.json, lab.json, config.pbtxt, ...) and a src/ folder is not replaced."""
+    proj = tmp_path / "proj"
+    (proj / "src").mkdir(parents=True)
+    (proj / "src" / "main.py").write_text("print(1)")
+    legacy = FOLDER_KINDS[kind][1]
+    if legacy:
+        (proj / legacy).write_text('{"name": "proj"}')
+    before = snapshot(tmp_path)
+    with pytest.raises(ClipDebiasError, match=f"has no {MARKER_NAME}: not {FOLDER_KINDS[kind][0]}; refusing") as e:
+        write_ours(proj, "x", kind)
+    one_line(e)
+    assert snapshot(tmp_path) == before
+
+
+def test_our_folder_with_a_user_file_is_not_replaced(tmp_path: Path) -> None:
+    out = write_ours(tmp_path / "out", "one")
+    (out / "sub" / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    with pytest.raises(ClipDebiasError, match=r"holds sub/notes.txt, which clip-debias did not write; refusing") as e:
+        write_ours(out, "two")
+    one_line(e)
+    assert snapshot(tmp_path) == before
+
+
+def test_our_folder_with_a_changed_file_is_not_replaced(tmp_path: Path) -> None:
+    out = write_ours(tmp_path / "out", "one")
+    (out / "data.txt").write_text("edited by the user")
+    before = snapshot(tmp_path)
+    with pytest.raises(ClipDebiasError, match=r"data.txt: changed since clip-debias wrote it; refusing to replace"):
+        write_ours(out, "two")
+    assert snapshot(tmp_path) == before
+
+
+def test_other_kind_and_damaged_marker_refused(tmp_path: Path) -> None:
+    out = write_ours(tmp_path / "out", "one", kind="model")
+    before = snapshot(tmp_path)
+    with pytest.raises(ClipDebiasError, match="is a model directory written by 'clip-debias build', not "
+                                              "an artifact"):
+        write_ours(out, "two", kind=KIND)
+    marker = out / MARKER_NAME
+    marker.write_text(marker.read_text().replace('"model"', '"artifact"'))  # a hand-edited kind: check sum differs
+    before = snapshot(tmp_path)
+    with pytest.raises(ClipDebiasError, match="is damaged .*its check sum differs"):
+        write_ours(out, "two", kind=KIND)
+    assert snapshot(tmp_path) == before
 
 
 @pytest.mark.parametrize("rel", [".", "..", "sub/.."])
 def test_cwd_and_its_parents_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rel: str) -> None:
-    work = tmp_path / "work"
-    (work / "sub").mkdir(parents=True)
-    (work / MARK).write_text("{}")  # even a directory that looks like ours
-    (work / "f.txt").write_text("keep")
-    monkeypatch.chdir(work)
+    work = write_ours(tmp_path / "work", "x")  # even a directory of ours
+    (work / "sub2").mkdir()
+    monkeypatch.chdir(work / "sub2" if rel == "sub/.." else work)
+    before = snapshot(tmp_path)
     with pytest.raises(ClipDebiasError, match="is the current directory or one of its parents; refusing"):
-        write_ours(Path(rel), "x")
-    assert (work / "f.txt").read_text() == "keep" and litter(work) == litter(tmp_path) == []
+        write_ours(Path(rel if rel != "sub/.." else "../sub2/.."), "y")
+    assert snapshot(tmp_path) == before
 
 
-def test_output_that_is_a_file_or_under_a_file_refused(tmp_path: Path) -> None:
+def test_output_that_is_a_file_a_link_or_under_a_file_refused(tmp_path: Path) -> None:
     f = tmp_path / "afile"
     f.write_text("keep")
     with pytest.raises(ClipDebiasError, match="afile: exists and is not a directory"):
         write_ours(f, "x")
-    for target in (f / "out", f / "a" / "b"):
+    target = write_ours(tmp_path / "real", "x")
+    (tmp_path / "link").symlink_to(target)
+    with pytest.raises(ClipDebiasError, match="link: exists and is not a directory"):
+        write_ours(tmp_path / "link", "y")
+    for t in (f / "out", f / "a" / "b"):
         with pytest.raises(ClipDebiasError, match=r"afile: is a file, not a directory \(cannot write .* under it\)"):
-            write_ours(target, "x")
+            write_ours(t, "x")
         with pytest.raises(ClipDebiasError, match="afile: is a file, not a directory"):
-            write_atomic(target, "x")
+            write_atomic(t, "x", "locate-plan")
     assert f.read_text() == "keep" and litter(tmp_path) == []
 
 
 def test_failure_mid_write_keeps_old_output(tmp_path: Path) -> None:
     out = write_ours(tmp_path / "out", "old")
     with pytest.raises(RuntimeError, match="crash"):
-        with staged_directory(out, MARK, "a test output") as tmp:
+        with staged_directory(out, KIND, complete="data.txt") as tmp:
             (tmp / "data.txt").write_text("half")
             raise RuntimeError("crash")
-    with pytest.raises(ClipDebiasError, match="finished without writing marker.json; nothing was replaced"):
-        with staged_directory(out, MARK, "a test output") as tmp:
-            (tmp / "data.txt").write_text("no marker")
+    with pytest.raises(ClipDebiasError, match="finished without writing data.txt; nothing was replaced"):
+        with staged_directory(out, KIND, complete="data.txt") as tmp:
+            (tmp / "other.txt").write_text("no completion file")
     assert (out / "data.txt").read_text() == "old" and litter(tmp_path) == []
+
+
+def test_a_file_appearing_during_the_run_is_kept(tmp_path: Path, notices: pytest.LogCaptureFixture) -> None:
+    """A user file that appears in the old output while the new one is written: the pre-swap check refuses."""
+    out = write_ours(tmp_path / "out", "old")
+    with pytest.raises(ClipDebiasError, match="holds late.txt, which clip-debias did not write"):
+        with staged_directory(out, KIND, complete="data.txt") as tmp:
+            (tmp / "data.txt").write_text("new")
+            (out / "late.txt").write_text("mine")
+    assert (out / "late.txt").read_text() == "mine" and (out / "data.txt").read_text() == "old"
+    assert litter(tmp_path) == []
 
 
 def test_umask_permissions(tmp_path: Path, umask_027: None) -> None:
     out = write_ours(tmp_path / "out", "x")
     assert mode(out) == mode(out / "sub") == 0o750
-    assert mode(out / "data.txt") == mode(out / "sub" / "x.bin") == 0o640
-    f = write_atomic(tmp_path / "f.json", "{}")
+    assert mode(out / "data.txt") == mode(out / "sub" / "x.bin") == mode(out / MARKER_NAME) == 0o640
+    f = write_atomic(tmp_path / "f.json", "{}", "locate-plan")
     assert mode(f) == 0o640
     os.umask(0o002)
     write_ours(out, "y")
     assert mode(out) == 0o775 and mode(out / "data.txt") == 0o664
 
 
-def test_atomic_file(tmp_path: Path) -> None:
-    path = write_atomic(tmp_path / "new" / "r.json", "one")
-    write_atomic(path, b"two")
-    assert path.read_text() == "two" and mode(path) == 0o666 & ~_umask()
+# ---- stale staging of a killed run ----------------------------------------------------------------------------------
+def _stage(out: Path, role: str, pid: int, marker_kind: str | None, state: str = "staging") -> Path:
+    d = out.with_name(f".{out.name}.{role}-{host_id()}-{pid}-0123abcd")
+    d.mkdir()
+    (d / "part.bin").write_bytes(b"partial")
+    if marker_kind is not None:
+        files = None if state == "staging" else {"part.bin": __import__("hashlib").sha256(b"partial").hexdigest()}
+        new_marker(marker_kind, files, state=state).write(d)
+    return d
+
+
+def test_stale_staging_folder_removed_and_said(tmp_path: Path, notices: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "art"
+    stale = _stage(out, "tmp", dead_pid(), KIND)
+    foreign = _stage(out, "tmp", dead_pid(), None)  # our name pattern but no marker: not ours, left alone
+    other = _stage(out, "tmp", dead_pid(), "model")  # a marker of another kind: left alone
+    alive = _stage(out, "tmp", os.getppid(), KIND)  # its writer still runs: left alone
+    write_ours(out, "x")
+    assert not stale.exists() and foreign.exists() and other.exists() and alive.exists()
+    assert any(f"removed {stale}, the staging folder of a killed run" in r.message for r in notices.records)
+    assert any("is being written by a running process" in r.message for r in notices.records)
+
+
+def test_set_aside_output_restored_when_target_missing(tmp_path: Path, notices: pytest.LogCaptureFixture) -> None:
+    """Killed between moving the old output aside and renaming the new one in: the next run puts it back first."""
+    out = tmp_path / "art"
+    old = _stage(out, "old", dead_pid(), KIND, state="complete")
     with pytest.raises(RuntimeError):
-        with atomic_file(path) as tmp:
+        with staged_directory(out, KIND):
+            raise RuntimeError("this run fails too")
+    assert (out / "part.bin").read_bytes() == b"partial" and not old.exists()
+    assert any("restored" in r.message for r in notices.records)
+
+
+def test_stale_partial_file_removed(tmp_path: Path, notices: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "plan.json"
+    partial = tmp_path / f".plan.json.tmp-{host_id()}-{dead_pid()}-0123abcd"
+    partial.write_text("{")
+    write_atomic(path, "{}", "locate-plan")
+    assert not partial.exists() and any("a partial file left by a killed run" in r.message for r in notices.records)
+
+
+# ---- in place (the demo) ------------------------------------------------------------------------------------------
+def test_claim_directory(tmp_path: Path) -> None:
+    d = claim_directory(tmp_path / "demo", "demo")
+    assert read_marker(d).kind == "demo" and read_marker(d).files is None
+    (d / "x.txt").write_text("mine")
+    assert claim_directory(d, "demo") == d  # ours: reused, nothing removed
+    assert (d / "x.txt").read_text() == "mine"
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "plan.json").write_text("{}")
+    before = snapshot(tmp_path)
+    with pytest.raises(ClipDebiasError, match="user: exists, is not empty and has no clip-debias-output.json: not a "
+                                              "demo folder"):
+        claim_directory(user, "demo")
+    with pytest.raises(ClipDebiasError, match="refusing to replace it as a whole"):
+        write_ours(d, "x", kind="demo")
+    assert snapshot(tmp_path) == before
+
+
+# ---- single files -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind, ours", [
+    ("locate-plan", json.dumps({"spurious": [], "salient": [], "n_wrong_grid": [], "n_correct_grid": [],
+                                "threshold": 0.1})),
+    ("verify-report", json.dumps({"report": "clip-debias verify"})),
+    ("compare-file", json.dumps({"rows": [{"method": "zero-shot", "accuracy": 1, "worst_group_accuracy": 1}]})),
+    ("report-html", '<!DOCTYPE html>\n<html><head><meta name="generator" content="clip-debias report">'),
+    ("skipped-list", SKIPPED_HEADER + "\na.png\tfile not found\n"),
+])
+def test_single_file_replaced_only_when_ours(tmp_path: Path, kind: str, ours: str) -> None:
+    mine = tmp_path / "mine.txt"
+    mine.write_text("my notes")
+    with pytest.raises(ClipDebiasError, match="mine.txt: exists and is not .*; refusing to overwrite it .*--force") \
+            as e:
+        write_atomic(mine, ours, kind)
+    one_line(e)
+    assert mine.read_text() == "my notes" and litter(tmp_path) == []
+    write_atomic(mine, ours, kind, force=True)  # --force: replaced
+    assert file_is_ours(mine, kind)
+    write_atomic(mine, ours, kind)  # ours now: replaced without --force
+    assert mine.read_text() == ours
+
+
+def test_decomposition_cache_and_figure_are_recognised(tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from clip_debias.toolchain.figures import save_figure
+
+    fig, ax = plt.subplots()
+    png = save_figure(fig, tmp_path / "a.png", "locate")
+    assert file_is_ours(png, "figure")
+    fig, ax = plt.subplots()
+    fig.savefig(tmp_path / "b.png")  # matplotlib's own Software text: not ours
+    assert not file_is_ours(tmp_path / "b.png", "figure")
+    with pytest.raises(ClipDebiasError, match="b.png: exists and is not a PNG figure written by clip-debias"):
+        check_file_target(tmp_path / "b.png", "figure")
+
+
+def test_atomic_file(tmp_path: Path) -> None:
+    path = write_atomic(tmp_path / "new" / "r.json", "{}", "verify-report", force=True)
+    with pytest.raises(RuntimeError):
+        with atomic_file(path, "verify-report", force=True) as tmp:
             tmp.write_text("half")
             raise RuntimeError("crash")
-    assert path.read_text() == "two" and litter(path.parent) == []
+    assert path.read_text() == "{}" and litter(path.parent) == []
     with pytest.raises(ClipDebiasError, match="new: is a directory \\(expected a file path\\)"):
-        write_atomic(tmp_path / "new", "x")
-
-
-def _umask() -> int:
-    m = os.umask(0o022)
-    os.umask(m)
-    return m
-
-
-# ---- the writers --------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def model(tiny_clip):
-    from clip_debias.toolchain.correct.classifier import plain_classifier
-
-    return plain_classifier(tiny_clip, ["a", "b", "c"])
-
-
-@pytest.fixture(scope="module")
-def artifact(model, tmp_path_factory) -> Path:
-    from clip_debias.exporters.onnx_export import export_onnx
-
-    return export_onnx(model, tmp_path_factory.mktemp("a") / "art", ort_optimize=False)
-
-
-def test_classifier_save(model, foreign: Path, artifact: Path, tmp_path: Path, umask_027: None) -> None:
-    from clip_debias.toolchain.correct.classifier import DebiasedClassifier
-
-    out = model.save(tmp_path / "model")
-    model.save(out)  # our own model: replaced
-    assert mode(out) == 0o750 and mode(out / "model.safetensors") == 0o640
-    assert DebiasedClassifier.load(out).spec.class_names == ["a", "b", "c"]
-    before = tree(tmp_path) + tree(artifact)
-    for bad, why in ((foreign, "has no config.json; refusing"), (artifact, "has no config.json; refusing"),
-                     (foreign / "notes.txt" / "m", "is a file, not a directory")):
-        with pytest.raises(ClipDebiasError, match=why):
-            model.save(bad)
-    assert tree(tmp_path) + tree(artifact) == before
-    assert (foreign / "notes.txt").read_text() == "keep me" and (artifact / "model.onnx").is_file()
-
-
-def test_export_onnx_refusals(model, tmp_path: Path) -> None:
-    from clip_debias.exporters.onnx_export import export_onnx
-
-    (tmp_path / "afile").write_text("keep")
-    with pytest.raises(ClipDebiasError, match="afile: is a file"):
-        export_onnx(model, tmp_path / "afile" / "art", ort_optimize=False)
-
-
-def test_triton_refusals(artifact: Path, foreign: Path, tmp_path: Path) -> None:
-    from clip_debias.exporters.triton import export_triton
-    from clip_debias.toolchain.cli.app import app
-
-    with pytest.raises(ClipDebiasError, match="mine: exists, is not empty and has no config.pbtxt; refusing"):
-        export_triton(artifact, foreign.parent, name="mine")
-    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
-    (tmp_path / "afile").write_text("keep")
-    res = CliRunner().invoke(app, ["export", "triton", str(artifact), "--repo", str(tmp_path / "afile")])
-    assert res.exit_code == 2 and res.output.strip().count("\n") == 0, res.output
-    assert "afile: is a file, not a directory" in res.output and "Traceback" not in res.output
-
-
-def test_decompose_cache_permissions(tiny_clip, tmp_path: Path) -> None:
-    from clip_debias.toolchain.decompose.cache import DecompositionCache, load_cache, save_cache
-
-    c = DecompositionCache(heads=torch.zeros(2, 1, 4, 32), rest=torch.zeros(2, 32), labels=torch.tensor([0, 1]),
-                           groups=torch.tensor([0, 1]), layers=[3], identity=tiny_clip.identity, dataset="csv",
-                           split="val", class_names=["a", "b"], group_names=["g0", "g1"])
-    path = save_cache(tmp_path / "c.safetensors", c)
-    assert mode(path) == 0o666 & ~_umask() and len(load_cache(path)) == 2
-    with pytest.raises(ClipDebiasError, match="c.safetensors: is a file"):
-        save_cache(path / "x.safetensors", c)
-
-
-def test_lab_data_overwrite_refuses_foreign(foreign: Path, tmp_path: Path) -> None:
-    from clip_debias.toolchain.lab.data import make_lab_data
-
-    args = dict(n_train=8, n_val=0, n_test=0, workers=1)
-    out = make_lab_data(tmp_path / "d", **args)
-    make_lab_data(out, overwrite=True, **args)  # our own data set: replaced
-    assert (out / "lab.json").is_file() and litter(tmp_path) == []
-    with pytest.raises(ClipDebiasError, match="has no lab.json; refusing"):
-        make_lab_data(foreign, overwrite=True, **args)
-    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+        write_atomic(tmp_path / "new", "x", "verify-report")

@@ -11,6 +11,8 @@ import torch
 from PIL import Image
 
 from clip_debias.runtime.datasets import load_index
+from clip_debias.runtime.limits import MaxSkipped
+from clip_debias.runtime.ownership import SKIPPED_HEADER
 from clip_debias.toolchain.datasets import iter_batches
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.models.loading import load_clip
@@ -341,12 +343,15 @@ def test_skip_bad_writes_log(tmp_path: Path, preprocess, capsys) -> None:
     bad_images(tmp_path)
     index = load_index("csv", tmp_path, "train")
     log = tmp_path / "logs" / "skipped.txt"
-    batches = iter_batches(index, preprocess, batch_size=2, skip_bad=True, skipped_log=log, progress=False)
+    batches = iter_batches(index, preprocess, batch_size=2, skip_bad=True, skipped_log=log, progress=False,
+                           max_skipped=MaxSkipped(count=3))
     out = list(batches)
     assert [b.paths for b in out] == [[str(tmp_path / "good0.png")], [str(tmp_path / "good1.jpg")]]
     assert torch.cat([b.indices for b in out]).tolist() == batches.kept == [0, 4]
     assert [r.path.name for r in batches.loaded_records()] == ["good0.png", "good1.jpg"]
-    logged = [line.split("\t") for line in log.read_text().splitlines()]
+    header, *lines = log.read_text().splitlines()
+    assert header == SKIPPED_HEADER  # what makes the list recognisably ours (runtime.ownership)
+    logged = [line.split("\t") for line in lines]
     assert [Path(p).name for p, _ in logged] == ["corrupt.png", "missing.png", "truncated.jpg"]
     assert logged[1][1] == "file not found" and "truncated" in logged[2][1].lower()
     assert f"skipped 3 unreadable image(s) of 5 (listed in {log})\n" == capsys.readouterr().err
@@ -356,5 +361,21 @@ def test_skip_bad_with_nothing_readable(tmp_path: Path, preprocess) -> None:
     write(tmp_path / "data.csv", "path,label\nmissing.png,0\n")
     index = load_index("csv", tmp_path, "train")
     assert "none of the 1 images of split 'train' could be read" in error(
-        lambda: list(iter_batches(index, preprocess, skip_bad=True, progress=False))
+        lambda: list(iter_batches(index, preprocess, skip_bad=True, progress=False,
+                                  max_skipped=MaxSkipped(fraction=1.0)))
     )
+
+
+def test_too_many_skipped_stops_early_with_one_line(tmp_path: Path, preprocess) -> None:
+    """More unreadable images than --max-skipped allows (default 1 %: none of 5) stop the run at the batch that
+    crosses the limit, with the list written so far."""
+    bad_images(tmp_path)
+    index = load_index("csv", tmp_path, "train")
+    log = tmp_path / "skipped.txt"
+    message = error(lambda: list(iter_batches(index, preprocess, batch_size=2, skip_bad=True, skipped_log=log,
+                                              progress=False)))
+    assert message.startswith(f"{tmp_path}: 1 unreadable image(s) of 5 in split 'train' so far, over --max-skipped "
+                              "1% of the images (0 image(s))")
+    assert log.read_text().splitlines()[1].startswith(str(tmp_path / "corrupt.png"))
+    assert "over --max-skipped 1 image(s)" in error(lambda: list(iter_batches(
+        index, preprocess, batch_size=2, skip_bad=True, progress=False, max_skipped=MaxSkipped(count=1))))

@@ -20,6 +20,7 @@ from clip_debias.runtime import parity
 from clip_debias.runtime.backends import ort_session
 from clip_debias.runtime.errors import ClipDebiasError
 from clip_debias.runtime.manifest import MANIFEST_NAME, Manifest
+from clip_debias.runtime.ownership import MARKER_NAME
 from clip_debias.toolchain.correct.classifier import DebiasedClassifier, plain_classifier
 from clip_debias.toolchain.correct.edits import orthonormal_basis
 
@@ -161,7 +162,7 @@ def test_manifest_fields_and_hashes(tiny_edited, tiny_both):
     assert (("model.ort.onnx", "onnx-ort", "fp32") in kinds) == tiny_both.ort_kept
     for f in m.files:
         assert hashlib.sha256((art / f.path).read_bytes()).hexdigest() == f.sha256
-    assert sorted(p.name for p in art.iterdir()) == sorted([MANIFEST_NAME] + [f.path for f in m.files])
+    assert sorted(p.name for p in art.iterdir()) == sorted([MANIFEST_NAME, MARKER_NAME] + [f.path for f in m.files])
 
 
 def test_graph_io_matches_manifest(tiny_both):
@@ -284,7 +285,7 @@ def test_int8_quantizes_block_linears_and_runs_on_cpu(tiny_clip, tiny_edited, tm
     with pytest.raises(BackendError, match="CPU provider only"):
         runtime.load(rep.artifact, precision="int8", device="cuda")
     only = export_onnx(tiny_edited, tmp_path / "only", precision="int8", ort_optimize=False)
-    assert sorted(p.name for p in only.iterdir()) == ["manifest.json", "model.int8.onnx"]
+    assert sorted(p.name for p in only.iterdir()) == [MARKER_NAME, "manifest.json", "model.int8.onnx"]
     with pytest.raises(ClipDebiasError, match="no onnx fp32 model listed"):
         runtime.load(only)
 

@@ -11,16 +11,17 @@ from pathlib import Path
 
 import pytest
 
+from clip_debias.runtime.ownership import MARKER_NAME
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.lab import LAB_RECIPE, LAB_WEIGHTS
 from clip_debias.toolchain.lab.data import group_counts, make_lab_data, read_metadata
 
 
 def _digest(root: Path) -> str:
-    """sha256 over every file's relative path and bytes."""
+    """sha256 over every file's relative path and bytes (but the output marker's)."""
     h = hashlib.sha256()
     for p in sorted(root.rglob("*")):
-        if p.is_file():
+        if p.is_file() and p.name != MARKER_NAME:  # the marker records when and by which process
             h.update(str(p.relative_to(root)).encode())
             h.update(p.read_bytes())
     return h.hexdigest()

@@ -235,9 +235,9 @@ def test_tampered_model_refused(art, tmp_path):
     path = _copy(art, tmp_path)
     with open(path / "model.onnx", "ab") as f:
         f.write(b"\0")
-    with pytest.raises(ArtifactError, match=r"model\.onnx: sha256 .* does not match manifest\.json"):
-        runtime.load(path, device="cpu", use_ort_optimized=False)
-    runtime.load(path, device="cpu")  # only the file that is loaded is hashed
+    for ort_optimized in (False, True):  # every listed file is hashed, not only the one that is loaded
+        with pytest.raises(ArtifactError, match=r"model\.onnx: sha256 .* does not match manifest\.json"):
+            runtime.load(path, device="cpu", use_ort_optimized=ort_optimized)
 
 
 @pytest.mark.parametrize(

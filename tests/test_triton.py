@@ -12,6 +12,7 @@ from clip_debias.exporters.onnx_export import export_onnx
 from clip_debias.exporters.triton import export_triton, preferred_batch_sizes
 from clip_debias.runtime.errors import ClipDebiasError
 from clip_debias.runtime.manifest import MANIFEST_NAME, Manifest
+from clip_debias.runtime.ownership import MARKER_NAME
 from clip_debias.toolchain.correct.classifier import plain_classifier
 
 IO_CONFIG = """\
@@ -99,7 +100,7 @@ def test_onnx_repository_exact_config(artifact, tmp_path):
     assert (target / "1" / "model.onnx").read_bytes() == (artifact / "model.onnx").read_bytes()
     assert (target / MANIFEST_NAME).read_text() == (artifact / MANIFEST_NAME).read_text()
     assert sorted(p.relative_to(target).as_posix() for p in target.rglob("*")) == \
-        ["1", "1/model.onnx", "config.pbtxt", MANIFEST_NAME]
+        ["1", "1/model.onnx", MARKER_NAME, "config.pbtxt", MANIFEST_NAME]
     assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["clip_debias"]
 
 

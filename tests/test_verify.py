@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from clip_debias.runtime.errors import InputError
+from clip_debias.runtime.limits import MaxSkipped
 from clip_debias.runtime.verify import Thresholds, verify
 from runtime_fixtures import build_artifact, build_csv_dataset, build_waterbirds
 
@@ -55,7 +56,7 @@ def test_verify_numbers_equal_direct_computation(setup, batch_size):
     assert not r.thresholds["min_worst_group"].passed and not r.passed
     d = json.loads(r.to_json())
     assert REPORT_KEYS <= set(d) and set(d["latency_ms"]) >= {"p50", "p95", "p99"}
-    assert set(d["thresholds"]["min_accuracy"]) == {"threshold", "value", "passed"}
+    assert set(d["thresholds"]["min_accuracy"]) == {"threshold", "value", "passed", "over", "reason"}
 
 
 def test_verify_csv_dataset_three_classes(tmp_path):
@@ -175,3 +176,122 @@ def test_cli_entry_point_subprocess(setup, tmp_path):
     r = run(art.path, "--data", data)  # a usage error from typer itself: one line too, no traceback
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "error: clip-debias verify: Missing option '--dataset'. (see clip-debias verify --help)"], r.stderr
+
+
+# ------------------------------------------------------------------------------------------------------------
+# gates that cannot pass by omission
+# ------------------------------------------------------------------------------------------------------------
+def _drop_group(data: Path, group: int, out: Path) -> Path:
+    """A copy of the fixture's metadata.csv without the test images of ``group`` (images shared by path)."""
+    import csv
+
+    out.mkdir()
+    rows = list(csv.DictReader(open(data / "metadata.csv")))
+    keep = [r for r in rows if not (r["split"] == "2" and 2 * int(r["y"]) + int(r["place"]) == group)]
+    with open(out / "metadata.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in keep:
+            w.writerow({**r, "img_filename": str(data / r["img_filename"])})
+    return out
+
+
+def test_missing_group_fails_the_worst_group_gate(setup, tmp_path):
+    """The issue's false PASS: without the worst group's images the minimum over the groups present rises above the
+    threshold. verify knows the dataset's four groups: the missing one is listed with n = 0 and the gate FAILS."""
+    art, data, images = setup
+    _, worst, table = _expected(art, images)
+    worst_name = min(table, key=lambda k: table[k][1])
+    names = ["landbird/land", "landbird/water", "waterbird/land", "waterbird/water"]
+    dropped = _drop_group(data, names.index(worst_name), tmp_path / "d")
+    second = min(a for k, (_, a) in table.items() if k != worst_name)
+    assert second > worst  # so the threshold below separates them
+    r = verify(art.path, "waterbirds", dropped, progress=False, allow_outside_root=True,
+               thresholds=Thresholds(min_worst_group=second))
+    assert r.worst_group_accuracy == pytest.approx(second) and r.missing_groups == [worst_name]
+    assert r.groups[worst_name] == {"n": 0, "accuracy": None} and list(r.groups) == names
+    t = r.thresholds["min_worst_group"]
+    assert not t.passed and not r.passed and worst_name in t.reason
+    assert t.over["missing"] == [worst_name] and t.over["expected_groups"] == names
+    assert t.over["groups_from"] == "dataset"
+    res = _cli([art.path, "--dataset", "waterbirds", "--data", dropped, "--no-progress", "--allow-outside-root",
+                "--min-worst-group", second])
+    assert res.exit_code == 1
+    assert f"FAIL min_worst_group: group(s) {worst_name} have no image" in " ".join(res.output.split())
+
+
+def test_group_emptied_by_skip_bad_fails(setup, tmp_path):
+    art, data, images = setup
+    test = [im for im in images if im.split == "test"]
+    group = test[0].group
+    for im in test:
+        if im.group == group:
+            im.path.rename(im.path.with_suffix(".gone"))
+    try:
+        r = verify(art.path, "waterbirds", data, progress=False, skip_bad=True,
+                   thresholds=Thresholds(min_worst_group=0.0, max_skipped=MaxSkipped(fraction=0.5)))
+    finally:
+        for im in test:
+            if im.group == group:
+                im.path.with_suffix(".gone").rename(im.path)
+    assert r.n == 9 and len(r.skipped) == 3 and r.thresholds["max_skipped"].passed
+    assert not r.thresholds["min_worst_group"].passed and r.missing_groups == [list(r.groups)[group]]
+
+
+def test_too_many_skipped_images_fail(tmp_path):
+    """36 of 40 images unreadable passed before; now --max-skipped (default 1 %) fails it, and says over what."""
+    names = ("cat", "dog", "fox")
+    art = build_artifact(tmp_path / "a", class_names=names, group_names=(), fp16=False, size=(16, 20), seed=3)
+    images = build_csv_dataset(tmp_path / "d", names, n=40, split="val")
+    for im in images[4:40]:
+        im.path.write_bytes(b"not an image")
+    r = verify(art.path, "csv", tmp_path / "d", "val", progress=False, skip_bad=True,
+               thresholds=Thresholds(min_accuracy=0.0))
+    t = r.thresholds["max_skipped"]
+    assert not r.passed and not t.passed and t.value == 36 and t.threshold == 0  # floor(1 % of 40)
+    assert t.over == {"images_in_split": 40, "max_skipped": {"count": None, "fraction": 0.01}, "limit_images": 0}
+    assert r.thresholds["min_accuracy"].over["images"] == 4 and r.thresholds["min_accuracy"].over["skipped"] == 36
+    ok = verify(art.path, "csv", tmp_path / "d", "val", progress=False, skip_bad=True,
+                thresholds=Thresholds(max_skipped=MaxSkipped(count=36)))
+    assert ok.thresholds["max_skipped"].passed
+    base = [art.path, "--dataset", "csv", "--data", tmp_path / "d", "--split", "val", "--no-progress", "--skip-bad"]
+    assert _cli(base).exit_code == 1
+    assert _cli([*base, "--max-skipped", "90%"]).exit_code == 0
+    res = _cli([art.path, "--dataset", "csv", "--data", tmp_path / "d", "--max-skipped", "5"])
+    assert res.exit_code == 2 and "--max-skipped applies with --skip-bad" in res.output
+
+
+def test_every_threshold_says_what_it_was_computed_over(setup):
+    art, data, _ = setup
+    r = verify(art.path, "waterbirds", data, progress=False, batch_size=5,
+               thresholds=Thresholds(min_accuracy=0.0, min_worst_group=0.0, max_latency_ms=1e6))
+    over = {k: v.over for k, v in r.thresholds.items()}
+    assert over["min_accuracy"]["images"] == 12 and over["min_accuracy"]["images_in_split"] == 12
+    assert over["min_worst_group"]["groups"] == {k: v["n"] for k, v in r.groups.items()}
+    assert over["max_latency_ms"]["batches"] == 3 and over["max_latency_ms"]["batch_size"] == 5
+    assert set(json.loads(r.to_json())["thresholds"]["min_accuracy"]) == {"threshold", "value", "passed", "over",
+                                                                          "reason"}
+
+
+def test_csv_expected_groups(tmp_path):
+    """csv with a group column: --groups names its ids, else the manifest's names, else group_N; a csv without one:
+    its classes. A name given for an id the split lacks is a missing group."""
+    names = ("cat", "dog", "fox")
+    art = build_artifact(tmp_path / "a", class_names=names, group_names=("g0", "g1", "g2", "g3"), fp16=False,
+                         size=(16, 20), seed=3)
+    build_csv_dataset(tmp_path / "d", names, n=10, split="val")  # group ids 0..2
+    r = verify(art.path, "csv", tmp_path / "d", "val", progress=False, thresholds=Thresholds(min_worst_group=0.0))
+    assert r.groups_from == "manifest" and r.missing_groups == ["g3"] and not r.passed
+    r = verify(art.path, "csv", tmp_path / "d", "val", progress=False, groups=["x", "y", "z"],
+               thresholds=Thresholds(min_worst_group=0.0))
+    assert r.groups_from == "--groups" and list(r.groups) == ["x", "y", "z"] and r.passed
+    with pytest.raises(InputError, match="--groups x,y: expected 3 or more distinct names"):
+        verify(art.path, "csv", tmp_path / "d", "val", progress=False, groups=["x", "y"])
+    (tmp_path / "n").mkdir()
+    (tmp_path / "n" / "data.csv").write_text("path,label\n" + "".join(
+        f"{p},{lab}\n" for p, lab in (("../d/img/000.png", "cat"), ("../d/img/001.png", "dog"))))
+    r = verify(art.path, "csv", tmp_path / "n", "val", progress=False, allow_outside_root=True,
+               thresholds=Thresholds(min_worst_group=0.0))
+    assert r.groups_from == "classes" and r.missing_groups == ["fox"] and not r.passed
+    with pytest.raises(InputError, match="has no 'group' column, so its groups are its classes"):
+        verify(art.path, "csv", tmp_path / "n", "val", progress=False, allow_outside_root=True, groups=["a"])

@@ -5,6 +5,10 @@ make-data -> decompose (val, test) -> locate (val; minority groups from the trai
 -> probe each head's terms for the background.
 
 Hyper-parameters (which correction ships) are chosen on val only; test is touched by evaluation alone.
+
+``out`` is a demo folder of ours (``runtime.atomic_output.claim_directory``): a non-empty folder without the demo's
+marker is refused before step 1. Inside it every file is written as the command that owns its kind writes it (an
+existing one replaced only when clip-debias wrote it), and every sub-folder as an output folder of its kind.
 """
 
 from __future__ import annotations
@@ -108,8 +112,10 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
     from clip_debias.toolchain.locate.probe import attribute_probe, margin_shifts
     from clip_debias.toolchain.models.loading import load_clip
 
+    from clip_debias.runtime.atomic_output import claim_directory, write_atomic
+
     say = console.print if console is not None else (lambda *a, **k: None)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_directory(out, "demo")  # before step 1: a folder that is not a demo of ours is refused
     times: dict[str, float] = {}
     t0 = time.perf_counter()
 
@@ -165,7 +171,7 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
     reports = {name: verify(path, "waterbirds", data, "test", batch_size=batch_size, thresholds=Thresholds(),
                             progress=False).to_dict()
                for name, path in artifacts.items()}
-    (out / "report.json").write_text(json.dumps(reports["debiased"], indent=2))
+    write_atomic(out / "report.json", json.dumps(reports["debiased"], indent=2), "verify-report")
     lap("verify")
 
     say("[bold]7/8 probe[/bold] each head's terms for the background (test split)")
@@ -189,8 +195,9 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
         val_rows=[r.to_dict() for r in rows["val"]], test_rows=[r.to_dict() for r in rows["test"]],
         verify=reports, probe=probe, seconds=times,
     )
-    (out / "compare.json").write_text(compare_file(rows["test"], located={"dataset": plan.dataset,
-                                                                          "split": plan.split}).to_json())
+    write_atomic(out / "compare.json", compare_file(rows["test"], located={"dataset": plan.dataset,
+                                                                           "split": plan.split}).to_json(),
+                 "compare-file")
 
     say("[bold]8/8 explain[/bold] the located heads (TextSpan), discover keywords of the errors (B2T), one HTML report")
     from clip_debias.toolchain.explain.jobs import describe_heads, discover_keywords, span_lines
@@ -205,7 +212,7 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
         say(f"  {c.class_name}: {', '.join(k.keyword for k in c.keywords) or c.note}", markup=False, highlight=False)
     build_report(out, title="clip-debias demo: bias lab")
     lap("explain")
-    (out / "demo.json").write_text(json.dumps(asdict(summary), indent=2))
+    write_atomic(out / "demo.json", json.dumps(asdict(summary), indent=2), "demo-summary")
     if console is not None:
         print_summary(summary, console)
     return summary

@@ -45,7 +45,8 @@ class MethodResult:
 def report_of(logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor,
               group_names: list[str]) -> AccuracyReport:
     """``accuracy_report`` of argmax predictions."""
-    return accuracy_report(logits.argmax(dim=-1).cpu().numpy(), labels.cpu().numpy(), groups.cpu().numpy(), group_names)
+    return accuracy_report(logits.argmax(dim=-1).cpu().numpy(), labels.cpu().numpy(), groups.cpu().numpy(), group_names,
+                           expected=group_names)
 
 
 def _describe(edits: EditSet) -> str:
@@ -96,9 +97,11 @@ def compare_methods(cache_test: DecompositionCache, plan: LocatePlan, calibratio
 @torch.no_grad()
 def evaluate_model(model_dir: str | Path, dataset: str, data: str | Path, split: str = "test", *,
                    batch_size: int = 32, device: str = "cpu", skip_bad: bool = False,
-                   classes: list[str] | None = None) -> AccuracyReport:
+                   classes: list[str] | None = None, allow_outside_root: bool = False,
+                   **reading: Any) -> AccuracyReport:
     """Run a saved ``DebiasedClassifier`` over one split of a dataset (open_clip's eval transform from the model's
-    recorded preprocessing) and report its accuracy."""
+    recorded preprocessing) and report its accuracy over the dataset's groups (every group of its definition, an
+    empty one with n = 0). ``reading``: ``max_skipped``, ``max_pixels`` of ``iter_batches``."""
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
     from clip_debias.runtime.datasets import load_index
@@ -106,7 +109,7 @@ def evaluate_model(model_dir: str | Path, dataset: str, data: str | Path, split:
     from clip_debias.toolchain.datasets import iter_batches
 
     model = DebiasedClassifier.load(model_dir, device=device)
-    index = load_index(dataset, Path(data), split, classes=classes)
+    index = load_index(dataset, Path(data), split, classes=classes, allow_outside_root=allow_outside_root)
     if len(index.class_names) != len(model.spec.class_names):
         raise ClipDebiasError(f"{model_dir}: the model has {len(model.spec.class_names)} classes, {dataset}/{split} "
                               f"has {len(index.class_names)} ({', '.join(index.class_names)})")
@@ -115,13 +118,18 @@ def evaluate_model(model_dir: str | Path, dataset: str, data: str | Path, split:
     transform = image_transform_v2(PreprocessCfg(**cfg), is_train=False)
     dtype = model.tower.conv1.weight.dtype
     preds, labels, groups = [], [], []
-    for batch in iter_batches(index, transform, batch_size=batch_size, skip_bad=skip_bad):
+    for batch in iter_batches(index, transform, batch_size=batch_size, skip_bad=skip_bad, **reading):
         logits, _ = model(batch.images.to(device=device, dtype=dtype))
         preds.append(logits.argmax(dim=-1).cpu())
         labels.append(batch.labels)
         groups.append(batch.groups)
     return accuracy_report(torch.cat(preds).numpy(), torch.cat(labels).numpy(), torch.cat(groups).numpy(),
-                           index.group_names)
+                           index.group_names, expected=index.group_names)
+
+
+def _cell(g: Any) -> str:
+    """'87.5 (n=40)'; a group with no image: '- (n=0)'."""
+    return ("-" if g.accuracy is None else f"{g.accuracy * 100:.1f}") + f" (n={g.n})"
 
 
 def print_reports(rows: list[tuple[str, AccuracyReport]], console: Any = None) -> None:
@@ -135,9 +143,13 @@ def print_reports(rows: list[tuple[str, AccuracyReport]], console: Any = None) -
     for col in ["method", "avg acc", "worst group", *names]:
         table.add_column(col, justify="left" if col == "method" else "right")
     for name, r in rows:
-        cells = [f"{r.groups[g].accuracy * 100:.1f} (n={r.groups[g].n})" if g in r.groups else "-" for g in names]
+        cells = [_cell(r.groups[g]) if g in r.groups else "-" for g in names]
         table.add_row(name, f"{r.accuracy * 100:.2f}", f"{r.worst_group_accuracy * 100:.2f} ({r.worst_group})", *cells)
     console.print(table)
+    missing = next((r.missing for _, r in rows if r.missing), [])
+    if missing:
+        console.print(f"warning: group(s) {', '.join(missing)} have no image in this split (n = 0): the worst group "
+                      "above is over the other groups only", markup=False, highlight=False)
 
 
 # ---- compare.json -----------------------------------------------------------------------------------------------

@@ -15,11 +15,21 @@ import typer
 from typer.core import TyperGroup
 
 from clip_debias.runtime.errors import ClipDebiasError
+from clip_debias.runtime.ownership import set_command
+from clip_debias.toolchain.cli.stderr import log_to_stderr
 
 
 # modules of the optional extras -> the extra that installs them
 OPTIONAL_MODULES = {m: "toolchain" for m in ("torch", "torchvision", "open_clip", "onnx", "onnxscript", "safetensors",
                                              "matplotlib", "yaml")} | {"yake": "explain", "tensorrt": "tensorrt"}
+
+
+def _quiet_pil_bomb_warning() -> None:
+    """PIL warns on opening an image over 89.5 MP; ``runtime.images`` then refuses it in one line (--max-pixels,
+    default 50 MP), so the warning is noise on a command's stderr. Filtered by message, so PIL stays unimported."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
 
 
 class OneLineErrorsGroup(TyperGroup):
@@ -29,6 +39,9 @@ class OneLineErrorsGroup(TyperGroup):
              **extra: Any) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
         command = next((a for a in argv if not a.startswith("-")), "")
+        set_command(argv)  # recorded in the marker of every output folder this run writes
+        log_to_stderr("clip_debias.output")  # notices: stale staging folders removed, files left in place
+        _quiet_pil_bomb_warning()
         try:
             rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
         except ClipDebiasError as e:

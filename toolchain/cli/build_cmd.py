@@ -72,9 +72,9 @@ def build(
     from clip_debias.toolchain.locate.ltc import LocatePlan
 
     from clip_debias.runtime.atomic_output import check_directory_target
-    from clip_debias.toolchain.correct.classifier import CONFIG_NAME, MODEL_DIR_KIND
+    from clip_debias.toolchain.correct.classifier import MODEL_DIR_KIND
 
-    check_directory_target(out, CONFIG_NAME, MODEL_DIR_KIND)  # before the build's minutes of work, not after
+    check_directory_target(out, MODEL_DIR_KIND)  # before the build's minutes of work, not after
     located = LocatePlan.load(plan)
     calibration = default_calibration(located, calibration, ablate and bool(located.spurious),
                                       "--calibration CACHE, or --no-ablate")

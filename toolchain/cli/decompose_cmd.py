@@ -7,8 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from clip_debias.toolchain.cli.options import (BatchOpt, DataOpt, DatasetOpt, DeviceOpt, DtypeOpt, ModelOpt, PretrainedOpt,
-                                   SplitOpt, WeightsOpt, load_model)
+from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS
+from clip_debias.toolchain.cli.options import (AllowOutsideRootOpt, BatchOpt, DataOpt, DatasetOpt, DeviceOpt, DtypeOpt,
+                                               ForceOpt, MaxPixelsOpt, MaxSkippedOpt, ModelOpt, PretrainedOpt,
+                                               SplitOpt, WeightsOpt, load_model, reading_options)
 
 
 def decompose(
@@ -27,21 +29,31 @@ def decompose(
         "--skip-bad", help="Skip unreadable images; list them in OUT.skipped.txt.")] = False,
     classes: Annotated[Optional[str], typer.Option(
         "--classes", help="csv datasets: comma-separated class names.")] = None,
+    max_skipped: MaxSkippedOpt = None,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    allow_outside_root: AllowOutsideRootOpt = False,
+    force: ForceOpt = False,
 ) -> None:
     """Write heads [N, L, H, D], rest [N, D], labels, groups (and attributes) of one split: the exact per-head
     decomposition of the normalized CLS embedding (heads.sum + rest == encode_image(x, normalize=True))."""
+    from clip_debias.runtime.atomic_output import check_file_target
     from clip_debias.runtime.datasets import load_index
     from clip_debias.toolchain.decompose.cache import save_cache
     from clip_debias.toolchain.decompose.contributions import resolve_layers
     from clip_debias.toolchain.decompose.run import decompose_dataset
 
-    index = load_index(dataset, data, split, classes=classes.split(",") if classes else None)
+    skipped_log = out.with_suffix(".skipped.txt") if skip_bad else None
+    check_file_target(out, "decomposition-cache", force)  # before any work: never over a file that is not ours
+    if skipped_log is not None:
+        check_file_target(skipped_log, "skipped-list", force)
+    reading = reading_options(skip_bad, max_skipped, max_pixels)
+    index = load_index(dataset, data, split, classes=classes.split(",") if classes else None,
+                       allow_outside_root=allow_outside_root)
     clip = load_model(model, pretrained, weights, device, dtype)
     chosen = resolve_layers(len(clip.model.visual.transformer.resblocks), last=layers)
-    skipped_log = out.with_suffix(".skipped.txt") if skip_bad else None
     cache = decompose_dataset(clip, index, chosen, batch_size=batch_size, device=device, skip_bad=skip_bad,
-                              skipped_log=skipped_log)
-    save_cache(out, cache)
+                              skipped_log=skipped_log, force=force, **reading)
+    save_cache(out, cache, force=force)
     n, l, h, d = cache.heads.shape
     typer.echo(f"wrote {out}: {n} images of {dataset}/{split}, layers {chosen} x {h} heads, D={d} "
                f"({clip.identity.describe()})")

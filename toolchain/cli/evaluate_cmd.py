@@ -9,7 +9,9 @@ import typer
 
 from clip_debias.toolchain.cli.build_cmd import (AllowTestOpt, ContextsOpt, PairsOpt, RenormOpt, TauOpt, ZFromOpt,
                                      default_calibration)
-from clip_debias.toolchain.cli.options import BatchOpt, DeviceOpt, PretrainedOpt, WeightsOpt, load_model
+from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS
+from clip_debias.toolchain.cli.options import (AllowOutsideRootOpt, BatchOpt, DeviceOpt, ForceOpt, MaxPixelsOpt,
+                                               MaxSkippedOpt, PretrainedOpt, WeightsOpt, load_model, reading_options)
 
 
 def evaluate(
@@ -41,16 +43,24 @@ def evaluate(
     device: DeviceOpt = "cpu",
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images.")] = False,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON.")] = None,
+    max_skipped: MaxSkippedOpt = None,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    allow_outside_root: AllowOutsideRootOpt = False,
+    force: ForceOpt = False,
 ) -> None:
     """Unweighted average accuracy, worst-group accuracy and the per-group table."""
+    from clip_debias.runtime.atomic_output import check_file_target, write_atomic
     from clip_debias.toolchain.errors import ClipDebiasError
     from clip_debias.toolchain.evaluate import compare_file, print_reports
 
+    if json_out is not None:
+        check_file_target(json_out, "compare-file", force)  # before any work
+    reading = {**reading_options(skip_bad, max_skipped, max_pixels), "allow_outside_root": allow_outside_root}
     class_list = [c.strip() for c in classes.split(",")] if classes else None
     if compare:
         rows, extra = _compare(model, pretrained, weights, plan, calibration, cache, dataset, data, split, contexts,
                                attribute_pairs, tau, z_from, renorm, allow_test_calibration, class_list, batch_size,
-                               device, skip_bad)
+                               device, skip_bad, reading)
     else:
         from clip_debias.toolchain.correct.classifier import CONFIG_NAME, read_spec
         from clip_debias.toolchain.evaluate import evaluate_model
@@ -59,7 +69,7 @@ def evaluate(
             raise ClipDebiasError("evaluate needs MODEL_DIR, --dataset and --data "
                                   "(or --compare with --model and --plan)")
         report = evaluate_model(model_dir, dataset, data, split, batch_size=batch_size, device=device,
-                                skip_bad=skip_bad, classes=class_list)
+                                skip_bad=skip_bad, classes=class_list, **reading)
         provenance = read_spec(model_dir / CONFIG_NAME).plan
         rows, extra = [(str(model_dir), report)], {"model_dir": str(model_dir), "dataset": dataset, "split": split,
                                                    "model_plan": provenance}
@@ -68,13 +78,12 @@ def evaluate(
                        "optimistic numbers")
     print_reports(rows)
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(compare_file(rows, **extra).to_json())
+        write_atomic(json_out, compare_file(rows, **extra).to_json(), "compare-file", force)
         typer.echo(f"wrote {json_out}")
 
 
 def _compare(model, pretrained, weights, plan, calibration, cache, dataset, data, split, contexts, attribute_pairs,
-             tau, z_from, renorm, allow_test, classes, batch_size, device, skip_bad):
+             tau, z_from, renorm, allow_test, classes, batch_size, device, skip_bad, reading):
     """Load or decompose the evaluated split, then ``compare_methods``; returns (rows, provenance)."""
     from clip_debias.toolchain.prompts.defaults import attribute_pairs_for, contexts_for
     from clip_debias.toolchain.decompose.cache import load_cache
@@ -94,9 +103,10 @@ def _compare(model, pretrained, weights, plan, calibration, cache, dataset, data
         from clip_debias.runtime.datasets import load_index
         from clip_debias.toolchain.decompose.run import decompose_dataset
 
-        index = load_index(dataset, data, split, classes=classes)
+        reading = dict(reading)
+        index = load_index(dataset, data, split, classes=classes, allow_outside_root=reading.pop("allow_outside_root"))
         terms = decompose_dataset(clip, index, layers=list(located.layers), batch_size=batch_size, device=device,
-                                  skip_bad=skip_bad)
+                                  skip_bad=skip_bad, **reading)
     else:
         raise ClipDebiasError("evaluate --compare needs the evaluated split: --cache FILE or --dataset and --data")
     ds = terms.dataset

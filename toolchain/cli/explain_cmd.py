@@ -8,7 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from clip_debias.toolchain.cli.options import BatchOpt, DeviceOpt, ModelOpt, PretrainedOpt, SplitOpt, WeightsOpt, load_model
+from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS
+from clip_debias.toolchain.cli.options import (AllowOutsideRootOpt, BatchOpt, DeviceOpt, ForceOpt, MaxPixelsOpt,
+                                               ModelOpt, PretrainedOpt, SplitOpt, WeightsOpt, load_model)
 
 HeadsOpt = Annotated[Optional[str], typer.Option(
     "--heads", help="plan.json (its spurious + salient heads) or LAYER:HEAD,... e.g. 11:3,11:5 (absolute layers).")]
@@ -20,7 +22,8 @@ def explain(
     cache: Annotated[Path, typer.Argument(help="Decomposition cache (.safetensors) whose head terms are described.")],
     model: ModelOpt,
     out: Annotated[Path, typer.Option(
-        "--out", help="Output folder: descriptions.json, descriptions.md (and the pool's text embeddings, reused).")],
+        "--out", help="Output folder: descriptions.json, descriptions.md (and the pool's text embeddings, reused); "
+                      "replaced only when it is an explain folder of ours.")],
     pretrained: PretrainedOpt = None,
     weights: WeightsOpt = None,
     heads: HeadsOpt = None,
@@ -53,28 +56,34 @@ def explain_image(
     weights: WeightsOpt = None,
     heads: HeadsOpt = None,
     layers: LayersOpt = None,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    force: ForceOpt = False,
 ) -> None:
     """Heat map of the per-patch direct contributions of heads (default: every head of the last layer) along a text
     direction; the patch terms plus the CLS token's term sum exactly to the heads' CLS terms."""
     from clip_debias.toolchain.errors import ClipDebiasError
     from clip_debias.toolchain.explain import select_heads
     from clip_debias.toolchain.explain.tokens import explain_image as run
+    from clip_debias.toolchain.figures import check_figure_target
 
     for option, value in (("--text", text), ("--vs", vs)):
         if value is not None and not value.strip():
             raise ClipDebiasError(f"{option}: empty; expected a text such as 'a photo of water'")
+    check_figure_target(out, force)  # before any work
     clip = load_model(model, pretrained, weights)
     n_layers = len(clip.model.visual.transformer.resblocks)
     n_heads = clip.model.visual.transformer.resblocks[0].attn.num_heads
     chosen, _ = select_heads(heads, layers, n_layers, n_heads, [n_layers - 1])
-    path, total, cls_share = run(clip, image, chosen, text, vs, out)
+    path, total, cls_share = run(clip, image, chosen, text, vs, out, force=force, max_pixels=max_pixels)
     typer.echo(f"wrote {path}: {len(chosen)} head(s), sum over tokens {total:+.5f} (CLS token {cls_share:+.5f})")
 
 
 def discover(
     source: Annotated[Path, typer.Argument(help="Decomposition cache (.safetensors) or dataset (see --dataset).")],
     model: ModelOpt,
-    out: Annotated[Path, typer.Option("--out", help="Output folder: keywords.json, attribute_prompts.yaml.")],
+    out: Annotated[Path, typer.Option(
+        "--out", help="Output folder: keywords.json, attribute_prompts.yaml; replaced only when it is a discover "
+                      "folder of ours.")],
     pretrained: PretrainedOpt = None,
     weights: WeightsOpt = None,
     classes: Annotated[Optional[str], typer.Option(
@@ -94,6 +103,8 @@ def discover(
     top: Annotated[int, typer.Option("--top", min=1, help="Keywords kept per class.")] = 20,
     batch_size: BatchOpt = 32,
     device: DeviceOpt = "cpu",
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    allow_outside_root: AllowOutsideRootOpt = False,
 ) -> None:
     """B2T: per class, score(a) = mean 100 cos(image, 'a photo of a {a}.') over misclassified images minus the same
     over correctly classified ones; rank keywords and suggest attribute prompts for 'locate --attribute-prompts'."""
@@ -101,7 +112,8 @@ def discover(
 
     results, done = discover_keywords(source, lambda: load_model(model, pretrained, weights, device), out,
                                       classes=classes, dataset=dataset, split=split, templates=templates, vocab=vocab,
-                                      captions_column=captions_column, top=top, batch_size=batch_size, device=device)
+                                      captions_column=captions_column, top=top, batch_size=batch_size, device=device,
+                                      max_pixels=max_pixels, allow_outside_root=allow_outside_root)
     _print_keywords(results)
     if not any(f.name == ATTRIBUTE_PROMPTS_YAML for f in done.files):
         typer.echo(f"fewer than two distinct top keywords: no {ATTRIBUTE_PROMPTS_YAML} suggested")
@@ -112,11 +124,14 @@ def report(
     folder: Annotated[Path, typer.Argument(help="Folder with plan.json/png, descriptions.json, compare.json, "
                                                 "report.json, keywords.json, heat-map PNGs (any subset).")],
     title: Annotated[str, typer.Option("--title", help="Page title.")] = "clip-debias report",
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace report.html, plan.png and compare.png even when clip-debias did not write them.")]
+    = False,
 ) -> None:
     """Write FOLDER/report.html: one static page (inline CSS, images by relative path, no network assets)."""
     from clip_debias.toolchain.explain.report import build_report
 
-    typer.echo(f"wrote {build_report(folder, title=title)}")
+    typer.echo(f"wrote {build_report(folder, title=title, force=force)}")
 
 
 # ---- printing -------------------------------------------------------------------------------------------------

@@ -3,32 +3,27 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from clip_debias.runtime.errors import ClipDebiasError
+from clip_debias.toolchain.cli.stderr import log_to_stderr
 
 export_app = typer.Typer(help="Export a built model: ONNX artifact, TensorRT engine, Triton model repository.",
                          no_args_is_help=True)
 
 
 def _log_to_stderr() -> None:
-    logger = logging.getLogger("clip_debias.export")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False  # onnxruntime.quantization configures the root logger: do not print each line twice
+    log_to_stderr("clip_debias.export")
 
 
 @export_app.command("onnx")
 def onnx_cmd(
     model_dir: Annotated[Path, typer.Argument(help="Model directory written by 'clip-debias build'.")],
-    out: Annotated[Path, typer.Option("--out", help="Artifact directory to write (replaced atomically).")],
+    out: Annotated[Path, typer.Option(
+        "--out", help="Artifact directory to write: new, empty, or an artifact of ours (replaced atomically).")],
     precision: Annotated[str, typer.Option(
         "--precision", help="fp32 | fp16 | int8 | both (= fp32,fp16) | a comma list such as fp32,int8. "
                             "int8 = dynamically quantized linear layers, for the CPU.")] = "fp32",
@@ -57,6 +52,7 @@ def onnx_cmd(
                    f"max |embedding diff| {g.max_embedding_diff:.3g}, min cosine {g.min_cosine:.5f}, "
                    f"argmax agree {100 * g.argmax_agree:.0f}%")
     typer.echo(f"wrote {report.artifact}")
+    typer.echo(f"artifact digest {report.digest} (pin it: clip-debias verify ... --expect-digest {report.digest})")
 
 
 @export_app.command("tensorrt")
@@ -75,7 +71,10 @@ def tensorrt_cmd(
     import_tensorrt(TENSORRT_CONTEXT)  # the one-line install hint before anything else
     _log_to_stderr()
     export_tensorrt(artifact, EngineOptions(fp16, min_batch, opt_batch, max_batch, workspace_gb))
+    from clip_debias.runtime.integrity import verify_artifact
+
     typer.echo(f"wrote {artifact / 'model.plan'}")
+    typer.echo(f"artifact digest {verify_artifact(artifact)[1]} (the engine changed it)")
 
 
 @export_app.command("triton")

@@ -43,7 +43,9 @@ def make_data(
         "--class-texture", help="Prob. in [0, 1] that the object's texture follows its class.")] = 0.75,
     workers: Annotated[Optional[int], typer.Option(
         "--workers", min=1, help="Processes (default: all cores).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing non-empty --out.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace an existing non-empty --out that is a lab data set of ours (never another "
+                            "folder).")] = False,
 ) -> None:
     """Generate the synthetic landbird/waterbird data set (deterministic for a seed)."""
     import time
@@ -75,6 +77,8 @@ def train(
     fp32: Annotated[bool, typer.Option("--fp32", help="Save fp32 weights (default fp16).")] = False,
     eval_every: Annotated[int, typer.Option(
         "--eval-every", min=0, help="Val zero-shot every N steps (0: never).")] = 0,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace --out even when it is not lab weights clip-debias wrote.")] = False,
 ) -> None:
     """Train the tiny lab CLIP contrastively (open_clip ClipLoss) and report its val zero-shot accuracy."""
     from clip_debias.toolchain.lab.train import train_lab_model, zero_shot_report
@@ -83,8 +87,12 @@ def train(
         from clip_debias.toolchain.errors import ClipDebiasError
 
         raise ClipDebiasError(f"--out {out}: expected a .safetensors file name")
+    from clip_debias.runtime.atomic_output import check_file_target
+
+    check_file_target(out, "lab-weights", force)  # before the training, not after
     res = train_lab_model(data, out, steps=steps, seed=seed, batch_size=batch_size, lr=lr, p_background=p_background,
-                          half=not fp32, device=device, threads=threads, eval_every=eval_every, log=typer.echo)
+                          half=not fp32, device=device, threads=threads, eval_every=eval_every, log=typer.echo,
+                          force=force)
     typer.echo(f"saved {out} ({res.steps} steps in {res.seconds:.0f}s, final loss {res.final_loss:.4f})")
     zero_shot_report(out, data, "val", log=typer.echo)
 

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from clip_debias.toolchain.cli.options import ModelOpt, PretrainedOpt, WeightsOpt, load_model
+from clip_debias.toolchain.cli.options import ForceOpt, ModelOpt, PretrainedOpt, WeightsOpt, load_model
 
 
 def int_list(value: str | None, option: str) -> list[int] | None:
@@ -45,13 +45,22 @@ def locate(
         "--max-spurious", min=0, help="Keep at most N spurious heads.")] = None,
     max_salient: Annotated[Optional[int], typer.Option(
         "--max-salient", min=0, help="Keep at most N salient heads.")] = None,
+    force: ForceOpt = False,
 ) -> None:
     """Score every cached head on the minority groups: spurious if n(W) - n(C) > 1/K, salient if n(C) - n(W) > 1/K."""
     from clip_debias.toolchain.prompts.defaults import attribute_prompts_for, classes_for, templates_for
     from clip_debias.toolchain.decompose.cache import load_cache
     from clip_debias.toolchain.locate.heatmap import save_heatmap
+    from clip_debias.runtime.atomic_output import check_file_target
+    from clip_debias.toolchain.figures import check_figure_target
     from clip_debias.toolchain.locate.ltc import locate_cache
 
+    from clip_debias.toolchain.errors import ClipDebiasError
+
+    if out.suffix.lower() == ".png":
+        raise ClipDebiasError(f"--out {out}: expected a .json path (the heat map is written beside it as .png)")
+    check_file_target(out, "locate-plan", force)  # both outputs, before any work
+    check_figure_target(out.with_suffix(".png"), force)
     terms = load_cache(cache)
     clip = load_model(model, pretrained, weights)
     plan = locate_cache(
@@ -61,8 +70,8 @@ def locate(
         max_spurious=max_spurious, max_salient=max_salient,
     )
     plan.cache_path = str(cache.resolve())
-    plan.save(out)
-    png = save_heatmap(plan, out.with_suffix(".png"))
+    plan.save(out, force)
+    png = save_heatmap(plan, out.with_suffix(".png"), force)
     typer.echo(f"located on {plan.dataset}/{plan.split} ({plan.n} images, {plan.group_source} groups): minority groups "
                f"{plan.minority_group_names} ({plan.minority_source}), {plan.n_wrong} wrong / {plan.n_correct} "
                f"correct; K={plan.k}, threshold {plan.threshold:.4f}")

@@ -40,8 +40,29 @@ DatasetOpt = Annotated[str, typer.Option("--dataset", help="waterbirds | celeba 
 DataOpt = Annotated[Path, typer.Option("--data", help="Dataset root folder (csv: the CSV file).")]
 SplitOpt = Annotated[str, typer.Option("--split", help="train | val | test")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")]
+ForceOpt = Annotated[bool, typer.Option(
+    "--force", help="Replace an existing output file even when it is not one clip-debias wrote.")]
+MaxSkippedOpt = Annotated[Optional[str], typer.Option(
+    "--max-skipped", help="With --skip-bad: the most unreadable images before the command stops: a count (5), a "
+                          "fraction (0.02) or a percentage (2%); default 1%.")]
+MaxPixelsOpt = Annotated[int, typer.Option(
+    "--max-pixels", min=1, help="Refuse image files of more pixels than this, before decoding them.")]
+AllowOutsideRootOpt = Annotated[bool, typer.Option(
+    "--allow-outside-root", help="Read image paths that leave the data folder (absolute, or with '..').")]
 
 DTYPES = ("fp32", "fp16", "bf16")
+
+
+def reading_options(skip_bad: bool, max_skipped: str | None, max_pixels: int) -> dict[str, Any]:
+    """``iter_batches`` keyword arguments from ``--skip-bad`` / ``--max-skipped`` / ``--max-pixels`` (one error line
+    for a bad value, or for --max-skipped without --skip-bad)."""
+    from clip_debias.runtime.limits import DEFAULT_MAX_SKIPPED, MaxSkipped
+    from clip_debias.toolchain.errors import ClipDebiasError
+
+    if max_skipped is not None and not skip_bad:
+        raise ClipDebiasError("--max-skipped applies with --skip-bad (without it any unreadable image stops the run)")
+    limit = MaxSkipped.parse(max_skipped) if max_skipped is not None else DEFAULT_MAX_SKIPPED
+    return {"max_skipped": limit, "max_pixels": max_pixels}
 
 
 def torch_dtype(name: str) -> Any:

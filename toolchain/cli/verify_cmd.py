@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from clip_debias.runtime.errors import ClipDebiasError
+from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS
 
 DATASETS = ("waterbirds", "celeba", "csv")
 
@@ -21,8 +22,22 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
-def _pct(x: float) -> str:
-    return f"{100.0 * x:.2f}%"
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100.0 * x:.2f}%"
+
+
+def _over(name: str, r) -> str:  # noqa: ANN001 (ThresholdResult)
+    """What a threshold's value was computed over, in a few words."""
+    o = r.over
+    if name == "min_accuracy":
+        return f"{o['images']} of {o['images_in_split']} images"
+    if name == "min_worst_group":
+        return f"{len(o['expected_groups'])} groups ({o['groups_from']})"
+    if name == "max_latency_ms":
+        return f"{o['batches']} batches of {o['batch_size']}"
+    if name == "max_skipped":
+        return f"{o['images_in_split']} images"
+    return ""
 
 
 def print_report(report, console) -> None:  # noqa: ANN001 (rich Console, VerifyReport: imported lazily)
@@ -32,8 +47,10 @@ def print_report(report, console) -> None:  # noqa: ANN001 (rich Console, Verify
     b = report.backend
     console.print(
         f"[bold]{report.artifact}[/bold] on {report.dataset} {report.split} ({report.n} images) -- "
-        f"{b.get('backend')} {b.get('device')} {b.get('precision')} ({b.get('file')}), batch {report.batch_size}"
+        f"{b.get('backend')} {b.get('device')} {b.get('precision')} ({b.get('file')}), batch {report.batch_size}",
+        highlight=False,
     )
+    console.print(f"artifact digest {report.artifact_digest}", highlight=False, soft_wrap=True)
     gate = report.precision_gate
     if gate is not None:
         console.print(f"{gate['precision']} gate (against the artifact's fp32 graph on onnxruntime, gate batch): "
@@ -42,8 +59,11 @@ def print_report(report, console) -> None:  # noqa: ANN001 (rich Console, Verify
                       f"{100 * gate['argmax_agree']:.0f}% -- "
                       + ("[green]PASS[/green]" if gate["passed"] else f"[red]FAIL[/red] ({gate['reason']})"))
     if report.skipped:
-        console.print(f"[yellow]warning:[/yellow] {len(report.skipped)} unreadable image(s) left out (--skip-bad), "
-                      f"e.g. {report.skipped[0]}; the full list is in the JSON report")
+        console.print(f"[yellow]warning:[/yellow] {len(report.skipped)} of {report.n_split} image(s) unreadable, left "
+                      f"out (--skip-bad), e.g. {report.skipped[0]}; the full list is in the JSON report")
+    if report.missing_groups:
+        console.print(f"[yellow]warning:[/yellow] group(s) {', '.join(report.missing_groups)} have no image in this "
+                      f"split (n = 0); the worst group is over the other groups only")
     if not report.class_names_match:
         console.print(
             f"[yellow]warning:[/yellow] dataset classes {report.dataset_class_names} differ in name from the "
@@ -54,7 +74,7 @@ def print_report(report, console) -> None:  # noqa: ANN001 (rich Console, Verify
     t.add_column("n", justify="right")
     t.add_column("accuracy", justify="right")
     for name, g in report.groups.items():
-        t.add_row(name, str(g["n"]), _pct(g["accuracy"]))
+        t.add_row(name, str(g["n"]), _pct(g["accuracy"]) if g["n"] else "[red]no image[/red]")
     t.add_section()
     t.add_row("[bold]average (unweighted)[/bold]", str(report.n), f"[bold]{_pct(report.accuracy)}[/bold]")
     t.add_row(f"[bold]worst group[/bold] ({report.worst_group})", str(report.groups[report.worst_group]["n"]),
@@ -71,15 +91,19 @@ def print_report(report, console) -> None:  # noqa: ANN001 (rich Console, Verify
 
     if report.thresholds:
         tt = Table(title="thresholds")
-        for col in ("check", "threshold", "measured", "result"):
+        for col in ("check", "threshold", "measured", "over", "result"):
             tt.add_column(col, justify="right" if col != "check" else "left")
+        shown = {"max_latency_ms": "p95 latency <= ", "min_accuracy": "accuracy >= ",
+                 "min_worst_group": "worst group >= ", "max_skipped": "skipped <= "}
         for name, r in report.thresholds.items():
-            fmt = (lambda v: f"{v:.2f} ms") if name == "max_latency_ms" else _pct
-            shown = "p95 latency <= " if name == "max_latency_ms" else ("accuracy >= " if name == "min_accuracy"
-                                                                       else "worst group >= ")
-            tt.add_row(name, shown + fmt(r.threshold), fmt(r.value),
+            fmt = {"max_latency_ms": lambda v: f"{v:.2f} ms",
+                   "max_skipped": lambda v: f"{v:.0f} images"}.get(name, _pct)
+            tt.add_row(name, shown.get(name, "") + fmt(r.threshold), fmt(r.value), _over(name, r),
                        "[green]PASS[/green]" if r.passed else "[red]FAIL[/red]")
         console.print(tt)
+        for name, r in report.thresholds.items():
+            if not r.passed and r.reason:
+                console.print(f"[red]FAIL[/red] {name}: {r.reason}", highlight=False)
     console.print("[bold green]PASSED[/bold green]" if report.passed else "[bold red]FAILED[/bold red]")
 
 
@@ -105,13 +129,30 @@ def register(app: typer.Typer) -> None:
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (stderr)."),
         skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out unreadable images (listed in the report "
                                                                 "as 'skipped') instead of stopping."),
+        max_skipped: Optional[str] = typer.Option(
+            None, "--max-skipped", help="With --skip-bad: the most images that may be unreadable before verify FAILS: "
+                                        "a count (5), a fraction (0.02) or a percentage (2%); default 1%."),
+        groups: Optional[str] = typer.Option(
+            None, "--groups", help="csv datasets with a 'group' column: comma-separated names of group ids 0, 1, ...; "
+                                   "every one must have images, or the worst-group gate FAILS."),
+        expect_digest: Optional[str] = typer.Option(
+            None, "--expect-digest", help="Refuse the artifact unless its digest is this sha256:... (as export and "
+                                          "verify print it): pins the exact model a CI tested."),
+        allow_outside_root: bool = typer.Option(
+            False, "--allow-outside-root", help="Read image paths that leave the data folder (absolute or '..')."),
+        max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1,
+                                       help="Refuse image files of more pixels than this, before decoding them."),
+        force: bool = typer.Option(False, "--force", help="Let --json replace a file that is not a verify report."),
     ) -> None:
         """Run ARTIFACT on a dataset split with the torch-free runtime; check accuracy, worst-group accuracy and
         latency thresholds. Exit 0 = all met, 1 = a threshold failed, 2 = bad input."""
         from rich.console import Console
 
         try:
+            from clip_debias.runtime.atomic_output import check_file_target
             from clip_debias.runtime.backends import BACKENDS, DEVICES, PRECISIONS
+            from clip_debias.runtime.integrity import parse_digest
+            from clip_debias.runtime.limits import MaxSkipped
             from clip_debias.runtime.verify import Thresholds, verify as run_verify
 
             _choice("--dataset", dataset, DATASETS)
@@ -120,19 +161,31 @@ def register(app: typer.Typer) -> None:
             _choice("--precision", precision, PRECISIONS)
             if workers is not None and workers <= 0:
                 raise ClipDebiasError(f"option --workers: must be positive, got {workers}")
-            thresholds = Thresholds(min_accuracy, min_worst_group, max_latency_ms)
+            if max_skipped is not None and not skip_bad:
+                raise ClipDebiasError("--max-skipped applies with --skip-bad (without it any unreadable image stops "
+                                      "verify)")
+            limit = MaxSkipped.parse(max_skipped) if max_skipped is not None else None
+            thresholds = Thresholds(min_accuracy, min_worst_group, max_latency_ms, limit)
+            group_list = [g.strip() for g in groups.split(",")] if groups is not None else None
+            if group_list is not None and not all(group_list):
+                raise ClipDebiasError(f"--groups {groups!r}: expected comma-separated group names")
+            if expect_digest is not None:
+                parse_digest(expect_digest, "--expect-digest")
             if json_path is not None and not json_path.parent.is_dir():
                 raise ClipDebiasError(f"--json {json_path}: {json_path.parent} is not an existing folder")
             if json_path is not None and json_path.is_dir():
                 raise ClipDebiasError(f"--json {json_path}: is a folder; expected a file path such as "
                                       f"{json_path / 'report.json'}")
+            if json_path is not None:
+                check_file_target(json_path, "verify-report", force)  # before the run, not after
             report = run_verify(
                 artifact, dataset, data, split, backend=backend, device=device, batch_size=batch_size,
                 thresholds=thresholds, precision=precision, cuda_graph=cuda_graph, workers=workers, progress=progress,
-                console=Console(stderr=True), skip_bad=skip_bad,
+                console=Console(stderr=True), skip_bad=skip_bad, groups=group_list, expected_digest=expect_digest,
+                allow_outside_root=allow_outside_root, max_pixels=max_pixels,
             )
             if json_path is not None:
-                report.write_json(json_path)
+                report.write_json(json_path, force)
         except ClipDebiasError as e:  # one line, exit 2, also under typer's standalone mode / CliRunner
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None

@@ -33,7 +33,7 @@ from clip_debias.toolchain.models.tower import ExplicitViT, TowerConfig
 from clip_debias.toolchain.prompts.text import DEFAULT_TEMPLATES, class_text_matrix
 
 CONFIG_NAME = "config.json"
-MODEL_DIR_KIND = "a model directory written by 'clip-debias build'"  # what staged_directory refuses to replace
+MODEL_DIR_KIND = "model"  # its output kind (runtime.ownership.FOLDER_KINDS)
 CONFIG_WHAT = "a model config written by 'clip-debias build'"
 WEIGHTS_NAME = "model.safetensors"
 MODEL_FORMAT = 1
@@ -162,12 +162,12 @@ class DebiasedClassifier(nn.Module):
     # ---- persistence --------------------------------------------------------------------------------------------
     def save(self, model_dir: str | Path) -> Path:
         """Write ``model.safetensors`` then ``config.json`` into a temp dir beside ``model_dir``, then rename it onto
-        ``model_dir`` (refused when that is a non-empty directory without ``config.json``: not a model of ours)."""
+        ``model_dir`` (refused unless that is new, empty, or a model directory of ours: ``runtime.ownership``)."""
         from safetensors.torch import save_file
 
         spec = asdict(self.spec)
         spec["head"] = self.head.config()
-        with staged_directory(model_dir, CONFIG_NAME, MODEL_DIR_KIND) as tmp:
+        with staged_directory(model_dir, MODEL_DIR_KIND, complete=CONFIG_NAME) as tmp:
             state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
             save_file(state, str(tmp / WEIGHTS_NAME))
             (tmp / CONFIG_NAME).write_text(json.dumps(spec, indent=2))

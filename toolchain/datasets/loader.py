@@ -1,8 +1,9 @@
 """Batches of preprocessed images for a ``DatasetIndex`` (torch).
 
-Each image is opened with PIL and passed, as opened, through the model's own ``preprocess`` (open_clip's eval
-transform, which converts to RGB itself). Unreadable images stop the run with one line, or with ``skip_bad`` are
-left out, listed in ``skipped_log`` and counted on stderr.
+Each image is decoded by the runtime's loader (``runtime.images.load_image``: pixel limit, 16-bit images scaled to
+8 bits) and passed through the model's own ``preprocess`` (open_clip's eval transform, which converts to RGB
+itself). Unreadable images stop the run with one line, or with ``skip_bad`` are left out, listed in ``skipped_log``
+and counted on stderr; more than ``max_skipped`` of them stop it.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, Dataset
 
+from clip_debias.runtime.atomic_output import write_atomic
 from clip_debias.runtime.datasets import DatasetIndex, ImageRecord
+from clip_debias.runtime.images import ImageError, load_image
+from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SKIPPED, MaxSkipped
+from clip_debias.runtime.ownership import SKIPPED_HEADER
 from clip_debias.toolchain.errors import ClipDebiasError
 
 
@@ -55,39 +59,26 @@ class _Chunk:
     failures: list[tuple[int, str]]
 
 
-def read_image(path: Path) -> Image.Image:
-    """The image at ``path``, fully decoded; ``OSError``/``ValueError`` from PIL when it cannot be."""
-    with Image.open(path) as im:
-        im.load()
-        return im
-
-
-def _reason(e: Exception) -> str:
-    """Why an image could not be read, short and without the path."""
-    if isinstance(e, FileNotFoundError):
-        return "file not found"
-    if isinstance(e, UnidentifiedImageError):
-        return "not an image PIL can identify"
-    message = str(e).splitlines()[0][:200] if str(e) else ""
-    return f"{type(e).__name__}: {message}" if message else type(e).__name__
-
-
 class _ImageDataset(Dataset):
     """Item i = record i of the index, read and preprocessed (or the reason it could not be read)."""
 
-    def __init__(self, records: list[ImageRecord], preprocess: Callable) -> None:
+    def __init__(self, records: list[ImageRecord], preprocess: Callable, max_pixels: int | None) -> None:
         self.records = records
         self.preprocess = preprocess
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, i: int) -> _Item:
         try:
-            image = read_image(self.records[i].path)
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            return _Item(i, None, _reason(e))
-        return _Item(i, self.preprocess(image), None)
+            image = load_image(self.records[i].path, self.max_pixels)
+        except ImageError as e:
+            return _Item(i, None, e.reason)
+        try:
+            return _Item(i, self.preprocess(image), None)
+        except (ValueError, OSError) as e:  # e.g. a LAB image PIL cannot convert to RGB
+            return _Item(i, None, f"cannot preprocess a {image.mode} {image.width}x{image.height} image ({e})")
 
 
 def _collate(items: list[_Item]) -> _Chunk:
@@ -110,6 +101,9 @@ class BatchIterator(Iterator[Batch]):
     skipped_log: Path | None = None
     progress: bool = True
     workers: int = 0
+    max_skipped: MaxSkipped = DEFAULT_MAX_SKIPPED
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    force: bool = False  # replace a ``skipped_log`` that is not a skipped list of ours
     kept: list[int] = field(default_factory=list, init=False)  # indices into index.records, in batch order
     skipped: list[tuple[str, str]] = field(default_factory=list, init=False)  # (path, reason)
 
@@ -126,7 +120,7 @@ class BatchIterator(Iterator[Batch]):
     def _run(self) -> Iterator[Batch]:
         records = self.index.records
         loader = DataLoader(
-            _ImageDataset(records, self.preprocess), batch_size=self.batch_size, shuffle=False,
+            _ImageDataset(records, self.preprocess, self.max_pixels), batch_size=self.batch_size, shuffle=False,
             num_workers=self.workers, collate_fn=_collate,
         )
         console = Console(stderr=True)
@@ -142,6 +136,13 @@ class BatchIterator(Iterator[Batch]):
                     if not self.skip_bad:
                         raise ClipDebiasError(f"{path}: cannot read image ({reason})")
                     self.skipped.append((path, reason))
+                if len(self.skipped) > self.max_skipped.limit(len(records)):  # stop now: the run cannot pass
+                    self._write_log()
+                    raise ClipDebiasError(
+                        f"{self.index.root}: {len(self.skipped)} unreadable image(s) of {len(records)} in split "
+                        f"'{self.index.split}' so far, over --max-skipped {self.max_skipped.describe()} "
+                        f"({self.max_skipped.limit(len(records))} image(s)){self._where()}; first: "
+                        f"{self.skipped[0][0]} ({self.skipped[0][1]})")
                 if chunk.images is not None:
                     self.kept.extend(chunk.indices)
                     yield self._batch(chunk)
@@ -160,12 +161,19 @@ class BatchIterator(Iterator[Batch]):
             indices=torch.tensor(chunk.indices, dtype=torch.long),
         )
 
+    def _where(self) -> str:
+        return f" (listed in {self.skipped_log})" if self.skipped_log is not None and self.skip_bad else ""
+
+    def _write_log(self) -> None:
+        """The skipped list: a header line (``ownership.SKIPPED_HEADER``), then ``path<TAB>reason`` lines."""
+        if self.skipped_log is not None and self.skip_bad:
+            lines = "".join(f"{p}\t{r}\n" for p, r in self.skipped)
+            write_atomic(self.skipped_log, f"{SKIPPED_HEADER}\n{lines}", "skipped-list", self.force)
+
     def _finish(self, console: Console) -> None:
         """Write the skipped list and report its length; no image at all is an error."""
-        if self.skipped_log is not None and self.skip_bad:
-            self.skipped_log.parent.mkdir(parents=True, exist_ok=True)
-            self.skipped_log.write_text("".join(f"{p}\t{r}\n" for p, r in self.skipped), encoding="utf-8")
-        where = f" (listed in {self.skipped_log})" if self.skipped_log is not None else ""
+        self._write_log()
+        where = self._where()
         if self.skipped:
             console.print(f"skipped {len(self.skipped)} unreadable image(s) of {len(self.index)}{where}",
                           highlight=False, markup=False, soft_wrap=True)
@@ -184,13 +192,19 @@ def iter_batches(
     skipped_log: Path | None = None,
     progress: bool = True,
     workers: int = 0,
+    max_skipped: MaxSkipped = DEFAULT_MAX_SKIPPED,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    force: bool = False,
 ) -> BatchIterator:
-    """Batches of ``index`` in record order, each image opened with PIL and passed through ``preprocess``.
+    """Batches of ``index`` in record order, each image decoded by ``runtime.images.load_image`` (at most
+    ``max_pixels`` pixels) and passed through ``preprocess``.
 
     An unreadable image raises ``ClipDebiasError("<path>: cannot read image (<reason>)")``; with ``skip_bad`` it is
-    left out, and at the end the skipped ``path<TAB>reason`` lines go to ``skipped_log`` (when given) and their
-    count to stderr. The returned iterator's ``kept``/``loaded_records()`` align outputs with records."""
+    left out, and at the end the skipped ``path<TAB>reason`` lines go to ``skipped_log`` (when given; replacing only
+    a list of ours unless ``force``) and their count to stderr. More skipped images than ``max_skipped`` allows stop
+    the run with one line as soon as they are. The returned iterator's ``kept``/``loaded_records()`` align outputs
+    with records."""
     if batch_size < 1:
         raise ClipDebiasError(f"batch size must be >= 1, got {batch_size}")
     return BatchIterator(index, preprocess, batch_size, skip_bad, Path(skipped_log) if skipped_log else None,
-                         progress, workers)
+                         progress, workers, max_skipped, max_pixels, force)

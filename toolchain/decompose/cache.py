@@ -90,8 +90,9 @@ class DecompositionCache:
                            convention=self.convention)
 
 
-def save_cache(path: str | Path, cache: DecompositionCache) -> Path:
-    """Write atomically (temp file in the same folder, then rename; umask permissions)."""
+def save_cache(path: str | Path, cache: DecompositionCache, force: bool = False) -> Path:
+    """Write atomically (temp file in the same folder, then rename; umask permissions). An existing ``path`` is
+    replaced only when it is a decomposition cache (``runtime.ownership``), or with ``force``."""
     from safetensors.torch import save_file
 
     tensors = {
@@ -103,7 +104,7 @@ def save_cache(path: str | Path, cache: DecompositionCache) -> Path:
     if cache.attributes is not None:
         tensors["attributes"] = cache.attributes.long().contiguous()
     meta = {k: json.dumps(v) if k in JSON_FIELDS else v for k, v in asdict(cache.header()).items()}
-    with atomic_file(path) as tmp:
+    with atomic_file(path, "decomposition-cache", force) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return Path(path)
 

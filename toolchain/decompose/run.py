@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -22,11 +23,13 @@ def decompose_dataset(
     skip_bad: bool = False,
     skipped_log: Path | None = None,
     progress: bool = True,
+    **reading: Any,
 ) -> DecompositionCache:
     """Run every image of ``index`` through open_clip's preprocessing and the ``Decomposer`` for ``layers``.
 
     Rows follow the order of the images that loaded (with ``skip_bad``, unreadable ones are left out and listed in
-    ``skipped_log``). Terms are stored in float32 whatever the compute dtype.
+    ``skipped_log``). Terms are stored in float32 whatever the compute dtype. ``reading``: ``max_skipped``,
+    ``max_pixels``, ``force`` of ``iter_batches``.
     """
     from clip_debias.toolchain.datasets import iter_batches
 
@@ -35,7 +38,7 @@ def decompose_dataset(
     dtype = tower.conv1.weight.dtype
     heads, rest, labels, groups, attrs, paths = [], [], [], [], [], []
     for batch in iter_batches(index, clip.preprocess, batch_size=batch_size, skip_bad=skip_bad,
-                              skipped_log=skipped_log, progress=progress):
+                              skipped_log=skipped_log, progress=progress, **reading):
         hc = decomposer(batch.images.to(device=device, dtype=dtype))
         heads.append(hc.heads.float().cpu())
         rest.append(hc.rest.float().cpu())

@@ -124,13 +124,13 @@ class ImageSet:
 
 
 @torch.no_grad()
-def embed_index(clip: Any, index: Any, batch_size: int = 32, device: str = "cpu") -> ImageSet:
+def embed_index(clip: Any, index: Any, batch_size: int = 32, device: str = "cpu", **reading: Any) -> ImageSet:
     """Encode every image of a ``DatasetIndex`` with ``encode_image(normalize=True)`` (float32 on the CPU)."""
     from clip_debias.toolchain.datasets import iter_batches
 
     dtype = next(clip.model.parameters()).dtype
     emb, labels, paths = [], [], []
-    for batch in iter_batches(index, clip.preprocess, batch_size=batch_size):
+    for batch in iter_batches(index, clip.preprocess, batch_size=batch_size, **reading):
         emb.append(clip.model.encode_image(batch.images.to(device=device, dtype=dtype), normalize=True).float().cpu())
         labels.append(batch.labels)
         paths.extend(batch.paths)

@@ -2,7 +2,8 @@
 loads and before the pool is encoded), run TextSpan / B2T, write their files (``explain.files``).
 
 ``load_clip`` is called once the cheap checks pass (the CLI loads the model there; the demo passes the one it holds);
-``log`` receives progress lines.
+``log`` receives progress lines. ``out`` is an output folder of its kind (``runtime.atomic_output``): refused before
+any work unless it is new, empty or one of ours, written into a staging folder and renamed when complete.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from clip_debias.runtime.atomic_output import check_directory_target, staged_directory
+from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS
 from clip_debias.toolchain.decompose.cache import load_cache
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.explain import check_heads_or_layers, heads_option, select_heads
@@ -48,7 +51,9 @@ def describe_heads(cache_path: Path, load_clip: Callable[[], Any], out: Path, *,
                    log: Log = _quiet) -> Written:
     """TextSpan on the heads of a cache chosen by ``heads`` (plan.json or L:H,...) or ``layers`` (default: the
     cache's layers), written to ``out/descriptions.json`` and ``.md``; the pool's text embeddings are cached in
-    ``out/pool_embeddings.safetensors``. ``rank`` 0 keeps 99% of each head's variance."""
+    ``out/pool_embeddings.safetensors`` (reused from the previous output). ``rank`` 0 keeps 99% of each head's
+    variance."""
+    check_directory_target(out, "explain")
     terms = load_cache(cache_path)
     check_heads_or_layers(heads, layers)
     if heads:  # the requested heads must be cached: checked before loading the model, encoding or writing anything
@@ -60,16 +65,18 @@ def describe_heads(cache_path: Path, load_clip: Callable[[], Any], out: Path, *,
     require_cached_heads(terms.layers, terms.heads.shape[2], chosen, str(cache_path))  # --layers: before the pool
     texts = load_pool(pool)
     log(f"pool: {len(texts)} descriptions (text embeddings cached in {out / POOL_CACHE})")
-    text_emb = cached_pool_embeddings(clip, texts, out / POOL_CACHE)
-    spans = explain_heads(terms.heads, terms.layers, chosen, texts, text_emb, per_head, rank, roles)
-    doc = Descriptions(cache=str(cache_path), dataset=terms.dataset, split=terms.split, n=len(terms),
-                       model=clip.identity.to_dict(), pool=str(pool) if pool else f"shipped:{POOL_FILE.name}",
-                       pool_size=len(texts), per_head=per_head, rank=rank or "auto",
-                       heads=[head_description(s) for s in spans])
-    md = out / DESCRIPTIONS_MD
-    md.write_text(descriptions_markdown(spans, f"TextSpan descriptions: {terms.dataset}/{terms.split}, "
-                                               f"{clip.identity.describe()}"), encoding="utf-8")
-    return Written(doc, [doc.save(out / DESCRIPTIONS_JSON), md])
+    with staged_directory(out, "explain", complete=DESCRIPTIONS_JSON) as tmp:
+        text_emb = cached_pool_embeddings(clip, texts, tmp / POOL_CACHE, reuse=out / POOL_CACHE)
+        spans = explain_heads(terms.heads, terms.layers, chosen, texts, text_emb, per_head, rank, roles)
+        doc = Descriptions(cache=str(cache_path), dataset=terms.dataset, split=terms.split, n=len(terms),
+                           model=clip.identity.to_dict(), pool=str(pool) if pool else f"shipped:{POOL_FILE.name}",
+                           pool_size=len(texts), per_head=per_head, rank=rank or "auto",
+                           heads=[head_description(s) for s in spans])
+        (tmp / DESCRIPTIONS_MD).write_text(descriptions_markdown(spans, f"TextSpan descriptions: {terms.dataset}/"
+                                                                        f"{terms.split}, {clip.identity.describe()}"),
+                                           encoding="utf-8")
+        doc.save(tmp / DESCRIPTIONS_JSON)
+    return Written(doc, [out / DESCRIPTIONS_JSON, out / DESCRIPTIONS_MD])
 
 
 def span_lines(doc: Descriptions, top: int = 3) -> list[str]:
@@ -81,29 +88,36 @@ def span_lines(doc: Descriptions, top: int = 3) -> list[str]:
 def discover_keywords(source: Path, load_clip: Callable[[], Any], out: Path, *, classes: str | None = None,
                       dataset: str | None = None, split: str = "val", templates: Path | None = None,
                       vocab: Path | None = None, captions_column: str | None = None, top: int = 20,
-                      batch_size: int = 32, device: str = "cpu") -> tuple[list[ClassKeywords], Written]:
+                      batch_size: int = 32, device: str = "cpu", max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                      allow_outside_root: bool = False) -> tuple[list[ClassKeywords], Written]:
     """B2T on a cache or a dataset split: ranked keywords per class in ``out/keywords.json`` and, when at least two
     distinct top keywords exist, the attribute prompts they suggest in ``out/attribute_prompts.yaml`` (a prompt
     file for ``locate --attribute-prompts``)."""
+    check_directory_target(out, "discover")
     clip = load_clip()
-    images, captions = discover_input(source, dataset, split, captions_column, clip, batch_size, device)
+    images, captions = discover_input(source, dataset, split, captions_column, clip, batch_size, device,
+                                      max_pixels, allow_outside_root)
     names = classes_for(classes, images.dataset) or images.class_names
     results = discover(images, clip, names, templates_for(templates, images.dataset), top,
                        vocab=None if captions is not None else load_vocab(vocab), captions=captions)
-    out.mkdir(parents=True, exist_ok=True)
     candidates = f"captions:{captions_column}" if captions_column else str(vocab or f"shipped:{VOCAB_FILE.name}")
     doc = Keywords(source=str(source), dataset=images.dataset, n=len(images.labels), model=clip.identity.to_dict(),
                    candidates=candidates, classes=[class_keywords_record(r) for r in results])
-    files = [doc.save(out / KEYWORDS_JSON)]
+    files = [out / KEYWORDS_JSON]
     prompts = attribute_prompts(results, names)
-    if len(prompts) >= 2:
-        files.append(write_attribute_prompts(out / ATTRIBUTE_PROMPTS_YAML, prompts))
+    with staged_directory(out, "discover", complete=KEYWORDS_JSON) as tmp:
+        doc.save(tmp / KEYWORDS_JSON)
+        if len(prompts) >= 2:
+            write_attribute_prompts(tmp / ATTRIBUTE_PROMPTS_YAML, prompts)
+            files.append(out / ATTRIBUTE_PROMPTS_YAML)
     return results, Written(doc, files)
 
 
 def discover_input(source: Path, dataset: str | None, split: str, captions_column: str | None, clip: Any,
-                   batch_size: int, device: str) -> tuple[ImageSet, dict[str, str] | None]:
-    """(ImageSet, captions or None) from a cache file (same backbone as ``clip``) or a dataset split."""
+                   batch_size: int, device: str, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                   allow_outside_root: bool = False) -> tuple[ImageSet, dict[str, str] | None]:
+    """(ImageSet, captions or None) from a cache file (same backbone as ``clip``) or a dataset split (images of at
+    most ``max_pixels``; paths outside the data folder only with ``allow_outside_root``)."""
     if source.suffix == ".safetensors":
         if captions_column:
             raise ClipDebiasError("--captions-column needs a csv dataset as input, not a cache")
@@ -120,8 +134,8 @@ def discover_input(source: Path, dataset: str | None, split: str, captions_colum
                                   "waterbirds|celeba|csv")
     if captions_column and dataset != "csv":
         raise ClipDebiasError(f"--captions-column needs a csv dataset, got --dataset {dataset}")
-    index = load_index(dataset, source, split)
-    images = embed_index(clip, index, batch_size, device)
+    index = load_index(dataset, source, split, allow_outside_root=allow_outside_root)
+    images = embed_index(clip, index, batch_size, device, max_pixels=max_pixels)
     return images, read_captions(source, captions_column) if captions_column else None
 
 

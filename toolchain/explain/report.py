@@ -6,6 +6,8 @@ missing), head descriptions (``descriptions.json``, ``explain.files.Descriptions
 (``compare.json`` as ``evaluate --json`` writes it, ``evaluate.CompareFile``; rendered to ``compare.png``), latency
 (verify's ``report.json``, ``VerifyReportFile``), discovered keywords (``keywords.json``, ``explain.files.Keywords``),
 and every other PNG (heat maps). No network assets: inline CSS, images by relative path.
+The page, plan.png and compare.png replace existing files only when clip-debias wrote them (``runtime.ownership``:
+the page's generator meta tag, the PNGs' ``Software`` text), or with ``force``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from urllib.parse import quote
 
 from pydantic.dataclasses import dataclass as format_dataclass
 
+from clip_debias.runtime.atomic_output import check_file_target, write_atomic
+from clip_debias.runtime.ownership import HTML_GENERATOR, file_is_ours
 from clip_debias.runtime.schema import FORMAT, read_model
 from clip_debias.runtime.verify import VerifyReport
 from clip_debias.toolchain.errors import ClipDebiasError
@@ -47,6 +51,7 @@ class Page:
     root: Path
     parts: list[str] = field(default_factory=list)
     used: set[str] = field(default_factory=set)
+    force: bool = False  # replace figures clip-debias did not write
 
     def add(self, text: str) -> None:
         self.parts.append(text)
@@ -123,7 +128,7 @@ def section_plan(page: Page) -> None:
     plan = load_section(page, "Located heads", "plan.json", LocatePlan.load, "no plan.json (run 'clip-debias locate')")
     if plan is None:
         return
-    png = find(page.root, "plan.png") or save_heatmap(plan, Path(plan.source).parent / "plan.png")
+    png = find(page.root, "plan.png") or save_heatmap(plan, Path(plan.source).parent / "plan.png", page.force)
     page.add(page.image(png, "n(W) - n(C) over (layer, head); S = spurious, + = salient"))
     rows = [[f'<span class="{role}">{role}</span>', esc(s.head[0]), esc(s.head[1]),
              *(f"{v:.3f}" for v in (s.n_wrong, s.n_correct, s.score))]
@@ -148,8 +153,9 @@ def section_descriptions(page: Page) -> None:
         page.add(table(["#", "description", "variance"], rows, {0, 2}))
 
 
-def render_compare(rows: list[CompareRow], out: Path) -> Path:
-    """Grouped bar chart: per-group accuracy (and overall / worst group) for each method."""
+def render_compare(rows: list[CompareRow], out: Path, force: bool = False) -> Path:
+    """Grouped bar chart: per-group accuracy (and overall / worst group) for each method (a group with no image: 0;
+    written by ``toolchain.figures``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -163,16 +169,16 @@ def render_compare(rows: list[CompareRow], out: Path) -> Path:
     x = np.arange(len(labels))
     for i, r in enumerate(rows):
         vals = [r.accuracy, r.worst_group_accuracy] + [r.groups[n].accuracy if n in r.groups else 0.0 for n in groups]
-        ax.bar(x + (i - (len(rows) - 1) / 2) * width, [100 * v for v in vals], width, label=r.method)
+        ax.bar(x + (i - (len(rows) - 1) / 2) * width, [100 * (v or 0.0) for v in vals], width, label=r.method)
     ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title("per-group accuracy", fontsize=9)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    from clip_debias.toolchain.figures import save_figure
+
+    return save_figure(fig, out, "report", force=force)
 
 
 def section_compare(page: Page) -> None:
@@ -183,8 +189,12 @@ def section_compare(page: Page) -> None:
     if not doc.rows:
         page.note("compare.json holds no rows")
         return
-    page.add(page.image(render_compare(doc.rows, find(page.root, "compare.json").parent / "compare.png"),
-                        "accuracy per group and method"))
+    png = find(page.root, "compare.json").parent / "compare.png"
+    if page.force or not png.exists() or file_is_ours(png, "figure"):
+        page.add(page.image(render_compare(doc.rows, png, page.force), "accuracy per group and method"))
+    else:
+        page.note(f"{png.name}: a file clip-debias did not write has that name; the chart was not drawn "
+                  "(--force replaces it)")
     groups = list(dict.fromkeys(g for r in doc.rows for g in r.groups))
     body = [[esc(r.method), pct(r.accuracy), pct(r.worst_group_accuracy),
              *(f"{pct(r.groups[n].accuracy)} (n={esc(r.groups[n].n)})" if n in r.groups else "-" for n in groups)]
@@ -240,19 +250,23 @@ def section_figures(page: Page) -> None:
 SECTIONS = (section_plan, section_descriptions, section_compare, section_latency, section_keywords, section_figures)
 
 
-def build_report(root: str | Path, out: str | Path | None = None, title: str = "clip-debias report") -> Path:
-    """Write ``root/report.html`` (or ``out``, which must lie in ``root`` so relative image paths resolve)."""
+def build_report(root: str | Path, out: str | Path | None = None, title: str = "clip-debias report",
+                 force: bool = False) -> Path:
+    """Write ``root/report.html`` (or ``out``, which must lie in ``root`` so relative image paths resolve); an
+    existing page (and figure) is replaced only when clip-debias wrote it, or with ``force``."""
     root = Path(root)
     if not root.is_dir():
         raise ClipDebiasError(f"{root}: not a folder (expected the folder holding plan.json, descriptions.json, ...)")
     out = Path(out) if out is not None else root / REPORT_NAME
     if out.resolve().parent != root.resolve():
         raise ClipDebiasError(f"{out}: the report must be written inside {root} (images are linked relatively)")
-    page = Page(root)
+    check_file_target(out, "report-html", force)  # before drawing anything
+    page = Page(root, force=force)
     page.add(f"<h1>{esc(title)}</h1><p>folder {esc(root.resolve().name)}</p>")
     for section in SECTIONS:
         section(page)
-    doc = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
-           f"<style>{CSS}</style></head><body>\n" + "\n".join(page.parts) + "\n</body></html>\n")
-    out.write_text(doc, encoding="utf-8")
+    doc = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">{HTML_GENERATOR} report">'
+           f"<title>{esc(title)}</title><style>{CSS}</style></head><body>\n" + "\n".join(page.parts)
+           + "\n</body></html>\n")
+    write_atomic(out, doc, "report-html", force)
     return out

@@ -129,23 +129,29 @@ def encode_pool(clip: Any, texts: list[str], batch_size: int = 256) -> torch.Ten
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
-def cached_pool_embeddings(clip: Any, texts: list[str], path: str | Path) -> torch.Tensor:
-    """``encode_pool`` with a safetensors cache at ``path``, reused only when its metadata names the same backbone
-    (``ModelIdentity``) and the same texts (sha256 of the lines); otherwise (re)written."""
+def cached_pool_embeddings(clip: Any, texts: list[str], path: str | Path,
+                           reuse: str | Path | None = None) -> torch.Tensor:
+    """``encode_pool`` with a safetensors cache written to ``path`` and read from ``reuse`` (default ``path``: e.g.
+    the previous output folder's copy), reused only when its metadata names the same backbone (``ModelIdentity``)
+    and the same texts (sha256 of the lines); otherwise encoded again."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
     path = Path(path)
     key = {"model": json.dumps(clip.identity.to_dict(), sort_keys=True),
            "texts_sha256": hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()}
-    if path.is_file():
+    source = Path(reuse) if reuse is not None else path
+    emb = None
+    if source.is_file():
         try:
-            with safe_open(str(path), framework="pt") as f:
+            with safe_open(str(source), framework="pt") as f:
                 if {k: (f.metadata() or {}).get(k) for k in key} == key:
-                    return f.get_tensor("texts")
+                    emb = f.get_tensor("texts")
         except Exception:  # unreadable or foreign file: re-encode and overwrite
             pass
-    emb = encode_pool(clip, texts)
+    if emb is not None and source == path:
+        return emb
+    emb = encode_pool(clip, texts) if emb is None else emb
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({"texts": emb.contiguous()}, str(path), metadata=key)
     return emb

@@ -99,7 +99,7 @@ def denormalize(image: torch.Tensor, mean, std) -> torch.Tensor:
 
 
 def render_overlay(picture: torch.Tensor, heat: torch.Tensor, path: str | Path, title: str, cls_share: float,
-                   total: float) -> Path:
+                   total: float, force: bool = False) -> Path:
     """PNG with the image and the heat map [gh, gw] upsampled over it (diverging colours centred at 0: red = the
     tokens push towards the text, blue = away), plus a colour bar. ``picture`` [H, W, 3] in [0, 1]."""
     import matplotlib
@@ -107,8 +107,8 @@ def render_overlay(picture: torch.Tensor, heat: torch.Tensor, path: str | Path, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from clip_debias.toolchain.figures import save_figure
+
     h, w = picture.shape[:2]
     lim = max(float(heat.abs().max()), 1e-12)
     fig, axes = plt.subplots(1, 2, figsize=(8.5, 4.2))
@@ -125,24 +125,20 @@ def render_overlay(picture: torch.Tensor, heat: torch.Tensor, path: str | Path, 
     fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.04)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, "explain-image", force=force)
 
 
 def explain_image(clip, image_path: str | Path, heads: list[tuple[int, int]], text: str, vs: str | None,
-                  out: str | Path) -> tuple[Path, float, float]:
-    """Heat map of ``heads`` along ``text`` (minus ``vs``) for one image file, written to ``out``. Returns (path,
-    sum over all tokens, CLS token share)."""
-    from clip_debias.toolchain.datasets.loader import read_image
+                  out: str | Path, force: bool = False, max_pixels: int | None = None) -> tuple[Path, float, float]:
+    """Heat map of ``heads`` along ``text`` (minus ``vs``) for one image file, written to ``out`` (replacing only a
+    figure of ours, or anything with ``force``). Returns (path, sum over all tokens, CLS token share)."""
+    from clip_debias.runtime.images import load_image
+    from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS
 
     image_path = Path(image_path)
     if not image_path.is_file():
         raise ClipDebiasError(f"{image_path}: image not found")
-    try:
-        pil = read_image(image_path)
-    except (OSError, ValueError) as e:
-        raise ClipDebiasError(f"{image_path}: cannot read image ({e})") from e
+    pil = load_image(image_path, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
     tower = ExplicitViT.from_open_clip(clip.model.visual).float().cpu()
     x = clip.preprocess(pil).unsqueeze(0).float()
     tt = token_terms(tower, x, heads)
@@ -154,5 +150,5 @@ def explain_image(clip, image_path: str | Path, heads: list[tuple[int, int]], te
     names = ", ".join(f"{l}:{h}" for l, h in heads)
     what = f"'{text}'" + (f" - '{vs}'" if vs else "")
     path = render_overlay(picture, heat, out, f"{image_path.name}: heads {names} along {what}", float(s[0]),
-                          float(s.sum()))
+                          float(s.sum()), force=force)
     return path, float(s.sum()), float(s[0])

@@ -26,7 +26,7 @@ from clip_debias.runtime.atomic_output import staged_directory
 from clip_debias.toolchain.errors import ClipDebiasError
 
 GENERATOR_VERSION = 1
-LAB_MARKER = "lab.json"  # written last; marks a finished lab data set (one that --overwrite may replace)
+LAB_MARKER = "lab.json"  # the generator's parameters, written last (ownership: runtime.ownership's marker)
 CLASS_NAMES = ("landbird", "waterbird")
 PLACE_NAMES = ("land", "water")
 SPLIT_NAMES = ("train", "val", "test")
@@ -250,7 +250,7 @@ def make_lab_data(
     out = Path(out)
     if not overwrite and out.is_dir() and any(out.iterdir()):
         raise ClipDebiasError(f"{out}: already exists and is not empty (pass --overwrite to replace it)")
-    with staged_directory(out, LAB_MARKER, "a lab data set (written by 'clip-debias lab make-data')") as tmp:
+    with staged_directory(out, "lab-data", complete=LAB_MARKER) as tmp:
         _write_data(tmp, cfg, workers)
     return out
 

@@ -9,7 +9,6 @@ worst-group zero-shot accuracy per split with the prompts "a photo of a landbird
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -178,17 +177,18 @@ def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     return 0.5 * lr * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
-def save_weights(model: torch.nn.Module, out: str | Path, dtype: torch.dtype, metadata: dict[str, str]) -> Path:
-    """Write the full CLIP state dict as safetensors (via a temporary file, renamed at the end)."""
+def save_weights(model: torch.nn.Module, out: str | Path, dtype: torch.dtype, metadata: dict[str, str],
+                 force: bool = False) -> Path:
+    """Write the full CLIP state dict as safetensors (via a temporary file, renamed at the end); an existing ``out``
+    is replaced only when it is lab weights (``runtime.ownership``), or with ``force``."""
     from safetensors.torch import save_file
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    from clip_debias.runtime.atomic_output import atomic_file
+
     sd = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    save_file(sd, str(tmp), metadata=metadata)
-    tmp.replace(out)
-    return out
+    with atomic_file(out, "lab-weights", force) as tmp:
+        save_file(sd, str(tmp), metadata=metadata)
+    return Path(out)
 
 
 def train_lab_model(
@@ -208,6 +208,7 @@ def train_lab_model(
     log_every: int = 50,
     eval_every: int = 0,
     model_name: str = MODEL_NAME,
+    force: bool = False,
 ) -> TrainResult:
     """Train ``clipdebias-lab`` from scratch on the train split of ``data`` with ``ClipLoss`` and save the state
     dict to ``out`` (fp16 when ``half``). Logs every ``log_every`` steps, and the val split's zero-shot accuracy every
@@ -280,7 +281,7 @@ def train_lab_model(
     seconds = time.perf_counter() - t0
     meta = {"model": model_name, "steps": str(steps), "seed": str(seed), "batch_size": str(batch_size),
             "lr": str(lr), "p_background": str(p_background), "data": Path(data).name}
-    save_weights(model, out, torch.float16 if half else torch.float32, meta)
+    save_weights(model, out, torch.float16 if half else torch.float32, meta, force)
     return TrainResult(out=Path(out), steps=steps, seed=seed, batch_size=batch_size, seconds=seconds, losses=losses)
 
 

@@ -7,16 +7,18 @@ from pathlib import Path
 from clip_debias.toolchain.locate.ltc import LocatePlan
 
 
-def save_heatmap(plan: LocatePlan, path: str | Path) -> Path:
+def save_heatmap(plan: LocatePlan, path: str | Path, force: bool = False) -> Path:
     """Write a PNG: rows = the cache's absolute layers, columns = heads, colour = n(W) - n(C) (red: spurious side,
-    blue: salient side); located spurious heads are marked "S", salient "+"."""
+    blue: salient side); located spurious heads are marked "S", salient "+". An existing ``path`` is replaced only
+    when it is a figure of ours, or with ``force`` (``toolchain.figures``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from clip_debias.toolchain.figures import check_figure_target, save_figure
+
+    path = check_figure_target(path, force)
     diff = plan.diff_grid().numpy()
     lim = max(float(abs(diff).max()), plan.threshold, 1e-6)
     fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * plan.n_heads + 2), max(2.5, 0.4 * len(plan.layers) + 1.5)))
@@ -34,6 +36,4 @@ def save_heatmap(plan: LocatePlan, path: str | Path) -> Path:
     ax.set_title(f"n(W) - n(C), {plan.dataset}/{plan.split}, threshold 1/K = {plan.threshold:.3f}", fontsize=9)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, "locate", dpi=120, force=force)

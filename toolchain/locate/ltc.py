@@ -135,13 +135,15 @@ class LocatePlan:
         """How error lines name this plan: its file when loaded from one, else 'plan'."""
         return self.source or "plan"
 
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def save(self, path: str | Path, force: bool = False) -> Path:
+        """Write the plan as JSON (temp file + rename); an existing ``path`` is replaced only when it is a plan, or
+        with ``force`` (``runtime.atomic_output``)."""
+        from clip_debias.runtime.atomic_output import write_atomic
+
         data = asdict(self)
         data.pop("source")
-        path.write_text(json.dumps(data, indent=2))
-        return path
+        write_atomic(path, json.dumps(data, indent=2), "locate-plan", force)
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> "LocatePlan":

@@ -1,0 +1,89 @@
+"""The one image-file loader of clip-debias: the runtime (``Preprocessor``, ``verify``) and the toolchain (datasets,
+explain-image) both decode through ``load_image``.
+
+Rules:
+
+- **Pixel limit**: the size is read from the file's header first; an image of more than ``max_pixels`` pixels
+  (default ``DEFAULT_MAX_PIXELS`` = 50 million, e.g. 7071 x 7071) is refused before it is decoded (a 13000 x 13000
+  PNG is 531 KB on disk and 737 MB decoded). PIL's own guard (``PIL.Image.MAX_IMAGE_PIXELS``, 89.5 M; refused
+  above twice that) stays in force on top.
+- **Bit depth**: every image comes out with 8-bit samples. 16-bit grayscale (PIL modes ``I;16``, ``I;16L``,
+  ``I;16B``, ``I;16N``, and a 16-bit PNG opened as ``I``) becomes ``L`` with ``v8 = v16 >> 8`` (the high byte),
+  the rule PIL itself applies when it decodes 16-bit RGB / RGBA PNGs (RGB48 / RGBA64) to ``RGB`` / ``RGBA``. An
+  8-bit image widened the usual way (``v16 = 257 v8``) comes back exactly. Samples whose range is not defined (32-bit
+  integer ``I`` from other formats, float ``F``, signed ``I;16S``...) are refused: converting them would saturate or
+  guess. Everything else (``1``, ``L``, ``P``, ``RGB``, ``RGBA``, ``CMYK``, ...) is returned as decoded; the
+  preprocessing converts it to RGB.
+- No EXIF rotation (open_clip applies none).
+
+Every refusal is an ``ImageError`` (an ``InputError``): ``"PATH: cannot read image (REASON)"``, one line.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from clip_debias.runtime.errors import InputError
+from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS
+
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+EIGHT_BIT_MODES = ("1", "L", "P", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV", "LA", "La", "PA")
+
+
+class ImageError(InputError):
+    """An image file that cannot be used; ``reason`` is the message without the path."""
+
+    def __init__(self, path: str | os.PathLike[str] | None, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(f"{path}: cannot read image ({reason})" if path is not None else f"image: {reason}")
+
+
+def _reason(e: Exception) -> str:
+    """Why PIL could not read a file, short and without the path."""
+    if isinstance(e, FileNotFoundError):
+        return "file not found"
+    if isinstance(e, IsADirectoryError):
+        return "is a directory"
+    if isinstance(e, UnidentifiedImageError):
+        return "not an image PIL can identify"
+    message = str(e).splitlines()[0][:200] if str(e) else ""
+    return f"{type(e).__name__}: {message}" if message else type(e).__name__
+
+
+def to_8bit(image: Image.Image, path: str | os.PathLike[str] | None = None) -> Image.Image:
+    """``image`` with 8-bit samples by the rules of the module docstring (a 16-bit one converted, an undefined range
+    refused with ``ImageError``)."""
+    mode = image.mode
+    if mode in EIGHT_BIT_MODES:
+        return image
+    sixteen = mode in SIXTEEN_BIT_MODES or (mode == "I" and image.format == "PNG")  # PNG "I" is 16-bit grayscale
+    if not sixteen:
+        raise ImageError(path, f"mode {mode} samples have no defined 8-bit scale; save it as an 8- or 16-bit image")
+    a = np.asarray(image)
+    if mode == "I":
+        a = np.clip(a, 0, 65535)
+    return Image.fromarray((a.astype(np.uint32) >> 8).astype(np.uint8), mode="L")
+
+
+def check_pixels(width: int, height: int, max_pixels: int | None, path: str | os.PathLike[str] | None = None) -> None:
+    """Refuse an image over ``max_pixels`` (None: no limit of ours) with ``ImageError``."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageError(path, f"{width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
+                               "(--max-pixels / max_pixels)")
+
+
+def load_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open, check the size, fully decode and bring to 8-bit samples (see the module docstring)."""
+    try:
+        with Image.open(Path(path)) as im:
+            check_pixels(im.width, im.height, max_pixels, path)
+            im.load()
+            return to_8bit(im, path)
+    except ImageError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # SyntaxError: PIL's bad headers
+        raise ImageError(path, _reason(e)) from None
