@@ -369,8 +369,8 @@ def test_bench_rows(tiny_clip, tmp_path):
     labels = [r.backend for r in rows if r.batch == 1]
     runtime_rows = ["ort fp32", "ort fp16", "ort int8"]
     assert labels[:6] == ["open_clip eager", "torch plain", "torch debiased", *runtime_rows]
-    assert labels[6:] == [label for label in ("openvino fp32", "openvino bf16")  # when openvino can run them
-                          if not any(why.startswith(label) for why in left_out)] if has_openvino() else []
+    assert labels[6:] == ([label for label in ("openvino fp32", "openvino bf16")  # when openvino can run them
+                           if not any(why.startswith(label) for why in left_out)] if has_openvino() else [])
     assert all(r.speedup == 1.0 for r in rows if r.backend == "open_clip eager")
     assert all(r.p50_ms > 0 and r.throughput > 0 for r in rows)
     assert len(bench_json(rows)["rows"]) == 2 * len(labels)

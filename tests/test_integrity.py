@@ -104,7 +104,7 @@ def test_legacy_artifact_without_marker_loads_and_is_checked(tmp_path: Path) -> 
     digest."""
     fx = build_artifact(tmp_path / "legacy", fp16=True, ort_optimized=True)
     clf = runtime.load(fx.path, device="cpu")
-    assert clf.backend.model_file.path == "model.ort.onnx" and clf.digest is not None
+    assert clf.info()["file"] == "model.ort.onnx" and clf.digest is not None
     flip_byte(fx.path / "model.onnx")  # not the file the CPU backend runs
     with pytest.raises(ArtifactError, match="model.onnx: sha256 .* does not match manifest.json"):
         runtime.load(fx.path, device="cpu")
