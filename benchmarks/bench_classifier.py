@@ -33,7 +33,7 @@ ROUNDS = {1: 30, 32: 3}
 @pytest.fixture(scope="module")
 def models() -> tuple[DebiasedClassifier, DebiasedClassifier]:
     torch.manual_seed(0)
-    clip = load_clip("ViT-B-16")
+    clip = load_clip("ViT-B-16", random_weights=True)
     tower = ExplicitViT.from_open_clip(clip.model.visual)
     d = tower.cfg.embed_dim
     unit = lambda *s: torch.nn.functional.normalize(torch.randn(*s), dim=-1)  # noqa: E731

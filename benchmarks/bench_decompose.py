@@ -18,7 +18,7 @@ def setup():
     from clip_debias.toolchain.models.tower import ExplicitViT
 
     torch.manual_seed(0)
-    clip = load_clip("ViT-B-16")
+    clip = load_clip("ViT-B-16", random_weights=True)
     tower = ExplicitViT.from_open_clip(clip.model.visual)
     decomposer = Decomposer(tower, resolve_layers(tower.cfg.layers, last=4))
     images = torch.randn(BATCH, 3, 224, 224)

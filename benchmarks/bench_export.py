@@ -51,7 +51,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from clip_debias.toolchain.models.loading import load_clip
 
     torch.manual_seed(0)
-    clip = load_clip(MODEL)
+    clip = load_clip(MODEL, random_weights=True)
     plain = plain_classifier(clip, ["a", "b", "c"])
     spec = copy.deepcopy(plain.spec)
     spec.ablated, spec.salient, spec.basis_rank = [[11, 0], [11, 3], [10, 5]], [[11, 7]], 2

@@ -134,7 +134,7 @@ def main() -> None:
     from clip_debias.toolchain.models.loading import load_clip
 
     torch.manual_seed(0)
-    clip = load_clip(args.model)
+    clip = load_clip(args.model, random_weights=True)
     cfg = clip.model.visual
     last, heads = len(cfg.transformer.resblocks) - 1, cfg.transformer.resblocks[0].attn.num_heads
     dim = cfg.output_dim

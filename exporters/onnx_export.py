@@ -66,10 +66,10 @@ log = logging.getLogger("clip_debias.export")
 DEFAULT_OPSET = 18
 PRECISIONS = ("fp32", "fp16", "int8")  # --precision takes one, a comma list, or "both" (= fp32,fp16)
 # the weight MatMuls of the transformer blocks, as the TorchScript exporter names them after ExplicitViT's module
-# paths: /tower/blocks.3/qkv/MatMul (plain classifier) or /blocks.3/mlp/mlp.0/MatMul (DebiasedClassifier runs the
-# blocks itself); tests/test_export.py checks that exactly 4 per block match on both (3 in the last block, whose
-# CLS-only query projection is a plain MatMul: ExplicitAttention.cls_head_outputs)
-INT8_NODE_PATTERN = re.compile(r"(?:^|/)blocks\.\d+/(?:qkv|out|mlp/[^/]+)/MatMul$")
+# paths (ExplicitAttention.qkv / .out, Mlp.fc_in / .fc_out): /tower/blocks.3/qkv/MatMul (plain classifier) or
+# /blocks.3/mlp/fc_in/MatMul (DebiasedClassifier runs the blocks itself); tests/test_export.py checks that exactly
+# these match on both (the last block's CLS-only query projection is a plain MatMul: cls_head_outputs)
+INT8_NODE_PATTERN = re.compile(r"(?:^|/)blocks\.\d+/(?:qkv|out|mlp/fc_in|mlp/fc_out)/MatMul$")
 MIN_OPSET = 14  # scaled_dot_product_attention and LayerNormalization export from 14 on
 EXAMPLE_BATCH = 2
 FP16_KEEP_FP32_OPS: tuple[str, ...] = ()  # op types the fp16 graph keeps in fp32 by default (see the docstring)

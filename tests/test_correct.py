@@ -29,7 +29,7 @@ GROUPS = ["landbird/land", "landbird/water", "waterbird/land", "waterbird/water"
 
 @pytest.fixture(scope="module")
 def clip():
-    return load_clip("clipdebias-tiny")
+    return load_clip("clipdebias-tiny", random_weights=True)
 
 
 @pytest.fixture(scope="module")
@@ -156,12 +156,12 @@ def test_cli_build_and_compare(clip, images, cache, tmp_path: Path):
     plan.save(tmp_path / "plan.json")
     runner = CliRunner()
     res = runner.invoke(app, ["build", "--plan", str(tmp_path / "plan.json"), "--model", "clipdebias-tiny",
-                              "--classifier", "perception", "--out", str(tmp_path / "model")])
+                              "--random-weights", "--classifier", "perception", "--out", str(tmp_path / "model")])
     assert res.exit_code == 0, res.output
     assert "ablation means from waterbirds/train" in res.output
     model = DebiasedClassifier.load(tmp_path / "model")
     assert model.spec.ablated == [[3, 1]] and model.spec.plan["calibration"]["n"] == len(cache)
-    res = runner.invoke(app, ["evaluate", "--compare", "--model", "clipdebias-tiny",
+    res = runner.invoke(app, ["evaluate", "--compare", "--model", "clipdebias-tiny", "--random-weights",
                               "--plan", str(tmp_path / "plan.json"),
                               "--cache", str(tmp_path / "train.safetensors"), "--json", str(tmp_path / "cmp.json")])
     assert res.exit_code == 0, res.output
@@ -187,13 +187,13 @@ def test_cli_evaluate_on_a_csv_dataset(clip, cache, tmp_path: Path):
     runner = CliRunner()
     torch.manual_seed(0)  # random-init weights: each CLI call loads the model anew, with the same seed they agree
     res = runner.invoke(app, ["build", "--plan", str(tmp_path / "plan.json"), "--model", "clipdebias-tiny",
-                              "--out", str(tmp_path / "model")])
+                              "--random-weights", "--out", str(tmp_path / "model")])
     assert res.exit_code == 0, res.output
     data = ["--dataset", "csv", "--data", str(tmp_path / "data.csv"), "--classes", "landbird,waterbird"]
     res = runner.invoke(app, ["evaluate", str(tmp_path / "model"), *data, "--json", str(tmp_path / "m.json")])
     assert res.exit_code == 0, res.output
     torch.manual_seed(0)
-    res = runner.invoke(app, ["evaluate", "--compare", "--model", "clipdebias-tiny",
+    res = runner.invoke(app, ["evaluate", "--compare", "--model", "clipdebias-tiny", "--random-weights",
                               "--plan", str(tmp_path / "plan.json"),
                               *data, "--contexts", "waterbirds", "--json", str(tmp_path / "c.json")])
     assert res.exit_code == 0, res.output

@@ -48,7 +48,7 @@ def error(fn, *args, **kwargs) -> str:
 
 @pytest.fixture(scope="module")
 def preprocess():
-    return load_clip("clipdebias-tiny").preprocess
+    return load_clip("clipdebias-tiny", random_weights=True).preprocess
 
 
 # ---- waterbirds --------------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ def test_sum_identity_tiny(tiny_clip, layers):
 
 def test_sum_identity_layerscale():
     torch.manual_seed(0)
-    assert _sum_identity(load_clip("clipdebias-tiny-ls"), [1, 2]) <= TOL
+    assert _sum_identity(load_clip("clipdebias-tiny-ls", random_weights=True), [1, 2]) <= TOL
 
 
 def test_sum_identity_vitb32(vitb32_clip):
@@ -46,7 +46,7 @@ def test_sum_identity_vitb32(vitb32_clip):
 @pytest.mark.slow
 def test_sum_identity_vitb16():
     torch.manual_seed(0)
-    assert _sum_identity(load_clip("ViT-B-16"), resolve_layers(12, last=4), batch=2) <= TOL
+    assert _sum_identity(load_clip("ViT-B-16", random_weights=True), resolve_layers(12, last=4), batch=2) <= TOL
 
 
 def test_head_terms_are_direct_contributions(tiny_clip):
@@ -90,7 +90,8 @@ def test_cli_decompose_writes_cache(tmp_path, tiny_clip):
 
     data = _csv_fixture(tmp_path / "data")
     out = tmp_path / "train.safetensors"
-    res = CliRunner().invoke(app, ["decompose", "--model", "clipdebias-tiny", "--dataset", "csv", "--data", str(data),
+    res = CliRunner().invoke(app, ["decompose", "--model", "clipdebias-tiny", "--random-weights",
+                                   "--dataset", "csv", "--data", str(data),
                                    "--split", "train", "--out", str(out), "--layers", "2", "--batch-size", "3"])
     assert res.exit_code == 0, res.output
     cache = load_cache(out)
@@ -128,8 +129,9 @@ def test_cli_bad_input_is_one_line(tmp_path):
     import subprocess
     import sys
 
-    res = subprocess.run([sys.executable, "-m", "clip_debias.toolchain.cli.app", "decompose", "--model", "clipdebias-tiny",
-                          "--dataset", "waterbirds", "--data", str(tmp_path), "--out", str(tmp_path / "x.safetensors")],
+    res = subprocess.run([sys.executable, "-m", "clip_debias.toolchain.cli.app", "decompose", "--model",
+                          "clipdebias-tiny", "--random-weights", "--dataset", "waterbirds", "--data", str(tmp_path),
+                          "--out", str(tmp_path / "x.safetensors")],
                          capture_output=True, text=True)
     assert res.returncode == 2, res.stderr
     lines = [l for l in res.stderr.splitlines() if l.strip()]

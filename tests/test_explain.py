@@ -300,14 +300,16 @@ def test_cli_explain_and_report(tmp_path, tiny_clip):
     plan = write_plan(tmp_path / "plan.json", [[3, 1]], [[2, 0]], identity=tiny_clip.identity.to_dict())
     out = tmp_path / "out"
     runner = CliRunner()
-    res = runner.invoke(app, ["explain", str(cache), "--model", "clipdebias-tiny", "--heads", str(plan),
+    res = runner.invoke(app, ["explain", str(cache), "--model", "clipdebias-tiny", "--random-weights",
+                              "--heads", str(plan),
                               "--pool", str(pool), "--per-head", "4", "--out", str(out)])
     assert res.exit_code == 0, res.output
     doc = json.loads((out / "descriptions.json").read_text())
     assert [(h["layer"], h["head"], h["role"]) for h in doc["heads"]] == [(3, 1, "spurious"), (2, 0, "salient")]
     assert all(len(h["entries"]) == 4 and 0 < h["explained"] <= 1 + 1e-9 for h in doc["heads"])
     assert doc["pool_size"] == len(load_pool()[::200]) and (out / "descriptions.md").is_file()
-    res = runner.invoke(app, ["explain", str(cache), "--model", "clipdebias-tiny", "--layers", "3", "--pool", str(pool),
+    res = runner.invoke(app, ["explain", str(cache), "--model", "clipdebias-tiny", "--random-weights",
+                              "--layers", "3", "--pool", str(pool),
                               "--per-head", "4", "--rank", "5", "--out", str(out)])  # reuses the pool embeddings
     assert res.exit_code == 0, res.output
     doc = json.loads((out / "descriptions.json").read_text())
@@ -315,7 +317,8 @@ def test_cli_explain_and_report(tmp_path, tiny_clip):
 
     img = tmp_path / "bird.png"
     Image.new("RGB", (40, 36), (40, 120, 200)).save(img)
-    res = runner.invoke(app, ["explain-image", str(img), "--model", "clipdebias-tiny", "--text", "a bird on water",
+    res = runner.invoke(app, ["explain-image", str(img), "--model", "clipdebias-tiny", "--random-weights",
+                              "--text", "a bird on water",
                               "--vs", "a bird on land", "--heads", "3:1,2:0", "--out", str(out / "heat.png")])
     assert res.exit_code == 0, res.output
     assert Image.open(out / "heat.png").size[0] > 100
@@ -332,7 +335,8 @@ def test_cli_discover_on_cache(tmp_path, tiny_clip):
     cache = _small_cache(tmp_path / "val.safetensors", tiny_clip.identity)
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("water\nforest\nsky\ngrass\nsand\n")
-    res = CliRunner().invoke(app, ["discover", str(cache), "--model", "clipdebias-tiny", "--vocab", str(vocab),
+    res = CliRunner().invoke(app, ["discover", str(cache), "--model", "clipdebias-tiny", "--random-weights",
+                                   "--vocab", str(vocab),
                                    "--classes", "landbird,waterbird", "--top", "3", "--out", str(tmp_path / "d")])
     assert res.exit_code == 0, res.output
     doc = json.loads((tmp_path / "d" / "keywords.json").read_text())
@@ -354,7 +358,8 @@ def test_cli_discover_captions(tmp_path, tiny_clip):
         Image.new("RGB", (36, 36), (20 * i, 255 - 20 * i, (70 * i) % 255)).save(root / f"im{i}.png")
         rows.append(f"im{i}.png,{i % 2},{caps[i % 3]}")
     (root / "data.csv").write_text("\n".join(rows) + "\n")
-    res = CliRunner().invoke(app, ["discover", str(root), "--model", "clipdebias-tiny", "--captions-column",
+    res = CliRunner().invoke(app, ["discover", str(root), "--model", "clipdebias-tiny", "--random-weights",
+                                   "--captions-column",
                                    "caption", "--top", "4", "--out", str(tmp_path / "d")])
     assert res.exit_code == 0, res.output
     doc = json.loads((tmp_path / "d" / "keywords.json").read_text())
@@ -374,12 +379,14 @@ def test_cli_errors(tmp_path):
 
     assert _failed_with(CliRunner().invoke(app, ["report", str(tmp_path / "missing")]), "not a folder")
     res = CliRunner().invoke(app, ["explain", str(tmp_path / "none.safetensors"), "--model", "clipdebias-tiny",
-                                   "--out", str(tmp_path / "o")])
+                                   "--random-weights", "--out", str(tmp_path / "o")])
     assert _failed_with(res, "none.safetensors")
-    res = CliRunner().invoke(app, ["explain-image", str(tmp_path / "x.png"), "--model", "clipdebias-tiny", "--text",
+    res = CliRunner().invoke(app, ["explain-image", str(tmp_path / "x.png"), "--model", "clipdebias-tiny",
+                                   "--random-weights", "--text",
                                    "a", "--heads", "9:0", "--out", str(tmp_path / "o.png")])
     assert _failed_with(res, "out of range")
-    res = CliRunner().invoke(app, ["explain-image", str(tmp_path / "x.png"), "--model", "clipdebias-tiny", "--text",
+    res = CliRunner().invoke(app, ["explain-image", str(tmp_path / "x.png"), "--model", "clipdebias-tiny",
+                                   "--random-weights", "--text",
                                    " ", "--out", str(tmp_path / "o.png")])
     assert _failed_with(res, "--text: empty")
 
@@ -400,7 +407,8 @@ def test_cli_explain_checks_heads_before_encoding_or_writing(tmp_path, tiny_clip
     if choice[1] == "plan.json":
         choice = ["--heads", str(tmp_path / "plan.json")]
     out = tmp_path / "ex2"
-    res = CliRunner().invoke(app, ["explain", str(cache), "--model", "clipdebias-tiny", *choice, "--out", str(out)])
+    res = CliRunner().invoke(app, ["explain", str(cache), "--model", "clipdebias-tiny", "--random-weights",
+                                   *choice, "--out", str(out)])
     heads = "heads [[0, 0], [0, 1], [0, 2], [0, 3]] are" if choice[0] == "--layers" else "head [1, 0] is"
     lines = [line for line in res.output.splitlines() if line.startswith("error:")]
     assert res.exit_code == 2 and "Traceback" not in res.output, res.output

@@ -268,6 +268,12 @@ def test_int8_quantizes_block_linears_and_runs_on_cpu(tiny_clip, tiny_edited, tm
     for name, model in (("plain", plain_classifier(tiny_clip, CLASSES)), ("edited", tiny_edited)):
         rep = export_onnx_report(model, tmp_path / name, precision="fp32,int8", ort_optimize=False)
         assert [g.precision for g in rep.gates] == ["fp32", "int8"] and all(g.passed for g in rep.gates)
+        fp32_nodes = [n.name for n in onnx.load(str(rep.artifact / "model.onnx")).graph.node if n.op_type == "MatMul"]
+        layers = model.tower.cfg.layers
+        expected = {(i, part) for i in range(layers) for part in ("qkv", "out", "mlp/fc_in", "mlp/fc_out")
+                    if (i, part) != (layers - 1, "qkv")}
+        picked = [ox.INT8_NODE_PATTERN.search(n) for n in fp32_nodes]
+        assert sorted(m.group(0) for m in picked if m) == sorted(f"/blocks.{i}/{p}/MatMul" for i, p in expected)
         ops = [n.op_type for n in onnx.load(str(rep.artifact / "model.int8.onnx")).graph.node]
         # qkv, out, fc1, fc2 per block; the last block projects only the CLS query (folded keys/values), left fp32
         assert ops.count("MatMulInteger") == 4 * model.tower.cfg.layers - 1

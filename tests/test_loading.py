@@ -109,7 +109,8 @@ def test_device_is_checked(tmp_path, monkeypatch):
     from clip_debias.toolchain.cli.options import check_device
 
     assert check_device("cpu") == "cpu"
-    base = ["decompose", "--model", "clipdebias-tiny", "--dataset", "waterbirds", "--data", str(tmp_path),
+    base = ["decompose", "--model", "clipdebias-tiny", "--random-weights",
+            "--dataset", "waterbirds", "--data", str(tmp_path),
             "--out", str(tmp_path / "x.safetensors")]
     _one_error_line(_cli(base + ["--device", "gpu"]), "--device gpu: expected cpu, cuda or cuda:N")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -122,16 +123,163 @@ def test_device_is_checked(tmp_path, monkeypatch):
         check_device("cuda:1")
 
 
-def test_random_weights_warn_on_stderr(capsys):
+def test_random_weights_only_when_asked(tmp_path, capsys):
+    """A model without shipped weights and without --pretrained/--weights is refused in one line that says what to
+    pass; --random-weights gives a random model and one warning line; it excludes the other sources."""
+    from clip_debias.toolchain.cli.options import load_model
+
+    _one_error_line(_cli(["explain-image", str(tmp_path / "x.png"), "--model", "clipdebias-tiny", "--text", "a",
+                          "--out", str(tmp_path / "h.png")]),
+                    "--model clipdebias-tiny has no shipped weights", "--pretrained TAG", "--weights FILE",
+                    "--random-weights", "shipped: clipdebias-lab")
+    with pytest.raises(ClipDebiasError, match="--random-weights for a random-weight model"):
+        load_clip("ViT-B-32")
+    clip = load_model("clipdebias-tiny", None, None, random_weights=True)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["warning: --random-weights: --model clipdebias-tiny has RANDOM weights (results mean nothing)"]
+    assert clip.identity.describe() == "clipdebias-tiny (random init)"
+    for other in ({"pretrained": "laion2b_s34b_b88k"}, {"weights": tmp_path / "w.pt"}):
+        with pytest.raises(ClipDebiasError, match="--random-weights and --(pretrained|weights) are exclusive"):
+            load_clip("clipdebias-tiny", random_weights=True, **other)
+    with pytest.raises(ClipDebiasError, match="--pretrained shipped: no weights are shipped for --model clipdebias-tiny "
+                                              r"\(shipped: clipdebias-lab\)"):
+        load_clip("clipdebias-tiny", pretrained="shipped")
+
+
+def test_shipped_weights_by_name(capsys):
+    """--model clipdebias-lab alone, --pretrained shipped and --weights FILE-of-the-shipped-weights are one model with
+    one identity (so caches and plans made either way match); --random-weights still gives a random lab model."""
     from clip_debias.toolchain.cli.options import load_model
     from clip_debias.toolchain.lab import LAB_WEIGHTS
 
-    load_model("clipdebias-tiny", None, None)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("warning: --model clipdebias-tiny has no --pretrained or --weights")
-    assert "RANDOM weights" in err[0]
-    load_model("clipdebias-lab", None, None)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "RANDOM" in err[0] and LAB_WEIGHTS.name in err[0]
-    load_model("clipdebias-lab", None, LAB_WEIGHTS)
+    by_name = load_model("clipdebias-lab", None, None)
     assert capsys.readouterr().err == ""
+    assert by_name.identity.weights_sha256 == sha256_file(LAB_WEIGHTS)
+    assert by_name.identity.weights_file == LAB_WEIGHTS.name
+    for other in (load_clip("clipdebias-lab", pretrained="shipped"), load_clip("clipdebias-lab", weights=LAB_WEIGHTS)):
+        assert other.identity == by_name.identity and _same_weights(other, by_name)
+    rand = load_clip("clipdebias-lab", random_weights=True)
+    assert rand.identity.weights_sha256 is None and not _same_weights(rand, by_name)
+
+
+def test_shipped_registry_is_complete():
+    """Every shipped weights file exists, belongs to a registered model config, is installed (package-data) and fits
+    its model: a new lab model is one SHIPPED_WEIGHTS entry plus its config and file."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    import open_clip
+
+    from clip_debias.toolchain.models.loading import register_configs
+    from clip_debias.toolchain.models.shipped import SHIPPED_WEIGHTS, TOOLCHAIN_DIR
+
+    register_configs()
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["clip_debias.toolchain"]
+    assert SHIPPED_WEIGHTS
+    for name, rel in SHIPPED_WEIGHTS.items():
+        assert name in open_clip.list_models() and (TOOLCHAIN_DIR / rel).is_file()
+        assert any(fnmatch.fnmatch(rel, pat) for pat in patterns), (rel, patterns)
+        assert load_clip(name).identity.weights_file == Path(rel).name
+
+
+# ---- weights cache -------------------------------------------------------------------------------------------------
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """An empty weights cache folder of this test's own."""
+    from clip_debias.toolchain.models.checkpoint import CACHE_ENV
+
+    folder = tmp_path / "cache"
+    monkeypatch.setenv(CACHE_ENV, str(folder))
+    return folder
+
+
+def _entries(cache) -> list[str]:
+    return sorted(p.name for p in cache.iterdir())
+
+
+def test_pt_is_converted_once_into_the_cache(tmp_path, tiny_clip, fresh_cache):
+    """A .pt is read in full once and cached as <sha256>.safetensors; the next load reads the entry (same tensors,
+    same identity); a changed file has another hash and never meets the old entry."""
+    from clip_debias.toolchain.models.checkpoint import read_checkpoint
+
+    path = tmp_path / "w.pt"
+    torch.save(tiny_clip.model.state_dict(), path)
+    sha = sha256_file(path)
+    first = read_checkpoint(path)
+    assert not first.from_cache and f"{sha}.safetensors" in _entries(fresh_cache)
+    again = read_checkpoint(path)
+    assert again.from_cache and again.sha256 == sha
+    assert again.state_dict.keys() == first.state_dict.keys()
+    assert all(torch.equal(again.state_dict[k], v) for k, v in first.state_dict.items())
+    loaded = load_clip("clipdebias-tiny", weights=path)
+    assert _same_weights(loaded, tiny_clip) and loaded.identity.weights_sha256 == sha
+
+    changed = {k: v + 1 if v.is_floating_point() else v for k, v in tiny_clip.model.state_dict().items()}
+    torch.save(changed, path)  # same name, new content
+    assert sha256_file(path) != sha
+    reloaded = load_clip("clipdebias-tiny", weights=path)
+    key = "visual.proj"
+    assert torch.equal(reloaded.model.state_dict()[key], changed[key])
+    assert f"{sha256_file(path)}.safetensors" in _entries(fresh_cache)
+
+
+def test_cache_entry_of_another_file_is_not_trusted(tmp_path, tiny_clip, fresh_cache):
+    """An entry whose recorded source hash is not the file's (renamed by hand, or damaged) is ignored and rewritten."""
+    from clip_debias.toolchain.models.checkpoint import read_checkpoint
+
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    torch.save(tiny_clip.model.state_dict(), a)
+    torch.save({k: v * 2 for k, v in tiny_clip.model.state_dict().items()}, b)
+    read_checkpoint(a)
+    entry_b = fresh_cache / f"{sha256_file(b)}.safetensors"
+    (fresh_cache / f"{sha256_file(a)}.safetensors").replace(entry_b)  # a's tensors under b's name
+    got = read_checkpoint(b)
+    assert not got.from_cache
+    assert torch.equal(got.state_dict["visual.proj"], 2 * tiny_clip.model.state_dict()["visual.proj"])
+    entry_b.write_bytes(b"garbage")
+    assert not read_checkpoint(b).from_cache and read_checkpoint(b).from_cache
+
+
+def test_unwritable_cache_still_loads(tmp_path, tiny_clip, monkeypatch, caplog):
+    from clip_debias.toolchain.models.checkpoint import CACHE_ENV
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    monkeypatch.setenv(CACHE_ENV, str(blocker / "cache"))
+    path = tmp_path / "w.pt"
+    torch.save(tiny_clip.model.state_dict(), path)
+    with caplog.at_level("WARNING", logger="clip_debias.weights"):
+        assert _same_weights(load_clip("clipdebias-tiny", weights=path), tiny_clip)
+    assert len(caplog.records) == 1 and "could not cache" in caplog.records[0].getMessage()
+    assert blocker.read_text() == "x"
+
+
+def test_openai_torchscript_archive(tmp_path, tiny_clip, fresh_cache):
+    """OpenAI's released .pt files are TorchScript archives (open_clip's reader refuses them): read with torch.jit,
+    OpenAI's extra entries dropped, fp16 tensors loaded into the fp32 model, then cached like any .pt."""
+    from clip_debias.toolchain.models.checkpoint import read_checkpoint, save_torchscript_state_dict
+
+    sd = {k: v.half() if v.is_floating_point() else v for k, v in tiny_clip.model.state_dict().items()}
+    sd.update(input_resolution=torch.tensor(32), context_length=torch.tensor(16), vocab_size=torch.tensor(49408))
+    path = save_torchscript_state_dict(sd, tmp_path / "ViT-tiny.pt")
+    loaded = load_clip("clipdebias-tiny", weights=path)
+    own = loaded.model.state_dict()
+    assert all(own[k].dtype == torch.float32 and torch.equal(own[k], sd[k].float()) for k in own)
+    assert read_checkpoint(path).from_cache
+
+
+def test_loaded_weights_do_not_write_back(tmp_path, tiny_clip):
+    """A model loaded from a safetensors file holds its tensors memory-mapped (no copy): changing them in place must
+    not change the file (the mapping is private)."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_clip.model.state_dict().items()}, str(path))
+    sha = sha256_file(path)
+    loaded = load_clip("clipdebias-tiny", weights=path)
+    with torch.no_grad():
+        for p in loaded.model.parameters():
+            p.add_(1)
+    assert sha256_file(path) == sha

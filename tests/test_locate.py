@@ -201,7 +201,8 @@ def test_cli_locate_smoke_and_identity_refusal(tmp_path: Path):
     save_cache(tmp_path / "train.safetensors", cache)
     runner = CliRunner()
     out = tmp_path / "plan.json"
-    args = ["locate", str(tmp_path / "train.safetensors"), "--model", "clipdebias-tiny", "--out", str(out)]
+    args = ["locate", str(tmp_path / "train.safetensors"), "--model", "clipdebias-tiny", "--random-weights",
+            "--out", str(out)]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert out.is_file() and (tmp_path / "plan.png").is_file()
@@ -209,7 +210,7 @@ def test_cli_locate_smoke_and_identity_refusal(tmp_path: Path):
     assert plan.minority_groups == [1, 2] and plan.cache_path.endswith("train.safetensors")
     assert plan.templates == ["a photo of a {}."]  # waterbirds defaults
     res = runner.invoke(app, ["locate", str(tmp_path / "train.safetensors"), "--model", "clipdebias-tiny-ls",
-                              "--out", str(out)])
+                              "--random-weights", "--out", str(out)])
     assert res.exit_code == 2
     assert "comes from clipdebias-tiny (random init), but the model is clipdebias-tiny-ls" in res.output
 
@@ -227,7 +228,7 @@ def _tiny_plan(tmp_path: Path) -> tuple[Path, Path]:
     save_cache(tmp_path / "csv.safetensors", cache)
     out = tmp_path / "plan.json"
     res = CliRunner().invoke(app, ["locate", str(tmp_path / "train.safetensors"), "--model", "clipdebias-tiny",
-                                   "--out", str(out)])
+                                   "--random-weights", "--out", str(out)])
     assert res.exit_code == 0, res.output
     raw = json.loads(out.read_text())  # the random-init text tower picks its own heads: pin one of each
     raw["spurious"] = [{"head": [3, 2], "n_wrong": 0.5, "n_correct": 0.0, "score": 0.5}]
@@ -248,14 +249,16 @@ def test_cli_build_names_a_moved_calibration_cache(tmp_path: Path):
     plan, cache = _tiny_plan(tmp_path)
     cache.rename(tmp_path / "moved.safetensors")
     runner = CliRunner()
-    res = runner.invoke(app, ["build", "--plan", str(plan), "--model", "clipdebias-tiny", "--out", str(tmp_path / "m")])
+    res = runner.invoke(app, ["build", "--plan", str(plan), "--model", "clipdebias-tiny", "--random-weights",
+                              "--out", str(tmp_path / "m")])
     assert _error_line(res) == (f"error: {plan} records calibration cache {cache}, which does not exist; pass "
                                 "--calibration CACHE, or --no-ablate")
     res = runner.invoke(app, ["evaluate", "--compare", "--plan", str(plan), "--model", "clipdebias-tiny",
-                              "--cache", str(tmp_path / "csv.safetensors")])
+                              "--random-weights", "--cache", str(tmp_path / "csv.safetensors")])
     assert _error_line(res) == (f"error: {plan} records calibration cache {cache}, which does not exist; pass "
                                 "--calibration CACHE")
-    res = runner.invoke(app, ["build", "--plan", str(plan), "--model", "clipdebias-tiny", "--out", str(tmp_path / "m"),
+    res = runner.invoke(app, ["build", "--plan", str(plan), "--model", "clipdebias-tiny", "--random-weights",
+                              "--out", str(tmp_path / "m"),
                               "--calibration", str(tmp_path / "moved.safetensors")])
     assert res.exit_code == 0, res.output
 
@@ -265,11 +268,12 @@ def test_cli_evaluate_compare_advice_names_its_own_options(tmp_path: Path):
 
     plan, cache = _tiny_plan(tmp_path)
     res = CliRunner().invoke(app, ["evaluate", "--compare", "--plan", str(plan), "--model", "clipdebias-tiny",
-                                   "--cache", str(tmp_path / "csv.safetensors")])
+                                   "--random-weights", "--cache", str(tmp_path / "csv.safetensors")])
     assert _error_line(res) == ("error: the plan has 1 salient head(s) to project but no attribute pairs were given "
                                 "(--attribute-pairs FILE; the 'ablate + project' rows need them)")
     pairs = tmp_path / "pairs.yaml"
     pairs.write_text("attribute_pairs:\n  - [a photo of water, a photo of land]\n")
     res = CliRunner().invoke(app, ["evaluate", "--compare", "--plan", str(plan), "--model", "clipdebias-tiny",
-                                   "--cache", str(tmp_path / "csv.safetensors"), "--attribute-pairs", str(pairs)])
+                                   "--random-weights", "--cache", str(tmp_path / "csv.safetensors"),
+                                   "--attribute-pairs", str(pairs)])
     assert res.exit_code == 0, res.output

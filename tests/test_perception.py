@@ -121,7 +121,7 @@ def test_head_with_the_tiny_text_tower():
     from clip_debias.toolchain.correct.perception import perception_head
     from clip_debias.toolchain.models.loading import load_clip
 
-    clip = load_clip("clipdebias-tiny")
+    clip = load_clip("clipdebias-tiny", random_weights=True)
     spec = contexts_for("waterbirds", None)
     joint = perception_head(clip, WATERBIRDS_CLASSES, spec)
     assert joint.text.shape == (2, 2, 32) and joint.z_from == "joint"

@@ -23,10 +23,7 @@ import torch
 
 from clip_debias.runtime.datasets import load_index
 from clip_debias.toolchain.decompose.cache import DecompositionCache, save_cache
-
-LAB_DIR = Path(__file__).parent / "lab"
-LAB_MODEL = "clipdebias-lab"
-LAB_WEIGHTS = LAB_DIR / "weights" / "clipdebias-lab.safetensors"
+from clip_debias.toolchain.lab import LAB_DIR, LAB_MODEL, LAB_WEIGHTS
 RECIPE = LAB_DIR / "recipe.json"
 LAB_POOL = LAB_DIR / "pool.txt"  # descriptions in the lab text tower's vocabulary, for explain
 LAB_VOCAB = LAB_DIR / "vocab.txt"  # background and object words, for discover

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from clip_debias.toolchain.cli.options import ModelOpt, PretrainedOpt, WeightsOpt, load_model
+from clip_debias.toolchain.cli.options import (ModelOpt, PretrainedOpt, RandomWeightsOpt, WeightsOpt,
+                                               load_model)
 
 if TYPE_CHECKING:
     from clip_debias.toolchain.locate.ltc import LocatePlan
@@ -55,6 +56,7 @@ def build(
                               "located on).")] = None,
     pretrained: PretrainedOpt = None,
     weights: WeightsOpt = None,
+    random_weights: RandomWeightsOpt = False,
     ablate: AblateOpt = True,
     project: ProjectOpt = True,
     classifier: Annotated[str, typer.Option("--classifier", help="zeroshot | perception")] = "zeroshot",
@@ -79,7 +81,7 @@ def build(
     calibration = default_calibration(located, calibration, ablate and bool(located.spurious),
                                       "--calibration CACHE, or --no-ablate")
     calib = load_cache(calibration) if calibration is not None else None
-    clip = load_model(model, pretrained, weights)
+    clip = load_model(model, pretrained, weights, random_weights=random_weights)
     options = BuildOptions(
         ablate=ablate, project=project, classifier=classifier,
         contexts=contexts_for(contexts, located.dataset) if classifier == "perception" else None,

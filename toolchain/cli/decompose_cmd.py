@@ -10,7 +10,7 @@ import typer
 from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS
 from clip_debias.toolchain.cli.options import (AllowOutsideRootOpt, BatchOpt, DataOpt, DatasetOpt, DeviceOpt, DtypeOpt,
                                                ForceOpt, MaxPixelsOpt, MaxSkippedOpt, ModelOpt, PretrainedOpt,
-                                               SplitOpt, WeightsOpt, load_model, reading_options)
+                                               RandomWeightsOpt, SplitOpt, WeightsOpt, load_model, reading_options)
 
 
 def decompose(
@@ -21,6 +21,7 @@ def decompose(
     split: SplitOpt = "train",
     pretrained: PretrainedOpt = None,
     weights: WeightsOpt = None,
+    random_weights: RandomWeightsOpt = False,
     layers: Annotated[int, typer.Option("--layers", help="Decompose the last N layers.")] = 4,
     batch_size: BatchOpt = 32,
     device: DeviceOpt = "cpu",
@@ -49,7 +50,7 @@ def decompose(
     reading = reading_options(skip_bad, max_skipped, max_pixels)
     index = load_index(dataset, data, split, classes=classes.split(",") if classes else None,
                        allow_outside_root=allow_outside_root)
-    clip = load_model(model, pretrained, weights, device, dtype)
+    clip = load_model(model, pretrained, weights, device, dtype, random_weights=random_weights)
     chosen = resolve_layers(len(clip.model.visual.transformer.resblocks), last=layers)
     cache = decompose_dataset(clip, index, chosen, batch_size=batch_size, device=device, skip_bad=skip_bad,
                               skipped_log=skipped_log, force=force, **reading)

@@ -11,7 +11,8 @@ from clip_debias.toolchain.cli.build_cmd import (AllowTestOpt, ContextsOpt, Pair
                                      default_calibration)
 from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS
 from clip_debias.toolchain.cli.options import (AllowOutsideRootOpt, BatchOpt, DeviceOpt, ForceOpt, MaxPixelsOpt,
-                                               MaxSkippedOpt, PretrainedOpt, WeightsOpt, load_model, reading_options)
+                                               MaxSkippedOpt, PretrainedOpt, RandomWeightsOpt, WeightsOpt, load_model,
+                                               reading_options)
 
 
 def evaluate(
@@ -26,6 +27,7 @@ def evaluate(
     model: Annotated[Optional[str], typer.Option("--model", help="--compare: open_clip model name.")] = None,
     pretrained: PretrainedOpt = None,
     weights: WeightsOpt = None,
+    random_weights: RandomWeightsOpt = False,
     plan: Annotated[Optional[Path], typer.Option("--plan", help="--compare: plan.json.")] = None,
     calibration: Annotated[Optional[Path], typer.Option("--calibration", help="--compare: calibration cache.")] = None,
     cache: Annotated[Optional[Path], typer.Option(
@@ -58,9 +60,9 @@ def evaluate(
     reading = {**reading_options(skip_bad, max_skipped, max_pixels), "allow_outside_root": allow_outside_root}
     class_list = [c.strip() for c in classes.split(",")] if classes else None
     if compare:
-        rows, extra = _compare(model, pretrained, weights, plan, calibration, cache, dataset, data, split, contexts,
-                               attribute_pairs, tau, z_from, renorm, allow_test_calibration, class_list, batch_size,
-                               device, skip_bad, reading)
+        rows, extra = _compare(model, pretrained, weights, random_weights, plan, calibration, cache, dataset, data,
+                               split, contexts, attribute_pairs, tau, z_from, renorm, allow_test_calibration,
+                               class_list, batch_size, device, skip_bad, reading)
     else:
         from clip_debias.toolchain.correct.classifier import CONFIG_NAME, read_spec
         from clip_debias.toolchain.evaluate import evaluate_model
@@ -82,8 +84,8 @@ def evaluate(
         typer.echo(f"wrote {json_out}")
 
 
-def _compare(model, pretrained, weights, plan, calibration, cache, dataset, data, split, contexts, attribute_pairs,
-             tau, z_from, renorm, allow_test, classes, batch_size, device, skip_bad, reading):
+def _compare(model, pretrained, weights, random_weights, plan, calibration, cache, dataset, data, split, contexts,
+             attribute_pairs, tau, z_from, renorm, allow_test, classes, batch_size, device, skip_bad, reading):
     """Load or decompose the evaluated split, then ``compare_methods``; returns (rows, provenance)."""
     from clip_debias.toolchain.prompts.defaults import attribute_pairs_for, contexts_for
     from clip_debias.toolchain.decompose.cache import load_cache
@@ -96,7 +98,7 @@ def _compare(model, pretrained, weights, plan, calibration, cache, dataset, data
     located = LocatePlan.load(plan)
     calibration = default_calibration(located, calibration, bool(located.spurious), "--calibration CACHE")
     calib = load_cache(calibration) if calibration is not None else None
-    clip = load_model(model, pretrained, weights, device)
+    clip = load_model(model, pretrained, weights, device, random_weights=random_weights)
     if cache is not None:
         terms = load_cache(cache)
     elif dataset is not None and data is not None:

@@ -10,7 +10,8 @@ import typer
 
 from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS
 from clip_debias.toolchain.cli.options import (AllowOutsideRootOpt, BatchOpt, DeviceOpt, ForceOpt, MaxPixelsOpt,
-                                               ModelOpt, PretrainedOpt, SplitOpt, WeightsOpt, load_model)
+                                               ModelOpt, PretrainedOpt, RandomWeightsOpt, SplitOpt, WeightsOpt,
+                                               load_model)
 
 HeadsOpt = Annotated[Optional[str], typer.Option(
     "--heads", help="plan.json (its spurious + salient heads) or LAYER:HEAD,... e.g. 11:3,11:5 (absolute layers).")]
@@ -26,6 +27,7 @@ def explain(
                       "replaced only when it is an explain folder of ours.")],
     pretrained: PretrainedOpt = None,
     weights: WeightsOpt = None,
+    random_weights: RandomWeightsOpt = False,
     heads: HeadsOpt = None,
     layers: LayersOpt = None,
     pool: Annotated[Optional[Path], typer.Option(
@@ -39,8 +41,8 @@ def explain(
     explain the most variance of its terms over the cache's images, removing each from terms and pool."""
     from clip_debias.toolchain.explain.jobs import describe_heads, span_lines
 
-    done = describe_heads(cache, lambda: load_model(model, pretrained, weights, device), out, heads=heads,
-                          layers=layers, pool=pool, per_head=per_head, rank=rank, log=typer.echo)
+    done = describe_heads(cache, lambda: load_model(model, pretrained, weights, device, random_weights=random_weights),
+                          out, heads=heads, layers=layers, pool=pool, per_head=per_head, rank=rank, log=typer.echo)
     for line in span_lines(done.doc):
         typer.echo(line)
     typer.echo(f"wrote {' and '.join(map(str, done.files))} ({len(done.doc.heads)} heads)")
@@ -54,6 +56,7 @@ def explain_image(
     vs: Annotated[Optional[str], typer.Option("--vs", help="Contrast text: use E(text) - E(vs).")] = None,
     pretrained: PretrainedOpt = None,
     weights: WeightsOpt = None,
+    random_weights: RandomWeightsOpt = False,
     heads: HeadsOpt = None,
     layers: LayersOpt = None,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
@@ -70,7 +73,7 @@ def explain_image(
         if value is not None and not value.strip():
             raise ClipDebiasError(f"{option}: empty; expected a text such as 'a photo of water'")
     check_figure_target(out, force)  # before any work
-    clip = load_model(model, pretrained, weights)
+    clip = load_model(model, pretrained, weights, random_weights=random_weights)
     n_layers = len(clip.model.visual.transformer.resblocks)
     n_heads = clip.model.visual.transformer.resblocks[0].attn.num_heads
     chosen, _ = select_heads(heads, layers, n_layers, n_heads, [n_layers - 1])
@@ -86,6 +89,7 @@ def discover(
                       "folder of ours.")],
     pretrained: PretrainedOpt = None,
     weights: WeightsOpt = None,
+    random_weights: RandomWeightsOpt = False,
     classes: Annotated[Optional[str], typer.Option(
         "--classes", help="Comma-separated class names for the prompts (default: dataset defaults, else the data's).")
     ] = None,
@@ -110,10 +114,11 @@ def discover(
     over correctly classified ones; rank keywords and suggest attribute prompts for 'locate --attribute-prompts'."""
     from clip_debias.toolchain.explain.jobs import ATTRIBUTE_PROMPTS_YAML, discover_keywords
 
-    results, done = discover_keywords(source, lambda: load_model(model, pretrained, weights, device), out,
-                                      classes=classes, dataset=dataset, split=split, templates=templates, vocab=vocab,
-                                      captions_column=captions_column, top=top, batch_size=batch_size, device=device,
-                                      max_pixels=max_pixels, allow_outside_root=allow_outside_root)
+    results, done = discover_keywords(
+        source, lambda: load_model(model, pretrained, weights, device, random_weights=random_weights), out,
+        classes=classes, dataset=dataset, split=split, templates=templates, vocab=vocab,
+        captions_column=captions_column, top=top, batch_size=batch_size, device=device, max_pixels=max_pixels,
+        allow_outside_root=allow_outside_root)
     _print_keywords(results)
     if not any(f.name == ATTRIBUTE_PROMPTS_YAML for f in done.files):
         typer.echo(f"fewer than two distinct top keywords: no {ATTRIBUTE_PROMPTS_YAML} suggested")

@@ -99,8 +99,9 @@ def train(
 
 @lab_app.command("report")
 def report(
-    weights: Annotated[Path, typer.Option("--weights", help="Lab CLIP weights (.safetensors).")],
     data: Annotated[Path, typer.Option("--data", help="Lab data dir.")],
+    weights: Annotated[Optional[Path], typer.Option(
+        "--weights", help="Lab CLIP weights (.safetensors; default: the weights shipped for --model).")] = None,
     split: Annotated[str, typer.Option("--split", help="Comma-separated splits: train,val,test.")] = "val,test",
     model: Annotated[str, typer.Option("--model", help="open_clip model name.")] = "clipdebias-lab",
 ) -> None:

@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from clip_debias.toolchain.cli.options import ForceOpt, ModelOpt, PretrainedOpt, WeightsOpt, load_model
+from clip_debias.toolchain.cli.options import (ForceOpt, ModelOpt, PretrainedOpt, RandomWeightsOpt, WeightsOpt,
+                                               load_model)
 
 
 def int_list(value: str | None, option: str) -> list[int] | None:
@@ -28,6 +29,7 @@ def locate(
     out: Annotated[Path, typer.Option("--out", help="Output plan.json (plan.png is written beside it).")],
     pretrained: PretrainedOpt = None,
     weights: WeightsOpt = None,
+    random_weights: RandomWeightsOpt = False,
     classes: Annotated[Optional[str], typer.Option(
         "--classes", help="Comma-separated class names (default: the dataset's defaults, else the cache's).")] = None,
     templates: Annotated[Optional[Path], typer.Option(
@@ -62,7 +64,7 @@ def locate(
     check_file_target(out, "locate-plan", force)  # both outputs, before any work
     check_figure_target(out.with_suffix(".png"), force)
     terms = load_cache(cache)
-    clip = load_model(model, pretrained, weights)
+    clip = load_model(model, pretrained, weights, random_weights=random_weights)
     plan = locate_cache(
         terms, clip, class_names=classes_for(classes, terms.dataset), templates=templates_for(templates, terms.dataset),
         attribute_prompts=attribute_prompts_for(attribute_prompts, terms.dataset),

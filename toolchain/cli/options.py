@@ -28,11 +28,16 @@ def check_device(device: str) -> str:
     return device.strip()
 
 
-ModelOpt = Annotated[str, typer.Option("--model", help="open_clip model name, e.g. ViT-B-16 (or clipdebias-lab).")]
+ModelOpt = Annotated[str, typer.Option(
+    "--model", help="open_clip model name, e.g. ViT-B-16, or clipdebias-lab (loads its shipped weights).")]
 PretrainedOpt = Annotated[Optional[str], typer.Option(
-    "--pretrained", help="open_clip pretrained tag, downloaded by open_clip (e.g. laion2b_s34b_b88k).")]
+    "--pretrained", help="open_clip pretrained tag, downloaded by open_clip (e.g. laion2b_s34b_b88k), or 'shipped': "
+                         "the weights clip-debias ships for --model (the default for clipdebias-lab).")]
 WeightsOpt = Annotated[Optional[Path], typer.Option(
-    "--weights", help="Local OpenAI / open_clip checkpoint (.pt, .bin, .safetensors).")]
+    "--weights", help="Local OpenAI / open_clip checkpoint (.pt, .bin, .safetensors); a .pt/.bin is converted once "
+                      "into the weights cache (README: Weights cache).")]
+RandomWeightsOpt = Annotated[bool, typer.Option(
+    "--random-weights", help="Use random weights (tests, timing): the results mean nothing.")]
 DeviceOpt = Annotated[str, typer.Option("--device", callback=check_device,
                                         help="torch device: cpu, cuda or cuda:N.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="compute dtype: fp32 | fp16 | bf16 (terms are stored fp32).")]
@@ -77,28 +82,14 @@ def torch_dtype(name: str) -> Any:
     return table[name]
 
 
-def random_weights_warning(model: str) -> str:
-    """The one stderr line that says a model was built without weights (for clipdebias-lab: where its weights are)."""
-    msg = (f"warning: --model {model} has no --pretrained or --weights: using RANDOM weights "
-           "(results mean nothing)")
-    from clip_debias.toolchain.lab import LAB_MODEL, LAB_WEIGHTS
-
-    if model == LAB_MODEL:
-        try:
-            where = LAB_WEIGHTS.relative_to(Path.cwd())
-        except ValueError:
-            where = LAB_WEIGHTS
-        msg += f"; the trained lab weights are shipped: --weights {where}"
-    return msg
-
-
-def load_model(model: str, pretrained: str | None, weights: Path | None, device: str = "cpu",
-               dtype: str = "fp32") -> Any:
-    """``toolchain.models.loading.load_clip`` from CLI option values; warns on stderr when the weights are random."""
+def load_model(model: str, pretrained: str | None, weights: Path | None, device: str = "cpu", dtype: str = "fp32",
+               *, random_weights: bool = False) -> Any:
+    """``toolchain.models.loading.load_clip`` from CLI option values; a random-weight model (``--random-weights``)
+    gets one warning line on stderr."""
     from clip_debias.toolchain.models.loading import load_clip
 
     clip = load_clip(model, pretrained=pretrained, weights=weights, device=check_device(device),
-                     dtype=torch_dtype(dtype))
-    if clip.identity.pretrained is None and clip.identity.weights_sha256 is None:
-        typer.echo(random_weights_warning(model), err=True)
+                     dtype=torch_dtype(dtype), random_weights=random_weights)
+    if random_weights:
+        typer.echo(f"warning: --random-weights: --model {model} has RANDOM weights (results mean nothing)", err=True)
     return clip

@@ -4,9 +4,11 @@ reproduces them live beside this file (``weights/clipdebias-lab.safetensors``, `
 
 from pathlib import Path
 
+from clip_debias.toolchain.models.shipped import shipped_weights
+
 LAB_DIR = Path(__file__).parent
-LAB_WEIGHTS = LAB_DIR / "weights" / "clipdebias-lab.safetensors"
-LAB_RECIPE = LAB_DIR / "recipe.json"
 LAB_MODEL = "clipdebias-lab"
+LAB_WEIGHTS = shipped_weights(LAB_MODEL)  # one registry of shipped weights: models/shipped.py
+LAB_RECIPE = LAB_DIR / "recipe.json"
 
 __all__ = ["LAB_DIR", "LAB_WEIGHTS", "LAB_RECIPE", "LAB_MODEL"]

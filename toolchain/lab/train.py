@@ -307,14 +307,15 @@ def group_accuracy(model: Any, tokenizer: Callable, split: LabSplit, split_name:
 
 
 def zero_shot_report(
-    weights: str | Path,
+    weights: str | Path | None,
     data: str | Path,
     split: str | tuple[str, ...] = ("val", "test"),
     model_name: str = MODEL_NAME,
     prompts: tuple[str, ...] = ZERO_SHOT_PROMPTS,
     log: Callable[[str], None] | None = print,
 ) -> dict[str, GroupAccuracy]:
-    """Load ``weights`` with ``load_clip`` and print (via ``log``) avg and worst-group zero-shot accuracy per split."""
+    """Load ``weights`` (None: the weights shipped for ``model_name``) with ``load_clip`` and print (via ``log``) avg
+    and worst-group zero-shot accuracy per split."""
     from clip_debias.toolchain.models.loading import load_clip
 
     splits = (split,) if isinstance(split, str) else tuple(split)

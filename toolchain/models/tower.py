@@ -178,6 +178,32 @@ class ExplicitAttention(nn.Module):
         return self.out(o.transpose(1, 2).reshape(-1, 1 if cls_only else self.tokens, self.width))
 
 
+class Mlp(nn.Module):
+    """fc_out(act(fc_in(x))): [.., W] -> [.., mlp_width] -> [.., W]. The layer names are part of two contracts: the
+    keys of a saved model (``blocks.i.mlp.fc_in.weight``) and the exported graph's node names that int8 quantization
+    selects (``exporters.onnx_export.INT8_NODE_PATTERN``). Model directories written before the layers had names
+    (``mlp.0`` / ``mlp.2``, an ``nn.Sequential``) still load: their keys are renamed on load."""
+
+    LEGACY_KEYS = {"0.": "fc_in.", "2.": "fc_out."}
+
+    def __init__(self, width: int, hidden: int, act: str):
+        super().__init__()
+        self.fc_in = nn.Linear(width, hidden)
+        self.act = QuickGELU() if act == "quick_gelu" else nn.GELU()
+        self.fc_out = nn.Linear(hidden, width)
+        self.register_load_state_dict_pre_hook(self._rename_legacy_keys)
+
+    @staticmethod
+    def _rename_legacy_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        for old, new in Mlp.LEGACY_KEYS.items():
+            for name in ("weight", "bias"):
+                if prefix + old + name in state_dict and prefix + new + name not in state_dict:
+                    state_dict[prefix + new + name] = state_dict.pop(prefix + old + name)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc_out(self.act(self.fc_in(x)))
+
+
 class ExplicitBlock(nn.Module):
     """Pre-norm residual block. ``forward`` returns the new residual stream and what decomposition needs."""
 
@@ -187,11 +213,7 @@ class ExplicitBlock(nn.Module):
         self.attn = ExplicitAttention(cfg.width, cfg.heads, cfg.tokens)
         self.ls_1 = LayerScale(cfg.width) if cfg.layer_scale else nn.Identity()
         self.ln_2 = nn.LayerNorm(cfg.width, eps=cfg.eps)
-        self.mlp = nn.Sequential(
-            nn.Linear(cfg.width, cfg.mlp_width),
-            QuickGELU() if cfg.act == "quick_gelu" else nn.GELU(),
-            nn.Linear(cfg.mlp_width, cfg.width),
-        )
+        self.mlp = Mlp(cfg.width, cfg.mlp_width, cfg.act)
         self.ls_2 = LayerScale(cfg.width) if cfg.layer_scale else nn.Identity()
 
     def forward(self, x: torch.Tensor, cls_only: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -242,33 +264,13 @@ class ExplicitViT(nn.Module):
     # ---- construction -------------------------------------------------------------------------------------------
     @classmethod
     def from_open_clip(cls, visual: nn.Module) -> "ExplicitViT":
-        """Copy the weights of an open_clip ``VisionTransformer``; refuse anything that is not a plain CLS-token ViT."""
+        """Copy the weights of an open_clip ``VisionTransformer`` by parameter name (``OPEN_CLIP_PARAMETERS``);
+        refuse anything that is not a plain CLS-token ViT (``tower_config_of``)."""
         cfg = tower_config_of(visual)
         tower = cls(cfg).to(dtype=visual.conv1.weight.dtype, device=visual.conv1.weight.device)
-        sd: dict[str, torch.Tensor] = {
-            "conv1.weight": visual.conv1.weight,
-            "class_embedding": visual.class_embedding,
-            "positional_embedding": visual.positional_embedding,
-            "ln_post.weight": visual.ln_post.weight,
-            "ln_post.bias": visual.ln_post.bias,
-        }
-        if cfg.ln_pre:
-            sd.update({"ln_pre.weight": visual.ln_pre.weight, "ln_pre.bias": visual.ln_pre.bias})
-        if cfg.output_dim is not None:
-            sd["proj"] = visual.proj
-        for i, blk in enumerate(visual.transformer.resblocks):
-            p = f"blocks.{i}."
-            sd.update({
-                p + "ln_1.weight": blk.ln_1.weight, p + "ln_1.bias": blk.ln_1.bias,
-                p + "attn.qkv.weight": blk.attn.in_proj_weight, p + "attn.qkv.bias": blk.attn.in_proj_bias,
-                p + "attn.out.weight": blk.attn.out_proj.weight, p + "attn.out.bias": blk.attn.out_proj.bias,
-                p + "ln_2.weight": blk.ln_2.weight, p + "ln_2.bias": blk.ln_2.bias,
-                p + "mlp.0.weight": blk.mlp.c_fc.weight, p + "mlp.0.bias": blk.mlp.c_fc.bias,
-                p + "mlp.2.weight": blk.mlp.c_proj.weight, p + "mlp.2.bias": blk.mlp.c_proj.bias,
-            })
-            if cfg.layer_scale:
-                sd.update({p + "ls_1.gamma": blk.ls_1.gamma, p + "ls_2.gamma": blk.ls_2.gamma})
-        tower.load_state_dict({k: v.detach().clone() for k, v in sd.items()}, strict=True)
+        source = dict(visual.named_parameters())
+        sd = {ours: source[theirs].detach().clone() for ours, theirs in open_clip_parameter_names(cfg).items()}
+        tower.load_state_dict(sd, strict=True)
         return tower.eval()
 
     # ---- forward ------------------------------------------------------------------------------------------------
@@ -373,9 +375,119 @@ class ExplicitViT(nn.Module):
         return b @ self.proj if self.proj is not None else b
 
 
+# ExplicitBlock parameter <- open_clip block parameter (block-relative). open_clip's two attention layouts, its 3.x
+# ``nn.MultiheadAttention`` and the ``Attention`` module that replaces it on its main branch, name these alike.
+BLOCK_PARAMETERS: dict[str, str] = {
+    "ln_1.weight": "ln_1.weight", "ln_1.bias": "ln_1.bias",
+    "attn.qkv.weight": "attn.in_proj_weight", "attn.qkv.bias": "attn.in_proj_bias",  # [3W, W] = [W_q; W_k; W_v]
+    "attn.out.weight": "attn.out_proj.weight", "attn.out.bias": "attn.out_proj.bias",
+    "ln_2.weight": "ln_2.weight", "ln_2.bias": "ln_2.bias",
+    "mlp.fc_in.weight": "mlp.c_fc.weight", "mlp.fc_in.bias": "mlp.c_fc.bias",
+    "mlp.fc_out.weight": "mlp.c_proj.weight", "mlp.fc_out.bias": "mlp.c_proj.bias",
+}
+LAYER_SCALE_PARAMETERS: dict[str, str] = {"ls_1.gamma": "ls_1.gamma", "ls_2.gamma": "ls_2.gamma"}
+# Parts of an open_clip block that change the math ExplicitBlock computes (block-relative attribute paths; refused
+# when present and neither None nor nn.Identity), each with what it is. Names from open_clip's Attention /
+# CustomResidualAttentionBlock (3.x and main) and torch's nn.MultiheadAttention.
+MATH_CHANGES: dict[str, str] = {
+    "attn.ln_q": "q/k LayerNorms (qk_norm)",
+    "attn.ln_k": "q/k LayerNorms (qk_norm)",
+    "attn.q_norm": "q/k norms (qk_norm)",
+    "attn.k_norm": "q/k norms (qk_norm)",
+    "attn.logit_scale": "scaled cosine attention (scaled_cosine_attn)",
+    "attn.head_scale": "per-head output scales (scale_heads)",
+    "attn.ln_inner": "a LayerNorm inside attention before out_proj (scale_attn_inner)",
+    "ln_attn": "a LayerNorm on the attention output (scale_attn)",
+    "mlp.ln": "a LayerNorm inside the MLP (scale_fc)",
+    "ln_1_kv": "a key/value LayerNorm for cross-attention",
+    "attn.bias_k": "learned key/value bias tokens (add_bias_kv)",
+    "attn.bias_v": "learned key/value bias tokens (add_bias_kv)",
+}
+OPEN_CLIP_BLOCKS = ("ResidualAttentionBlock", "CustomResidualAttentionBlock")  # x + ls_1(attn(ln_1 x)), + ls_2(mlp)
+
+
+def open_clip_parameter_names(cfg: TowerConfig) -> dict[str, str]:
+    """ExplicitViT parameter name -> the open_clip ``VisionTransformer`` parameter it is copied from."""
+    names = {k: k for k in ("conv1.weight", "class_embedding", "positional_embedding", "ln_post.weight",
+                            "ln_post.bias")}
+    if cfg.ln_pre:
+        names.update({"ln_pre.weight": "ln_pre.weight", "ln_pre.bias": "ln_pre.bias"})
+    if cfg.output_dim is not None:
+        names["proj"] = "proj"
+    per_block = {**BLOCK_PARAMETERS, **(LAYER_SCALE_PARAMETERS if cfg.layer_scale else {})}
+    for i in range(cfg.layers):
+        names.update({f"blocks.{i}.{ours}": f"transformer.resblocks.{i}.{theirs}"
+                      for ours, theirs in per_block.items()})
+    return names
+
+
+def _part(module: nn.Module, path: str) -> Any:
+    """The attribute at dotted ``path`` below ``module``, or None."""
+    for name in path.split("."):
+        module = getattr(module, name, None)
+        if module is None:
+            return None
+    return module
+
+
+def _check_block(i: int, blk: nn.Module, width: int, eps: float) -> tuple[int, int, str, bool]:
+    """One open_clip block -> (heads, mlp_width, act, layer_scale), or one line saying what changes the math."""
+    where = f"image tower block {i}"
+    if type(blk).__name__ not in OPEN_CLIP_BLOCKS or not type(blk).__module__.startswith("open_clip"):
+        raise ClipDebiasError(f"{where} is {type(blk).__name__}, not one of open_clip's pre-norm residual attention "
+                              f"blocks ({', '.join(OPEN_CLIP_BLOCKS)}): its wiring is unknown")
+    for path, what in MATH_CHANGES.items():
+        part = _part(blk, path)
+        if part is not None and not isinstance(part, nn.Identity):
+            raise ClipDebiasError(f"{where} has {what} ({path}), which changes the block's math; clip-debias "
+                                  "supports plain pre-norm blocks with softmax(q k^T / sqrt(Dh)) v attention")
+    params = dict(blk.named_parameters())
+    layer_scale = all(p in params for p in LAYER_SCALE_PARAMETERS.values())
+    needed = {*BLOCK_PARAMETERS.values(), *(LAYER_SCALE_PARAMETERS.values() if layer_scale else ())}
+    missing = sorted(needed - params.keys())
+    if missing:
+        raise ClipDebiasError(f"{where} has no parameter '{missing[0]}' (clip-debias reads the fused q/k/v "
+                              "projection attn.in_proj_weight [3W, W] with attn.in_proj_bias, attn.out_proj, mlp.c_fc, "
+                              "mlp.c_proj)")
+    extra = sorted(params.keys() - needed)
+    if extra:
+        raise ClipDebiasError(f"{where} has parameter '{extra[0]}', which a plain pre-norm ViT block does not have: "
+                              "clip-debias cannot account for what it computes")
+    attn, mlp_width = blk.attn, params["mlp.c_fc.weight"].shape[0]
+    heads = getattr(attn, "num_heads", None)
+    if not isinstance(heads, int) or heads < 1 or width % heads:
+        raise ClipDebiasError(f"{where}: attn.num_heads is {heads!r}, expected a divisor of the width {width}")
+    shapes = {"attn.in_proj_weight": (3 * width, width), "attn.in_proj_bias": (3 * width,),
+              "attn.out_proj.weight": (width, width), "mlp.c_proj.weight": (width, mlp_width)}
+    for name, shape in shapes.items():
+        if tuple(params[name].shape) != shape:
+            raise ClipDebiasError(f"{where}: {name} has shape {list(params[name].shape)}, expected {list(shape)}")
+    if getattr(attn, "add_zero_attn", False):
+        raise ClipDebiasError(f"{where} has a zero key/value token (add_zero_attn), which changes the block's math")
+    scale = getattr(attn, "scale", None)
+    if isinstance(scale, float) and not math.isclose(scale, (width // heads) ** -0.5, rel_tol=1e-6):
+        raise ClipDebiasError(f"{where}: attention scale {scale} is not 1/sqrt(head width {width // heads})")
+    for name in ("ln_1", "ln_2"):
+        norm = getattr(blk, name)
+        if not isinstance(norm, nn.LayerNorm) or norm.eps != eps:
+            raise ClipDebiasError(f"{where}: {name} is {type(norm).__name__} (eps {getattr(norm, 'eps', None)}), "
+                                  f"expected a LayerNorm with the eps of ln_post ({eps})")
+    act_module = getattr(blk.mlp, "gelu", None)
+    act = type(act_module).__name__
+    if act not in ("GELU", "QuickGELU"):
+        raise ClipDebiasError(f"image tower activation {act} is not supported (GELU or QuickGELU)")
+    if isinstance(act_module, nn.GELU) and act_module.approximate != "none":
+        raise ClipDebiasError("image tower uses tanh-approximated GELU, which is not supported")
+    return heads, mlp_width, "quick_gelu" if act == "QuickGELU" else "gelu", layer_scale
+
+
 def tower_config_of(visual: nn.Module) -> TowerConfig:
-    """Read a ``TowerConfig`` off an open_clip image tower, or raise one clear line saying why it is unsupported."""
-    from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
+    """Read a ``TowerConfig`` off an open_clip image tower, or raise one clear line saying why it is unsupported.
+
+    The tower is checked by its parameters, not by the classes of its attention modules: every block must hold
+    exactly the parameters ExplicitBlock reads (``BLOCK_PARAMETERS``, optionally ``LAYER_SCALE_PARAMETERS``) and none
+    of the parts that change the math (``MATH_CHANGES``), so either open_clip attention layout is accepted."""
+    from open_clip.transformer import VisionTransformer
 
     kind = type(visual).__name__
     if not isinstance(visual, VisionTransformer):
@@ -389,30 +501,36 @@ def tower_config_of(visual: nn.Module) -> TowerConfig:
     if getattr(visual, "pool_type", "tok") != "tok":
         raise ClipDebiasError(f"image tower pools with '{visual.pool_type}'; "
                               "only CLS-token pooling ('tok') is supported")
-    blocks = list(visual.transformer.resblocks)
-    for blk in blocks:
-        if type(blk) is not ResidualAttentionBlock or not isinstance(blk.attn, nn.MultiheadAttention) \
-                or hasattr(blk, "ln_1_kv") or blk.attn.in_proj_weight is None:
-            raise ClipDebiasError(
-                f"image tower block {type(blk).__name__} is not a plain pre-norm attention block (qk-norm, scaled "
-                "cosine attention and custom blocks are not supported)"
-            )
-    act = type(blocks[0].mlp.gelu).__name__
-    if act not in ("GELU", "QuickGELU"):
-        raise ClipDebiasError(f"image tower activation {act} is not supported (GELU or QuickGELU)")
-    if isinstance(blocks[0].mlp.gelu, nn.GELU) and blocks[0].mlp.gelu.approximate != "none":
-        raise ClipDebiasError("image tower uses tanh-approximated GELU, which is not supported")
     ln_pre = not isinstance(visual.ln_pre, nn.Identity)
+    own = {"conv1.weight", "class_embedding", "positional_embedding", "ln_post.weight", "ln_post.bias",
+           *(("ln_pre.weight", "ln_pre.bias") if ln_pre else ()), *(("proj",) if visual.proj is not None else ())}
+    params = {n for n, _ in visual.named_parameters() if not n.startswith("transformer.resblocks.")}
+    if own - params or params - own:
+        name = sorted(params - own or own - params)[0]
+        raise ClipDebiasError(f"image tower {'has' if name in params else 'lacks'} parameter '{name}' "
+                              f"({'not part of' if name in params else 'needed by'} a plain CLS-token ViT)")
+    width, eps = visual.conv1.weight.shape[0], visual.ln_post.eps
+    norms = [visual.ln_post, *([visual.ln_pre] if ln_pre else [])]
+    if any(not isinstance(n, nn.LayerNorm) or n.eps != eps for n in norms):
+        raise ClipDebiasError("image tower: ln_pre and ln_post must be LayerNorms with one eps")
+    blocks = list(visual.transformer.resblocks)
+    if not blocks:
+        raise ClipDebiasError("image tower has no transformer blocks")
+    found = {_check_block(i, blk, width, eps) for i, blk in enumerate(blocks)}
+    if len(found) != 1:
+        raise ClipDebiasError("image tower blocks differ in heads, MLP width, activation or LayerScale "
+                              f"({sorted(found)}); clip-debias needs one block shape")
+    heads, mlp_width, act, layer_scale = found.pop()
     return TowerConfig(
         image_size=tuple(visual.image_size),
         patch_size=tuple(visual.patch_size),
-        width=visual.conv1.out_channels,
+        width=width,
         layers=len(blocks),
-        heads=blocks[0].attn.num_heads,
-        mlp_width=blocks[0].mlp.c_fc.out_features,
+        heads=heads,
+        mlp_width=mlp_width,
         output_dim=visual.proj.shape[1] if visual.proj is not None else None,
-        act="quick_gelu" if act == "QuickGELU" else "gelu",
-        layer_scale=not isinstance(blocks[0].ls_1, nn.Identity),
+        act=act,
+        layer_scale=layer_scale,
         ln_pre=ln_pre,
-        eps=visual.ln_post.eps,
+        eps=eps,
     )
