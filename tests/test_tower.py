@@ -119,17 +119,17 @@ class NewLayoutAttention(torch.nn.Module):
     ``(q, k, v, need_weights=..., attn_mask=...) -> (out, None)`` (the installed open_clip's block) and main's
     ``(x, k_x=..., v_x=..., attn_mask=...) -> out``."""
 
-    def __init__(self, mha: torch.nn.MultiheadAttention):
+    def __init__(self, attn: torch.nn.Module):
         super().__init__()
-        width = mha.embed_dim
-        self.num_heads, self.head_dim = mha.num_heads, width // mha.num_heads
+        width = attn.in_proj_weight.shape[1]
+        self.num_heads, self.head_dim = attn.num_heads, width // attn.num_heads
         self.scale = self.head_dim ** -0.5
-        self.in_proj_weight = torch.nn.Parameter(mha.in_proj_weight.detach().clone())
-        self.in_proj_bias = torch.nn.Parameter(mha.in_proj_bias.detach().clone())
+        self.in_proj_weight = torch.nn.Parameter(attn.in_proj_weight.detach().clone())
+        self.in_proj_bias = torch.nn.Parameter(attn.in_proj_bias.detach().clone())
         self.ln_q, self.ln_k, self.ln_inner = torch.nn.Identity(), torch.nn.Identity(), torch.nn.Identity()
         self.logit_scale = self.head_scale = None
         self.out_proj = torch.nn.Linear(width, width)
-        self.out_proj.load_state_dict(mha.out_proj.state_dict())
+        self.out_proj.load_state_dict(attn.out_proj.state_dict())
 
     def forward(self, x, k_x=None, v_x=None, need_weights=None, attn_mask=None):
         assert attn_mask is None and all(t is None or t is x for t in (k_x, v_x))
