@@ -150,6 +150,18 @@ def test_cli_report_refuses_bad_split_and_model(small_data: Path) -> None:
                     LAB_WEIGHTS.name, "--model ViT-B-32", "differ in shape", "in the file", "in the model")
 
 
+def test_cli_report_defaults_to_the_shipped_weights(small_data: Path) -> None:
+    """`lab report` without --weights reports the weights shipped for --model (the same numbers as --weights FILE)."""
+    from typer.testing import CliRunner
+
+    from clip_debias.toolchain.cli.app import app
+
+    runs = [CliRunner().invoke(app, ["lab", "report", "--data", str(small_data), "--split", "val", *extra])
+            for extra in ([], ["--weights", str(LAB_WEIGHTS)])]
+    assert all(r.exit_code == 0 for r in runs), [r.output for r in runs]
+    assert runs[0].output == runs[1].output and runs[0].output.startswith("val   n=   16  avg ")
+
+
 def test_make_data_defaults_are_the_recipe() -> None:
     """`lab make-data` with no options makes the data the shipped weights were trained on."""
     import inspect

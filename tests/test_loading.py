@@ -14,6 +14,16 @@ def _same_weights(a, b) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """An empty weights cache folder of this test's own."""
+    from clip_debias.toolchain.models.checkpoint import CACHE_ENV
+
+    folder = tmp_path / "cache"
+    monkeypatch.setenv(CACHE_ENV, str(folder))
+    return folder
+
+
 @pytest.mark.parametrize("layout", ["open_clip_pt", "wrapped_ddp", "safetensors"])
 def test_local_weights_roundtrip(tmp_path, tiny_clip, layout):
     sd = tiny_clip.model.state_dict()
@@ -54,11 +64,13 @@ def test_corrupt_weights_file(tmp_path):
         load_clip("clipdebias-tiny", weights=bad)
 
 
-def test_weights_for_another_model(tmp_path, tiny_clip):
+def test_weights_for_another_model(tmp_path, tiny_clip, fresh_cache):
+    """Refused in one line, and no weights-cache entry is left behind for the refused file."""
     path = tmp_path / "tiny.pt"
     torch.save(tiny_clip.model.state_dict(), path)
     with pytest.raises(ClipDebiasError, match="do not fit --model clipdebias-tiny-ls"):
         load_clip("clipdebias-tiny-ls", weights=path)
+    assert not fresh_cache.exists()
 
 
 def test_unknown_model_name():
@@ -185,30 +197,22 @@ def test_shipped_registry_is_complete():
 
 
 # ---- weights cache -------------------------------------------------------------------------------------------------
-@pytest.fixture
-def fresh_cache(tmp_path, monkeypatch):
-    """An empty weights cache folder of this test's own."""
-    from clip_debias.toolchain.models.checkpoint import CACHE_ENV
-
-    folder = tmp_path / "cache"
-    monkeypatch.setenv(CACHE_ENV, str(folder))
-    return folder
-
-
 def _entries(cache) -> list[str]:
     return sorted(p.name for p in cache.iterdir())
 
 
 def test_pt_is_converted_once_into_the_cache(tmp_path, tiny_clip, fresh_cache):
-    """A .pt is read in full once and cached as <sha256>.safetensors; the next load reads the entry (same tensors,
-    same identity); a changed file has another hash and never meets the old entry."""
+    """A .pt is read in full once and cached as <sha256>.safetensors; the next read is the entry (same tensors, same
+    identity); a changed file has another hash and never meets the old entry."""
     from clip_debias.toolchain.models.checkpoint import read_checkpoint
 
     path = tmp_path / "w.pt"
     torch.save(tiny_clip.model.state_dict(), path)
     sha = sha256_file(path)
     first = read_checkpoint(path)
-    assert not first.from_cache and f"{sha}.safetensors" in _entries(fresh_cache)
+    assert not first.from_cache and not fresh_cache.exists()  # written once the weights are known to fit
+    first.remember()
+    assert _entries(fresh_cache) == [f"{sha}.safetensors"]
     again = read_checkpoint(path)
     assert again.from_cache and again.sha256 == sha
     assert again.state_dict.keys() == first.state_dict.keys()
@@ -232,14 +236,19 @@ def test_cache_entry_of_another_file_is_not_trusted(tmp_path, tiny_clip, fresh_c
     a, b = tmp_path / "a.pt", tmp_path / "b.pt"
     torch.save(tiny_clip.model.state_dict(), a)
     torch.save({k: v * 2 for k, v in tiny_clip.model.state_dict().items()}, b)
-    read_checkpoint(a)
+    read_checkpoint(a).remember()
     entry_b = fresh_cache / f"{sha256_file(b)}.safetensors"
     (fresh_cache / f"{sha256_file(a)}.safetensors").replace(entry_b)  # a's tensors under b's name
     got = read_checkpoint(b)
     assert not got.from_cache
     assert torch.equal(got.state_dict["visual.proj"], 2 * tiny_clip.model.state_dict()["visual.proj"])
+    got.remember()
+    assert read_checkpoint(b).from_cache
     entry_b.write_bytes(b"garbage")
-    assert not read_checkpoint(b).from_cache and read_checkpoint(b).from_cache
+    damaged = read_checkpoint(b)
+    assert not damaged.from_cache
+    damaged.remember()
+    assert read_checkpoint(b).from_cache
 
 
 def test_unwritable_cache_still_loads(tmp_path, tiny_clip, monkeypatch, caplog):

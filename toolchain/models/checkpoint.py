@@ -40,12 +40,20 @@ OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 @dataclass
 class Checkpoint:
-    """A state dict read from ``path`` and the sha256 of that file's bytes."""
+    """A state dict read from ``path`` and the sha256 of that file's bytes. ``entry``: the weights-cache file this
+    state dict is (``from_cache``) or should be written to by ``remember`` (None for a safetensors file)."""
 
     path: Path
     sha256: str
     state_dict: dict[str, torch.Tensor]
+    entry: Path | None = None
     from_cache: bool = False
+
+    def remember(self) -> None:
+        """Write the cache entry, once the caller knows the weights are usable (a checkpoint of another architecture
+        is refused without leaving a copy behind). Best effort: a failure logs one warning."""
+        if self.entry is not None and not self.from_cache:
+            _write_entry(self.entry, self.state_dict, self.sha256, self.path)
 
 
 def cache_dir() -> Path:
@@ -63,7 +71,8 @@ def first_sentence(e: BaseException, limit: int = 240) -> str:
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
-    """The state dict in ``path`` (see the module docstring), from the weights cache when the file was seen before."""
+    """The state dict in ``path`` (see the module docstring), from the weights cache when the file was seen before
+    (else ``Checkpoint.remember`` writes the entry)."""
     path = Path(path)
     if not path.is_file():
         raise ClipDebiasError(f"{path}: weights file not found (expected a .safetensors, .pt or .bin CLIP checkpoint)")
@@ -73,10 +82,8 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     entry = cache_dir() / f"{sha}.safetensors"
     cached = _read_entry(entry, sha)
     if cached is not None:
-        return Checkpoint(path, sha, cached, from_cache=True)
-    sd = _state_dict(path, _read_file(path))
-    _write_entry(entry, sd, sha, path)
-    return Checkpoint(path, sha, sd)
+        return Checkpoint(path, sha, cached, entry, from_cache=True)
+    return Checkpoint(path, sha, _state_dict(path, _read_file(path)), entry)
 
 
 def _is_torchscript(path: Path) -> bool:

@@ -200,6 +200,7 @@ def load_clip(
     identity = ModelIdentity(name=name, pretrained=tag)
     if ckpt is not None:
         _load_file_weights(model, ckpt, name)
+        ckpt.remember()
         identity = ModelIdentity(name=name, weights_sha256=ckpt.sha256, weights_file=ckpt.path.name)
     from clip_debias.toolchain.models.tower import tower_config_of
 
