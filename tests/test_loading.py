@@ -41,6 +41,12 @@ def test_local_weights_roundtrip(tmp_path, tiny_clip, layout):
     loaded = load_clip("clipdebias-tiny", weights=path)
     assert _same_weights(loaded, tiny_clip)
     assert loaded.identity.weights_sha256 == sha256_file(path) and loaded.identity.pretrained is None
+    # built without random init, then assigned: what the state dict does not hold (the text tower's causal mask, a
+    # non-persistent buffer) is still built right, so both encoders compute the same
+    texts, images = ["a photo of a bird.", "water"], torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_text(texts), tiny_clip.encode_text(texts))
+        assert torch.equal(loaded.model.encode_image(images), tiny_clip.model.encode_image(images))
 
 
 def test_openai_layout_extra_keys(tmp_path, tiny_clip):

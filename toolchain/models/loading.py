@@ -86,7 +86,8 @@ class _SkipRandomInit(TorchFunctionMode):
     """Inside this mode, torch's random initializers (``nn.init.*`` and ``Tensor.uniform_`` / ``normal_``) return
     their tensor untouched. Used while open_clip builds a model whose every parameter is then replaced from a
     checkpoint (``_check_fits`` makes sure the keys match before ``load_state_dict(assign=True)``): the random fill
-    would be thrown away, and it is most of the build (ViT-B-32: 4.5 s of 4.7 s here). Thread-local (a mode)."""
+    would be thrown away, and it is most of the build (ViT-B-32 here: 4.4-4.8 s with it, 0.2 s without). Thread-local
+    (a torch function mode)."""
 
     SKIPPED = frozenset({"uniform_", "normal_", "trunc_normal_", "xavier_uniform_", "xavier_normal_",
                          "kaiming_uniform_", "kaiming_normal_", "orthogonal_", "sparse_"})
