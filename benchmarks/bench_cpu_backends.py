@@ -35,8 +35,8 @@ def export_artifact(out: Path) -> Path:
     from clip_debias.toolchain.models.loading import load_clip
 
     torch.manual_seed(0)
-    return export_onnx(plain_classifier(load_clip(MODEL), ["a", "b", "c"]), out, precision="fp32,int8",
-                       ort_optimize=False)
+    clip = load_clip(MODEL, random_weights=True)
+    return export_onnx(plain_classifier(clip, ["a", "b", "c"]), out, precision="fp32,int8", ort_optimize=False)
 
 
 def logit_diffs(artifact: Path) -> dict[str, float]:

@@ -109,7 +109,7 @@ def _edit_json(path: Path, edit) -> Path:
 def test_malformed_plan(tmp_path):
     plan = _edit_json(write_plan(tmp_path / "plan.json", [[3, 1]], [[2, 0]]),
                       lambda d: d["salient"][0].update(n_correct=None))
-    res = _cli("build", "--plan", plan, "--model", "clipdebias-tiny", "--out", tmp_path / "m")
+    res = _cli("build", "--plan", plan, "--model", "clipdebias-tiny", "--random-weights", "--out", tmp_path / "m")
     assert _error_line(res) == f"error: {plan}: field 'salient[0].n_correct': expected a number, got null"
 
 
@@ -167,8 +167,8 @@ def test_malformed_context_yaml(tmp_path, tiny_clip):
     plan = write_plan(tmp_path / "plan.json", [], [[2, 0]], identity=tiny_clip.identity.to_dict())
     contexts = tmp_path / "ctx.yaml"
     contexts.write_text("template: 'a photo of a {class}, {context}.'\ncontexts:\n  light: at night\n")
-    res = _cli("build", "--plan", plan, "--model", "clipdebias-tiny", "--out", tmp_path / "m", "--calibration", cache,
-               "--no-project", "--classifier", "perception", "--contexts", contexts)
+    res = _cli("build", "--plan", plan, "--model", "clipdebias-tiny", "--random-weights", "--out", tmp_path / "m",
+               "--calibration", cache, "--no-project", "--classifier", "perception", "--contexts", contexts)
     assert _error_line(res) == (f"error: {contexts}: field 'perception.contexts.light': expected a non-empty list of "
                                 "strings, got the string \"at night\"")
 
@@ -202,5 +202,5 @@ def test_malformed_cache_header(tmp_path, key, value, message):
         meta[key] = value
     bad = tmp_path / "bad.safetensors"
     save_file(tensors, str(bad), metadata=meta)
-    res = _cli("locate", bad, "--model", "clipdebias-tiny", "--out", tmp_path / "plan.json")
+    res = _cli("locate", bad, "--model", "clipdebias-tiny", "--random-weights", "--out", tmp_path / "plan.json")
     assert _error_line(res) == f"error: {bad}: {message}"
