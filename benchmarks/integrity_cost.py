@@ -33,7 +33,7 @@ def export_vit_b16(out: Path) -> Path:
     from clip_debias.toolchain.models.loading import load_clip
 
     torch.manual_seed(0)
-    clip = load_clip("ViT-B-16")
+    clip = load_clip("ViT-B-16", random_weights=True)
     return export_onnx(plain_classifier(clip, ["landbird", "waterbird"]), out, precision="fp32,fp16,int8")
 
 

@@ -287,6 +287,14 @@ def _cache(path: Path) -> bool:
     return bool(meta) and str(meta.get("convention", "")).startswith("textspan:") and "layers" in meta
 
 
+WEIGHTS_CACHE_FORMAT = "clip-debias weights cache 1"  # metadata 'format' of a weights-cache entry (toolchain/models/
+#                                                        checkpoint.py)
+
+
+def _weights_cache_entry(path: Path) -> bool:
+    return (safetensors_metadata(path) or {}).get("format") == WEIGHTS_CACHE_FORMAT
+
+
 def _lab_weights(path: Path) -> bool:
     meta = safetensors_metadata(path)  # the fields 'lab train' records (its bytes are pinned by recipe.json)
     return bool(meta) and {"model", "steps", "seed", "batch_size", "lr", "p_background"} <= set(meta)
@@ -341,6 +349,7 @@ FILE_KINDS: dict[str, tuple[str, Callable[[Path], bool]]] = {
     "skipped-list": ("a skipped-images list written by clip-debias",
                      lambda p: _head(p, len(SKIPPED_HEADER)) == SKIPPED_HEADER),
     "lab-weights": ("lab weights written by 'clip-debias lab train'", _lab_weights),
+    "weights-cache-entry": ("a weights-cache entry written by clip-debias", _weights_cache_entry),
 }
 
 

@@ -58,8 +58,8 @@ def built(tiny_clip, tmp_path_factory) -> dict[str, Path]:
 # ---- folders ------------------------------------------------------------------------------------------------------
 def test_build_refuses_a_project_folder(built, tmp_path: Path) -> None:
     proj = project(tmp_path / "proj", "config.json", "model.safetensors")
-    refused(tmp_path, "build", "--plan", tmp_path / "plan.json", "--model", "clipdebias-tiny", "--out", proj,
-            match="has no clip-debias-output.json: not a model directory written by 'clip-debias build'")
+    refused(tmp_path, "build", "--plan", tmp_path / "plan.json", "--model", "clipdebias-tiny", "--random-weights",
+            "--out", proj, match="has no clip-debias-output.json: not a model directory written by 'clip-debias build'")
 
 
 def test_export_onnx_refuses_a_project_folder_and_a_touched_artifact(built, tmp_path: Path) -> None:
@@ -99,14 +99,15 @@ def test_demo_refuses_a_user_folder_before_step_1(tmp_path: Path) -> None:
 @pytest.mark.parametrize("command", ["explain", "discover"])
 def test_explain_and_discover_refuse_a_project_folder(built, tmp_path: Path, command: str) -> None:
     proj = project(tmp_path / "proj", "descriptions.json", "keywords.json")
-    refused(tmp_path, command, tmp_path / "c.safetensors", "--model", "clipdebias-tiny", "--out", proj,
+    refused(tmp_path, command, tmp_path / "c.safetensors", "--model", "clipdebias-tiny", "--random-weights",
+            "--out", proj,
             match=f"not {'an' if command == 'explain' else 'a'} {command} folder written by 'clip-debias {command}'")
 
 
 # ---- single files -------------------------------------------------------------------------------------------------
 def test_locate_refuses_user_files_including_the_png_beside(tmp_path: Path) -> None:
     (tmp_path / "holiday.png").write_bytes(b"\x89PNG my holiday")
-    args = ("locate", tmp_path / "c.safetensors", "--model", "clipdebias-tiny")
+    args = ("locate", tmp_path / "c.safetensors", "--model", "clipdebias-tiny", "--random-weights")
     refused(tmp_path, *args, "--out", tmp_path / "holiday.json",
             match="holiday.png: exists and is not a PNG figure written by clip-debias; refusing to overwrite it")
     (tmp_path / "mine.json").write_text('{"mine": 1}')
@@ -117,7 +118,8 @@ def test_locate_refuses_user_files_including_the_png_beside(tmp_path: Path) -> N
 
 def test_decompose_refuses_user_files(built, tmp_path: Path) -> None:
     (tmp_path / "mine.txt").write_text("my notes")
-    args = ("decompose", "--model", "clipdebias-tiny", "--dataset", "waterbirds", "--data", built["data"])
+    args = ("decompose", "--model", "clipdebias-tiny", "--random-weights", "--dataset", "waterbirds", "--data",
+            built["data"])
     refused(tmp_path, *args, "--out", tmp_path / "mine.txt",
             match="mine.txt: exists and is not a decomposition cache written by 'clip-debias decompose'")
     (tmp_path / "new.skipped.txt").write_text("my list")
@@ -139,8 +141,9 @@ def test_verify_and_evaluate_json_refuse_user_files(built, tmp_path: Path) -> No
 
 def test_explain_image_report_and_lab_train_refuse_user_files(built, tmp_path: Path) -> None:
     (tmp_path / "mine.png").write_bytes(b"\x89PNG not ours")
-    refused(tmp_path, "explain-image", tmp_path / "x.png", "--model", "clipdebias-tiny", "--text", "a bird",
-            "--out", tmp_path / "mine.png", match="mine.png: exists and is not a PNG figure written by clip-debias")
+    refused(tmp_path, "explain-image", tmp_path / "x.png", "--model", "clipdebias-tiny", "--random-weights",
+            "--text", "a bird", "--out", tmp_path / "mine.png",
+            match="mine.png: exists and is not a PNG figure written by clip-debias")
     (tmp_path / "report.html").write_text("<html>my page</html>")
     refused(tmp_path, "report", tmp_path, match="report.html: exists and is not report.html written by")
     (tmp_path / "w.safetensors").write_bytes(b"not lab weights")

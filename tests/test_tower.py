@@ -109,7 +109,7 @@ def test_refuses_other_towers(name, words):
         load_clip(name, random_weights=True)
 
 
-# ---- open_clip's two attention layouts: the tower reads parameters, not classes ---------------------------------------
+# ---- open_clip's two attention layouts: the tower reads parameters, not classes -------------------------------------
 class NewLayoutAttention(torch.nn.Module):
     """Stand-in for the attention module that open_clip's main branch (4.x) puts in ``ResidualAttentionBlock`` instead
     of ``nn.MultiheadAttention``: its parameter and attribute names (fused ``in_proj_weight`` [3W, W],

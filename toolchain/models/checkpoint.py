@@ -9,10 +9,12 @@ Weights cache: a file that is not safetensors (a ``.pt`` / ``.bin`` pickle or To
 full) is converted once into ``<cache>/<sha256 of the file>.safetensors``, which later loads of a file with the same
 sha256 memory-map instead. The key is the file's content hash, recomputed on every load (it is also the model's
 identity), so an edited or replaced file never meets a stale entry; an entry also records the hash it was made from
-and is rewritten if that does not match or it cannot be read. ``<cache>`` is ``$CLIP_DEBIAS_CACHE_DIR``, else
-``$XDG_CACHE_HOME/clip-debias/weights``, else ``~/.cache/clip-debias/weights``; nothing else is ever written there,
-and deleting the folder (or any file in it) is always safe. Writing an entry is best effort: when it fails (read-only
-or full disk) the load goes on from the file and one warning is logged.
+and is used only when that matches (an entry made from another file is rewritten; a file there that is not an entry,
+``runtime.ownership`` kind ``weights-cache-entry``, is neither used nor overwritten). ``<cache>`` is
+``$CLIP_DEBIAS_CACHE_DIR``, else ``$XDG_CACHE_HOME/clip-debias/weights``, else ``~/.cache/clip-debias/weights``;
+nothing else is ever written there, and deleting the folder (or any file in it) is always safe. Writing an entry is
+best effort: when it fails (read-only or full disk, a foreign file in the way) the load goes on from the file and one
+warning is logged.
 """
 
 from __future__ import annotations
@@ -29,12 +31,12 @@ import torch
 
 from clip_debias.runtime.atomic_output import atomic_file
 from clip_debias.runtime.manifest import sha256_file
+from clip_debias.runtime.ownership import WEIGHTS_CACHE_FORMAT
 from clip_debias.toolchain.errors import ClipDebiasError
 
 log = logging.getLogger("clip_debias.weights")
 
 CACHE_ENV = "CLIP_DEBIAS_CACHE_DIR"
-CACHE_FORMAT = "clip-debias weights cache 1"  # metadata 'format' of an entry
 OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
@@ -130,10 +132,10 @@ def _read_entry(entry: Path, sha: str) -> dict[str, torch.Tensor] | None:
     try:
         with safe_open(str(entry), framework="pt") as f:
             meta = f.metadata() or {}
-        if meta.get("format") != CACHE_FORMAT or meta.get("source_sha256") != sha:
+        if meta.get("format") != WEIGHTS_CACHE_FORMAT or meta.get("source_sha256") != sha:
             return None
         return load_file(str(entry))
-    except Exception:  # a damaged entry is rewritten
+    except Exception:  # unreadable: not used (and rewritten only if it is an entry of ours)
         return None
 
 
@@ -141,9 +143,9 @@ def _write_entry(entry: Path, sd: dict[str, torch.Tensor], sha: str, source: Pat
     from safetensors.torch import save_file
 
     try:
-        with atomic_file(entry) as tmp:
+        with atomic_file(entry, "weights-cache-entry") as tmp:  # never over a file that is not an entry of ours
             save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp),
-                      metadata={"format": CACHE_FORMAT, "source_sha256": sha, "source_name": source.name})
+                      metadata={"format": WEIGHTS_CACHE_FORMAT, "source_sha256": sha, "source_name": source.name})
     except Exception as e:  # best effort: the load goes on from the file
         log.warning("warning: could not cache %s as %s (%s); it will be read in full on every load",
                     source, entry, first_sentence(e))
