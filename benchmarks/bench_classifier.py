@@ -1,6 +1,7 @@
 """Cost of the baked corrections: edited ``DebiasedClassifier`` vs the plain encoder, ViT-B-16 random weights, CPU.
 
-Edited: 2 mean-ablated heads + 2 projected heads (rank-3 basis) in the last 2 layers, PerceptionCLIP head
+Edited: 2 mean-ablated heads + 2 projected heads (rank-3 basis) in the last 2 layers, TextSpan-convention terms
+(the default), PerceptionCLIP head
 (Z = 4 contexts, joint P(z|x)). Plain: the same ``ExplicitViT`` with no edits and the zero-shot head.
 Target: edited / plain <= 1.03 at batch 1 and 32.
 
@@ -41,7 +42,7 @@ def models() -> tuple[DebiasedClassifier, DebiasedClassifier]:
     def spec(ablated: list, salient: list, rank: int) -> ClassifierSpec:
         return ClassifierSpec(tower=tower.cfg.to_dict(), identity=clip.identity.to_dict(), class_names=["a", "b"],
                               group_names=[], preprocess=PreprocessRecord.of(clip.preprocess_cfg), ablated=ablated,
-                              salient=salient, basis_rank=rank)
+                              salient=salient, basis_rank=rank, convention="textspan")
 
     plain = DebiasedClassifier(tower, ZeroShotHead(unit(2, d)), spec([], [], 0)).eval()
     edited = DebiasedClassifier(tower, PerceptionHead(unit(4, 2, d), 100.0), spec(ABLATED, SALIENT, 3),

@@ -347,7 +347,8 @@ def build_manifest(model: Any, files: list[Any], opset: int, fused_attention: bo
     inputs, outputs = io_specs(model)
     head = model.head.config() if hasattr(model.head, "config") else dict(spec.head)
     plan = {"ablated": [list(p) for p in spec.ablated], "salient": [list(p) for p in spec.salient],
-            "basis_rank": spec.basis_rank, "renorm": spec.renorm, "head": head, "plan": spec.plan}
+            "basis_rank": spec.basis_rank, "renorm": spec.renorm, "convention": spec.convention, "head": head,
+            "plan": spec.plan}
     return Manifest(
         model=dict(spec.identity), plan=plan, class_names=list(spec.class_names), group_names=list(spec.group_names),
         preprocessing=preprocessing_of(spec.preprocess, (h, w)),

@@ -283,8 +283,14 @@ def safetensors_metadata(path: Path) -> dict[str, str] | None:
 
 
 def _cache(path: Path) -> bool:
+    """A cache of format "2" (its convention's name and formula recorded) or an earlier one (a "textspan: ..."
+    convention text)."""
     meta = safetensors_metadata(path)
-    return bool(meta) and str(meta.get("convention", "")).startswith("textspan:") and "layers" in meta
+    if not meta or "layers" not in meta:
+        return False
+    convention = str(meta.get("convention", ""))
+    return convention.startswith("textspan:") or (convention in ("textspan", "centred")
+                                                  and "convention_formula" in meta)
 
 
 WEIGHTS_CACHE_FORMAT = "clip-debias weights cache 1"  # metadata 'format' of a weights-cache entry (toolchain/models/

@@ -21,7 +21,8 @@ def write_plan(path: Path, spurious: list[list[int]], salient: list[list[int]], 
         k=4, threshold=0.25, layers=list(layers), n_heads=n_heads, n_wrong_grid=zeros, n_correct_grid=zeros,
         minority_groups=[1, 2], minority_group_names=["g1", "g2"], minority_source="user", minority_note="",
         group_source="labels", n_minority=10, n_wrong=4, n_correct=6, dataset="csv", split="val", n=24,
-        identity=identity or ModelIdentity("clipdebias-tiny").to_dict(), class_names=["a", "b"], templates=[])
+        identity=identity or ModelIdentity("clipdebias-tiny").to_dict(), class_names=["a", "b"], templates=[],
+        convention="textspan", protocol="default", tower_layers=4)
     return plan.save(path)
 
 

@@ -37,15 +37,16 @@ def images() -> torch.Tensor:
     return torch.randn(12, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
-def decomposed(clip, images: torch.Tensor, layers: list[int], split: str = "train") -> DecompositionCache:
+def decomposed(clip, images: torch.Tensor, layers: list[int], split: str = "train",
+               convention: str = "textspan") -> DecompositionCache:
     """A cache of ``images`` through the tiny model; labels/attributes fixed so group counts are imbalanced."""
-    hc = Decomposer(ExplicitViT.from_open_clip(clip.model.visual), layers)(images)
+    hc = Decomposer(ExplicitViT.from_open_clip(clip.model.visual), layers, convention)(images)
     n = images.shape[0]
     labels = torch.tensor([i % 2 for i in range(n)])
     attrs = labels.clone()
     attrs[:4] = 1 - attrs[:4]
     return DecompositionCache(hc.heads, hc.rest, labels, 2 * labels + attrs, layers, clip.identity, "waterbirds",
-                              split, CLASSES, GROUPS, attrs, ["land", "water"])
+                              split, CLASSES, GROUPS, attrs, ["land", "water"], convention=convention)
 
 
 def plan_with(cache: DecompositionCache, spurious: list[list[int]], salient: list[list[int]]) -> LocatePlan:
@@ -69,11 +70,15 @@ def options() -> BuildOptions:
 
 
 @pytest.mark.parametrize("classifier", ["zeroshot", "perception"])
-@pytest.mark.parametrize("renorm", ["unit", "keep"])
-def test_baked_equals_cached_edits(clip, images, cache, options, classifier, renorm):
+@pytest.mark.parametrize("renorm,convention", [("stepwise", "textspan"), ("keep", "textspan"),
+                                               ("unit-once", "textspan"), ("stepwise", "centred")])
+def test_baked_equals_cached_edits(clip, images, cache, options, classifier, renorm, convention):
+    if convention != "textspan":
+        cache = decomposed(clip, images, [1, 2, 3], convention=convention)
     plan = plan_with(cache, [[3, 1], [2, 0]], [[3, 2], [1, 3]])
     opts = replace(options, classifier=classifier, renorm=renorm)
     model = build_classifier(plan, cache, clip, opts)
+    assert model.spec.convention == convention and model.spec.renorm == renorm
     assert model.spec.ablated == [[3, 1], [2, 0]] and model.spec.salient == [[3, 2], [1, 3]]
     assert model.spec.plan["calibration"]["split"] == "train" and not model.spec.plan["test_calibration"]
     with torch.no_grad():
@@ -108,6 +113,37 @@ def test_saved_perception_model_reloads(clip, images, cache, options, tmp_path: 
     assert again.head.kind == "perception" and again.head.z_from == "class-free"
 
 
+def test_legacy_model_config_loads_with_its_meaning(clip, images, cache, options, tmp_path: Path):
+    """A config.json written before conventions and the renorm rename: renorm 'unit' computes unit-once and the
+    terms are centred (what those models computed); unknown values are refused with the file and field."""
+    centred = decomposed(clip, images, [1, 2, 3], convention="centred")
+    plan = plan_with(centred, [[3, 1]], [[2, 2]])
+    model = build_classifier(plan, centred, clip, replace(options, renorm="unit-once"))
+    path = model.save(tmp_path / "m")
+    raw = json.loads((path / "config.json").read_text())
+    raw["renorm"] = "unit"
+    raw.pop("convention")
+    (path / "config.json").write_text(json.dumps(raw))
+    again = DebiasedClassifier.load(path)
+    assert again.renorm == "unit-once" and again.spec.convention == "centred"
+    with torch.no_grad():
+        assert (again(images)[0] - model(images)[0]).abs().max() <= 1e-5
+    raw["convention"] = "paper"
+    (path / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ClipDebiasError, match="config.json: field 'convention': expected one of 'textspan' or"):
+        DebiasedClassifier.load(path)
+
+
+def test_plan_and_cache_conventions_must_match(clip, images, cache, options):
+    centred = decomposed(clip, images, [1, 2, 3], convention="centred")
+    plan = plan_with(cache, [[3, 1]], [])  # located on textspan terms
+    with pytest.raises(ClipDebiasError, match="calibration cache waterbirds/train holds 'centred' terms, the plan was "
+                                              "located on 'textspan' terms"):
+        build_classifier(plan, centred, clip, options)
+    with pytest.raises(ClipDebiasError, match="cache waterbirds/train holds 'centred' terms"):
+        compare_methods(centred, plan, cache, clip, attribute_pairs=options.attribute_pairs)
+
+
 def test_bad_plans_are_refused(clip, images, cache, options):
     with pytest.raises(ClipDebiasError, match=r"head \[4, 0\] is out of range .*4 layers x 4 heads"):
         build_classifier(plan_with(cache, [[4, 0]], []), cache, clip, options)
@@ -137,12 +173,15 @@ def test_test_calibration_needs_the_flag_and_is_recorded(clip, images, cache, op
 def test_compare_rows_use_the_same_edits(clip, images, cache, options):
     plan = plan_with(cache, [[3, 1]], [[2, 2]])
     rows = compare_methods(cache, plan, cache, clip, contexts=options.contexts, attribute_pairs=options.attribute_pairs)
-    assert [r.method for r in rows] == ["zero-shot", "ablate only", "ablate + project", "PerceptionCLIP",
-                                        "LTC + PerceptionCLIP"]
-    model = build_classifier(plan, cache, clip, options)
-    with torch.no_grad():
-        pred = model(images)[0].argmax(-1)
-    assert rows[2].report.accuracy == pytest.approx(float((pred == cache.labels).float().mean()))
+    assert [r.method for r in rows] == [
+        "zero-shot", "ablate", "ablate + project, stepwise renorm", "ablate + project, keep norm", "PerceptionCLIP",
+        "ablate + project, stepwise renorm + PerceptionCLIP", "ablate + project, keep norm + PerceptionCLIP"]
+    for i, renorm in ((2, "stepwise"), (3, "keep")):
+        model = build_classifier(plan, cache, clip, replace(options, renorm=renorm))
+        with torch.no_grad():
+            logits = model(images)[0]
+        assert (logits - rows[i].logits).abs().max() <= 1e-4
+        assert rows[i].report.accuracy == pytest.approx(float((logits.argmax(-1) == cache.labels).float().mean()))
     assert rows[0].report.accuracy == pytest.approx(float(
         ((cache.embeddings() @ class_text_matrix(clip, CLASSES).T).argmax(-1) == cache.labels).float().mean()))
 
@@ -166,7 +205,7 @@ def test_cli_build_and_compare(clip, images, cache, tmp_path: Path):
                               "--cache", str(tmp_path / "train.safetensors"), "--json", str(tmp_path / "cmp.json")])
     assert res.exit_code == 0, res.output
     rows = json.loads((tmp_path / "cmp.json").read_text())["rows"]
-    assert len(rows) == 5 and {"accuracy", "worst_group_accuracy", "groups"} <= set(rows[0])
+    assert len(rows) == 7 and {"accuracy", "worst_group_accuracy", "groups"} <= set(rows[0])
 
 
 def test_cli_evaluate_on_a_csv_dataset(clip, cache, tmp_path: Path):

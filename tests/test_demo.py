@@ -17,7 +17,8 @@ def demo_run(tmp_path_factory):
 
 def test_demo_writes_every_artifact(demo_run):
     out, summary = demo_run
-    for name in ("plan.json", "plan.png", "val.safetensors", "test.safetensors", "model/config.json",
+    for name in ("plan.json", "plan.png", "plan-reference.json", "train.safetensors", "val.safetensors",
+                 "test.safetensors", "model/config.json",
                  "artifact/manifest.json", "artifact/model.onnx", "artifact-zeroshot/model.onnx", "report.json",
                  "demo.json", "compare.json", "report.html", "explain/descriptions.json", "discover/keywords.json"):
         assert (out / name).is_file(), name
@@ -27,6 +28,12 @@ def test_demo_writes_every_artifact(demo_run):
     assert summary.chosen in {r["method"] for r in summary.val_rows}
     page = (out / "report.html").read_text()  # every file the demo wrote reads back through its model
     assert "section skipped" not in page and "no compare.json" not in page and "Discovered keywords" in page
+    assert summary.plan["protocol"] == "default" and summary.plan["located_on"]["split"] == "val"
+    assert summary.plan["located_on"]["layers"] == list(range(6)) and summary.plan["convention"] == "textspan"
+    reference = summary.reference_plan
+    assert reference["protocol"] == "reference" and reference["located_on"]["split"] == "train"
+    assert summary.reference_test_rows and summary.reference_test_rows[0]["method"] == "zero-shot"
+    assert summary.reference_test_rows[0]["accuracy"] == summary.test_rows[0]["accuracy"]  # no edits: one model
 
 
 def test_verified_artifacts_match_torch_rows(demo_run):
@@ -42,6 +49,6 @@ def test_verified_artifacts_match_torch_rows(demo_run):
 def test_probe_covers_every_head(demo_run):
     _, s = demo_run
     plan = json.loads(json.dumps(s.plan))
-    assert len(s.probe) == 4 * 4  # last 4 layers x 4 heads of the lab model
+    assert len(s.probe) == 6 * 4  # every layer x 4 heads of the lab model
     located = {(r["layer"], r["head"]) for r in s.probe if r["located"] == "spurious"}
     assert located == {tuple(h) for h in plan["spurious"]}

@@ -21,6 +21,7 @@ from clip_debias.toolchain.explain.b2t import (ClassKeywords, KeywordScore, attr
                                                rank_class, zero_shot_predictions)
 from clip_debias.toolchain.explain.pool import POOL_FILE, VOCAB_FILE, generate_pool, generate_vocab, load_pool
 from clip_debias.toolchain.explain.report import build_report
+from clip_debias.toolchain.decompose.terms import HeadTerms
 from clip_debias.toolchain.explain.textspan import auto_rank, explain_heads, textspan
 from clip_debias.toolchain.explain.tokens import token_terms
 from clip_debias.toolchain.models.loading import ModelIdentity
@@ -82,11 +83,11 @@ def test_explain_heads_maps_absolute_layers():
     terms, texts, known = _constructed_head()
     heads = torch.zeros(400, 2, 3, 32)
     heads[:, 1, 2] = terms
-    spans = explain_heads(heads, [6, 7], [(7, 2)], [f"t{i}" for i in range(300)], texts, k=2,
+    spans = explain_heads(HeadTerms(heads), [6, 7], [(7, 2)], [f"t{i}" for i in range(300)], texts, k=2,
                           roles={(7, 2): "spurious"})
     assert [e.text for e in spans[0].entries] == [f"t{known[0]}", f"t{known[1]}"] and spans[0].role == "spurious"
     with pytest.raises(ClipDebiasError, match=r"\[5, 0\] is not in the cache"):
-        explain_heads(heads, [6, 7], [(5, 0)], ["a"], texts[:1], k=1)
+        explain_heads(HeadTerms(heads), [6, 7], [(5, 0)], ["a"], texts[:1], k=1)
 
 
 def test_require_cached_heads_names_the_cache():
@@ -113,14 +114,15 @@ def test_pool_embedding_cache(tmp_path, tiny_clip):
 
 # ---- token heat maps --------------------------------------------------------------------------------------------
 
-def test_token_terms_sum_to_head_terms(tiny_clip):
+@pytest.mark.parametrize("convention", ["textspan", "centred"])
+def test_token_terms_sum_to_head_terms(tiny_clip, convention):
     torch.manual_seed(3)
     tower = ExplicitViT.from_open_clip(tiny_clip.model.visual)
     x = torch.randn(3, 3, 32, 32)
     heads = [(3, 1), (1, 2), (3, 3), (2, 0)]
-    tt = token_terms(tower, x, heads)
+    tt = token_terms(tower, x, heads, convention)
     assert tt.terms.shape == (3, 4, 17, 32) and tt.grid == (4, 4)
-    hc = Decomposer(tower, [1, 2, 3])(x)
+    hc = Decomposer(tower, [1, 2, 3], convention)(x)
     ref = torch.stack([hc.heads[:, [1, 2, 3].index(l), h] for l, h in heads], dim=1)
     assert (tt.head_terms() - ref).abs().max().item() <= 1e-5
     assert torch.allclose(tt.attention.sum(-1), torch.ones(3, 4), atol=1e-6)
@@ -182,7 +184,8 @@ def test_select_heads(tmp_path):
     assert plan_heads(plan) == {(3, 1): "spurious", (2, 0): "spurious", (3, 2): "salient"}
     assert select_heads(str(plan), None, 4, 4, [3])[0] == [(3, 1), (2, 0), (3, 2)]
     assert select_heads("3:1,2:0", None, 4, 4, [3]) == ([(3, 1), (2, 0)], {})
-    assert select_heads(None, "-1", 4, 2, [0])[0] == [(3, 0), (3, 1)]
+    assert select_heads(None, "1", 4, 2, [0])[0] == [(3, 0), (3, 1)]  # --layers N: the last N
+    assert select_heads(None, "1,", 4, 2, [0])[0] == [(1, 0), (1, 1)]  # a list: absolute indices
     assert select_heads(None, None, 4, 2, [1])[0] == [(1, 0), (1, 1)]
     with pytest.raises(ClipDebiasError, match="LAYER:HEAD"):
         select_heads("3-1", None, 4, 4, [3])
@@ -309,7 +312,7 @@ def test_cli_explain_and_report(tmp_path, tiny_clip):
     assert all(len(h["entries"]) == 4 and 0 < h["explained"] <= 1 + 1e-9 for h in doc["heads"])
     assert doc["pool_size"] == len(load_pool()[::200]) and (out / "descriptions.md").is_file()
     res = runner.invoke(app, ["explain", str(cache), "--model", "clipdebias-tiny", "--random-weights",
-                              "--layers", "3", "--pool", str(pool),
+                              "--layers", "3,", "--pool", str(pool),
                               "--per-head", "4", "--rank", "5", "--out", str(out)])  # reuses the pool embeddings
     assert res.exit_code == 0, res.output
     doc = json.loads((out / "descriptions.json").read_text())
@@ -391,7 +394,7 @@ def test_cli_errors(tmp_path):
     assert _failed_with(res, "--text: empty")
 
 
-@pytest.mark.parametrize("choice", [["--heads", "1:0"], ["--heads", "plan.json"], ["--layers", "0"]])
+@pytest.mark.parametrize("choice", [["--heads", "1:0"], ["--heads", "plan.json"], ["--layers", "0,"]])
 def test_cli_explain_checks_heads_before_encoding_or_writing(tmp_path, tiny_clip, monkeypatch, choice):
     """A head the cache does not hold fails with one line naming the cache, before the pool is encoded or any file
     is written (the pool has thousands of descriptions: minutes on a ViT-B)."""

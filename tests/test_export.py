@@ -150,7 +150,8 @@ def test_manifest_fields_and_hashes(tiny_edited, tiny_both):
     assert m.model["name"] == "clipdebias-tiny"
     assert m.class_names == CLASSES and m.group_names == ["g0", "g1"]
     assert m.plan["ablated"] == [[3, 0], [2, 1]] and m.plan["salient"] == [[3, 2]]
-    assert m.plan["basis_rank"] == 2 and m.plan["renorm"] == "unit" and m.plan["plan"] == {"source": "test"}
+    assert m.plan["basis_rank"] == 2 and m.plan["renorm"] == "stepwise" and m.plan["plan"] == {"source": "test"}
+    assert m.plan["convention"] == "textspan"
     assert m.plan["head"]["kind"] == "zeroshot" and m.plan["head"]["num_classes"] == 3
     assert m.preprocessing.size == [32, 32] and len(m.preprocessing.mean) == 3
     assert m.preprocessing.interpolation == "bicubic" and m.preprocessing.resize_mode == "shortest"

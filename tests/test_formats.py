@@ -140,7 +140,10 @@ def model_dir(tmp_path_factory, tiny_clip) -> Path:
                                         "got the string \"3:1\""),
     (lambda d: d.update(ablated=[[3, "1"]]), "field 'ablated[0][1]': expected an integer, got the string \"1\""),
     (lambda d: d.update(salient=[[4, 0]]), "field 'salient[0]': [4, 0] is outside the tower (4 layers x 4 heads)"),
-    (lambda d: d.update(renorm="none"), "field 'renorm': expected one of 'unit' or 'keep', got the string \"none\""),
+    (lambda d: d.update(renorm="none"), "field 'renorm': expected one of 'stepwise', 'keep', 'unit-once' or 'unit', "
+                                        "got the string \"none\""),
+    (lambda d: d.update(convention="paper"), "field 'convention': expected one of 'textspan' or 'centred', got the "
+                                             "string \"paper\""),
     (lambda d: d["tower"].update(heads="4"), "field 'tower.heads': expected an integer, got the string \"4\""),
     (lambda d: d["identity"].pop("name"), "field 'identity.name': missing (expected a string)"),
     (lambda d: d["head"].update(kind="lle"), "field 'head.kind': expected one of 'zeroshot', 'perception', got the "
@@ -181,8 +184,10 @@ def test_malformed_context_yaml(tmp_path, tiny_clip):
     ("model", '{"name": "clipdebias-tiny", "weights": "x"}', "field 'model.weights': unknown field (allowed: name, "
                                                             "pretrained, weights_sha256, weights_file)"),
     ("dataset", None, "field 'dataset': missing (expected a string)"),
-    ("surprise", "1", "field 'surprise': unknown field (allowed: model, layers, dataset, split, class_names, "
-                      "group_names, attribute_names, paths, convention)"),
+    ("surprise", "1", "field 'surprise': unknown field (not part of a decomposition cache written by 'clip-debias "
+                      "decompose')"),
+    ("convention", "paper", "field 'convention': expected one of 'textspan' or 'centred', got the string \"paper\""),
+    ("format", "1", "field 'format': is \"1\", expected \"2\" (a cache of an earlier clip-debias: decompose again)"),
     ("layers", "[1, 2, 3]", "tensor 'heads' has shape [24, 2, 4, 32], expected [N, 3 (one per entry of 'layers'), "
                             "H, D]"),
     ("group_names", '["g0", "g1"]', "tensor 'groups' holds ids outside 0..1 (the 2 entries of 'group_names')"),

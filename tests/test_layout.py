@@ -47,7 +47,7 @@ LAYERS = (
      "clip_debias.toolchain.figures"),
     ("clip_debias.toolchain.datasets",),
     ("clip_debias.toolchain.decompose",),
-    ("clip_debias.toolchain.prompts",),
+    ("clip_debias.toolchain.prompts", "clip_debias.toolchain.protocol"),
     ("clip_debias.toolchain.locate",),
     ("clip_debias.toolchain.correct",),
     ("clip_debias.toolchain.evaluate", "clip_debias.toolchain.explain", "clip_debias.toolchain.lab"),

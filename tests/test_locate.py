@@ -27,8 +27,10 @@ def unit(i: int) -> torch.Tensor:
     return torch.eye(D)[i]
 
 
-def planted_cache(n_major: int = 20, n_wrong: int = 6, n_right: int = 4, seed: int = 0) -> DecompositionCache:
-    """Two classes (text t_y = e_y), attribute a along e_{2+a} in ``rest``; group = 2y + a.
+def planted_cache(n_major: int = 20, n_wrong: int = 6, n_right: int = 4, seed: int = 0,
+                  width: int = D) -> DecompositionCache:
+    """Two classes (text t_y = e_y), attribute a along e_{2+a} in ``rest``; group = 2y + a; terms padded with zeros
+    to ``width`` dimensions.
 
     Majority images (a = y): class evidence in ``rest``, right. Minority (a != y): the wrong ones get 2 t_{1-y} from
     head SPURIOUS (so it has the largest margin toward the wrong prediction), the right ones 2 t_y from head SALIENT.
@@ -47,8 +49,9 @@ def planted_cache(n_major: int = 20, n_wrong: int = 6, n_right: int = 4, seed: i
             heads[i, LAYERS.index(SALIENT[0]), SALIENT[1]] += 2 * unit(y)
     labels = torch.tensor([r[0] for r in rows])
     attrs = torch.tensor([r[1] for r in rows])
-    return DecompositionCache(heads, rest, labels, 2 * labels + attrs, LAYERS, IDENTITY, "waterbirds", "train",
-                              ["landbird", "waterbird"], GROUP_NAMES, attrs, ["land", "water"])
+    pad = lambda t: torch.nn.functional.pad(t, (0, width - D))  # noqa: E731
+    return DecompositionCache(pad(heads), pad(rest), labels, 2 * labels + attrs, LAYERS, IDENTITY, "waterbirds",
+                              "train", ["landbird", "waterbird"], GROUP_NAMES, attrs, ["land", "water"])
 
 
 TEXT = torch.stack([unit(0), unit(1)])
@@ -154,7 +157,14 @@ BAD_PLANS = [  # (edit of a good plan's JSON, the error after 'PATH: ')
                                         "numbers ('n_heads'), got 1 row"),
     (lambda p: p["n_correct_grid"][1].pop(), "field 'n_correct_grid': expected 2 rows (one per entry of 'layers') "
                                              "of 3 numbers ('n_heads'), got 2 numbers in row 1"),
-    (lambda p: p.update(format=2), "field 'format': is 2, expected 1"),
+    (lambda p: p.update(format=3), "field 'format': is 3, expected 2"),
+    (lambda p: p.update(format=1), "field 'format': is 1, expected 2 (a plan of an earlier clip-debias: locate again)"),
+    (lambda p: p.update(convention="paper"), "field 'convention': expected one of 'textspan' or 'centred', got the "
+                                                'string "paper"'),
+    (lambda p: p.update(protocol=None), "field 'protocol': expected one of 'default' or 'reference', got null"),
+    (lambda p: p.update(protocol="exact"), "field 'protocol': expected one of 'default' or 'reference', got the "
+                                                  'string "exact"'),
+    (lambda p: p.pop("convention"), "field 'convention': missing (expected one of 'textspan', 'centred')"),
     (lambda p: p["spurious"][0].update(head=[9, 0]), "field 'spurious[0].head': [9, 0] is not in the plan's grid "
                                                      "(layers [6, 7] x 3 heads)"),
     (lambda p: p["salient"][0].update(head=[6, 3]), "field 'salient[0].head': [6, 3] is not in the plan's grid "
@@ -194,10 +204,7 @@ def test_overlap_and_duplicates_refused_in_built_plans():
 def test_cli_locate_smoke_and_identity_refusal(tmp_path: Path):
     from clip_debias.toolchain.cli.app import app
 
-    cache = planted_cache()
-    # hand-built terms live in D=6; the tiny model's text is D=32: give the CLI a cache of the model's width
-    cache.heads = torch.nn.functional.pad(cache.heads, (0, 32 - D))
-    cache.rest = torch.nn.functional.pad(cache.rest, (0, 32 - D))
+    cache = planted_cache(width=32)  # hand-built terms live in D=6; the tiny model's text is D=32
     save_cache(tmp_path / "train.safetensors", cache)
     runner = CliRunner()
     out = tmp_path / "plan.json"
@@ -219,10 +226,8 @@ def _tiny_plan(tmp_path: Path) -> tuple[Path, Path]:
     """(plan.json located by the CLI on a planted cache of the tiny model's width and layers, that cache)."""
     from clip_debias.toolchain.cli.app import app
 
-    cache = planted_cache()
+    cache = planted_cache(width=32)
     cache.layers = [2, 3]  # inside the tiny model's 4 layers
-    cache.heads = torch.nn.functional.pad(cache.heads, (0, 32 - D))
-    cache.rest = torch.nn.functional.pad(cache.rest, (0, 32 - D))
     save_cache(tmp_path / "train.safetensors", cache)
     cache.dataset = "csv"  # a dataset without shipped attribute pairs
     save_cache(tmp_path / "csv.safetensors", cache)
@@ -277,3 +282,40 @@ def test_cli_evaluate_compare_advice_names_its_own_options(tmp_path: Path):
                                    "--random-weights", "--cache", str(tmp_path / "csv.safetensors"),
                                    "--attribute-pairs", str(pairs)])
     assert res.exit_code == 0, res.output
+
+
+def test_cli_locate_with_defaults_scores_every_layer(tmp_path: Path):
+    """decompose and locate with their defaults: every layer of the tower is decomposed, scored and recorded in the
+    plan; a cache of fewer layers is located too, with a note that the published method scores them all."""
+    from PIL import Image
+
+    from clip_debias.toolchain.cli.app import app
+
+    rows = ["path,label,group,split"]
+    g = torch.Generator().manual_seed(3)
+    for i in range(12):
+        y, a = i % 2, int(i % 4 == 1 or i % 4 == 2)  # groups 2y + a: 1 and 2 are the minority (3 of 12 images)
+        Image.fromarray(torch.randint(0, 256, (36, 36, 3), dtype=torch.uint8, generator=g).numpy()).save(
+            tmp_path / f"im{i}.png")
+        rows.append(f"im{i}.png,{y},{2 * y + a},train")
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+    runner = CliRunner()
+    data = ["--dataset", "csv", "--data", str(tmp_path / "data.csv"), "--classes", "landbird,waterbird"]
+    for name, extra in (("all", []), ("last2", ["--layers", "2"])):
+        torch.manual_seed(0)
+        res = runner.invoke(app, ["decompose", "--model", "clipdebias-tiny", "--random-weights", *data, "--out",
+                                  str(tmp_path / f"{name}.safetensors"), *extra])
+        assert res.exit_code == 0, res.output
+        torch.manual_seed(0)
+        res = runner.invoke(app, ["locate", str(tmp_path / f"{name}.safetensors"), "--model", "clipdebias-tiny",
+                                  "--random-weights",
+                                  "--out", str(tmp_path / f"{name}.json"), "--minority-groups", "1,2"])
+        assert res.exit_code == 0, res.output
+        plan = LocatePlan.load(tmp_path / f"{name}.json")
+        assert plan.convention == "textspan" and plan.protocol == "default" and plan.tower_layers == 4
+        if name == "all":
+            assert plan.layers == [0, 1, 2, 3] and plan.all_layers and "note: scored" not in res.output
+            assert len(plan.n_wrong_grid) == 4 and plan.k >= 1
+        else:
+            assert plan.layers == [2, 3] and not plan.all_layers
+            assert "note: scored the heads of layers [2, 3] of 4 only" in res.output

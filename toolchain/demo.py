@@ -1,10 +1,13 @@
 """The README's main job, offline: the shipped bias-lab model on freshly generated lab data, through every stage.
 
-make-data -> decompose (val, test) -> locate (val; minority groups from the train split's group counts)
--> choose the correction on val -> build -> export ONNX (debiased and plain zero-shot) -> verify both on test
--> probe each head's terms for the background.
+make-data -> decompose (train, val, test; every layer, TextSpan convention) -> locate (default protocol: val, minority
+groups from the train split's group counts; reference protocol: train) -> the methods side by side on test under both
+protocols -> choose the correction on val (default protocol) -> build -> export ONNX (debiased and plain zero-shot)
+-> verify both on test -> probe each head's terms for the background.
 
-Hyper-parameters (which correction ships) are chosen on val only; test is touched by evaluation alone.
+Hyper-parameters (which correction ships) are chosen on val only; under the default protocol test is touched by
+evaluation alone. The reference protocol's rows (``toolchain.protocol``) take their ablation means from test itself:
+transductive, shown for comparison with the published pipeline, never shipped.
 
 ``out`` is a demo folder of ours (``runtime.atomic_output.claim_directory``): a non-empty folder without the demo's
 marker is refused before step 1. Inside it every file is written as the command that owns its kind writes it (an
@@ -15,30 +18,39 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from clip_debias.runtime.datasets import load_index
-from clip_debias.toolchain.decompose.cache import DecompositionCache, save_cache
+from clip_debias.toolchain.decompose.cache import DecompositionCache
 from clip_debias.toolchain.lab import LAB_DIR, LAB_MODEL, LAB_WEIGHTS
 RECIPE = LAB_DIR / "recipe.json"
 LAB_POOL = LAB_DIR / "pool.txt"  # descriptions in the lab text tower's vocabulary, for explain
 LAB_VOCAB = LAB_DIR / "vocab.txt"  # background and object words, for discover
 
-# correction variants the demo may ship, as (compare_methods row name, BuildOptions overrides)
-VARIANTS: dict[str, dict[str, Any]] = {
-    "ablate only": {"ablate": True, "project": False, "classifier": "zeroshot"},
-    "ablate + project": {"ablate": True, "project": True, "classifier": "zeroshot"},
-    "PerceptionCLIP": {"ablate": False, "project": False, "classifier": "perception"},
-    "LTC + PerceptionCLIP": {"ablate": True, "project": True, "classifier": "perception"},
-    "ablate + project (keep norm)": {"ablate": True, "project": True, "classifier": "zeroshot", "renorm": "keep"},
-    "LTC + PerceptionCLIP (keep norm)": {"ablate": True, "project": True, "classifier": "perception", "renorm": "keep"},
-}
-KEEP_NORM = " (keep norm)"
+RENORMS = ("stepwise", "keep")  # the projection variants compared
+
+
+def _variants() -> dict[str, dict[str, Any]]:
+    """Correction variants the demo may ship: compare_methods row name -> BuildOptions overrides."""
+    from clip_debias.toolchain.evaluate import RENORM_LABELS
+
+    out: dict[str, dict[str, Any]] = {"ablate": {"ablate": True, "project": False, "classifier": "zeroshot"},
+                                      "PerceptionCLIP": {"ablate": False, "project": False,
+                                                         "classifier": "perception"}}
+    for r in RENORMS:
+        name = f"ablate + project, {RENORM_LABELS[r]}"
+        out[name] = {"ablate": True, "project": True, "classifier": "zeroshot", "renorm": r}
+        out[f"{name} + PerceptionCLIP"] = {"ablate": True, "project": True, "classifier": "perception", "renorm": r}
+    return out
+
+
+VARIANTS = _variants()
 MAX_AVG_DROP = 0.02  # a shipped correction may cost at most 2 points of average accuracy on val
+REFERENCE = " [reference protocol]"  # suffix of the reference protocol's rows in compare.json
 
 
 @dataclass
@@ -52,6 +64,8 @@ class DemoSummary:
     test_rows: list[dict[str, Any]]
     verify: dict[str, dict[str, Any]]
     probe: list[dict[str, Any]]
+    reference_plan: dict[str, Any] = field(default_factory=dict)
+    reference_test_rows: list[dict[str, Any]] = field(default_factory=list)  # transductive: never shipped
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -77,19 +91,15 @@ def choose_variant(val_rows: list[Any]) -> str:
     return max(ok, key=lambda n: (by_name[n].worst_group_accuracy, by_name[n].accuracy))
 
 
-def compare_rows(cache: DecompositionCache, plan: Any, calibration: DecompositionCache, clip: Any, contexts: Any,
-                 pairs: Any) -> list[Any]:
-    """``compare_methods`` rows with the paper's unit renormalization of projected heads, plus the projected rows
-    again with each head's norm kept (``renorm="keep"``), marked " (keep norm)"."""
-    from dataclasses import replace
-
+def compare_rows(cache: DecompositionCache, plan: Any, calibration: DecompositionCache | None, clip: Any,
+                 contexts: Any, pairs: Any, protocol: str = "default") -> list[Any]:
+    """``compare_methods`` rows (stepwise and keep-norm projections) under ``protocol``; without salient heads the
+    projected rows equal the ablation rows and are left out."""
     from clip_debias.toolchain.evaluate import compare_methods
 
-    rows = compare_methods(cache, plan, calibration, clip, contexts=contexts, attribute_pairs=pairs)
-    if not plan.salient_heads():
-        return rows
-    keep = compare_methods(cache, plan, calibration, clip, contexts=contexts, attribute_pairs=pairs, renorm="keep")
-    return rows + [replace(r, method=r.method + KEEP_NORM) for r in keep if r.method + KEEP_NORM in VARIANTS]
+    rows = compare_methods(cache, plan, calibration, clip, contexts=contexts, attribute_pairs=pairs, renorms=RENORMS,
+                           protocol=protocol)
+    return rows if plan.salient_heads() else [r for r in rows if "project" not in r.method]
 
 
 def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any = None) -> DemoSummary:
@@ -99,7 +109,6 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
     from clip_debias.toolchain.correct.build import BuildOptions, build_classifier
     from clip_debias.toolchain.correct.classifier import plain_classifier
     from clip_debias.toolchain.prompts.defaults import attribute_pairs_for, contexts_for
-    from clip_debias.toolchain.decompose.contributions import resolve_layers
     from clip_debias.toolchain.decompose.run import decompose_dataset
     from clip_debias.toolchain.evaluate import compare_file
     from clip_debias.toolchain.lab.data import make_lab_data
@@ -128,29 +137,32 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
         make_lab_data(data, **args)
     lap("make_data")
 
-    say(f"[bold]2/8 decompose[/bold] {LAB_MODEL} ({LAB_WEIGHTS.name}) on val and test")
+    say(f"[bold]2/8 decompose[/bold] {LAB_MODEL} ({LAB_WEIGHTS.name}) on train, val and test (every layer, TextSpan)")
     torch.manual_seed(0)
     clip = load_clip(LAB_MODEL, weights=LAB_WEIGHTS)
-    layers = resolve_layers(len(clip.model.visual.transformer.resblocks), last=4)
-    caches: dict[str, DecompositionCache] = {}
-    for split in ("val", "test"):
-        caches[split] = decompose_dataset(clip, load_index("waterbirds", data, split), layers,
-                                          batch_size=batch_size, progress=console is not None)
-        save_cache(out / f"{split}.safetensors", caches[split])
+    layers = list(range(len(clip.model.visual.transformer.resblocks)))
+    caches: dict[str, DecompositionCache] = {
+        split: decompose_dataset(clip, load_index("waterbirds", data, split), layers, batch_size=batch_size,
+                                 progress=console is not None, out=out / f"{split}.safetensors")
+        for split in ("train", "val", "test")}
     lap("decompose")
 
-    say("[bold]3/8 locate[/bold] on val; minority groups from the train split's group counts")
-    train = load_index("waterbirds", data, "train")
-    minority = minority_from_counts(torch.tensor([r.label for r in train.records]),
-                                    torch.tensor([r.group for r in train.records]), train.group_names, "train split")
+    say("[bold]3/8 locate[/bold] default protocol: on val, minority groups from the train split's group counts; "
+        "reference protocol: on train")
+    train = caches["train"]
+    minority = minority_from_counts(train.labels, train.groups, train.group_names, "train split")
     plan = locate_cache(caches["val"], clip, minority_groups=minority.groups)
     plan.save(out / "plan.json")
     save_heatmap(plan, out / "plan.png")
+    reference_plan = locate_cache(train, clip, protocol="reference")
+    reference_plan.save(out / "plan-reference.json")
+    save_heatmap(reference_plan, out / "plan-reference.png")
     lap("locate")
 
-    say("[bold]4/8 choose the correction on val[/bold], then build it")
+    say("[bold]4/8 compare on test under both protocols, choose the correction on val[/bold], then build it")
     contexts, pairs = contexts_for("defaults", "waterbirds"), attribute_pairs_for("defaults", "waterbirds")
     rows = {split: compare_rows(caches[split], plan, caches["val"], clip, contexts, pairs) for split in ("val", "test")}
+    reference_rows = compare_rows(caches["test"], reference_plan, None, clip, contexts, pairs, protocol="reference")
     chosen = choose_variant(rows["val"])
     options = BuildOptions(contexts=contexts, attribute_pairs=pairs, **VARIANTS[chosen])
     debiased = build_classifier(plan, caches["val"], clip, options)
@@ -190,11 +202,12 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
     summary = DemoSummary(
         data={"dir": str(data), **args}, plan=plan.summary(), chosen=chosen,
         val_rows=[r.to_dict() for r in rows["val"]], test_rows=[r.to_dict() for r in rows["test"]],
-        verify=reports, probe=probe, seconds=times,
+        verify=reports, probe=probe, reference_plan=reference_plan.summary(),
+        reference_test_rows=[r.to_dict() for r in reference_rows], seconds=times,
     )
-    write_atomic(out / "compare.json", compare_file(rows["test"], located={"dataset": plan.dataset,
-                                                                           "split": plan.split}).to_json(),
-                 "compare-file")
+    write_atomic(out / "compare.json", compare_file(
+        rows["test"] + [replace(r, method=r.method + REFERENCE) for r in reference_rows],
+        located={"dataset": plan.dataset, "split": plan.split}).to_json(), "compare-file")
 
     say("[bold]8/8 explain[/bold] the located heads (TextSpan), discover keywords of the errors (B2T), one HTML report")
     from clip_debias.toolchain.explain.jobs import describe_heads, discover_keywords, span_lines
@@ -220,13 +233,22 @@ def print_summary(s: DemoSummary, console: Any) -> None:
     from rich.table import Table
 
     pct = lambda x: f"{100 * x:5.1f}"  # noqa: E731
-    t = Table(title="Bias lab, test split (balanced): cached terms, torch")
-    for col in ("method", "average acc %", "worst-group acc %", "worst group"):
+    t = Table(title="Bias lab, test split (balanced): cached terms, torch. Default protocol: located on val, ablation "
+                    "means from val. Reference protocol: located on train, ablation means from test itself "
+                    "(transductive, never shipped)")
+    for col in ("method", "default: avg %", "default: worst %", "reference: avg %", "reference: worst %"):
         t.add_column(col)
+    reference = {r["method"]: r for r in s.reference_test_rows}
     for r in s.test_rows:
+        ref = reference.get(r["method"])
         t.add_row(r["method"] + (" (shipped)" if r["method"] == s.chosen else ""), pct(r["accuracy"]),
-                  pct(r["worst_group_accuracy"]), r["worst_group"])
+                  pct(r["worst_group_accuracy"]), pct(ref["accuracy"]) if ref else "-",
+                  pct(ref["worst_group_accuracy"]) if ref else "-")
     console.print(t)
+    for name, plan in (("default", s.plan), ("reference", s.reference_plan)):
+        where = plan.get("located_on", {})
+        console.print(f"{name} protocol plan ({where.get('split')}, layers {where.get('layers')}): spurious "
+                      f"{plan.get('spurious')}, salient {plan.get('salient')}, K={plan.get('k')}")
     v = Table(title="clip-debias verify on the exported ONNX (torch-free runtime, test split)")
     for col in ("artifact", "average acc %", "worst-group acc %", "p50 ms/batch", "p95 ms/batch", "images/s"):
         v.add_column(col)

@@ -4,15 +4,17 @@ Metrics come from ``runtime.metrics.accuracy_report``: unweighted average accura
 worst-group accuracy and the per-group table.
 
 ``compare_methods`` computes, from ONE cache of the evaluated split and the same edit functions the baked model
-uses (``EditSet.apply`` -> ``corrected_embedding``), the rows:
-    zero-shot | ablate only | ablate + project | PerceptionCLIP | LTC + PerceptionCLIP
-(ablation means from the calibration cache; PerceptionCLIP rows only when contexts are given).
+uses (``EditSet.apply`` -> ``corrected_embedding``), the rows (``row_names``):
+    zero-shot | ablate | ablate + project, <renorm> | PerceptionCLIP | ablate + project, <renorm> + PerceptionCLIP
+for each salient-projection ``renorm`` asked for (stepwise, keep norm; PerceptionCLIP rows only when contexts are
+given). Ablation means come from the calibration cache (``protocol="default"``) or from the evaluated cache itself
+(``protocol="reference"``: transductive, see ``toolchain.protocol``).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,22 +23,34 @@ from pydantic.dataclasses import dataclass as format_dataclass
 
 from clip_debias.runtime.metrics import AccuracyReport, accuracy_report
 from clip_debias.runtime.schema import FORMAT, read_model
-from clip_debias.toolchain.correct.build import BuildOptions, EditSet, check_plan, make_edits, make_head
+from clip_debias.toolchain.correct.build import (BuildOptions, EditSet, check_plan, make_edits, make_head,
+                                                 require_convention)
 from clip_debias.toolchain.decompose.cache import DecompositionCache
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.locate.ltc import LocatePlan, require_layers, require_same_backbone
 from clip_debias.toolchain.models.tower import tower_config_of
 from clip_debias.toolchain.prompts.files import ContextSpec
 from clip_debias.toolchain.prompts.text import DEFAULT_TEMPLATES
+from clip_debias.toolchain.protocol import check_protocol
+
+RENORM_LABELS = {"stepwise": "stepwise renorm", "keep": "keep norm", "unit-once": "unit norm once"}
+
+
+def row_names(renorms: tuple[str, ...] | list[str], perception: bool) -> list[str]:
+    """The names of ``compare_methods``' rows, in order (each says what the row computes)."""
+    ltc = [f"ablate + project, {RENORM_LABELS[r]}" for r in renorms]
+    names = ["zero-shot", "ablate", *ltc]
+    return names + (["PerceptionCLIP", *(f"{n} + PerceptionCLIP" for n in ltc)] if perception else [])
 
 
 @dataclass
 class MethodResult:
-    """One row: method name, what was edited, and its accuracy report on the evaluated split."""
+    """One row: method name, what was edited, its accuracy report on the evaluated split (and its logits [N, C])."""
 
     method: str
     edits: str
     report: AccuracyReport
+    logits: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "edits": self.edits, **self.report.to_dict()}
@@ -60,38 +74,45 @@ def _describe(edits: EditSet) -> str:
 def compare_methods(cache_test: DecompositionCache, plan: LocatePlan, calibration: DecompositionCache | None,
                     clip: Any, *, contexts: ContextSpec | None = None,
                     attribute_pairs: list[tuple[str, str]] | None = None, tau: float = 1.0, z_from: str = "joint",
-                    renorm: str = "unit", allow_test_calibration: bool = False,
-                    templates: list[str] | None = None) -> list[MethodResult]:
+                    renorms: tuple[str, ...] = ("stepwise", "keep"), pair_embeddings: str | None = None,
+                    allow_test_calibration: bool = False, templates: list[str] | None = None,
+                    protocol: str = "default") -> list[MethodResult]:
     """The side-by-side rows on ``cache_test`` (see module doc). All caches and the plan must come from ``clip``'s
-    backbone; ``cache_test`` must hold the layers of every planned head, ``calibration`` those of the spurious ones."""
+    backbone and the plan's decomposition convention; ``cache_test`` must hold the layers of every planned head,
+    ``calibration`` those of the spurious ones. Under ``protocol="reference"`` the calibration is ``cache_test``
+    itself (a ``calibration`` given is ignored) and only the stepwise rows are the reference's own."""
+    check_protocol(protocol)
+    if protocol == "reference":
+        calibration = cache_test
     check_plan(plan, clip, tower_config_of(clip.model.visual))
+    require_convention(plan, cache_test, f"cache {cache_test.dataset}/{cache_test.split}")
     require_same_backbone(clip.identity, cache_test.identity, f"cache {cache_test.dataset}/{cache_test.split}")
     require_layers(cache_test.layers, plan.spurious_heads() + plan.salient_heads(),
                    f"cache {cache_test.dataset}/{cache_test.split}")
     if cache_test.class_names and len(cache_test.class_names) != len(plan.class_names):
         raise ClipDebiasError(f"cache {cache_test.dataset}/{cache_test.split} has {len(cache_test.class_names)} "
                               f"classes, the plan {len(plan.class_names)} ({', '.join(plan.class_names)})")
-    base = BuildOptions(attribute_pairs=attribute_pairs, contexts=contexts, tau=tau, z_from=z_from, renorm=renorm,
-                        allow_test_calibration=allow_test_calibration, templates=templates)
+    base = BuildOptions(attribute_pairs=attribute_pairs, contexts=contexts, tau=tau, z_from=z_from,
+                        pair_embeddings=pair_embeddings, allow_test_calibration=allow_test_calibration,
+                        templates=templates, protocol=protocol)
     templates = list(templates or plan.templates or DEFAULT_TEMPLATES)
     hints = {"pairs_hint": "--attribute-pairs FILE; the 'ablate + project' rows need them",
              "calibration_hint": "--calibration CACHE"}  # the options of 'evaluate --compare'
-    variants = {
-        "none": EditSet(renorm=renorm),
-        "ablate": make_edits(plan, calibration, clip, replace(base, project=False), **hints),
-        "ltc": make_edits(plan, calibration, clip, base, **hints),
-    }
+    ltc = make_edits(plan, calibration, clip, base, **hints)  # stepwise; the other renorms reuse its means and basis
+    variants = {"none": EditSet(), "ablate": make_edits(plan, calibration, clip, replace(base, project=False), **hints),
+                **{r: replace(ltc, renorm=r) for r in renorms}}
     embeddings = {k: v.apply(cache_test) for k, v in variants.items()}
-    rows = [("zero-shot", "zeroshot", "none"), ("ablate only", "zeroshot", "ablate"),
-            ("ablate + project", "zeroshot", "ltc")]
-    if contexts is not None:
-        rows += [("PerceptionCLIP", "perception", "none"), ("LTC + PerceptionCLIP", "perception", "ltc")]
-    heads = {kind: make_head(clip, plan.class_names, templates, replace(base, classifier=kind))
-             for kind in {kind for _, kind, _ in rows}}
+    names = row_names(renorms, contexts is not None)
+    edits = ["none", "ablate", *renorms] + (["none", *renorms] if contexts is not None else [])
+    kinds = ["zeroshot"] * (2 + len(renorms)) + ["perception"] * (len(names) - 2 - len(renorms))
+    heads = {kind: make_head(clip, plan.class_names, templates, replace(base, classifier=kind)) for kind in set(kinds)}
     labels, groups = cache_test.labels.long(), cache_test.groups.long()
-    return [MethodResult(name, _describe(variants[edit]) + ("" if kind == "zeroshot" else "; perception head"),
-                         report_of(heads[kind](embeddings[edit]), labels, groups, cache_test.group_names))
-            for name, kind, edit in rows]
+    out = []
+    for name, kind, edit in zip(names, kinds, edits):
+        logits = heads[kind](embeddings[edit])
+        out.append(MethodResult(name, _describe(variants[edit]) + ("" if kind == "zeroshot" else "; perception head"),
+                                report_of(logits, labels, groups, cache_test.group_names), logits))
+    return out
 
 
 @torch.no_grad()
@@ -183,6 +204,9 @@ class CompareFile:
     located: Optional[SplitRef] = None
     calibration: Optional[str] = None
     test_calibration: Optional[bool] = None
+    protocol: Optional[str] = None  # default | reference
+    convention: Optional[str] = None  # the plan's decomposition convention
+    transductive: Optional[bool] = None  # reference protocol: ablation means from the evaluated split itself
     edits: Optional[dict[str, str]] = None
     model_dir: Optional[str] = None
     dataset: Optional[str] = None

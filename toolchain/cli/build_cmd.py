@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from clip_debias.toolchain.cli.options import (ModelOpt, PretrainedOpt, RandomWeightsOpt, WeightsOpt,
+from clip_debias.toolchain.cli.options import (ModelOpt, PretrainedOpt, ProtocolOpt, RandomWeightsOpt, WeightsOpt,
                                                load_model)
 
 if TYPE_CHECKING:
@@ -23,7 +23,12 @@ PairsOpt = Annotated[str, typer.Option(
 TauOpt = Annotated[float, typer.Option("--tau", min=1e-6, help="PerceptionCLIP temperature of P(z|x).")]
 ZFromOpt = Annotated[str, typer.Option("--z-from", help="PerceptionCLIP P(z|x): joint (sum over y) | class-free.")]
 RenormOpt = Annotated[str, typer.Option(
-    "--renorm", help="Projected term norm: unit (reference code) | keep (its original norm).")]
+    "--renorm", help="Norm of a projected head term: stepwise (unit norm after each basis vector, RoboShot's accept "
+                     "step as the reference code runs it) | keep (its original norm, restored once at the end) | "
+                     "unit-once (unit norm once at the end; this project's earlier default).")]
+PairEmbeddingsOpt = Annotated[Optional[str], typer.Option(
+    "--pair-embeddings", help="Accept directions E(p+) - E(p-) from unit-norm text embeddings (unit; default protocol) "
+                              "or unnormalized ones (raw; the reference protocol).")]
 AllowTestOpt = Annotated[bool, typer.Option(
     "--allow-test-calibration", help="Allow a test-split calibration cache (leaks test data; recorded in the model).")]
 
@@ -64,10 +69,14 @@ def build(
     attribute_pairs: PairsOpt = "defaults",
     tau: TauOpt = 1.0,
     z_from: ZFromOpt = "joint",
-    renorm: RenormOpt = "unit",
+    renorm: RenormOpt = "stepwise",
+    pair_embeddings: PairEmbeddingsOpt = None,
     allow_test_calibration: AllowTestOpt = False,
+    protocol: ProtocolOpt = "default",
 ) -> None:
-    """Bake the plan's corrections (mean ablation, salient projection) and the classifier head into one model."""
+    """Bake the plan's corrections (mean ablation, salient projection) and the classifier head into one model.
+    --protocol reference takes the ablation means from the split you will evaluate on (--calibration, required):
+    transductive, not deployable."""
     from clip_debias.toolchain.correct.build import BuildOptions, build_classifier
     from clip_debias.toolchain.prompts.defaults import attribute_pairs_for, contexts_for
     from clip_debias.toolchain.decompose.cache import load_cache
@@ -76,8 +85,15 @@ def build(
     from clip_debias.runtime.atomic_output import check_directory_target
     from clip_debias.toolchain.correct.classifier import MODEL_DIR_KIND
 
+    from clip_debias.toolchain.errors import ClipDebiasError
+    from clip_debias.toolchain.protocol import TRANSDUCTIVE_NOTE, check_protocol
+
+    check_protocol(protocol)
     check_directory_target(out, MODEL_DIR_KIND)  # before the build's minutes of work, not after
     located = LocatePlan.load(plan)
+    if protocol == "reference" and calibration is None and ablate and located.spurious:
+        raise ClipDebiasError("--protocol reference takes the ablation means from the evaluated split itself: pass "
+                              "--calibration CACHE of the split you will evaluate on (transductive)")
     calibration = default_calibration(located, calibration, ablate and bool(located.spurious),
                                       "--calibration CACHE, or --no-ablate")
     calib = load_cache(calibration) if calibration is not None else None
@@ -86,17 +102,20 @@ def build(
         ablate=ablate, project=project, classifier=classifier,
         contexts=contexts_for(contexts, located.dataset) if classifier == "perception" else None,
         attribute_pairs=attribute_pairs_for(attribute_pairs, located.dataset) if project else None,
-        tau=tau, z_from=z_from, renorm=renorm, allow_test_calibration=allow_test_calibration,
+        tau=tau, z_from=z_from, renorm=renorm, pair_embeddings=pair_embeddings,
+        allow_test_calibration=allow_test_calibration, protocol=protocol,
     )
     clf = build_classifier(located, calib, clip, options)
     clf.save(out)
     spec = clf.spec
     typer.echo(f"built {out}: {classifier} head, ablated {spec.ablated or 'none'}, projected {spec.salient or 'none'} "
-               f"(basis rank {spec.basis_rank}, renorm {spec.renorm})")
+               f"(basis rank {spec.basis_rank}, renorm {spec.renorm}); {spec.convention} terms, {protocol} protocol")
     if spec.plan.get("calibration"):
         c = spec.plan["calibration"]
         typer.echo(f"  ablation means from {c['dataset']}/{c['split']} ({c['n']} images)")
-    if spec.plan.get("test_calibration"):
+    if spec.plan.get("transductive"):
+        typer.echo(f"  WARNING: {TRANSDUCTIVE_NOTE}. Recorded in config.json (plan.transductive).")
+    elif spec.plan.get("test_calibration"):
         typer.echo("  WARNING: calibrated on the TEST split (--allow-test-calibration); test accuracy of this model "
                    "is optimistic. Recorded in config.json (plan.test_calibration).")
 

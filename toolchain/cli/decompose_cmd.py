@@ -8,9 +8,10 @@ from typing import Annotated, Optional
 import typer
 
 from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS
-from clip_debias.toolchain.cli.options import (AllowOutsideRootOpt, BatchOpt, DataOpt, DatasetOpt, DeviceOpt, DtypeOpt,
-                                               ForceOpt, MaxPixelsOpt, MaxSkippedOpt, ModelOpt, PretrainedOpt,
-                                               RandomWeightsOpt, SplitOpt, WeightsOpt, load_model, reading_options)
+from clip_debias.toolchain.cli.options import (AllowOutsideRootOpt, BatchOpt, ConventionOpt, DataOpt, DatasetOpt,
+                                               DeviceOpt, DtypeOpt, ForceOpt, LayersOpt, MaxPixelsOpt, MaxSkippedOpt,
+                                               ModelOpt, PretrainedOpt, RandomWeightsOpt, SplitOpt, WeightsOpt,
+                                               load_model, reading_options)
 
 
 def decompose(
@@ -22,7 +23,11 @@ def decompose(
     pretrained: PretrainedOpt = None,
     weights: WeightsOpt = None,
     random_weights: RandomWeightsOpt = False,
-    layers: Annotated[int, typer.Option("--layers", help="Decompose the last N layers.")] = 4,
+    layers: LayersOpt = "all",
+    convention: ConventionOpt = "textspan",
+    terms_dtype: Annotated[str, typer.Option(
+        "--terms-dtype", help="Storage of the head terms: fp32 | fp16 (half the disk; embeddings and means stay "
+                              "fp32/fp64).")] = "fp32",
     batch_size: BatchOpt = 32,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "fp32",
@@ -35,14 +40,20 @@ def decompose(
     allow_outside_root: AllowOutsideRootOpt = False,
     force: ForceOpt = False,
 ) -> None:
-    """Write heads [N, L, H, D], rest [N, D], labels, groups (and attributes) of one split: the exact per-head
-    decomposition of the normalized CLS embedding (heads.sum + rest == encode_image(x, normalize=True))."""
+    """Write heads [N, L, H, D], rest [N, D], embeddings, per-head means, labels, groups (and attributes) of one split:
+    the exact per-head decomposition of the normalized CLS embedding (heads.sum + rest == encode_image(x,
+    normalize=True)), streamed to OUT batch by batch."""
     from clip_debias.runtime.atomic_output import check_file_target
     from clip_debias.runtime.datasets import load_index
-    from clip_debias.toolchain.decompose.cache import save_cache
-    from clip_debias.toolchain.decompose.contributions import resolve_layers
+    from clip_debias.toolchain.decompose.cache import TERMS_DTYPES
+    from clip_debias.toolchain.decompose.conventions import check_convention
+    from clip_debias.toolchain.decompose.layers import resolve_layers
     from clip_debias.toolchain.decompose.run import decompose_dataset
+    from clip_debias.toolchain.errors import ClipDebiasError
 
+    check_convention(convention)
+    if terms_dtype not in TERMS_DTYPES:
+        raise ClipDebiasError(f"--terms-dtype {terms_dtype!r}: expected one of {', '.join(TERMS_DTYPES)}")
     skipped_log = out.with_suffix(".skipped.txt") if skip_bad else None
     check_file_target(out, "decomposition-cache", force)  # before any work: never over a file that is not ours
     if skipped_log is not None:
@@ -51,12 +62,13 @@ def decompose(
     index = load_index(dataset, data, split, classes=classes.split(",") if classes else None,
                        allow_outside_root=allow_outside_root)
     clip = load_model(model, pretrained, weights, device, dtype, random_weights=random_weights)
-    chosen = resolve_layers(len(clip.model.visual.transformer.resblocks), last=layers)
+    chosen = resolve_layers(layers, len(clip.model.visual.transformer.resblocks))
     cache = decompose_dataset(clip, index, chosen, batch_size=batch_size, device=device, skip_bad=skip_bad,
-                              skipped_log=skipped_log, force=force, **reading)
-    save_cache(out, cache, force=force)
+                              skipped_log=skipped_log, convention=convention, out=out,
+                              terms_dtype=TERMS_DTYPES[terms_dtype], force=force, **reading)
     n, l, h, d = cache.heads.shape
-    typer.echo(f"wrote {out}: {n} images of {dataset}/{split}, layers {chosen} x {h} heads, D={d} "
+    typer.echo(f"wrote {out}: {n} images of {dataset}/{split}, layers {chosen} x {h} heads, D={d}, {convention} "
+               f"convention, {cache.heads.row_bytes() / 2**20:.2f} MiB of terms per image "
                f"({clip.identity.describe()})")
 
 

@@ -7,12 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from clip_debias.toolchain.cli.build_cmd import (AllowTestOpt, ContextsOpt, PairsOpt, RenormOpt, TauOpt, ZFromOpt,
-                                     default_calibration)
+from clip_debias.toolchain.cli.build_cmd import (AllowTestOpt, ContextsOpt, PairEmbeddingsOpt, PairsOpt, TauOpt,
+                                                 ZFromOpt, default_calibration)
 from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS
 from clip_debias.toolchain.cli.options import (AllowOutsideRootOpt, BatchOpt, DeviceOpt, ForceOpt, MaxPixelsOpt,
-                                               MaxSkippedOpt, PretrainedOpt, RandomWeightsOpt, WeightsOpt, load_model,
-                                               reading_options)
+                                               MaxSkippedOpt, PretrainedOpt, ProtocolOpt, RandomWeightsOpt, WeightsOpt,
+                                               load_model, reading_options)
 
 
 def evaluate(
@@ -21,9 +21,9 @@ def evaluate(
     data: Annotated[Optional[Path], typer.Option("--data", help="Dataset root folder (csv: the CSV file).")] = None,
     split: Annotated[str, typer.Option("--split", help="train | val | test")] = "test",
     compare: Annotated[bool, typer.Option(
-        "--compare", help="Rows zero-shot / ablate / ablate+project / PerceptionCLIP / LTC+PerceptionCLIP from "
-                          "decomposed terms (needs --model, --plan; --calibration defaults to the plan's "
-                          "cache).")] = False,
+        "--compare", help="Rows zero-shot / ablate / ablate + project (stepwise renorm, keep norm) / PerceptionCLIP / "
+                          "ablate + project + PerceptionCLIP from decomposed terms (needs --model, --plan; "
+                          "--calibration defaults to the plan's cache).")] = False,
     model: Annotated[Optional[str], typer.Option("--model", help="--compare: open_clip model name.")] = None,
     pretrained: PretrainedOpt = None,
     weights: WeightsOpt = None,
@@ -37,8 +37,12 @@ def evaluate(
     attribute_pairs: PairsOpt = "defaults",
     tau: TauOpt = 1.0,
     z_from: ZFromOpt = "joint",
-    renorm: RenormOpt = "unit",
+    renorm: Annotated[Optional[str], typer.Option(
+        "--renorm", help="--compare: the ablate + project rows for this renorm only (stepwise | keep | unit-once; "
+                         "default: stepwise and keep).")] = None,
+    pair_embeddings: PairEmbeddingsOpt = None,
     allow_test_calibration: AllowTestOpt = False,
+    protocol: ProtocolOpt = "default",
     classes: Annotated[Optional[str], typer.Option(
         "--classes", help="csv datasets: comma-separated class names.")] = None,
     batch_size: BatchOpt = 32,
@@ -61,12 +65,15 @@ def evaluate(
     class_list = [c.strip() for c in classes.split(",")] if classes else None
     if compare:
         rows, extra = _compare(model, pretrained, weights, random_weights, plan, calibration, cache, dataset, data,
-                               split, contexts, attribute_pairs, tau, z_from, renorm, allow_test_calibration,
-                               class_list, batch_size, device, skip_bad, reading)
+                               split, contexts, attribute_pairs, tau, z_from, renorm, pair_embeddings,
+                               allow_test_calibration, class_list, batch_size, device, skip_bad, protocol, reading)
     else:
         from clip_debias.toolchain.correct.classifier import CONFIG_NAME, read_spec
         from clip_debias.toolchain.evaluate import evaluate_model
 
+        if protocol != "default":
+            raise ClipDebiasError(f"--protocol {protocol}: only with --compare (a built model records its own "
+                                  "protocol in config.json)")
         if model_dir is None or dataset is None or data is None:
             raise ClipDebiasError("evaluate needs MODEL_DIR, --dataset and --data "
                                   "(or --compare with --model and --plan)")
@@ -75,7 +82,11 @@ def evaluate(
         provenance = read_spec(model_dir / CONFIG_NAME).plan
         rows, extra = [(str(model_dir), report)], {"model_dir": str(model_dir), "dataset": dataset, "split": split,
                                                    "model_plan": provenance}
-        if provenance.get("test_calibration"):
+        if provenance.get("transductive"):
+            from clip_debias.toolchain.protocol import TRANSDUCTIVE_NOTE
+
+            typer.echo(f"WARNING: this model was built with --protocol reference. {TRANSDUCTIVE_NOTE}")
+        elif provenance.get("test_calibration"):
             typer.echo("WARNING: this model was calibrated on the TEST split (--allow-test-calibration): "
                        "optimistic numbers")
     print_reports(rows)
@@ -85,19 +96,30 @@ def evaluate(
 
 
 def _compare(model, pretrained, weights, random_weights, plan, calibration, cache, dataset, data, split, contexts,
-             attribute_pairs, tau, z_from, renorm, allow_test, classes, batch_size, device, skip_bad, reading):
+             attribute_pairs, tau, z_from, renorm, pair_embeddings, allow_test, classes, batch_size, device, skip_bad,
+             protocol, reading):
     """Load or decompose the evaluated split, then ``compare_methods``; returns (rows, provenance)."""
     from clip_debias.toolchain.prompts.defaults import attribute_pairs_for, contexts_for
+    from clip_debias.toolchain.correct.edits import RENORMS
     from clip_debias.toolchain.decompose.cache import load_cache
     from clip_debias.toolchain.errors import ClipDebiasError
     from clip_debias.toolchain.evaluate import compare_methods
     from clip_debias.toolchain.locate.ltc import LocatePlan
+    from clip_debias.toolchain.protocol import TRANSDUCTIVE_NOTE, check_protocol
 
+    check_protocol(protocol)
     if model is None or plan is None:
         raise ClipDebiasError("evaluate --compare needs --model and --plan")
+    if renorm is not None and renorm not in RENORMS:
+        raise ClipDebiasError(f"--renorm {renorm!r}: expected one of {', '.join(RENORMS)}")
+    if protocol == "reference" and calibration is not None:
+        raise ClipDebiasError("--calibration: --protocol reference takes the ablation means from the evaluated split "
+                              "itself (--cache or --dataset/--data)")
     located = LocatePlan.load(plan)
-    calibration = default_calibration(located, calibration, bool(located.spurious), "--calibration CACHE")
-    calib = load_cache(calibration) if calibration is not None else None
+    calib = None
+    if protocol == "default":
+        calibration = default_calibration(located, calibration, bool(located.spurious), "--calibration CACHE")
+        calib = load_cache(calibration) if calibration is not None else None
     clip = load_model(model, pretrained, weights, device, random_weights=random_weights)
     if cache is not None:
         terms = load_cache(cache)
@@ -107,23 +129,32 @@ def _compare(model, pretrained, weights, random_weights, plan, calibration, cach
 
         reading = dict(reading)
         index = load_index(dataset, data, split, classes=classes, allow_outside_root=reading.pop("allow_outside_root"))
-        terms = decompose_dataset(clip, index, layers=list(located.layers), batch_size=batch_size, device=device,
-                                  skip_bad=skip_bad, **reading)
+        edited = sorted({l for l, _ in located.spurious_heads() + located.salient_heads()})
+        terms = decompose_dataset(clip, index, layers=edited or [located.layers[-1]], batch_size=batch_size,
+                                  device=device, skip_bad=skip_bad, convention=located.convention, **reading)
     else:
         raise ClipDebiasError("evaluate --compare needs the evaluated split: --cache FILE or --dataset and --data")
     ds = terms.dataset
     results = compare_methods(terms, located, calib, clip, contexts=contexts_for(contexts, ds),
                               attribute_pairs=attribute_pairs_for(attribute_pairs, ds), tau=tau, z_from=z_from,
-                              renorm=renorm, allow_test_calibration=allow_test)
-    calib_split = f"{calib.dataset}/{calib.split}" if calib is not None else "none"
-    typer.echo(f"evaluated on {terms.dataset}/{terms.split} ({len(terms)} images); located on "
-               f"{located.dataset}/{located.split}; ablation means from {calib_split}")
-    if calib is not None and calib.split == "test":
+                              renorms=(renorm,) if renorm else ("stepwise", "keep"), pair_embeddings=pair_embeddings,
+                              allow_test_calibration=allow_test, protocol=protocol)
+    if protocol == "reference":
+        calib_split = f"{terms.dataset}/{terms.split} itself"
+    else:
+        calib_split = f"{calib.dataset}/{calib.split}" if calib is not None else "none"
+    typer.echo(f"{protocol} protocol, {located.convention} terms: evaluated on {terms.dataset}/{terms.split} "
+               f"({len(terms)} images); located on {located.dataset}/{located.split}; ablation means from "
+               f"{calib_split}")
+    if protocol == "reference":
+        typer.echo(f"WARNING: {TRANSDUCTIVE_NOTE}")
+    elif calib is not None and calib.split == "test":
         typer.echo("WARNING: ablation means come from the TEST split (--allow-test-calibration): optimistic numbers")
-    extra = {"evaluated": {"dataset": terms.dataset, "split": terms.split, "n": len(terms)},
+    extra = {"protocol": protocol, "convention": located.convention,
+             "evaluated": {"dataset": terms.dataset, "split": terms.split, "n": len(terms)},
              "located": {"dataset": located.dataset, "split": located.split},
              "calibration": calib_split, "test_calibration": bool(calib is not None and calib.split == "test"),
-             "edits": {r.method: r.edits for r in results}}
+             "transductive": protocol == "reference", "edits": {r.method: r.edits for r in results}}
     return [(r.method, r.report) for r in results], extra
 
 

@@ -9,14 +9,12 @@ from typing import Annotated, Optional
 import typer
 
 from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS
-from clip_debias.toolchain.cli.options import (AllowOutsideRootOpt, BatchOpt, DeviceOpt, ForceOpt, MaxPixelsOpt,
-                                               ModelOpt, PretrainedOpt, RandomWeightsOpt, SplitOpt, WeightsOpt,
-                                               load_model)
+from clip_debias.toolchain.cli.options import (AllowOutsideRootOpt, BatchOpt, ConventionOpt, DeviceOpt, ForceOpt,
+                                               LayersOpt, MaxPixelsOpt, ModelOpt, PretrainedOpt, RandomWeightsOpt,
+                                               SplitOpt, WeightsOpt, load_model)
 
 HeadsOpt = Annotated[Optional[str], typer.Option(
     "--heads", help="plan.json (its spurious + salient heads) or LAYER:HEAD,... e.g. 11:3,11:5 (absolute layers).")]
-LayersOpt = Annotated[Optional[str], typer.Option(
-    "--layers", help="Every head of these absolute layers, e.g. 10,11 (negative counts from the end).")]
 
 
 def explain(
@@ -61,6 +59,7 @@ def explain_image(
     layers: LayersOpt = None,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     force: ForceOpt = False,
+    convention: ConventionOpt = "textspan",
 ) -> None:
     """Heat map of the per-patch direct contributions of heads (default: every head of the last layer) along a text
     direction; the patch terms plus the CLS token's term sum exactly to the heads' CLS terms."""
@@ -69,6 +68,9 @@ def explain_image(
     from clip_debias.toolchain.explain.tokens import explain_image as run
     from clip_debias.toolchain.figures import check_figure_target
 
+    from clip_debias.toolchain.decompose.conventions import check_convention
+
+    check_convention(convention)
     for option, value in (("--text", text), ("--vs", vs)):
         if value is not None and not value.strip():
             raise ClipDebiasError(f"{option}: empty; expected a text such as 'a photo of water'")
@@ -77,7 +79,8 @@ def explain_image(
     n_layers = len(clip.model.visual.transformer.resblocks)
     n_heads = clip.model.visual.transformer.resblocks[0].attn.num_heads
     chosen, _ = select_heads(heads, layers, n_layers, n_heads, [n_layers - 1])
-    path, total, cls_share = run(clip, image, chosen, text, vs, out, force=force, max_pixels=max_pixels)
+    path, total, cls_share = run(clip, image, chosen, text, vs, out, convention=convention, force=force,
+                                 max_pixels=max_pixels)
     typer.echo(f"wrote {path}: {len(chosen)} head(s), sum over tokens {total:+.5f} (CLS token {cls_share:+.5f})")
 
 

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from clip_debias.toolchain.cli.options import (ForceOpt, ModelOpt, PretrainedOpt, RandomWeightsOpt, WeightsOpt,
-                                               load_model)
+from clip_debias.toolchain.cli.options import (ForceOpt, ModelOpt, PretrainedOpt, ProtocolOpt, RandomWeightsOpt,
+                                               WeightsOpt, load_model)
 
 
 def int_list(value: str | None, option: str) -> list[int] | None:
@@ -48,8 +48,10 @@ def locate(
     max_salient: Annotated[Optional[int], typer.Option(
         "--max-salient", min=0, help="Keep at most N salient heads.")] = None,
     force: ForceOpt = False,
+    protocol: ProtocolOpt = "default",
 ) -> None:
-    """Score every cached head on the minority groups: spurious if n(W) - n(C) > 1/K, salient if n(C) - n(W) > 1/K."""
+    """Score every cached head on the minority groups: spurious if n(W) - n(C) > 1/K, salient if n(C) - n(W) > 1/K
+    (the argmax runs over every cached layer's heads; decompose's default caches them all)."""
     from clip_debias.toolchain.prompts.defaults import attribute_prompts_for, classes_for, templates_for
     from clip_debias.toolchain.decompose.cache import load_cache
     from clip_debias.toolchain.locate.heatmap import save_heatmap
@@ -69,11 +71,16 @@ def locate(
         terms, clip, class_names=classes_for(classes, terms.dataset), templates=templates_for(templates, terms.dataset),
         attribute_prompts=attribute_prompts_for(attribute_prompts, terms.dataset),
         minority_groups=int_list(minority_groups, "--minority-groups"), minority_from=minority_from,
-        max_spurious=max_spurious, max_salient=max_salient,
+        max_spurious=max_spurious, max_salient=max_salient, protocol=protocol,
     )
     plan.cache_path = str(cache.resolve())
     plan.save(out, force)
     png = save_heatmap(plan, out.with_suffix(".png"), force)
+    if not plan.all_layers:
+        of = f" of {plan.tower_layers}" if plan.tower_layers else ""
+        typer.echo(f"note: scored the heads of layers {plan.layers}{of} only; the published method's argmax runs over "
+                   "every layer (decompose with --layers all)")
+    typer.echo(f"{plan.protocol} protocol, {plan.convention} terms")
     typer.echo(f"located on {plan.dataset}/{plan.split} ({plan.n} images, {plan.group_source} groups): minority groups "
                f"{plan.minority_group_names} ({plan.minority_source}), {plan.n_wrong} wrong / {plan.n_correct} "
                f"correct; K={plan.k}, threshold {plan.threshold:.4f}")

@@ -8,6 +8,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from clip_debias.toolchain.decompose.layers import LAYERS_HELP
+
 
 def check_device(device: str) -> str:
     """``--device`` value -> itself if torch can use it (cpu, cuda, cuda:N), else one clear error line. torch is
@@ -54,6 +56,14 @@ MaxPixelsOpt = Annotated[int, typer.Option(
     "--max-pixels", min=1, help="Refuse image files of more pixels than this, before decoding them.")]
 AllowOutsideRootOpt = Annotated[bool, typer.Option(
     "--allow-outside-root", help="Read image paths that leave the data folder (absolute, or with '..').")]
+LayersOpt = Annotated[Optional[str], typer.Option("--layers", help=f"Layers: {LAYERS_HELP}.")]
+ProtocolOpt = Annotated[str, typer.Option(
+    "--protocol", help="default (deployable: calibration split, never test) | reference (the published LTC pipeline: "
+                       "locate on train, ablation means from the evaluated split itself; transductive).")]
+ConventionOpt = Annotated[str, typer.Option(
+    "--convention", help="How ln_post's centring and the biases are shared among head terms: textspan (TextSpan's, "
+                         "each of the 2L+1 residual terms an equal share) | centred (each head term centred on its own "
+                         "mean, biases in rest).")]
 
 DTYPES = ("fp32", "fp16", "bf16")
 

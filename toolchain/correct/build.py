@@ -1,11 +1,16 @@
 """Correct: a ``LocatePlan`` + a calibration cache + options -> the edits, the classifier head, the baked model.
 
 Edits (``EditSet``):
-- spurious heads (``ablate``): mean ablation, mu_{l,h} = mean over the CALIBRATION split of c_{l,h} [A, D];
-  the calibration split is the one given (default in the CLI: the split used to locate) and may be a test split
-  only with ``allow_test_calibration`` (then recorded in the model's ``spec.plan``);
-- salient heads (``project``): RoboShot accept step with u = orthonormal_basis(E_T(p+) - E_T(p-)) [K, D] over the
-  attribute pairs; ``renorm`` unit (reference code) or keep (each projected term keeps its norm).
+- spurious heads (``ablate``): mean ablation, mu_{l,h} = mean over the CALIBRATION split of c_{l,h} [A, D] (the
+  cache's stored per-head means); the calibration split is the one given (default in the CLI: the split used to
+  locate) and may be a test split only with ``allow_test_calibration`` (then recorded in the model's ``spec.plan``),
+  or under ``protocol="reference"``, whose ablation means come from the evaluated split itself (transductive, also
+  recorded);
+- salient heads (``project``): RoboShot accept step with u = orthonormal_basis(v) [K, D], v_k = E_T(p+_k) - E_T(p-_k)
+  over the attribute pairs, from unit-norm text embeddings (``pair_embeddings="unit"``, default) or unnormalized
+  ones (``"raw"``, the reference); ``renorm`` stepwise (the reference; default), keep or unit-once
+  (``toolchain.correct.edits``).
+Terms, means and the baked model all use the plan's decomposition convention (``toolchain.decompose.conventions``).
 The same ``EditSet`` runs on cached terms (``EditSet.apply``, used by ``evaluate --compare``) and is baked into a
 ``DebiasedClassifier`` (``build_classifier``): both call ``toolchain.correct.edits.corrected_embedding``.
 """
@@ -19,7 +24,7 @@ import torch
 from torch import nn
 
 from clip_debias.toolchain.correct.classifier import ClassifierSpec, DebiasedClassifier, PreprocessRecord
-from clip_debias.toolchain.correct.edits import corrected_embedding, orthonormal_basis
+from clip_debias.toolchain.correct.edits import RENORMS, corrected_embedding, orthonormal_basis
 from clip_debias.toolchain.correct.heads import HEAD_KINDS
 from clip_debias.toolchain.decompose.cache import DecompositionCache
 from clip_debias.toolchain.errors import ClipDebiasError
@@ -27,9 +32,10 @@ from clip_debias.toolchain.locate.ltc import LocatePlan, check_plan_heads, requi
 from clip_debias.toolchain.models.tower import ExplicitViT, TowerConfig
 from clip_debias.toolchain.prompts.files import ContextSpec
 from clip_debias.toolchain.prompts.text import DEFAULT_TEMPLATES
+from clip_debias.toolchain.protocol import TRANSDUCTIVE_NOTE, check_protocol
 
 CLASSIFIERS = tuple(HEAD_KINDS)
-RENORMS = ("unit", "keep")
+PAIR_EMBEDDINGS = ("unit", "raw")
 
 
 @dataclass
@@ -44,9 +50,31 @@ class BuildOptions:
     attribute_pairs: list[tuple[str, str]] | None = None
     tau: float = 1.0
     z_from: str = "joint"
-    renorm: str = "unit"
+    renorm: str = "stepwise"
+    pair_embeddings: str | None = None  # unit | raw; None: the protocol's (default: unit, reference: raw)
     allow_test_calibration: bool = False
     templates: list[str] | None = None
+    protocol: str = "default"
+
+    def resolved(self) -> "BuildOptions":
+        """These options with the protocol's choices filled in; refuses a choice the reference protocol does not
+        make (one line naming the option)."""
+        from dataclasses import replace
+
+        check_protocol(self.protocol)
+        if self.renorm not in RENORMS:
+            raise ClipDebiasError(f"--renorm {self.renorm!r}: expected one of {', '.join(RENORMS)}")
+        if self.pair_embeddings is not None and self.pair_embeddings not in PAIR_EMBEDDINGS:
+            raise ClipDebiasError(f"--pair-embeddings {self.pair_embeddings!r}: expected one of "
+                                  f"{', '.join(PAIR_EMBEDDINGS)}")
+        if self.protocol == "reference":
+            if self.renorm != "stepwise":
+                raise ClipDebiasError(f"--renorm {self.renorm}: --protocol reference renormalizes stepwise")
+            if self.pair_embeddings not in (None, "raw"):
+                raise ClipDebiasError(f"--pair-embeddings {self.pair_embeddings}: --protocol reference takes the "
+                                      "accept directions from unnormalized text embeddings (raw)")
+            return replace(self, pair_embeddings="raw")
+        return replace(self, pair_embeddings=self.pair_embeddings or "unit")
 
 
 @dataclass
@@ -57,21 +85,16 @@ class EditSet:
     means: torch.Tensor | None = None
     salient: list[tuple[int, int]] = field(default_factory=list)
     basis: torch.Tensor | None = None
-    renorm: str = "unit"
+    renorm: str = "stepwise"
 
     def apply(self, cache: DecompositionCache) -> torch.Tensor:
-        """Corrected unit-norm embeddings [N, D] from the cached terms (same math as the baked model)."""
+        """Corrected unit-norm embeddings [N, D] from the cached terms (same math as the baked model); reads only the
+        edited heads' terms."""
         require_layers(cache.layers, self.ablated + self.salient, f"cache {cache.dataset}/{cache.split}")
-        return corrected_embedding(cache.embeddings(), head_terms(cache, self.ablated), self.means,
-                                   head_terms(cache, self.salient), self.basis, self.renorm)  # type: ignore[arg-type]
-
-
-def head_terms(cache: DecompositionCache, heads: list[tuple[int, int]]) -> torch.Tensor:
-    """c_{l,h} of the given absolute heads: [N, len(heads), D]."""
-    pos = {layer: i for i, layer in enumerate(cache.layers)}
-    if not heads:
-        return cache.heads.new_zeros(len(cache), 0, cache.heads.shape[-1])
-    return torch.stack([cache.heads[:, pos[l], h] for l, h in heads], dim=1)
+        terms = cache.head_terms(self.ablated + self.salient)  # [N, A + S, D]
+        a = len(self.ablated)
+        return corrected_embedding(cache.embeddings(), terms[:, :a], self.means, terms[:, a:], self.basis,
+                                   self.renorm)  # type: ignore[arg-type]
 
 
 # ---- checks -----------------------------------------------------------------------------------------------------
@@ -90,6 +113,13 @@ def check_plan(plan: LocatePlan, clip: Any, cfg: TowerConfig, where: str | None 
     check_plan_heads(plan, where)
 
 
+def require_convention(plan: LocatePlan, cache: DecompositionCache, what: str) -> None:
+    """Refuse a cache whose terms follow another decomposition convention than the plan's."""
+    if cache.convention != plan.convention:
+        raise ClipDebiasError(f"{what} holds '{cache.convention}' terms, the plan was located on '{plan.convention}' "
+                              f"terms (decompose with --convention {plan.convention})")
+
+
 def check_calibration(calibration: DecompositionCache, clip: Any, heads: list[tuple[int, int]],
                       allow_test: bool) -> None:
     """Same backbone, layers covering the ablated heads, and no test split unless explicitly allowed."""
@@ -104,15 +134,19 @@ def check_calibration(calibration: DecompositionCache, clip: Any, heads: list[tu
 # ---- pieces -----------------------------------------------------------------------------------------------------
 
 def ablation_means(calibration: DecompositionCache, heads: list[tuple[int, int]]) -> torch.Tensor:
-    """mu [A, D]: mean of each head's term over the calibration split (float64 accumulation)."""
-    return head_terms(calibration, heads).double().mean(dim=0).float()
+    """mu [A, D]: mean of each head's term over the calibration split (float64 accumulation, stored in the cache)."""
+    means = calibration.head_means()
+    return torch.stack([means[r, h] for r, h in calibration.positions(heads)]).float() if heads else \
+        torch.zeros(0, means.shape[-1])
 
 
 @torch.no_grad()
-def projection_basis(clip: Any, pairs: list[tuple[str, str]]) -> torch.Tensor:
-    """u [K, D] = orthonormal_basis(v), v_k = E_T(p+_k) - E_T(p-_k) with unit-norm text embeddings."""
-    pos = clip.encode_text([p for p, _ in pairs], normalize=True).float()
-    neg = clip.encode_text([n for _, n in pairs], normalize=True).float()
+def projection_basis(clip: Any, pairs: list[tuple[str, str]], pair_embeddings: str = "unit") -> torch.Tensor:
+    """u [K, D] = orthonormal_basis(v), v_k = E_T(p+_k) - E_T(p-_k) with unit-norm text embeddings (``unit``) or
+    unnormalized ones (``raw``, the reference's)."""
+    unit = pair_embeddings == "unit"
+    pos = clip.encode_text([p for p, _ in pairs], normalize=unit).float()
+    neg = clip.encode_text([n for _, n in pairs], normalize=unit).float()
     return orthonormal_basis(pos - neg)
 
 
@@ -120,21 +154,27 @@ def make_edits(plan: LocatePlan, calibration: DecompositionCache | None, clip: A
                pairs_hint: str = "--attribute-pairs FILE, or --no-project",
                calibration_hint: str = "--calibration CACHE, or --no-ablate") -> EditSet:
     """The ``EditSet`` for ``options`` (ablate and/or project), checked against the calibration cache. The hints are
-    the options that supply missing pairs or calibration on the calling command (defaults: ``build``'s)."""
-    if options.renorm not in RENORMS:
-        raise ClipDebiasError(f"--renorm {options.renorm!r}: expected one of {', '.join(RENORMS)}")
+    the options that supply missing pairs or calibration on the calling command (defaults: ``build``'s). Under
+    ``protocol="reference"`` the plan must be located so too, and ``calibration`` is the evaluated split itself."""
+    options = options.resolved()
+    if options.protocol == "reference" and plan.protocol != "reference":
+        raise ClipDebiasError(f"{plan.where()} was located with the {plan.protocol} protocol; --protocol reference "
+                              "needs a plan located with 'locate --protocol reference'")
     edits = EditSet(renorm=options.renorm)
     if options.ablate and plan.spurious:
         if calibration is None:
             raise ClipDebiasError(f"mean ablation of the plan's {len(plan.spurious)} spurious head(s) needs a "
                                   f"calibration cache ({calibration_hint})")
-        check_calibration(calibration, clip, plan.spurious_heads(), options.allow_test_calibration)
+        require_convention(plan, calibration, f"calibration cache {calibration.dataset}/{calibration.split}")
+        check_calibration(calibration, clip, plan.spurious_heads(),
+                          options.allow_test_calibration or options.protocol == "reference")
         edits.ablated, edits.means = plan.spurious_heads(), ablation_means(calibration, plan.spurious_heads())
     if options.project and plan.salient:
         if not options.attribute_pairs:
             raise ClipDebiasError(f"the plan has {len(plan.salient)} salient head(s) to project but no attribute pairs "
                                   f"were given ({pairs_hint})")
-        edits.salient, edits.basis = plan.salient_heads(), projection_basis(clip, options.attribute_pairs)
+        edits.salient = plan.salient_heads()
+        edits.basis = projection_basis(clip, options.attribute_pairs, options.pair_embeddings or "unit")
     return edits
 
 
@@ -150,7 +190,7 @@ def build_classifier(plan: LocatePlan, calibration: DecompositionCache | None, c
                      options: BuildOptions | None = None) -> DebiasedClassifier:
     """The ``DebiasedClassifier`` with the plan's edits and the chosen head baked in; ``spec.plan`` records the plan
     summary, the calibration split (and whether it is a test split), the attribute pairs and the options."""
-    options = options or BuildOptions()
+    options = (options or BuildOptions()).resolved()
     tower = ExplicitViT.from_open_clip(clip.model.visual)
     check_plan(plan, clip, tower.cfg)
     edits = make_edits(plan, calibration, clip, options)
@@ -161,14 +201,18 @@ def build_classifier(plan: LocatePlan, calibration: DecompositionCache | None, c
         "calibration": ({"dataset": calibration.dataset, "split": calibration.split, "n": len(calibration)}
                         if calibration is not None and edits.ablated else None),
         "test_calibration": bool(calibration is not None and edits.ablated and calibration.split == "test"),
+        "transductive": bool(options.protocol == "reference" and edits.ablated),
         "attribute_pairs": [list(p) for p in options.attribute_pairs or []] if edits.salient else [],
         "options": opts,
     }
+    if provenance["transductive"]:
+        provenance["note"] = TRANSDUCTIVE_NOTE
     spec = ClassifierSpec(
         tower=tower.cfg.to_dict(), identity=clip.identity.to_dict(), class_names=list(plan.class_names),
         group_names=list(calibration.group_names if calibration is not None else []),
         preprocess=PreprocessRecord.of(clip.preprocess_cfg),
         ablated=[list(h) for h in edits.ablated], salient=[list(h) for h in edits.salient],
-        basis_rank=int(edits.basis.shape[0]) if edits.basis is not None else 0, renorm=edits.renorm, plan=provenance,
+        basis_rank=int(edits.basis.shape[0]) if edits.basis is not None else 0, renorm=edits.renorm,
+        convention=plan.convention, plan=provenance,
     )
     return DebiasedClassifier(tower, head, spec, edits.means, edits.basis).eval()

@@ -3,7 +3,8 @@
 forward(image [B, 3, H, W]):
     trace the tower, keeping the CLS-query head outputs o [B, H, Dh] of the edited layers only
     e   = y / ||y||                                                     (plain normalized embedding, [B, D])
-    c_j = o_{l_j, h_j} @ A_j / (sigma ||y||)  for each edited head j    ([B, E, D], A_j constant [Dh, D])
+    c_j = (o_{l_j, h_j} @ A_j + k_j - mu q) / (sigma ||y||) + r / ||y||  for each edited head j, in the plan's
+          decomposition convention (``toolchain.decompose.conventions``; k, q, r = 0 for centred)  [B, E, D]
     e'  = corrected_embedding(e, c_ablated, mu, c_salient, u, renorm)   (``toolchain.correct.edits``)
     logits = head(e')                                     (a kind of ``correct.heads.HEAD_KINDS``, constants)
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -26,8 +27,10 @@ from torch import nn
 from clip_debias.runtime.atomic_output import staged_directory
 from clip_debias.runtime.errors import ClipDebiasError
 from clip_debias.runtime.schema import FORMAT, FieldError, describe_value, read_json, stored_as_dict, validate
-from clip_debias.toolchain.correct.edits import Renorm, corrected_embedding
+from clip_debias.toolchain.correct.edits import LEGACY_RENORMS, Renorm, corrected_embedding
 from clip_debias.toolchain.correct.heads import HEAD_KINDS, ZeroShotHead, logit_scale_of
+from clip_debias.toolchain.decompose.conventions import (DEFAULT_CONVENTION, LnStats, Readout, apply_readout,
+                                                         head_readout)
 from clip_debias.toolchain.locate.ltc import HeadIndex, IdentityRecord
 from clip_debias.toolchain.models.tower import ExplicitViT, TowerConfig
 from clip_debias.toolchain.prompts.text import DEFAULT_TEMPLATES, class_text_matrix
@@ -77,7 +80,10 @@ class ClassifierSpec:
     ablated: list[HeadIndex] = field(default_factory=list)  # [[layer, head], ...] mean-ablated
     salient: list[HeadIndex] = field(default_factory=list)  # [[layer, head], ...] projected
     basis_rank: Annotated[int, Field(ge=0, description="an integer >= 0")] = 0
-    renorm: Renorm = "unit"
+    # stepwise | keep | unit-once; "unit" (models built before the rename) computes unit-once
+    renorm: Literal["stepwise", "keep", "unit-once", "unit"] = "stepwise"
+    # the decomposition convention of the edited head terms; models built before the field existed used "centred"
+    convention: Literal["textspan", "centred"] = "centred"
     head: dict[str, Any] = field(default_factory=dict)
     plan: dict[str, Any] = field(default_factory=dict)  # provenance: the LocatePlan summary, calibration split...
     format: int = MODEL_FORMAT
@@ -130,9 +136,14 @@ class DebiasedClassifier(nn.Module):
         flat = [self.layers.index(l) * tower.cfg.heads + h for l, h in self.edited]
         self.register_buffer("flat_index", torch.tensor(flat, dtype=torch.long), persistent=False)
         dtype = tower.conv1.weight.dtype
-        readout = tower.head_readout(self.layers).reshape(-1, tower.cfg.head_dim, d) if self.layers else \
-            torch.zeros(0, tower.cfg.head_dim, d, dtype=dtype)
+        full = head_readout(tower, self.layers, spec.convention).to(dtype)
+        self.centring, self.offset = full.centring, full.offset
+        readout = full.A.reshape(-1, tower.cfg.head_dim, d)
+        bias = full.k.reshape(-1, d)
         self.register_buffer("readout", readout[flat].contiguous() if flat else readout[:0], persistent=False)
+        self.register_buffer("term_bias", bias[flat].contiguous() if flat else bias[:0], persistent=False)
+        self.register_buffer("mean_share", full.q, persistent=False)
+        self.register_buffer("beta_share", full.r, persistent=False)
         means = ablation_means if ablation_means is not None else torch.zeros(self.n_ablated, d)
         self.register_buffer("ablation_means", means.detach().to(dtype).reshape(self.n_ablated, d))
         b = basis if basis is not None else torch.zeros(spec.basis_rank, d)
@@ -140,7 +151,7 @@ class DebiasedClassifier(nn.Module):
 
     @property
     def renorm(self) -> Renorm:
-        return "keep" if self.spec.renorm == "keep" else "unit"
+        return LEGACY_RENORMS.get(self.spec.renorm, self.spec.renorm)  # type: ignore[return-value]
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] -> corrected unit-norm embedding e' [B, D]."""
@@ -150,7 +161,8 @@ class DebiasedClassifier(nn.Module):
         tr = self.tower.trace(images, self.layers)
         e = tr.pooled / tr.pooled.norm(dim=-1, keepdim=True)
         o = torch.cat([tr.head_out[l] for l in self.layers], dim=1)[:, self.flat_index]  # [B, E, Dh]
-        c = torch.einsum("bek,ekd->bed", o, self.readout) * self.tower.term_scale(tr)[:, :, None]  # [B, E, D]
+        readout = Readout(self.readout, self.term_bias, self.mean_share, self.beta_share, self.centring, self.offset)
+        c = apply_readout(o, readout, LnStats.of(self.tower, tr))  # [B, E, D]
         a = self.n_ablated
         return corrected_embedding(e, c[:, :a], self.ablation_means, c[:, a:], self.basis, self.renorm)
 
@@ -207,5 +219,6 @@ def plain_classifier(clip: Any, class_names: list[str], group_names: list[str] |
     tower = ExplicitViT.from_open_clip(clip.model.visual)
     text = class_text_matrix(clip, class_names, templates or DEFAULT_TEMPLATES)
     spec = ClassifierSpec(tower=tower.cfg.to_dict(), identity=clip.identity.to_dict(), class_names=list(class_names),
-                          group_names=list(group_names or []), preprocess=PreprocessRecord.of(clip.preprocess_cfg))
+                          group_names=list(group_names or []), preprocess=PreprocessRecord.of(clip.preprocess_cfg),
+                          convention=DEFAULT_CONVENTION)
     return DebiasedClassifier(tower, ZeroShotHead(text, logit_scale_of(clip)), spec).eval()

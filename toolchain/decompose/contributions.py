@@ -2,17 +2,11 @@
 
 For a batch of images, with y = ln_post(x_cls) @ proj the unnormalized embedding and e = y / ||y||:
 
-    e = sum_{l in layers, h} c_{l,h} + rest
+    e = sum_{l in layers, h} c_{l,h} + rest                                     c_{l,h}, rest: [B, D] each
 
-    c_{l,h} = o_{l,h}^{cls} @ A_{l,h} / (sigma * ||y||)                                   [B, D] each
-    A_{l,h} = W_o[:, h]^T diag(gamma_l) C diag(g) proj   (``ExplicitViT.head_readout``)     [Dh, D]
-    rest    = (r @ C diag(g) proj / sigma + b @ proj) / ||y||
-
-where o_{l,h}^{cls} is head h's attention output at the CLS query of layer l, sigma the sample's own ln_post std,
-C = I - 11^T/W the centring, g/b the ln_post weight/bias, gamma_l the LayerScale (1 without), and r the residual-space
-CLS sum of everything else: the embedding term, every MLP term, the attention terms of layers not chosen and each
-chosen layer's output bias ls_1(b_o). Centring is split per term (each term minus its own feature mean), the ln_post
-bias goes wholly to ``rest``. Only the CLS query row of the heads is read; nothing of shape [B, N, N, H, D] is made.
+where c_{l,h} is head h of layer l's direct contribution under a convention (``toolchain.decompose.conventions``:
+``textspan``, the default, or ``centred``) and rest is everything else. Only the CLS query row of the heads is read;
+nothing of shape [B, N, N, H, D] is made.
 """
 
 from __future__ import annotations
@@ -22,59 +16,60 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from clip_debias.toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.decompose.conventions import (DEFAULT_CONVENTION, LnStats, apply_readout, head_readout,
+                                                         rest_readout)
+from clip_debias.toolchain.decompose.layers import resolve_layers
 from clip_debias.toolchain.models.tower import ExplicitViT
+
+__all__ = ["Decomposer", "HeadContributions", "resolve_layers"]
 
 
 @dataclass
 class HeadContributions:
     """Direct contributions to the normalized CLS embedding.
 
-    heads: [B, L, H, D] c_{l,h}; rest: [B, D]; layers: absolute indices (0 = first block) of the L chosen layers.
-    ``heads.sum((1, 2)) + rest`` is the unit-norm image embedding.
+    heads: [B, L, H, D] c_{l,h}; rest: [B, D]; layers: absolute indices (0 = first block) of the L chosen layers;
+    embeddings: [B, D] y / ||y|| from the forward itself. ``heads.sum((1, 2)) + rest`` equals ``embeddings``.
     """
 
     heads: torch.Tensor
     rest: torch.Tensor
     layers: list[int]
+    embeddings: torch.Tensor
+    convention: str = DEFAULT_CONVENTION
 
     def embedding(self) -> torch.Tensor:
         """[B, D] sum of all terms (the normalized image embedding)."""
         return self.heads.sum(dim=(1, 2)) + self.rest
 
 
-def resolve_layers(n_layers: int, last: int | None = None, layers: list[int] | None = None) -> list[int]:
-    """Absolute layer indices: an explicit list (negative counts from the end) or the ``last`` N layers (default 4)."""
-    if layers:
-        out = sorted({l + n_layers if l < 0 else l for l in layers})
-        bad = [l for l in out if not 0 <= l < n_layers]
-        if bad:
-            raise ClipDebiasError(f"--layers: {bad} out of range for a tower of {n_layers} layers (0..{n_layers - 1})")
-        return out
-    last = 4 if last is None else last
-    if not 1 <= last <= n_layers:
-        raise ClipDebiasError(f"--layers: last {last} layers requested, the tower has {n_layers} "
-                              f"(expected 1..{n_layers})")
-    return list(range(n_layers - last, n_layers))
-
-
 class Decomposer(nn.Module):
-    """Runs the tower once and returns ``HeadContributions`` for ``layers``. The folded readouts are constants
-    computed once (float64, then cast), so the per-batch cost over a plain forward is one [B,L,H,Dh]x[L,H,Dh,D]
-    contraction."""
+    """Runs the tower once and returns ``HeadContributions`` for ``layers`` under ``convention``. The folded
+    readouts are constants computed once (float64, then cast), so the per-batch cost over a plain forward is one
+    [B,L,H,Dh]x[L,H,Dh,D] contraction."""
 
-    def __init__(self, tower: ExplicitViT, layers: list[int]):
+    def __init__(self, tower: ExplicitViT, layers: list[int], convention: str = DEFAULT_CONVENTION):
         super().__init__()
         self.tower = tower
         self.layers = list(layers)
-        self.register_buffer("readout", tower.head_readout(self.layers), persistent=False)  # [L, H, Dh, D]
-        self.register_buffer("centred", tower.centred_readout().to(self.readout.dtype), persistent=False)  # [W, D]
+        self.convention = convention
+        dtype = tower.conv1.weight.dtype
+        self.heads_map = head_readout(tower, self.layers, convention).to(dtype)
+        self.rest_map = rest_readout(tower, self.layers, convention).to(dtype)
+
+    def _apply(self, fn, recurse=True):  # keep the readout constants on the tower's device and dtype
+        super()._apply(fn, recurse)
+        w = self.tower.conv1.weight
+        self.heads_map = self.heads_map.to(w.dtype, w.device)
+        self.rest_map = self.rest_map.to(w.dtype, w.device)
+        return self
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> HeadContributions:
         tr = self.tower.trace(images, self.layers)
+        stats = LnStats.of(self.tower, tr)
         o = torch.stack([tr.head_out[l] for l in self.layers], dim=1)  # [B, L, H, Dh]
-        scale = self.tower.term_scale(tr)  # [B, 1]
-        heads = torch.einsum("blhk,lhkd->blhd", o, self.readout) * scale[:, :, None, None]
-        rest = tr.rest_resid @ self.centred * scale + self.tower.bias_readout() / tr.pooled.norm(dim=-1, keepdim=True)
-        return HeadContributions(heads=heads, rest=rest, layers=self.layers)
+        heads = apply_readout(o, self.heads_map, stats)
+        rest = apply_readout(tr.rest_resid, self.rest_map, stats)
+        return HeadContributions(heads=heads, rest=rest, layers=self.layers, embeddings=tr.pooled / stats.z,
+                                 convention=self.convention)

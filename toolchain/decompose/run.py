@@ -1,4 +1,4 @@
-"""Decompose a whole dataset split into a ``DecompositionCache`` (batched, with a progress bar)."""
+"""Decompose a whole dataset split into a ``DecompositionCache`` (batched, with a progress bar), streamed to a file."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from typing import Any
 import torch
 
 from clip_debias.runtime.datasets import DatasetIndex
-from clip_debias.toolchain.decompose.cache import DecompositionCache
+from clip_debias.toolchain.decompose.cache import CacheWriter, DecompositionCache, load_cache
 from clip_debias.toolchain.decompose.contributions import Decomposer
+from clip_debias.toolchain.decompose.conventions import DEFAULT_CONVENTION
+from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.models.loading import LoadedClip
 from clip_debias.toolchain.models.tower import ExplicitViT
 
@@ -23,38 +25,56 @@ def decompose_dataset(
     skip_bad: bool = False,
     skipped_log: Path | None = None,
     progress: bool = True,
+    convention: str = DEFAULT_CONVENTION,
+    out: str | Path | None = None,
+    terms_dtype: torch.dtype = torch.float32,
+    force: bool = False,
     **reading: Any,
 ) -> DecompositionCache:
     """Run every image of ``index`` through open_clip's preprocessing and the ``Decomposer`` for ``layers``.
 
-    Rows follow the order of the images that loaded (with ``skip_bad``, unreadable ones are left out and listed in
-    ``skipped_log``). Terms are stored in float32 whatever the compute dtype. ``reading``: ``max_skipped``,
-    ``max_pixels``, ``force`` of ``iter_batches``.
-    """
+    With ``out``, each batch's terms go to that file as they come (memory: one batch, plus [N, D] tensors) and the
+    cache returned reads them from there; without it, everything stays in memory. Rows follow the order of the images
+    that loaded (with ``skip_bad``, unreadable ones are left out and listed in ``skipped_log``). ``force`` replaces
+    files that are not ours (``out``, the skipped list); ``reading``: ``max_skipped``, ``max_pixels`` of
+    ``iter_batches``."""
     from clip_debias.toolchain.datasets import iter_batches
 
     tower = ExplicitViT.from_open_clip(clip.model.visual)
-    decomposer = Decomposer(tower, layers).to(device)
+    decomposer = Decomposer(tower, layers, convention).to(device)
     dtype = tower.conv1.weight.dtype
-    heads, rest, labels, groups, attrs, paths = [], [], [], [], [], []
-    for batch in iter_batches(index, clip.preprocess, batch_size=batch_size, skip_bad=skip_bad,
-                              skipped_log=skipped_log, progress=progress, **reading):
-        hc = decomposer(batch.images.to(device=device, dtype=dtype))
-        heads.append(hc.heads.float().cpu())
-        rest.append(hc.rest.float().cpu())
-        labels.append(batch.labels)
-        groups.append(batch.groups)
-        if batch.attributes is not None:
-            attrs.append(batch.attributes)
-        paths.extend(batch.paths)
-    if not heads:
-        from clip_debias.toolchain.errors import ClipDebiasError
-
-        raise ClipDebiasError(f"{index.root}: no image of split '{index.split}' could be read")
-    return DecompositionCache(
-        heads=torch.cat(heads), rest=torch.cat(rest), labels=torch.cat(labels), groups=torch.cat(groups),
-        attributes=torch.cat(attrs) if attrs else None,
-        layers=list(layers), identity=clip.identity, dataset=index.dataset, split=index.split,
-        class_names=list(index.class_names), group_names=list(index.group_names),
-        attribute_names=list(index.attribute_names), paths=paths,
-    )
+    shape = (len(layers), tower.cfg.heads, tower.cfg.embed_dim)
+    fields = dict(layers=list(layers), identity=clip.identity, dataset=index.dataset, split=index.split,
+                  class_names=list(index.class_names), group_names=list(index.group_names),
+                  attribute_names=list(index.attribute_names), convention=convention,
+                  tower_layers=tower.cfg.layers)
+    batches = iter_batches(index, clip.preprocess, batch_size=batch_size, skip_bad=skip_bad, skipped_log=skipped_log,
+                           progress=progress, force=force, **reading)
+    if out is None:
+        parts: dict[str, list] = {"heads": [], "rest": [], "emb": [], "labels": [], "groups": [], "attrs": [],
+                                  "paths": []}
+        for batch in batches:
+            hc = decomposer(batch.images.to(device=device, dtype=dtype))
+            for key, value in (("heads", hc.heads), ("rest", hc.rest), ("emb", hc.embeddings)):
+                parts[key].append(value.float().cpu())
+            parts["labels"].append(batch.labels)
+            parts["groups"].append(batch.groups)
+            if batch.attributes is not None:
+                parts["attrs"].append(batch.attributes)
+            parts["paths"].extend(batch.paths)
+        if not parts["heads"]:
+            raise ClipDebiasError(f"{index.root}: no image of split '{index.split}' could be read")
+        return DecompositionCache(
+            heads=torch.cat(parts["heads"]), rest=torch.cat(parts["rest"]), labels=torch.cat(parts["labels"]),
+            groups=torch.cat(parts["groups"]), attributes=torch.cat(parts["attrs"]) if parts["attrs"] else None,
+            paths=parts["paths"], stored_embeddings=torch.cat(parts["emb"]), **fields)
+    all_paths = [str(r.path) for r in index.records]
+    with CacheWriter(out, shape=shape, max_rows=len(index.records), max_paths=all_paths, terms_dtype=terms_dtype,
+                     force=force, **fields) as writer:
+        for batch in batches:
+            hc = decomposer(batch.images.to(device=device, dtype=dtype))
+            writer.add(hc.heads, hc.rest, hc.embeddings, batch.labels, batch.groups, batch.attributes, batch.paths)
+        if writer.rows == 0:
+            raise ClipDebiasError(f"{index.root}: no image of split '{index.split}' could be read")
+        writer.close()
+    return load_cache(out)

@@ -33,14 +33,6 @@ def parse_head_list(value: str) -> list[tuple[int, int]]:
     return heads
 
 
-def parse_layers(value: str) -> list[int]:
-    """'10,11' -> [10, 11]."""
-    try:
-        return [int(p) for p in value.split(",") if p.strip()]
-    except ValueError:
-        raise ClipDebiasError(f"--layers: '{value}' is not a comma-separated list of layer indices") from None
-
-
 def heads_option(heads: str) -> tuple[list[tuple[int, int]], dict[tuple[int, int], str]]:
     """(heads, roles) of ``--heads plan.json | L:H,...`` alone (no model needed; roles only from a plan)."""
     if heads.endswith(".json") or Path(heads).is_file():
@@ -59,14 +51,17 @@ def check_heads_or_layers(heads: str | None, layers: str | None) -> None:
 
 def select_heads(heads: str | None, layers: str | None, n_layers: int, n_heads: int,
                  default_layers: list[int]) -> tuple[list[tuple[int, int]], dict[tuple[int, int], str]]:
-    """(heads, roles) from ``--heads plan.json | L:H,...`` or ``--layers l,...`` (negative counts from the end), else
-    every head of ``default_layers``. Roles come from a plan (empty otherwise)."""
+    """(heads, roles) from ``--heads plan.json | L:H,...`` or ``--layers`` (``toolchain.decompose.layers``: all, N =
+    the last N, or absolute indices), else every head of ``default_layers``. Roles come from a plan (empty
+    otherwise)."""
+    from clip_debias.toolchain.decompose.layers import resolve_layers
+
     check_heads_or_layers(heads, layers)
     roles: dict[tuple[int, int], str] = {}
     if heads:
         chosen, roles = heads_option(heads)
     else:
-        picked = [l + n_layers if l < 0 else l for l in (parse_layers(layers) if layers else default_layers)]
+        picked = resolve_layers(layers, n_layers) if layers else default_layers
         chosen = [(l, h) for l in picked for h in range(n_heads)]
     bad = [h for h in chosen if not (0 <= h[0] < n_layers and 0 <= h[1] < n_heads)]
     if bad:

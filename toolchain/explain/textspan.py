@@ -29,6 +29,7 @@ import torch
 from pydantic.dataclasses import dataclass
 
 from clip_debias.runtime.schema import FORMAT
+from clip_debias.toolchain.decompose.terms import HeadTerms
 from clip_debias.toolchain.errors import ClipDebiasError
 
 VARIANCE_KEPT = 0.99  # automatic rank: smallest r whose singular values keep this share of the variance
@@ -167,16 +168,16 @@ def require_cached_heads(layers: list[int], n_heads: int, wanted: list[tuple[int
                               "heads each); pick cached heads or decompose with --layers covering them")
 
 
-def explain_heads(heads: torch.Tensor, layers: list[int], wanted: list[tuple[int, int]], texts: list[str],
+def explain_heads(heads: HeadTerms, layers: list[int], wanted: list[tuple[int, int]], texts: list[str],
                   text_emb: torch.Tensor, k: int, rank: int | None = None,
                   roles: dict[tuple[int, int], str] | None = None) -> list[HeadSpan]:
     """TextSpan for each wanted (absolute layer, head) of a cache's ``heads`` [N, L, H, D] (``layers`` = the cache's
-    absolute layer indices)."""
+    absolute layer indices); each head's terms are read on their own."""
     require_cached_heads(layers, heads.shape[2], wanted)
     row = {layer: i for i, layer in enumerate(layers)}
     out = []
     for layer, head in wanted:
-        idx, shares, r, total = textspan(heads[:, row[layer], head], text_emb, k, rank)
+        idx, shares, r, total = textspan(heads.select([(row[layer], head)])[:, 0], text_emb, k, rank)
         entries = [SpanEntry(texts[i], s, i) for i, s in zip(idx, shares)]
         out.append(HeadSpan(layer, head, r, total, entries, (roles or {}).get((layer, head))))
     return out

@@ -2,10 +2,11 @@
 
 At the CLS query of layer l, head h's output is a convex mix of the value vectors of all N tokens,
 o_{l,h}^{cls} = sum_j a_{h,j} v_{h,j} with a_h = softmax(q_cls k^T / sqrt(Dh)) on ln_1 of the layer input. The head's
-direct term c_{l,h} = o_{l,h}^{cls} @ A_{l,h} / (sigma ||y||) (``toolchain.decompose.contributions``) is linear in o,
-so it splits exactly into per-token terms
+direct term c_{l,h} = (o @ A + k - mu q) / (sigma ||y||) + r / ||y|| (``toolchain.decompose.conventions``; k, q, r
+are 0 in the centred convention) is affine in o, so it splits exactly into per-token terms, each token taking an
+equal 1/N share of the constant part (as TextSpan's spatial decomposition does):
 
-    p_{l,h,j} = a_{h,j} v_{h,j} @ A_{l,h} / (sigma ||y||)        [D],   sum_j p_{l,h,j} = c_{l,h}   (j = 0 is CLS)
+    p_{l,h,j} = (a_{h,j} v_{h,j} @ A + (k - mu q) / N) / (sigma ||y||) + r / (N ||y||),   sum_j p_{l,h,j} = c_{l,h}
 
 and along a text direction t, s_j = sum_{(l,h) chosen} p_{l,h,j} . t is one scalar per token. sigma and ||y|| are
 those of the full forward. The patch scalars s_1..s_{N-1} form the heat map; s_0 (the CLS token's own share) has no
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from clip_debias.toolchain.decompose.conventions import (DEFAULT_CONVENTION, LnStats, Readout, apply_readout,
+                                                         head_readout)
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.models.tower import ExplicitViT
 
@@ -56,9 +59,10 @@ def cls_attention(block: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor
 
 
 @torch.no_grad()
-def token_terms(tower: ExplicitViT, images: torch.Tensor, heads: list[tuple[int, int]]) -> TokenTerms:
+def token_terms(tower: ExplicitViT, images: torch.Tensor, heads: list[tuple[int, int]],
+                convention: str = DEFAULT_CONVENTION) -> TokenTerms:
     """Per-token direct terms p_{l,h,j} [B, K, N, D] of the (absolute layer, head) pairs ``heads`` (module docstring).
-    Runs the blocks up to the deepest chosen layer once; sigma and ||y|| come from ``tower.trace``."""
+    Runs the blocks up to the deepest chosen layer once; mu, sigma and ||y|| come from ``tower.trace``."""
     if not heads:
         raise ClipDebiasError("no heads chosen for the heat map")
     n_layers, n_heads = tower.cfg.layers, tower.cfg.heads
@@ -67,12 +71,12 @@ def token_terms(tower: ExplicitViT, images: torch.Tensor, heads: list[tuple[int,
         raise ClipDebiasError(f"heads {bad} out of range for a tower of {n_layers} layers x {n_heads} heads")
     layers = sorted({l for l, _ in heads})
     tr = tower.trace(images, layers)
-    scale = tower.term_scale(tr)  # [B, 1]
-    readout = dict(zip(layers, tower.head_readout(layers)))  # l -> [H, Dh, D]
+    stats = LnStats.of(tower, tr)
+    full = head_readout(tower, layers, convention).to(tower.conv1.weight.dtype)
     per_layer: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     x = tower.embed(images)
     for i in range(layers[-1] + 1):
-        if i in readout:
+        if i in layers:
             per_layer[i] = cls_attention(tower.blocks[i], x)
         if i < layers[-1]:
             x = tower.blocks[i](x)[0]  # never the last block (its output keeps only the CLS row)
@@ -80,7 +84,9 @@ def token_terms(tower: ExplicitViT, images: torch.Tensor, heads: list[tuple[int,
     for layer, head in heads:
         a, v = per_layer[layer]
         mixed = a[:, head, :, None] * v[:, head]  # [B, N, Dh]
-        terms.append(mixed @ readout[layer][head] * scale[:, :, None])  # [B, N, D]
+        i = layers.index(layer)
+        one = Readout(full.A[i, head], full.k[i, head], full.q, full.r, full.centring, full.offset)
+        terms.append(apply_readout(mixed, one, stats, share=1.0 / mixed.shape[1]))  # [B, N, D]
         attn.append(a[:, head])
     return TokenTerms(torch.stack(terms, dim=1), torch.stack(attn, dim=1), list(heads), tower.cfg.grid)
 
@@ -129,9 +135,11 @@ def render_overlay(picture: torch.Tensor, heat: torch.Tensor, path: str | Path, 
 
 
 def explain_image(clip, image_path: str | Path, heads: list[tuple[int, int]], text: str, vs: str | None,
-                  out: str | Path, force: bool = False, max_pixels: int | None = None) -> tuple[Path, float, float]:
+                  out: str | Path, convention: str = DEFAULT_CONVENTION, force: bool = False,
+                  max_pixels: int | None = None) -> tuple[Path, float, float]:
     """Heat map of ``heads`` along ``text`` (minus ``vs``) for one image file, written to ``out`` (replacing only a
-    figure of ours, or anything with ``force``). Returns (path, sum over all tokens, CLS token share)."""
+    figure of ours, or anything with ``force``), terms in ``convention``. Returns (path, sum over all tokens, CLS
+    token share)."""
     from clip_debias.runtime.images import load_image
     from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS
 
@@ -141,7 +149,7 @@ def explain_image(clip, image_path: str | Path, heads: list[tuple[int, int]], te
     pil = load_image(image_path, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
     tower = ExplicitViT.from_open_clip(clip.model.visual).float().cpu()
     x = clip.preprocess(pil).unsqueeze(0).float()
-    tt = token_terms(tower, x, heads)
+    tt = token_terms(tower, x, heads, convention)
     t = text_direction(clip, text, vs)
     s = tt.along(t)[0]
     heat = tt.patch_map(t)[0]

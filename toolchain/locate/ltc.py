@@ -1,14 +1,20 @@
-"""Locate (Locate-Then-Correct): which attention heads carry the spurious attribute and which the class.
+"""Locate (Locate-Then-Correct, arXiv 2505.17425): which attention heads carry the spurious attribute and which the
+class.
 
 For image n with zero-shot prediction y_hat (text T [C, D], logits ~ e @ T^T), let o = the true label when y_hat is
 wrong, else the runner-up class. Head margin  d_{l,h}(n) = c_{l,h}(n) . (t_{y_hat} - t_o)  with c the cached direct
-contribution [N, L, H, D]. On the minority groups S, split into correct C and wrong W:
+contribution [N, L, H, D] (read in row chunks: never all of it in memory). The argmax below runs over every cached
+(layer, head); the published method's runs over every layer of the tower, which is what a cache of every layer (the
+default of ``decompose``) gives. On the minority groups S, split into correct C and wrong W:
 
     n_{l,h}(S') = |{n in S' : argmax_{l,h} d(n) = (l,h)}| / |S'|
     K = #{(l,h) : n_W > 0 or n_C > 0},  threshold = 1/K
     spurious = {n_W - n_C > 1/K},  salient = {n_C - n_W > 1/K},  each sorted by the difference (largest first)
 
-with optional caps on how many of each are kept. Heads are stored as absolute ``[layer, head]``.
+with optional caps on how many of each are kept (the published method has none). Heads are stored as absolute
+``[layer, head]``. ``protocol="reference"`` (``toolchain.protocol``) checks that the cache and groups are the
+published pipeline's: TextSpan terms of every layer, the train split, true group labels, the dataset's default
+minority groups.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, field
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import torch
 from pydantic import Field, model_validator
@@ -24,14 +30,16 @@ from pydantic.dataclasses import dataclass
 
 from clip_debias.runtime.schema import FORMAT, FieldError, read_json, stored_as_dict, validate
 from clip_debias.toolchain.decompose.cache import DecompositionCache
+from clip_debias.toolchain.decompose.terms import HeadTerms
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.locate.groups import (MinorityChoice, minority_from_counts, minority_from_predictions,
                                      minority_from_user, predicted_groups)
 from clip_debias.toolchain.models.loading import ModelIdentity
 from clip_debias.toolchain.prompts.defaults import known_minority_groups
 from clip_debias.toolchain.prompts.text import DEFAULT_TEMPLATES, class_text_matrix, prompt_matrix
+from clip_debias.toolchain.protocol import check_protocol, reference_minority, require_reference_cache
 
-PLAN_FORMAT = 1
+PLAN_FORMAT = 2
 PLAN_WHAT = "a plan written by 'clip-debias locate'"
 MINORITY_SOURCES = ("counts", "predictions")
 
@@ -77,6 +85,9 @@ class LocatePlan:
     identity: IdentityRecord
     class_names: list[str]
     templates: list[str]
+    convention: Literal["textspan", "centred"]  # the cache's decomposition convention: build and evaluate match it
+    protocol: Literal["default", "reference"]  # toolchain.protocol
+    tower_layers: Optional[int]  # the tower's layer count (None: the cache did not record it)
     attribute_names: list[str] = field(default_factory=list)  # predicted groups: attribute values used
     max_spurious: Optional[int] = None
     max_salient: Optional[int] = None
@@ -127,9 +138,14 @@ class LocatePlan:
             "k": self.k, "threshold": self.threshold, "minority_groups": self.minority_groups,
             "minority_group_names": self.minority_group_names, "minority_source": self.minority_source,
             "group_source": self.group_source,
-            "located_on": {"dataset": self.dataset, "split": self.split, "n": self.n},
-            "templates": self.templates,
+            "located_on": {"dataset": self.dataset, "split": self.split, "n": self.n, "layers": self.layers},
+            "templates": self.templates, "convention": self.convention, "protocol": self.protocol,
         }
+
+    @property
+    def all_layers(self) -> bool:
+        """True when the heads of every layer of the tower were scored."""
+        return self.tower_layers is not None and list(self.layers) == list(range(self.tower_layers))
 
     def where(self) -> str:
         """How error lines name this plan: its file when loaded from one, else 'plan'."""
@@ -154,7 +170,8 @@ class LocatePlan:
             raise ClipDebiasError(f"{path}: plan not found (write one with 'clip-debias locate')")
         raw = read_json(path, PLAN_WHAT)
         if isinstance(raw, dict) and raw.get("format", PLAN_FORMAT) != PLAN_FORMAT:
-            raise ClipDebiasError(f"{path}: field 'format': is {json.dumps(raw['format'])}, expected {PLAN_FORMAT}")
+            raise ClipDebiasError(f"{path}: field 'format': is {json.dumps(raw['format'])}, expected {PLAN_FORMAT}"
+                                  + (" (a plan of an earlier clip-debias: locate again)" if raw["format"] == 1 else ""))
         plan = validate(cls, raw, str(path), PLAN_WHAT)
         plan.source = str(path)
         return plan
@@ -206,16 +223,24 @@ def require_layers(layers: list[int], heads: list[tuple[int, int]], what: str) -
 
 # ---- scoring ----------------------------------------------------------------------------------------------------
 
-def head_margins(heads: torch.Tensor, embeddings: torch.Tensor, text: torch.Tensor, labels: torch.Tensor,
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(d [N, L, H] = c . (t_{y_hat} - t_o), predictions y_hat [N]); o = label if wrong else runner-up."""
+def head_margins(heads: HeadTerms | torch.Tensor, embeddings: torch.Tensor, text: torch.Tensor,
+                 labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d [N, L, H] = c . (t_{y_hat} - t_o), predictions y_hat [N]); o = label if wrong else runner-up. The terms are
+    read chunk by chunk (memory: one chunk plus d)."""
     if text.shape[0] < 2:
         raise ClipDebiasError("locate needs at least two classes")
-    text = text.to(heads.dtype)
-    top2 = (embeddings.to(heads.dtype) @ text.T).topk(2, dim=-1).indices
+    if isinstance(heads, torch.Tensor):
+        heads = HeadTerms(heads)
+    text = text.float()
+    top2 = (embeddings.float() @ text.T).topk(2, dim=-1).indices
     y_hat, runner = top2[:, 0], top2[:, 1]
     other = torch.where(y_hat == labels, runner, labels)
-    return torch.einsum("nlhd,nd->nlh", heads, text[y_hat] - text[other]), y_hat
+    direction = text[y_hat] - text[other]  # [N, D]
+    margins = torch.empty(heads.shape[:3])
+    for start, chunk in heads.chunks():
+        stop = start + chunk.shape[0]
+        margins[start:stop] = torch.einsum("nlhd,nd->nlh", chunk, direction[start:stop])
+    return margins, y_hat
 
 
 def argmax_fractions(margins: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -263,11 +288,16 @@ def locate_terms(cache: DecompositionCache, text: torch.Tensor, *, class_names: 
                  templates: list[str] | None = None, attribute_text: torch.Tensor | None = None,
                  attribute_names: list[str] | None = None, minority_groups: list[int] | None = None,
                  minority_from: str = "counts", max_spurious: int | None = None, max_salient: int | None = None,
-                 known_minority: list[int] | None = None) -> LocatePlan:
+                 known_minority: list[int] | None = None, protocol: str = "default") -> LocatePlan:
     """Locate on a cache with the class text matrix ``text`` [C, D] already computed.
 
     Groups are the cache's labels, or predicted (group = A*y + argmax_a cos(e, attribute_text[a])) when
-    ``attribute_text`` [A, D] is given."""
+    ``attribute_text`` [A, D] is given. ``protocol="reference"`` refuses what the published pipeline does not do
+    (see ``check_reference_locate``) and takes the dataset's default minority groups."""
+    check_protocol(protocol)
+    if protocol == "reference":
+        minority_groups = check_reference_locate(cache, attribute_text, minority_groups, minority_from,
+                                                 max_spurious, max_salient, known_minority)
     class_names = list(class_names or cache.class_names)
     if text.shape[0] != len(class_names):
         raise ClipDebiasError(f"{len(class_names)} class names but a text matrix of {text.shape[0]} rows")
@@ -286,6 +316,9 @@ def locate_terms(cache: DecompositionCache, text: torch.Tensor, *, class_names: 
     where = f"{cache.dataset}/{cache.split} cache ({group_source} groups)"
     choice = choose_minority(labels, groups, group_names, predictions, minority_groups, minority_from, where,
                              known_minority)
+    if protocol == "reference":
+        choice = MinorityChoice(choice.groups, choice.names, "defaults", "the dataset's default minority groups "
+                                "(reference protocol)")
     minority = torch.isin(groups, torch.tensor(choice.groups))
     correct = predictions == labels
     n_w = argmax_fractions(margins, minority & ~correct)
@@ -298,15 +331,35 @@ def locate_terms(cache: DecompositionCache, text: torch.Tensor, *, class_names: 
         minority_note=choice.note, group_source=group_source, n_minority=int(minority.sum()),
         n_wrong=int((minority & ~correct).sum()), n_correct=int((minority & correct).sum()),
         dataset=cache.dataset, split=cache.split, n=len(cache), identity=cache.identity.to_dict(),
-        class_names=class_names, templates=list(templates or []), attribute_names=list(attribute_names or []),
-        max_spurious=max_spurious, max_salient=max_salient,
+        class_names=class_names, templates=list(templates or []), convention=cache.convention, protocol=protocol,
+        tower_layers=cache.tower_layers, attribute_names=list(attribute_names or []), max_spurious=max_spurious,
+        max_salient=max_salient,
     )
+
+
+def check_reference_locate(cache: DecompositionCache, attribute_text: torch.Tensor | None,
+                           minority_groups: list[int] | None, minority_from: str, max_spurious: int | None,
+                           max_salient: int | None, known_minority: list[int] | None) -> list[int]:
+    """The reference protocol's locate: TextSpan terms of every layer of a train-split cache, true group labels, no
+    caps; returns its minority groups (``toolchain.protocol.reference_minority``)."""
+    require_reference_cache(cache, "located")
+    if cache.split != "train":
+        raise ClipDebiasError(f"{cache.where()}: --protocol reference locates on the train split, this cache is "
+                              f"'{cache.split}' (decompose --split train)")
+    for given, option in ((attribute_text is not None, "--attribute-prompts"),
+                          (minority_from != "counts", "--minority-from"),
+                          (max_spurious is not None, "--max-spurious"), (max_salient is not None, "--max-salient")):
+        if given:
+            raise ClipDebiasError(f"{option}: not part of --protocol reference (true group labels, the dataset's "
+                                  "default minority groups, every head over the threshold)")
+    return reference_minority(cache.dataset, known_minority, minority_groups)
 
 
 def locate_cache(cache: DecompositionCache, clip: Any, *, class_names: list[str] | None = None,
                  templates: list[str] | None = None, attribute_prompts: tuple[list[str], list[list[str]]] | None = None,
                  minority_groups: list[int] | None = None, minority_from: str = "counts",
-                 max_spurious: int | None = None, max_salient: int | None = None) -> LocatePlan:
+                 max_spurious: int | None = None, max_salient: int | None = None,
+                 protocol: str = "default") -> LocatePlan:
     """Locate on ``cache`` with the text tower of ``clip`` (a ``LoadedClip`` of the cache's backbone).
 
     ``templates`` default to ``DEFAULT_TEMPLATES``; ``attribute_prompts`` = (value names, prompts per value) switches to
@@ -322,4 +375,4 @@ def locate_cache(cache: DecompositionCache, clip: Any, *, class_names: list[str]
     return locate_terms(cache, text, class_names=class_names, templates=templates, attribute_text=attribute_text,
                         attribute_names=attribute_names, minority_groups=minority_groups, minority_from=minority_from,
                         max_spurious=max_spurious, max_salient=max_salient,
-                        known_minority=known_minority_groups(cache.dataset))
+                        known_minority=known_minority_groups(cache.dataset), protocol=protocol)

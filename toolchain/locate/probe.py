@@ -16,24 +16,29 @@ from clip_debias.toolchain.errors import ClipDebiasError
 
 
 def attribute_probe(fit: DecompositionCache, test: DecompositionCache, ridge: float = 1e-3) -> torch.Tensor:
-    """[L, H] test accuracy of a per-head ridge probe for the binary attribute (caches need ``attributes``)."""
+    """[L, H] test accuracy of a per-head ridge probe for the binary attribute (caches need ``attributes``); one
+    head's terms in memory at a time."""
     for c in (fit, test):
         if c.attributes is None:
             raise ClipDebiasError(f"cache {c.dataset}/{c.split} has no attribute labels to probe")
     if fit.layers != test.layers:
         raise ClipDebiasError(f"probe caches cover different layers ({fit.layers} vs {test.layers})")
-
-    def design(heads: torch.Tensor) -> torch.Tensor:  # [N, L, H, D] -> [L, H, N, D+1], float64
-        h = heads.double().permute(1, 2, 0, 3)
-        scale = fit.heads.double().permute(1, 2, 0, 3).std(dim=2, keepdim=True).clamp_min(1e-12)
-        return torch.cat([h / scale, torch.ones(*h.shape[:-1], 1, dtype=h.dtype)], dim=-1)
-
-    x, xt = design(fit.heads), design(test.heads)
     t = fit.attributes.double() * 2 - 1  # [N]
-    gram = x.transpose(-1, -2) @ x + ridge * x.shape[2] * torch.eye(x.shape[-1], dtype=x.dtype)
-    w = torch.linalg.solve(gram, x.transpose(-1, -2) @ t[:, None])  # [L, H, D+1, 1]
-    pred = (xt @ w).squeeze(-1) > 0  # [L, H, N]
-    return (pred == test.attributes.bool()).double().mean(dim=-1).float()
+    _, n_layers, n_heads, _ = fit.heads.shape
+    acc = torch.zeros(n_layers, n_heads)
+    for i in range(n_layers):
+        for h in range(n_heads):
+            x = fit.heads.select([(i, h)])[:, 0].double()  # [N, D]
+            scale = x.std(dim=0, keepdim=True).clamp_min(1e-12)
+
+            def design(terms: torch.Tensor) -> torch.Tensor:  # [N, D] -> [N, D+1]
+                return torch.cat([terms / scale, torch.ones(terms.shape[0], 1, dtype=terms.dtype)], dim=-1)
+
+            xf, xt = design(x), design(test.heads.select([(i, h)])[:, 0].double())
+            gram = xf.T @ xf + ridge * xf.shape[0] * torch.eye(xf.shape[-1], dtype=xf.dtype)
+            w = torch.linalg.solve(gram, xf.T @ t[:, None])  # [D+1, 1]
+            acc[i, h] = ((xt @ w).squeeze(-1) > 0).eq(test.attributes.bool()).double().mean()
+    return acc
 
 
 
@@ -56,7 +61,9 @@ def margin_shifts(cache: DecompositionCache, text: torch.Tensor, logit_scale: fl
         raise ClipDebiasError(f"cache {cache.dataset}/{cache.split} has no attribute labels to probe")
     if text.shape[0] != 2:
         raise ClipDebiasError("margin_shifts needs a binary task (2 class text embeddings)")
-    s = logit_scale * torch.einsum("nlhd,d->lhn", cache.heads.double(), (text[1] - text[0]).double())
+    direction = (text[1] - text[0]).double()
+    s = logit_scale * torch.cat([torch.einsum("nlhd,d->lhn", chunk.double(), direction)
+                                 for _, chunk in cache.heads.chunks()], dim=-1)
     y, a = cache.labels, cache.attributes
 
     def mean(mask: torch.Tensor) -> torch.Tensor:

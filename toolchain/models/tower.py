@@ -233,9 +233,9 @@ class TowerTrace:
     pooled:    [B, D]        y = ln_post(x_cls) @ proj, unnormalized
     cls_final: [B, W]        final residual stream at CLS (input of ln_post)
     head_out:  {l: [B, H, Dh]} per-head attention outputs at the CLS query of each traced layer
-    rest_resid:[B, W]        residual-space CLS sum of everything that is not a traced head term:
+    rest_resid:[B, W]        residual-space CLS sum of everything but the traced heads' ls_1(W_o o) outputs:
                              embedding term + all MLP deltas + attention deltas of untraced layers
-                             + ls_1(b_o) of traced layers
+                             + ls_1(b_o) of traced layers (each decomposition convention decides where b_o goes)
     """
 
     pooled: torch.Tensor
@@ -331,48 +331,10 @@ class ExplicitViT(nn.Module):
         cls_final = x[:, 0]
         return TowerTrace(self.project(cls_final), cls_final, head_out, rest)
 
-    # ---- folding ln_post and proj into per-head linear maps ----------------------------------------------------
+    # ---- ln_post statistics (the per-head maps of each convention: ``toolchain.decompose.conventions``) ---------
     def ln_post_sigma(self, cls_final: torch.Tensor) -> torch.Tensor:
         """Per-sample LayerNorm std of the final CLS stream: sqrt(var(x) + eps) [B] (biased variance, as LN)."""
         return torch.sqrt(cls_final.var(dim=-1, unbiased=False) + self.cfg.eps)
-
-    def term_scale(self, trace: TowerTrace) -> torch.Tensor:
-        """[B, 1] 1 / (sigma ||y||): turns a folded residual term (o @ A, or r @ C diag(g) proj) into its direct
-        contribution to the unit-norm embedding y / ||y||, with the sample's own ln_post std sigma."""
-        return 1.0 / (self.ln_post_sigma(trace.cls_final) * trace.pooled.norm(dim=-1))[:, None]
-
-    @torch.no_grad()
-    def centred_readout(self) -> torch.Tensor:
-        """C diag(g) proj [W, D], C = I - 11^T/W. A residual term r maps to r @ this / sigma.
-
-        TextSpan convention: ln_post(x) @ proj = sum_i (r_i - mean(r_i)) / sigma * g @ proj + b @ proj, i.e. each term
-        is centred by its own feature mean (mean is linear, so this is exact), every term shares the sample's
-        sigma, and the LayerNorm bias b @ proj goes to the rest term.
-        """
-        m = self.ln_post.weight.double()[:, None] * (self.proj.double() if self.proj is not None else
-                                                      torch.eye(self.cfg.width, dtype=torch.float64,
-                                                                device=self.ln_post.weight.device))
-        return m - m.mean(dim=0, keepdim=True)
-
-    @torch.no_grad()
-    def head_readout(self, layers: list[int] | tuple[int, ...]) -> torch.Tensor:
-        """Folded per-head maps A [L, H, Dh, D]: head term c_{l,h} = o_{l,h}^{cls} @ A_{l,h} / sigma (unnormalized y
-        space), A_{l,h} = W_o[:, h]^T diag(gamma_l) C diag(g) proj. Computed in float64, returned in the tower dtype."""
-        cm = self.centred_readout()
-        mats = []
-        for layer in layers:
-            blk = self.blocks[layer]
-            wo = blk.attn.out.weight.double().T  # [W_in, W_out]; rows h*Dh:(h+1)*Dh belong to head h
-            if self.cfg.layer_scale:
-                wo = wo * blk.ls_1.gamma.double()[None, :]
-            mats.append((wo @ cm).reshape(self.cfg.heads, self.cfg.head_dim, -1))
-        return torch.stack(mats).to(self.conv1.weight.dtype)
-
-    @torch.no_grad()
-    def bias_readout(self) -> torch.Tensor:
-        """ln_post bias through proj: b @ proj [D] (belongs to the rest term)."""
-        b = self.ln_post.bias
-        return b @ self.proj if self.proj is not None else b
 
 
 # ExplicitBlock parameter <- open_clip block parameter (block-relative). open_clip's two attention layouts, its 3.x
