@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -76,10 +77,11 @@ def check_pixels(width: int, height: int, max_pixels: int | None, path: str | os
                                "(--max-pixels / max_pixels)")
 
 
-def load_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open, check the size, fully decode and bring to 8-bit samples (see the module docstring)."""
+def load_image(path: str | os.PathLike[str] | BinaryIO, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open, check the size, fully decode and bring to 8-bit samples (see the module docstring). ``path`` may also be
+    a binary file object (an image received by a server): messages then name it by its ``str``."""
     try:
-        with Image.open(Path(path)) as im:
+        with Image.open(path if hasattr(path, "read") else Path(path)) as im:  # type: ignore[arg-type]
             check_pixels(im.width, im.height, max_pixels, path)
             im.load()
             return to_8bit(im, path)

@@ -23,6 +23,9 @@ Thresholds: ``min_accuracy`` and ``min_worst_group`` are fractions in [0, 1]; ``
 Precision gate: a bf16 run (OpenVINO; no export writes or gates a bf16 file) is first compared with the same
 artifact's fp32 graph on ONNX Runtime on the gate batch (``runtime.parity``: max logit diff, embedding cosine, argmax
 agreement); the report holds the numbers (``precision_gate``) and a failed gate fails the run (exit 1).
+Engines: the model runs over the split in this process (``LocalEngine``, the default) or elsewhere
+(``clip_debias.serving.ray_verify.RayEngine``: a Ray Data pipeline); every engine returns ``Predictions`` and the
+numbers above are computed here from them, one implementation for all.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -181,6 +184,97 @@ def check_thresholds(t: Thresholds, acc: AccuracyReport, p95_ms: float, over: di
     return out
 
 
+@dataclass
+class Predictions:
+    """What an engine returns for the split's records (dataset order): ``preds`` [n] int64 argmax of the logits
+    (undefined where not ``kept``), ``kept`` [n] bool (False: unreadable and left out, ``skip_bad``), the model time
+    of each batch in ms (every engine times the backend call alone, after its warm-up), and the wall time."""
+
+    preds: np.ndarray
+    kept: np.ndarray
+    latencies_ms: list[float]
+    wall_s: float
+
+
+class Engine(Protocol):
+    """Runs an artifact over a split for ``verify``: the artifact's description, its precision gate, and the
+    predictions (an unreadable image without ``skip_bad`` and non-finite outputs are one-line ``InputError``s)."""
+
+    root: Path
+    class_names: list[str]
+    group_names: list[str]
+    digest: str | None
+
+    def info(self) -> dict[str, Any]: ...
+
+    def precision_gate(self) -> GateResult | None: ...
+
+    def predict(self, records: list[Any], batch_size: int, skip_bad: bool, split: str) -> Predictions: ...
+
+
+class LocalEngine:
+    """This process: ``workers`` threads decode/preprocess a batch, then the backend runs it (timed alone)."""
+
+    def __init__(self, clf: Classifier, warmup: int = 2, workers: int | None = None, progress: bool = True,
+                 console: Any = None) -> None:
+        self.clf, self.warmup, self.progress, self.console = clf, warmup, progress, console
+        self.workers = workers or min(4, os.cpu_count() or 1)
+        self.root, self.class_names, self.group_names = clf.root, clf.class_names, clf.group_names
+        self.digest = clf.digest
+
+    def info(self) -> dict[str, Any]:
+        return self.clf.info()
+
+    def precision_gate(self) -> GateResult | None:
+        return gate_against_fp32(self.clf) if self.clf.backend.precision in GATED_AT_VERIFY else None
+
+    def predict(self, records: list[Any], batch_size: int, skip_bad: bool, split: str) -> Predictions:
+        clf, warmup, workers = self.clf, self.warmup, self.workers
+        preds = np.empty(len(records), dtype=np.int64)
+        kept = np.ones(len(records), dtype=bool)  # False: unreadable and left out (skip_bad)
+
+        def decode(r: Any) -> np.ndarray | None:
+            try:
+                return clf.preprocess(r.path)
+            except InputError:
+                if not skip_bad:
+                    raise
+                return None
+
+        latencies: list[float] = []
+        warm = False
+        t_start = time.perf_counter()
+        batches = [records[i : i + batch_size] for i in range(0, len(records), batch_size)]
+
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        bar = Progress(
+            TextColumn("verify {task.fields[split]}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=self.console, transient=True, disable=not self.progress,
+        )
+        with ThreadPoolExecutor(max_workers=workers) as pool, bar:
+            task = bar.add_task("verify", total=len(records), split=split)
+            done = 0
+            for chunk in batches:
+                arrays = list(pool.map(decode, chunk))
+                ok = np.array([a is not None for a in arrays])
+                kept[done : done + len(chunk)] = ok
+                if ok.any():
+                    x = clf.check_batch(np.stack([a for a in arrays if a is not None]))
+                    if not warm:
+                        for _ in range(warmup):
+                            clf.backend.run(x)
+                        warm = True
+                    t0 = time.perf_counter()
+                    logits, emb = clf.backend.run(x)
+                    latencies.append((time.perf_counter() - t0) * 1000.0)
+                    check_finite(clf, logits, emb, [r.path for r, a in zip(chunk, arrays) if a is not None])
+                    preds[done : done + len(chunk)][ok] = np.asarray(logits).argmax(axis=1)
+                done += len(chunk)
+                bar.update(task, advance=len(chunk))
+        return Predictions(preds, kept, latencies, time.perf_counter() - t_start)
+
+
 def verify(
     artifact: str | Path,
     dataset: str,
@@ -203,22 +297,28 @@ def verify(
     expected_digest: str | None = None,
     allow_outside_root: bool = False,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    engine: Engine | None = None,
 ) -> VerifyReport:
     """Load the artifact (or use ``classifier``), index ``split`` of ``dataset`` at ``data``, classify every image
     in batches of ``batch_size`` and build the report. ``workers`` threads decode/preprocess images (default
     min(4, cpus)); decoding never overlaps a timed model call. ``cuda_graph``, ``expected_digest``, ``max_pixels``:
     see ``runtime.load``. ``skip_bad``: an unreadable image is left out and listed in ``skipped`` (its batch runs
     smaller) instead of stopping, up to ``thresholds.max_skipped``. ``groups``: names of a csv's group ids (see
-    ``resolve_groups``). ``allow_outside_root``: see ``runtime.datasets``."""
+    ``resolve_groups``). ``allow_outside_root``: see ``runtime.datasets``. ``engine``: where the model runs
+    (default: ``LocalEngine`` on ``classifier`` or the loaded artifact; the loading, ``warmup``, ``workers`` and
+    ``progress`` arguments are then the engine's, ``expected_digest`` is checked against ``engine.digest``)."""
     if batch_size <= 0:
         raise InputError(f"batch size must be positive, got {batch_size}")
     thresholds = thresholds or Thresholds()
-    clf = classifier or load(artifact, backend=backend, device=device, precision=precision, cuda_graph=cuda_graph,
-                             expected_digest=expected_digest, max_image_pixels=max_pixels)
-    if classifier is not None and expected_digest is not None:
-        check_digest(clf.root, clf.digest or "not computed (loaded with check_sha256=False)", expected_digest)
-    gate = gate_against_fp32(clf) if clf.backend.precision in GATED_AT_VERIFY else None
-    names = clf.class_names
+    loaded_here = engine is None and classifier is None  # then load() checked expected_digest itself
+    if engine is None:
+        clf = classifier or load(artifact, backend=backend, device=device, precision=precision,
+                                 cuda_graph=cuda_graph, expected_digest=expected_digest, max_image_pixels=max_pixels)
+        engine = LocalEngine(clf, warmup=warmup, workers=workers, progress=progress, console=console)
+    if expected_digest is not None and not loaded_here:
+        check_digest(engine.root, engine.digest or "not computed (loaded with check_sha256=False)", expected_digest)
+    gate = engine.precision_gate()
+    names = engine.class_names
     index = load_index(dataset, Path(data), split, classes=names if dataset == "csv" else None,
                        allow_outside_root=allow_outside_root)
     if len(index.class_names) != len(names):
@@ -226,57 +326,15 @@ def verify(
             f"{data}: the {dataset} dataset has {len(index.class_names)} classes {index.class_names}, "
             f"the artifact {len(names)} {names}"
         )
-    group_names, groups_from = resolve_groups(index, clf.group_names, groups)
+    group_names, groups_from = resolve_groups(index, engine.group_names, groups)
     records = index.records
     labels = np.array([r.label for r in records], dtype=np.int64)
     group_ids = np.array([r.group for r in records], dtype=np.int64)
     if labels.min() < 0 or labels.max() >= len(names):
         raise ClipDebiasError(f"{data}: labels outside 0..{len(names) - 1}")
 
-    workers = workers or min(4, os.cpu_count() or 1)
-    preds = np.empty(len(records), dtype=np.int64)
-    kept = np.ones(len(records), dtype=bool)  # False: unreadable and left out (skip_bad)
-
-    def decode(r: Any) -> np.ndarray | None:
-        try:
-            return clf.preprocess(r.path)
-        except InputError:
-            if not skip_bad:
-                raise
-            return None
-
-    latencies: list[float] = []
-    warm = False
-    t_start = time.perf_counter()
-    batches = [records[i : i + batch_size] for i in range(0, len(records), batch_size)]
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(
-        TextColumn("verify {task.fields[split]}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=console, transient=True, disable=not progress,
-    )
-    with ThreadPoolExecutor(max_workers=workers) as pool, bar:
-        task = bar.add_task("verify", total=len(records), split=split)
-        done = 0
-        for chunk in batches:
-            arrays = list(pool.map(decode, chunk))
-            ok = np.array([a is not None for a in arrays])
-            kept[done : done + len(chunk)] = ok
-            if ok.any():
-                x = clf.check_batch(np.stack([a for a in arrays if a is not None]))
-                if not warm:
-                    for _ in range(warmup):
-                        clf.backend.run(x)
-                    warm = True
-                t0 = time.perf_counter()
-                logits, emb = clf.backend.run(x)
-                latencies.append((time.perf_counter() - t0) * 1000.0)
-                _check_finite(clf, logits, emb, [r for r, a in zip(chunk, arrays) if a is not None])
-                preds[done : done + len(chunk)][ok] = np.asarray(logits).argmax(axis=1)
-            done += len(chunk)
-            bar.update(task, advance=len(chunk))
-    wall = time.perf_counter() - t_start
+    run = engine.predict(records, batch_size, skip_bad, split)
+    preds, kept, latencies, wall = run.preds, run.kept, run.latencies_ms, run.wall_s
     if not kept.any():
         raise ClipDebiasError(f"{data}: none of the {len(records)} images of split '{split}' could be read")
     n = int(kept.sum())
@@ -285,7 +343,7 @@ def verify(
     acc = accuracy_report(preds[kept], labels[kept], group_ids[kept], group_names, expected=group_names)
     lat = np.asarray(latencies)
     p50, p95, p99 = (float(v) for v in np.percentile(lat, [50, 95, 99]))
-    info = clf.info()
+    info = engine.info()
     over = {
         "accuracy": {"images": n, "images_in_split": len(records), "skipped": len(skipped),
                      "statistic": "mean over the images read of [argmax logits == label]"},
@@ -307,7 +365,7 @@ def verify(
         throughput_per_s=float(n / max(lat.sum() / 1000.0, 1e-9)),
         thresholds=checks,
         passed=passed,
-        artifact=str(clf.root),
+        artifact=str(engine.root),
         dataset=dataset,
         data=str(data),
         split=split,
@@ -325,7 +383,7 @@ def verify(
         expected_groups=group_names,
         groups_from=groups_from,
         missing_groups=acc.missing,
-        artifact_digest=clf.digest,
+        artifact_digest=engine.digest,
     )
 
 
@@ -335,10 +393,10 @@ def gate_against_fp32(clf: Classifier) -> GateResult:
     return precision_gate(clf, reference)
 
 
-def _check_finite(clf: Classifier, logits: np.ndarray, emb: np.ndarray, records: list[Any]) -> None:
-    """``Classifier.check_outputs``, the error naming the image instead of the batch item."""
+def check_finite(clf: Classifier, logits: np.ndarray, emb: np.ndarray, paths: list[Any]) -> None:
+    """``Classifier.check_outputs``, the error naming the image (``paths[i]`` is batch item i's file)."""
     try:
         clf.check_outputs(logits, emb)
     except InputError as e:
         bad = np.flatnonzero(~(np.isfinite(logits).all(axis=1) & np.isfinite(emb).all(axis=1)))
-        raise InputError(f"{records[int(bad[0])].path}: {e}") from None
+        raise InputError(f"{paths[int(bad[0])]}: {e}") from None

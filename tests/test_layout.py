@@ -1,5 +1,5 @@
-"""The installed layout: one import package ``clip_debias`` (runtime, exporters, toolchain below it) and nothing else
-at the top of site-packages; no module imports the repository's folder names as top-level packages."""
+"""The installed layout: one import package ``clip_debias`` (runtime, serving, exporters, toolchain below it) and
+nothing else at the top of site-packages; no module imports the repository's folder names as top-level packages."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = {"runtime": "clip_debias.runtime", "exporters": "clip_debias.exporters", "toolchain": "clip_debias.toolchain"}
+FOLDERS = {"runtime": "clip_debias.runtime", "serving": "clip_debias.serving", "exporters": "clip_debias.exporters",
+           "toolchain": "clip_debias.toolchain"}
 
 
 def _package_modules() -> dict[str, Path]:
@@ -43,6 +44,7 @@ def test_no_module_imports_a_bare_folder_name():
 # INIT_ONLY, which name the package's __init__ alone. A new module below no entry fails the test: give it a layer.
 LAYERS = (
     ("clip_debias.runtime",),
+    ("clip_debias.serving",),  # servers and engines around the runtime (Triton python backend, Ray); no torch
     ("clip_debias.toolchain", "clip_debias.toolchain.errors", "clip_debias.toolchain.models",
      "clip_debias.toolchain.figures"),
     ("clip_debias.toolchain.datasets",),
@@ -104,8 +106,8 @@ def test_every_module_has_a_layer():
 
 
 def test_no_import_from_a_lower_layer_to_a_higher_one():
-    """runtime <- errors, models <- datasets <- decompose <- prompts <- locate <- correct <- evaluate, explain, lab
-    <- exporters <- demo <- cli (see ``LAYERS``): nothing imports upward, so nothing below the CLI imports the CLI."""
+    """runtime <- serving <- errors, models <- datasets <- decompose <- prompts <- locate <- correct <- evaluate,
+    explain, lab <- exporters <- demo <- cli (see ``LAYERS``): nothing imports upward, so nothing below the CLI imports the CLI."""
     bad = [f"{a} (layer {_layer(a)}) imports {b} (layer {_layer(b)})"
            for a, targets in sorted(_import_graph().items()) for b in sorted(targets)
            if None not in (_layer(a), _layer(b)) and _layer(b) > _layer(a)]
@@ -184,7 +186,8 @@ def installed(tmp_path_factory) -> Path:
 def test_wheel_installs_one_top_level_package(installed):
     top = sorted(p.name for p in installed.iterdir())
     assert [t for t in top if not t.endswith(".dist-info")] == ["clip_debias"]
-    assert sorted(p.name for p in (installed / "clip_debias").iterdir()) == ["exporters", "runtime", "toolchain"]
+    assert sorted(p.name for p in (installed / "clip_debias").iterdir()) == ["exporters", "runtime", "serving",
+                                                                            "toolchain"]
     data = installed / "clip_debias" / "toolchain"
     for f in ("models/configs/clipdebias-lab.json", "lab/weights/clipdebias-lab.safetensors", "lab/recipe.json",
               "explain/data/pool.txt", "prompts/data/waterbirds.yaml"):
@@ -193,15 +196,18 @@ def test_wheel_installs_one_top_level_package(installed):
 
 def test_installed_runtime_is_torch_free_and_folder_names_are_not_importable(installed, tmp_path):
     """From another directory, with the wheel's files first on sys.path: ``clip_debias.runtime`` comes from them and
-    imports without torch; ``runtime``, ``exporters`` and ``toolchain`` are no importable top-level names."""
+    imports without torch, and so do the torch- and Ray-free modules of ``clip_debias.serving``; ``runtime``,
+    ``serving``, ``exporters`` and ``toolchain`` are no importable top-level names."""
     code = "\n".join([
         "import importlib.util, sys",
         "import clip_debias.runtime as r",
         "from clip_debias.runtime import backends, classifier, manifest, preprocess, verify",
+        "from clip_debias.serving import http_api, loadtest, triton_model",
         f"assert r.__file__.startswith({str(installed)!r}), r.__file__",
         "assert 'torch' not in sys.modules",
-        "missing = [n for n in ('runtime', 'exporters', 'toolchain') if importlib.util.find_spec(n) is None]",
-        "assert missing == ['runtime', 'exporters', 'toolchain'], missing",
+        "names = ('runtime', 'serving', 'exporters', 'toolchain')",
+        "missing = [n for n in names if importlib.util.find_spec(n) is None]",
+        "assert missing == ['runtime', 'serving', 'exporters', 'toolchain'], missing",
     ])
     env = {**os.environ, "PYTHONPATH": str(installed)}
     res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)

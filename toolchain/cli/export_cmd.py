@@ -81,16 +81,33 @@ def tensorrt_cmd(
 def triton_cmd(
     artifact: Annotated[Path, typer.Argument(help="Artifact directory.")],
     repo: Annotated[Path, typer.Option("--repo", help="Triton model repository directory.")],
-    max_batch: Annotated[int, typer.Option("--max-batch")] = 32,
+    max_batch: Annotated[Optional[int], typer.Option(
+        "--max-batch", help="max_batch_size (default 32; int8: 1, and a larger value is refused).")] = None,
     name: Annotated[str, typer.Option("--name", help="Model name in the repository.")] = "clip_debias",
-    instances: Annotated[int, typer.Option("--instances")] = 1,
+    instances: Annotated[int, typer.Option("--instances", help="Model instances (instance_group count).")] = 1,
     kind: Annotated[Optional[str], typer.Option("--kind", help="cpu | gpu (default: gpu with a TensorRT engine, "
                                                 "else cpu)")] = None,
+    backend: Annotated[str, typer.Option(
+        "--backend", help="onnxruntime: Triton's onnxruntime / TensorRT backends (NVIDIA's Triton images) | python: "
+                          "Triton's python backend serving the artifact through clip_debias.runtime (CPU-only "
+                          "Triton images; clip-debias installed where the backend's stub runs).")] = "onnxruntime",
+    precision: Annotated[Optional[str], typer.Option(
+        "--precision", help="fp32 | fp16 | int8 (default: the TensorRT engine on gpu, else fp32, else fp16, else "
+                            "int8). int8 is never batched across requests.")] = None,
+    max_queue_delay_us: Annotated[int, typer.Option(
+        "--max-queue-delay-us", "--max-queue-delay",
+        help="Dynamic batcher: microseconds a request may wait for others to join its batch.")] = 100,
+    server_cores: Annotated[Optional[int], typer.Option(
+        "--server-cores", help="CPU cores of the machine Triton runs on: CPU instances get intra_op_thread_count "
+                               "= cores // instances (default: this machine's).")] = None,
 ) -> None:
-    """Write REPO/NAME (config.pbtxt, 1/model.onnx or 1/model.plan, manifest.json) for Triton Inference Server."""
+    """Write REPO/NAME (config.pbtxt, labels.txt, manifest.json, 1/model.onnx | 1/model.plan | 1/model.py +
+    1/artifact/) for Triton Inference Server."""
     from clip_debias.exporters.triton import export_triton
 
-    target = export_triton(artifact, repo, name=name, max_batch=max_batch, instances=instances, kind=kind)
+    target = export_triton(artifact, repo, name=name, max_batch=max_batch, instances=instances, kind=kind,
+                           backend=backend, precision=precision, max_queue_delay_us=max_queue_delay_us,
+                           server_cores=server_cores)
     typer.echo(f"wrote {target}")
 
 

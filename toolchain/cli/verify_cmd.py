@@ -14,6 +14,7 @@ from clip_debias.runtime.errors import ClipDebiasError
 from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS
 
 DATASETS = ("waterbirds", "celeba", "csv")
+ENGINES = ("local", "ray")
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
@@ -143,6 +144,12 @@ def register(app: typer.Typer) -> None:
         max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1,
                                        help="Refuse image files of more pixels than this, before decoding them."),
         force: bool = typer.Option(False, "--force", help="Let --json replace a file that is not a verify report."),
+        engine: str = typer.Option("local", "--engine", help="local: this process | ray: a Ray Data pipeline, one "
+                                                             "model per actor (the 'ray' extra); same report."),
+        address: Optional[str] = typer.Option(None, "--address", help="--engine ray: a Ray cluster (ray://HOST:PORT "
+                                              "or HOST:PORT; artifact and data at the same paths on every node); "
+                                              "default: a local Ray on this machine."),
+        ray_actors: int = typer.Option(2, "--ray-actors", help="--engine ray: actors in the pool (one model each)."),
     ) -> None:
         """Run ARTIFACT on a dataset split with the torch-free runtime; check accuracy, worst-group accuracy and
         latency thresholds. Exit 0 = all met, 1 = a threshold failed, 2 = bad input."""
@@ -159,6 +166,11 @@ def register(app: typer.Typer) -> None:
             _choice("--backend", backend, BACKENDS)
             _choice("--device", device, DEVICES)
             _choice("--precision", precision, PRECISIONS)
+            _choice("--engine", engine, ENGINES)
+            if engine != "ray" and address is not None:
+                raise ClipDebiasError("option --address: only with --engine ray")
+            if engine == "ray" and cuda_graph:
+                raise ClipDebiasError("option --cuda-graph: not with --engine ray")
             if workers is not None and workers <= 0:
                 raise ClipDebiasError(f"option --workers: must be positive, got {workers}")
             if max_skipped is not None and not skip_bad:
@@ -178,12 +190,19 @@ def register(app: typer.Typer) -> None:
                                       f"{json_path / 'report.json'}")
             if json_path is not None:
                 check_file_target(json_path, "verify-report", force)  # before the run, not after
-            report = run_verify(
-                artifact, dataset, data, split, backend=backend, device=device, batch_size=batch_size,
-                thresholds=thresholds, precision=precision, cuda_graph=cuda_graph, workers=workers, progress=progress,
-                console=Console(stderr=True), skip_bad=skip_bad, groups=group_list, expected_digest=expect_digest,
-                allow_outside_root=allow_outside_root, max_pixels=max_pixels,
-            )
+            kwargs = dict(backend=backend, device=device, batch_size=batch_size, thresholds=thresholds,
+                          precision=precision, cuda_graph=cuda_graph, workers=workers, progress=progress,
+                          console=Console(stderr=True), skip_bad=skip_bad, groups=group_list,
+                          expected_digest=expect_digest, allow_outside_root=allow_outside_root, max_pixels=max_pixels)
+            if engine == "ray":
+                from clip_debias.serving.ray_verify import RayEngine
+
+                with RayEngine(artifact, backend, device, precision, actors=ray_actors, address=address,
+                               progress=progress, expected_digest=expect_digest,
+                               max_pixels=max_pixels) as ray_engine:
+                    report = run_verify(artifact, dataset, data, split, engine=ray_engine, **kwargs)
+            else:
+                report = run_verify(artifact, dataset, data, split, **kwargs)
             if json_path is not None:
                 report.write_json(json_path, force)
         except ClipDebiasError as e:  # one line, exit 2, also under typer's standalone mode / CliRunner

@@ -1,0 +1,94 @@
+"""A bounded HTTP load generator for a local server (stdlib only): the serve tests and ``benchmarks/bench_serve.py``.
+
+``run_load(url, requests, threads)`` sends every request exactly once from ``threads`` client threads and returns
+each one's status, JSON answer and latency (send to full answer, ms). Bounded: a fixed list of requests, a per-request
+timeout, and a deadline after which the remaining requests are not sent (they are reported as not sent). Only
+loopback addresses are accepted as targets.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Request:
+    body: bytes
+    content_type: str
+
+
+@dataclass
+class Answer:
+    status: int  # HTTP status; 0: not sent (deadline) or no answer (connection error / timeout)
+    doc: dict | None
+    latency_ms: float
+    error: str = ""
+
+
+@dataclass
+class LoadResult:
+    answers: list[Answer]  # in request order
+    wall_s: float
+    threads: int
+
+    def latencies(self) -> np.ndarray:
+        return np.array([a.latency_ms for a in self.answers if a.status == 200])
+
+    def summary(self) -> dict[str, float]:
+        """p50 / p95 latency (ms) of the answered requests and requests per second over the whole run."""
+        lat = self.latencies()
+        ok = int((np.array([a.status for a in self.answers]) == 200).sum())
+        p50, p95 = (float(v) for v in np.percentile(lat, [50, 95])) if len(lat) else (float("nan"),) * 2
+        return {"requests": len(self.answers), "ok": ok, "p50_ms": p50, "p95_ms": p95,
+                "requests_per_s": ok / self.wall_s if self.wall_s > 0 else 0.0, "threads": self.threads}
+
+
+def check_loopback(url: str) -> None:
+    host = urllib.parse.urlparse(url).hostname or ""
+    if host != "localhost" and not ipaddress.ip_address(host).is_loopback:
+        raise ValueError(f"{url}: the load generator sends to loopback addresses only")
+
+
+def send(url: str, req: Request, timeout_s: float) -> Answer:
+    """POST one request; never raises for HTTP or connection errors (they are in the ``Answer``)."""
+    check_loopback(url)
+    t0 = time.perf_counter()
+    http = urllib.request.Request(url, data=req.body, method="POST", headers={"Content-Type": req.content_type})
+    try:
+        with urllib.request.urlopen(http, timeout=timeout_s) as r:
+            status, raw = r.status, r.read()
+    except urllib.error.HTTPError as e:
+        status, raw = e.code, e.read()
+    except (urllib.error.URLError, OSError) as e:
+        return Answer(0, None, (time.perf_counter() - t0) * 1000.0, f"{type(e).__name__}: {e}")
+    latency = (time.perf_counter() - t0) * 1000.0
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return Answer(status, None, latency, "answer is not JSON")
+    return Answer(status, doc, latency)
+
+
+def run_load(url: str, requests: list[Request], threads: int, timeout_s: float = 60.0,
+             deadline_s: float = 300.0) -> LoadResult:
+    """Send ``requests`` from ``threads`` threads (see the module docstring)."""
+    check_loopback(url)
+    t_start = time.perf_counter()
+
+    def one(req: Request) -> Answer:
+        if time.perf_counter() - t_start > deadline_s:
+            return Answer(0, None, 0.0, "not sent: deadline")
+        return send(url, req, timeout_s)
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        answers = list(pool.map(one, requests))
+    return LoadResult(answers, time.perf_counter() - t_start, threads)

@@ -1,0 +1,219 @@
+"""``clip-debias serve``: an artifact served by Ray Serve with dynamic batching (``[serve]`` extra; no torch).
+
+One deployment, ``ArtifactServer``, ``replicas`` copies, each holding one ``runtime.load`` of the artifact:
+
+- ``POST /classify``: the request's images (``serving.http_api``) are decoded and preprocessed in a worker thread,
+  then each image is one call of ``classify_batch``, a ``@serve.batch`` method: Ray Serve gathers up to
+  ``max_batch_size`` images (from any requests) or waits ``batch_wait_ms`` for them, and the batch runs as ONE
+  ``Classifier.predict_logits`` call (int8: the runtime then runs it image by image, so a neighbour never changes an
+  answer). The answer holds labels, probabilities and the artifact digest.
+- ``GET /healthz``: 200 ``{"status": "ok", "artifact_digest": ...}`` once the replica has loaded the artifact.
+- Metrics (Ray's Prometheus endpoint, ``http://127.0.0.1:METRICS_PORT/metrics``, names prefixed ``ray_``):
+  ``clip_debias_requests`` (by route and HTTP status), ``clip_debias_images`` (images classified),
+  ``clip_debias_batch_size`` (images per model call, histogram), ``clip_debias_request_latency_ms`` (request arrival
+  to answer, histogram) and ``clip_debias_model_latency_ms`` (one model call, histogram). Ray exports a histogram's
+  counts and buckets exactly and its ``_sum`` from bucket midpoints (an approximation): mean batch size =
+  ``clip_debias_images`` / ``clip_debias_batch_size_count``.
+
+The HTTP proxy binds ``host`` (default 127.0.0.1); any other address must be asked for (``ServeOptions.host``) and
+must be an IP address. Ray's own processes (GCS, raylet, workers) listen on ports Ray chooses: run a service inside
+a private network or network namespace, as Ray's security documentation advises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from clip_debias.runtime.errors import ClipDebiasError
+from clip_debias.serving import http_api
+
+LOOPBACK = "127.0.0.1"
+APP_NAME = "clip_debias"
+BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+LATENCY_BUCKETS_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """What ``clip-debias serve`` was asked for (checked by ``check``)."""
+
+    artifact: str
+    host: str = LOOPBACK
+    port: int = 8000
+    max_batch_size: int = 16
+    batch_wait_ms: float = 5.0
+    replicas: int = 1
+    device: str = "cpu"
+    precision: str = "fp32"
+    metrics_port: int = 8080
+    cpus_per_replica: float = 1.0
+
+    def check(self) -> None:
+        """One ``ClipDebiasError`` line per bad option."""
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            raise ClipDebiasError(f"--host {self.host!r}: expected an IP address such as {LOOPBACK} (the default; "
+                                  "any other address makes the server reachable from that network)") from None
+        for name, port in (("--port", self.port), ("--metrics-port", self.metrics_port)):
+            if not 1 <= port <= 65535:
+                raise ClipDebiasError(f"{name} {port}: expected 1..65535")
+        if self.port == self.metrics_port:
+            raise ClipDebiasError(f"--metrics-port {self.metrics_port}: the same as --port")
+        if self.max_batch_size < 1:
+            raise ClipDebiasError(f"--max-batch-size {self.max_batch_size}: expected >= 1")
+        if not 0 <= self.batch_wait_ms <= 10_000:
+            raise ClipDebiasError(f"--batch-wait-ms {self.batch_wait_ms}: expected 0..10000")
+        if self.replicas < 1:
+            raise ClipDebiasError(f"--replicas {self.replicas}: expected >= 1")
+        if self.device not in ("cpu", "cuda"):
+            raise ClipDebiasError(f"--device {self.device}: expected cpu or cuda")
+
+    @property
+    def loopback(self) -> bool:
+        return ipaddress.ip_address(self.host).is_loopback
+
+    @property
+    def intra_op_threads(self) -> int:
+        """CPU threads per replica: this machine's cores // replicas (replicas do not oversubscribe the cores)."""
+        return max(1, (os.cpu_count() or 1) // self.replicas)
+
+
+def _metrics() -> dict[str, Any]:
+    from ray.serve.metrics import Counter, Histogram
+
+    return {
+        "requests": Counter("clip_debias_requests", description="Requests by route and HTTP status.",
+                            tag_keys=("route", "status")),
+        "images": Counter("clip_debias_images", description="Images classified (summed over model calls)."),
+        "batch": Histogram("clip_debias_batch_size", description="Images per model call.",
+                           boundaries=BATCH_BUCKETS),
+        "latency": Histogram("clip_debias_request_latency_ms", description="Request arrival to answer, ms.",
+                             boundaries=LATENCY_BUCKETS_MS, tag_keys=("route",)),
+        "model": Histogram("clip_debias_model_latency_ms", description="One model call (a batch), ms.",
+                           boundaries=LATENCY_BUCKETS_MS),
+    }
+
+
+class ArtifactServer:
+    """The deployment's class (made a deployment by ``build_app``)."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        from clip_debias.runtime.classifier import load
+
+        opts = ServeOptions(**options)
+        threads = opts.intra_op_threads if opts.device == "cpu" else None
+        self.clf = load(opts.artifact, device=opts.device, precision=opts.precision, intra_op_threads=threads)
+        self.digest = self.clf.digest  # runtime.integrity: the digest of the files load() checked
+        self.metrics = _metrics()
+        self.classify_batch.set_max_batch_size(opts.max_batch_size)
+        self.classify_batch.set_batch_wait_timeout_s(opts.batch_wait_ms / 1000.0)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)  # set per deployment in __init__
+    async def classify_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Preprocessed images [3, H, W] (one per call, gathered by ``@serve.batch``) -> their logits rows."""
+        batch = np.stack(images)
+        t0 = time.perf_counter()
+        logits = await asyncio.to_thread(self.clf.predict_logits, batch)
+        self.metrics["model"].observe((time.perf_counter() - t0) * 1000.0)
+        self.metrics["batch"].observe(len(images))
+        self.metrics["images"].inc(len(images))
+        return list(logits)
+
+    async def classify(self, body: bytes, content_type: str | None) -> dict[str, Any]:
+        files = http_api.request_images(body, content_type)
+        arrays = await asyncio.to_thread(http_api.preprocess_images, self.clf, files)
+        rows = await asyncio.gather(*(self.classify_batch(a) for a in arrays))
+        return http_api.classify_response(np.stack(rows), self.clf.class_names, self.digest)
+
+    async def __call__(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        t0 = time.perf_counter()
+        route, method = request.url.path.rstrip("/") or "/", request.method
+        if route == "/classify" and method == "POST":
+            try:
+                status, doc = 200, await self.classify(await request.body(), request.headers.get("content-type"))
+            except http_api.RequestError as e:
+                status, doc = 400, http_api.error_response(e)
+        elif route == "/healthz" and method == "GET":
+            status, doc = 200, {"status": "ok", "artifact_digest": self.digest}
+        elif route in ("/classify", "/healthz"):
+            status, doc = 405, {"error": f"{method} {route}: method not allowed"}
+        else:
+            status, doc = 404, {"error": f"{route}: not found (POST /classify, GET /healthz)"}
+        self.metrics["requests"].inc(tags={"route": route if status != 404 else "other", "status": str(status)})
+        self.metrics["latency"].observe((time.perf_counter() - t0) * 1000.0,
+                                        tags={"route": route if status != 404 else "other"})
+        return JSONResponse(doc, status_code=status)
+
+
+def build_app(options: ServeOptions) -> Any:
+    """The Ray Serve application for ``options`` (``serve.run`` it)."""
+    options.check()
+    actor = {"num_cpus": options.cpus_per_replica, **({"num_gpus": 1} if options.device == "cuda" else {})}
+    deployment = serve.deployment(name="ArtifactServer", num_replicas=options.replicas, ray_actor_options=actor,
+                                  max_ongoing_requests=max(100, 4 * options.max_batch_size))(ArtifactServer)
+    return deployment.bind(asdict(options))
+
+
+def start(options: ServeOptions, *, num_cpus: int | None = None) -> str:
+    """Start a local Ray (``num_cpus``: Ray's default, all cores) and Serve, deploy the app and wait until it is
+    running; returns the ``http://host:port`` base URL. ``stop`` ends it."""
+    import ray
+
+    from clip_debias.runtime.classifier import load
+
+    options.check()
+    load(options.artifact, device=options.device, precision=options.precision)  # its one-line errors, before Ray
+    if not ray.is_initialized():
+        local = {"num_cpus": num_cpus, "include_dashboard": False, "_metrics_export_port": options.metrics_port,
+                 **({"_node_ip_address": LOOPBACK} if options.loopback else {})}
+        ray.init(**local, log_to_driver=False, configure_logging=False)
+    serve.start(http_options={"host": options.host, "port": options.port})
+    serve.run(build_app(options), name=APP_NAME, route_prefix="/", blocking=False)
+    return f"http://{options.host}:{options.port}"
+
+
+def stop() -> None:
+    """Shut Serve and this process's Ray down."""
+    import ray
+
+    if ray.is_initialized():
+        serve.shutdown()
+        ray.shutdown()
+
+
+def healthz(base_url: str, timeout_s: float = 10.0) -> dict[str, Any]:
+    """``GET /healthz`` of a running server (its JSON)."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{base_url}/healthz", timeout=timeout_s) as r:
+        return json.loads(r.read())
+
+
+def serve_until_stopped(options: ServeOptions, on_ready: Any, num_cpus: int | None = None) -> None:
+    """Start (``start``), call ``on_ready(base_url, healthz_doc)``, serve until SIGINT or SIGTERM, then ``stop``."""
+    import signal
+    import threading
+
+    stopped = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stopped.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        base = start(options, num_cpus=num_cpus)
+        on_ready(base, healthz(base))
+        while not stopped.wait(1.0):
+            pass
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        stop()
