@@ -107,7 +107,8 @@ def test_every_module_has_a_layer():
 
 def test_no_import_from_a_lower_layer_to_a_higher_one():
     """runtime <- serving <- errors, models <- datasets <- decompose <- prompts <- locate <- correct <- evaluate,
-    explain, lab <- exporters <- demo <- cli (see ``LAYERS``): nothing imports upward, so nothing below the CLI imports the CLI."""
+    explain, lab <- exporters <- demo <- cli (see ``LAYERS``): nothing imports upward, so nothing below the CLI
+    imports the CLI."""
     bad = [f"{a} (layer {_layer(a)}) imports {b} (layer {_layer(b)})"
            for a, targets in sorted(_import_graph().items()) for b in sorted(targets)
            if None not in (_layer(a), _layer(b)) and _layer(b) > _layer(a)]
