@@ -5,6 +5,10 @@
 - ``waterbirds``: DATA is a folder with ``metadata.csv`` (columns ``img_filename, y, split, place``; extra columns
   such as ``img_id``/``place_filename`` are ignored); split 0/1/2 = train/val/test; group = 2*y + place;
   classes (landbird, waterbird); attribute ``place`` (land, water). Image paths are relative to DATA.
+  Optional columns (the bias lab's, ``clip-debias lab make-data``): ``object`` (a second spurious attribute, the
+  co-occurring object: 0 flower, 1 boat; then group = 4*y + 2*place + object, 8 groups named
+  ``class/place/object``), ``pair`` (counterfactual pair id, an integer >= 0, or empty: no pair), ``fg_mask`` /
+  ``object_mask`` (coverage mask paths relative to DATA, or empty; ``ImageRecord.masks`` keys ``fg`` / ``object``).
 - ``celeba``: DATA is a folder with ``img_align_celeba/`` (or Kaggle's nested ``img_align_celeba/img_align_celeba/``),
   ``list_attr_celeba.txt`` (published: count line, attribute-names line, ``filename v1 ... v40`` rows) or
   ``list_attr_celeba.csv`` (Kaggle: ``image_id,5_o_Clock_Shadow,...``), and ``list_eval_partition.txt``
@@ -36,6 +40,7 @@ opened here (see ``toolchain.datasets.loader``).
 from __future__ import annotations
 
 import csv
+import itertools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -50,22 +55,39 @@ FORMATS = ("waterbirds", "celeba", "csv")
 
 WATERBIRDS_CLASSES = ["landbird", "waterbird"]
 WATERBIRDS_ATTRIBUTES = ["land", "water"]
+WATERBIRDS_OBJECTS = ["flower", "boat"]  # the bias lab's co-occurring object (column ``object``)
 CELEBA_TARGET, CELEBA_ATTRIBUTE = "Blond_Hair", "Male"
 CELEBA_CLASSES = ["not blond", "blond"]
 CELEBA_ATTRIBUTES = ["female", "male"]
 
 
 @dataclass(frozen=True)
+class Attribute:
+    """A spurious attribute of a dataset: its ``name`` (the column) and the names of its values by id."""
+
+    name: str
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ImageRecord:
+    """One image: ``attribute`` the value of the dataset's first spurious attribute (None without one),
+    ``attributes`` the values of all of them in ``DatasetIndex.attributes`` order, ``pair`` its counterfactual pair
+    id (None: not in a pair), ``masks`` coverage mask paths by part (``fg``, ``object``) where the dataset has them."""
+
     path: Path
     label: int
     group: int
     attribute: int | None = None
+    attributes: tuple[int, ...] = ()
+    pair: int | None = None
+    masks: dict[str, Path] = field(default_factory=dict, hash=False)
 
 
 @dataclass
 class DatasetIndex:
-    """One split of one dataset. ``group_names[g]`` names group id g; ``attribute_names`` the spurious values."""
+    """One split of one dataset. ``group_names[g]`` names group id g; ``attribute_name`` / ``attribute_names`` the
+    first spurious attribute and its values; ``attributes`` every spurious attribute (its name and value names)."""
 
     dataset: str
     root: Path
@@ -76,6 +98,7 @@ class DatasetIndex:
     attribute_name: str | None = None
     attribute_names: list[str] = field(default_factory=list)
     group_source: str = "dataset"  # dataset | csv column | labels (see the module docstring)
+    attributes: list[Attribute] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -211,9 +234,10 @@ def image_path(root: Path, table: Table, line: int, column: str, value: str, all
     return root / value
 
 
-def pair_groups(class_names: list[str], attribute_names: list[str]) -> list[str]:
-    """Names of groups ``2*y + a`` for binary class y and attribute a: ``class/attribute``."""
-    return [f"{c}/{a}" for c in class_names for a in attribute_names]
+def crossed_groups(class_names: list[str], *attribute_names: list[str]) -> list[str]:
+    """Names of the groups of every (class, attribute value, ...) combination, ``class/value/...``, in the order of
+    the id ``(y * A1 + a1) * A2 + a2 ...`` (binary: 2*y + a; two binary attributes: 4*y + 2*a + b)."""
+    return ["/".join(parts) for parts in itertools.product(class_names, *attribute_names)]
 
 
 # ---- formats ---------------------------------------------------------------------------------------------------
@@ -222,17 +246,28 @@ def pair_groups(class_names: list[str], attribute_names: list[str]) -> list[str]
 def _load_waterbirds(data: Path, split: str, classes: list[str] | None, outside: bool) -> DatasetIndex:
     path = _require_file(data / "metadata.csv", "the Waterbirds metadata with columns img_filename, y, split, place")
     table = read_csv(path, ("img_filename", "y", "split", "place"))
+    attributes = [Attribute("place", tuple(WATERBIRDS_ATTRIBUTES))]
+    if "object" in table.columns:
+        attributes.append(Attribute("object", tuple(WATERBIRDS_OBJECTS)))
+    mask_columns = {part: f"{part}_mask" for part in ("fg", "object") if f"{part}_mask" in table.columns}
     records = []
     for line, row in table.rows:
         if parse_partition(table, line, "split", row["split"]) != split:
             continue
         y = parse_int(table, line, "y", row["y"], (0, 1))
-        place = parse_int(table, line, "place", row["place"], (0, 1))
+        values = tuple(parse_int(table, line, a.name, row[a.name], (0, 1)) for a in attributes)
+        group = y
+        for v in values:
+            group = 2 * group + v
+        pair = parse_int(table, line, "pair", row["pair"]) if row.get("pair") else None
+        masks = {part: image_path(data, table, line, col, row[col], outside)
+                 for part, col in mask_columns.items() if row[col]}
         path = image_path(data, table, line, "img_filename", row["img_filename"], outside)
-        records.append(ImageRecord(path, y, 2 * y + place, place))
+        records.append(ImageRecord(path, y, group, values[0], values, pair, masks))
     return DatasetIndex(
         "waterbirds", data, split, records, list(WATERBIRDS_CLASSES),
-        pair_groups(WATERBIRDS_CLASSES, WATERBIRDS_ATTRIBUTES), "place", list(WATERBIRDS_ATTRIBUTES),
+        crossed_groups(WATERBIRDS_CLASSES, *(list(a.values) for a in attributes)), "place",
+        list(WATERBIRDS_ATTRIBUTES), attributes=attributes,
     )
 
 
@@ -265,10 +300,11 @@ def _load_celeba(data: Path, split: str, classes: list[str] | None, outside: boo
             continue
         y = (parse_int(attrs, line, CELEBA_TARGET, row[CELEBA_TARGET], (-1, 1)) + 1) // 2
         a = (parse_int(attrs, line, CELEBA_ATTRIBUTE, row[CELEBA_ATTRIBUTE], (-1, 1)) + 1) // 2
-        records.append(ImageRecord(image_path(images, attrs, line, attr_key, name, outside), y, 2 * y + a, a))
+        records.append(ImageRecord(image_path(images, attrs, line, attr_key, name, outside), y, 2 * y + a, a, (a,)))
     return DatasetIndex(
         "celeba", data, split, records, list(CELEBA_CLASSES),
-        pair_groups(CELEBA_CLASSES, CELEBA_ATTRIBUTES), CELEBA_ATTRIBUTE, list(CELEBA_ATTRIBUTES),
+        crossed_groups(CELEBA_CLASSES, CELEBA_ATTRIBUTES), CELEBA_ATTRIBUTE, list(CELEBA_ATTRIBUTES),
+        attributes=[Attribute(CELEBA_ATTRIBUTE, tuple(CELEBA_ATTRIBUTES))],
     )
 
 

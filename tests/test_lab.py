@@ -14,7 +14,8 @@ import pytest
 from clip_debias.runtime.ownership import MARKER_NAME
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.lab import LAB_RECIPE, LAB_WEIGHTS
-from clip_debias.toolchain.lab.data import group_counts, make_lab_data, read_metadata
+from clip_debias.toolchain.lab.data import make_lab_data, read_metadata
+from clip_debias.toolchain.lab.groups import group_counts
 
 
 def _digest(root: Path) -> str:

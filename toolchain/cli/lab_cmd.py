@@ -14,14 +14,14 @@ lab_app = typer.Typer(help="Bias lab: make the synthetic land/water bird data, t
                       no_args_is_help=True)
 
 
-def _scale_pair(text: str) -> tuple[float, float]:
+def _scale_pair(text: str, option: str = "--object-scale") -> tuple[float, float]:
     """'0.15,0.22' -> (0.15, 0.22)."""
     from clip_debias.toolchain.errors import ClipDebiasError
 
     try:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError as e:
-        raise ClipDebiasError(f"--object-scale {text!r}: expected MIN,MAX (fractions of the image side)") from e
+        raise ClipDebiasError(f"{option} {text!r}: expected MIN,MAX (fractions of the image side)") from e
     return lo, hi
 
 
@@ -34,13 +34,27 @@ def make_data(
     image_size: Annotated[int, typer.Option("--image-size", help="Image side in pixels.")] = 64,
     seed: Annotated[int, typer.Option("--seed", help="Seed; the same seed gives the same bytes.")] = 0,
     n_val: Annotated[int, typer.Option(
-        "--n-val", help="Val images, a multiple of 4 (balanced over the 4 groups).")] = 600,
+        "--n-val", help="Val images, a multiple of the groups (4, or 8 with two shortcuts; balanced).")] = 600,
     n_test: Annotated[int, typer.Option(
-        "--n-test", help="Test images, a multiple of 4 (balanced over the 4 groups).")] = 1200,
+        "--n-test", help="Test images, a multiple of the groups (4 or 8; 16 for two-shortcut pairs).")] = 1200,
     object_scale: Annotated[str, typer.Option(
-        "--object-scale", help="Object radius range MIN,MAX as fractions of the image side.")] = "0.15,0.22",
+        "--object-scale", help="Bird radius range MIN,MAX as fractions of the image side.")] = "0.15,0.22",
     class_texture: Annotated[float, typer.Option(
-        "--class-texture", help="Prob. in [0, 1] that the object's texture follows its class.")] = 0.75,
+        "--class-texture", help="Prob. in [0, 1] that the bird's texture follows its class.")] = 0.75,
+    shortcuts: Annotated[str, typer.Option(
+        "--shortcuts", help="Planted shortcuts: background (today's data) or background,object (a co-occurring "
+        "flower/boat beside the bird; 8 groups).")] = "background",
+    co_object_scale: Annotated[str, typer.Option(
+        "--co-object-scale", help="Co-object radius range MIN,MAX (fractions of the image side).")] = "0.08,0.11",
+    counterfactual: Annotated[bool, typer.Option(
+        "--counterfactual", help="Make the test split of counterfactual pairs (one bird twice, only the place or "
+        "the object swapped; a 'pair' column).")] = False,
+    signature: Annotated[str, typer.Option(
+        "--signature", help="Planted low-level signature on every image: none, colour-cast[:S] (+S red, -S blue; "
+        "default 4) or jpeg[:Q] (JPEG round trip at quality Q; default 30).")] = "none",
+    masks: Annotated[Optional[bool], typer.Option(
+        "--masks/--no-masks", help="Write bird/object coverage masks (default: with two shortcuts or "
+        "--counterfactual).", show_default=False)] = None,
     workers: Annotated[Optional[int], typer.Option(
         "--workers", min=1, help="Processes (default: all cores).")] = None,
     overwrite: Annotated[bool, typer.Option(
@@ -50,15 +64,20 @@ def make_data(
     """Generate the synthetic landbird/waterbird data set (deterministic for a seed)."""
     import time
 
-    from clip_debias.toolchain.lab.data import group_counts, make_lab_data
+    from clip_debias.toolchain.lab.data import make_lab_data, parse_shortcuts
+    from clip_debias.toolchain.lab.groups import cell_counts, group_counts
 
     t0 = time.perf_counter()
+    names = parse_shortcuts(shortcuts)
     path = make_lab_data(out, n_train=n_train, correlation=correlation, image_size=image_size, seed=seed,
                          n_val=n_val, n_test=n_test, overwrite=overwrite, workers=workers,
-                         object_scale=_scale_pair(object_scale), class_texture=class_texture)
-    counts = group_counts(n_train, correlation)
+                         object_scale=_scale_pair(object_scale), class_texture=class_texture, shortcuts=names,
+                         co_object_scale=_scale_pair(co_object_scale, "--co-object-scale"),
+                         counterfactual=counterfactual, signature=signature, masks=masks)
+    counts = (cell_counts if "object" in names else group_counts)(n_train, correlation)
+    pairs = ", test in counterfactual pairs" if counterfactual else ""
     typer.echo(f"wrote {n_train + n_val + n_test} images to {path} in {time.perf_counter() - t0:.1f}s "
-               f"(train groups {counts}, val/test balanced)")
+               f"(train groups {counts}, val/test balanced{pairs})")
 
 
 @lab_app.command("train")
@@ -71,6 +90,12 @@ def train(
     lr: Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate, > 0 (cosine schedule).")] = 3e-4,
     p_background: Annotated[float, typer.Option(
         "--p-background", min=0.0, max=1.0, help="Prob. that a caption also names the background.")] = 0.3,
+    p_object: Annotated[float, typer.Option(
+        "--p-object", min=0.0, max=1.0, help="Prob. that a caption also names the co-object (two-shortcut data; "
+        "independent of --p-background).")] = 0.3,
+    model: Annotated[str, typer.Option(
+        "--model", help="open_clip config to train (clipdebias-lab; clipdebias-lab2: the same architecture, the "
+        "two-shortcut lab model's name).")] = "clipdebias-lab",
     device: DeviceOpt = "cpu",
     threads: Annotated[Optional[int], typer.Option(
         "--threads", min=1, help="torch CPU threads (default: torch's).")] = None,
@@ -91,10 +116,10 @@ def train(
 
     check_file_target(out, "lab-weights", force)  # before the training, not after
     res = train_lab_model(data, out, steps=steps, seed=seed, batch_size=batch_size, lr=lr, p_background=p_background,
-                          half=not fp32, device=device, threads=threads, eval_every=eval_every, log=typer.echo,
-                          force=force)
+                          p_object=p_object, half=not fp32, device=device, threads=threads, eval_every=eval_every,
+                          log=typer.echo, model_name=model, force=force)
     typer.echo(f"saved {out} ({res.steps} steps in {res.seconds:.0f}s, final loss {res.final_loss:.4f})")
-    zero_shot_report(out, data, "val", log=typer.echo)
+    zero_shot_report(out, data, "val", model_name=model, log=typer.echo)
 
 
 @lab_app.command("report")
@@ -105,7 +130,8 @@ def report(
     split: Annotated[str, typer.Option("--split", help="Comma-separated splits: train,val,test.")] = "val,test",
     model: Annotated[str, typer.Option("--model", help="open_clip model name.")] = "clipdebias-lab",
 ) -> None:
-    """Print zero-shot average and worst-group accuracy per split."""
+    """Print zero-shot average, per-group and worst-group accuracy per split (8 groups and the shortcut cells on
+    two-shortcut data)."""
     from clip_debias.toolchain.errors import ClipDebiasError
     from clip_debias.toolchain.lab.train import zero_shot_report
 

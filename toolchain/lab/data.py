@@ -1,14 +1,24 @@
 """The bias lab's synthetic image set: "birds" on land or water, in the Waterbirds layout.
 
-A foreground object whose class is carried by its *shape* (three shape families, "species", per class; colour,
-texture, size, rotation and position vary freely) is pasted on a background of one of two kinds: land (green/brown
-ground with procedural noise) or water (blue with wave stripes). In the train split class and background agree for
-``correlation`` of the images; val and test are balanced over the four groups (group = 2*y + place). The object
-covers a small part of the image, so the background is the easier cue and a model trained on it leans on it.
+A foreground "bird" whose class is carried by its *shape* (three shape families, "species", per class; colour,
+texture, size, rotation and position vary freely) is drawn on a background of one of two kinds: land (green/brown
+ground with procedural noise) or water (blue with wave stripes). With ``shortcuts=("background", "object")`` a small
+co-occurring object stands beside the bird: a flower (goes with landbirds) or a boat (with waterbirds). In the train
+split each shortcut agrees with the class for ``correlation`` of the images (independently); val and test are
+balanced over the groups (``groups``: 2*y + place, or 4*y + 2*place + object). The bird covers a small part of the
+image, so the background (and the object) are the easier cues and a model trained on them leans on them.
 
-Layout (as Waterbirds): ``DIR/metadata.csv`` with ``img_filename,y,split,place`` (split 0/1/2 = train/val/test),
-PNG images in one sub-folder per species, and ``DIR/lab.json`` recording the generator's parameters.
-Everything is numpy/PIL and seeded per image, so a seed reproduces the same bytes.
+Layout (as Waterbirds): ``DIR/metadata.csv`` with columns ``img_filename,y,split,place`` (split 0/1/2 =
+train/val/test), then, when present: ``object`` (0 flower, 1 boat), ``pair`` (counterfactual pair id on the test
+split, empty elsewhere), ``fg_mask`` and ``object_mask`` (paths of the coverage masks, below). PNG images in one
+sub-folder per species; masks under ``masks/`` with the image's path, ``_fg.png`` (the bird) / ``_object.png``
+(the co-object) for ``.png``: 8-bit grey, 255 where the part fully covers the pixel, 0 where it does not touch it,
+round(coverage x 255) in 1..254 on its one-pixel soft edge.
+``DIR/lab.json`` records the generator's parameters. ``signature`` post-processes every image (``signature``).
+
+Everything is numpy/PIL and seeded per image, so a seed reproduces the same bytes. Data with one shortcut and no
+pairs is drawn by ``draw.render`` exactly as before (same seed and arguments, same images and metadata.csv); the
+rest by ``draw.render_scene``, one stream per part, which makes the counterfactual pairs.
 """
 
 from __future__ import annotations
@@ -24,17 +34,18 @@ from PIL import Image
 
 from clip_debias.runtime.atomic_output import staged_directory
 from clip_debias.toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.lab.draw import (OBJECT_NAMES, SPECIES, STREAMS, Rendered, Scene, coverage_to_uint8,
+                                            min_image_fraction, render, render_scene)
+from clip_debias.toolchain.lab.groups import SHORTCUTS, Row, n_groups, split_rows
+from clip_debias.toolchain.lab.signature import parse_signature
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: co-occurring object, masks, counterfactual pairs, signatures (version 1's data unchanged)
 LAB_MARKER = "lab.json"  # the generator's parameters, written last (ownership: runtime.ownership's marker)
 CLASS_NAMES = ("landbird", "waterbird")
 PLACE_NAMES = ("land", "water")
 SPLIT_NAMES = ("train", "val", "test")
-# (class y, shape) per species; the folder is f"{index:03d}.{class}_{shape}".
-SPECIES: tuple[tuple[int, str], ...] = (
-    (0, "triangle"), (0, "square"), (0, "cross"),
-    (1, "disk"), (1, "ring"), (1, "crescent"),
-)
+MASK_DIR = "masks"
+SCENE_TAG = 2  # the last entropy word of render_scene's stream seeds [seed, split, bird, stream, SCENE_TAG]
 
 
 @dataclass(frozen=True)
@@ -47,150 +58,30 @@ class LabDataConfig:
     correlation: float = 0.85  # the shipped weights' data (toolchain/lab/recipe.json, make_data.args)
     image_size: int = 64
     seed: int = 0
-    object_scale: tuple[float, float] = (0.15, 0.22)  # object radius as a fraction of the image side
+    object_scale: tuple[float, float] = (0.15, 0.22)  # the bird's radius as a fraction of the image side
     clutter: int = 4  # at most this many small distractor blobs per image
-    class_texture: float = 0.75  # prob. that the object's texture follows its class (else uniform)
+    class_texture: float = 0.75  # prob. that the bird's texture follows its class (else uniform)
+    shortcuts: tuple[str, ...] = ("background",)  # or ("background", "object")
+    co_object_scale: tuple[float, float] = (0.08, 0.11)  # the co-object's radius / image side (with "object")
+    counterfactual: bool = False  # test split made of counterfactual pairs
+    signature: str | None = None  # a planted low-level signature, "colour-cast:S" / "jpeg:Q" (lab.signature)
+    masks: bool = False  # write the coverage masks
+
+    @property
+    def two_shortcuts(self) -> bool:
+        return "object" in self.shortcuts
+
+    def uses_scenes(self, split: int) -> bool:
+        """Whether ``split`` is drawn part by part (``draw.render_scene``) rather than by today's ``draw.render``."""
+        return self.two_shortcuts or (self.counterfactual and split == 2)
 
 
-# ---- drawing --------------------------------------------------------------------------------------------------------
-def _value_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
-    """[size, size] smooth noise in [0, 1]: a random ``cells`` x ``cells`` grid, bilinearly upsampled."""
-    grid = rng.random((cells, cells), dtype=np.float32)
-    return np.asarray(Image.fromarray(grid, mode="F").resize((size, size), Image.BILINEAR), dtype=np.float32)
-
-
-def _land(rng: np.random.Generator, size: int) -> np.ndarray:
-    """[size, size, 3] float RGB in [0, 255]: green/brown ground, two octaves of noise plus grain."""
-    green = np.array([70, 125, 50], np.float32) + rng.uniform(-20, 20, 3).astype(np.float32)
-    brown = np.array([130, 95, 55], np.float32) + rng.uniform(-20, 20, 3).astype(np.float32)
-    mix = (0.65 * _value_noise(rng, size, int(rng.integers(3, 6)))
-           + 0.35 * _value_noise(rng, size, int(rng.integers(8, 14))))
-    img = green * (1 - mix[..., None]) + brown * mix[..., None]
-    return img + rng.normal(0, 9, (size, size, 1)).astype(np.float32)
-
-
-def _water(rng: np.random.Generator, size: int) -> np.ndarray:
-    """[size, size, 3] float RGB in [0, 255]: blue with sinusoidal wave stripes, slow shading plus grain."""
-    base = np.array([45, 105, 185], np.float32) + rng.uniform(-20, 20, 3).astype(np.float32)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    freq, tilt, phase = rng.uniform(4, 9), rng.uniform(-0.35, 0.35), rng.uniform(0, 2 * np.pi)
-    waves = np.sin(2 * np.pi * freq * (yy + tilt * xx) + phase + 0.6 * np.sin(2 * np.pi * 2 * xx))
-    shade = _value_noise(rng, size, 3) - 0.5
-    light = rng.uniform(14, 28) * waves + 30 * shade
-    img = base + light[..., None] * np.array([0.6, 0.8, 1.0], np.float32)
-    return img + rng.normal(0, 6, (size, size, 1)).astype(np.float32)
-
-
-def _shape_sdf(shape: str, u: np.ndarray, v: np.ndarray, r: float) -> np.ndarray:
-    """Signed distance-like field (< 0 inside) of ``shape`` with radius ``r`` in rotated pixel coordinates (u, v)."""
-    d = np.hypot(u, v)
-    if shape in ("triangle", "square"):
-        n = 3 if shape == "triangle" else 4
-        ang = np.mod(np.arctan2(v, u), 2 * np.pi / n) - np.pi / n
-        return d * np.cos(ang) - r * np.cos(np.pi / n)
-    if shape == "cross":
-        a, b = r, r * 0.36
-        return np.minimum(np.maximum(np.abs(u) - a, np.abs(v) - b), np.maximum(np.abs(u) - b, np.abs(v) - a))
-    if shape == "disk":
-        return d - r * 0.9
-    if shape == "ring":
-        return np.maximum(d - r * 0.95, r * 0.5 - d)
-    if shape == "crescent":
-        return np.maximum(d - r * 0.95, r * 0.75 - np.hypot(u - r * 0.5, v))
-    raise ValueError(shape)
-
-
-def _hsv_colour(rng: np.random.Generator) -> np.ndarray:
-    """A random saturated RGB colour (float, 0..255)."""
-    import colorsys
-
-    h, s, v = rng.random(), rng.uniform(0.45, 1.0), rng.uniform(0.55, 1.0)
-    return np.array(colorsys.hsv_to_rgb(h, s, v), np.float32) * 255
-
-
-def _window(size: int, cx: float, cy: float, r: float) -> tuple[slice, slice, np.ndarray, np.ndarray]:
-    """The pixel box around (cx, cy) with half-side ``r`` + 2, clipped to the image, and its coordinates
-    relative to (cx, cy)."""
-    y0, y1 = max(int(cy - r) - 2, 0), min(int(cy + r) + 3, size)
-    x0, x1 = max(int(cx - r) - 2, 0), min(int(cx + r) + 3, size)
-    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-    return slice(y0, y1), slice(x0, x1), xx - cx, yy - cy
-
-
-def _paint(img: np.ndarray, sdf: np.ndarray, colour: np.ndarray) -> None:
-    """Alpha-blend ``colour`` (RGB or [h, w, 3]) where ``sdf`` < 0, with a one-pixel soft edge, in place."""
-    alpha = np.clip(0.5 - sdf, 0.0, 1.0)[..., None]
-    img *= 1 - alpha
-    img += alpha * colour
-
-
-def _object(rng: np.random.Generator, img: np.ndarray, label: int, shape: str, cfg: LabDataConfig) -> None:
-    """Draw one textured, randomly coloured, rotated and placed object of class ``label`` and ``shape`` on ``img`` in
-    place. The texture follows the class (landbird striped, waterbird spotted) with prob ``cfg.class_texture``,
-    else it is drawn uniformly from solid / stripes / spots."""
-    size = img.shape[0]
-    r = rng.uniform(*cfg.object_scale) * size
-    cx, cy = rng.uniform(r + 1, size - r - 1, 2)
-    theta = rng.uniform(0, 2 * np.pi)
-    ys, xs, x, y = _window(size, cx, cy, r * 1.5)
-    u, v = x * np.cos(theta) + y * np.sin(theta), -x * np.sin(theta) + y * np.cos(theta)
-    c1 = _hsv_colour(rng)
-    c2 = c1 * rng.uniform(0.35, 0.7)
-    linked = rng.random() < cfg.class_texture
-    texture = (1 + label) if linked else int(rng.integers(0, 3))  # 0 solid, 1 stripes, 2 spots
-    if texture == 0:
-        t = np.zeros_like(u)
-    elif texture == 1:
-        t = (np.sin(u * 2 * np.pi / rng.uniform(3, 5)) > 0).astype(np.float32)
-    else:
-        p = rng.uniform(3, 5)
-        t = ((np.sin(u * 2 * np.pi / p) > 0.3) & (np.sin(v * 2 * np.pi / p) > 0.3)).astype(np.float32)
-    colour = c1 * (1 - t[..., None]) + c2 * t[..., None]
-    _paint(img[ys, xs], _shape_sdf(shape, u, v, r), colour)
-
-
-def _clutter(rng: np.random.Generator, img: np.ndarray, k: int) -> None:
-    """Draw ``k`` small random blobs (pebbles, leaves, foam) on ``img`` in place."""
-    size = img.shape[0]
-    for _ in range(k):
-        cx, cy = rng.uniform(0, size, 2)
-        rx, ry = rng.uniform(0.8, 2.5, 2) * size / 64
-        ys, xs, x, y = _window(size, cx, cy, max(rx, ry))
-        sdf = (np.hypot(x / rx, y / ry) - 1) * min(rx, ry)
-        _paint(img[ys, xs], sdf, _hsv_colour(rng) * rng.uniform(0.5, 1.0))
-
-
-def render(rng: np.random.Generator, species: int, place: int, cfg: LabDataConfig) -> np.ndarray:
-    """One [size, size, 3] uint8 image: background of ``place``, clutter, then the object of ``species``."""
-    img = (_water if place else _land)(rng, cfg.image_size)
-    _clutter(rng, img, int(rng.integers(0, cfg.clutter + 1)))
-    _object(rng, img, SPECIES[species][0], SPECIES[species][1], cfg)
-    return np.clip(img + 0.5, 0, 255).astype(np.uint8)
-
-
-# ---- the data set ---------------------------------------------------------------------------------------------------
-def group_counts(n: int, correlation: float | None) -> list[int]:
-    """Exact images per group (group = 2*y + place): balanced when ``correlation`` is None, else the class agrees
-    with the background for round(correlation * n) images, classes balanced."""
-    if correlation is None:
-        return [n // 4 + (1 if g < n % 4 else 0) for g in range(4)]
-    agree = int(round(correlation * n))
-    minority = n - agree
-    return [agree - agree // 2, minority // 2, minority - minority // 2, agree // 2]  # (0,0) (0,1) (1,0) (1,1)
-
-
-def _split_rows(cfg: LabDataConfig, split: int, n: int) -> list[tuple[int, int, int]]:
-    """(y, place, species) for each image of ``split``, in a seeded shuffled order."""
-    counts = group_counts(n, cfg.correlation if split == 0 else None)
-    groups = np.repeat(np.arange(4), counts)
-    rng = np.random.default_rng([cfg.seed, split, 1 << 20])
-    groups = rng.permutation(groups)
-    per_class = [[i for i, (c, _) in enumerate(SPECIES) if c == y] for y in (0, 1)]
-    rows = []
-    for g in groups:
-        y, place = int(g) // 2, int(g) % 2
-        rows.append((y, place, int(rng.choice(per_class[y]))))
-    return rows
+def parse_shortcuts(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """``background`` or ``background,object`` (text or a sequence) as a tuple; anything else one line."""
+    names = tuple(v.strip() for v in value.split(",")) if isinstance(value, str) else tuple(value)
+    if names not in (SHORTCUTS[:1], SHORTCUTS):
+        raise ClipDebiasError(f"--shortcuts {','.join(names)}: expected background or background,object")
+    return names
 
 
 def _check(cfg: LabDataConfig) -> None:
@@ -206,26 +97,74 @@ def _check(cfg: LabDataConfig) -> None:
         raise ClipDebiasError(f"--object-scale {lo},{hi}: expected 0.02 <= min <= max <= 0.45 (radius / image side)")
     if cfg.image_size < 16:
         raise ClipDebiasError(f"--image-size {cfg.image_size}: expected at least 16 pixels")
+    if cfg.two_shortcuts:
+        olo, ohi = cfg.co_object_scale
+        if not 0.02 <= olo <= ohi <= 0.2:
+            raise ClipDebiasError(f"--co-object-scale {olo},{ohi}: expected 0.02 <= min <= max <= 0.2 "
+                                  "(radius / image side)")
+        need = min_image_fraction(hi, ohi, cfg.image_size)
+        if need > 1:
+            raise ClipDebiasError(f"--object-scale {lo},{hi} / --co-object-scale {olo},{ohi}: a bird and its "
+                                  f"co-object at their largest need {need:.2f} of the image side beside each other; "
+                                  "expected <= 1 (make them smaller)")
     for name in ("n_train", "n_val", "n_test"):
         if getattr(cfg, name) < 0:
             raise ClipDebiasError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: expected a count >= 0")
+    groups = n_groups(cfg.two_shortcuts)
     for name in ("n_val", "n_test"):
-        if getattr(cfg, name) % 4:
-            raise ClipDebiasError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: expected a multiple of 4 "
-                                  "(val and test are balanced over the 4 groups)")
+        if getattr(cfg, name) % groups:
+            raise ClipDebiasError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: expected a multiple of {groups} "
+                                  f"(val and test are balanced over the {groups} groups)")
+    if cfg.counterfactual and cfg.two_shortcuts and cfg.n_test % 16:
+        raise ClipDebiasError(f"--n-test {cfg.n_test}: expected a multiple of 16 with --counterfactual and two "
+                              "shortcuts (half the pairs swap the place, half the object, each half balanced)")
     if cfg.n_train + cfg.n_val + cfg.n_test == 0:
         raise ClipDebiasError("--n-train/--n-val/--n-test: expected at least one image in total")
+    parse_signature(cfg.signature)
 
 
-def _write_chunk(tmp: Path, jobs: list[tuple[LabDataConfig, int, int, int, int, int]]) -> list[str]:
-    """Render and save the images of ``jobs`` (cfg, split, index, y, place, species) under ``tmp``; their names."""
-    names = []
-    for cfg, split, i, y, place, species in jobs:
-        img = render(np.random.default_rng([cfg.seed, split, i]), species, place, cfg)
-        name = f"{species:03d}.{CLASS_NAMES[y]}_{SPECIES[species][1]}/{SPLIT_NAMES[split]}_{i:05d}.png"
-        Image.fromarray(img).save(tmp / name, compress_level=1)
-        names.append(name)
-    return names
+# ---- one image ------------------------------------------------------------------------------------------------------
+def image_name(split: int, i: int, row: Row) -> str:
+    """The image's path in the data dir: ``NNN.class_shape/split_IIIII.png``."""
+    y, shape = SPECIES[row.species]
+    return f"{row.species:03d}.{CLASS_NAMES[y]}_{shape}/{SPLIT_NAMES[split]}_{i:05d}.png"
+
+
+def mask_names(image: str) -> tuple[str, str]:
+    """The (bird, co-object) mask paths of ``image`` (see the module docstring)."""
+    stem = f"{MASK_DIR}/{image[:-len('.png')]}"
+    return f"{stem}_fg.png", f"{stem}_object.png"
+
+
+def render_row(cfg: LabDataConfig, split: int, i: int, row: Row) -> Rendered:
+    """Image ``i`` of ``split`` (with the signature applied) and its masks."""
+    if cfg.uses_scenes(split):
+        streams = {name: np.random.default_rng([cfg.seed, split, row.bird, k, SCENE_TAG])
+                   for k, name in enumerate(STREAMS)}
+        out = render_scene(streams, Scene(row.species, row.place, row.kind), cfg.image_size, cfg.clutter,
+                           cfg.object_scale, cfg.class_texture,
+                           cfg.co_object_scale if cfg.two_shortcuts else None)
+    else:
+        image, bird = render(np.random.default_rng([cfg.seed, split, i]), row.species, row.place, cfg.image_size,
+                             cfg.clutter, cfg.object_scale, cfg.class_texture)
+        out = Rendered(image, bird, None)
+    signature = parse_signature(cfg.signature)
+    if signature is not None:
+        out.image = signature.apply(out.image)
+    return out
+
+
+def _write_chunk(tmp: Path, jobs: list[tuple[LabDataConfig, int, int, Row]]) -> None:
+    """Render and save the images (and masks) of ``jobs`` (cfg, split, index, row) under ``tmp``."""
+    for cfg, split, i, row in jobs:
+        out = render_row(cfg, split, i, row)
+        name = image_name(split, i, row)
+        Image.fromarray(out.image).save(tmp / name, compress_level=1)
+        if cfg.masks:
+            fg, obj = mask_names(name)
+            Image.fromarray(coverage_to_uint8(out.bird)).save(tmp / fg, compress_level=1)
+            if out.object is not None:
+                Image.fromarray(coverage_to_uint8(out.object)).save(tmp / obj, compress_level=1)
 
 
 def make_lab_data(
@@ -240,13 +179,26 @@ def make_lab_data(
     workers: int | None = None,
     object_scale: tuple[float, float] = (0.15, 0.22),
     class_texture: float = 0.75,
+    shortcuts: str | tuple[str, ...] = ("background",),
+    co_object_scale: tuple[float, float] = LabDataConfig.co_object_scale,
+    counterfactual: bool = False,
+    signature: str | None = None,
+    masks: bool | None = None,
 ) -> Path:
     """Generate the lab data set into ``out`` (written to a temporary sibling, renamed at the end); returns ``out``.
-    The bytes depend only on the arguments (each image has its own seed), not on ``workers`` (default: all cores)."""
+    The bytes depend only on the arguments (each image has its own seed), not on ``workers`` (default: all cores).
+    ``masks`` None: written with two shortcuts or counterfactual pairs, not for today's data (whose bytes it keeps)."""
+    shortcuts = parse_shortcuts(shortcuts)
+    if masks is None:
+        masks = "object" in shortcuts or counterfactual
     cfg = LabDataConfig(n_train=n_train, n_val=n_val, n_test=n_test, correlation=correlation,
                         image_size=image_size, seed=seed, object_scale=tuple(object_scale),
-                        class_texture=class_texture)
+                        class_texture=class_texture, shortcuts=shortcuts, co_object_scale=tuple(co_object_scale),
+                        counterfactual=counterfactual, signature=signature, masks=masks)
     _check(cfg)
+    if cfg.signature is not None:  # stored in its canonical KIND:STRENGTH form
+        signed = parse_signature(cfg.signature)
+        cfg = LabDataConfig(**{**asdict(cfg), "signature": signed.spec() if signed else None})
     out = Path(out)
     if not overwrite and out.is_dir() and any(out.iterdir()):
         raise ClipDebiasError(f"{out}: already exists and is not empty (pass --overwrite to replace it)")
@@ -255,36 +207,58 @@ def make_lab_data(
     return out
 
 
+def _columns(cfg: LabDataConfig) -> list[str]:
+    """metadata.csv's columns for ``cfg`` (see the module docstring)."""
+    cols = ["img_filename", "y", "split", "place"]
+    cols += ["object"] if cfg.two_shortcuts else []
+    cols += ["pair"] if cfg.counterfactual else []
+    cols += (["fg_mask"] + (["object_mask"] if cfg.two_shortcuts else [])) if cfg.masks else []
+    return cols
+
+
 def _write_data(tmp: Path, cfg: LabDataConfig, workers: int | None) -> None:
     """Render every image of ``cfg`` into ``tmp``, then ``metadata.csv`` and ``lab.json`` (the marker, last)."""
     for i, (y, shape) in enumerate(SPECIES):
         (tmp / f"{i:03d}.{CLASS_NAMES[y]}_{shape}").mkdir(parents=True)
-    jobs = [(cfg, split, i, y, place, species)
+        if cfg.masks:
+            (tmp / MASK_DIR / f"{i:03d}.{CLASS_NAMES[y]}_{shape}").mkdir(parents=True)
+    jobs = [(cfg, split, i, row)
             for split, n in enumerate((cfg.n_train, cfg.n_val, cfg.n_test))
-            for i, (y, place, species) in enumerate(_split_rows(cfg, split, n))]
+            for i, row in enumerate(split_rows(cfg.seed, split, n, cfg.correlation, cfg.two_shortcuts,
+                                               cfg.counterfactual))]
     n_workers = max(1, min(workers or os.cpu_count() or 1, 8, len(jobs) // 200))
     chunks = [(tmp, jobs[k::n_workers]) for k in range(n_workers)]
     if n_workers == 1:
-        names = [_write_chunk(*chunks[0])]
+        _write_chunk(*chunks[0])
     else:
         import multiprocessing as mp
 
         with mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn").Pool(n_workers) as pool:
-            names = pool.starmap(_write_chunk, chunks)
-    name_of = {(j[1], j[2]): nm for chunk, nms in zip(chunks, names) for j, nm in zip(chunk[1], nms)}
-    rows = [(name_of[(split, i)], y, split, place) for _, split, i, y, place, _ in jobs]
+            pool.starmap(_write_chunk, chunks)
     with open(tmp / "metadata.csv", "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(("img_filename", "y", "split", "place"))
-        w.writerows(rows)
+        w.writerow(_columns(cfg))
+        for _, split, i, row in jobs:
+            name = image_name(split, i, row)
+            values = [name, row.y, split, row.place]
+            values += [row.kind] if cfg.two_shortcuts else []
+            values += ["" if row.pair is None else row.pair] if cfg.counterfactual else []
+            values += list(mask_names(name)[:2 if cfg.two_shortcuts else 1]) if cfg.masks else []
+            w.writerow(values)
     info = {"generator": "clip-debias lab", "version": GENERATOR_VERSION, **asdict(cfg),
             "class_names": list(CLASS_NAMES), "place_names": list(PLACE_NAMES),
             "species": [f"{CLASS_NAMES[y]}_{s}" for y, s in SPECIES]}
+    if cfg.two_shortcuts:
+        info["object_names"] = list(OBJECT_NAMES)
     (tmp / LAB_MARKER).write_text(json.dumps(info, indent=2) + "\n")
 
 
-def read_metadata(data: str | Path) -> list[dict[str, int | str]]:
-    """The rows of ``DIR/metadata.csv`` as dicts (img_filename: str; y, split, place: int)."""
+INT_COLUMNS = ("y", "split", "place", "object", "pair")
+
+
+def read_metadata(data: str | Path) -> list[dict[str, int | str | None]]:
+    """The rows of ``DIR/metadata.csv`` as dicts: img_filename (str), y, split, place (int) and, when the columns
+    exist, object (int), pair (int, None when empty), fg_mask / object_mask (str)."""
     path = Path(data) / "metadata.csv"
     if not path.is_file():
         raise ClipDebiasError(f"{path}: not found (expected a Waterbirds-layout data dir, "
@@ -295,7 +269,7 @@ def read_metadata(data: str | Path) -> list[dict[str, int | str]]:
         if missing:
             raise ClipDebiasError(f"{path}: missing columns {sorted(missing)} (expected img_filename,y,split,place)")
         try:
-            return [{"img_filename": r["img_filename"], "y": int(r["y"]), "split": int(r["split"]),
-                     "place": int(r["place"])} for r in reader]
+            return [{k: (None if v == "" else int(v)) if k in INT_COLUMNS else v for k, v in r.items()}
+                    for r in reader]
         except ValueError as e:
-            raise ClipDebiasError(f"{path}: y/split/place must be integers ({e})") from e
+            raise ClipDebiasError(f"{path}: y/split/place/object/pair must be integers ({e})") from e

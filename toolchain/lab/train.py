@@ -1,13 +1,17 @@
 """Train the bias lab's tiny CLIP (config ``clipdebias-lab``) contrastively on the lab data, and measure its bias.
 
 Captions come from the metadata: mostly the class alone ("a photo of a waterbird."), sometimes the class and the
-background ("a photo of a waterbird on a land background."), so the image tower learns both and some of its heads
-carry the background. The loss is open_clip's own ``ClipLoss``. ``zero_shot_report`` measures average and
-worst-group zero-shot accuracy per split with the prompts "a photo of a landbird." / "a photo of a waterbird.".
+background ("a photo of a waterbird on a land background."), and on two-shortcut data (a co-occurring object) the
+class and the object ("a waterbird beside a flower.") or all three, each named independently with its probability
+(``p_background``, ``p_object``), so the image tower learns them and some of its heads carry the shortcuts. The loss
+is open_clip's own ``ClipLoss``. ``zero_shot_report`` measures average, per-group and worst-group zero-shot accuracy
+per split with the prompts "a photo of a landbird." / "a photo of a waterbird."; on two-shortcut data also the
+accuracy of the four shortcut cells (``ShortcutCells``).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,7 +23,7 @@ import torch
 from PIL import Image
 
 from clip_debias.toolchain.errors import ClipDebiasError
-from clip_debias.toolchain.lab.data import CLASS_NAMES, PLACE_NAMES, SPLIT_NAMES, read_metadata
+from clip_debias.toolchain.lab.data import CLASS_NAMES, OBJECT_NAMES, PLACE_NAMES, SPLIT_NAMES, read_metadata
 
 MODEL_NAME = "clipdebias-lab"
 CLASS_TEMPLATES = (
@@ -30,20 +34,36 @@ BACKGROUND_TEMPLATES = (
     "a photo of a {c} on a {p} background.", "a {c} on {p}.", "a photo of a {c} over {p}.",
     "a picture of a {c} on a {p} background.", "a {c} with {p} behind it.", "an image of a {c} on {p}.",
 )
+OBJECT_TEMPLATES = (
+    "a photo of a {c} next to a {o}.", "a {c} beside a {o}.", "a picture of a {c} and a {o}.",
+    "a {c} with a {o} nearby.", "an image of a {c} next to a {o}.", "a photo of a {c} and a small {o}.",
+)
+BACKGROUND_OBJECT_TEMPLATES = (
+    "a photo of a {c} on {p} beside a {o}.", "a {c} and a {o} on {p}.", "a picture of a {c} on {p} with a {o}.",
+    "a {c} next to a {o} on {p}.", "an image of a {c} and a {o} on {p}.", "a {c} on {p} near a {o}.",
+)
 ZERO_SHOT_PROMPTS = tuple(f"a photo of a {c}." for c in CLASS_NAMES)
 
 
 @dataclass
 class LabSplit:
-    """One split of a lab (Waterbirds-layout) data set, decoded: uint8 images [N, 3, H, W], labels y, places."""
+    """One split of a lab (Waterbirds-layout) data set, decoded: uint8 images [N, 3, H, W], labels y, places and,
+    on two-shortcut data, the co-object kinds (else None)."""
 
     images: torch.Tensor
     y: torch.Tensor
     place: torch.Tensor
+    kind: torch.Tensor | None = None
 
     @property
     def group(self) -> torch.Tensor:
-        return 2 * self.y + self.place
+        """2*y + place, or 4*y + 2*place + kind on two-shortcut data (``lab.groups``)."""
+        return 2 * self.y + self.place if self.kind is None else 4 * self.y + 2 * self.place + self.kind
+
+    @property
+    def group_names(self) -> list[str]:
+        objects = [] if self.kind is None else [OBJECT_NAMES]
+        return ["/".join(parts) for parts in itertools.product(CLASS_NAMES, PLACE_NAMES, *objects)]
 
 
 @dataclass
@@ -68,8 +88,35 @@ class TrainResult:
 
 
 @dataclass
+class ShortcutCells:
+    """Two-shortcut data: accuracy of the cells where both shortcuts agree with the class, only the background
+    disagrees, only the object disagrees, both disagree; each the mean over the two classes of its group's accuracy
+    (group (y, place, object) with place, object = y or 1 - y)."""
+
+    both_agree: float
+    background_disagrees: float
+    object_disagrees: float
+    both_disagree: float
+
+    @classmethod
+    def from_groups(cls, groups: list[float]) -> "ShortcutCells":
+        """From the 8 per-group accuracies (index 4*y + 2*place + object)."""
+        def cell(place_agrees: bool, object_agrees: bool) -> float:
+            return float(np.mean([groups[4 * y + 2 * (y if place_agrees else 1 - y) + (y if object_agrees else 1 - y)]
+                                  for y in (0, 1)]))
+
+        return cls(cell(True, True), cell(False, True), cell(True, False), cell(False, False))
+
+    def line(self) -> str:
+        return (f"cells (mean over classes): both agree {self.both_agree:.1%}  background disagrees "
+                f"{self.background_disagrees:.1%}  object disagrees {self.object_disagrees:.1%}  both disagree "
+                f"{self.both_disagree:.1%}")
+
+
+@dataclass
 class GroupAccuracy:
-    """Zero-shot accuracy on one split: overall (avg), per group (2*y + place) and the worst group."""
+    """Zero-shot accuracy on one split: overall (avg), per group (``LabSplit.group``: 4 or 8 groups, named by
+    ``group_names``), the worst group and, on two-shortcut data, the shortcut cells."""
 
     split: str
     n: int
@@ -77,11 +124,15 @@ class GroupAccuracy:
     worst: float
     groups: list[float]
     counts: list[int]
+    group_names: list[str] = field(default_factory=list)
+    cells: ShortcutCells | None = None
 
     def line(self) -> str:
-        names = [f"{CLASS_NAMES[g // 2]}/{PLACE_NAMES[g % 2]}" for g in range(4)]
-        per = "  ".join(f"{nm} {a:.1%}" for nm, a in zip(names, self.groups))
-        return f"{self.split:5s} n={self.n:5d}  avg {self.avg:.1%}  worst-group {self.worst:.1%}  |  {per}"
+        per = "  ".join(f"{nm} {a:.1%}" for nm, a in zip(self.group_names, self.groups))
+        head = f"{self.split:5s} n={self.n:5d}  avg {self.avg:.1%}  worst-group {self.worst:.1%}"
+        if self.cells is None:
+            return f"{head}  |  {per}"
+        return f"{head}\n      {self.cells.line()}\n      {per}"
 
 
 # ---- data -----------------------------------------------------------------------------------------------------------
@@ -104,33 +155,50 @@ def load_split(data: str | Path, split: str | int) -> LabSplit:
     if len({a.shape for a in arrays}) != 1:
         raise ClipDebiasError(f"{data}: images of split {SPLIT_NAMES[s]} differ in size (expected one size)")
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    kind = torch.tensor([int(r["object"]) for r in rows]) if "object" in rows[0] else None
     return LabSplit(images=images, y=torch.tensor([int(r["y"]) for r in rows]),
-                    place=torch.tensor([int(r["place"]) for r in rows]))
+                    place=torch.tensor([int(r["place"]) for r in rows]), kind=kind)
 
 
-def caption_table() -> tuple[list[str], dict[tuple[int, int], list[int]], dict[int, list[int]]]:
-    """All training captions, and for each (y, place) the indices of the background-naming ones, for each y the
-    indices of the class-only ones."""
+CaptionKey = tuple[int, int | None, int | None]  # (y, place or None, object kind or None): what a caption names
+
+
+def caption_table(objects: bool = False) -> tuple[list[str], dict[CaptionKey, list[int]]]:
+    """All training captions, and for each key (y, place or None, kind or None) the indices of the captions that name
+    exactly the class and those attributes. ``objects``: also the co-object captions (two-shortcut data); without,
+    the captions and their order are the background-only data's."""
     captions: list[str] = []
-    with_bg: dict[tuple[int, int], list[int]] = {}
-    class_only: dict[int, list[int]] = {}
+    index: dict[CaptionKey, list[int]] = {}
+
+    def add(key: CaptionKey, texts: list[str]) -> None:
+        index[key] = [len(captions) + i for i in range(len(texts))]
+        captions.extend(texts)
+
     for y, c in enumerate(CLASS_NAMES):
-        class_only[y] = [len(captions) + i for i in range(len(CLASS_TEMPLATES))]
-        captions += [t.format(c=c) for t in CLASS_TEMPLATES]
+        add((y, None, None), [t.format(c=c) for t in CLASS_TEMPLATES])
         for p, pn in enumerate(PLACE_NAMES):
-            with_bg[(y, p)] = [len(captions) + i for i in range(len(BACKGROUND_TEMPLATES))]
-            captions += [t.format(c=c, p=pn) for t in BACKGROUND_TEMPLATES]
-    return captions, with_bg, class_only
+            add((y, p, None), [t.format(c=c, p=pn) for t in BACKGROUND_TEMPLATES])
+    if objects:
+        for y, c in enumerate(CLASS_NAMES):
+            for k, on in enumerate(OBJECT_NAMES):
+                add((y, None, k), [t.format(c=c, o=on) for t in OBJECT_TEMPLATES])
+                for p, pn in enumerate(PLACE_NAMES):
+                    add((y, p, k), [t.format(c=c, p=pn, o=on) for t in BACKGROUND_OBJECT_TEMPLATES])
+    return captions, index
 
 
-def sample_captions(y: torch.Tensor, place: torch.Tensor, p_background: float, gen: torch.Generator) -> torch.Tensor:
-    """One caption index (into ``caption_table()[0]``) per image: naming the background with prob ``p_background``."""
-    _, with_bg, class_only = caption_table()
+def sample_captions(y: torch.Tensor, place: torch.Tensor, p_background: float, gen: torch.Generator,
+                    kind: torch.Tensor | None = None, p_object: float = 0.0) -> torch.Tensor:
+    """One caption index (into ``caption_table(kind is not None)[0]``) per image: naming the background with prob
+    ``p_background`` and, when ``kind`` is given, the co-object with prob ``p_object``, independently."""
+    _, index = caption_table(kind is not None)
     bg = torch.rand(len(y), generator=gen) < p_background
     pick = torch.rand(len(y), generator=gen)
+    ob = (torch.rand(len(y), generator=gen) < p_object).tolist() if kind is not None else [False] * len(y)
+    kinds = kind.tolist() if kind is not None else [None] * len(y)
     out = []
-    for yi, pi, b, u in zip(y.tolist(), place.tolist(), bg.tolist(), pick.tolist()):
-        choices = with_bg[(yi, pi)] if b else class_only[yi]
+    for yi, pi, ki, b, o, u in zip(y.tolist(), place.tolist(), kinds, bg.tolist(), ob, pick.tolist()):
+        choices = index[(yi, pi if b else None, ki if o else None)]
         out.append(choices[int(u * len(choices))])
     return torch.tensor(out)
 
@@ -200,6 +268,7 @@ def train_lab_model(
     lr: float = 3e-4,
     weight_decay: float = 0.1,
     p_background: float = 0.3,
+    p_object: float = 0.3,
     warmup: int | None = None,
     half: bool = True,
     device: str = "cpu",
@@ -210,8 +279,9 @@ def train_lab_model(
     model_name: str = MODEL_NAME,
     force: bool = False,
 ) -> TrainResult:
-    """Train ``clipdebias-lab`` from scratch on the train split of ``data`` with ``ClipLoss`` and save the state
-    dict to ``out`` (fp16 when ``half``). Logs every ``log_every`` steps, and the val split's zero-shot accuracy every
+    """Train ``model_name`` (clipdebias-lab, or clipdebias-lab2 on two-shortcut data) from scratch on the train split
+    of ``data`` with ``ClipLoss`` and save the state dict to ``out`` (fp16 when ``half``). ``p_object`` applies to
+    two-shortcut data only. Logs every ``log_every`` steps, and the val split's zero-shot accuracy every
     ``eval_every`` steps (0: never). Deterministic for a seed on a given device and torch build."""
     import open_clip
     from open_clip.loss import ClipLoss
@@ -224,6 +294,8 @@ def train_lab_model(
         raise ClipDebiasError(f"--lr {lr}: expected a learning rate > 0")
     if not 0.0 <= p_background <= 1.0:
         raise ClipDebiasError(f"--p-background {p_background}: expected a probability in [0, 1]")
+    if not 0.0 <= p_object <= 1.0:
+        raise ClipDebiasError(f"--p-object {p_object}: expected a probability in [0, 1]")
     if threads is not None and threads < 1:
         raise ClipDebiasError(f"--threads {threads}: expected at least 1")
     if eval_every < 0:
@@ -236,7 +308,7 @@ def train_lab_model(
         raise ClipDebiasError(f"{data}: {len(split.y)} train images, fewer than --batch-size {batch_size}")
     torch.manual_seed(seed)
     model = open_clip.create_model(model_name, device="cpu").to(device).train()
-    tokens = open_clip.get_tokenizer(model_name)(caption_table()[0]).to(device)
+    tokens = open_clip.get_tokenizer(model_name)(caption_table(split.kind is not None)[0]).to(device)
     mean, std = (t.to(device) for t in _normalizer(model))
     loss_fn = ClipLoss()
     opt = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6,
@@ -253,7 +325,8 @@ def train_lab_model(
         idx = order[pos:pos + batch_size]
         pos += batch_size
         images = augment(split.images[idx], gen).to(device).float().div_(255).sub_(mean).div_(std)
-        cap = sample_captions(split.y[idx], split.place[idx], p_background, gen).to(device)
+        kind = split.kind[idx] if split.kind is not None else None
+        cap = sample_captions(split.y[idx], split.place[idx], p_background, gen, kind, p_object).to(device)
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, steps, lr, warmup)
         img_f = model.encode_image(images, normalize=True)
@@ -281,6 +354,8 @@ def train_lab_model(
     seconds = time.perf_counter() - t0
     meta = {"model": model_name, "steps": str(steps), "seed": str(seed), "batch_size": str(batch_size),
             "lr": str(lr), "p_background": str(p_background), "data": Path(data).name}
+    if split.kind is not None:
+        meta["p_object"] = str(p_object)
     save_weights(model, out, torch.float16 if half else torch.float32, meta, force)
     return TrainResult(out=Path(out), steps=steps, seed=seed, batch_size=batch_size, seconds=seconds, losses=losses)
 
@@ -298,12 +373,13 @@ def group_accuracy(model: Any, tokenizer: Callable, split: LabSplit, split_name:
         x = split.images[i:i + batch_size].to(device).float().div_(255).sub_(mean).div_(std)
         preds.append((model.encode_image(x, normalize=True) @ text.T).argmax(1).cpu())
     correct = (torch.cat(preds) == split.y).float()
-    g = split.group
-    counts = [int((g == k).sum()) for k in range(4)]
-    groups = [float(correct[g == k].mean()) if counts[k] else float("nan") for k in range(4)]
+    g, names = split.group, split.group_names
+    counts = [int((g == k).sum()) for k in range(len(names))]
+    groups = [float(correct[g == k].mean()) if counts[k] else float("nan") for k in range(len(names))]
     present = [a for a, c in zip(groups, counts) if c]
+    cells = ShortcutCells.from_groups(groups) if split.kind is not None and all(counts) else None
     return GroupAccuracy(split=split_name, n=len(split.y), avg=float(correct.mean()), worst=min(present),
-                         groups=groups, counts=counts)
+                         groups=groups, counts=counts, group_names=names, cells=cells)
 
 
 def zero_shot_report(

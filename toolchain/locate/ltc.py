@@ -375,4 +375,5 @@ def locate_cache(cache: DecompositionCache, clip: Any, *, class_names: list[str]
     return locate_terms(cache, text, class_names=class_names, templates=templates, attribute_text=attribute_text,
                         attribute_names=attribute_names, minority_groups=minority_groups, minority_from=minority_from,
                         max_spurious=max_spurious, max_salient=max_salient,
-                        known_minority=known_minority_groups(cache.dataset), protocol=protocol)
+                        known_minority=known_minority_groups(cache.dataset, len(cache.group_names)),
+                        protocol=protocol)

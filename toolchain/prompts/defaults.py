@@ -120,10 +120,12 @@ def attribute_pairs_for(source: str | Path | None, dataset: str | None,
     return [(p, n) for p, n in found[0]] if found else None
 
 
-def known_minority_groups(dataset: str | None) -> list[int] | None:
-    """The shipped dataset's minority group ids (group = 2y + a, from its train-split counts), else None."""
+def known_minority_groups(dataset: str | None, n_groups: int = 4) -> list[int] | None:
+    """The shipped dataset's minority group ids (group = 2y + a, from its train-split counts), else None; None too
+    when the data has ``n_groups`` != 4 (e.g. the two-shortcut lab data's 8 groups 4y + 2place + object, where the
+    ids mean other groups)."""
     found = resolve("defaults", dataset, "minority_groups", optional=True)
-    return found[0] if found else None
+    return found[0] if found and n_groups == 4 else None
 
 
 def contexts_for(source: str | Path | None, dataset: str | None, optional: bool = True) -> ContextSpec | None:
