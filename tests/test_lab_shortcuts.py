@@ -222,9 +222,9 @@ def test_jpeg_signature_is_one_round_trip() -> None:
 
 
 @pytest.mark.parametrize("text,expected", [
-    (None, None), ("none", None), ("colour-cast", Signature("colour-cast", 4)), ("jpeg", Signature("jpeg", 30)),
+    (None, None), ("none", None), ("colour-cast", Signature("colour-cast", 16)), ("jpeg", Signature("jpeg", 15)),
     ("jpeg:75", Signature("jpeg", 75)), ("colour-cast:1", Signature("colour-cast", 1)),
-    ("jpeg:", Signature("jpeg", 30)),
+    ("jpeg:", Signature("jpeg", 15)),
 ])
 def test_parse_signature(text, expected) -> None:
     assert parse_signature(text) == expected
@@ -274,7 +274,7 @@ def test_cli_make_data_two_shortcuts_counterfactual_signature(tmp_path: Path) ->
 
     info = json.loads((tmp_path / "d" / "lab.json").read_text())
     assert (info["shortcuts"], info["counterfactual"], info["signature"], info["masks"]) == \
-        (["background", "object"], True, "jpeg:30", True)
+        (["background", "object"], True, "jpeg:15", True)
     assert info["object_names"] == ["flower", "boat"]
     header = (tmp_path / "d" / "metadata.csv").read_text().splitlines()[0]
     assert header == "img_filename,y,split,place,object,pair,fg_mask,object_mask"

@@ -98,6 +98,15 @@ def test_balanced_counts_are_refused_with_a_clear_line():
         locate_terms(cache, TEXT, minority_groups=[7])
 
 
+def test_shipped_minority_groups_only_for_their_four_groups():
+    """Waterbirds' shipped minority ids are of group = 2y + place; on 8-group data (the two-shortcut lab's
+    4y + 2place + object) they would name other groups, so balanced counts are refused there instead."""
+    from clip_debias.toolchain.prompts.defaults import known_minority_groups
+
+    assert known_minority_groups("waterbirds") == known_minority_groups("waterbirds", 4) == [1, 2]
+    assert known_minority_groups("waterbirds", 8) is None
+
+
 def test_select_heads_threshold_and_order():
     n_w = torch.tensor([[0.5, 0.0, 0.3], [0.2, 0.0, 0.0]])
     n_c = torch.tensor([[0.0, 0.0, 0.1], [0.1, 0.8, 0.0]])

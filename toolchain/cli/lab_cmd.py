@@ -51,7 +51,7 @@ def make_data(
         "the object swapped; a 'pair' column).")] = False,
     signature: Annotated[str, typer.Option(
         "--signature", help="Planted low-level signature on every image: none, colour-cast[:S] (+S red, -S blue; "
-        "default 4) or jpeg[:Q] (JPEG round trip at quality Q; default 30).")] = "none",
+        "default 16) or jpeg[:Q] (JPEG round trip at quality Q; default 15).")] = "none",
     masks: Annotated[Optional[bool], typer.Option(
         "--masks/--no-masks", help="Write bird/object coverage masks (default: with two shortcuts or "
         "--counterfactual).", show_default=False)] = None,

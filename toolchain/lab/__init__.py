@@ -1,6 +1,8 @@
-"""The bias lab: a synthetic Waterbirds-style data set with a planted background shortcut (``data``), and a tiny
-open_clip CLIP (config ``clipdebias-lab``) trained on it (``train``). The shipped weights and the recipe that
-reproduces them live beside this file (``weights/clipdebias-lab.safetensors``, ``recipe.json``)."""
+"""The bias lab: synthetic Waterbirds-style data with planted shortcuts (``data``: the background, optionally a
+co-occurring object; ``draw``, ``groups``, ``signature``), and tiny open_clip CLIPs trained on it (``train``):
+``clipdebias-lab`` (one shortcut: the background) and ``clipdebias-lab2`` (two: the background and the object). The
+shipped weights and the recipes that reproduce them live beside this file (``weights/``, ``recipe.json``,
+``recipe-lab2.json``)."""
 
 from pathlib import Path
 
@@ -10,5 +12,8 @@ LAB_DIR = Path(__file__).parent
 LAB_MODEL = "clipdebias-lab"
 LAB_WEIGHTS = shipped_weights(LAB_MODEL)  # one registry of shipped weights: models/shipped.py
 LAB_RECIPE = LAB_DIR / "recipe.json"
+LAB2_MODEL = "clipdebias-lab2"
+LAB2_WEIGHTS = shipped_weights(LAB2_MODEL)
+LAB2_RECIPE = LAB_DIR / "recipe-lab2.json"
 
-__all__ = ["LAB_DIR", "LAB_WEIGHTS", "LAB_RECIPE", "LAB_MODEL"]
+__all__ = ["LAB_DIR", "LAB_WEIGHTS", "LAB_RECIPE", "LAB_MODEL", "LAB2_WEIGHTS", "LAB2_RECIPE", "LAB2_MODEL"]

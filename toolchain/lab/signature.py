@@ -2,8 +2,8 @@
 same recipe and seed differ *only* by it (a ground truth for a dataset-bias audit).
 
 - ``colour-cast:S``: a warm cast, ``x' = clip(x + S * (1, 0, -1))`` per pixel on the uint8 RGB values (red up, blue
-  down by S levels; S an integer in 1..64, default 4).
-- ``jpeg:Q``: one JPEG encode/decode round trip at quality Q (1..95, default 30; PIL, 4:2:0 chroma subsampling), the
+  down by S levels; S an integer in 1..64, default 16).
+- ``jpeg:Q``: one JPEG encode/decode round trip at quality Q (1..95, default 15; PIL, 4:2:0 chroma subsampling), the
   decoded pixels stored losslessly like every lab image.
 
 Masks and metadata are not changed by a signature.
@@ -19,7 +19,7 @@ from PIL import Image
 
 from clip_debias.toolchain.errors import ClipDebiasError
 
-KINDS = {"colour-cast": (4, 1, 64), "jpeg": (30, 1, 95)}  # kind -> (default strength, min, max)
+KINDS = {"colour-cast": (16, 1, 64), "jpeg": (15, 1, 95)}  # kind -> (default strength, min, max)
 
 
 @dataclass(frozen=True)
