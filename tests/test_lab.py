@@ -13,7 +13,7 @@ import pytest
 
 from clip_debias.runtime.ownership import MARKER_NAME
 from clip_debias.toolchain.errors import ClipDebiasError
-from clip_debias.toolchain.lab import LAB_RECIPE, LAB_WEIGHTS
+from clip_debias.toolchain.lab import LAB2_RECIPE, LAB2_WEIGHTS, LAB_RECIPE, LAB_WEIGHTS
 from clip_debias.toolchain.lab.data import make_lab_data, read_metadata
 from clip_debias.toolchain.lab.groups import group_counts
 
@@ -84,14 +84,19 @@ def test_short_training_lowers_loss(tmp_path: Path) -> None:
     assert load_clip("clipdebias-lab", weights=res.out).identity.weights_sha256
 
 
-def test_shipped_weights_load() -> None:
+@pytest.mark.parametrize("model,weights,recipe_file", [
+    ("clipdebias-lab", LAB_WEIGHTS, LAB_RECIPE), ("clipdebias-lab2", LAB2_WEIGHTS, LAB2_RECIPE),
+])
+def test_shipped_weights_load(model: str, weights: Path, recipe_file: Path) -> None:
     from clip_debias.toolchain.models.loading import load_clip, sha256_file
     from clip_debias.toolchain.models.tower import tower_config_of
 
-    assert LAB_WEIGHTS.stat().st_size < 20 * 2**20
-    recipe = json.loads(LAB_RECIPE.read_text())
-    assert recipe["weights_sha256"] == sha256_file(LAB_WEIGHTS)
-    clip = load_clip("clipdebias-lab", weights=LAB_WEIGHTS)
+    assert weights.stat().st_size < 20 * 2**20
+    recipe = json.loads(recipe_file.read_text())
+    assert recipe["model"] == model and recipe["weights"].endswith(weights.name)
+    assert recipe["weights_sha256"] == sha256_file(weights)
+    clip = load_clip(model)  # by name: the shipped weights
+    assert clip.identity.weights_sha256 == recipe["weights_sha256"]
     cfg = tower_config_of(clip.model.visual)
     assert (cfg.image_size, cfg.patch_size, cfg.heads) == ((64, 64), (8, 8), 4)
     emb = clip.encode_text(["a photo of a landbird.", "a photo of a waterbird."])

@@ -128,7 +128,8 @@ def report(
     weights: Annotated[Optional[Path], typer.Option(
         "--weights", help="Lab CLIP weights (.safetensors; default: the weights shipped for --model).")] = None,
     split: Annotated[str, typer.Option("--split", help="Comma-separated splits: train,val,test.")] = "val,test",
-    model: Annotated[str, typer.Option("--model", help="open_clip model name.")] = "clipdebias-lab",
+    model: Annotated[str, typer.Option(
+        "--model", help="open_clip model name (clipdebias-lab2: the two-shortcut lab model).")] = "clipdebias-lab",
 ) -> None:
     """Print zero-shot average, per-group and worst-group accuracy per split (8 groups and the shortcut cells on
     two-shortcut data)."""
