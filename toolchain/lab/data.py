@@ -26,7 +26,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -196,9 +196,8 @@ def make_lab_data(
                         class_texture=class_texture, shortcuts=shortcuts, co_object_scale=tuple(co_object_scale),
                         counterfactual=counterfactual, signature=signature, masks=masks)
     _check(cfg)
-    if cfg.signature is not None:  # stored in its canonical KIND:STRENGTH form
-        signed = parse_signature(cfg.signature)
-        cfg = LabDataConfig(**{**asdict(cfg), "signature": signed.spec() if signed else None})
+    signed = parse_signature(cfg.signature)
+    cfg = replace(cfg, signature=signed.spec() if signed else None)  # stored as KIND:STRENGTH (or null)
     out = Path(out)
     if not overwrite and out.is_dir() and any(out.iterdir()):
         raise ClipDebiasError(f"{out}: already exists and is not empty (pass --overwrite to replace it)")
