@@ -24,6 +24,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from clip_debias.runtime import metrics
 from clip_debias.runtime.backends import Backend, BackendOptions, select_backend
 from clip_debias.runtime.device_input import as_device_batch
 from clip_debias.runtime.errors import ArtifactError, InputError
@@ -47,11 +48,9 @@ class Prediction:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax over the last axis, computed stably in float64, returned as float32."""
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+    """Row-wise softmax over the last axis, computed stably in float64 (``runtime.metrics.softmax``), returned as
+    float32."""
+    return metrics.softmax(logits).astype(np.float32)
 
 
 def _check_contract(root: Path, m: Manifest) -> tuple[str, tuple[int, int, int]]:

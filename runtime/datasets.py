@@ -14,15 +14,28 @@
   ``list_attr_celeba.csv`` (Kaggle: ``image_id,5_o_Clock_Shadow,...``), and ``list_eval_partition.txt``
   (``filename partition``) or ``list_eval_partition.csv`` (``image_id,partition``); partition 0/1/2 =
   train/val/test. Target ``Blond_Hair``, attribute ``Male``, -1/1 -> 0/1, group = 2*y + a.
-- ``csv``: DATA is a ``.csv`` file, or a folder holding ``data.csv``. Columns ``path,label[,group][,split]``:
+- ``fairface``: DATA is FairFace as published: ``fairface_label_train.csv`` and ``fairface_label_val.csv`` (columns
+  ``file, age, gender, race[, service_test]``; ``file`` relative to DATA, e.g. ``train/1.jpg``), images under
+  ``train/`` and ``val/``. ``target`` (age | race | gender) is the class; ``protected`` (default gender, or race when
+  the target is gender) the first attribute, the remaining column the second; group = y * P + protected value.
+  Values in FairFace's spelling and order: age 0-2, 3-9, 10-19, 20-29, 30-39, 40-49, 50-59, 60-69, more than 70;
+  gender Male, Female; race White, Black, Latino_Hispanic, East Asian, Southeast Asian, Indian, Middle Eastern.
+  FairFace publishes no test split: ``val`` and ``test`` both read the validation labels (a warning says so).
+- ``csv``: DATA is a ``.csv`` file, or a folder holding ``data.csv``. Columns
+  ``path,label[,group][,split][,pair][,<attribute>...]``:
 
   - ``path``: image path relative to the CSV's folder;
   - ``label``: either all integers 0..C-1 (class names from ``classes``, else ``class_0``, ``class_1``, ...) or
     strings (the class names: sorted, or in the order of ``classes`` when given);
   - ``group``: optional integer >= 0 (names ``group_0``, ...); without it group = label (names = class names);
-  - ``split``: optional ``train``/``val``/``test``; without the column every row belongs to every split.
+  - ``split``: optional ``train``/``val``/``test``; without the column every row belongs to every split;
+  - ``pair``: optional counterfactual pair id, an integer >= 0 on exactly two rows (same split, same label), or
+    empty (not in a pair);
+  - every other column is an attribute (e.g. ``gender``; chosen as the protected one by ``--protected``): a value
+    on every row, all integers (ids; value names ``0``, ``1``, ...), all class names (ids of the classes: the value
+    *agrees* with the class of the same name), or other strings (sorted).
 
-  Classes and groups are counted over the whole file, so every split of one CSV gets the same names.
+  Classes, groups and attribute values are counted over the whole file, so every split of one CSV gets the same names.
 
 Image paths must stay inside the data folder (DATA; celeba: its image folder; csv: the CSV's folder): an absolute
 path, or one whose ``..`` climbs out of it, is refused with one line naming the file, line and column, unless
@@ -51,7 +64,7 @@ from clip_debias.runtime.errors import ClipDebiasError
 log = logging.getLogger("clip_debias.datasets")
 
 SPLITS = ("train", "val", "test")
-FORMATS = ("waterbirds", "celeba", "csv")
+FORMATS = ("waterbirds", "celeba", "fairface", "csv")
 
 WATERBIRDS_CLASSES = ["landbird", "waterbird"]
 WATERBIRDS_ATTRIBUTES = ["land", "water"]
@@ -59,6 +72,14 @@ WATERBIRDS_OBJECTS = ["flower", "boat"]  # the bias lab's co-occurring object (c
 CELEBA_TARGET, CELEBA_ATTRIBUTE = "Blond_Hair", "Male"
 CELEBA_CLASSES = ["not blond", "blond"]
 CELEBA_ATTRIBUTES = ["female", "male"]
+FAIRFACE_VALUES = {  # FairFace's columns and their values, in its spelling and order
+    "age": ("0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "more than 70"),
+    "gender": ("Male", "Female"),
+    "race": ("White", "Black", "Latino_Hispanic", "East Asian", "Southeast Asian", "Indian", "Middle Eastern"),
+}
+FAIRFACE_FILES = {"train": "fairface_label_train.csv", "val": "fairface_label_val.csv",
+                  "test": "fairface_label_val.csv"}
+CSV_COLUMNS = ("path", "label", "group", "split", "pair")  # every other csv column is an attribute
 
 
 @dataclass(frozen=True)
@@ -99,6 +120,19 @@ class DatasetIndex:
     attribute_names: list[str] = field(default_factory=list)
     group_source: str = "dataset"  # dataset | csv column | labels (see the module docstring)
     attributes: list[Attribute] = field(default_factory=list)
+    protected: str | None = None  # the attribute the fairness metrics are about (load_index's ``protected``)
+
+    def attribute_ids(self, name: str) -> list[int]:
+        """The value id of attribute ``name`` for every record (``attributes`` order; the first attribute of a
+        dataset that lists none in ``attributes`` is ``ImageRecord.attribute``)."""
+        position = [a.name for a in self.attributes].index(name) if self.attributes else None
+        return [r.attribute if position is None else r.attributes[position] for r in self.records]  # type: ignore
+
+    def all_attributes(self) -> list[Attribute]:
+        """``attributes``, or for a dataset that lists none there, its first attribute (``attribute_name``)."""
+        if self.attributes or self.attribute_name is None:
+            return list(self.attributes)
+        return [Attribute(self.attribute_name, tuple(self.attribute_names))]
 
     def __len__(self) -> int:
         return len(self.records)
@@ -118,10 +152,13 @@ class Table:
 
 
 def load_index(dataset: str, data: Path, split: str, *, classes: list[str] | None = None,
-               allow_outside_root: bool = False) -> DatasetIndex:
+               allow_outside_root: bool = False, target: str | None = None,
+               protected: str | None = None) -> DatasetIndex:
     """The records of ``split`` (train/val/test) of ``dataset`` (one of ``FORMATS``) stored at ``data``.
     ``classes`` names (and for string labels orders) the classes of a ``csv`` dataset. ``allow_outside_root``:
-    accept image paths that leave the data folder (see the module docstring)."""
+    accept image paths that leave the data folder (see the module docstring). ``target``: the class column of
+    ``fairface`` (required there, refused elsewhere). ``protected``: the attribute the fairness metrics are about
+    (``DatasetIndex.protected``), one of the dataset's attributes; default its first, if it has any."""
     data = Path(data)
     if dataset not in FORMATS:
         raise ClipDebiasError(f"dataset format '{dataset}' is unknown (expected one of: {', '.join(FORMATS)})")
@@ -131,11 +168,30 @@ def load_index(dataset: str, data: Path, split: str, *, classes: list[str] | Non
         raise ClipDebiasError(f"{data}: not found (expected the {dataset} dataset)")
     if classes is not None and dataset != "csv":
         raise ClipDebiasError(f"class names are fixed for the {dataset} format; give classes only for the csv format")
-    loaders = {"waterbirds": _load_waterbirds, "celeba": _load_celeba, "csv": _load_csv}
-    index = loaders[dataset](data, split, classes, allow_outside_root)
+    if (target is not None) != (dataset == "fairface"):
+        raise ClipDebiasError(f"--target: the fairface format needs one of {', '.join(FAIRFACE_VALUES)}"
+                              if target is None else f"--target {target}: only the fairface format has a target")
+    if dataset == "fairface":
+        index = _load_fairface(data, split, target, protected, allow_outside_root)  # type: ignore[arg-type]
+    else:
+        loaders = {"waterbirds": _load_waterbirds, "celeba": _load_celeba, "csv": _load_csv}
+        index = loaders[dataset](data, split, classes, allow_outside_root)
     if not index.records:
         raise ClipDebiasError(f"{data}: split '{split}' of the {dataset} dataset has no images")
+    index.protected = _protected(index, protected)
     return index
+
+
+def _protected(index: DatasetIndex, protected: str | None) -> str | None:
+    """``protected`` when it names one of the index's attributes (one line otherwise); default the first."""
+    names = [a.name for a in index.all_attributes()]
+    if protected is None:
+        return names[0] if names else None
+    if protected not in names:
+        has = f"has the attribute(s) {', '.join(names)}" if names else "has no attribute"
+        hint = " (a csv names its attributes by extra columns)" if index.dataset == "csv" else ""
+        raise ClipDebiasError(f"--protected {protected}: {index.root} ({index.dataset}) {has}{hint}")
+    return protected
 
 
 # ---- shared parsing -------------------------------------------------------------------------------------------
@@ -333,14 +389,55 @@ def _class_ids(table: Table, classes: list[str] | None) -> tuple[list[int], list
     return [position[v] for _, v in values], names
 
 
+def _attribute_ids(table: Table, column: str, class_names: list[str]) -> tuple[list[int], tuple[str, ...]]:
+    """The value id of every row in an attribute column of a csv-format table, and the value names (see the module
+    docstring: integers, class names, or other strings sorted)."""
+    values = [(line, row[column]) for line, row in table.rows]
+    for line, v in values:
+        if not v:
+            raise ClipDebiasError(f"{table.where(line, column)} is empty (an attribute column needs a value on every "
+                                  "row)")
+    if all(v.isascii() and v.isdigit() for _, v in values):
+        ids = [int(v) for _, v in values]
+        return ids, tuple(str(i) for i in range(max(ids) + 1))
+    names = list(class_names) if {v for _, v in values} <= set(class_names) else sorted({v for _, v in values})
+    position = {n: i for i, n in enumerate(names)}
+    return [position[v] for _, v in values], tuple(names)
+
+
+def _pair_ids(table: Table, labels: list[int]) -> list[int | None]:
+    """The ``pair`` column: an id >= 0 on exactly two rows of one split and one label, or empty."""
+    pairs = [parse_int(table, line, "pair", row["pair"]) if row["pair"] else None for line, row in table.rows]
+    rows_of: dict[int, list[int]] = {}
+    for i, pair in enumerate(pairs):
+        if pair is not None:
+            rows_of.setdefault(pair, []).append(i)
+    for pair, rows in rows_of.items():
+        lines = [table.rows[i][0] for i in rows]
+        if len(rows) != 2:
+            raise ClipDebiasError(f"{table.where(lines[0], 'pair')}: pair {pair} is on {len(rows)} row(s) (lines "
+                                  f"{', '.join(map(str, lines[:4]))}); a counterfactual pair is two images")
+        split_of = [table.rows[i][1].get("split") for i in rows]
+        if split_of[0] != split_of[1] or labels[rows[0]] != labels[rows[1]]:
+            what = "split" if split_of[0] != split_of[1] else "label"
+            raise ClipDebiasError(f"{table.where(lines[1], 'pair')}: pair {pair} has a different {what} from line "
+                                  f"{lines[0]} (the two images of a pair share their split and class)")
+    return pairs
+
+
 def _load_csv(data: Path, split: str, classes: list[str] | None, outside: bool) -> DatasetIndex:
     path = _require_file(data / "data.csv", "a CSV with columns path,label[,group][,split]") if data.is_dir() else data
     table = read_csv(path, ("path", "label"))
     ids, class_names = _class_ids(table, classes)
     has_group, has_split = "group" in table.columns, "split" in table.columns
     groups = [parse_int(table, line, "group", row["group"]) for line, row in table.rows] if has_group else ids
+    pairs = _pair_ids(table, ids) if "pair" in table.columns else [None] * len(ids)
+    columns = [c for c in table.columns if c not in CSV_COLUMNS]
+    parsed = [_attribute_ids(table, c, class_names) for c in columns]
+    attributes = [Attribute(c, names) for c, (_, names) in zip(columns, parsed)]
+    values = list(zip(*(v for v, _ in parsed))) if parsed else [()] * len(ids)
     records = []
-    for (line, row), label, group in zip(table.rows, ids, groups):
+    for (line, row), label, group, pair, attrs in zip(table.rows, ids, groups, pairs, values):
         if has_split and row["split"] not in SPLITS:
             raise ClipDebiasError(f"{table.where(line, 'split')} must be one of {', '.join(SPLITS)}, "
                                   f"got '{row['split']}'")
@@ -348,10 +445,48 @@ def _load_csv(data: Path, split: str, classes: list[str] | None, outside: bool) 
             raise ClipDebiasError(f"{table.where(line, 'path')} is empty (expected an image path)")
         image = image_path(path.parent, table, line, "path", row["path"], outside)
         if not has_split or row["split"] == split:
-            records.append(ImageRecord(image, label, group))
+            records.append(ImageRecord(image, label, group, attrs[0] if attrs else None, tuple(attrs), pair))
     group_names = [f"group_{g}" for g in range(max(groups, default=-1) + 1)] if has_group else list(class_names)
     if not has_split:  # train, val and test are the same images: say so, a "test" result here is not held out
         log.warning("warning: %s has no 'split' column: split '%s' is every row of the file (so is every other "
                     "split)", path, split)
+    first = attributes[0] if attributes else None
     return DatasetIndex("csv", path.parent, split, records, class_names, group_names,
-                        group_source="csv column" if has_group else "labels")
+                        first.name if first else None, list(first.values) if first else [],
+                        group_source="csv column" if has_group else "labels", attributes=attributes)
+
+
+def _load_fairface(data: Path, split: str, target: str, protected: str | None, outside: bool) -> DatasetIndex:
+    if target not in FAIRFACE_VALUES:
+        raise ClipDebiasError(f"--target {target}: expected one of {', '.join(FAIRFACE_VALUES)} (a FairFace column)")
+    others = [c for c in FAIRFACE_VALUES if c != target]
+    protected = protected or others[0]
+    if protected not in others:
+        raise ClipDebiasError(f"--protected {protected}: expected one of {', '.join(others)} (a FairFace column other "
+                              f"than the target {target})")
+    columns = [protected, *(c for c in others if c != protected)]
+    name = FAIRFACE_FILES[split]
+    path = _require_file(data / name, f"FairFace's {split} labels with columns file, age, gender, race")
+    if split == "test":
+        log.warning("warning: FairFace publishes no test split: split 'test' reads %s, the validation labels", name)
+    table = read_csv(path, ("file", *FAIRFACE_VALUES))
+
+    def value_id(line: int, row: dict[str, str], column: str) -> int:
+        allowed = FAIRFACE_VALUES[column]
+        if row[column] not in allowed:
+            raise ClipDebiasError(f"{table.where(line, column)} must be one of {', '.join(allowed)}, "
+                                  f"got '{row[column]}'")
+        return allowed.index(row[column])
+
+    width = len(FAIRFACE_VALUES[protected])
+    records = []
+    for line, row in table.rows:
+        y = value_id(line, row, target)
+        attrs = tuple(value_id(line, row, c) for c in columns)
+        records.append(ImageRecord(image_path(data, table, line, "file", row["file"], outside), y,
+                                   y * width + attrs[0], attrs[0], attrs))
+    classes = list(FAIRFACE_VALUES[target])
+    return DatasetIndex("fairface", data, split, records, classes,
+                        crossed_groups(classes, list(FAIRFACE_VALUES[protected])), protected,
+                        list(FAIRFACE_VALUES[protected]),
+                        attributes=[Attribute(c, FAIRFACE_VALUES[c]) for c in columns])

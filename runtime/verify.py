@@ -16,16 +16,28 @@ A gate cannot pass by omission:
   ``min_worst_group`` FAIL, naming it.
 - **Skipped images** (``skip_bad``): at most ``max_skipped`` (default 1 % of the split) may be left out; beyond it
   the ``max_skipped`` threshold FAILs.
+- **Bias gates** (``max_gap``, ``max_flip_rate``, ``max_skew``, ``max_eo_gap``, ``max_dp_gap``): asked for on data
+  that lacks what the metric needs (two class-aligned spurious attributes, counterfactual pairs, a protected
+  attribute with two values in the split) they are refused in one line before the model runs; a metric left
+  undefined by the images read (every pair incomplete, a (class, value) cell with no image) FAILs its gate.
 - Every threshold's result records what it was computed over (``over``).
 
+Bias metrics (``runtime.metrics.bias_metrics``, from the logits of the images read; inputs from
+``runtime.metric_inputs``): the Whac-A-Mole ``shortcut_gaps``, the ``counterfactual`` flip rate, MaxSkew@k
+(``skew``) and the equal-opportunity / demographic-parity gaps (``parity``), each in the report when the data allows
+it, else named in ``not_computed`` with the reason.
+
 Thresholds: ``min_accuracy`` and ``min_worst_group`` are fractions in [0, 1]; ``max_latency_ms`` applies to p95;
-``max_skipped`` is a ``MaxSkipped``.
+``max_skipped`` is a ``MaxSkipped``; ``max_gap`` maps a gap name (``bg``, ``coobj``, ``bg+coobj``) to the largest
+|gap| allowed; ``max_flip_rate``, ``max_eo_gap``, ``max_dp_gap`` are fractions; ``max_skew`` bounds MaxSkew@k (a
+natural log, >= 0) over every class and k.
 Precision gate: a bf16 run (OpenVINO; no export writes or gates a bf16 file) is first compared with the same
 artifact's fp32 graph on ONNX Runtime on the gate batch (``runtime.parity``: max logit diff, embedding cosine, argmax
 agreement); the report holds the numbers (``precision_gate``) and a failed gate fails the run (exit 1).
 Engines: the model runs over the split in this process (``LocalEngine``, the default) or elsewhere
 (``clip_debias.serving.ray_verify.RayEngine``: a Ray Data pipeline); every engine returns ``Predictions`` and the
-numbers above are computed here from them, one implementation for all.
+numbers above (the bias metrics too: ``Predictions`` carry the logits) are computed here from them by ``aggregate``,
+one implementation for all; ``prepare`` does everything before the model runs.
 """
 
 from __future__ import annotations
@@ -46,7 +58,10 @@ from clip_debias.runtime.datasets import DatasetIndex, load_index
 from clip_debias.runtime.errors import ClipDebiasError, InputError
 from clip_debias.runtime.integrity import check_digest
 from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SKIPPED, MaxSkipped
-from clip_debias.runtime.metrics import AccuracyReport, accuracy_report
+from clip_debias.runtime.metric_inputs import MetricOptions, metric_inputs
+from clip_debias.runtime.metrics import (GAP_CELLS, GAP_NAMES, AccuracyReport, BiasInputs, BiasMetrics,
+                                         CounterfactualReport, ParityReport, ShortcutGaps, SkewReport,
+                                         accuracy_report, bias_metrics)
 from clip_debias.runtime.parity import GateResult, precision_gate
 
 GATED_AT_VERIFY = ("bf16",)  # precisions without an exported, export-gated file: gated against fp32 here
@@ -62,14 +77,32 @@ class Thresholds:
     min_worst_group: float | None = None
     max_latency_ms: float | None = None
     max_skipped: MaxSkipped | None = None
+    max_gap: dict[str, float] = field(default_factory=dict)
+    max_flip_rate: float | None = None
+    max_skew: float | None = None
+    max_eo_gap: float | None = None
+    max_dp_gap: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("min_accuracy", "min_worst_group"):
+        for name in ("min_accuracy", "min_worst_group", "max_flip_rate", "max_eo_gap", "max_dp_gap"):
             v = getattr(self, name)
             if v is not None and not 0.0 <= v <= 1.0:
                 raise InputError(f"threshold {name} = {v} must be a fraction in [0, 1] (0.9 means 90%)")
         if self.max_latency_ms is not None and not self.max_latency_ms > 0:
             raise InputError(f"threshold max_latency_ms = {self.max_latency_ms} must be > 0")
+        if self.max_skew is not None and not self.max_skew >= 0:
+            raise InputError(f"threshold max_skew = {self.max_skew} must be >= 0 (MaxSkew is a log ratio, >= 0)")
+        for name, v in self.max_gap.items():
+            if name not in GAP_NAMES:
+                raise InputError(f"threshold max_gap: unknown gap '{name}' (expected {', '.join(GAP_NAMES)})")
+            if not 0.0 <= v <= 1.0:
+                raise InputError(f"threshold max_gap {name} = {v} must be a fraction in [0, 1] (the largest |gap|)")
+
+    def sections(self) -> dict[str, str]:
+        """{threshold: the bias section it needs} for the bias gates that are set."""
+        need = {"max_gap": "shortcut_gaps", "max_flip_rate": "counterfactual", "max_skew": "skew",
+                "max_eo_gap": "parity", "max_dp_gap": "parity"}
+        return {name: section for name, section in need.items() if getattr(self, name) not in (None, {})}
 
 
 @dataclass
@@ -116,6 +149,12 @@ class VerifyReport:
     missing_groups: list[str] = field(default_factory=list)  # expected groups with no image counted
     artifact_digest: str | None = None
     report: str = VERIFY_REPORT
+    protected: str | None = None  # the attribute skew, parity and the counterfactual pairs are about
+    shortcut_gaps: ShortcutGaps | None = None  # runtime.metrics (the module docstring says how each is computed)
+    counterfactual: CounterfactualReport | None = None
+    skew: SkewReport | None = None
+    parity: ParityReport | None = None
+    not_computed: dict[str, str] = field(default_factory=dict)  # bias section -> why the data does not give it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -184,16 +223,100 @@ def check_thresholds(t: Thresholds, acc: AccuracyReport, p95_ms: float, over: di
     return out
 
 
+def require_gate_data(t: Thresholds, inputs: BiasInputs, index: DatasetIndex) -> None:
+    """Refuse (one ``InputError`` line) a bias gate the data cannot feed: the section it needs is missing from
+    ``inputs``, or (``max_skew``) the protected attribute has under two values in the split."""
+    for name, section in t.sections().items():
+        if section in inputs.missing:
+            raise InputError(f"threshold {name} (--{name.replace('_', '-')}): {inputs.missing[section]}")
+        if section == "skew" and inputs.protected is not None and np.unique(inputs.protected.ids).size < 2:
+            raise InputError(f"threshold {name} (--max-skew): the protected attribute '{inputs.protected.name}' has "
+                             f"{np.unique(inputs.protected.ids).size} value in split '{index.split}' of "
+                             f"{index.root} (a skew compares at least two)")
+
+
+def _undefined(section: str, bias: BiasMetrics) -> str:
+    return bias.not_computed.get(section, f"{section} was not computed")
+
+
+def check_bias_thresholds(t: Thresholds, bias: BiasMetrics) -> dict[str, ThresholdResult]:
+    """The bias gates that are set, each with its value, verdict and ``over``; a value the images read leave
+    undefined (None) FAILs with the reason."""
+    out: dict[str, ThresholdResult] = {}
+    g = bias.shortcut_gaps
+    for name, limit in t.max_gap.items():
+        key = f"max_gap_{name}"
+        if g is None:
+            out[key] = ThresholdResult(limit, None, False, {}, _undefined("shortcut_gaps", bias))
+            continue
+        value = g.gaps[name]
+        over = {"statistic": f"|acc({GAP_CELLS[name]}) - I.D. accuracy| (background/object agreement)",
+                "attributes": g.attributes, "p_agree": g.p_agree, "p_agree_from": g.p_agree_from,
+                "groups": {k: v.n for k, v in g.groups.items()}, "missing": g.missing}
+        reason = (f"group(s) {', '.join(g.missing)} have no image" if value is None else
+                  f"|{value:.4f}| > {limit}" if abs(value) > limit else "")
+        out[key] = ThresholdResult(limit, value, value is not None and abs(value) <= limit, over, reason)
+    c = bias.counterfactual
+    if t.max_flip_rate is not None:
+        limit = t.max_flip_rate
+        if c is None:
+            out["max_flip_rate"] = ThresholdResult(limit, None, False, {}, _undefined("counterfactual", bias))
+        else:
+            over = {"statistic": "fraction of pairs whose predicted labels differ", "pairs": c.pairs,
+                    "pairs_in_split": c.pairs_in_split, "excluded": c.excluded, "protected": c.protected}
+            reason = ("no complete pair" + (f" differing in '{c.protected}'" if c.protected else "") + " was read"
+                      if c.flip_rate is None else "")
+            out["max_flip_rate"] = ThresholdResult(limit, c.flip_rate, c.flip_rate is not None and
+                                                   c.flip_rate <= limit, over, reason)
+    s = bias.skew
+    if t.max_skew is not None:
+        if s is None:
+            out["max_skew"] = ThresholdResult(t.max_skew, None, False, {}, _undefined("skew", bias))
+        else:
+            worst = max(s.at_k, key=lambda a: a.max_max_skew)
+            over = {"statistic": "max over classes and k of MaxSkew@k", "attribute": s.attribute,
+                    "values": s.values, "k": [a.k for a in s.at_k], "images": s.n,
+                    "worst": {"class": worst.max_class, "k": worst.k,
+                              "value": worst.classes[worst.max_class].max_value}}
+            out["max_skew"] = ThresholdResult(t.max_skew, worst.max_max_skew, worst.max_max_skew <= t.max_skew,
+                                              over)
+    p = bias.parity
+    for name, label in (("max_eo_gap", "eo"), ("max_dp_gap", "dp")):
+        limit = getattr(t, name)
+        if limit is None:
+            continue
+        if p is None:
+            out[name] = ThresholdResult(limit, None, False, {}, _undefined("parity", bias))
+            continue
+        value, where = getattr(p, f"max_{label}_gap"), getattr(p, f"max_{label}_class")
+        if label == "eo":
+            statistic, empty = "max over classes of max_a recall - min_a recall", p.missing
+        else:
+            statistic = "max over classes of max_a P(pred = c | A = a) - min_a P(pred = c | A = a)"
+            empty = [v for v in p.values if all(cp.positive_rate[v] is None for cp in p.classes.values())]
+        over = {"statistic": statistic, "attribute": p.attribute, "values": p.values, "classes": len(p.classes),
+                "worst_class": where, "missing": empty}
+        reason = (f"{'cell(s)' if label == 'eo' else 'value(s)'} {', '.join(empty[:6])} have no image" if empty
+                  else "no class has images of two values" if value is None else "")
+        out[name] = ThresholdResult(limit, value, value is not None and value <= limit and not empty, over, reason)
+    return out
+
+
 @dataclass
 class Predictions:
-    """What an engine returns for the split's records (dataset order): ``preds`` [n] int64 argmax of the logits
-    (undefined where not ``kept``), ``kept`` [n] bool (False: unreadable and left out, ``skip_bad``), the model time
-    of each batch in ms (every engine times the backend call alone, after its warm-up), and the wall time."""
+    """What an engine returns for the split's records (dataset order): ``logits`` [n, C] float32 (undefined where not
+    ``kept``), ``kept`` [n] bool (False: unreadable and left out, ``skip_bad``), the model time of each batch in ms
+    (every engine times the backend call alone, after its warm-up), and the wall time."""
 
-    preds: np.ndarray
+    logits: np.ndarray
     kept: np.ndarray
     latencies_ms: list[float]
     wall_s: float
+
+    @property
+    def preds(self) -> np.ndarray:
+        """[n] argmax of the logits."""
+        return self.logits.argmax(axis=1)
 
 
 class Engine(Protocol):
@@ -230,7 +353,7 @@ class LocalEngine:
 
     def predict(self, records: list[Any], batch_size: int, skip_bad: bool, split: str) -> Predictions:
         clf, warmup, workers = self.clf, self.warmup, self.workers
-        preds = np.empty(len(records), dtype=np.int64)
+        out = np.zeros((len(records), len(self.class_names)), dtype=np.float32)
         kept = np.ones(len(records), dtype=bool)  # False: unreadable and left out (skip_bad)
 
         def decode(r: Any) -> np.ndarray | None:
@@ -269,10 +392,126 @@ class LocalEngine:
                     logits, emb = clf.backend.run(x)
                     latencies.append((time.perf_counter() - t0) * 1000.0)
                     check_finite(clf, logits, emb, [r.path for r, a in zip(chunk, arrays) if a is not None])
-                    preds[done : done + len(chunk)][ok] = np.asarray(logits).argmax(axis=1)
+                    out[done : done + len(chunk)][ok] = np.asarray(logits, dtype=np.float32)
                 done += len(chunk)
                 bar.update(task, advance=len(chunk))
-        return Predictions(preds, kept, latencies, time.perf_counter() - t_start)
+        return Predictions(out, kept, latencies, time.perf_counter() - t_start)
+
+
+@dataclass
+class VerifyJob:
+    """What verify knows before the model runs: the split's index and labels, the groups it must hold, the bias
+    metrics' inputs, the thresholds and how the run is batched."""
+
+    artifact: str
+    dataset: str
+    data: str
+    split: str
+    index: DatasetIndex
+    class_names: list[str]  # the artifact's
+    labels: np.ndarray
+    group_ids: np.ndarray
+    group_names: list[str]
+    groups_from: str
+    inputs: BiasInputs
+    thresholds: Thresholds
+    batch_size: int
+    skip_bad: bool
+    warmup: int
+
+
+def prepare(artifact: str | Path, class_names: list[str], manifest_groups: list[str], dataset: str,
+            data: str | Path, split: str = "test", thresholds: Thresholds | None = None, *, batch_size: int = 32,
+            skip_bad: bool = False, warmup: int = 2, groups: list[str] | None = None,
+            allow_outside_root: bool = False, target: str | None = None, protected: str | None = None,
+            metric_options: MetricOptions | None = None) -> VerifyJob:
+    """Index the split, check it against the artifact's classes, resolve its groups and the bias inputs, and refuse
+    (one line) a bias gate the data cannot feed -- all before the model runs. Arguments: see ``verify``."""
+    if batch_size <= 0:
+        raise InputError(f"batch size must be positive, got {batch_size}")
+    thresholds = thresholds or Thresholds()
+    index = load_index(dataset, Path(data), split, classes=class_names if dataset == "csv" else None,
+                       allow_outside_root=allow_outside_root, target=target, protected=protected)
+    if len(index.class_names) != len(class_names):
+        raise ClipDebiasError(
+            f"{data}: the {dataset} dataset has {len(index.class_names)} classes {index.class_names}, "
+            f"the artifact {len(class_names)} {class_names}"
+        )
+    group_names, groups_from = resolve_groups(index, manifest_groups, groups)
+    labels = np.array([r.label for r in index.records], dtype=np.int64)
+    if labels.min() < 0 or labels.max() >= len(class_names):
+        raise ClipDebiasError(f"{data}: labels outside 0..{len(class_names) - 1}")
+    inputs = metric_inputs(index, metric_options)
+    inputs.class_names = list(class_names)
+    require_gate_data(thresholds, inputs, index)
+    return VerifyJob(str(artifact), dataset, str(data), split, index, list(class_names), labels,
+                     np.array([r.group for r in index.records], dtype=np.int64), group_names, groups_from, inputs,
+                     thresholds, batch_size, skip_bad, warmup)
+
+
+def aggregate(job: VerifyJob, run: Predictions, backend_info: dict[str, Any], *, digest: str | None = None,
+              gate: GateResult | None = None) -> VerifyReport:
+    """The report of ``run`` (any engine's ``Predictions`` for ``job``'s records): accuracy, groups, latency, the
+    bias metrics and every threshold (module docstring). ``backend_info``: what ran the model
+    (``Classifier.info()``); ``gate``: the precision gate's result, when one ran."""
+    records, kept, t = job.index.records, run.kept, job.thresholds
+    if not kept.any():
+        raise ClipDebiasError(f"{job.data}: none of the {len(records)} images of split '{job.split}' could be read")
+    n = int(kept.sum())
+    skipped = [str(r.path) for r, ok in zip(records, kept) if not ok]
+    logits, labels = run.logits[kept], job.labels[kept]
+    acc = accuracy_report(logits.argmax(axis=1), labels, job.group_ids[kept], job.group_names,
+                          expected=job.group_names)
+    pairs_in_split = (len(np.unique(job.inputs.pairs[job.inputs.pairs >= 0]))
+                      if job.inputs.pairs is not None else 0)
+    bias = bias_metrics(logits, labels, job.inputs.rows(kept), pairs_in_split)
+    lat = np.asarray(run.latencies_ms)
+    p50, p95, p99 = (float(v) for v in np.percentile(lat, [50, 95, 99]))
+    over = {
+        "accuracy": {"images": n, "images_in_split": len(records), "skipped": len(skipped),
+                     "statistic": "mean over the images read of [argmax logits == label]"},
+        "worst_group": {"groups": {k: g.n for k, g in acc.groups.items()}, "expected_groups": job.group_names,
+                        "groups_from": job.groups_from, "missing": acc.missing,
+                        "statistic": "min over the groups with images of the group's accuracy"},
+        "latency": {"statistic": "p95 of the model time per batch", "batches": len(lat),
+                    "batch_size": job.batch_size, "warmup_runs": job.warmup, "backend": backend_info.get("backend"),
+                    "device": backend_info.get("device"), "precision": backend_info.get("precision")},
+    }
+    checks = check_thresholds(t, acc, p95, over, len(skipped), len(records), job.skip_bad)
+    checks.update(check_bias_thresholds(t, bias))
+    passed = all(c.passed for c in checks.values()) and (gate is None or gate.passed)
+    index = job.index
+    return VerifyReport(
+        accuracy=acc.accuracy,
+        worst_group_accuracy=acc.worst_group_accuracy,
+        worst_group=acc.worst_group,
+        groups={k: {"n": g.n, "accuracy": g.accuracy} for k, g in acc.groups.items()},
+        latency_ms={"p50": p50, "p95": p95, "p99": p99, "mean": float(lat.mean())},
+        throughput_per_s=float(n / max(lat.sum() / 1000.0, 1e-9)),
+        thresholds=checks,
+        passed=passed,
+        artifact=job.artifact,
+        dataset=job.dataset,
+        data=job.data,
+        split=job.split,
+        n=n,
+        batch_size=job.batch_size,
+        n_batches=len(lat),
+        backend=backend_info,
+        end_to_end_per_s=float(n / max(run.wall_s, 1e-9)),
+        class_names=job.class_names,
+        dataset_class_names=list(index.class_names),
+        class_names_match=list(index.class_names) == job.class_names,
+        skipped=skipped,
+        precision_gate=gate.to_dict() if gate is not None else None,
+        n_split=len(records),
+        expected_groups=job.group_names,
+        groups_from=job.groups_from,
+        missing_groups=acc.missing,
+        artifact_digest=digest,
+        protected=index.protected,
+        **bias.sections(),  # type: ignore[arg-type]
+    )
 
 
 def verify(
@@ -298,18 +537,22 @@ def verify(
     allow_outside_root: bool = False,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     engine: Engine | None = None,
+    target: str | None = None,
+    protected: str | None = None,
+    metric_options: MetricOptions | None = None,
 ) -> VerifyReport:
     """Load the artifact (or use ``classifier``), index ``split`` of ``dataset`` at ``data``, classify every image
-    in batches of ``batch_size`` and build the report. ``workers`` threads decode/preprocess images (default
-    min(4, cpus)); decoding never overlaps a timed model call. ``cuda_graph``, ``expected_digest``, ``max_pixels``:
-    see ``runtime.load``. ``skip_bad``: an unreadable image is left out and listed in ``skipped`` (its batch runs
-    smaller) instead of stopping, up to ``thresholds.max_skipped``. ``groups``: names of a csv's group ids (see
-    ``resolve_groups``). ``allow_outside_root``: see ``runtime.datasets``. ``engine``: where the model runs
+    in batches of ``batch_size`` and build the report (``prepare`` -> ``engine.predict`` -> ``aggregate``).
+    ``workers`` threads decode/preprocess images (default min(4, cpus)); decoding never overlaps a timed model call.
+    ``cuda_graph``, ``expected_digest``, ``max_pixels``: see ``runtime.load``. ``skip_bad``: an unreadable image is
+    left out and listed in ``skipped`` (its batch runs smaller) instead of stopping, up to
+    ``thresholds.max_skipped``. ``groups``: names of a csv's group ids (see ``resolve_groups``).
+    ``allow_outside_root``, ``target`` (fairface), ``protected``: see ``runtime.datasets.load_index``.
+    ``metric_options``: the bias metrics' options (``runtime.metric_inputs``). ``engine``: where the model runs
     (default: ``LocalEngine`` on ``classifier`` or the loaded artifact; the loading, ``warmup``, ``workers`` and
     ``progress`` arguments are then the engine's, ``expected_digest`` is checked against ``engine.digest``)."""
     if batch_size <= 0:
         raise InputError(f"batch size must be positive, got {batch_size}")
-    thresholds = thresholds or Thresholds()
     loaded_here = engine is None and classifier is None  # then load() checked expected_digest itself
     if engine is None:
         clf = classifier or load(artifact, backend=backend, device=device, precision=precision,
@@ -318,73 +561,12 @@ def verify(
     if expected_digest is not None and not loaded_here:
         check_digest(engine.root, engine.digest or "not computed (loaded with check_sha256=False)", expected_digest)
     gate = engine.precision_gate()
-    names = engine.class_names
-    index = load_index(dataset, Path(data), split, classes=names if dataset == "csv" else None,
-                       allow_outside_root=allow_outside_root)
-    if len(index.class_names) != len(names):
-        raise ClipDebiasError(
-            f"{data}: the {dataset} dataset has {len(index.class_names)} classes {index.class_names}, "
-            f"the artifact {len(names)} {names}"
-        )
-    group_names, groups_from = resolve_groups(index, engine.group_names, groups)
-    records = index.records
-    labels = np.array([r.label for r in records], dtype=np.int64)
-    group_ids = np.array([r.group for r in records], dtype=np.int64)
-    if labels.min() < 0 or labels.max() >= len(names):
-        raise ClipDebiasError(f"{data}: labels outside 0..{len(names) - 1}")
-
-    run = engine.predict(records, batch_size, skip_bad, split)
-    preds, kept, latencies, wall = run.preds, run.kept, run.latencies_ms, run.wall_s
-    if not kept.any():
-        raise ClipDebiasError(f"{data}: none of the {len(records)} images of split '{split}' could be read")
-    n = int(kept.sum())
-    skipped = [str(r.path) for r, ok in zip(records, kept) if not ok]
-
-    acc = accuracy_report(preds[kept], labels[kept], group_ids[kept], group_names, expected=group_names)
-    lat = np.asarray(latencies)
-    p50, p95, p99 = (float(v) for v in np.percentile(lat, [50, 95, 99]))
-    info = engine.info()
-    over = {
-        "accuracy": {"images": n, "images_in_split": len(records), "skipped": len(skipped),
-                     "statistic": "mean over the images read of [argmax logits == label]"},
-        "worst_group": {"groups": {k: g.n for k, g in acc.groups.items()}, "expected_groups": group_names,
-                        "groups_from": groups_from, "missing": acc.missing,
-                        "statistic": "min over the groups with images of the group's accuracy"},
-        "latency": {"statistic": "p95 of the model time per batch", "batches": len(latencies),
-                    "batch_size": batch_size, "warmup_runs": warmup, "backend": info.get("backend"),
-                    "device": info.get("device"), "precision": info.get("precision")},
-    }
-    checks = check_thresholds(thresholds, acc, p95, over, len(skipped), len(records), skip_bad)
-    passed = all(c.passed for c in checks.values()) and (gate is None or gate.passed)
-    return VerifyReport(
-        accuracy=acc.accuracy,
-        worst_group_accuracy=acc.worst_group_accuracy,
-        worst_group=acc.worst_group,
-        groups={k: {"n": g.n, "accuracy": g.accuracy} for k, g in acc.groups.items()},
-        latency_ms={"p50": p50, "p95": p95, "p99": p99, "mean": float(lat.mean())},
-        throughput_per_s=float(n / max(lat.sum() / 1000.0, 1e-9)),
-        thresholds=checks,
-        passed=passed,
-        artifact=str(engine.root),
-        dataset=dataset,
-        data=str(data),
-        split=split,
-        n=n,
-        batch_size=batch_size,
-        n_batches=len(latencies),
-        backend=info,
-        end_to_end_per_s=float(n / max(wall, 1e-9)),
-        class_names=names,
-        dataset_class_names=list(index.class_names),
-        class_names_match=list(index.class_names) == names,
-        skipped=skipped,
-        precision_gate=gate.to_dict() if gate is not None else None,
-        n_split=len(records),
-        expected_groups=group_names,
-        groups_from=groups_from,
-        missing_groups=acc.missing,
-        artifact_digest=engine.digest,
-    )
+    job = prepare(engine.root, engine.class_names, engine.group_names, dataset, data, split, thresholds,
+                  batch_size=batch_size, skip_bad=skip_bad, warmup=warmup, groups=groups,
+                  allow_outside_root=allow_outside_root, target=target, protected=protected,
+                  metric_options=metric_options)
+    run = engine.predict(job.index.records, batch_size, skip_bad, split)
+    return aggregate(job, run, engine.info(), digest=engine.digest, gate=gate)
 
 
 def gate_against_fp32(clf: Classifier) -> GateResult:

@@ -3,7 +3,7 @@
 The driver reads the dataset index (``runtime.datasets``, as local ``verify`` does); Ray Data maps it in batches of
 ``batch_size`` over a pool of ``actors`` actors (``map_batches`` with a callable class: one ``runtime.load`` per
 actor). Each actor decodes and preprocesses its batch, warms its backend up on its first batch, and times the backend
-call alone per batch (latency per actor); it returns each image's argmax and whether it was read. The driver puts
+call alone per batch (latency per actor); it returns each image's logits and whether it was read. The driver puts
 the predictions back in dataset order and ``runtime.verify.verify`` computes every number from them, the same code
 as for a local run, so the report is the local one (same JSON schema; accuracies and groups equal) with Ray's part
 in its ``backend`` entry: ``engine: "ray"``, the address, the actor count and each actor's batches and latency.
@@ -98,7 +98,7 @@ class VerifyActor:
         errors: list[str] = []
         arrays = [self._decode(p, errors) for p in paths]
         ok = np.array([a is not None for a in arrays])
-        preds = np.full(n, -1, dtype=np.int64)
+        out = np.zeros((n, len(self.clf.class_names)), dtype=np.float32)
         latency = np.nan
         if ok.any() and not errors:
             x = self.clf.check_batch(np.stack([a for a in arrays if a is not None]))
@@ -113,13 +113,13 @@ class VerifyActor:
                 check_finite(self.clf, logits, emb, [p for p, a in zip(paths, arrays) if a is not None])
             except InputError as e:
                 errors.append(str(e))
-            preds[ok] = np.asarray(logits).argmax(axis=1)
+            out[ok] = np.asarray(logits, dtype=np.float32)
         if errors:  # returned as data: Ray would wrap a raised error past recognition
-            return {"i": batch["i"], "pred": preds, "kept": np.zeros(n, dtype=bool),
+            return {"i": batch["i"], "logits": out, "kept": np.zeros(n, dtype=bool),
                     "actor": np.array([self.name] * n), "batch": np.full(n, 0), "latency_ms": np.full(n, np.nan),
                     "error": np.array([errors[0]] * n)}
         self.batches += 1
-        return {"i": batch["i"], "pred": preds, "kept": ok, "actor": np.array([self.name] * n),
+        return {"i": batch["i"], "logits": out, "kept": ok, "actor": np.array([self.name] * n),
                 "batch": np.full(n, self.batches), "latency_ms": np.full(n, latency), "error": np.array([""] * n)}
 
 
@@ -218,7 +218,7 @@ class RayEngine:
             compute=ray.data.ActorPoolStrategy(size=self.actors), num_cpus=self.cpus_per_actor, num_gpus=self._gpus,
             fn_constructor_kwargs={"artifact": str(self.root), "warmup": self.warmup, "skip_bad": skip_bad,
                                    "load_args": {**self.load_args, "intra_op_threads": threads}})
-        cols: dict[str, list[np.ndarray]] = {k: [] for k in ("i", "pred", "kept", "actor", "batch", "latency_ms")}
+        cols: dict[str, list[np.ndarray]] = {k: [] for k in ("i", "logits", "kept", "actor", "batch", "latency_ms")}
         try:
             for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 failed = [m for m in np.asarray(b["error"]).tolist() if m]
@@ -230,11 +230,11 @@ class RayEngine:
             raise
         except Exception as e:  # noqa: BLE001 (Ray Data wraps the actor's error)
             raise _user_error(e) or e from None
-        i, pred, ok, actor, batch_id, latency = (np.concatenate(cols[k]) for k in cols)
+        i, rows, ok, actor, batch_id, latency = (np.concatenate(cols[k]) for k in cols)
         if sorted(i.tolist()) != list(range(len(records))):
             raise RuntimeError(f"Ray Data returned {len(i)} rows for {len(records)} images")  # never expected
-        preds = np.empty(len(records), dtype=np.int64)
+        logits = np.zeros((len(records), rows.shape[1]), dtype=np.float32)
         kept = np.ones(len(records), dtype=bool)
-        preds[i], kept[i] = pred, ok.astype(bool)
+        logits[i], kept[i] = rows, ok.astype(bool)
         latencies, self.per_actor = _per_actor(actor, batch_id, latency, ok.astype(bool))
-        return Predictions(preds, kept, latencies, time.perf_counter() - t0)
+        return Predictions(logits, kept, latencies, time.perf_counter() - t0)

@@ -1,0 +1,133 @@
+"""What the metrics beyond accuracy read from a dataset index (torch-free): ``metric_inputs(index, options)`` ->
+``runtime.metrics.BiasInputs``.
+
+- **protected attribute**: ``index.protected`` (``load_index``'s ``protected``, default the dataset's first
+  attribute: waterbirds/lab ``place``, celeba ``Male``, fairface ``gender`` (``race`` for target gender), a csv's
+  first attribute column).
+- **shortcut attributes** (Whac-A-Mole gaps): ``options.shortcut_attributes`` (background-like, co-object-like),
+  else the dataset's attributes when it has exactly two (lab data made with ``--shortcuts background,object``:
+  ``place``, ``object``); each must have one value per class (value v agrees with class v).
+- **train correlation** p_agree: ``options.train_correlation``, else ``DATA/lab.json``'s ``correlation`` (bias-lab
+  data: the agreement of its own train split), else UrbanCars' 0.95.
+- **pairs**: the records' counterfactual pair ids (csv ``pair`` column; lab data made with ``--counterfactual``).
+
+A section the data cannot give is named in ``BiasInputs.missing`` with the reason, the words ``verify`` uses to
+refuse a gate that would need it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from clip_debias.runtime.datasets import DatasetIndex
+from clip_debias.runtime.errors import InputError
+from clip_debias.runtime.metrics import (DEFAULT_P_AGREE, DEFAULT_SKEW_K, AttributeColumn, BiasInputs,
+                                         class_aligned)
+
+LAB_INFO = "lab.json"  # written by 'clip-debias lab make-data' (toolchain.lab.data.LAB_MARKER)
+LAB_GENERATOR = "clip-debias lab"
+
+
+@dataclass(frozen=True)
+class MetricOptions:
+    """The options of the metrics beyond accuracy (``verify`` / ``evaluate``): ``shortcut_attributes``
+    (``--shortcut-attributes BG,COOBJ``), ``train_correlation`` (``--train-correlation``), ``skew_k``
+    (``--skew-k``)."""
+
+    shortcut_attributes: tuple[str, str] | None = None
+    train_correlation: float | None = None
+    skew_k: tuple[int, ...] = DEFAULT_SKEW_K
+
+    def __post_init__(self) -> None:
+        if self.train_correlation is not None and not 0.0 <= self.train_correlation <= 1.0:
+            raise InputError(f"--train-correlation {self.train_correlation}: expected a fraction in [0, 1]")
+        if not self.skew_k or any(k < 1 for k in self.skew_k):
+            raise InputError(f"--skew-k {','.join(map(str, self.skew_k))}: expected integers >= 1")
+        if self.shortcut_attributes is not None and (len(self.shortcut_attributes) != 2
+                                                     or len(set(self.shortcut_attributes)) != 2):
+            raise InputError(f"--shortcut-attributes {','.join(self.shortcut_attributes)}: expected two different "
+                             "attribute names (background-like, co-object-like)")
+
+
+def lab_correlation(root: Path) -> float | None:
+    """The ``correlation`` recorded in ``root/lab.json`` by the bias lab's generator; None when there is no such
+    file. A lab.json that is not the generator's, or without a valid correlation, is one ``InputError`` line."""
+    path = root / LAB_INFO
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: not valid JSON ({e}); pass --train-correlation to set p_agree") from None
+    value = info.get("correlation") if isinstance(info, dict) else None
+    if not isinstance(info, dict) or info.get("generator") != LAB_GENERATOR:
+        return None  # someone else's lab.json: not ours to read
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise InputError(f"{path}: field 'correlation': expected a fraction in [0, 1], got {value!r}; pass "
+                         "--train-correlation to set p_agree")
+    return float(value)
+
+
+def attribute_column(index: DatasetIndex, name: str) -> AttributeColumn:
+    """Attribute ``name`` of every record of ``index``."""
+    attribute = next(a for a in index.all_attributes() if a.name == name)
+    return AttributeColumn(name, np.asarray(index.attribute_ids(name), dtype=np.int64), tuple(attribute.values))
+
+
+def _shortcuts(index: DatasetIndex, chosen: tuple[str, str] | None
+               ) -> tuple[tuple[AttributeColumn, AttributeColumn] | None, str]:
+    """The two shortcut attributes, or None and why not. A name ``chosen`` that the data lacks: ``InputError``."""
+    names = [a.name for a in index.all_attributes()]
+    where = f"{index.root} ({index.dataset})"
+    if chosen is not None:
+        unknown = [n for n in chosen if n not in names]
+        if unknown:
+            raise InputError(f"--shortcut-attributes {','.join(chosen)}: {where} has no attribute {unknown[0]} "
+                             f"(its attributes: {', '.join(names) or 'none'})")
+    elif len(names) != 2:
+        return None, (f"the gaps need two spurious attributes; {where} has {len(names)}"
+                      + (f" ({', '.join(names)})" if names else "")
+                      + ("; name two with --shortcut-attributes" if len(names) > 2 else ""))
+    pair = tuple(attribute_column(index, n) for n in (chosen or names))
+    unaligned = [a for a in pair if not class_aligned(a, index.class_names)]
+    if unaligned:
+        a = unaligned[0]
+        return None, (f"attribute '{a.name}' has {len(a.names)} values for {len(index.class_names)} classes (the "
+                      "gaps need one value per class: value v agrees with class v)")
+    return pair, ""  # type: ignore[return-value]
+
+
+def _p_agree(index: DatasetIndex, given: float | None) -> tuple[float, str]:
+    if given is not None:
+        return given, "--train-correlation"
+    recorded = lab_correlation(index.root)
+    if recorded is not None:
+        return recorded, f"{index.root / LAB_INFO} (the correlation of its train split)"
+    return DEFAULT_P_AGREE, "UrbanCars' default (the data records no train correlation; set --train-correlation)"
+
+
+def metric_inputs(index: DatasetIndex, options: MetricOptions | None = None) -> BiasInputs:
+    """The ``BiasInputs`` of every record of ``index`` (see the module docstring)."""
+    options = options or MetricOptions()
+    where = f"{index.root} ({index.dataset}, split {index.split})"
+    missing: dict[str, str] = {}
+    protected = attribute_column(index, index.protected) if index.protected is not None else None
+    if protected is None:
+        reason = (f"{where} has no protected attribute"
+                  + (" (a csv names its attributes by extra columns)" if index.dataset == "csv" else ""))
+        missing["skew"] = missing["parity"] = reason
+    shortcuts, why = _shortcuts(index, options.shortcut_attributes)
+    p_agree, p_from = _p_agree(index, options.train_correlation) if shortcuts is not None else (DEFAULT_P_AGREE, "")
+    if shortcuts is None:
+        missing["shortcut_gaps"] = why
+    pair_ids = [-1 if r.pair is None else r.pair for r in index.records]
+    pairs = np.asarray(pair_ids, dtype=np.int64) if any(p >= 0 for p in pair_ids) else None
+    if pairs is None:
+        missing["counterfactual"] = (f"{where} has no counterfactual pairs (a csv 'pair' column; lab data made with "
+                                     "'lab make-data --counterfactual')")
+    return BiasInputs(list(index.class_names), protected, shortcuts, pairs, p_agree, p_from, tuple(options.skew_k),
+                      missing)
