@@ -459,7 +459,7 @@ def _load_csv(data: Path, split: str, classes: list[str] | None, outside: bool) 
 def _load_fairface(data: Path, split: str, target: str, protected: str | None, outside: bool) -> DatasetIndex:
     if target not in FAIRFACE_VALUES:
         raise ClipDebiasError(f"--target {target}: expected one of {', '.join(FAIRFACE_VALUES)} (a FairFace column)")
-    others = [c for c in FAIRFACE_VALUES if c != target]
+    others = [c for c in ("gender", "race", "age") if c != target]  # the default protected attribute first
     protected = protected or others[0]
     if protected not in others:
         raise ClipDebiasError(f"--protected {protected}: expected one of {', '.join(others)} (a FairFace column other "

@@ -271,6 +271,98 @@ def test_csv_bad_input(tmp_path: Path, lines: list[str], expected: str) -> None:
     assert expected in error(load_index, "csv", tmp_path, "train")
 
 
+def test_csv_pairs_and_attribute_columns(tmp_path: Path) -> None:
+    """``pair`` and attribute columns: every extra column is an attribute (ids, class names, or sorted strings);
+    ``protected`` picks one (default the first)."""
+    path = csv_dataset(tmp_path, [
+        "path,label,split,pair,gender,bg,kind",
+        "a.png,cat,test,7,f,cat,2", "b.png,cat,test,7,m,dog,0", "c.png,dog,test,,m,dog,1", "d.png,dog,train,,f,cat,0",
+    ])
+    index = load_index("csv", path, "test")
+    assert [a.name for a in index.attributes] == ["gender", "bg", "kind"] and index.protected == "gender"
+    assert [a.values for a in index.attributes] == [("f", "m"), ("cat", "dog"), ("0", "1", "2")]
+    assert [(r.pair, r.attributes, r.attribute) for r in index.records] == [
+        (7, (0, 0, 2), 0), (7, (1, 1, 0), 1), (None, (1, 1, 1), 1)]
+    assert index.attribute_name == "gender" and index.attribute_ids("kind") == [2, 0, 1]
+    assert load_index("csv", path, "test", protected="bg").protected == "bg"
+    assert "--protected race: " in error(load_index, "csv", path, "test", protected="race")
+
+
+@pytest.mark.parametrize(
+    "lines, expected",
+    [
+        (["path,label,pair", "a.png,0,1", "b.png,0,1", "c.png,0,1"], "pair 1 is on 3 row(s)"),
+        (["path,label,pair", "a.png,0,4", "b.png,1,4"], "pair 4 has a different label from line 2"),
+        (["path,label,split,pair", "a.png,0,test,4", "b.png,0,val,4"], "pair 4 has a different split"),
+        (["path,label,pair", "a.png,0,4"], "pair 4 is on 1 row(s)"),
+        (["path,label,pair", "a.png,0,x", "b.png,0,x"], "column 'pair' must be an integer >= 0, got 'x'"),
+        (["path,label,gender", "a.png,0,f", "b.png,0,"], "line 3: column 'gender' is empty"),
+    ],
+)
+def test_csv_bad_pairs_and_attributes(tmp_path: Path, lines: list[str], expected: str) -> None:
+    csv_dataset(tmp_path, lines)
+    assert expected in error(load_index, "csv", tmp_path, "test")
+
+
+# ---- fairface -----------------------------------------------------------------------------------------------------
+
+FAIRFACE_ROWS = [  # file, age, gender, race, service_test (as published)
+    ("train/1.jpg", "50-59", "Male", "East Asian", "True"),
+    ("train/2.jpg", "30-39", "Female", "Indian", "False"),
+    ("train/3.jpg", "3-9", "Female", "Black", "False"),
+    ("val/1.jpg", "more than 70", "Male", "Latino_Hispanic", "True"),
+    ("val/2.jpg", "20-29", "Female", "Middle Eastern", "False"),
+]
+
+
+def fairface(root: Path, rows=FAIRFACE_ROWS) -> Path:
+    for split in ("train", "val"):
+        lines = ["file,age,gender,race,service_test"] + [",".join(r) for r in rows if r[0].startswith(split)]
+        write(root / f"fairface_label_{split}.csv", "\n".join(lines) + "\n")
+    for r in rows:
+        image(root / r[0])
+    return root
+
+
+def test_fairface_layout(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from clip_debias.runtime.datasets import FAIRFACE_VALUES
+
+    root = fairface(tmp_path)
+    train = load_index("fairface", root, "train", target="race")
+    assert train.class_names == list(FAIRFACE_VALUES["race"]) and train.protected == "gender"
+    assert [a.name for a in train.attributes] == ["gender", "age"]
+    race, gender, age = (FAIRFACE_VALUES[k] for k in ("race", "gender", "age"))
+    assert [(r.path, r.label, r.attributes, r.group) for r in train.records] == [
+        (root / f, race.index(rc), (gender.index(g), age.index(a)), 2 * race.index(rc) + gender.index(g))
+        for f, a, g, rc, _ in FAIRFACE_ROWS[:3]]
+    assert train.group_names[:2] == ["White/Male", "White/Female"] and len(train.group_names) == 14
+    by_age = load_index("fairface", root, "val", target="gender", protected="age")
+    assert by_age.class_names == ["Male", "Female"] and [a.name for a in by_age.attributes] == ["age", "race"]
+    assert [r.group for r in by_age.records] == [0 * 9 + 8, 1 * 9 + 3] and by_age.protected == "age"
+    assert load_index("fairface", root, "val", target="gender").protected == "race"
+    with caplog.at_level("WARNING", logger="clip_debias.datasets"):
+        test = load_index("fairface", root, "test", target="age")
+    assert [r.path for r in test.records] == [root / "val/1.jpg", root / "val/2.jpg"]
+    assert "FairFace publishes no test split" in caplog.text
+
+
+def test_fairface_errors(tmp_path: Path) -> None:
+    root = fairface(tmp_path)
+    assert "--target: the fairface format needs one of age, gender, race" in error(load_index, "fairface", root, "val")
+    assert "--target hair: expected one of age, gender, race" in error(load_index, "fairface", root, "val",
+                                                                        target="hair")
+    assert "--protected age: expected one of gender, race (a FairFace column other than the target age)" in error(
+        load_index, "fairface", root, "val", target="age", protected="age")
+    assert "--target race: only the fairface format" in error(load_index, "csv", root, "val", target="race")
+    bad = fairface(tmp_path / "bad", [("val/1.jpg", "70+", "Male", "White", "True")])
+    assert "fairface_label_val.csv line 2: column 'age' must be one of 0-2, 3-9" in error(
+        load_index, "fairface", bad, "val", target="race")
+    (bad / "fairface_label_train.csv").unlink()
+    assert "fairface_label_train.csv: not found" in error(load_index, "fairface", bad, "train", target="race")
+    outside = fairface(tmp_path / "out", [("val/../../x.jpg", "3-9", "Male", "White", "True")])
+    assert "leaves the data folder" in error(load_index, "fairface", outside, "val", target="race")
+
+
 def test_csv_missing_file(tmp_path: Path) -> None:
     assert "data.csv: not found (expected a CSV with columns path,label" in error(load_index, "csv", tmp_path, "val")
 

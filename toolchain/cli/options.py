@@ -43,7 +43,7 @@ RandomWeightsOpt = Annotated[bool, typer.Option(
 DeviceOpt = Annotated[str, typer.Option("--device", callback=check_device,
                                         help="torch device: cpu, cuda or cuda:N.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="compute dtype: fp32 | fp16 | bf16 (terms are stored fp32).")]
-DatasetOpt = Annotated[str, typer.Option("--dataset", help="waterbirds | celeba | csv")]
+DatasetOpt = Annotated[str, typer.Option("--dataset", help="waterbirds | celeba | fairface | csv")]
 DataOpt = Annotated[Path, typer.Option("--data", help="Dataset root folder (csv: the CSV file).")]
 SplitOpt = Annotated[str, typer.Option("--split", help="train | val | test")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")]
@@ -65,7 +65,63 @@ ConventionOpt = Annotated[str, typer.Option(
                          "each of the 2L+1 residual terms an equal share) | centred (each head term centred on its own "
                          "mean, biases in rest).")]
 
+TargetOpt = Annotated[Optional[str], typer.Option(
+    "--target", help="fairface: the class column, age | race | gender.")]
+ProtectedOpt = Annotated[Optional[str], typer.Option(
+    "--protected", help="The attribute skew, EO/DP gaps and counterfactual pairs are about (fairface: gender | race | "
+                        "age; a csv: an attribute column; default the dataset's first attribute).")]
+ShortcutAttributesOpt = Annotated[Optional[str], typer.Option(
+    "--shortcut-attributes", help="Whac-A-Mole gaps: the two spurious attributes BACKGROUND,OBJECT (default: the "
+                                  "dataset's, when it has exactly two, e.g. lab data's place,object).")]
+TrainCorrelationOpt = Annotated[Optional[float], typer.Option(
+    "--train-correlation", help="Whac-A-Mole p_agree: how often each shortcut agreed with the class in train "
+                                "(default: lab data's lab.json, else 0.95 as UrbanCars).")]
+SkewKOpt = Annotated[str, typer.Option(
+    "--skew-k", help="Comma-separated k of MaxSkew@k (capped by the number of images).")]
+MaxGapOpt = Annotated[Optional[list[str]], typer.Option(
+    "--max-gap", help="NAME=VALUE, repeatable: the largest |gap| allowed, NAME bg | coobj | bg+coobj (Whac-A-Mole; "
+                      "VALUE a fraction, 0.05 = 5 points).")]
+
 DTYPES = ("fp32", "fp16", "bf16")
+
+
+def max_gaps(values: list[str] | None) -> dict[str, float]:
+    """``--max-gap NAME=VALUE`` options as {name: value}; one error line for a malformed one."""
+    from clip_debias.runtime.metrics import GAP_NAMES
+    from clip_debias.toolchain.errors import ClipDebiasError
+
+    out: dict[str, float] = {}
+    for item in values or []:
+        name, _, value = item.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if name.strip() not in GAP_NAMES or number is None:
+            raise ClipDebiasError(f"--max-gap {item}: expected NAME=VALUE with NAME one of {', '.join(GAP_NAMES)} "
+                                  "and VALUE a fraction (e.g. bg=0.05)")
+        if name.strip() in out:
+            raise ClipDebiasError(f"--max-gap {item}: {name.strip()} given twice")
+        out[name.strip()] = number
+    return out
+
+
+def metric_options(shortcut_attributes: str | None, train_correlation: float | None, skew_k: str) -> Any:
+    """``runtime.metric_inputs.MetricOptions`` from the CLI values; one error line for a malformed one."""
+    from clip_debias.runtime.metric_inputs import MetricOptions
+    from clip_debias.toolchain.errors import ClipDebiasError
+
+    try:
+        ks = tuple(int(k) for k in skew_k.split(","))
+    except ValueError:
+        raise ClipDebiasError(f"--skew-k {skew_k}: expected comma-separated integers >= 1 (e.g. 10,50,100)") from None
+    pair = None
+    if shortcut_attributes is not None:
+        pair = tuple(a.strip() for a in shortcut_attributes.split(","))
+        if len(pair) != 2 or not all(pair):
+            raise ClipDebiasError(f"--shortcut-attributes {shortcut_attributes}: expected two attribute names, "
+                                  "BACKGROUND,OBJECT")
+    return MetricOptions(pair, train_correlation, ks)  # type: ignore[arg-type]
 
 
 def reading_options(skip_bad: bool, max_skipped: str | None, max_pixels: int) -> dict[str, Any]:

@@ -12,8 +12,10 @@ import typer
 
 from clip_debias.runtime.errors import ClipDebiasError
 from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS
+from clip_debias.toolchain.cli.options import (MaxGapOpt, ProtectedOpt, ShortcutAttributesOpt, SkewKOpt, TargetOpt,
+                                               TrainCorrelationOpt, max_gaps, metric_options)
 
-DATASETS = ("waterbirds", "celeba", "csv")
+DATASETS = ("waterbirds", "celeba", "fairface", "csv")
 ENGINES = ("local", "ray")
 
 
@@ -38,7 +40,28 @@ def _over(name: str, r) -> str:  # noqa: ANN001 (ThresholdResult)
         return f"{o['batches']} batches of {o['batch_size']}"
     if name == "max_skipped":
         return f"{o['images_in_split']} images"
+    if name.startswith("max_gap_") and o:
+        return f"{len(o['groups'])} groups, p_agree {o['p_agree']:g}"
+    if name == "max_flip_rate" and o:
+        return f"{o['pairs']} of {o['pairs_in_split']} pairs"
+    if name == "max_skew" and o:
+        return f"'{o['attribute']}', k {','.join(map(str, o['k']))}, {o['images']} images"
+    if name in ("max_eo_gap", "max_dp_gap") and o:
+        return f"'{o['attribute']}', {o['classes']} classes"
     return ""
+
+
+def _shown(name: str) -> tuple[str, object]:
+    """(what the threshold bounds, how its numbers are written)."""
+    from clip_debias.runtime.metric_tables import log_ratio
+
+    if name.startswith("max_gap_"):
+        return f"|{name[len('max_gap_'):]} gap| <= ", lambda v: "-" if v is None else f"{100 * v:.2f} pts"
+    return {"max_latency_ms": ("p95 latency <= ", lambda v: f"{v:.2f} ms"), "min_accuracy": ("accuracy >= ", _pct),
+            "min_worst_group": ("worst group >= ", _pct),
+            "max_skipped": ("skipped <= ", lambda v: f"{v:.0f} images"),
+            "max_flip_rate": ("flip rate <= ", _pct), "max_skew": ("MaxSkew@k <= ", log_ratio),
+            "max_eo_gap": ("EO gap <= ", _pct), "max_dp_gap": ("DP gap <= ", _pct)}.get(name, ("", _pct))
 
 
 def print_report(report, console) -> None:  # noqa: ANN001 (rich Console, VerifyReport: imported lazily)
@@ -89,17 +112,15 @@ def print_report(report, console) -> None:  # noqa: ANN001 (rich Console, Verify
     lt.add_row(f"{lat['p50']:.2f}", f"{lat['p95']:.2f}", f"{lat['p99']:.2f}", f"{report.throughput_per_s:.1f}",
                f"{report.end_to_end_per_s:.1f}")
     console.print(lt)
+    print_bias_sections(report, console)
 
     if report.thresholds:
         tt = Table(title="thresholds")
         for col in ("check", "threshold", "measured", "over", "result"):
             tt.add_column(col, justify="right" if col != "check" else "left")
-        shown = {"max_latency_ms": "p95 latency <= ", "min_accuracy": "accuracy >= ",
-                 "min_worst_group": "worst group >= ", "max_skipped": "skipped <= "}
         for name, r in report.thresholds.items():
-            fmt = {"max_latency_ms": lambda v: f"{v:.2f} ms",
-                   "max_skipped": lambda v: f"{v:.0f} images"}.get(name, _pct)
-            tt.add_row(name, shown.get(name, "") + fmt(r.threshold), fmt(r.value), _over(name, r),
+            prefix, fmt = _shown(name)
+            tt.add_row(name, prefix + fmt(r.threshold), fmt(r.value), _over(name, r),  # type: ignore[operator]
                        "[green]PASS[/green]" if r.passed else "[red]FAIL[/red]")
         console.print(tt)
         for name, r in report.thresholds.items():
@@ -108,11 +129,32 @@ def print_report(report, console) -> None:  # noqa: ANN001 (rich Console, Verify
     console.print("[bold green]PASSED[/bold green]" if report.passed else "[bold red]FAILED[/bold red]")
 
 
+def print_bias_sections(report, console) -> None:  # noqa: ANN001 (a report with the bias sections; rich Console)
+    """The bias sections' tables (``runtime.metric_tables``) and why a section is absent."""
+    from rich.table import Table
+
+    from clip_debias.runtime.metric_tables import not_computed_lines, tables
+
+    if report.protected:
+        console.print(f"protected attribute: {report.protected}", highlight=False)
+    for t in tables(report):
+        table = Table(title=t.title)
+        for i, col in enumerate(t.header):
+            table.add_column(col, justify="left" if i == 0 else "right")
+        for row in t.rows:
+            table.add_row(*row)
+        console.print(table)
+        for note in t.notes:
+            console.print(f"  {note}", highlight=False, markup=False)
+    for line in not_computed_lines(report):
+        console.print(line, highlight=False, markup=False, style="dim")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("verify")
     def verify(
         artifact: Path = typer.Argument(..., help="Artifact directory (manifest.json + model files)."),
-        dataset: str = typer.Option(..., "--dataset", help="Dataset format: waterbirds | celeba | csv."),
+        dataset: str = typer.Option(..., "--dataset", help="Dataset format: waterbirds | celeba | fairface | csv."),
         data: Path = typer.Option(..., "--data", help="Dataset folder (csv: folder with data.csv, or the CSV)."),
         split: str = typer.Option("test", "--split", help="train | val | test."),
         backend: str = typer.Option("auto", "--backend", help="auto | onnxruntime | tensorrt | openvino."),
@@ -150,9 +192,28 @@ def register(app: typer.Typer) -> None:
                                               "or HOST:PORT; artifact and data at the same paths on every node); "
                                               "default: a local Ray on this machine."),
         ray_actors: int = typer.Option(2, "--ray-actors", help="--engine ray: actors in the pool (one model each)."),
+        target: TargetOpt = None,
+        protected: ProtectedOpt = None,
+        shortcut_attributes: ShortcutAttributesOpt = None,
+        train_correlation: TrainCorrelationOpt = None,
+        skew_k: SkewKOpt = "10,50,100",
+        max_gap: MaxGapOpt = None,
+        max_flip_rate: Optional[float] = typer.Option(
+            None, "--max-flip-rate", help="Counterfactual pairs: the largest fraction of pairs whose label flips "
+                                          "(0..1). Data without pairs is refused."),
+        max_skew: Optional[float] = typer.Option(
+            None, "--max-skew", help="The largest MaxSkew@k (ln ratio, >= 0) over every class and --skew-k value, of "
+                                     "the protected attribute."),
+        max_eo_gap: Optional[float] = typer.Option(
+            None, "--max-eo-gap", help="The largest equal-opportunity gap (recall difference between values of the "
+                                       "protected attribute, max over classes; 0..1)."),
+        max_dp_gap: Optional[float] = typer.Option(
+            None, "--max-dp-gap", help="The largest demographic-parity gap (difference of P(pred = c) between values "
+                                       "of the protected attribute, max over classes; 0..1)."),
     ) -> None:
-        """Run ARTIFACT on a dataset split with the torch-free runtime; check accuracy, worst-group accuracy and
-        latency thresholds. Exit 0 = all met, 1 = a threshold failed, 2 = bad input."""
+        """Run ARTIFACT on a dataset split with the torch-free runtime; check accuracy, worst-group accuracy,
+        latency and bias thresholds (Whac-A-Mole gaps, counterfactual flip rate, MaxSkew@k, EO / DP gaps). Exit 0 =
+        all met, 1 = a threshold failed, 2 = bad input (also: a bias gate on data that lacks what it needs)."""
         from rich.console import Console
 
         try:
@@ -177,7 +238,9 @@ def register(app: typer.Typer) -> None:
                 raise ClipDebiasError("--max-skipped applies with --skip-bad (without it any unreadable image stops "
                                       "verify)")
             limit = MaxSkipped.parse(max_skipped) if max_skipped is not None else None
-            thresholds = Thresholds(min_accuracy, min_worst_group, max_latency_ms, limit)
+            thresholds = Thresholds(min_accuracy, min_worst_group, max_latency_ms, limit, max_gaps(max_gap),
+                                    max_flip_rate, max_skew, max_eo_gap, max_dp_gap)
+            options = metric_options(shortcut_attributes, train_correlation, skew_k)
             group_list = [g.strip() for g in groups.split(",")] if groups is not None else None
             if group_list is not None and not all(group_list):
                 raise ClipDebiasError(f"--groups {groups!r}: expected comma-separated group names")
@@ -193,7 +256,8 @@ def register(app: typer.Typer) -> None:
             kwargs = dict(backend=backend, device=device, batch_size=batch_size, thresholds=thresholds,
                           precision=precision, cuda_graph=cuda_graph, workers=workers, progress=progress,
                           console=Console(stderr=True), skip_bad=skip_bad, groups=group_list,
-                          expected_digest=expect_digest, allow_outside_root=allow_outside_root, max_pixels=max_pixels)
+                          expected_digest=expect_digest, allow_outside_root=allow_outside_root, max_pixels=max_pixels,
+                          target=target, protected=protected, metric_options=options)
             if engine == "ray":
                 from clip_debias.serving.ray_verify import RayEngine
 

@@ -1,0 +1,248 @@
+"""verify's bias sections (Whac-A-Mole gaps, counterfactual flips, MaxSkew@k, EO/DP gaps): equal to the metrics of
+logits computed directly from the fixture images' colours; the gates drive the exit code; a gate the data cannot feed
+is refused in one line; the JSON report reads back."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from clip_debias.runtime.errors import InputError
+from clip_debias.runtime.metric_inputs import MetricOptions
+from clip_debias.runtime.metrics import AttributeColumn, BiasInputs, bias_metrics
+from clip_debias.runtime.verify import Thresholds, verify
+from runtime_fixtures import _save_solid, build_artifact, build_waterbirds
+
+CLASSES = ("cat", "dog")
+
+
+@dataclasses.dataclass
+class Row:
+    rel: str
+    rgb: tuple[int, int, int]
+    label: int
+    pair: int | None
+    gender: int
+    bg: int
+    obj: int
+
+
+def _palette(art, n: int = 400, seed: int = 5) -> dict[int, list[tuple[int, int, int]]]:
+    """Random colours sorted by the class the fixture model predicts for them."""
+    rng = np.random.default_rng(seed)
+    out: dict[int, list[tuple[int, int, int]]] = {0: [], 1: []}
+    for _ in range(n):
+        rgb = tuple(int(v) for v in rng.integers(0, 256, 3))
+        out[int(np.argmax(art.color_logits(rgb)))].append(rgb)  # type: ignore[arg-type]
+    return out
+
+
+def build_bias_csv(root: Path, art) -> list[Row]:
+    """40 test images (and 2 train ones): 12 counterfactual pairs (4 of them flip the predicted class, 2 of them do
+    not differ in gender) and 16 single images; attributes gender (f/m), bg (class names: aligned), obj (ids)."""
+    colours = _palette(art)
+    rng = np.random.default_rng(7)
+    rows: list[Row] = []
+    k = 0
+
+    def add(label: int, pred: int, pair: int | None, gender: int) -> None:
+        nonlocal k
+        rgb = colours[pred][k % len(colours[pred])]
+        rows.append(Row(f"img/{k:03d}.png", rgb, label, pair, gender, int(rng.integers(0, 2)),
+                        int(rng.integers(0, 2))))
+        k += 1
+
+    for p in range(12):
+        label = p % 2
+        first, second = (label, 1 - label) if p < 4 else (label, label)
+        g2 = 0 if p in (10, 11) else 1  # pairs 10 and 11: both images gender f
+        add(label, first, p, 0)
+        add(label, second, p, g2)
+    for i in range(16):
+        add(i % 2, int(rng.integers(0, 2)), None, int(rng.integers(0, 2)))
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "data.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "split", "pair", "gender", "bg", "obj"])
+        for r in rows:
+            _save_solid(root / r.rel, r.rgb, (20, 18), "RGB")
+            w.writerow([r.rel, CLASSES[r.label], "test", "" if r.pair is None else r.pair, "fm"[r.gender],
+                        CLASSES[r.bg], r.obj])
+        w.writerow(["img/train.png", "cat", "train", "", "f", "cat", 0])
+        _save_solid(root / "img/train.png", (1, 2, 3), (20, 18), "RGB")
+    return rows
+
+
+@pytest.fixture(scope="module")
+def bias_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bias")
+    art = build_artifact(root / "artifact", class_names=CLASSES, group_names=(), fp16=False, seed=11)
+    rows = build_bias_csv(root / "data", art)
+    return art, root / "data", rows
+
+
+def _expected(art, rows: list[Row], p_agree: float, ks: tuple[int, ...]):
+    logits = np.stack([art.color_logits(r.rgb) for r in rows])
+    labels = np.array([r.label for r in rows])
+    col = lambda name, names: AttributeColumn(name, np.array([getattr(r, name) for r in rows]), names)  # noqa: E731
+    inputs = BiasInputs(list(CLASSES), col("gender", ("f", "m")), (col("bg", CLASSES), col("obj", ("0", "1"))),
+                        np.array([-1 if r.pair is None else r.pair for r in rows]), p_agree, "--train-correlation", ks)
+    return bias_metrics(logits, labels, inputs, pairs_in_split=12)
+
+
+def _close(a, b, path="") -> None:
+    """Equal structure and strings; numbers within 1e-5 (the artifact runs in float32)."""
+    if isinstance(a, dict):
+        assert set(a) == set(b), path
+        for k in a:
+            _close(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _close(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) and not isinstance(b, bool):
+        assert b == pytest.approx(a, abs=1e-5), path
+    else:
+        assert a == b, path
+
+
+def test_verify_bias_sections_equal_direct_computation(bias_setup):
+    art, data, rows = bias_setup
+    options = MetricOptions(("bg", "obj"), 0.9, (5, 10, 50))
+    r = verify(art.path, "csv", data, "test", batch_size=7, progress=False, protected="gender",
+               metric_options=options)
+    expected = _expected(art, rows, 0.9, (5, 10, 50))
+    for name in ("shortcut_gaps", "counterfactual", "skew", "parity"):
+        _close(dataclasses.asdict(getattr(expected, name)), dataclasses.asdict(getattr(r, name)), name)
+    c = r.counterfactual
+    assert r.protected == "gender" and c.pairs == 10 and c.excluded == {"incomplete": 0, "not_protected": 2}
+    assert c.flipped == 4 and c.flip_rate == pytest.approx(0.4)
+    assert [a.k for a in r.skew.at_k] == [5, 10, 40] and r.skew.requested_k == [5, 10, 50]
+    assert r.not_computed == {}
+    # the JSON report is one schema: it reads back through the report's model, bias sections included
+    from clip_debias.toolchain.explain.report import read_verify_report
+
+    path = data.parent / "bias-report.json"
+    r.write_json(path)
+    back = read_verify_report(path)
+    assert back.counterfactual.flip_rate == c.flip_rate and back.skew.at_k[0].k == 5
+    assert json.loads(path.read_text())["shortcut_gaps"]["gaps"].keys() == {"bg", "coobj", "bg+coobj"}
+
+
+def test_verify_default_shortcuts_and_reasons(bias_setup, tmp_path):
+    """Without --shortcut-attributes a dataset with three attributes has no default pair: the section is named in
+    not_computed with the reason; the waterbirds fixture has no pairs; p_agree comes from lab.json when present."""
+    art, data, rows = bias_setup
+    r = verify(art.path, "csv", data, "test", progress=False)
+    assert r.shortcut_gaps is None and "has 3 (gender, bg, obj); name two with" in r.not_computed["shortcut_gaps"]
+    assert r.protected == "gender" and r.skew is not None
+    wb_art = build_artifact(tmp_path / "wa", fp16=False)
+    build_waterbirds(tmp_path / "wb")
+    w = verify(wb_art.path, "waterbirds", tmp_path / "wb", "test", progress=False)
+    assert w.protected == "place" and w.parity is not None and w.counterfactual is None
+    assert "no counterfactual pairs" in w.not_computed["counterfactual"]
+    assert "has 1 (place)" in w.not_computed["shortcut_gaps"]
+
+
+def test_gates_on_missing_data_refused_before_running(bias_setup, tmp_path):
+    art, data, rows = bias_setup
+    wb_art = build_artifact(tmp_path / "wa", fp16=False)
+    build_waterbirds(tmp_path / "wb")
+    with pytest.raises(InputError, match=r"threshold max_flip_rate \(--max-flip-rate\): .* no counterfactual pairs"):
+        verify(wb_art.path, "waterbirds", tmp_path / "wb", progress=False, thresholds=Thresholds(max_flip_rate=0.1))
+    with pytest.raises(InputError, match=r"threshold max_gap .* the gaps need two spurious attributes"):
+        verify(wb_art.path, "waterbirds", tmp_path / "wb", progress=False, thresholds=Thresholds(max_gap={"bg": .1}))
+    plain = tmp_path / "plain.csv"
+    plain.write_text("path,label\n" + "".join(f"{r.rel},{CLASSES[r.label]}\n" for r in rows[:6]))
+    (tmp_path / "img").symlink_to(data / "img")
+    with pytest.raises(InputError, match=r"--max-eo-gap\): .* has no protected attribute"):
+        verify(art.path, "csv", plain, progress=False, thresholds=Thresholds(max_eo_gap=0.1))
+    one = tmp_path / "one.csv"
+    one.write_text("path,label,split,gender\n" + "".join(f"{r.rel},{CLASSES[r.label]},test,f\n" for r in rows[:6])
+                   + "img/train.png,cat,train,m\n")
+    with pytest.raises(InputError, match="'gender' has 1 value in split 'test'"):
+        verify(art.path, "csv", one, progress=False, thresholds=Thresholds(max_skew=1.0))
+    with pytest.raises(InputError, match="unknown gap 'background'"):
+        Thresholds(max_gap={"background": 0.1})
+    with pytest.raises(InputError, match="--shortcut-attributes bg,place: .* has no attribute place"):
+        verify(art.path, "csv", data, progress=False, metric_options=MetricOptions(("bg", "place")))
+
+
+# ---- CLI --------------------------------------------------------------------------------------------------------------
+
+
+def _cli(args):
+    from clip_debias.toolchain.cli.app import app
+
+    return CliRunner().invoke(app, ["verify", *map(str, args)])
+
+
+def test_cli_bias_gates_drive_exit_code(bias_setup, tmp_path):
+    art, data, rows = bias_setup
+    base = [art.path, "--dataset", "csv", "--data", data, "--no-progress", "--protected", "gender",
+            "--shortcut-attributes", "bg,obj", "--train-correlation", "0.9", "--skew-k", "5,10"]
+    e = _expected(art, rows, 0.9, (5, 10))
+    skew = max(a.max_max_skew for a in e.skew.at_k)
+    gap = abs(e.shortcut_gaps.gaps["bg"])
+    ok = _cli([*base, "--max-flip-rate", 0.4, "--max-skew", math.ceil(skew * 1e4) / 1e4, "--max-eo-gap", 1.0,
+               "--max-dp-gap", 1.0, "--max-gap", f"bg={math.ceil(gap * 1e4) / 1e4}", "--max-gap", "bg+coobj=1",
+               "--json", tmp_path / "ok.json"])
+    assert ok.exit_code == 0, ok.output
+    for title in ("Whac-A-Mole shortcut gaps", "counterfactual pairs", "MaxSkew@5", "equal opportunity", "flip rate <="):
+        assert title in ok.output
+    report = json.loads((tmp_path / "ok.json").read_text())
+    assert set(report["thresholds"]) >= {"max_flip_rate", "max_skew", "max_eo_gap", "max_dp_gap", "max_gap_bg",
+                                         "max_gap_bg+coobj"}
+    assert report["thresholds"]["max_flip_rate"]["over"]["pairs"] == 10
+    assert report["thresholds"]["max_skew"]["over"]["k"] == [5, 10]
+    for extra in (["--max-flip-rate", 0.39], ["--max-skew", math.floor(skew * 1e4) / 1e4 - 1e-4],
+                  ["--max-gap", f"bg={math.floor(gap * 1e4) / 1e4 - 1e-4}"]):
+        bad = _cli([*base, *extra])
+        assert bad.exit_code == 1, (extra, bad.output)
+        assert "FAILED" in bad.output
+
+
+@pytest.mark.parametrize("extra, msg", [
+    (["--max-gap", "bogus=0.1"], "--max-gap bogus=0.1: expected NAME=VALUE with NAME one of bg, coobj, bg+coobj"),
+    (["--max-gap", "bg=x"], "--max-gap bg=x: expected NAME=VALUE"),
+    (["--skew-k", "10,a"], "--skew-k 10,a: expected comma-separated integers"),
+    (["--skew-k", "0"], "--skew-k 0: expected integers >= 1"),
+    (["--train-correlation", "1.5"], "--train-correlation 1.5: expected a fraction in [0, 1]"),
+    (["--max-flip-rate", "2"], "threshold max_flip_rate = 2.0 must be a fraction"),
+    (["--max-skew", "-1"], "threshold max_skew = -1.0 must be >= 0"),
+    (["--protected", "age"], "--protected age: "),
+    (["--shortcut-attributes", "bg"], "--shortcut-attributes bg: expected two attribute names"),
+    (["--target", "race"], "--target race: only the fairface format has a target"),
+])
+def test_cli_bias_bad_input_one_line(bias_setup, extra, msg):
+    art, data, _ = bias_setup
+    r = _cli([art.path, "--dataset", "csv", "--data", data, "--no-progress", *extra])
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], r.output
+
+
+def test_cli_gate_on_data_without_pairs_exit_2(tmp_path):
+    art = build_artifact(tmp_path / "a", fp16=False)
+    build_waterbirds(tmp_path / "wb")
+    r = _cli([art.path, "--dataset", "waterbirds", "--data", tmp_path / "wb", "--no-progress", "--max-flip-rate", 0.5])
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code == 2 and len(lines) == 1 and "has no counterfactual pairs" in lines[0], r.output
+
+
+def test_eo_gate_fails_on_an_empty_cell(bias_setup, tmp_path):
+    """A (class, value) cell with no image leaves its recall undefined: the EO gate FAILs, naming the cell."""
+    art, data, rows = bias_setup
+    keep = [r for r in rows if not (r.label == 1 and r.gender == 1) and r.pair is None]
+    sub = tmp_path / "sub.csv"
+    sub.write_text("path,label,gender\n" + "".join(f"{r.rel},{CLASSES[r.label]},{'fm'[r.gender]}\n" for r in keep))
+    (tmp_path / "img").symlink_to(data / "img")
+    rep = verify(art.path, "csv", sub, "test", progress=False, thresholds=Thresholds(max_eo_gap=1.0))
+    t = rep.thresholds["max_eo_gap"]
+    assert not t.passed and not rep.passed and "dog/m have no image" in t.reason and t.over["missing"] == ["dog/m"]
