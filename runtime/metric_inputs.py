@@ -72,62 +72,85 @@ def lab_correlation(root: Path) -> float | None:
     return float(value)
 
 
-def attribute_column(index: DatasetIndex, name: str) -> AttributeColumn:
-    """Attribute ``name`` of every record of ``index``."""
-    attribute = next(a for a in index.all_attributes() if a.name == name)
-    return AttributeColumn(name, np.asarray(index.attribute_ids(name), dtype=np.int64), tuple(attribute.values))
+@dataclass
+class MetricSource:
+    """The rows' metadata the metrics read, from a dataset index (``source_of_index``) or a decomposition cache:
+    ``where`` names the data in reasons; ``attributes`` every attribute with its value id per row; ``protected``
+    one of their names (or None); ``pairs`` [N] pair ids (-1: not in a pair; None: no pair at all);
+    ``train_correlation`` what the data records of its train split (None: nothing) and the file it was read from."""
+
+    where: str
+    dataset: str
+    class_names: list[str]
+    attributes: list[AttributeColumn]
+    protected: str | None
+    pairs: np.ndarray | None
+    train_correlation: float | None = None
+    train_correlation_from: str = ""
+
+    def attribute(self, name: str) -> AttributeColumn:
+        return next(a for a in self.attributes if a.name == name)
 
 
-def _shortcuts(index: DatasetIndex, chosen: tuple[str, str] | None
+def source_of_index(index: DatasetIndex) -> MetricSource:
+    """The ``MetricSource`` of every record of ``index`` (the train correlation from ``DATA/lab.json``)."""
+    columns = [AttributeColumn(a.name, np.asarray(index.attribute_ids(a.name), dtype=np.int64), tuple(a.values))
+               for a in index.all_attributes()]
+    pair_ids = np.asarray([-1 if r.pair is None else r.pair for r in index.records], dtype=np.int64)
+    recorded = lab_correlation(index.root)
+    return MetricSource(f"{index.root} ({index.dataset}, split {index.split})", index.dataset,
+                        list(index.class_names), columns, index.protected,
+                        pair_ids if (pair_ids >= 0).any() else None, recorded,
+                        f"{index.root / LAB_INFO}" if recorded is not None else "")
+
+
+def _shortcuts(source: MetricSource, chosen: tuple[str, str] | None
                ) -> tuple[tuple[AttributeColumn, AttributeColumn] | None, str]:
     """The two shortcut attributes, or None and why not. A name ``chosen`` that the data lacks: ``InputError``."""
-    names = [a.name for a in index.all_attributes()]
-    where = f"{index.root} ({index.dataset})"
+    names = [a.name for a in source.attributes]
     if chosen is not None:
         unknown = [n for n in chosen if n not in names]
         if unknown:
-            raise InputError(f"--shortcut-attributes {','.join(chosen)}: {where} has no attribute {unknown[0]} "
-                             f"(its attributes: {', '.join(names) or 'none'})")
+            raise InputError(f"--shortcut-attributes {','.join(chosen)}: {source.where} has no attribute "
+                             f"{unknown[0]} (its attributes: {', '.join(names) or 'none'})")
     elif len(names) != 2:
-        return None, (f"the gaps need two spurious attributes; {where} has {len(names)}"
+        return None, (f"the gaps need two spurious attributes; {source.where} has {len(names)}"
                       + (f" ({', '.join(names)})" if names else "")
                       + ("; name two with --shortcut-attributes" if len(names) > 2 else ""))
-    pair = tuple(attribute_column(index, n) for n in (chosen or names))
-    unaligned = [a for a in pair if not class_aligned(a, index.class_names)]
+    pair = tuple(source.attribute(n) for n in (chosen or names))
+    unaligned = [a for a in pair if not class_aligned(a, source.class_names)]
     if unaligned:
         a = unaligned[0]
-        return None, (f"attribute '{a.name}' has {len(a.names)} values for {len(index.class_names)} classes (the "
+        return None, (f"attribute '{a.name}' has {len(a.names)} values for {len(source.class_names)} classes (the "
                       "gaps need one value per class: value v agrees with class v)")
     return pair, ""  # type: ignore[return-value]
 
 
-def _p_agree(index: DatasetIndex, given: float | None) -> tuple[float, str]:
+def _p_agree(source: MetricSource, given: float | None) -> tuple[float, str]:
     if given is not None:
         return given, "--train-correlation"
-    recorded = lab_correlation(index.root)
-    if recorded is not None:
-        return recorded, f"{index.root / LAB_INFO} (the correlation of its train split)"
+    if source.train_correlation is not None:
+        return source.train_correlation, f"{source.train_correlation_from} (the correlation of its train split)"
     return DEFAULT_P_AGREE, "UrbanCars' default (the data records no train correlation; set --train-correlation)"
 
 
-def metric_inputs(index: DatasetIndex, options: MetricOptions | None = None) -> BiasInputs:
-    """The ``BiasInputs`` of every record of ``index`` (see the module docstring)."""
+def metric_inputs(source: MetricSource | DatasetIndex, options: MetricOptions | None = None) -> BiasInputs:
+    """The ``BiasInputs`` of the source's rows (a ``DatasetIndex``: every record; see the module docstring)."""
+    if isinstance(source, DatasetIndex):
+        source = source_of_index(source)
     options = options or MetricOptions()
-    where = f"{index.root} ({index.dataset}, split {index.split})"
     missing: dict[str, str] = {}
-    protected = attribute_column(index, index.protected) if index.protected is not None else None
+    protected = source.attribute(source.protected) if source.protected is not None else None
     if protected is None:
-        reason = (f"{where} has no protected attribute"
-                  + (" (a csv names its attributes by extra columns)" if index.dataset == "csv" else ""))
+        reason = (f"{source.where} has no protected attribute"
+                  + (" (a csv names its attributes by extra columns)" if source.dataset == "csv" else ""))
         missing["skew"] = missing["parity"] = reason
-    shortcuts, why = _shortcuts(index, options.shortcut_attributes)
-    p_agree, p_from = _p_agree(index, options.train_correlation) if shortcuts is not None else (DEFAULT_P_AGREE, "")
+    shortcuts, why = _shortcuts(source, options.shortcut_attributes)
+    p_agree, p_from = _p_agree(source, options.train_correlation) if shortcuts is not None else (DEFAULT_P_AGREE, "")
     if shortcuts is None:
         missing["shortcut_gaps"] = why
-    pair_ids = [-1 if r.pair is None else r.pair for r in index.records]
-    pairs = np.asarray(pair_ids, dtype=np.int64) if any(p >= 0 for p in pair_ids) else None
-    if pairs is None:
-        missing["counterfactual"] = (f"{where} has no counterfactual pairs (a csv 'pair' column; lab data made with "
-                                     "'lab make-data --counterfactual')")
-    return BiasInputs(list(index.class_names), protected, shortcuts, pairs, p_agree, p_from, tuple(options.skew_k),
-                      missing)
+    if source.pairs is None:
+        missing["counterfactual"] = (f"{source.where} has no counterfactual pairs (a csv 'pair' column; lab data "
+                                     "made with 'lab make-data --counterfactual')")
+    return BiasInputs(list(source.class_names), protected, shortcuts, source.pairs, p_agree, p_from,
+                      tuple(options.skew_k), missing)

@@ -334,3 +334,34 @@ def test_toolchain_command_without_torch_says_which_extra(tmp_path):
     lines = [l for l in res.stderr.splitlines() if l.strip()]
     assert res.returncode == 2 and len(lines) == 1, res.stderr
     assert "pip install 'clip-debias[toolchain]'" in lines[0] and "'torch'" in lines[0]
+
+
+def test_cache_keeps_what_the_bias_metrics_read(tmp_path, tiny_clip):
+    """Decomposing a csv with pair and attribute columns stores every attribute, the pair ids and the protected
+    attribute for the rows read (an unreadable image skipped); the cache's metric source equals the index's."""
+    import numpy as np
+
+    from clip_debias.runtime.datasets import load_index
+    from clip_debias.runtime.metric_inputs import source_of_index
+    from clip_debias.toolchain.decompose.run import decompose_dataset
+
+    lines = ["path,label,pair,gender,bg", "a.png,0,3,f,0", "b.png,0,3,m,1", "c.png,1,,m,1", "d.png,1,5,f,0",
+             "e.png,1,5,m,0"]
+    for i, line in enumerate(lines[1:]):
+        Image.new("RGB", (40, 36), (30 * i, 20, 90)).save(tmp_path / line.split(",")[0])
+    (tmp_path / "c.png").write_bytes(b"unreadable")
+    (tmp_path / "data.csv").write_text("\n".join(lines) + "\n")
+    index = load_index("csv", tmp_path, "test", protected="bg")
+    from clip_debias.runtime.limits import MaxSkipped
+
+    cache = decompose_dataset(tiny_clip, index, [3], skip_bad=True, progress=False, max_skipped=MaxSkipped.parse("1"))
+    save_cache(tmp_path / "c.safetensors", cache)
+    back = load_cache(tmp_path / "c.safetensors")
+    assert back.attribute_columns == ["gender", "bg"] and back.attribute_values == [["f", "m"], ["0", "1"]]
+    assert back.attribute_table.tolist() == [[0, 0], [1, 1], [0, 0], [1, 0]] and back.pairs.tolist() == [3, 3, 5, 5]
+    assert back.protected == "bg" and back.train_correlation is None
+    full, got = source_of_index(index), back.metric_source()
+    keep = [0, 1, 3, 4]
+    assert got.protected == full.protected and np.array_equal(got.pairs, full.pairs[keep])
+    for a, b in zip(got.attributes, full.attributes):
+        assert a.name == b.name and a.names == b.names and np.array_equal(a.ids, b.ids[keep])

@@ -187,6 +187,8 @@ def test_malformed_context_yaml(tmp_path, tiny_clip):
     ("surprise", "1", "field 'surprise': unknown field (not part of a decomposition cache written by 'clip-debias "
                       "decompose')"),
     ("convention", "paper", "field 'convention': expected one of 'textspan' or 'centred', got the string \"paper\""),
+    ("protected", '"race"', "field 'protected': 'race' is not one of 'attribute_columns'"),
+    ("attribute_values", '[["a"]]', "field 'attribute_values': 1 lists for 0 'attribute_columns'"),
     ("format", "1", "field 'format': is \"1\", expected \"2\" (a cache of an earlier clip-debias: decompose again)"),
     ("layers", "[1, 2, 3]", "tensor 'heads' has shape [24, 2, 4, 32], expected [N, 3 (one per entry of 'layers'), "
                             "H, D]"),

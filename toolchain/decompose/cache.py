@@ -3,11 +3,17 @@
 Tensors: ``heads`` [N, L, H, D] float32 (or float16 with ``terms_dtype``), ``rest`` [N, D], ``embeddings`` [N, D]
 (y / ||y|| of the forward itself, float32), ``head_means`` [L, H, D] float64 (each head's mean term over the split,
 accumulated before any float16 rounding), ``labels`` [N], ``groups`` [N], ``attributes`` [N] (when the dataset has a
-spurious attribute). ``heads`` is stored first, so a writer streams it batch by batch (``CacheWriter``) and a reader
+spurious attribute), ``attribute_table`` [N, A] (every attribute's value id, columns ``attribute_columns``; when the
+dataset has attributes) and ``pairs`` [N] (counterfactual pair ids, -1: not in a pair; when the split has pairs).
+``heads`` is stored first, so a writer streams it batch by batch (``CacheWriter``) and a reader
 maps it (``HeadTerms``). Header metadata (all strings): ``format`` ("2"), ``model`` (ModelIdentity JSON), ``layers``
 (JSON list of absolute layer indices, 0 = first block), ``tower_layers`` (the tower's layer count), ``dataset``,
 ``split``, ``class_names``, ``group_names``, ``attribute_names`` (JSON lists), ``paths`` (JSON list of image paths,
-row order), ``convention`` (textspan | centred) and ``convention_formula`` (``conventions.FORMULAS``).
+row order), ``convention`` (textspan | centred), ``convention_formula`` (``conventions.FORMULAS``), and what
+``runtime.metric_inputs`` reads (``DecompositionCache.metric_source``): ``attribute_columns`` / ``attribute_values``
+(JSON: the table's column names and value names), ``protected`` (JSON: the attribute the bias metrics are about, or
+null), ``train_correlation`` (JSON: what the data records of its train split, e.g. lab data's lab.json, or null) and
+``train_correlation_from`` (the file it was read from).
 
 Bytes per image: L*H*D*4 (+ 2*D*4 + 24); ViT-B-16 with every layer (12 x 12 x 512): 0.30 MB; ViT-L/14 (24 x 16 x 768):
 1.18 MB, 0.59 MB with float16 terms.
@@ -23,11 +29,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
+import numpy as np
 import torch
 from pydantic import field_validator
 from pydantic.dataclasses import dataclass as format_dataclass
 
 from clip_debias.runtime.atomic_output import atomic_file
+from clip_debias.runtime.metric_inputs import MetricSource
+from clip_debias.runtime.metrics import AttributeColumn
 from clip_debias.runtime.schema import FORMAT, validate
 from clip_debias.toolchain.decompose.conventions import DEFAULT_CONVENTION, FORMULAS
 from clip_debias.toolchain.decompose.terms import FileSlot, HeadTerms
@@ -57,6 +66,11 @@ class CacheHeader:
     attribute_names: list[str] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     convention_formula: str = ""
+    attribute_columns: list[str] = field(default_factory=list)
+    attribute_values: list[list[str]] = field(default_factory=list)
+    protected: Optional[str] = None
+    train_correlation: Optional[float] = None
+    train_correlation_from: str = ""
 
     @field_validator("layers")
     @classmethod
@@ -67,7 +81,9 @@ class CacheHeader:
 
 
 # stored as JSON text (safetensors metadata holds strings)
-JSON_FIELDS = ("model", "layers", "tower_layers", "class_names", "group_names", "attribute_names", "paths")
+JSON_FIELDS = ("model", "layers", "tower_layers", "class_names", "group_names", "attribute_names", "paths",
+               "attribute_columns", "attribute_values", "protected", "train_correlation")
+METRIC_FIELDS = ("attribute_columns", "attribute_values", "protected", "train_correlation", "train_correlation_from")
 
 
 @dataclass
@@ -93,6 +109,27 @@ class DecompositionCache:
     stored_embeddings: torch.Tensor | None = field(default=None, repr=False)
     stored_means: torch.Tensor | None = field(default=None, repr=False)
     source: str = field(default="", repr=False)  # the file it was loaded from
+    attribute_table: torch.Tensor | None = None  # [N, A] value ids of ``attribute_columns``
+    attribute_columns: list[str] = field(default_factory=list)
+    attribute_values: list[list[str]] = field(default_factory=list)
+    pairs: torch.Tensor | None = None  # [N] counterfactual pair ids, -1: not in a pair
+    protected: str | None = None
+    train_correlation: float | None = None
+    train_correlation_from: str = ""
+
+    def metric_source(self) -> MetricSource:
+        """What the bias metrics read of these rows (``runtime.metric_inputs``)."""
+        table = self.attribute_table
+        columns = [AttributeColumn(name, table[:, i].numpy().astype(np.int64), tuple(values))
+                   for i, (name, values) in enumerate(zip(self.attribute_columns, self.attribute_values))
+                   ] if table is not None else []
+        return MetricSource(f"cache {self.dataset}/{self.split}", self.dataset, list(self.class_names), columns,
+                            self.protected, self.pairs.numpy().astype(np.int64) if self.pairs is not None else None,
+                            self.train_correlation, self.train_correlation_from)
+
+    def metric_fields(self) -> dict[str, Any]:
+        """The header fields of ``metric_source`` (``METRIC_FIELDS``), as keyword arguments."""
+        return {k: getattr(self, k) for k in METRIC_FIELDS}
 
     def __post_init__(self) -> None:
         if isinstance(self.heads, torch.Tensor):
@@ -134,7 +171,11 @@ class DecompositionCache:
                            convention=self.convention, tower_layers=self.tower_layers,
                            attribute_names=list(self.attribute_names),
                            paths=list(self.paths if paths is None else paths),
-                           convention_formula=FORMULAS.get(self.convention, ""))
+                           convention_formula=FORMULAS.get(self.convention, ""),
+                           attribute_columns=list(self.attribute_columns),
+                           attribute_values=[list(v) for v in self.attribute_values], protected=self.protected,
+                           train_correlation=self.train_correlation,
+                           train_correlation_from=self.train_correlation_from)
 
     def __len__(self) -> int:
         return self.heads.shape[0]
@@ -155,18 +196,26 @@ class CacheWriter:
     def __init__(self, path: str | Path, *, layers: list[int], shape: tuple[int, int, int], identity: ModelIdentity,
                  dataset: str, split: str, class_names: list[str], group_names: list[str],
                  attribute_names: list[str], convention: str, tower_layers: int | None, max_rows: int,
-                 max_paths: list[str], terms_dtype: torch.dtype = torch.float32, force: bool = False):
+                 max_paths: list[str], terms_dtype: torch.dtype = torch.float32, force: bool = False,
+                 attribute_columns: list[str] | None = None, attribute_values: list[list[str]] | None = None,
+                 protected: str | None = None, train_correlation: float | None = None,
+                 train_correlation_from: str = "", pairs: bool = False):
         if terms_dtype not in (torch.float32, torch.float16):
             raise ClipDebiasError(f"terms dtype {terms_dtype}: expected float32 or float16")
         self.header = CacheHeader(format=CACHE_FORMAT, model=identity, layers=list(layers), dataset=dataset,
                                   split=split, class_names=list(class_names), group_names=list(group_names),
                                   convention=convention, tower_layers=tower_layers,  # type: ignore[arg-type]
                                   attribute_names=list(attribute_names), paths=list(max_paths),
-                                  convention_formula=FORMULAS.get(convention, ""))
+                                  convention_formula=FORMULAS.get(convention, ""),
+                                  attribute_columns=list(attribute_columns or []),
+                                  attribute_values=[list(v) for v in attribute_values or []], protected=protected,
+                                  train_correlation=train_correlation,
+                                  train_correlation_from=train_correlation_from)
+        self.with_pairs = pairs  # the split has pair ids: a ``pairs`` tensor is written
         self.shape, self.dtype = tuple(shape), terms_dtype
         self.rows = 0
         self.small: dict[str, list[torch.Tensor]] = {"rest": [], "embeddings": [], "labels": [], "groups": [],
-                                                     "attributes": []}
+                                                     "attributes": [], "attribute_table": [], "pairs": []}
         self.sums = torch.zeros(shape, dtype=torch.float64)
         self.paths: list[str] = []
         self.closed = False
@@ -187,8 +236,10 @@ class CacheWriter:
             self.close()
 
     def add(self, heads: torch.Tensor, rest: torch.Tensor, embeddings: torch.Tensor, labels: torch.Tensor,
-            groups: torch.Tensor, attributes: torch.Tensor | None, paths: list[str]) -> None:
-        """One batch: heads [B, L, H, D] (any float dtype), rest/embeddings [B, D], labels/groups/attributes [B]."""
+            groups: torch.Tensor, attributes: torch.Tensor | None, paths: list[str],
+            attribute_table: torch.Tensor | None = None, pairs: torch.Tensor | None = None) -> None:
+        """One batch: heads [B, L, H, D] (any float dtype), rest/embeddings [B, D], labels/groups/attributes [B],
+        attribute_table [B, A] and pairs [B] (when the header has attribute columns / the writer has pairs)."""
         heads = heads.detach().cpu()
         if tuple(heads.shape[1:]) != self.shape:
             raise ValueError(f"head terms of shape {list(heads.shape[1:])}, the cache holds {list(self.shape)}")
@@ -197,7 +248,8 @@ class CacheWriter:
         self.rows += heads.shape[0]
         for name, t in (("rest", rest), ("embeddings", embeddings)):
             self.small[name].append(t.detach().float().cpu())
-        for name, t in (("labels", labels), ("groups", groups), ("attributes", attributes)):
+        for name, t in (("labels", labels), ("groups", groups), ("attributes", attributes),
+                        ("attribute_table", attribute_table), ("pairs", pairs)):
             if t is not None:
                 self.small[name].append(t.long().cpu())
         self.paths.extend(paths)
@@ -210,8 +262,9 @@ class CacheWriter:
         out.append(("head_means", self.sums / max(n, 1)))
         out += [(k, torch.cat(v) if v else torch.zeros(0, dtype=torch.long)) for k, v in self.small.items()
                 if k in ("labels", "groups")]
-        if self.small["attributes"]:
-            out.append(("attributes", torch.cat(self.small["attributes"])))
+        for k in ("attributes", "attribute_table", "pairs"):
+            if self.small[k]:
+                out.append((k, torch.cat(self.small[k])))
         return out
 
     def _header(self, rows: int, with_attributes: bool, tensors: list[tuple[str, torch.Tensor]] | None = None,
@@ -222,6 +275,9 @@ class CacheWriter:
                        ("head_means", torch.zeros(self.shape, dtype=torch.float64)),
                        ("labels", torch.zeros(rows, dtype=torch.long)), ("groups", torch.zeros(rows, dtype=torch.long))]
             tensors += [("attributes", torch.zeros(rows, dtype=torch.long))] if with_attributes else []
+            columns = len(self.header.attribute_columns)
+            tensors += [("attribute_table", torch.zeros(rows, columns, dtype=torch.long))] if columns else []
+            tensors += [("pairs", torch.zeros(rows, dtype=torch.long))] if self.with_pairs else []
         size = rows * int(torch.tensor(self.shape).prod()) * torch.tensor([], dtype=self.dtype).element_size()
         entries: dict[str, Any] = {"heads": {"dtype": _ST_DTYPES[self.dtype], "shape": [rows, *self.shape],
                                              "data_offsets": [0, size]}}
@@ -278,14 +334,16 @@ def save_cache(path: str | Path, cache: DecompositionCache, terms_dtype: torch.d
                          split=cache.split, class_names=cache.class_names, group_names=cache.group_names,
                          attribute_names=cache.attribute_names, convention=cache.convention,
                          tower_layers=cache.tower_layers, max_rows=n, max_paths=cache.paths, terms_dtype=terms_dtype,
-                         force=force)
+                         force=force, pairs=cache.pairs is not None, **cache.metric_fields())
     with writer:
         emb = cache.embeddings()
         for start, chunk in cache.heads.chunks():
             stop = start + chunk.shape[0]
             attrs = cache.attributes[start:stop] if cache.attributes is not None else None
+            table = cache.attribute_table[start:stop] if cache.attribute_table is not None else None
+            pairs = cache.pairs[start:stop] if cache.pairs is not None else None
             writer.add(chunk, cache.rest[start:stop], emb[start:stop], cache.labels[start:stop],
-                       cache.groups[start:stop], attrs, cache.paths[start:stop])
+                       cache.groups[start:stop], attrs, cache.paths[start:stop], table, pairs)
         return writer.close()
 
 
@@ -339,7 +397,8 @@ def load_cache(path: str | Path) -> DecompositionCache:
         split=fields.split, class_names=fields.class_names, group_names=fields.group_names,
         attribute_names=fields.attribute_names, paths=fields.paths, convention=fields.convention,
         tower_layers=fields.tower_layers, stored_embeddings=small.get("embeddings"),
-        stored_means=small.get("head_means"), source=str(path),
+        stored_means=small.get("head_means"), source=str(path), attribute_table=small.get("attribute_table"),
+        pairs=small.get("pairs"), **{k: getattr(fields, k) for k in METRIC_FIELDS},
     )
 
 
@@ -367,7 +426,7 @@ def check_tensors(heads_shape: tuple[int, ...], tensors: dict[str, torch.Tensor]
                               f"{len(header.layers)} (one per entry of 'layers'), H, D]")
     n, d = heads_shape[0], heads_shape[3]
     expected = {"rest": [n, d], "embeddings": [n, d], "head_means": list(heads_shape[1:]), "labels": [n],
-                "groups": [n], "attributes": [n]}
+                "groups": [n], "attributes": [n], "pairs": [n], "attribute_table": [n, len(header.attribute_columns)]}
     for key, want in expected.items():
         if key in tensors and list(tensors[key].shape) != want:
             raise ClipDebiasError(f"{where}: tensor '{key}' has shape {list(tensors[key].shape)}, expected {want}")
@@ -378,3 +437,15 @@ def check_tensors(heads_shape: tuple[int, ...], tensors: dict[str, torch.Tensor]
         if names and n and not (0 <= int(values.min()) and int(values.max()) < len(names)):
             raise ClipDebiasError(f"{where}: tensor '{key}' holds ids outside 0..{len(names) - 1} (the "
                                   f"{len(names)} entries of '{'class_names' if key == 'labels' else 'group_names'}')")
+    if len(header.attribute_values) != len(header.attribute_columns):
+        raise ClipDebiasError(f"{where}: field 'attribute_values': {len(header.attribute_values)} lists for "
+                              f"{len(header.attribute_columns)} 'attribute_columns'")
+    if header.protected is not None and header.protected not in header.attribute_columns:
+        raise ClipDebiasError(f"{where}: field 'protected': '{header.protected}' is not one of 'attribute_columns'")
+    table = tensors.get("attribute_table")
+    if header.attribute_columns and n and table is None:
+        raise ClipDebiasError(f"{where}: missing tensor 'attribute_table' (the header lists attribute_columns)")
+    for i, values in enumerate(header.attribute_values if table is not None and n else []):
+        if not (0 <= int(table[:, i].min()) and int(table[:, i].max()) < len(values)):
+            raise ClipDebiasError(f"{where}: tensor 'attribute_table' column {i} holds ids outside 0..{len(values) - 1}"
+                                  f" (the values of '{header.attribute_columns[i]}')")

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from clip_debias.runtime.datasets import DatasetIndex
+from clip_debias.runtime.metric_inputs import source_of_index
 from clip_debias.toolchain.decompose.cache import CacheWriter, DecompositionCache, load_cache
 from clip_debias.toolchain.decompose.contributions import Decomposer
 from clip_debias.toolchain.decompose.conventions import DEFAULT_CONVENTION
@@ -44,15 +46,27 @@ def decompose_dataset(
     decomposer = Decomposer(tower, layers, convention).to(device)
     dtype = tower.conv1.weight.dtype
     shape = (len(layers), tower.cfg.heads, tower.cfg.embed_dim)
+    source = source_of_index(index)
+    table = torch.from_numpy(np.stack([a.ids for a in source.attributes], axis=1)) if source.attributes else None
+    pairs = torch.from_numpy(source.pairs) if source.pairs is not None else None
+
+    def metric_rows(batch: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The batch's rows of the attribute table and of the pair ids."""
+        return (table[batch.indices] if table is not None else None,
+                pairs[batch.indices] if pairs is not None else None)
+
     fields = dict(layers=list(layers), identity=clip.identity, dataset=index.dataset, split=index.split,
                   class_names=list(index.class_names), group_names=list(index.group_names),
                   attribute_names=list(index.attribute_names), convention=convention,
-                  tower_layers=tower.cfg.layers)
+                  tower_layers=tower.cfg.layers, attribute_columns=[a.name for a in source.attributes],
+                  attribute_values=[list(a.names) for a in source.attributes], protected=source.protected,
+                  train_correlation=source.train_correlation,
+                  train_correlation_from=source.train_correlation_from)
     batches = iter_batches(index, clip.preprocess, batch_size=batch_size, skip_bad=skip_bad, skipped_log=skipped_log,
                            progress=progress, force=force, **reading)
     if out is None:
         parts: dict[str, list] = {"heads": [], "rest": [], "emb": [], "labels": [], "groups": [], "attrs": [],
-                                  "paths": []}
+                                  "paths": [], "table": [], "pairs": []}
         for batch in batches:
             hc = decomposer(batch.images.to(device=device, dtype=dtype))
             for key, value in (("heads", hc.heads), ("rest", hc.rest), ("emb", hc.embeddings)):
@@ -62,18 +76,24 @@ def decompose_dataset(
             if batch.attributes is not None:
                 parts["attrs"].append(batch.attributes)
             parts["paths"].extend(batch.paths)
+            rows_table, rows_pairs = metric_rows(batch)
+            parts["table"] += [rows_table] if rows_table is not None else []
+            parts["pairs"] += [rows_pairs] if rows_pairs is not None else []
         if not parts["heads"]:
             raise ClipDebiasError(f"{index.root}: no image of split '{index.split}' could be read")
         return DecompositionCache(
             heads=torch.cat(parts["heads"]), rest=torch.cat(parts["rest"]), labels=torch.cat(parts["labels"]),
             groups=torch.cat(parts["groups"]), attributes=torch.cat(parts["attrs"]) if parts["attrs"] else None,
-            paths=parts["paths"], stored_embeddings=torch.cat(parts["emb"]), **fields)
+            paths=parts["paths"], stored_embeddings=torch.cat(parts["emb"]),
+            attribute_table=torch.cat(parts["table"]) if parts["table"] else None,
+            pairs=torch.cat(parts["pairs"]) if parts["pairs"] else None, **fields)
     all_paths = [str(r.path) for r in index.records]
     with CacheWriter(out, shape=shape, max_rows=len(index.records), max_paths=all_paths, terms_dtype=terms_dtype,
-                     force=force, **fields) as writer:
+                     force=force, pairs=pairs is not None, **fields) as writer:
         for batch in batches:
             hc = decomposer(batch.images.to(device=device, dtype=dtype))
-            writer.add(hc.heads, hc.rest, hc.embeddings, batch.labels, batch.groups, batch.attributes, batch.paths)
+            writer.add(hc.heads, hc.rest, hc.embeddings, batch.labels, batch.groups, batch.attributes, batch.paths,
+                       *metric_rows(batch))
         if writer.rows == 0:
             raise ClipDebiasError(f"{index.root}: no image of split '{index.split}' could be read")
         writer.close()
