@@ -17,6 +17,7 @@ refuse a gate that would need it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +91,17 @@ class MetricSource:
 
     def attribute(self, name: str) -> AttributeColumn:
         return next(a for a in self.attributes if a.name == name)
+
+    def with_protected(self, name: str | None) -> "MetricSource":
+        """This source with ``name`` as the protected attribute (None: unchanged); one line when it has no such
+        attribute."""
+        if name is None:
+            return self
+        names = [a.name for a in self.attributes]
+        if name not in names:
+            raise InputError(f"--protected {name}: {self.where} has "
+                             + (f"the attribute(s) {', '.join(names)}" if names else "no attribute"))
+        return dataclasses.replace(self, protected=name)
 
 
 def source_of_index(index: DatasetIndex) -> MetricSource:

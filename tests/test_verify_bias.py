@@ -246,3 +246,29 @@ def test_eo_gate_fails_on_an_empty_cell(bias_setup, tmp_path):
     rep = verify(art.path, "csv", sub, "test", progress=False, thresholds=Thresholds(max_eo_gap=1.0))
     t = rep.thresholds["max_eo_gap"]
     assert not t.passed and not rep.passed and "dog/m have no image" in t.reason and t.over["missing"] == ["dog/m"]
+
+
+def test_report_shows_the_bias_sections(bias_setup, tmp_path):
+    """The HTML report renders verify's bias tables and gates, and the bias summary of evaluate's rows, from the
+    JSON files (the numbers as written, formatted by runtime.metric_tables)."""
+    from clip_debias.runtime.metric_tables import summary
+    from clip_debias.runtime.metrics import accuracy_report
+    from clip_debias.toolchain.evaluate import MethodResult, compare_file
+    from clip_debias.toolchain.explain.report import build_report
+
+    art, data, rows = bias_setup
+    r = verify(art.path, "csv", data, "test", progress=False, protected="gender",
+               metric_options=MetricOptions(("bg", "obj"), 0.9, (5, 10)), thresholds=Thresholds(max_flip_rate=0.2))
+    root = tmp_path / "page"
+    root.mkdir()
+    r.write_json(root / "report.json")
+    bias = _expected(art, rows, 0.9, (5, 10))
+    labels = np.array([x.label for x in rows])
+    acc = accuracy_report(labels, labels, labels, list(CLASSES))
+    (root / "compare.json").write_text(compare_file([MethodResult("zero-shot", "none", acc, bias)]).to_json())
+    text = build_report(root).read_text()
+    for needle in ("Whac-A-Mole shortcut gaps", "counterfactual pairs", "MaxSkew@5 / MinSkew@5 of &#x27;gender&#x27;",
+                   "equal opportunity / demographic parity", "max_flip_rate", "FAIL", "Bias metrics per method",
+                   *summary(bias).values()):
+        assert needle in text, needle
+    assert "section skipped" not in text

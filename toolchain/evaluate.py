@@ -1,7 +1,9 @@
 """Evaluate: a built model on a dataset split, or the methods side by side on cached terms.
 
-Metrics come from ``runtime.metrics.accuracy_report``: unweighted average accuracy (every image counts once),
-worst-group accuracy and the per-group table.
+Metrics come from ``runtime.metrics``: ``accuracy_report`` (unweighted average accuracy, every image counting once;
+worst-group accuracy and the per-group table) and ``bias_metrics`` (the Whac-A-Mole shortcut gaps, the counterfactual
+flip rate, MaxSkew@k, the EO / DP gaps: each where the data allows it, from the same logits), computed exactly as
+``verify`` computes them.
 
 ``compare_methods`` computes, from ONE cache of the evaluated split and the same edit functions the baked model
 uses (``EditSet.apply`` -> ``corrected_embedding``), the rows (``row_names``):
@@ -18,10 +20,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 from pydantic.dataclasses import dataclass as format_dataclass
 
-from clip_debias.runtime.metrics import AccuracyReport, accuracy_report
+from clip_debias.runtime.metric_inputs import MetricOptions, metric_inputs
+from clip_debias.runtime.metrics import (AccuracyReport, BiasInputs, BiasMetrics, CounterfactualReport, ParityReport,
+                                         ShortcutGaps, SkewReport, accuracy_report, bias_metrics)
 from clip_debias.runtime.schema import FORMAT, read_model
 from clip_debias.toolchain.correct.build import (BuildOptions, EditSet, check_plan, make_edits, make_head,
                                                  require_convention)
@@ -45,15 +50,18 @@ def row_names(renorms: tuple[str, ...] | list[str], perception: bool) -> list[st
 
 @dataclass
 class MethodResult:
-    """One row: method name, what was edited, its accuracy report on the evaluated split (and its logits [N, C])."""
+    """One row: method name, what was edited, its accuracy report on the evaluated split (and its logits [N, C]) and
+    the bias metrics of the same predictions (None: not computed)."""
 
     method: str
     edits: str
     report: AccuracyReport
     logits: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    bias: BiasMetrics | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "edits": self.edits, **self.report.to_dict()}
+        bias = asdict(self.bias).items() if self.bias is not None else ()
+        return {"method": self.method, "edits": self.edits, **self.report.to_dict(), **dict(bias)}
 
 
 def report_of(logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor,
@@ -61,6 +69,11 @@ def report_of(logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor,
     """``accuracy_report`` of argmax predictions."""
     return accuracy_report(logits.argmax(dim=-1).cpu().numpy(), labels.cpu().numpy(), groups.cpu().numpy(), group_names,
                            expected=group_names)
+
+
+def bias_of(logits: torch.Tensor, labels: torch.Tensor, inputs: BiasInputs) -> BiasMetrics:
+    """``bias_metrics`` of the logits (as float64 numpy)."""
+    return bias_metrics(logits.double().cpu().numpy(), labels.cpu().numpy(), inputs)
 
 
 def _describe(edits: EditSet) -> str:
@@ -76,11 +89,14 @@ def compare_methods(cache_test: DecompositionCache, plan: LocatePlan, calibratio
                     attribute_pairs: list[tuple[str, str]] | None = None, tau: float = 1.0, z_from: str = "joint",
                     renorms: tuple[str, ...] = ("stepwise", "keep"), pair_embeddings: str | None = None,
                     allow_test_calibration: bool = False, templates: list[str] | None = None,
-                    protocol: str = "default") -> list[MethodResult]:
+                    protocol: str = "default", metric_options: MetricOptions | None = None,
+                    protected: str | None = None) -> list[MethodResult]:
     """The side-by-side rows on ``cache_test`` (see module doc). All caches and the plan must come from ``clip``'s
     backbone and the plan's decomposition convention; ``cache_test`` must hold the layers of every planned head,
     ``calibration`` those of the spurious ones. Under ``protocol="reference"`` the calibration is ``cache_test``
-    itself (a ``calibration`` given is ignored) and only the stepwise rows are the reference's own."""
+    itself (a ``calibration`` given is ignored) and only the stepwise rows are the reference's own. Each row carries
+    the bias metrics the cache allows (``DecompositionCache.metric_source``, its protected attribute replaced by
+    ``protected`` when given; ``metric_options``: see ``runtime.metric_inputs``)."""
     check_protocol(protocol)
     if protocol == "reference":
         calibration = cache_test
@@ -107,22 +123,28 @@ def compare_methods(cache_test: DecompositionCache, plan: LocatePlan, calibratio
     kinds = ["zeroshot"] * (2 + len(renorms)) + ["perception"] * (len(names) - 2 - len(renorms))
     heads = {kind: make_head(clip, plan.class_names, templates, replace(base, classifier=kind)) for kind in set(kinds)}
     labels, groups = cache_test.labels.long(), cache_test.groups.long()
+    inputs = metric_inputs(cache_test.metric_source().with_protected(protected), metric_options)
+    inputs.class_names = list(plan.class_names)
     out = []
     for name, kind, edit in zip(names, kinds, edits):
         logits = heads[kind](embeddings[edit])
         out.append(MethodResult(name, _describe(variants[edit]) + ("" if kind == "zeroshot" else "; perception head"),
-                                report_of(logits, labels, groups, cache_test.group_names), logits))
+                                report_of(logits, labels, groups, cache_test.group_names), logits,
+                                bias_of(logits, labels, inputs)))
     return out
 
 
 @torch.no_grad()
 def evaluate_model(model_dir: str | Path, dataset: str, data: str | Path, split: str = "test", *,
                    batch_size: int = 32, device: str = "cpu", skip_bad: bool = False,
-                   classes: list[str] | None = None, allow_outside_root: bool = False,
-                   **reading: Any) -> AccuracyReport:
+                   classes: list[str] | None = None, allow_outside_root: bool = False, target: str | None = None,
+                   protected: str | None = None, metric_options: MetricOptions | None = None,
+                   **reading: Any) -> MethodResult:
     """Run a saved ``DebiasedClassifier`` over one split of a dataset (open_clip's eval transform from the model's
     recorded preprocessing) and report its accuracy over the dataset's groups (every group of its definition, an
-    empty one with n = 0). ``reading``: ``max_skipped``, ``max_pixels`` of ``iter_batches``."""
+    empty one with n = 0) and the bias metrics the data allows (a row named by ``model_dir``). ``target``,
+    ``protected``: see ``runtime.datasets.load_index``. ``reading``: ``max_skipped``, ``max_pixels`` of
+    ``iter_batches``."""
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
     from clip_debias.runtime.datasets import load_index
@@ -130,7 +152,10 @@ def evaluate_model(model_dir: str | Path, dataset: str, data: str | Path, split:
     from clip_debias.toolchain.datasets import iter_batches
 
     model = DebiasedClassifier.load(model_dir, device=device)
-    index = load_index(dataset, Path(data), split, classes=classes, allow_outside_root=allow_outside_root)
+    index = load_index(dataset, Path(data), split, classes=classes, allow_outside_root=allow_outside_root,
+                       target=target, protected=protected)
+    inputs = metric_inputs(index, metric_options)
+    inputs.class_names = list(model.spec.class_names)
     if len(index.class_names) != len(model.spec.class_names):
         raise ClipDebiasError(f"{model_dir}: the model has {len(model.spec.class_names)} classes, {dataset}/{split} "
                               f"has {len(index.class_names)} ({', '.join(index.class_names)})")
@@ -138,14 +163,18 @@ def evaluate_model(model_dir: str | Path, dataset: str, data: str | Path, split:
     cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in model.spec.preprocess.items() if k in keys}
     transform = image_transform_v2(PreprocessCfg(**cfg), is_train=False)
     dtype = model.tower.conv1.weight.dtype
-    preds, labels, groups = [], [], []
+    outputs, labels, groups, rows = [], [], [], []
     for batch in iter_batches(index, transform, batch_size=batch_size, skip_bad=skip_bad, **reading):
         logits, _ = model(batch.images.to(device=device, dtype=dtype))
-        preds.append(logits.argmax(dim=-1).cpu())
+        outputs.append(logits.float().cpu())
         labels.append(batch.labels)
         groups.append(batch.groups)
-    return accuracy_report(torch.cat(preds).numpy(), torch.cat(labels).numpy(), torch.cat(groups).numpy(),
-                           index.group_names, expected=index.group_names)
+        rows.extend(batch.indices.tolist())
+    logits, labels_t = torch.cat(outputs), torch.cat(labels)
+    keep = np.zeros(len(index), dtype=bool)
+    keep[rows] = True  # batches follow the record order, so the kept rows are in it too
+    report = report_of(logits, labels_t, torch.cat(groups), index.group_names)
+    return MethodResult(str(model_dir), "", report, logits, bias_of(logits, labels_t, inputs.rows(keep)))
 
 
 def _cell(g: Any) -> str:
@@ -153,21 +182,38 @@ def _cell(g: Any) -> str:
     return ("-" if g.accuracy is None else f"{g.accuracy * 100:.1f}") + f" (n={g.n})"
 
 
-def print_reports(rows: list[tuple[str, AccuracyReport]], console: Any = None) -> None:
-    """A rich table: one row per method, columns avg / worst group / each group's accuracy (n)."""
+def print_reports(rows: list[MethodResult], console: Any = None) -> None:
+    """Rich tables: one row per method, columns avg / worst group / each group's accuracy (n); then, when the rows
+    carry bias metrics, their summary (``runtime.metric_tables.summary``) and why a section was not computed."""
     from rich.console import Console
     from rich.table import Table
 
+    from clip_debias.runtime.metric_tables import summary
+
     console = console or Console()
-    names = list(dict.fromkeys(g for _, r in rows for g in r.groups))
+    names = list(dict.fromkeys(g for m in rows for g in m.report.groups))
     table = Table(show_lines=False)
     for col in ["method", "avg acc", "worst group", *names]:
         table.add_column(col, justify="left" if col == "method" else "right")
-    for name, r in rows:
+    for m in rows:
+        r = m.report
         cells = [_cell(r.groups[g]) if g in r.groups else "-" for g in names]
-        table.add_row(name, f"{r.accuracy * 100:.2f}", f"{r.worst_group_accuracy * 100:.2f} ({r.worst_group})", *cells)
+        table.add_row(m.method, f"{r.accuracy * 100:.2f}", f"{r.worst_group_accuracy * 100:.2f} ({r.worst_group})",
+                      *cells)
     console.print(table)
-    missing = next((r.missing for _, r in rows if r.missing), [])
+    summaries = [(m.method, summary(m.bias)) for m in rows if m.bias is not None]
+    columns = list(dict.fromkeys(c for _, s in summaries for c in s))
+    if columns:
+        bias_table = Table(title="bias metrics (runtime.metrics, as verify computes them)")
+        for col in ["method", *columns]:
+            bias_table.add_column(col, justify="left" if col == "method" else "right")
+        for method, s in summaries:
+            bias_table.add_row(method, *(s.get(c, "-") for c in columns))
+        console.print(bias_table)
+    first = next((m.bias for m in rows if m.bias is not None), None)
+    for section, why in (first.not_computed.items() if first is not None else ()):
+        console.print(f"{section}: not computed ({why})", markup=False, highlight=False, style="dim")
+    missing = next((m.report.missing for m in rows if m.report.missing), [])
     if missing:
         console.print(f"warning: group(s) {', '.join(missing)} have no image in this split (n = 0): the worst group "
                       "above is over the other groups only", markup=False, highlight=False)
@@ -180,10 +226,16 @@ COMPARE_WHAT = "results written by 'clip-debias evaluate --json'"
 
 @format_dataclass(config=FORMAT)
 class CompareRow(AccuracyReport):
-    """One method's row: its ``AccuracyReport`` with the method's name and (``--compare``) what it edited."""
+    """One method's row: its ``AccuracyReport`` with the method's name, (``--compare``) what it edited, and the bias
+    sections (``runtime.metrics.BiasMetrics``; None: not computed, or a file written before they existed)."""
 
     method: str = ""
     edits: str = ""
+    shortcut_gaps: Optional[ShortcutGaps] = None
+    counterfactual: Optional[CounterfactualReport] = None
+    skew: Optional[SkewReport] = None
+    parity: Optional[ParityReport] = None
+    not_computed: dict[str, str] = field(default_factory=dict)
 
 
 @format_dataclass(config=FORMAT)
@@ -222,7 +274,7 @@ class CompareFile:
 
 
 def compare_file(rows: list[tuple[str, AccuracyReport]] | list[MethodResult], **provenance: Any) -> CompareFile:
-    """The ``CompareFile`` of (name, report) rows or ``compare_methods`` results (with their edits)."""
-    out = [CompareRow(**r.report.to_dict(), method=r.method, edits=r.edits) if isinstance(r, MethodResult)
-           else CompareRow(**r[1].to_dict(), method=r[0]) for r in rows]
+    """The ``CompareFile`` of (name, report) rows or ``MethodResult`` rows (with their edits and bias metrics)."""
+    out = [CompareRow(**r.to_dict()) if isinstance(r, MethodResult) else CompareRow(**r[1].to_dict(), method=r[0])
+           for r in rows]
     return CompareFile(rows=out, **provenance)

@@ -10,7 +10,8 @@ import typer
 from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS
 from clip_debias.toolchain.cli.options import (AllowOutsideRootOpt, BatchOpt, ConventionOpt, DataOpt, DatasetOpt,
                                                DeviceOpt, DtypeOpt, ForceOpt, LayersOpt, MaxPixelsOpt, MaxSkippedOpt,
-                                               ModelOpt, PretrainedOpt, RandomWeightsOpt, SplitOpt, WeightsOpt,
+                                               ModelOpt, PretrainedOpt, ProtectedOpt, RandomWeightsOpt, SplitOpt,
+                                               TargetOpt, WeightsOpt,
                                                load_model, reading_options)
 
 
@@ -39,6 +40,8 @@ def decompose(
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     allow_outside_root: AllowOutsideRootOpt = False,
     force: ForceOpt = False,
+    target: TargetOpt = None,
+    protected: ProtectedOpt = None,
 ) -> None:
     """Write heads [N, L, H, D], rest [N, D], embeddings, per-head means, labels, groups (and attributes) of one split:
     the exact per-head decomposition of the normalized CLS embedding (heads.sum + rest == encode_image(x,
@@ -60,7 +63,7 @@ def decompose(
         check_file_target(skipped_log, "skipped-list", force)
     reading = reading_options(skip_bad, max_skipped, max_pixels)
     index = load_index(dataset, data, split, classes=classes.split(",") if classes else None,
-                       allow_outside_root=allow_outside_root)
+                       allow_outside_root=allow_outside_root, target=target, protected=protected)
     clip = load_model(model, pretrained, weights, device, dtype, random_weights=random_weights)
     chosen = resolve_layers(layers, len(clip.model.visual.transformer.resblocks))
     cache = decompose_dataset(clip, index, chosen, batch_size=batch_size, device=device, skip_bad=skip_bad,

@@ -11,13 +11,15 @@ from clip_debias.toolchain.cli.build_cmd import (AllowTestOpt, ContextsOpt, Pair
                                                  ZFromOpt, default_calibration)
 from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS
 from clip_debias.toolchain.cli.options import (AllowOutsideRootOpt, BatchOpt, DeviceOpt, ForceOpt, MaxPixelsOpt,
-                                               MaxSkippedOpt, PretrainedOpt, ProtocolOpt, RandomWeightsOpt, WeightsOpt,
-                                               load_model, reading_options)
+                                               MaxSkippedOpt, PretrainedOpt, ProtectedOpt, ProtocolOpt,
+                                               RandomWeightsOpt, ShortcutAttributesOpt, SkewKOpt, TargetOpt,
+                                               TrainCorrelationOpt, WeightsOpt, load_model, metric_options,
+                                               reading_options)
 
 
 def evaluate(
     model_dir: Annotated[Optional[Path], typer.Argument(help="Model directory written by 'clip-debias build'.")] = None,
-    dataset: Annotated[Optional[str], typer.Option("--dataset", help="waterbirds | celeba | csv")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="waterbirds | celeba | fairface | csv")] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="Dataset root folder (csv: the CSV file).")] = None,
     split: Annotated[str, typer.Option("--split", help="train | val | test")] = "test",
     compare: Annotated[bool, typer.Option(
@@ -53,8 +55,14 @@ def evaluate(
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     allow_outside_root: AllowOutsideRootOpt = False,
     force: ForceOpt = False,
+    target: TargetOpt = None,
+    protected: ProtectedOpt = None,
+    shortcut_attributes: ShortcutAttributesOpt = None,
+    train_correlation: TrainCorrelationOpt = None,
+    skew_k: SkewKOpt = "10,50,100",
 ) -> None:
-    """Unweighted average accuracy, worst-group accuracy and the per-group table."""
+    """Unweighted average accuracy, worst-group accuracy and the per-group table; and the bias metrics the data
+    allows (Whac-A-Mole gaps, counterfactual flip rate, MaxSkew@k, EO / DP gaps), computed as verify does."""
     from clip_debias.runtime.atomic_output import check_file_target, write_atomic
     from clip_debias.toolchain.errors import ClipDebiasError
     from clip_debias.toolchain.evaluate import compare_file, print_reports
@@ -63,10 +71,13 @@ def evaluate(
         check_file_target(json_out, "compare-file", force)  # before any work
     reading = {**reading_options(skip_bad, max_skipped, max_pixels), "allow_outside_root": allow_outside_root}
     class_list = [c.strip() for c in classes.split(",")] if classes else None
+    metrics = {"metric_options": metric_options(shortcut_attributes, train_correlation, skew_k),
+               "protected": protected}
     if compare:
         rows, extra = _compare(model, pretrained, weights, random_weights, plan, calibration, cache, dataset, data,
                                split, contexts, attribute_pairs, tau, z_from, renorm, pair_embeddings,
-                               allow_test_calibration, class_list, batch_size, device, skip_bad, protocol, reading)
+                               allow_test_calibration, class_list, batch_size, device, skip_bad, protocol, reading,
+                               target, metrics)
     else:
         from clip_debias.toolchain.correct.classifier import CONFIG_NAME, read_spec
         from clip_debias.toolchain.evaluate import evaluate_model
@@ -77,11 +88,11 @@ def evaluate(
         if model_dir is None or dataset is None or data is None:
             raise ClipDebiasError("evaluate needs MODEL_DIR, --dataset and --data "
                                   "(or --compare with --model and --plan)")
-        report = evaluate_model(model_dir, dataset, data, split, batch_size=batch_size, device=device,
-                                skip_bad=skip_bad, classes=class_list, **reading)
+        row = evaluate_model(model_dir, dataset, data, split, batch_size=batch_size, device=device,
+                             skip_bad=skip_bad, classes=class_list, target=target, **metrics, **reading)
         provenance = read_spec(model_dir / CONFIG_NAME).plan
-        rows, extra = [(str(model_dir), report)], {"model_dir": str(model_dir), "dataset": dataset, "split": split,
-                                                   "model_plan": provenance}
+        rows, extra = [row], {"model_dir": str(model_dir), "dataset": dataset, "split": split,
+                              "model_plan": provenance}
         if provenance.get("transductive"):
             from clip_debias.toolchain.protocol import TRANSDUCTIVE_NOTE
 
@@ -97,8 +108,9 @@ def evaluate(
 
 def _compare(model, pretrained, weights, random_weights, plan, calibration, cache, dataset, data, split, contexts,
              attribute_pairs, tau, z_from, renorm, pair_embeddings, allow_test, classes, batch_size, device, skip_bad,
-             protocol, reading):
-    """Load or decompose the evaluated split, then ``compare_methods``; returns (rows, provenance)."""
+             protocol, reading, target, metrics):
+    """Load or decompose the evaluated split, then ``compare_methods``; returns (rows, provenance). ``metrics``:
+    ``compare_methods``' metric_options and protected."""
     from clip_debias.toolchain.prompts.defaults import attribute_pairs_for, contexts_for
     from clip_debias.toolchain.correct.edits import RENORMS
     from clip_debias.toolchain.decompose.cache import load_cache
@@ -128,7 +140,8 @@ def _compare(model, pretrained, weights, random_weights, plan, calibration, cach
         from clip_debias.toolchain.decompose.run import decompose_dataset
 
         reading = dict(reading)
-        index = load_index(dataset, data, split, classes=classes, allow_outside_root=reading.pop("allow_outside_root"))
+        index = load_index(dataset, data, split, classes=classes, allow_outside_root=reading.pop("allow_outside_root"),
+                           target=target, protected=metrics["protected"])
         edited = sorted({l for l, _ in located.spurious_heads() + located.salient_heads()})
         terms = decompose_dataset(clip, index, layers=edited or [located.layers[-1]], batch_size=batch_size,
                                   device=device, skip_bad=skip_bad, convention=located.convention, **reading)
@@ -138,7 +151,7 @@ def _compare(model, pretrained, weights, random_weights, plan, calibration, cach
     results = compare_methods(terms, located, calib, clip, contexts=contexts_for(contexts, ds),
                               attribute_pairs=attribute_pairs_for(attribute_pairs, ds), tau=tau, z_from=z_from,
                               renorms=(renorm,) if renorm else ("stepwise", "keep"), pair_embeddings=pair_embeddings,
-                              allow_test_calibration=allow_test, protocol=protocol)
+                              allow_test_calibration=allow_test, protocol=protocol, **metrics)
     if protocol == "reference":
         calib_split = f"{terms.dataset}/{terms.split} itself"
     else:
@@ -155,7 +168,7 @@ def _compare(model, pretrained, weights, random_weights, plan, calibration, cach
              "located": {"dataset": located.dataset, "split": located.split},
              "calibration": calib_split, "test_calibration": bool(calib is not None and calib.split == "test"),
              "transductive": protocol == "reference", "edits": {r.method: r.edits for r in results}}
-    return [(r.method, r.report) for r in results], extra
+    return results, extra
 
 
 def register(app: typer.Typer) -> None:

@@ -3,9 +3,11 @@
 Sections (each skipped with a note when its file is absent, or malformed: the note is the reader's one line naming
 the file and the field): located heads (``plan.json``, a ``LocatePlan``, + ``plan.png``, rendered from the plan when
 missing), head descriptions (``descriptions.json``, ``explain.files.Descriptions``), per-group accuracy before/after
-(``compare.json`` as ``evaluate --json`` writes it, ``evaluate.CompareFile``; rendered to ``compare.png``), latency
-(verify's ``report.json``, ``VerifyReportFile``), discovered keywords (``keywords.json``, ``explain.files.Keywords``),
-and every other PNG (heat maps). No network assets: inline CSS, images by relative path.
+(``compare.json`` as ``evaluate --json`` writes it, ``evaluate.CompareFile``; rendered to ``compare.png``; with
+the bias metrics of each row when it holds them), latency and bias metrics with their gates (verify's
+``report.json``, ``VerifyReportFile``), discovered keywords (``keywords.json``, ``explain.files.Keywords``), and every
+other PNG (heat maps). The bias tables are ``runtime.metric_tables``' (the numbers verify and evaluate printed, not
+recomputed). No network assets: inline CSS, images by relative path.
 The page, plan.png and compare.png replace existing files only when clip-debias wrote them (``runtime.ownership``:
 the page's generator meta tag, the PNGs' ``Software`` text), or with ``force``.
 """
@@ -21,6 +23,7 @@ from urllib.parse import quote
 from pydantic.dataclasses import dataclass as format_dataclass
 
 from clip_debias.runtime.atomic_output import check_file_target, write_atomic
+from clip_debias.runtime.metric_tables import not_computed_lines, summary, tables
 from clip_debias.runtime.ownership import HTML_GENERATOR, file_is_ours
 from clip_debias.runtime.schema import FORMAT, read_model
 from clip_debias.runtime.verify import VerifyReport
@@ -200,6 +203,14 @@ def section_compare(page: Page) -> None:
              *(f"{pct(r.groups[n].accuracy)} (n={esc(r.groups[n].n)})" if n in r.groups else "-" for n in groups)]
             for r in doc.rows]
     page.add(table(["method", "average", "worst group", *map(esc, groups)], body, set(range(1, 3 + len(groups)))))
+    summaries = [(r.method, summary(r)) for r in doc.rows]
+    columns = list(dict.fromkeys(c for _, row in summaries for c in row))
+    if columns:
+        page.add("<h3>Bias metrics per method</h3>")
+        page.add(table(["method", *map(esc, columns)], [[esc(m), *(esc(row.get(c, "-")) for c in columns)]
+                                                        for m, row in summaries], set(range(1, 1 + len(columns)))))
+        for line in not_computed_lines(doc.rows[0]):
+            page.note(line)
 
 
 def section_latency(page: Page) -> None:
@@ -217,6 +228,27 @@ def section_latency(page: Page) -> None:
     if r.backend:
         extra.append("backend " + esc(", ".join(f"{k}={v}" for k, v in r.backend.items())))
     page.add(f"<p>{'; '.join(extra)}</p>")
+
+
+def section_bias(page: Page) -> None:
+    r = load_section(page, "Bias metrics (verify)", "report.json", read_verify_report,
+                     "no verify report.json (run 'clip-debias verify --json DIR/report.json')")
+    if r is None:
+        return
+    if r.protected:
+        page.add(f"<p>protected attribute: {esc(r.protected)}</p>")
+    for t in tables(r):
+        page.add(f"<h3>{esc(t.title)}</h3>")
+        page.add(table(list(map(esc, t.header)), [list(map(esc, row)) for row in t.rows],
+                       set(range(1, len(t.header)))))
+        for line in t.notes:
+            page.note(line)
+    for line in not_computed_lines(r):
+        page.note(line)
+    if r.thresholds:
+        rows = [[esc(name), esc(t.threshold), esc("-" if t.value is None else f"{t.value:.4g}"),
+                 "PASS" if t.passed else f"FAIL {esc(t.reason)}"] for name, t in r.thresholds.items()]
+        page.add("<h3>Gates</h3>" + table(["threshold", "limit", "measured", "result"], rows, {1, 2}))
 
 
 def section_keywords(page: Page) -> None:
@@ -247,7 +279,8 @@ def section_figures(page: Page) -> None:
              + "</div>")
 
 
-SECTIONS = (section_plan, section_descriptions, section_compare, section_latency, section_keywords, section_figures)
+SECTIONS = (section_plan, section_descriptions, section_compare, section_latency, section_bias, section_keywords,
+            section_figures)
 
 
 def build_report(root: str | Path, out: str | Path | None = None, title: str = "clip-debias report",
