@@ -55,6 +55,7 @@ class Page:
     parts: list[str] = field(default_factory=list)
     used: set[str] = field(default_factory=set)
     force: bool = False  # replace figures clip-debias did not write
+    read: dict[Path, Any] = field(default_factory=dict)  # files read so far (None: malformed), read once
 
     def add(self, text: str) -> None:
         self.parts.append(text)
@@ -111,18 +112,24 @@ def read_verify_report(path: str | Path) -> VerifyReportFile:
 
 
 def load_section(page: Page, title: str, name: str, read: Callable[[Path], Any], missing: str) -> Any:
-    """Open a section: its heading, then the file ``name`` read by ``read`` (a model's reader); None, after a note,
-    when the file is absent (``missing``) or malformed (the reader's one line)."""
+    """Open a section: its heading, then the file ``name`` read by ``read`` (a model's reader; once per page: a
+    second section of the same file reuses it); None, after a note, when the file is absent (``missing``) or
+    malformed (the reader's one line, in the first section that read it)."""
     page.add(f"<h2>{title}</h2>")
     path = find(page.root, name)
     if path is None:
         page.note(missing)
         return None
+    if path in page.read:
+        if page.read[path] is None:
+            page.note(f"{path}: not usable (see above)")
+        return page.read[path]
     try:
-        return read(path)
+        page.read[path] = read(path)
     except ClipDebiasError as e:
+        page.read[path] = None
         page.note(f"{e}; section skipped")
-        return None
+    return page.read[path]
 
 
 # ---- sections ---------------------------------------------------------------------------------------------------
