@@ -215,3 +215,22 @@ def build_csv_dataset(
             w.writerow([rel, class_names[label], i % 3, s])
             images.append(FixtureImage(root / rel, rgb, label, i % 3, s))  # type: ignore[arg-type]
     return images
+
+
+def assert_close_tree(a, b, atol: float = 1e-5, path: str = "") -> None:
+    """``a`` and ``b`` (nested dicts / lists, e.g. ``dataclasses.asdict`` of a report section) have the same
+    structure and strings, and numbers within ``atol``."""
+    import pytest
+
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), path
+        for k in a:
+            assert_close_tree(a[k], b[k], atol, f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_close_tree(x, y, atol, f"{path}[{i}]")
+    elif isinstance(a, float) and not isinstance(b, bool):
+        assert b == pytest.approx(a, abs=atol), path
+    else:
+        assert a == b, path

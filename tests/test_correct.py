@@ -2,8 +2,6 @@
 refused; build / evaluate --compare CLI smoke."""
 
 from __future__ import annotations
-
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -184,6 +182,32 @@ def test_compare_rows_use_the_same_edits(clip, images, cache, options):
         assert rows[i].report.accuracy == pytest.approx(float((logits.argmax(-1) == cache.labels).float().mean()))
     assert rows[0].report.accuracy == pytest.approx(float(
         ((cache.embeddings() @ class_text_matrix(clip, CLASSES).T).argmax(-1) == cache.labels).float().mean()))
+
+
+def test_compare_rows_carry_the_bias_metrics_of_their_logits(clip, images, cache, options):
+    """Each row's bias metrics are ``runtime.metrics.bias_metrics`` of that row's logits (here: the baked LTC
+    model's logits on the images), with the cache's attribute table, pairs and protected attribute."""
+    import dataclasses
+
+    from clip_debias.runtime.metrics import AttributeColumn, BiasInputs, bias_metrics
+    from runtime_fixtures import assert_close_tree
+
+    pairs = torch.tensor([0, 1, 2, -1, 0, 1, 2, -1, 3, -1, 3, -1])  # pair 3: the same place on both images
+    with_meta = replace(cache, attribute_table=cache.attributes[:, None], attribute_columns=["place"],
+                        attribute_values=[["land", "water"]], pairs=pairs, protected="place")
+    plan = plan_with(cache, [[3, 1]], [[2, 2]])
+    rows = compare_methods(with_meta, plan, cache, clip, contexts=options.contexts,
+                           attribute_pairs=options.attribute_pairs, protected="place")
+    with torch.no_grad():
+        logits = build_classifier(plan, cache, clip, options)(images)[0].double().numpy()
+    place = AttributeColumn("place", cache.attributes.numpy(), ("land", "water"))
+    expected = bias_metrics(logits, cache.labels.numpy(), BiasInputs(CLASSES, place, None, pairs.numpy(),
+                                                                     missing={"shortcut_gaps": "x"}))
+    got = rows[2].bias
+    assert got.counterfactual.pairs == 3 and got.counterfactual.excluded["not_protected"] == 1
+    for name in ("counterfactual", "skew", "parity"):
+        assert_close_tree(dataclasses.asdict(getattr(expected, name)), dataclasses.asdict(getattr(got, name)))
+    assert "two spurious attributes" in got.not_computed["shortcut_gaps"]
 
 
 def test_cli_build_and_compare(clip, images, cache, tmp_path: Path):

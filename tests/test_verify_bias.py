@@ -18,7 +18,7 @@ from clip_debias.runtime.errors import InputError
 from clip_debias.runtime.metric_inputs import MetricOptions
 from clip_debias.runtime.metrics import AttributeColumn, BiasInputs, bias_metrics
 from clip_debias.runtime.verify import Thresholds, verify
-from runtime_fixtures import _save_solid, build_artifact, build_waterbirds
+from runtime_fixtures import _save_solid, assert_close_tree, build_artifact, build_waterbirds
 
 CLASSES = ("cat", "dog")
 
@@ -97,22 +97,6 @@ def _expected(art, rows: list[Row], p_agree: float, ks: tuple[int, ...]):
     return bias_metrics(logits, labels, inputs, pairs_in_split=12)
 
 
-def _close(a, b, path="") -> None:
-    """Equal structure and strings; numbers within 1e-5 (the artifact runs in float32)."""
-    if isinstance(a, dict):
-        assert set(a) == set(b), path
-        for k in a:
-            _close(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _close(x, y, f"{path}[{i}]")
-    elif isinstance(a, float) and not isinstance(b, bool):
-        assert b == pytest.approx(a, abs=1e-5), path
-    else:
-        assert a == b, path
-
-
 def test_verify_bias_sections_equal_direct_computation(bias_setup):
     art, data, rows = bias_setup
     options = MetricOptions(("bg", "obj"), 0.9, (5, 10, 50))
@@ -120,7 +104,7 @@ def test_verify_bias_sections_equal_direct_computation(bias_setup):
                metric_options=options)
     expected = _expected(art, rows, 0.9, (5, 10, 50))
     for name in ("shortcut_gaps", "counterfactual", "skew", "parity"):
-        _close(dataclasses.asdict(getattr(expected, name)), dataclasses.asdict(getattr(r, name)), name)
+        assert_close_tree(dataclasses.asdict(getattr(expected, name)), dataclasses.asdict(getattr(r, name)))
     c = r.counterfactual
     assert r.protected == "gender" and c.pairs == 10 and c.excluded == {"incomplete": 0, "not_protected": 2}
     assert c.flipped == 4 and c.flip_rate == pytest.approx(0.4)
