@@ -2,6 +2,7 @@
 refused; build / evaluate --compare CLI smoke."""
 
 from __future__ import annotations
+import json
 from dataclasses import replace
 from pathlib import Path
 
