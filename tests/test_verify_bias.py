@@ -249,7 +249,7 @@ def test_report_shows_the_bias_sections(bias_setup, tmp_path):
     bias = _expected(art, rows, 0.9, (5, 10))
     labels = np.array([x.label for x in rows])
     acc = accuracy_report(labels, labels, labels, list(CLASSES))
-    (root / "compare.json").write_text(compare_file([MethodResult("zero-shot", "none", acc, bias)]).to_json())
+    (root / "compare.json").write_text(compare_file([MethodResult("zero-shot", "none", acc, bias=bias)]).to_json())
     text = build_report(root).read_text()
     for needle in ("Whac-A-Mole shortcut gaps", "counterfactual pairs", "MaxSkew@5 / MinSkew@5 of &#x27;gender&#x27;",
                    "equal opportunity / demographic parity", "max_flip_rate", "FAIL", "Bias metrics per method",

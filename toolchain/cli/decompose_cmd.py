@@ -11,8 +11,7 @@ from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS
 from clip_debias.toolchain.cli.options import (AllowOutsideRootOpt, BatchOpt, ConventionOpt, DataOpt, DatasetOpt,
                                                DeviceOpt, DtypeOpt, ForceOpt, LayersOpt, MaxPixelsOpt, MaxSkippedOpt,
                                                ModelOpt, PretrainedOpt, ProtectedOpt, RandomWeightsOpt, SplitOpt,
-                                               TargetOpt, WeightsOpt,
-                                               load_model, reading_options)
+                                               TargetOpt, WeightsOpt, load_model, reading_options)
 
 
 def decompose(
