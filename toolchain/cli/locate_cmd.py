@@ -49,9 +49,14 @@ def locate(
         "--max-salient", min=0, help="Keep at most N salient heads.")] = None,
     force: ForceOpt = False,
     protocol: ProtocolOpt = "default",
+    from_pairs: Annotated[bool, typer.Option(
+        "--from-pairs", help="Rank heads by how much their margin changes within counterfactual pairs (mean "
+                             "|d(x) - d(x')|; the cache needs pair ids); spurious = over a uniform share of the total "
+                             "change. No group labels, no salient heads.")] = False,
 ) -> None:
     """Score every cached head on the minority groups: spurious if n(W) - n(C) > 1/K, salient if n(C) - n(W) > 1/K
-    (the argmax runs over every cached layer's heads; decompose's default caches them all)."""
+    (the argmax runs over every cached layer's heads; decompose's default caches them all). With --from-pairs: by
+    the change of each head's margin within counterfactual pairs (toolchain.locate.pairs)."""
     from clip_debias.toolchain.prompts.defaults import attribute_prompts_for, classes_for, templates_for
     from clip_debias.toolchain.decompose.cache import load_cache
     from clip_debias.toolchain.locate.heatmap import save_heatmap
@@ -65,8 +70,24 @@ def locate(
         raise ClipDebiasError(f"--out {out}: expected a .json path (the heat map is written beside it as .png)")
     check_file_target(out, "locate-plan", force)  # both outputs, before any work
     check_figure_target(out.with_suffix(".png"), force)
+    if from_pairs:
+        given = [option for option, value in (("--attribute-prompts", attribute_prompts),
+                                              ("--minority-groups", minority_groups),
+                                              ("--minority-from", minority_from != "counts" or None),
+                                              ("--max-salient", max_salient),
+                                              ("--protocol", protocol != "default" or None)) if value is not None]
+        if given:
+            raise ClipDebiasError(f"{given[0]}: not with --from-pairs (pairs need no groups and give no salient "
+                                  "heads)")
     terms = load_cache(cache)
     clip = load_model(model, pretrained, weights, random_weights=random_weights)
+    if from_pairs:
+        from clip_debias.toolchain.locate.pairs import locate_pairs
+
+        plan = locate_pairs(terms, clip, class_names=classes_for(classes, terms.dataset),
+                            templates=templates_for(templates, terms.dataset), max_spurious=max_spurious)
+        _save_and_say_pairs(plan, cache, out, force)
+        return
     plan = locate_cache(
         terms, clip, class_names=classes_for(classes, terms.dataset), templates=templates_for(templates, terms.dataset),
         attribute_prompts=attribute_prompts_for(attribute_prompts, terms.dataset),
@@ -87,6 +108,20 @@ def locate(
     for kind, found in (("spurious", plan.spurious), ("salient", plan.salient)):
         heads = ", ".join(f"L{s.head[0]}H{s.head[1]} ({s.score:+.3f})" for s in found) or "none"
         typer.echo(f"  {kind}: {heads}")
+    typer.echo(f"wrote {out} and {png}")
+
+
+def _save_and_say_pairs(plan, cache: Path, out: Path, force: bool) -> None:  # noqa: ANN001 (a LocatePlan)
+    from clip_debias.toolchain.locate.heatmap import save_heatmap
+
+    plan.cache_path = str(cache.resolve())
+    plan.save(out, force)
+    png = save_heatmap(plan, out.with_suffix(".png"), force)
+    typer.echo(f"located from pairs on {plan.dataset}/{plan.split}: {plan.minority_note}; K={plan.k}, threshold "
+               f"{plan.threshold:.4f} (share of the total margin change)")
+    heads = ", ".join(f"L{s.head[0]}H{s.head[1]} (share {s.score:.3f}, mean |dd| {s.pair_change:.4f})"
+                      for s in plan.spurious) or "none"
+    typer.echo(f"  spurious: {heads}")
     typer.echo(f"wrote {out} and {png}")
 
 

@@ -15,6 +15,9 @@ with optional caps on how many of each are kept (the published method has none).
 ``[layer, head]``. ``protocol="reference"`` (``toolchain.protocol``) checks that the cache and groups are the
 published pipeline's: TextSpan terms of every layer, the train split, true group labels, the dataset's default
 minority groups.
+
+A plan of ``method="pairs"`` comes from ``toolchain.locate.pairs`` (``locate --from-pairs``): its heads are ranked by
+``pair_change_grid`` (the mean change of each head's margin within counterfactual pairs), not by n(W) / n(C).
 """
 
 from __future__ import annotations
@@ -49,12 +52,14 @@ IdentityRecord = stored_as_dict(ModelIdentity)  # validated as a ModelIdentity, 
 
 @dataclass(config=FORMAT)
 class HeadScore:
-    """One located head: absolute ``[layer, head]``, n(W), n(C) and the score (the difference that selected it)."""
+    """One located head: absolute ``[layer, head]``, n(W), n(C) and the score (the difference that selected it); a
+    pairs plan: n(W) = n(C) = 0, ``pair_change`` the mean |d(x) - d(x')| and the score its share of the total."""
 
     head: HeadIndex
     n_wrong: float
     n_correct: float
     score: float
+    pair_change: Optional[float] = None
 
 
 @dataclass(config=FORMAT)
@@ -92,6 +97,9 @@ class LocatePlan:
     max_spurious: Optional[int] = None
     max_salient: Optional[int] = None
     cache_path: str = ""  # the located cache (build's default calibration cache)
+    method: Literal["ltc", "pairs"] = "ltc"  # pairs: toolchain.locate.pairs (the n(W)/n(C) grids are zeros)
+    pair_change_grid: Optional[list[list[float]]] = None  # pairs: [L][H] mean |d(x) - d(x')| over the pairs
+    n_pairs: Optional[int] = None  # pairs: the pairs scored
     format: int = PLAN_FORMAT
     source: str = field(default="", init=False, compare=False, repr=False)  # the file it was loaded from (not saved)
 
@@ -100,8 +108,14 @@ class LocatePlan:
         if self.format != PLAN_FORMAT:
             raise FieldError("format", f"is {self.format}, expected {PLAN_FORMAT}")
         rows, cols = len(self.layers), self.n_heads
-        for name in ("n_wrong_grid", "n_correct_grid"):
+        if (self.method == "pairs") != (self.pair_change_grid is not None):
+            raise FieldError("pair_change_grid", "expected with method 'pairs' only")
+        if self.method == "pairs" and self.salient:
+            raise FieldError("salient", "a pairs plan has no salient heads")
+        for name in ("n_wrong_grid", "n_correct_grid", "pair_change_grid"):
             grid = getattr(self, name)
+            if grid is None:
+                continue
             bad = next((i for i, row in enumerate(grid) if len(row) != cols), None)
             if len(grid) != rows or bad is not None:
                 got = (f"{len(grid)} row{'s' * (len(grid) != 1)}" if len(grid) != rows
@@ -128,7 +142,10 @@ class LocatePlan:
         return {**{h: "spurious" for h in self.spurious_heads()}, **{h: "salient" for h in self.salient_heads()}}
 
     def diff_grid(self) -> torch.Tensor:
-        """n(W) - n(C) [L, H]."""
+        """n(W) - n(C) [L, H]; a pairs plan: each head's share of the total pair change [L, H]."""
+        if self.pair_change_grid is not None:
+            grid = torch.tensor(self.pair_change_grid, dtype=torch.float64)
+            return (grid / grid.sum().clamp_min(1e-30)).float()
         return torch.tensor(self.n_wrong_grid) - torch.tensor(self.n_correct_grid)
 
     def summary(self) -> dict[str, Any]:
@@ -140,6 +157,7 @@ class LocatePlan:
             "group_source": self.group_source,
             "located_on": {"dataset": self.dataset, "split": self.split, "n": self.n, "layers": self.layers},
             "templates": self.templates, "convention": self.convention, "protocol": self.protocol,
+            "method": self.method,
         }
 
     @property
