@@ -138,7 +138,7 @@ def test_plan_roundtrip_and_heatmap(tmp_path: Path):
         LocatePlan.load(tmp_path / "bad.json")
 
 
-HEADS = "{head, n_wrong, n_correct, score}"
+HEADS = "{head, n_wrong, n_correct, score, pair_change}"
 BAD_PLANS = [  # (edit of a good plan's JSON, the error after 'PATH: ')
     (lambda p: p["spurious"].extend([p["spurious"][0], [6, 0]]),
      f"field 'spurious[2]': expected an object {HEADS}, got [6, 0]"),
