@@ -150,7 +150,7 @@ BAD_PLANS = [  # (edit of a good plan's JSON, the error after 'PATH: ')
     (lambda p: p["spurious"][0].update(score="high"), "field 'spurious[0].score': expected a number, got the string "
                                                       '"high"'),
     (lambda p: p["spurious"][0].update(extra=1), "field 'spurious[0].extra': unknown field (allowed: head, n_wrong, "
-                                                 "n_correct, score)"),
+                                                 "n_correct, score, pair_change)"),
     (lambda p: p.update(k="2"), "field 'k': expected an integer, got the string \"2\""),
     (lambda p: p.update(k=2.0), "field 'k': expected an integer, got the number 2.0"),
     (lambda p: p.update(layers=[6, "7"]), "field 'layers[1]': expected an integer, got the string \"7\""),
