@@ -83,7 +83,7 @@ def main() -> None:
         "data": {"dir": str(data), "counterfactual": True, **make_args},
         "test_rows": table,
         "ltc_plan": plan.summary(),
-        "pairs_plan": {"spurious": [{"head": s.head, "share": s.score, "mean_abs_margin_change": s.pair_change}
+        "pairs_plan": {"spurious": [{"head": s.head, "n_P": s.score, "mean_abs_margin_change": s.pair_change}
                                     for s in pairs_plan.spurious],
                        "k": pairs_plan.k, "threshold": pairs_plan.threshold, "n_pairs": pairs_plan.n_pairs,
                        "ranking": _ranking(pairs_plan)},
@@ -99,8 +99,9 @@ def main() -> None:
         print("| " + " | ".join(_cell(row.get(c, "-")) for c in columns) + " |")
     print(f"LTC (val): spurious {plan.spurious_heads()}, salient {plan.salient_heads()}")
     print(f"from pairs (test, {pairs_plan.n_pairs} pairs): spurious "
-          + ", ".join(f"{tuple(s.head)} share {s.score:.3f}" for s in pairs_plan.spurious))
-    print("pair-change ranking (top 6): " + ", ".join(f"{h} {v:.4f}" for h, v in result["pairs_plan"]["ranking"][:6]))
+          + ", ".join(f"{tuple(s.head)} n_P {s.score:.3f}" for s in pairs_plan.spurious)
+          + f" (K={pairs_plan.k}, 1/K={pairs_plan.threshold:.3f})")
+    print("mean |d(x) - d(x')| ranking (top 6): " + ", ".join(f"{h} {v:.4f}" for h, v in result["pairs_plan"]["ranking"][:6]))
     print(f"wrote {out / 'lab-bias.json'} ({result['seconds']} s)")
 
 

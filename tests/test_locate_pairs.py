@@ -22,7 +22,8 @@ IDENTITY = ModelIdentity("clipdebias-tiny")
 PLANTED = (3, 1)  # the head whose term moves with the attribute
 
 
-def pair_cache(seed: int = 0, classes: int = 3, n_pairs: int = 12, protected: bool = True) -> DecompositionCache:
+def pair_cache(seed: int = 0, classes: int = 3, n_pairs: int = 12, protected: bool = True,
+               noise: float = 0.6) -> DecompositionCache:
     """``n_pairs`` pairs (2 rows each, same class) plus 3 unpaired rows. Attribute a (0/1) flips within a pair except in
     the last pair; head PLANTED adds 1.5 a * (t_0 - t_1) to its term; every term also has noise."""
     g = torch.Generator().manual_seed(seed)
@@ -31,7 +32,7 @@ def pair_cache(seed: int = 0, classes: int = 3, n_pairs: int = 12, protected: bo
     attrs = torch.tensor([i % 2 for i in range(2 * n_pairs)] + [0, 1, 0])
     attrs[2 * n_pairs - 1] = attrs[2 * n_pairs - 2]  # the last pair: the same attribute on both images
     pairs = torch.tensor([i // 2 for i in range(2 * n_pairs)] + [-1, -1, -1])
-    heads = 0.3 * torch.randn(n, len(LAYERS), H, D, generator=g, dtype=torch.float64).float()
+    heads = noise * torch.randn(n, len(LAYERS), H, D, generator=g, dtype=torch.float64).float()
     text = torch.eye(classes, D)
     heads[:, LAYERS.index(PLANTED[0]), PLANTED[1]] += 1.5 * attrs[:, None].float() * (text[0] - text[1])
     rest = 0.2 * torch.randn(n, D, generator=g)
@@ -42,17 +43,17 @@ def pair_cache(seed: int = 0, classes: int = 3, n_pairs: int = 12, protected: bo
 
 
 def direct_change(cache: DecompositionCache, text: torch.Tensor, counted: list[tuple[int, int]]) -> np.ndarray:
-    """mean over pairs |c(x).(t_y - t_r) - c(x').(t_y - t_r)| in float64, written out pair by pair."""
+    """|c(x).(t_y - t_r) - c(x').(t_y - t_r)| [P, L, H] in float64, written out pair by pair."""
     heads = cache.heads.tensor().double().numpy()
     emb = cache.embeddings().double().numpy()
     t = text.double().numpy()
-    total = np.zeros(heads.shape[1:3])
+    out = []
     for i, j in counted:
         y = int(cache.labels[i])
         mean = (emb[i] @ t.T + emb[j] @ t.T) / 2
         r = max((c for c in range(t.shape[0]) if c != y), key=lambda c: mean[c])
-        total += np.abs(heads[i] @ (t[y] - t[r]) - heads[j] @ (t[y] - t[r]))
-    return total / len(counted)
+        out.append(np.abs(heads[i] @ (t[y] - t[r]) - heads[j] @ (t[y] - t[r])))
+    return np.stack(out)
 
 
 @pytest.mark.parametrize("classes", [2, 3])
@@ -61,23 +62,34 @@ def test_pair_change_equals_direct_computation(classes):
     text = torch.eye(classes, D)
     plan = locate_pairs_terms(cache, text)
     counted = [(2 * p, 2 * p + 1) for p in range(11)]  # pair 11 has the same attribute on both images
-    expected = direct_change(cache, text, counted)
-    assert np.allclose(np.array(plan.pair_change_grid), expected, atol=1e-6)
+    delta = direct_change(cache, text, counted)
+    assert np.allclose(np.array(plan.pair_change_grid), delta.mean(axis=0), atol=1e-6)
+    votes = np.zeros(delta.shape[1:])
+    for pair in delta:  # the head whose margin moves most, per pair
+        votes[np.unravel_index(pair.argmax(), pair.shape)] += 1 / len(delta)
+    assert np.allclose(np.array(plan.n_wrong_grid), votes) and not np.any(plan.n_correct_grid)
     assert plan.n_pairs == 11 and "1 with the same a" in plan.minority_note
-    share = expected / expected.sum()
-    k = int((expected > 0).sum())
-    chosen = sorted(((LAYERS[i], j) for i, j in zip(*np.nonzero(share > 1 / k))), key=lambda h: -share[
-        LAYERS.index(h[0]), h[1]])
-    assert [tuple(s.head) for s in plan.spurious] == chosen and plan.threshold == pytest.approx(1 / k)
-    assert tuple(plan.spurious[0].head) == PLANTED  # the planted head moves most within pairs
+    k = int((votes > 0).sum())
+    chosen = sorted(((LAYERS[i], j) for i, j in zip(*np.nonzero(votes > 1 / k))),
+                    key=lambda h: (-votes[LAYERS.index(h[0]), h[1]], h))
+    assert k > 1 and plan.threshold == pytest.approx(1 / k)  # the noise wins a few pairs
+    assert [tuple(s.head) for s in plan.spurious] == chosen == [PLANTED]  # the planted head moves most within pairs
+    assert plan.spurious[0].pair_change == pytest.approx(delta.mean(axis=0)[LAYERS.index(PLANTED[0]), PLANTED[1]])
     assert plan.method == "pairs" and plan.salient == [] and plan.k == k
     everything = locate_pairs_terms(pair_cache(classes=classes, protected=False), text)
     assert everything.n_pairs == 12  # without a protected attribute every complete pair counts
 
 
+def test_one_head_winning_every_pair_is_kept():
+    """K = 1 (one head moves most in every pair): n_P = 1 is not > 1/K, but that head is the answer."""
+    plan = locate_pairs_terms(pair_cache(noise=0.01), torch.eye(3, D))  # noise far below the planted change
+    assert plan.k == 1 and [tuple(s.head) for s in plan.spurious] == [PLANTED]
+
+
 def test_pairs_plan_roundtrip_and_cap(tmp_path):
-    plan = locate_pairs_terms(pair_cache(), torch.eye(3, D), max_spurious=1)
-    assert len(plan.spurious) == 1
+    plan = locate_pairs_terms(pair_cache(), torch.eye(3, D), max_spurious=0)
+    assert plan.spurious == []
+    plan = locate_pairs_terms(pair_cache(), torch.eye(3, D))
     plan.save(tmp_path / "plan.json")
     back = LocatePlan.load(tmp_path / "plan.json")
     assert back.method == "pairs" and back.pair_change_grid == plan.pair_change_grid

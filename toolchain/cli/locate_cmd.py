@@ -50,9 +50,9 @@ def locate(
     force: ForceOpt = False,
     protocol: ProtocolOpt = "default",
     from_pairs: Annotated[bool, typer.Option(
-        "--from-pairs", help="Rank heads by how much their margin changes within counterfactual pairs (mean "
-                             "|d(x) - d(x')|; the cache needs pair ids); spurious = over a uniform share of the total "
-                             "change. No group labels, no salient heads.")] = False,
+        "--from-pairs", help="Heads whose margin changes most within counterfactual pairs (the cache needs pair ids): "
+                             "LTC's rule with pairs for wrong images, n_P > 1/K; mean |d(x) - d(x')| reported. No "
+                             "group labels, no salient heads.")] = False,
 ) -> None:
     """Score every cached head on the minority groups: spurious if n(W) - n(C) > 1/K, salient if n(C) - n(W) > 1/K
     (the argmax runs over every cached layer's heads; decompose's default caches them all). With --from-pairs: by
@@ -118,8 +118,8 @@ def _save_and_say_pairs(plan, cache: Path, out: Path, force: bool) -> None:  # n
     plan.save(out, force)
     png = save_heatmap(plan, out.with_suffix(".png"), force)
     typer.echo(f"located from pairs on {plan.dataset}/{plan.split}: {plan.minority_note}; K={plan.k}, threshold "
-               f"{plan.threshold:.4f} (share of the total margin change)")
-    heads = ", ".join(f"L{s.head[0]}H{s.head[1]} (share {s.score:.3f}, mean |dd| {s.pair_change:.4f})"
+               f"1/K = {plan.threshold:.4f} on n_P")
+    heads = ", ".join(f"L{s.head[0]}H{s.head[1]} (n_P {s.score:.3f}, mean |dd| {s.pair_change:.4f})"
                       for s in plan.spurious) or "none"
     typer.echo(f"  spurious: {heads}")
     typer.echo(f"wrote {out} and {png}")

@@ -140,16 +140,16 @@ def section_plan(page: Page) -> None:
         return
     pairs = plan.method == "pairs"
     png = find(page.root, "plan.png") or save_heatmap(plan, Path(plan.source).parent / "plan.png", page.force)
-    page.add(page.image(png, ("share of the pair change" if pairs else "n(W) - n(C)")
+    page.add(page.image(png, ("n_P" if pairs else "n(W) - n(C)")
                         + " over (layer, head); S = spurious, + = salient"))
-    values = (lambda s: (s.pair_change, s.score)) if pairs else (lambda s: (s.n_wrong, s.n_correct, s.score))
+    values = (lambda s: (s.n_wrong, s.pair_change)) if pairs else (lambda s: (s.n_wrong, s.n_correct, s.score))
     rows = [[f'<span class="{role}">{role}</span>', esc(s.head[0]), esc(s.head[1]), *(f"{v:.3f}" for v in values(s))]
             for role, entries in (("spurious", plan.spurious), ("salient", plan.salient)) for s in entries]
     where = (esc(plan.minority_note) if pairs else
              f"minority groups {esc(', '.join(plan.minority_group_names))}")
     page.add(f"<p>dataset {esc(plan.dataset)}; split {esc(plan.split)}; n {esc(plan.n)}; threshold "
              f"{plan.threshold:.4f}; {where}</p>")
-    header = ["role", "layer", "head", *(("mean |d(x) - d(x')|", "share") if pairs else ("n(W)", "n(C)", "score"))]
+    header = ["role", "layer", "head", *(("n_P", "mean |d(x) - d(x')|") if pairs else ("n(W)", "n(C)", "score"))]
     page.add(table(header, rows, set(range(1, len(header)))) if rows
              else '<p class="note">the plan lists no heads</p>')
 

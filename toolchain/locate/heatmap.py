@@ -1,5 +1,5 @@
-"""Heat map of n(W) - n(C) (a pairs plan: each head's share of the pair change) over the (layer, head) grid of a
-``LocatePlan`` (matplotlib, Agg backend)."""
+"""Heat map of n(W) - n(C) (a pairs plan: n_P) over the (layer, head) grid of a ``LocatePlan`` (matplotlib, Agg
+backend)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def save_heatmap(plan: LocatePlan, path: str | Path, force: bool = False) -> Pat
     ax.set_yticks(range(len(plan.layers)), [str(l) for l in plan.layers])
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
-    what = "share of the pair change" if plan.method == "pairs" else "n(W) - n(C)"
+    what = "n_P (pairs whose largest margin change is here)" if plan.method == "pairs" else "n(W) - n(C)"
     ax.set_title(f"{what}, {plan.dataset}/{plan.split}, threshold 1/K = {plan.threshold:.3f}", fontsize=9)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()

@@ -16,8 +16,9 @@ with optional caps on how many of each are kept (the published method has none).
 published pipeline's: TextSpan terms of every layer, the train split, true group labels, the dataset's default
 minority groups.
 
-A plan of ``method="pairs"`` comes from ``toolchain.locate.pairs`` (``locate --from-pairs``): its heads are ranked by
-``pair_change_grid`` (the mean change of each head's margin within counterfactual pairs), not by n(W) / n(C).
+A plan of ``method="pairs"`` comes from ``toolchain.locate.pairs`` (``locate --from-pairs``): the same rule on
+counterfactual pairs in place of wrong minority images (``n_wrong_grid`` holds n_P, the fraction of pairs whose largest
+margin change is at (l, h); ``n_correct_grid`` zeros) and ``pair_change_grid`` each head's mean margin change.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ IdentityRecord = stored_as_dict(ModelIdentity)  # validated as a ModelIdentity, 
 @dataclass(config=FORMAT)
 class HeadScore:
     """One located head: absolute ``[layer, head]``, n(W), n(C) and the score (the difference that selected it); a
-    pairs plan: n(W) = n(C) = 0, ``pair_change`` the mean |d(x) - d(x')| and the score its share of the total."""
+    pairs plan: n(W) = n_P, n(C) = 0 and ``pair_change`` the head's mean |d(x) - d(x')| over the pairs."""
 
     head: HeadIndex
     n_wrong: float
@@ -97,7 +98,7 @@ class LocatePlan:
     max_spurious: Optional[int] = None
     max_salient: Optional[int] = None
     cache_path: str = ""  # the located cache (build's default calibration cache)
-    method: Literal["ltc", "pairs"] = "ltc"  # pairs: toolchain.locate.pairs (the n(W)/n(C) grids are zeros)
+    method: Literal["ltc", "pairs"] = "ltc"  # pairs: toolchain.locate.pairs (n_wrong_grid = n_P, n_correct zeros)
     pair_change_grid: Optional[list[list[float]]] = None  # pairs: [L][H] mean |d(x) - d(x')| over the pairs
     n_pairs: Optional[int] = None  # pairs: the pairs scored
     format: int = PLAN_FORMAT
@@ -142,10 +143,7 @@ class LocatePlan:
         return {**{h: "spurious" for h in self.spurious_heads()}, **{h: "salient" for h in self.salient_heads()}}
 
     def diff_grid(self) -> torch.Tensor:
-        """n(W) - n(C) [L, H]; a pairs plan: each head's share of the total pair change [L, H]."""
-        if self.pair_change_grid is not None:
-            grid = torch.tensor(self.pair_change_grid, dtype=torch.float64)
-            return (grid / grid.sum().clamp_min(1e-30)).float()
+        """n(W) - n(C) [L, H] (a pairs plan: n_P)."""
         return torch.tensor(self.n_wrong_grid) - torch.tensor(self.n_correct_grid)
 
     def summary(self) -> dict[str, Any]:

@@ -7,13 +7,15 @@ along one direction for both images, d_{l,h}(x) = c_{l,h}(x) . (t_y - t_r): y th
 than y with the largest logit averaged over the two images (two classes: the other one). This is LTC's margin
 (``ltc.head_margins``) with its sign fixed by the true class instead of each image's own prediction, so that the two
 images are measured on one axis (with LTC's per-image direction a pair whose prediction flips would compare margins
-of opposite signs). Then
+of opposite signs). Each head's statistic is its mean change, and the heads kept follow LTC's own rule
+(``ltc.argmax_fractions`` / ``ltc.select_heads``) with pairs in place of wrong images:
 
-    s_{l,h} = mean over pairs |d_{l,h}(x) - d_{l,h}(x')|,   p_{l,h} = s_{l,h} / sum s,   K = #{s > 0}
-    spurious = {p_{l,h} > 1/K}, largest first, at most ``max_spurious``
+    s_{l,h}  = mean over pairs |d_{l,h}(x) - d_{l,h}(x')|                    (``pair_change_grid``, ``pair_change``)
+    n_P(l,h) = |{pairs whose largest |d(x) - d(x')| is at (l, h)}| / #pairs  (``n_wrong_grid``; ``n_correct`` = 0)
+    K = #{n_P > 0},  spurious = {n_P > 1/K}, largest first, at most ``max_spurious``
+    (K = 1, one head moving most in every pair: that head; the strict rule would keep none)
 
-LTC's rule on shares that sum to one (a head over a uniform share of the total change), on the pair change instead of
-argmax counts. No salient heads: pairs say what moves with the attribute, not what carries the class. Pairs count as
+No salient heads: pairs say what moves with the attribute, not what carries the class. Pairs count as
 ``runtime.metrics.counterfactual_flips`` counts them: two images of one pair id, of one class, and when the cache
 names a protected attribute, differing in it.
 """
@@ -22,13 +24,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from clip_debias.runtime.metrics import pair_rows
 from clip_debias.toolchain.decompose.cache import DecompositionCache
 from clip_debias.toolchain.errors import ClipDebiasError
-from clip_debias.toolchain.locate.ltc import HeadScore, LocatePlan, require_same_backbone
+from clip_debias.toolchain.locate.ltc import (HeadScore, LocatePlan, argmax_fractions, require_same_backbone,
+                                              select_heads)
 from clip_debias.toolchain.prompts.text import DEFAULT_TEMPLATES, class_text_matrix
 
 
@@ -70,9 +72,9 @@ def pair_directions(logits: torch.Tensor, labels: torch.Tensor, first: torch.Ten
     return y, mean.argmax(dim=1)
 
 
-def pair_change(cache: DecompositionCache, text: torch.Tensor) -> tuple[torch.Tensor, int, str]:
-    """(s [L, H] = mean over pairs |d(x) - d(x')|, pairs scored, what was left out); the terms are read chunk by chunk
-    (memory: one chunk plus the [N, L, H] margins)."""
+def pair_change(cache: DecompositionCache, text: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """(|d(x) - d(x')| [P, L, H] of the counted pairs, what was left out); the terms are read chunk by chunk (memory:
+    one chunk plus the [N, L, H] margins)."""
     first, second, left_out = counted_pairs(cache)
     text = text.float()
     labels = cache.labels.long()
@@ -83,20 +85,7 @@ def pair_change(cache: DecompositionCache, text: torch.Tensor) -> tuple[torch.Te
     for start, chunk in cache.heads.chunks():
         stop = start + chunk.shape[0]
         margins[start:stop] = torch.einsum("nlhd,nd->nlh", chunk, direction[start:stop])
-    return (margins[first] - margins[second]).abs().double().mean(dim=0), len(first), left_out
-
-
-def select_pair_heads(change: torch.Tensor, layers: list[int], max_spurious: int | None = None
-                      ) -> tuple[list[HeadScore], int, float]:
-    """(spurious, K, 1/K) from s [L, H] (module docstring); ties broken by (layer, head)."""
-    k = int((change > 0).sum())
-    if k == 0:
-        return [], 0, 0.0
-    share = change / change.sum()
-    found = [HeadScore([layers[i], j], 0.0, 0.0, float(share[i, j]), float(change[i, j]))
-             for i, j in (share > 1.0 / k).nonzero().tolist()]
-    found.sort(key=lambda s: (-s.score, s.head))
-    return (found[:max_spurious] if max_spurious is not None else found), k, 1.0 / k
+    return (margins[first] - margins[second]).abs(), left_out
 
 
 def locate_pairs_terms(cache: DecompositionCache, text: torch.Tensor, *, class_names: list[str] | None = None,
@@ -106,13 +95,22 @@ def locate_pairs_terms(cache: DecompositionCache, text: torch.Tensor, *, class_n
     if text.shape[0] != len(class_names) or len(class_names) < 2:
         raise ClipDebiasError(f"{len(class_names)} class names for a text matrix of {text.shape[0]} rows (locate "
                               "needs at least two classes)")
-    change, n_pairs, left_out = pair_change(cache, text)
-    spurious, k, threshold = select_pair_heads(change, cache.layers, max_spurious)
-    zeros = np.zeros(tuple(change.shape)).tolist()
+    delta, left_out = pair_change(cache, text)
+    n_pairs = delta.shape[0]
+    n_p = argmax_fractions(delta, torch.ones(n_pairs, dtype=torch.bool))
+    zeros = torch.zeros_like(n_p)
+    spurious, _, k, threshold = select_heads(n_p, zeros, cache.layers, max_spurious, None)
+    if k == 1 and max_spurious != 0:  # one head wins every pair: n_P = 1 = 1/K (see the module docstring)
+        i, j = (n_p > 0).nonzero()[0].tolist()
+        spurious = [HeadScore([cache.layers[i], j], 1.0, 0.0, 1.0)]
+    change = delta.double().mean(dim=0)
+    for s in spurious:
+        s.pair_change = float(change[cache.layers.index(s.head[0]), s.head[1]])
     note = f"{n_pairs} counterfactual pairs" + (f" ({left_out} left out)" if left_out else "") + "; no group labels"
     return LocatePlan(
         spurious=spurious, salient=[], k=k, threshold=threshold, layers=list(cache.layers),
-        n_heads=int(cache.heads.shape[2]), n_wrong_grid=zeros, n_correct_grid=zeros, minority_groups=[],
+        n_heads=int(cache.heads.shape[2]), n_wrong_grid=n_p.tolist(), n_correct_grid=zeros.tolist(),
+        minority_groups=[],
         minority_group_names=[], minority_source="pairs", minority_note=note, group_source="pairs", n_minority=0,
         n_wrong=0, n_correct=0, dataset=cache.dataset, split=cache.split, n=len(cache),
         identity=cache.identity.to_dict(), class_names=class_names, templates=list(templates or []),
