@@ -256,3 +256,41 @@ def test_report_shows_the_bias_sections(bias_setup, tmp_path):
                    *summary(bias).values()):
         assert needle in text, needle
     assert "section skipped" not in text
+
+
+def test_verify_on_a_fairface_fixture(tmp_path):
+    """FairFace as published (two label CSVs, images under train/ and val/): --target gender --protected race gives
+    14 groups (gender x race), the parity section over race, and the EO gate's verdict from the same numbers."""
+    from clip_debias.runtime.datasets import FAIRFACE_VALUES
+
+    art = build_artifact(tmp_path / "a", class_names=FAIRFACE_VALUES["gender"], group_names=(), fp16=False, seed=4)
+    rng = np.random.default_rng(3)
+    root = tmp_path / "ff"
+    rows = []
+    for split, n in (("train", 4), ("val", 28)):
+        lines = ["file,age,gender,race,service_test"]
+        for i in range(n):
+            race = FAIRFACE_VALUES["race"][i % 7]
+            gender = FAIRFACE_VALUES["gender"][(i // 7) % 2]
+            rgb = tuple(int(v) for v in rng.integers(0, 256, 3))
+            _save_solid(root / split / f"{i}.jpg", rgb, (20, 20), "RGB")
+            lines.append(f"{split}/{i}.jpg,20-29,{gender},{race},True")
+            if split == "val":
+                rows.append((rgb, FAIRFACE_VALUES["gender"].index(gender), FAIRFACE_VALUES["race"].index(race)))
+        (root / f"fairface_label_{split}.csv").write_text("\n".join(lines) + "\n")
+    r = verify(art.path, "fairface", root, "val", progress=False, target="gender", protected="race",
+               thresholds=Thresholds(max_eo_gap=0.5))
+    assert len(r.groups) == 14 and r.protected == "race" and r.n == 28
+    # JPEG is lossy: the expected logits come from the decoded pixels' mean, as the runtime sees them
+    from PIL import Image
+
+    logits = np.stack([art.color_logits(tuple(np.asarray(Image.open(root / "val" / f"{i}.jpg").convert("RGB"),
+                                                         np.float64).mean(axis=(0, 1))))
+                       for i in range(28)])
+    labels = np.array([g for _, g, _ in rows])
+    race = AttributeColumn("race", np.array([x for _, _, x in rows]), FAIRFACE_VALUES["race"])
+    from clip_debias.runtime.metrics import parity_gaps
+
+    expected = parity_gaps(logits.argmax(axis=1), labels, list(FAIRFACE_VALUES["gender"]), race)
+    assert_close_tree(dataclasses.asdict(expected), dataclasses.asdict(r.parity), atol=1e-9)
+    assert r.thresholds["max_eo_gap"].passed == (expected.max_eo_gap <= 0.5 and not expected.missing)
