@@ -186,8 +186,12 @@ def test_cli_bias_gates_drive_exit_code(bias_setup, tmp_path):
                                          "max_gap_bg+coobj"}
     assert report["thresholds"]["max_flip_rate"]["over"]["pairs"] == 10
     assert report["thresholds"]["max_skew"]["over"]["k"] == [5, 10]
+    eo, dp = e.parity.max_eo_gap, e.parity.max_dp_gap
+    assert eo > 1e-3 and dp > 1e-3  # the fixture has gaps to fail on
     for extra in (["--max-flip-rate", 0.39], ["--max-skew", math.floor(skew * 1e4) / 1e4 - 1e-4],
-                  ["--max-gap", f"bg={math.floor(gap * 1e4) / 1e4 - 1e-4}"]):
+                  ["--max-gap", f"bg={math.floor(gap * 1e4) / 1e4 - 1e-4}"],
+                  ["--max-eo-gap", math.floor(eo * 1e4) / 1e4 - 1e-4],
+                  ["--max-dp-gap", math.floor(dp * 1e4) / 1e4 - 1e-4]):
         bad = _cli([*base, *extra])
         assert bad.exit_code == 1, (extra, bad.output)
         assert "FAILED" in bad.output
@@ -294,3 +298,69 @@ def test_verify_on_a_fairface_fixture(tmp_path):
     expected = parity_gaps(logits.argmax(axis=1), labels, list(FAIRFACE_VALUES["gender"]), race)
     assert_close_tree(dataclasses.asdict(expected), dataclasses.asdict(r.parity), atol=1e-9)
     assert r.thresholds["max_eo_gap"].passed == (expected.max_eo_gap <= 0.5 and not expected.missing)
+
+
+# ---- the bias lab's data feeds the metrics --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lab_pairs(tmp_path_factory):
+    """Two-shortcut lab data whose test split is counterfactual pairs (16 pairs: 8 swap the place, 8 the object)."""
+    from clip_debias.toolchain.lab.data import make_lab_data
+
+    return make_lab_data(tmp_path_factory.mktemp("lab") / "d", n_train=0, n_val=0, n_test=32, correlation=0.8,
+                         seed=3, workers=1, shortcuts="background,object", counterfactual=True)
+
+
+def _lab_expected(art, data: Path, protected: str, p_agree_from: str):
+    """bias_metrics of the fixture model's logits on the lab's test rows, the inputs read from metadata.csv."""
+    from clip_debias.runtime.preprocess import Preprocessor
+    from clip_debias.toolchain.lab.data import read_metadata
+
+    rows = [r for r in read_metadata(data) if r["split"] == 2]
+    pre = Preprocessor.from_manifest(art.manifest.preprocessing)
+    logits = art.reference(pre.batch([data / str(r["img_filename"]) for r in rows]))[0]
+    col = lambda name, names: AttributeColumn(name, np.array([r[name] for r in rows]), names)  # noqa: E731
+    place, obj = col("place", ("land", "water")), col("object", ("flower", "boat"))
+    inputs = BiasInputs(["landbird", "waterbird"], place if protected == "place" else obj, (place, obj),
+                        np.array([r["pair"] for r in rows]), 0.8, p_agree_from)
+    return bias_metrics(logits, np.array([r["y"] for r in rows]), inputs)
+
+
+@pytest.mark.parametrize("protected", ["place", "object"])
+def test_lab_two_shortcut_pairs_feed_the_gaps_and_the_flip_rate(lab_pairs, tmp_path, protected):
+    """`lab make-data --shortcuts background,object --counterfactual`: verify computes the Whac-A-Mole gaps from the
+    place and object columns with p_agree = lab.json's correlation, and the flip rate over the pairs that swap the
+    protected attribute (the others are excluded as not_protected); equal to the metrics of directly computed
+    logits. The agreement cells equal the lab report's ShortcutCells of verify's 8 group accuracies."""
+    from clip_debias.runtime.datasets import load_index
+    from clip_debias.toolchain.lab.train import ShortcutCells
+
+    names = load_index("waterbirds", lab_pairs, "test").group_names
+    art = build_artifact(tmp_path / "a", fp16=False, group_names=tuple(names), seed=2)
+    r = verify(art.path, "waterbirds", lab_pairs, "test", batch_size=8, progress=False, protected=protected)
+    assert r.not_computed == {} and r.protected == protected
+    g = r.shortcut_gaps
+    assert g.attributes == ["place", "object"] and g.p_agree == 0.8 and "lab.json" in g.p_agree_from
+    expected = _lab_expected(art, lab_pairs, protected, g.p_agree_from)
+    for name in ("shortcut_gaps", "counterfactual", "skew", "parity"):
+        assert_close_tree(dataclasses.asdict(getattr(expected, name)), dataclasses.asdict(getattr(r, name)))
+    c = r.counterfactual
+    assert c.pairs == 8 and c.pairs_in_split == 16 and c.excluded == {"incomplete": 0, "not_protected": 8}
+    cells = ShortcutCells.from_groups([r.groups[n]["accuracy"] for n in names])
+    assert [cells.both_agree, cells.background_disagrees, cells.object_disagrees, cells.both_disagree] == \
+        pytest.approx([g.agreement_accuracy[k] for k in ("agree/agree", "disagree/agree", "agree/disagree",
+                                                          "disagree/disagree")], abs=1e-12)
+
+
+def test_lab_background_only_pairs_feed_the_flip_rate(tmp_path):
+    """`lab make-data --counterfactual` (background only): every pair swaps the place, so every pair counts; the
+    gaps need two attributes and say so."""
+    from clip_debias.toolchain.lab.data import make_lab_data
+
+    data = make_lab_data(tmp_path / "d", n_train=0, n_val=0, n_test=16, seed=4, workers=1, counterfactual=True)
+    art = build_artifact(tmp_path / "a", fp16=False, seed=2)
+    r = verify(art.path, "waterbirds", data, "test", batch_size=8, progress=False)
+    c = r.counterfactual
+    assert c.protected == "place" and c.pairs == c.pairs_in_split == 8 and c.excluded["not_protected"] == 0
+    assert r.shortcut_gaps is None and "has 1 (place)" in r.not_computed["shortcut_gaps"]
