@@ -93,15 +93,16 @@ def main() -> None:
     }
     (out / "lab-bias.json").write_text(json.dumps(result, indent=2) + "\n")
     columns = list(dict.fromkeys(k for row in table for k in row))
-    print("| " + " | ".join(columns) + " |")
+    print("| " + " | ".join(_escape(c) for c in columns) + " |")
     print("|" + "---|" * len(columns))
     for row in table:
-        print("| " + " | ".join(_cell(row.get(c, "-")) for c in columns) + " |")
+        print("| " + " | ".join(_escape(_cell(row.get(c, "-"))) for c in columns) + " |")
     print(f"LTC (val): spurious {plan.spurious_heads()}, salient {plan.salient_heads()}")
     print(f"from pairs (test, {pairs_plan.n_pairs} pairs): spurious "
           + ", ".join(f"{tuple(s.head)} n_P {s.score:.3f}" for s in pairs_plan.spurious)
           + f" (K={pairs_plan.k}, 1/K={pairs_plan.threshold:.3f})")
-    print("mean |d(x) - d(x')| ranking (top 6): " + ", ".join(f"{h} {v:.4f}" for h, v in result["pairs_plan"]["ranking"][:6]))
+    top = result["pairs_plan"]["ranking"][:6]
+    print("mean |d(x) - d(x')| ranking (top 6): " + ", ".join(f"{h} {v:.4f}" for h, v in top))
     print(f"wrote {out / 'lab-bias.json'} ({result['seconds']} s)")
 
 
@@ -109,6 +110,11 @@ def _ranking(plan) -> list[tuple[list[int], float]]:  # noqa: ANN001 (a pairs Lo
     """Every head by its mean pair change, largest first."""
     cells = [([plan.layers[i], j], v) for i, row in enumerate(plan.pair_change_grid) for j, v in enumerate(row)]
     return sorted(cells, key=lambda c: -c[1])
+
+
+def _escape(text: str) -> str:
+    """A markdown table cell: its pipes escaped (``mean |dP(y)|``)."""
+    return text.replace("|", "\\|")
 
 
 def _cell(value: object) -> str:
