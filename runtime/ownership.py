@@ -47,6 +47,7 @@ FOLDER_KINDS: dict[str, tuple[str, str | None]] = {
     "explain": ("an explain folder written by 'clip-debias explain'", "descriptions.json"),
     "discover": ("a discover folder written by 'clip-debias discover'", "keywords.json"),
     "demo": ("a demo folder written by 'clip-debias demo'", "demo.json"),
+    "audit": ("an audit folder written by 'clip-debias audit'", "audit.json"),
 }
 PNG_SOFTWARE = "clip-debias"  # the PNG 'Software' text chunk of every figure we write starts with this
 HTML_GENERATOR = '<meta name="generator" content="clip-debias'

@@ -52,7 +52,8 @@ LAYERS = (
     ("clip_debias.toolchain.prompts", "clip_debias.toolchain.protocol"),
     ("clip_debias.toolchain.locate",),
     ("clip_debias.toolchain.correct",),
-    ("clip_debias.toolchain.evaluate", "clip_debias.toolchain.explain", "clip_debias.toolchain.lab"),
+    ("clip_debias.toolchain.evaluate", "clip_debias.toolchain.explain", "clip_debias.toolchain.lab",
+     "clip_debias.toolchain.audit"),
     ("clip_debias.exporters",),
     ("clip_debias.toolchain.demo",),  # orchestration of whole pipelines
     ("clip_debias.toolchain.cli",),

@@ -97,6 +97,7 @@ COMMAND_MODULES = (
     "clip_debias.toolchain.cli.demo_cmd",
     "clip_debias.toolchain.cli.lab_cmd",
     "clip_debias.toolchain.cli.explain_cmd",
+    "clip_debias.toolchain.cli.audit_cmd",
 )
 
 for _mod in COMMAND_MODULES:

@@ -18,7 +18,7 @@ The same ``EditSet`` runs on cached terms (``EditSet.apply``, used by ``evaluate
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -87,13 +87,24 @@ class EditSet:
     basis: torch.Tensor | None = None
     renorm: str = "stepwise"
 
-    def apply(self, cache: DecompositionCache) -> torch.Tensor:
+    @classmethod
+    def of_model(cls, model: DebiasedClassifier) -> "EditSet":
+        """The edits baked into a built model (its ablation means and basis), to apply to cached terms."""
+        return cls(ablated=[(int(l), int(h)) for l, h in model.spec.ablated],
+                   means=model.ablation_means.detach().float().cpu(),
+                   salient=[(int(l), int(h)) for l, h in model.spec.salient],
+                   basis=model.basis.detach().float().cpu(), renorm=model.renorm)
+
+    def apply(self, cache: DecompositionCache, images: Sequence[int] | None = None) -> torch.Tensor:
         """Corrected unit-norm embeddings [N, D] from the cached terms (same math as the baked model); reads only the
-        edited heads' terms."""
+        edited heads' terms (of the rows ``images`` only, when given: [len(images), D])."""
         require_layers(cache.layers, self.ablated + self.salient, f"cache {cache.dataset}/{cache.split}")
-        terms = cache.head_terms(self.ablated + self.salient)  # [N, A + S, D]
+        terms = cache.head_terms(self.ablated + self.salient, images)  # [N, A + S, D]
+        emb = cache.embeddings()
+        if images is not None:
+            emb = emb[torch.as_tensor(list(images), dtype=torch.long)]
         a = len(self.ablated)
-        return corrected_embedding(cache.embeddings(), terms[:, :a], self.means, terms[:, a:], self.basis,
+        return corrected_embedding(emb, terms[:, :a], self.means, terms[:, a:], self.basis,
                                    self.renorm)  # type: ignore[arg-type]
 
 

@@ -27,7 +27,7 @@ import struct
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -152,9 +152,10 @@ class DecompositionCache:
         row = {layer: i for i, layer in enumerate(self.layers)}
         return [(row[l], h) for l, h in heads]
 
-    def head_terms(self, heads: list[tuple[int, int]]) -> torch.Tensor:
-        """[N, len(heads), D] float32: the terms of absolute (layer, head) pairs over all images."""
-        return self.heads.select(self.positions(heads))
+    def head_terms(self, heads: list[tuple[int, int]], images: Sequence[int] | None = None) -> torch.Tensor:
+        """[N, len(heads), D] float32: the terms of absolute (layer, head) pairs over all images (or over the rows
+        ``images`` only)."""
+        return self.heads.select(self.positions(heads), images)
 
     @property
     def all_layers(self) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ def decompose_dataset(
     out: str | Path | None = None,
     terms_dtype: torch.dtype = torch.float32,
     force: bool = False,
+    preprocess: Callable | None = None,
     **reading: Any,
 ) -> DecompositionCache:
     """Run every image of ``index`` through open_clip's preprocessing and the ``Decomposer`` for ``layers``.
@@ -38,8 +39,8 @@ def decompose_dataset(
     With ``out``, each batch's terms go to that file as they come (memory: one batch, plus [N, D] tensors) and the
     cache returned reads them from there; without it, everything stays in memory. Rows follow the order of the images
     that loaded (with ``skip_bad``, unreadable ones are left out and listed in ``skipped_log``). ``force`` replaces
-    files that are not ours (``out``, the skipped list); ``reading``: ``max_skipped``, ``max_pixels`` of
-    ``iter_batches``."""
+    files that are not ours (``out``, the skipped list); ``preprocess`` replaces the model's own (the audit's
+    corruptions insert a step into it); ``reading``: ``max_skipped``, ``max_pixels`` of ``iter_batches``."""
     from clip_debias.toolchain.datasets import iter_batches
 
     tower = ExplicitViT.from_open_clip(clip.model.visual)
@@ -62,8 +63,8 @@ def decompose_dataset(
                   attribute_values=[list(a.names) for a in source.attributes], protected=source.protected,
                   train_correlation=source.train_correlation,
                   train_correlation_from=source.train_correlation_from)
-    batches = iter_batches(index, clip.preprocess, batch_size=batch_size, skip_bad=skip_bad, skipped_log=skipped_log,
-                           progress=progress, force=force, **reading)
+    batches = iter_batches(index, preprocess or clip.preprocess, batch_size=batch_size, skip_bad=skip_bad,
+                           skipped_log=skipped_log, progress=progress, force=force, **reading)
     if out is None:
         parts: dict[str, list] = {"heads": [], "rest": [], "emb": [], "labels": [], "groups": [], "attrs": [],
                                   "paths": [], "table": [], "pairs": []}

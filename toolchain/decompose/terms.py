@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -77,19 +77,29 @@ class HeadTerms:
         for start in range(0, self.shape[0], rows):
             yield start, self.rows(start, start + rows)
 
-    def select(self, positions: list[tuple[int, int]]) -> torch.Tensor:
-        """[N, len(positions), D] float32: the terms of the given (layer row, head) positions over all images."""
+    def select(self, positions: list[tuple[int, int]], images: Sequence[int] | None = None) -> torch.Tensor:
+        """[N, len(positions), D] float32: the terms of the given (layer row, head) positions over all images, or
+        over the images (row numbers) ``images`` only, in that order ([len(images), len(positions), D]; from a file
+        only their pages are read)."""
         n, _, _, d = self.shape
+        if images is not None:
+            n = len(images)
         if not positions:
             return torch.zeros(n, 0, d)
         rows = [p[0] for p in positions]
         heads = [p[1] for p in positions]
         if self._tensor is not None:
-            return self._tensor[:, rows, heads].float()
+            t = self._tensor if images is None else self._tensor[torch.as_tensor(np.asarray(images, dtype=np.int64))]
+            return t[:, rows, heads].float()
         slot = self._slot
         view = np.memmap(slot.path, dtype=NUMPY_DTYPES[slot.dtype], mode="r", offset=slot.offset, shape=self.shape)
         try:
-            return torch.from_numpy(np.ascontiguousarray(view[:, rows, heads]).astype(np.float32, copy=False))
+            if images is None:
+                picked = view[:, rows, heads]
+            else:  # one broadcast index: [n, 1] images x [1, P] (layer row, head) pairs
+                picked = view[np.asarray(images, dtype=np.int64)[:, None], np.asarray(rows)[None],
+                              np.asarray(heads)[None]]
+            return torch.from_numpy(np.ascontiguousarray(picked).astype(np.float32, copy=False))
         finally:
             del view
 
