@@ -9,7 +9,8 @@ every source whatever its native resolution. Outputs stay in [0, 1] and are not 
 
 - ``lowresN``: resized down so that the short side has N pixels (the long side round(N * long / short)), then back
   up to H x W; bicubic both ways with PIL's filter (``torch.nn.functional.interpolate`` with ``antialias=True``:
-  a = -0.5, widened on the way down); clipped to [0, 1]. No-op when min(H, W) <= N (e.g. ``lowres64`` on the bias lab's 64 px model).
+  a = -0.5, widened on the way down); clipped to [0, 1]. No-op when min(H, W) <= N (e.g. ``lowres64`` on the bias
+  lab's 64 px model).
 - ``blurR``: Gaussian blur with standard deviation R pixels: separable kernel w(t) = exp(-t^2 / (2 R^2)) / sum over
   the integer taps t = -m..m, m = min(ceil(3 R), min(H, W) - 1), edges mirrored without repeating the edge pixel
   (``torchvision.transforms.functional.gaussian_blur``).
@@ -18,7 +19,8 @@ every source whatever its native resolution. Outputs stay in [0, 1] and are not 
   brightness, contrast and saturation 0.8 S, hue 0.2 S): factors b, c, s ~ U[max(0, 1 - 0.8 S), 1 + 0.8 S] and
   a hue shift f ~ U[-0.2 S, 0.2 S], applied always and in this fixed order (torchvision draws the order at random):
   x <- clip(b x); x <- clip(c x + (1 - c) mean(gray(x))); x <- clip(s x + (1 - s) gray(x)) with
-  gray = 0.299 R + 0.587 G + 0.114 B; hue h <- (h + f) mod 1 in HSV (torchvision's tensor functions). S <= 2.5.
+  gray = 0.2989 R + 0.587 G + 0.114 B (torchvision's weights); hue h <- (h + f) mod 1 in HSV (torchvision's
+  tensor functions). S <= 2.5.
   SimCLR's random grayscale and its 0.8 application probability are not part of it.
 
 Random draws (noise, jitter) come from a generator seeded by the audit's seed and a CRC32 of the image's own pixels,
@@ -169,7 +171,7 @@ def jitter(x: torch.Tensor, strength: float, rng: np.random.Generator) -> torch.
     return apply_jitter(x, JitterFactors.draw(strength, rng))
 
 
-# ---- inside the model's preprocessing -------------------------------------------------------------------------------
+# ---- inside the model's preprocessing --------------------------------------------------------------------------------
 def image_rng(x: torch.Tensor, seed: int) -> np.random.Generator:
     """The generator of one image: seeded by ``seed`` and the CRC32 of its float32 pixels."""
     crc = zlib.crc32(np.ascontiguousarray(x.detach().cpu().float().numpy()).tobytes())

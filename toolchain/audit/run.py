@@ -208,7 +208,7 @@ def model_convention(model_dir: Path | None) -> str | None:
     return read_spec(model_dir / CONFIG_NAME).convention
 
 
-# ---- features ---------------------------------------------------------------------------------------------------------
+# ---- features --------------------------------------------------------------------------------------------------------
 @dataclass
 class Decomposed:
     """Every source's cache and the rows of it that are audited (all of an image source's cache)."""
@@ -299,7 +299,7 @@ def corrupted_features(decomposed: Decomposed, sample: Sample, corruption: Corru
     return np.concatenate(emb), (np.concatenate(corrected) if edits is not None else None)
 
 
-# ---- the job ----------------------------------------------------------------------------------------------------------
+# ---- the job ---------------------------------------------------------------------------------------------------------
 def head_grid(decomposed: Decomposed, layers: list[int], labels: np.ndarray, splits: list, k: int,
               log: Log) -> HeadGrid:
     """Every head's term alone through the same classifier: the [L, H] grid and the ranking."""

@@ -21,7 +21,8 @@ from clip_debias.toolchain.cli.stderr import log_to_stderr
 
 # modules of the optional extras -> the extra that installs them
 OPTIONAL_MODULES = {m: "toolchain" for m in ("torch", "torchvision", "open_clip", "onnx", "onnxscript", "safetensors",
-                                             "matplotlib", "yaml")} | {"yake": "explain", "tensorrt": "tensorrt"}
+                                             "matplotlib", "yaml", "sklearn", "threadpoolctl")} | {
+    "yake": "explain", "tensorrt": "tensorrt"}
 
 
 def _quiet_pil_bomb_warning() -> None:

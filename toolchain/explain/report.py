@@ -5,7 +5,8 @@ the file and the field): located heads (``plan.json``, a ``LocatePlan``, + ``pla
 missing), head descriptions (``descriptions.json``, ``explain.files.Descriptions``), per-group accuracy before/after
 (``compare.json`` as ``evaluate --json`` writes it, ``evaluate.CompareFile``; rendered to ``compare.png``; with
 the bias metrics of each row when it holds them), latency and bias metrics with their gates (verify's
-``report.json``, ``VerifyReportFile``), discovered keywords (``keywords.json``, ``explain.files.Keywords``), and every
+``report.json``, ``VerifyReportFile``), discovered keywords (``keywords.json``, ``explain.files.Keywords``), the
+dataset-bias audit (``audit.json``, ``audit.files.AuditFile``, with its ``accuracy.png`` and ``heads.png``), and every
 other PNG (heat maps). The bias tables are ``runtime.metric_tables``' (the numbers verify and evaluate printed, not
 recomputed). No network assets: inline CSS, images by relative path.
 The page, plan.png and compare.png replace existing files only when clip-debias wrote them (``runtime.ownership``:
@@ -27,6 +28,8 @@ from clip_debias.runtime.metric_tables import not_computed_lines, summary, table
 from clip_debias.runtime.ownership import HTML_GENERATOR, file_is_ours
 from clip_debias.runtime.schema import FORMAT, read_model
 from clip_debias.runtime.verify import VerifyReport
+from clip_debias.toolchain.audit.figures import ACCURACY_PNG, HEADS_PNG, accuracy_rows
+from clip_debias.toolchain.audit.files import AUDIT_JSON, AuditFile
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.evaluate import CompareFile, CompareRow
 from clip_debias.toolchain.explain.files import Descriptions, Keywords
@@ -278,6 +281,42 @@ def section_keywords(page: Page) -> None:
             page.add(table(["#", "keyword", "score", "100 cos (wrong)", "100 cos (correct)"], rows, {0, 2, 3, 4}))
 
 
+def section_audit(page: Page) -> None:
+    doc = load_section(page, "Dataset-bias audit", AUDIT_JSON, AuditFile.load,
+                       f"no {AUDIT_JSON} (run 'clip-debias audit SOURCE SOURCE ... --out DIR/audit')")
+    if doc is None:
+        return
+    folder = find(page.root, AUDIT_JSON).parent  # type: ignore[union-attr]
+    e = doc.embedding
+    page.add(f"<p>sources {esc(', '.join(f'{s.name} ({s.size} images)' for s in doc.sources))}; "
+             f"{esc(doc.per_source)} audited per source, {esc(e.n_val // len(doc.sources))} per source held out, "
+             f"{esc(len(doc.seeds))} seeds; chance {pct(e.chance)}</p>")
+    for w in doc.warnings:
+        page.add(f'<p class="spurious"><b>warning:</b> {esc(w)}</p>')
+    spread = lambda a: f"{pct(a.mean)} ± {100 * a.std:.1f}" if a is not None else "not run"  # noqa: E731
+    rows = [[esc(label), f"{pct(m)} ± {100 * s:.1f}"] for label, m, s in accuracy_rows(doc)]
+    rows += [[esc(c.name), "no change at this input size: not run"] for c in doc.corruptions if c.noop]
+    page.add(table(["features", "validation accuracy (mean ± std over seeds)"], rows, {1}))
+    c = doc.control
+    page.add(f"<p>control: '{esc(c.source)}' in {esc(c.parts)} random parts of {esc(c.per_part)}: "
+             f"{spread(c.accuracy)}, {'at chance' if c.at_chance else '<b>not at chance</b>'} (limit "
+             f"{pct(c.limit)})</p>")
+    if doc.gate is not None:
+        page.add(f"<p>--max-accuracy {pct(doc.gate.max_accuracy)}: {'PASS' if doc.gate.passed else '<b>FAIL</b>'}</p>")
+    names = [esc(s.name) for s in doc.sources]
+    page.add("<h3>confusion (rows: source, columns: predicted; summed over seeds)</h3>"
+             + table(["", *names], [[n, *map(esc, r)] for n, r in zip(names, e.confusion)],
+                     set(range(1, len(names) + 1))))
+    for name, caption in ((ACCURACY_PNG, "validation accuracy per feature, chance dashed"),
+                          (HEADS_PNG, "each head's term alone: validation accuracy over (layer, head)")):
+        if (folder / name).is_file():
+            page.add(page.image(folder / name, caption))
+    top = [[esc(i + 1), esc(h.layer), esc(h.head), f"{pct(h.accuracy)} ± {100 * h.std:.1f}"]
+           for i, h in enumerate(doc.heads.ranking[:10])]
+    page.add("<h3>heads that carry the source</h3>"
+             + table(["#", "layer", "head", "accuracy alone"], top, {0, 1, 2, 3}))
+
+
 def section_figures(page: Page) -> None:
     page.add("<h2>Heat maps and other figures</h2>")
     pngs = [p for p in files(page.root, "*.png") if p.relative_to(page.root).as_posix() not in page.used]
@@ -292,7 +331,7 @@ def section_figures(page: Page) -> None:
 
 
 SECTIONS = (section_plan, section_descriptions, section_compare, section_latency, section_bias, section_keywords,
-            section_figures)
+            section_audit, section_figures)
 
 
 def build_report(root: str | Path, out: str | Path | None = None, title: str = "clip-debias report",
