@@ -393,3 +393,10 @@ def test_sources_parse_names_splits_and_kinds(tmp_path):
     with pytest.raises(ClipDebiasError, match="no image files"):
         (tmp_path / "empty").mkdir()
         open_source(str(tmp_path / "empty"))
+    # a folder clip-debias wrote inside an image folder (an earlier audit's --out: its figures) is not data
+    images = _folder(tmp_path / "imgs", 3, seed=1)
+    _folder(images / "sub", 2, seed=2)
+    _folder(images / "audit", 2, seed=3)
+    (images / "audit" / "clip-debias-output.json").write_text("{}")
+    assert sorted(r.path.relative_to(images).as_posix() for r in open_source(str(images)).index.records) == [
+        "im00.png", "im01.png", "im02.png", "sub/im00.png", "sub/im01.png"]

@@ -2,7 +2,8 @@
 
 A SOURCE is ``[NAME=]PATH[:SPLIT]``:
 
-- a folder of images: every file below it (recursively) whose suffix is one of ``IMAGE_SUFFIXES``, sorted by path;
+- a folder of images: every file below it (recursively) whose suffix is one of ``IMAGE_SUFFIXES``, sorted by path,
+  except in folders clip-debias wrote (an earlier audit's ``--out`` inside it);
 - a CSV: a ``.csv`` file, or a folder holding ``data.csv``, with a ``path`` column (the csv dataset format's, paths
   relative to the CSV; other columns ignored); ``:SPLIT`` keeps the rows whose ``split`` column is SPLIT;
 - a Waterbirds layout (a folder with ``metadata.csv``) or a CelebA layout (``img_align_celeba/``), with ``:SPLIT``
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from clip_debias.runtime.datasets import SPLITS, DatasetIndex, ImageRecord, image_path, load_index, read_csv
-from clip_debias.runtime.ownership import file_is_ours
+from clip_debias.runtime.ownership import MARKER_NAME, file_is_ours
 from clip_debias.toolchain.decompose.cache import DecompositionCache, load_cache
 from clip_debias.toolchain.errors import ClipDebiasError
 
@@ -87,9 +88,13 @@ def _kind(path: Path) -> str:
 
 
 def _folder_records(root: Path) -> list[ImageRecord]:
-    files = sorted(Path(d) / f for d, _, names in os.walk(root) for f in names
-                   if f.lower().endswith(IMAGE_SUFFIXES))
-    return [ImageRecord(p, 0, 0) for p in files]
+    """Every image file below ``root``, sorted by path; folders clip-debias wrote (they hold its output marker: an
+    audit's own figures, a report) are not data and are left out."""
+    files = []
+    for d, subdirs, names in os.walk(root):
+        subdirs[:] = [s for s in subdirs if not (Path(d) / s / MARKER_NAME).is_file()]
+        files += [Path(d) / f for f in names if f.lower().endswith(IMAGE_SUFFIXES)]
+    return [ImageRecord(p, 0, 0) for p in sorted(files)]
 
 
 def _csv_records(path: Path, split: str | None, allow_outside_root: bool) -> list[ImageRecord]:
