@@ -55,6 +55,7 @@ class BuildOptions:
     allow_test_calibration: bool = False
     templates: list[str] | None = None
     protocol: str = "default"
+    lle: Any = None  # lle_fit.LleOptions: the LLE head's training data and settings (--classifier lle)
 
     def resolved(self) -> "BuildOptions":
         """These options with the protocol's choices filled in; refuses a choice the reference protocol does not
@@ -200,13 +201,14 @@ def make_head(clip: Any, class_names: list[str], templates: list[str], options: 
 def build_classifier(plan: LocatePlan, calibration: DecompositionCache | None, clip: Any,
                      options: BuildOptions | None = None) -> DebiasedClassifier:
     """The ``DebiasedClassifier`` with the plan's edits and the chosen head baked in; ``spec.plan`` records the plan
-    summary, the calibration split (and whether it is a test split), the attribute pairs and the options."""
+    summary, the calibration split (and whether it is a test split), the attribute pairs and the options. A head kind
+    with a ``fit`` step (LLE) is trained last, on the embeddings of the model with the edits baked in."""
     options = (options or BuildOptions()).resolved()
     tower = ExplicitViT.from_open_clip(clip.model.visual)
     check_plan(plan, clip, tower.cfg)
     edits = make_edits(plan, calibration, clip, options)
     head = make_head(clip, plan.class_names, list(options.templates or plan.templates or DEFAULT_TEMPLATES), options)
-    opts = {k: v for k, v in asdict(options).items() if k not in ("contexts", "attribute_pairs")}
+    opts = {k: v for k, v in asdict(options).items() if k not in ("contexts", "attribute_pairs", "lle")}
     provenance = {
         **plan.summary(),
         "calibration": ({"dataset": calibration.dataset, "split": calibration.split, "n": len(calibration)}
@@ -226,4 +228,8 @@ def build_classifier(plan: LocatePlan, calibration: DecompositionCache | None, c
         basis_rank=int(edits.basis.shape[0]) if edits.basis is not None else 0, renorm=edits.renorm,
         convention=plan.convention, plan=provenance,
     )
-    return DebiasedClassifier(tower, head, spec, edits.means, edits.basis).eval()
+    model = DebiasedClassifier(tower, head, spec, edits.means, edits.basis).eval()
+    fit = HEAD_KINDS[options.classifier].fit
+    if fit is not None:  # a head trained on this model's own embeddings (LLE)
+        model.head = fit(model, options)
+    return model

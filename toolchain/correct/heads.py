@@ -2,8 +2,8 @@
 
 ``HEAD_KINDS`` is the one table of head kinds (``build --classifier``, config.json's ``head.kind``). A head module has
 ``kind``, ``forward(e)``, ``config()`` (config.json's ``head`` object) and ``empty(config, dim)`` (same shapes,
-buffers filled by ``load_state_dict``); a kind adds the model of its config and how ``build`` makes it. A new head
-kind is one entry here.
+buffers filled by ``load_state_dict``); a kind adds the model of its config, how ``build`` makes it and, for a head
+trained on the built model's embeddings (LLE), how ``build`` then trains it. A new head kind is one entry here.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from pydantic.dataclasses import dataclass
 from torch import nn
 
 from clip_debias.runtime.schema import FORMAT
+from clip_debias.toolchain.correct.lle import LleConfig, LleHead, lle_for
+from clip_debias.toolchain.correct.lle_fit import fit_lle
 from clip_debias.toolchain.correct.perception import PerceptionConfig, PerceptionHead, perception_for
 from clip_debias.toolchain.prompts.text import class_text_matrix
 
@@ -63,15 +65,19 @@ def zeroshot_for(clip: Any, class_names: list[str], templates: list[str], option
 
 @plain_dataclass(frozen=True)
 class HeadKind:
-    """One head kind: its module, the model of its config.json ``head`` object, and ``make(clip, class_names,
-    templates, options)`` -> the head (``options``: ``build.BuildOptions``)."""
+    """One head kind: its module, the model of its config.json ``head`` object, ``make(clip, class_names,
+    templates, options)`` -> the head (``options``: ``build.BuildOptions``) and, for a head trained on the built
+    model's embeddings, ``fit(model, options)`` -> the trained head (``model``: the ``DebiasedClassifier`` holding
+    the made head)."""
 
     module: type[nn.Module]
     config: type
     make: Callable[[Any, list[str], list[str], Any], nn.Module]
+    fit: Callable[[Any, Any], nn.Module] | None = None
 
 
 HEAD_KINDS: dict[str, HeadKind] = {
     "zeroshot": HeadKind(ZeroShotHead, ZeroShotConfig, zeroshot_for),
     "perception": HeadKind(PerceptionHead, PerceptionConfig, perception_for),
+    "lle": HeadKind(LleHead, LleConfig, lle_for, fit_lle),
 }

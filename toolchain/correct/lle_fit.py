@@ -1,0 +1,347 @@
+"""Training the Last Layer Ensemble head (``correct.lle``) on a built model's frozen embeddings.
+
+1. Embed (``embed_shifted``): every image of the training split as it is (shift type 0) and ``copies`` augmented draws
+   of it per augmentation type k >= 1 (``correct.augment``), each through the built model's ``embed`` (its corrected
+   unit-norm embedding e': plain, or with the LTC edits baked in) with the model's own preprocessing. Draw j of type k
+   of image i is seeded by ``[seed, k, j, i]``: the same images whatever the batch size. The val split is embedded
+   as it is.
+2. Train (``train_lle``): W [K, C, D], b [K, C] start from the untrained head (every W_k the zero-shot s T, b = 0; the
+   shift classifier W_d, b_d at 0) and minimise, over the cached embeddings of all types shuffled together,
+       mean_x CE(W_{d(x)} e'(x) + b_{d(x)}, y(x)) + mean_x CE(W_d e'(x) + b_d, d(x))
+   by SGD (momentum 0.9, batch ``batch_size``, learning rate lr cos(pi t / T) / 2 + lr / 2 per epoch t of T =
+   ``epochs``, weight decay wd on W and W_d), seeded by ``seed``.
+3. Choose on val (``fit_lle``): for every (lr, wd) of the grid and every epoch, the val worst-group accuracy of the
+   head's logits (``runtime.metrics.accuracy_report`` over the val split's groups); the best wins (ties: the higher
+   val average accuracy, then the earlier grid entry and epoch). What was chosen, the val scores and the data are
+   recorded in config.json (``head.training``).
+
+Default grid (``LleOptions``): lr in (0.1, 1, 10) x wd in (0, 1e-4), 30 epochs, batch 256. The learning rates are for
+unit-norm embeddings, where one SGD step of size lr moves a logit by about lr; the authors' SGD learning rates are for
+unnormalized backbone features (see ``correct.lle`` for the other differences).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from clip_debias.runtime.datasets import DatasetIndex, ImageRecord, load_index
+from clip_debias.runtime.images import load_image
+from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS
+from clip_debias.runtime.metrics import accuracy_report
+from clip_debias.toolchain.correct.augment import (AUGMENT_TYPES, AUTO, AugmentFn, AugmentType, Sample, load_hook,
+                                                   mask_gap, run_augment)
+from clip_debias.toolchain.correct.lle import ORIGINAL, LleHead
+from clip_debias.toolchain.errors import ClipDebiasError
+
+FIT_VERSION = 1
+
+
+@dataclass
+class Augmentations:
+    """The augmentation types of one LLE head, in head order (head k + 1 = ``types[k]``)."""
+
+    types: list[AugmentType]
+
+    def names(self) -> list[str]:
+        return [t.name for t in self.types]
+
+
+@dataclass
+class LleOptions:
+    """What the LLE head trains on and how (see the module docstring). ``augment``: built-in type names
+    (``augment.AUGMENT_TYPES``), ``auto`` (every built-in type whose masks the data has), hook specs
+    ``NAME=module:function`` / ``NAME=file.py:function``, or names of ``hooks`` (library callers' own functions)."""
+
+    data: Path
+    dataset: str = "waterbirds"
+    train_split: str = "train"
+    val_split: str = "val"
+    augment: tuple[str, ...] = (AUTO,)
+    hooks: dict[str, AugmentFn] = field(default_factory=dict)
+    copies: int = 1
+    seed: int = 0
+    epochs: int = 30
+    batch_size: int = 256
+    learning_rates: tuple[float, ...] = (0.1, 1.0, 10.0)
+    weight_decays: tuple[float, ...] = (0.0, 1e-4)
+    image_batch_size: int = 64
+    classes: list[str] | None = None
+    allow_outside_root: bool = False
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.data = Path(self.data)
+        for name, value, low in (("--lle-copies", self.copies, 1), ("--lle-epochs", self.epochs, 1),
+                                 ("--lle-batch-size", self.batch_size, 1), ("--lle-seed", self.seed, 0)):
+            if value < low:
+                raise ClipDebiasError(f"{name} {value}: expected an integer >= {low}")
+        if not self.learning_rates or any(not lr > 0 for lr in self.learning_rates):
+            raise ClipDebiasError(f"LLE learning rates {self.learning_rates}: expected numbers > 0")
+        if not self.weight_decays or any(not wd >= 0 for wd in self.weight_decays):
+            raise ClipDebiasError(f"LLE weight decays {self.weight_decays}: expected numbers >= 0")
+        if self.train_split == self.val_split:
+            raise ClipDebiasError(f"--lle-val-split {self.val_split}: the head is chosen on a split it was not "
+                                  "trained on; expected another split than --lle-train-split")
+
+    def index(self, split: str) -> DatasetIndex:
+        """The ``split`` of the training data (read once)."""
+        cache = self.__dict__.setdefault("_indexes", {})
+        if split not in cache:
+            cache[split] = load_index(self.dataset, self.data, split, classes=self.classes,
+                                      allow_outside_root=self.allow_outside_root)
+        return cache[split]
+
+    def resolve_augmentations(self) -> Augmentations:
+        """The augmentation types asked for, checked against the training split's masks (one line naming what is
+        missing); ``auto`` keeps the built-in types the data has masks for."""
+        train = self.index(self.train_split)
+        out: list[AugmentType] = []
+        for spec in self.augment:
+            spec = spec.strip()
+            if spec == AUTO:
+                out += [t for t in AUGMENT_TYPES.values() if mask_gap(t, train) is None]
+            elif spec in AUGMENT_TYPES:
+                gap = mask_gap(AUGMENT_TYPES[spec], train)
+                if gap is not None:
+                    raise ClipDebiasError(gap)
+                out.append(AUGMENT_TYPES[spec])
+            elif spec in self.hooks:
+                out.append(AugmentType(spec, self.hooks[spec], help="a library caller's function"))
+            else:
+                out.append(load_hook(spec))
+        names = [t.name for t in out]
+        dup = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if dup is not None:
+            raise ClipDebiasError(f"--augment: the shift type '{dup}' is listed twice")
+        if not out:
+            raise ClipDebiasError(f"--augment {','.join(self.augment)}: no augmentation type applies to "
+                                  f"{self.data} (it has no masks; add watermark or a NAME=module:function hook)")
+        return Augmentations(out)
+
+    def record(self) -> dict[str, Any]:
+        """The options as config.json's ``head.training.options`` records them (hooks by name)."""
+        d = {k: v for k, v in asdict(self).items() if k not in ("hooks", "progress", "data", "_indexes")}
+        return {**d, "data": str(self.data), "augment": list(self.augment)}
+
+
+# ---- 1. embeddings ------------------------------------------------------------------------------------------------
+class RecordPool:
+    """Training images by class, read on demand (image and the mask parts asked for, checked to fit the image)."""
+
+    def __init__(self, index: DatasetIndex, parts: tuple[str, ...], max_pixels: int | None):
+        self.index, self.parts, self.max_pixels = index, parts, max_pixels
+        labels = [r.label for r in index.records]
+        self.others = {c: [i for i, y in enumerate(labels) if y != c] for c in set(labels)}
+        self.size: tuple[int, int] | None = None  # (W, H) of the sample being augmented
+
+    def sample(self, i: int, size: tuple[int, int] | None = None) -> Sample:
+        """Record ``i`` as a ``Sample`` (resized to ``size`` = (W, H) when given and different)."""
+        r: ImageRecord = self.index.records[i]
+        image = load_image(r.path, self.max_pixels).convert("RGB")
+        masks = {}
+        for part in self.parts:
+            if part in r.masks:
+                m = load_image(r.masks[part], self.max_pixels).convert("L")
+                if m.size != image.size:
+                    raise ClipDebiasError(f"{r.masks[part]}: mask of {m.size[0]}x{m.size[1]} pixels for an image of "
+                                          f"{image.size[0]}x{image.size[1]} ({r.path})")
+                masks[part] = m
+        if size is not None and image.size != size:
+            image = image.resize(size, Image.BILINEAR)
+            masks = {k: m.resize(size, Image.BILINEAR) for k, m in masks.items()}
+        return Sample(np.asarray(image), r.label, {k: np.asarray(m) for k, m in masks.items()})
+
+    def other_class(self, label: int, rng: np.random.Generator) -> Sample:
+        """A uniformly drawn image of another class than ``label``, at the current sample's size."""
+        others = self.others.get(label) or [i for i, r in enumerate(self.index.records) if r.label != label]
+        if not others:
+            raise ClipDebiasError(f"{self.index.root}: split '{self.index.split}' has images of one class only; "
+                                  "the swap augmentations take their donors from another class")
+        return self.sample(others[int(rng.integers(len(others)))], self.size)
+
+
+class ShiftedImages(Dataset):
+    """Item (i, k, j): image i of the pool, shifted by type k (0: as it is) with draw j, preprocessed."""
+
+    def __init__(self, pool: RecordPool, types: list[AugmentType | None], copies: int, seed: int,
+                 transform: Callable):
+        self.pool, self.types, self.seed, self.transform = pool, types, seed, transform
+        n = len(pool.index.records)
+        self.items = [(i, 0, 0) for i in range(n)] + [(i, k, j) for k in range(1, len(types))
+                                                       for j in range(copies) for i in range(n)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, int, int]:
+        i, k, j = self.items[item]
+        sample = self.pool.sample(i)
+        aug = self.types[k]
+        if aug is None:
+            return self.transform(Image.fromarray(sample.image)), sample.label, k
+        self.pool.size = (sample.image.shape[1], sample.image.shape[0])
+        image = run_augment(aug, sample, self.pool, np.random.default_rng([self.seed, k, j, i]))
+        return self.transform(Image.fromarray(image)), sample.label, k
+
+
+@dataclass
+class Embedded:
+    """Embeddings e' [N, D] with their class labels, shift types and groups (all [N])."""
+
+    embeddings: torch.Tensor
+    labels: torch.Tensor
+    shifts: torch.Tensor
+    groups: torch.Tensor
+
+
+def _progress(label: str, enabled: bool) -> Any:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
+                    transient=True, disable=not (enabled and console.is_terminal))
+
+
+@torch.no_grad()
+def embed_shifted(model: Any, index: DatasetIndex, types: list[AugmentType], copies: int, seed: int,
+                  batch_size: int = 64, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                  progress: bool = True) -> Embedded:
+    """Embeddings of ``index``'s images as they are, then of ``copies`` draws per augmentation type (type k + 1 =
+    ``types[k]``), through ``model.embed`` with the model's preprocessing (see the module docstring)."""
+    from clip_debias.toolchain.correct.classifier import eval_transform
+
+    parts = tuple(dict.fromkeys(p for t in types for p in t.parts(index)))
+    pool = RecordPool(index, parts, max_pixels)
+    data = ShiftedImages(pool, [None, *types], copies, seed, eval_transform(model.spec.preprocess))
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=0)
+    dtype, device = model.tower.conv1.weight.dtype, model.tower.conv1.weight.device
+    chunks, labels, shifts = [], [], []
+    with _progress(f"LLE: embed {index.dataset}/{index.split} x {1 + len(types) * copies}", progress) as bar:
+        task = bar.add_task("batches", total=len(loader))
+        for images, y, k in loader:
+            chunks.append(model.embed(images.to(device=device, dtype=dtype)).float().cpu())
+            labels.append(y)
+            shifts.append(k)
+            bar.advance(task)
+    groups = torch.tensor([index.records[i].group for i, _, _ in data.items])
+    return Embedded(torch.cat(chunks), torch.cat(labels).long(), torch.cat(shifts).long(), groups)
+
+
+# ---- 2. training ----------------------------------------------------------------------------------------------------
+@dataclass
+class Trial:
+    """One (lr, wd) of the grid: its best epoch on val and the val scores there."""
+
+    lr: float
+    weight_decay: float
+    epoch: int
+    val_worst_group: float
+    val_accuracy: float
+
+    def key(self) -> tuple[float, float]:
+        return (self.val_worst_group, self.val_accuracy)
+
+
+def lle_loss(head: dict[str, torch.Tensor], e: torch.Tensor, y: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """mean CE(W_{d} e + b_{d}, y) + mean CE(W_d e + b_d, d) (the LLE objective) for a batch e [B, D]."""
+    own = torch.einsum("bd,bcd->bc", e, head["weight"][d]) + head["bias"][d]
+    shift = e @ head["shift_weight"].T + head["shift_bias"]
+    return torch.nn.functional.cross_entropy(own, y) + torch.nn.functional.cross_entropy(shift, d)
+
+
+def train_lle(init: LleHead, train: Embedded, lr: float, weight_decay: float, epochs: int, batch_size: int, seed: int,
+              on_epoch: Callable[[int, LleHead], None] | None = None) -> LleHead:
+    """The head trained from ``init`` on ``train`` (module docstring, step 2); ``on_epoch(epoch, head)`` after each
+    epoch (1-based)."""
+    gen = torch.Generator().manual_seed(seed)
+    params = {k: getattr(init, k).detach().float().clone().requires_grad_(True)
+              for k in ("weight", "bias", "shift_weight", "shift_bias")}
+    decayed = [params["weight"], params["shift_weight"]]
+    opt = torch.optim.SGD([{"params": decayed, "weight_decay": weight_decay},
+                           {"params": [params["bias"], params["shift_bias"]], "weight_decay": 0.0}],
+                          lr=lr, momentum=0.9)
+    x, y, d = train.embeddings.float(), train.labels, train.shifts
+    head = init
+    for epoch in range(epochs):
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+        order = torch.randperm(len(x), generator=gen)
+        for start in range(0, len(x), batch_size):
+            idx = order[start:start + batch_size]
+            opt.zero_grad(set_to_none=True)
+            lle_loss(params, x[idx], y[idx], d[idx]).backward()
+            opt.step()
+        head = LleHead(params["weight"].detach(), params["bias"].detach(), params["shift_weight"].detach(),
+                       params["shift_bias"].detach(), init.shifts)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, head)
+    return head
+
+
+# ---- 3. choice on val -----------------------------------------------------------------------------------------------
+def val_scores(head: LleHead, val: Embedded) -> tuple[float, float]:
+    """(worst-group accuracy, accuracy) of ``head`` on the val embeddings (``runtime.metrics.accuracy_report``)."""
+    with torch.no_grad():
+        pred = head(val.embeddings).argmax(dim=-1).numpy()
+    r = accuracy_report(pred, val.labels.numpy(), val.groups.numpy())
+    return r.worst_group_accuracy, r.accuracy
+
+
+def fit_lle(model: Any, options: Any) -> LleHead:
+    """``build``'s training step for the LLE head (``correct.heads.HEAD_KINDS``): ``model`` is the built
+    ``DebiasedClassifier`` whose head is the untrained ``LleHead``; ``options.lle`` the ``LleOptions``. Returns the
+    head chosen on val, with ``training`` recording the choice (see the module docstring)."""
+    lle: LleOptions = options.lle
+    init: LleHead = model.head
+    types = lle.resolve_augmentations().types
+    train_index, val_index = lle.index(lle.train_split), lle.index(lle.val_split)
+    if len(train_index.class_names) != init.weight.shape[1]:
+        raise ClipDebiasError(f"{lle.data}: {len(train_index.class_names)} classes in split '{lle.train_split}', the "
+                              f"model has {init.weight.shape[1]}")
+    reading = {"batch_size": lle.image_batch_size, "max_pixels": lle.max_pixels, "progress": lle.progress}
+    train = embed_shifted(model, train_index, types, lle.copies, lle.seed, **reading)
+    val = embed_shifted(model, val_index, [], 1, lle.seed, **reading)
+    best: tuple[Trial, LleHead] | None = None
+    trials: list[Trial] = []
+    grid = [(lr, wd) for lr in lle.learning_rates for wd in lle.weight_decays]
+    with _progress("LLE: train (lr, wd) x epochs", lle.progress) as bar:
+        task = bar.add_task("epochs", total=len(grid) * lle.epochs)
+        for lr, wd in grid:
+            found: dict[str, Any] = {}
+
+            def keep(epoch: int, head: LleHead) -> None:
+                score = val_scores(head, val)
+                if "trial" not in found or score > found["trial"].key():
+                    found["trial"], found["head"] = Trial(lr, wd, epoch, *score), head
+                bar.advance(task)
+
+            train_lle(init, train, lr, wd, lle.epochs, lle.batch_size, lle.seed, keep)
+            trials.append(found["trial"])
+            if best is None or found["trial"].key() > best[0].key():
+                best = (found["trial"], found["head"])
+    assert best is not None
+    chosen, head = best
+    zero_shot = val_scores(init, val)
+    record = {
+        "version": FIT_VERSION, "method": "last layer ensemble (Li et al., CVPR 2023), frozen embedding",
+        "chosen": asdict(chosen), "trials": [asdict(t) for t in trials],
+        "val_zero_shot": {"worst_group": zero_shot[0], "accuracy": zero_shot[1]},
+        "train": {"dataset": lle.dataset, "split": lle.train_split, "n_images": len(train_index),
+                  "n_embeddings": int(len(train.labels)),
+                  "per_shift": {name: int((train.shifts == k).sum()) for k, name in enumerate(init.shifts)}},
+        "val": {"dataset": lle.dataset, "split": lle.val_split, "n_images": len(val_index)},
+        "augmentations": {t.name: t.help for t in types},
+        "options": lle.record(),
+    }
+    return LleHead(head.weight, head.bias, head.shift_weight, head.shift_bias, init.shifts, record)
+
