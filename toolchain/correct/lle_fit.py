@@ -102,7 +102,10 @@ class LleOptions:
 
     def resolve_augmentations(self) -> Augmentations:
         """The augmentation types asked for, checked against the training split's masks (one line naming what is
-        missing); ``auto`` keeps the built-in types the data has masks for."""
+        missing); ``auto`` keeps the built-in types the data has masks for. Resolved once (a hook's module is
+        imported once)."""
+        if "_resolved" in self.__dict__:
+            return self.__dict__["_resolved"]
         train = self.index(self.train_split)
         out: list[AugmentType] = []
         for spec in self.augment:
@@ -125,11 +128,12 @@ class LleOptions:
         if not out:
             raise ClipDebiasError(f"--augment {','.join(self.augment)}: no augmentation type applies to "
                                   f"{self.data} (it has no masks; add watermark or a NAME=module:function hook)")
-        return Augmentations(out)
+        self.__dict__["_resolved"] = Augmentations(out)
+        return self.__dict__["_resolved"]
 
     def record(self) -> dict[str, Any]:
         """The options as config.json's ``head.training.options`` records them (hooks by name)."""
-        d = {k: v for k, v in asdict(self).items() if k not in ("hooks", "progress", "data", "_indexes")}
+        d = {k: v for k, v in asdict(self).items() if k not in ("hooks", "progress", "data")}
         return {**d, "data": str(self.data), "augment": list(self.augment)}
 
 
