@@ -41,8 +41,7 @@ CONFIG_WHAT = "a model config written by 'clip-debias build'"
 WEIGHTS_NAME = "model.safetensors"
 MODEL_FORMAT = 1
 
-__all__ = ["ClassifierSpec", "DebiasedClassifier", "PreprocessRecord", "ZeroShotHead", "eval_transform",
-           "plain_classifier"]
+__all__ = ["ClassifierSpec", "DebiasedClassifier", "PreprocessRecord", "ZeroShotHead", "plain_classifier"]
 
 
 @dataclass(config=FORMAT)
@@ -61,15 +60,6 @@ class PreprocessRecord:
     def of(cls, preprocess_cfg: dict[str, Any]) -> dict[str, Any]:
         """The record of a ``LoadedClip.preprocess_cfg`` (the keys above; others are open_clip's, not ours)."""
         return {k: v for k, v in preprocess_cfg.items() if k in cls.__dataclass_fields__}
-
-
-def eval_transform(preprocess: dict[str, Any]) -> Any:
-    """open_clip's eval transform (PIL image -> [3, H, W] tensor) of a model's recorded ``spec.preprocess``."""
-    from open_clip.transform import PreprocessCfg, image_transform_v2
-
-    keys = PreprocessCfg.__dataclass_fields__
-    cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in preprocess.items() if k in keys}
-    return image_transform_v2(PreprocessCfg(**cfg), is_train=False)
 
 
 TowerRecord = stored_as_dict(TowerConfig)  # validated as a TowerConfig, kept as its dict

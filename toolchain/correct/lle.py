@@ -42,6 +42,7 @@ from torch import nn
 
 from clip_debias.runtime.schema import FORMAT, FieldError
 from clip_debias.toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.prompts.text import class_text_matrix
 
 ORIGINAL = "original"  # the shift type of unaugmented images, always k = 0
 
@@ -124,11 +125,9 @@ class LleHead(nn.Module):
 def lle_for(clip: Any, class_names: list[str], templates: list[str], options: Any) -> LleHead:
     """``build``'s LLE head before training (``correct.heads.HEAD_KINDS``): one head per shift type of
     ``options.lle`` (checked against its dataset now, before any work), each the zero-shot head of ``templates``."""
-    from clip_debias.toolchain.correct.heads import logit_scale_of
-    from clip_debias.toolchain.prompts.text import class_text_matrix
-
     if options.lle is None:
         raise ClipDebiasError("--classifier lle trains on images: pass --data DIR (and --dataset) of the training "
                               "set")
     shifts = [ORIGINAL, *options.lle.resolve_augmentations().names()]
-    return LleHead.from_zero_shot(class_text_matrix(clip, class_names, templates), logit_scale_of(clip), shifts)
+    logit_scale = float(clip.model.logit_scale.detach().exp())
+    return LleHead.from_zero_shot(class_text_matrix(clip, class_names, templates), logit_scale, shifts)

@@ -39,6 +39,7 @@ from clip_debias.runtime.metrics import accuracy_report
 from clip_debias.toolchain.correct.augment import (AUGMENT_TYPES, AUTO, AugmentFn, AugmentType, Sample, load_hook,
                                                    mask_gap, run_augment)
 from clip_debias.toolchain.correct.lle import ORIGINAL, LleHead
+from clip_debias.toolchain.datasets.loader import eval_transform
 from clip_debias.toolchain.errors import ClipDebiasError
 
 FIT_VERSION = 1
@@ -222,8 +223,6 @@ def embed_shifted(model: Any, index: DatasetIndex, types: list[AugmentType], cop
                   progress: bool = True) -> Embedded:
     """Embeddings of ``index``'s images as they are, then of ``copies`` draws per augmentation type (type k + 1 =
     ``types[k]``), through ``model.embed`` with the model's preprocessing (see the module docstring)."""
-    from clip_debias.toolchain.correct.classifier import eval_transform
-
     parts = tuple(dict.fromkeys(p for t in types for p in t.parts(index)))
     pool = RecordPool(index, parts, max_pixels)
     data = ShiftedImages(pool, [None, *types], copies, seed, eval_transform(model.spec.preprocess))

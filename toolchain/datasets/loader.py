@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from rich.console import Console
@@ -23,6 +23,16 @@ from clip_debias.runtime.images import ImageError, load_image
 from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SKIPPED, MaxSkipped
 from clip_debias.runtime.ownership import SKIPPED_HEADER
 from clip_debias.toolchain.errors import ClipDebiasError
+
+
+def eval_transform(preprocess: dict[str, Any]) -> Any:
+    """open_clip's eval transform (PIL image -> [3, H, W] tensor) of a model's recorded preprocessing (a saved
+    model's ``spec.preprocess``: open_clip's ``PreprocessCfg`` fields)."""
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    keys = PreprocessCfg.__dataclass_fields__
+    cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in preprocess.items() if k in keys}
+    return image_transform_v2(PreprocessCfg(**cfg), is_train=False)
 
 
 @dataclass
