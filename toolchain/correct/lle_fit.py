@@ -132,6 +132,12 @@ class LleOptions:
         self.__dict__["_resolved"] = Augmentations(out)
         return self.__dict__["_resolved"]
 
+    def keep_images(self) -> "LleOptions":
+        """Keep the drawn images in memory (about H W 3 bytes each) for the next fit with these options: a second
+        model trained on the same draws (``lab.whac_a_mole``'s LLE and LTC + LLE rows) skips the drawing."""
+        self.__dict__.setdefault("_images", {})
+        return self
+
     def record(self) -> dict[str, Any]:
         """The options as config.json's ``head.training.options`` records them (hooks by name)."""
         d = {k: v for k, v in asdict(self).items() if k not in ("hooks", "progress", "data")}
@@ -178,8 +184,8 @@ class ShiftedImages(Dataset):
     """Item (i, k, j): image i of the pool, shifted by type k (0: as it is) with draw j, preprocessed."""
 
     def __init__(self, pool: RecordPool, types: list[AugmentType | None], copies: int, seed: int,
-                 transform: Callable):
-        self.pool, self.types, self.seed, self.transform = pool, types, seed, transform
+                 transform: Callable, memo: dict[tuple, np.ndarray] | None = None):
+        self.pool, self.types, self.seed, self.transform, self.memo = pool, types, seed, transform, memo
         n = len(pool.index.records)
         self.items = [(i, 0, 0) for i in range(n)] + [(i, k, j) for k in range(1, len(types))
                                                        for j in range(copies) for i in range(n)]
@@ -189,13 +195,19 @@ class ShiftedImages(Dataset):
 
     def __getitem__(self, item: int) -> tuple[torch.Tensor, int, int]:
         i, k, j = self.items[item]
-        sample = self.pool.sample(i)
         aug = self.types[k]
-        if aug is None:
-            return self.transform(Image.fromarray(sample.image)), sample.label, k
-        self.pool.size = (sample.image.shape[1], sample.image.shape[0])
-        image = run_augment(aug, sample, self.pool, np.random.default_rng([self.seed, k, j, i]))
-        return self.transform(Image.fromarray(image)), sample.label, k
+        key = (str(self.pool.index.root), self.pool.index.split, self.seed, aug.name if aug else ORIGINAL, j, i)
+        if self.memo is not None and key in self.memo:
+            image = self.memo[key]
+        else:
+            sample = self.pool.sample(i)
+            image = sample.image
+            if aug is not None:
+                self.pool.size = (sample.image.shape[1], sample.image.shape[0])
+                image = run_augment(aug, sample, self.pool, np.random.default_rng([self.seed, k, j, i]))
+            if self.memo is not None:
+                self.memo[key] = image
+        return self.transform(Image.fromarray(image)), self.pool.index.records[i].label, k
 
 
 @dataclass
@@ -220,12 +232,14 @@ def _progress(label: str, enabled: bool) -> Any:
 @torch.no_grad()
 def embed_shifted(model: Any, index: DatasetIndex, types: list[AugmentType], copies: int, seed: int,
                   batch_size: int = 64, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                  progress: bool = True) -> Embedded:
+                  progress: bool = True, memo: dict[tuple, np.ndarray] | None = None) -> Embedded:
     """Embeddings of ``index``'s images as they are, then of ``copies`` draws per augmentation type (type k + 1 =
-    ``types[k]``), through ``model.embed`` with the model's preprocessing (see the module docstring)."""
+    ``types[k]``), through ``model.embed`` with the model's preprocessing (see the module docstring). ``memo``: the
+    drawn images [H, W, 3] uint8 by (data, split, seed, type, draw, image), read from it and added to it (a second
+    model trained on the same draws skips the drawing)."""
     parts = tuple(dict.fromkeys(p for t in types for p in t.parts(index)))
     pool = RecordPool(index, parts, max_pixels)
-    data = ShiftedImages(pool, [None, *types], copies, seed, eval_transform(model.spec.preprocess))
+    data = ShiftedImages(pool, [None, *types], copies, seed, eval_transform(model.spec.preprocess), memo)
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=0)
     dtype, device = model.tower.conv1.weight.dtype, model.tower.conv1.weight.device
     chunks, labels, shifts = [], [], []
@@ -311,7 +325,8 @@ def fit_lle(model: Any, options: Any) -> LleHead:
     if len(train_index.class_names) != init.weight.shape[1]:
         raise ClipDebiasError(f"{lle.data}: {len(train_index.class_names)} classes in split '{lle.train_split}', the "
                               f"model has {init.weight.shape[1]}")
-    reading = {"batch_size": lle.image_batch_size, "max_pixels": lle.max_pixels, "progress": lle.progress}
+    reading = {"batch_size": lle.image_batch_size, "max_pixels": lle.max_pixels, "progress": lle.progress,
+               "memo": lle.__dict__.get("_images")}
     train = embed_shifted(model, train_index, types, lle.copies, lle.seed, **reading)
     val = embed_shifted(model, val_index, [], 1, lle.seed, **reading)
     best: tuple[Trial, LleHead] | None = None
