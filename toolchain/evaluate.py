@@ -145,11 +145,9 @@ def evaluate_model(model_dir: str | Path, dataset: str, data: str | Path, split:
     empty one with n = 0) and the bias metrics the data allows (a row named by ``model_dir``). ``target``,
     ``protected``: see ``runtime.datasets.load_index``. ``reading``: ``max_skipped``, ``max_pixels`` of
     ``iter_batches``."""
-    from open_clip.transform import PreprocessCfg, image_transform_v2
-
     from clip_debias.runtime.datasets import load_index
     from clip_debias.toolchain.correct.classifier import DebiasedClassifier
-    from clip_debias.toolchain.datasets import iter_batches
+    from clip_debias.toolchain.datasets import eval_transform, iter_batches
 
     model = DebiasedClassifier.load(model_dir, device=device)
     index = load_index(dataset, Path(data), split, classes=classes, allow_outside_root=allow_outside_root,
@@ -159,9 +157,7 @@ def evaluate_model(model_dir: str | Path, dataset: str, data: str | Path, split:
     if len(index.class_names) != len(model.spec.class_names):
         raise ClipDebiasError(f"{model_dir}: the model has {len(model.spec.class_names)} classes, {dataset}/{split} "
                               f"has {len(index.class_names)} ({', '.join(index.class_names)})")
-    keys = PreprocessCfg.__dataclass_fields__
-    cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in model.spec.preprocess.items() if k in keys}
-    transform = image_transform_v2(PreprocessCfg(**cfg), is_train=False)
+    transform = eval_transform(model.spec.preprocess)
     dtype = model.tower.conv1.weight.dtype
     outputs, labels, groups, rows = [], [], [], []
     for batch in iter_batches(index, transform, batch_size=batch_size, skip_bad=skip_bad, **reading):
