@@ -213,6 +213,12 @@ class Watermark:
         return to_uint8(image.astype(np.float32) * (1 - a) + np.asarray(self.colour, np.float32) * a)
 
 
+@functools.lru_cache(maxsize=64)
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """PIL's default font at ``size`` pixels (loaded once per size)."""
+    return ImageFont.load_default(size)
+
+
 def draw_watermark(height: int, width: int, rng: np.random.Generator) -> Watermark:
     """4-8 random letters/digits, white, PIL's default font at 14-23 % of ``height``, from x = 0 at a top of
     0.1-0.9 of the free height, opacity one of 0.1 .. 0.9 (see the module docstring)."""
@@ -220,7 +226,7 @@ def draw_watermark(height: int, width: int, rng: np.random.Generator) -> Waterma
     text = "".join(rng.choice(list(WATERMARK_CHARS), int(rng.integers(4, 9))))
     top = int(round(rng.choice(np.arange(1, 10) / 10) * max(height - size, 0)))
     layer = Image.new("L", (width, height), 0)
-    ImageDraw.Draw(layer).text((0, top), text, fill=255, font=ImageFont.load_default(size))
+    ImageDraw.Draw(layer).text((0, top), text, fill=255, font=_font(size))
     return Watermark(np.asarray(layer, np.float32) / 255.0, (255, 255, 255), float(rng.choice(WATERMARK_OPACITIES)))
 
 

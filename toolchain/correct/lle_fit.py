@@ -43,6 +43,7 @@ from clip_debias.toolchain.datasets.loader import eval_transform
 from clip_debias.toolchain.errors import ClipDebiasError
 
 FIT_VERSION = 1
+CACHE_BYTES = 512 * 2**20  # decoded training images kept while drawing the augmentations
 
 
 @dataclass
@@ -146,16 +147,23 @@ class LleOptions:
 
 # ---- 1. embeddings ------------------------------------------------------------------------------------------------
 class RecordPool:
-    """Training images by class, read on demand (image and the mask parts asked for, checked to fit the image)."""
+    """Training images by class, read on demand (image and the mask parts asked for, checked to fit the image). The
+    decoded images and masks are kept while they fit in ``cache_bytes`` (the first ones read; the swaps read every
+    image several times: as itself once per type and as a donor)."""
 
-    def __init__(self, index: DatasetIndex, parts: tuple[str, ...], max_pixels: int | None):
+    def __init__(self, index: DatasetIndex, parts: tuple[str, ...], max_pixels: int | None,
+                 cache_bytes: int = CACHE_BYTES):
         self.index, self.parts, self.max_pixels = index, parts, max_pixels
         labels = [r.label for r in index.records]
         self.others = {c: [i for i, y in enumerate(labels) if y != c] for c in set(labels)}
         self.size: tuple[int, int] | None = None  # (W, H) of the sample being augmented
+        self.cache: dict[int, tuple[Image.Image, dict[str, Image.Image]]] = {}
+        self.cache_left = cache_bytes
 
-    def sample(self, i: int, size: tuple[int, int] | None = None) -> Sample:
-        """Record ``i`` as a ``Sample`` (resized to ``size`` = (W, H) when given and different)."""
+    def _read(self, i: int) -> tuple[Image.Image, dict[str, Image.Image]]:
+        """Record ``i``'s RGB image and its masks by part (from the cache when kept)."""
+        if i in self.cache:
+            return self.cache[i]
         r: ImageRecord = self.index.records[i]
         image = load_image(r.path, self.max_pixels).convert("RGB")
         masks = {}
@@ -166,10 +174,18 @@ class RecordPool:
                     raise ClipDebiasError(f"{r.masks[part]}: mask of {m.size[0]}x{m.size[1]} pixels for an image of "
                                           f"{image.size[0]}x{image.size[1]} ({r.path})")
                 masks[part] = m
+        size = image.width * image.height * (3 + len(masks))
+        if size <= self.cache_left:
+            self.cache[i], self.cache_left = (image, masks), self.cache_left - size
+        return image, masks
+
+    def sample(self, i: int, size: tuple[int, int] | None = None) -> Sample:
+        """Record ``i`` as a ``Sample`` of fresh arrays (resized to ``size`` = (W, H) when given and different)."""
+        image, masks = self._read(i)
         if size is not None and image.size != size:
             image = image.resize(size, Image.BILINEAR)
             masks = {k: m.resize(size, Image.BILINEAR) for k, m in masks.items()}
-        return Sample(np.asarray(image), r.label, {k: np.asarray(m) for k, m in masks.items()})
+        return Sample(np.array(image), self.index.records[i].label, {k: np.array(m) for k, m in masks.items()})
 
     def other_class(self, label: int, rng: np.random.Generator) -> Sample:
         """A uniformly drawn image of another class than ``label``, at the current sample's size."""
