@@ -130,17 +130,57 @@ def report(
     split: Annotated[str, typer.Option("--split", help="Comma-separated splits: train,val,test.")] = "val,test",
     model: Annotated[str, typer.Option(
         "--model", help="open_clip model name (clipdebias-lab2: the two-shortcut lab model).")] = "clipdebias-lab",
+    whac_a_mole: Annotated[bool, typer.Option(
+        "--whac-a-mole", help="Instead: the Whac-A-Mole table on the test split of two-shortcut data (zero-shot, LTC, "
+                              "PerceptionCLIP with contexts for both attributes, LLE, LTC + LLE: I.D. accuracy, BG / "
+                              "CoObj / BG+CoObj gaps, worst of 8).")] = False,
+    json_out: Annotated[Optional[Path], typer.Option(
+        "--json", help="--whac-a-mole: also write the rows as evaluate's JSON (read by 'clip-debias report').")] = None,
+    lle_epochs: Annotated[int, typer.Option("--lle-epochs", min=1, help="--whac-a-mole: LLE epochs per (lr, wd).")]
+    = 30,
+    lle_copies: Annotated[int, typer.Option(
+        "--lle-copies", min=1, help="--whac-a-mole: augmented draws per image and type.")] = 1,
+    lle_seed: Annotated[int, typer.Option("--lle-seed", min=0, help="--whac-a-mole: seed of the LLE fit.")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="--whac-a-mole: images per batch.")] = 64,
 ) -> None:
     """Print zero-shot average, per-group and worst-group accuracy per split (8 groups and the shortcut cells on
-    two-shortcut data)."""
+    two-shortcut data); with --whac-a-mole, the five methods side by side on the test split."""
     from clip_debias.toolchain.errors import ClipDebiasError
     from clip_debias.toolchain.lab.train import zero_shot_report
+
+    if whac_a_mole:
+        _whac_a_mole(data, weights, model, json_out, lle_epochs, lle_copies, lle_seed, batch_size)
+        return
 
     splits = tuple(s.strip() for s in split.split(",") if s.strip())
     bad = [s for s in splits if s not in ("train", "val", "test")]
     if bad or not splits:
         raise ClipDebiasError(f"--split {split}: expected a comma-separated list of train, val, test")
     zero_shot_report(weights, data, splits, model_name=model, log=typer.echo)
+
+
+def _whac_a_mole(data: Path, weights: Path | None, model: str, json_out: Path | None, epochs: int, copies: int,
+                 seed: int, batch_size: int) -> None:
+    """``lab report --whac-a-mole``: the table (``toolchain.lab.whac_a_mole``), optionally saved as JSON."""
+    from rich.console import Console
+
+    from clip_debias.runtime.atomic_output import check_file_target, write_atomic
+    from clip_debias.toolchain.evaluate import compare_file
+    from clip_debias.toolchain.lab.whac_a_mole import LleSettings, print_table, whac_a_mole
+    from clip_debias.toolchain.models.loading import load_clip
+
+    if json_out is not None:
+        check_file_target(json_out, "compare-file", False)  # before the minutes of work
+    console = Console(stderr=True)
+    clip = load_clip(model, weights=weights)  # default: the weights shipped for --model
+    result = whac_a_mole(data, clip, LleSettings(epochs=epochs, copies=copies, seed=seed), batch_size=batch_size,
+                         say=lambda m: console.print(m, markup=False, highlight=False))
+    print_table(result, Console())
+    if json_out is not None:
+        write_atomic(json_out, compare_file(result.rows, evaluated={"dataset": "waterbirds", "split": "test"},
+                                            located={"dataset": "waterbirds", "split": "val"}).to_json(),
+                     "compare-file")
+        typer.echo(f"wrote {json_out}")
 
 
 def register(app: typer.Typer) -> None:
