@@ -146,8 +146,8 @@ def model_dir(tmp_path_factory, tiny_clip) -> Path:
                                              "string \"paper\""),
     (lambda d: d["tower"].update(heads="4"), "field 'tower.heads': expected an integer, got the string \"4\""),
     (lambda d: d["identity"].pop("name"), "field 'identity.name': missing (expected a string)"),
-    (lambda d: d["head"].update(kind="lle"), "field 'head.kind': expected one of 'zeroshot', 'perception', got the "
-                                             "string \"lle\""),
+    (lambda d: d["head"].update(kind="svm"), "field 'head.kind': expected one of 'zeroshot', 'perception', 'lle', "
+                                             "got the string \"svm\""),
     (lambda d: d["head"].pop("num_classes"), "field 'head.num_classes': missing (expected an integer >= 1)"),
     (lambda d: d["preprocess"].update(mean=[0.5]), "field 'preprocess.mean': expected three numbers (R, G, B), got "
                                                    "[0.5]"),

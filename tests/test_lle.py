@@ -315,3 +315,21 @@ def test_cli_build_lle_refusals(plan_file: Path, plain: Path, two: Path, tmp_pat
                                    "--no-ablate", "--no-project", "--out", str(tmp_path / "m"), *args])
     assert res.exit_code == 2, res.output
     assert needle in res.output and not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("shifts,needle", [
+    (["watermark", "original"], "field 'head.shifts[0]': is 'watermark', expected 'original'"),
+    (["original", "w", "w"], "field 'head.shifts': names the shift type 'w' twice"),
+])
+def test_malformed_lle_config_is_one_line(tiny_clip, tmp_path: Path, shifts: list[str], needle: str) -> None:
+    from clip_debias.toolchain.correct.classifier import DebiasedClassifier, plain_classifier
+
+    base = plain_classifier(tiny_clip, ["a", "b"])
+    head = random_head(len(shifts), 2, base.tower.cfg.embed_dim, seed=1)
+    DebiasedClassifier(base.tower, head, base.spec).save(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg["head"]["shifts"] = shifts
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ClipDebiasError) as e:
+        DebiasedClassifier.load(tmp_path / "m")
+    assert needle in str(e.value) and "\n" not in str(e.value)
