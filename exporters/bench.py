@@ -233,7 +233,7 @@ def bench_json(rows: list[BenchRow], left_out: list[str] | None = None) -> dict[
         import openvino
 
         versions["openvino"] = openvino.get_version()
-    return {"rows": [asdict(r) for r in rows],
+    return {"report": "clip-debias bench", "rows": [asdict(r) for r in rows],
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "cpu": cpu_features.cpu_model(),
                         "cpu_flags": cpu_features.features(), "load_avg_1m": os.getloadavg()[0],
                         "ort_providers": ort.get_available_providers()},
@@ -241,13 +241,11 @@ def bench_json(rows: list[BenchRow], left_out: list[str] | None = None) -> dict[
 
 
 def bench_table(rows: list[BenchRow], title: str = "clip-debias bench") -> Any:
-    """A rich ``Table`` of the rows."""
-    from rich.table import Table
+    """A rich ``Table`` of the rows (``runtime.tables``: cells folded, never cut)."""
+    from clip_debias.runtime.tables import table as new_table
 
-    table = Table(title=title, caption=cpu_features.describe())
-    for col, justify in (("backend", "left"), ("batch", "right"), ("p50 ms", "right"), ("img/s", "right"),
-                         ("speedup vs first", "right")):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    table = new_table(["backend", "batch", "p50 ms", "img/s", "speedup vs first"], right={1, 2, 3, 4}, title=title,
+                      caption=cpu_features.describe())
     for r in rows:
         table.add_row(r.backend, str(r.batch), f"{r.p50_ms:.2f}", f"{r.throughput:.1f}", f"{r.speedup:.2f}x")
     return table

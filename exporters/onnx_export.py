@@ -57,14 +57,14 @@ from clip_debias.exporters.timing import interleaved
 from clip_debias.runtime.backends import ModelSource, OrtBackend, save_optimized
 from clip_debias.runtime.errors import ClipDebiasError
 from clip_debias.runtime.integrity import verify_artifact
-from clip_debias.runtime.manifest import Manifest, Preprocessing, TensorSpec
+from clip_debias.runtime.manifest import PRECISIONS, Manifest, Preprocessing, TensorSpec
 from clip_debias.runtime.ownership import MARKER_NAME
 from clip_debias.runtime.parity import GATE_BATCH, GateResult, compare, gate_images  # noqa: F401 (re-exported)
 
 log = logging.getLogger("clip_debias.export")
 
 DEFAULT_OPSET = 18
-PRECISIONS = ("fp32", "fp16", "int8")  # --precision takes one, a comma list, or "both" (= fp32,fp16)
+# --precision takes one of the artifact file precisions (manifest.PRECISIONS), a comma list, or "both" (= fp32,fp16)
 # the weight MatMuls of the transformer blocks, as the TorchScript exporter names them after ExplicitViT's module
 # paths (ExplicitAttention.qkv / .out, Mlp.fc_in / .fc_out): /tower/blocks.3/qkv/MatMul (plain classifier) or
 # /blocks.3/mlp/fc_in/MatMul (DebiasedClassifier runs the blocks itself); tests/test_export.py checks that exactly
@@ -86,6 +86,7 @@ class ExportReport:
     ort_latency_ms: dict[str, float] = field(default_factory=dict)
     ort_kept: bool = False
     digest: str = ""  # the artifact digest (runtime.integrity): pin it with verify --expect-digest
+    files: list[str] = field(default_factory=list)  # the model files written (manifest order)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -300,9 +301,9 @@ def run_gate(source: ModelSource, x: np.ndarray, ref_logits: np.ndarray, ref_emb
     precision = source.precision
     logits, emb = OrtBackend(source, "cpu").run(x)
     res = compare(precision, logits, emb, ref_logits, ref_emb)
-    log.info("parity %s: max|dlogit| %.3g (tol %.3g), max|demb| %.3g, min cos %.7f, argmax agree %.0f%%",
-             precision, res.max_logit_diff, res.logit_tolerance, res.max_embedding_diff, res.min_cosine,
-             100 * res.argmax_agree)
+    log.info("parity gate %s against torch: max |logit diff| %.3g (tol %.3g), max |embedding diff| %.3g, min cosine "
+             "%.5f, argmax agree %.0f%% -- %s", precision, res.max_logit_diff, res.logit_tolerance,
+             res.max_embedding_diff, res.min_cosine, 100 * res.argmax_agree, "pass" if res.passed else "FAIL")
     if not res.passed:
         hint = (" (if the model's activations need it: --fp16-fp32-ops LayerNormalization,Softmax)"
                 if precision == "fp16" else "")
@@ -410,7 +411,10 @@ def export_onnx_report(model_dir_or_model: Any, out: str | Path, precision: str 
     out = Path(out)
     report = ExportReport(artifact=out.absolute())
     inputs, outputs = io_specs(model)
+    source = model_dir_or_model if isinstance(model_dir_or_model, (str, Path)) else "the model"
     with staged_artifact(out) as tmp:
+        log.info("exporting %s to %s (%s; opset %d%s), each graph gated against torch", source, out,
+                 ", ".join(wanted), opset, ", fused attention" if fused_attention else "")
         fp32 = export_module_onnx(model, example, tmp / ONNX_FP32, opset, fused_attention=fused_attention)
         _check_outputs(tmp, {ONNX_FP32})
         report.gates.append(run_gate(ModelSource(fp32, "fp32", inputs, outputs), x, ref_logits, ref_emb))
@@ -432,7 +436,7 @@ def export_onnx_report(model_dir_or_model: Any, out: str | Path, precision: str 
             fp32.unlink()
         build_manifest(model, files, opset, fused_attention, fp16_fp32_ops).save(tmp)
     report.digest = verify_artifact(out)[1]
-    log.info("wrote %s (%s)", out, ", ".join(f.path for f in files))
+    report.files = [f.path for f in files]
     return report
 
 

@@ -46,11 +46,12 @@ from clip_debias.exporters.artifact import TRT_PLAN
 from clip_debias.exporters.tensorrt_export import read_sidecar
 from clip_debias.runtime.atomic_output import staged_directory
 from clip_debias.runtime.errors import ClipDebiasError
+from clip_debias.runtime.choices import FilePrecision
 from clip_debias.runtime.manifest import MANIFEST_NAME, Manifest, ModelFile
+from clip_debias.toolchain.choices import TritonBackend, TritonKind
 
-KINDS = ("cpu", "gpu")
-BACKENDS = ("onnxruntime", "python")
-PRECISIONS = ("fp32", "fp16", "int8")
+KINDS = TritonKind.values()
+BACKENDS = TritonBackend.values()
 CONFIG_PBTXT = "config.pbtxt"
 LABELS_TXT = "labels.txt"
 MODEL_PY = "model.py"
@@ -163,7 +164,7 @@ def labels_text(manifest: Manifest) -> str:
 
 def _onnx_file(manifest: Manifest, artifact: Path, precision: str | None) -> ModelFile:
     """The ONNX model of ``precision`` (None: fp32, else fp16, else int8), or one line naming what there is."""
-    wanted = [precision] if precision else list(PRECISIONS)
+    wanted = [precision] if precision else list(FilePrecision.values())
     for p in wanted:
         f = manifest.file("onnx", p)
         if f is not None:
@@ -175,12 +176,10 @@ def _onnx_file(manifest: Manifest, artifact: Path, precision: str | None) -> Mod
 
 def _check_options(name: str, kind: str, backend: str, precision: str | None, instances: int,
                    max_queue_delay_us: int, server_cores: int | None) -> None:
-    if kind not in KINDS:
-        raise ClipDebiasError(f"--kind {kind}: expected one of {', '.join(KINDS)}")
-    if backend not in BACKENDS:
-        raise ClipDebiasError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
-    if precision is not None and precision not in PRECISIONS:
-        raise ClipDebiasError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
+    TritonKind.parse(kind, "--kind")
+    TritonBackend.parse(backend, "--backend")
+    if precision is not None:
+        FilePrecision.parse(precision, "--precision")
     if precision == "int8" and kind == "gpu":
         raise ClipDebiasError("--precision int8: the int8 model runs on the CPU only (expected --kind cpu)")
     if instances < 1:

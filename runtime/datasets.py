@@ -59,12 +59,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clip_debias.runtime.choices import DatasetFormat, Split
 from clip_debias.runtime.errors import ClipDebiasError
 
 log = logging.getLogger("clip_debias.datasets")
 
-SPLITS = ("train", "val", "test")
-FORMATS = ("waterbirds", "celeba", "fairface", "csv")
+SPLITS = Split.values()
+FORMATS = DatasetFormat.values()
 
 WATERBIRDS_CLASSES = ["landbird", "waterbird"]
 WATERBIRDS_ATTRIBUTES = ["land", "water"]

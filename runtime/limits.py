@@ -6,6 +6,9 @@
 Written as a count (``5``: at most 5 images), a fraction (``0.02``) or a percentage (``2%``) of the images of the
 split; the default is 1 %. The limit is ``count``, or ``floor(fraction * total)``: with the default, a split of 40
 images may lose none and one of 1,200 may lose 12.
+
+``MIN_LATENCY_BATCHES`` (``verify --latency-batches``): the timed model calls verify's latency percentiles rest on at
+least (``runtime.verify``: p95 needs 20 to be an observed tail value).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 from clip_debias.runtime.errors import InputError
 
 DEFAULT_MAX_PIXELS = 50_000_000  # 7071 x 7071; a 13000 x 13000 PNG can be 531 KB on disk and 737 MB decoded
+MIN_LATENCY_BATCHES = 20
 
 
 @dataclass(frozen=True)

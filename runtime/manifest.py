@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
+from clip_debias.runtime.choices import FilePrecision
 from clip_debias.runtime.errors import ArtifactError
 from clip_debias.runtime.ownership import sha256_file  # noqa: F401  (the one file hasher; imported from here too)
 from clip_debias.runtime.schema import FORMAT, FieldError, describe_value, read_json, validate
@@ -33,7 +34,7 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 MANIFEST_WHAT = "an artifact manifest written by 'clip-debias export'"
 FILE_KINDS = ("onnx", "onnx-ort", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = FilePrecision.values()
 SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 

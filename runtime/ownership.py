@@ -348,6 +348,8 @@ FILE_KINDS: dict[str, tuple[str, Callable[[Path], bool]]] = {
     "verify-report": ("a report written by 'clip-debias verify --json'",
                       _json_object_with({"accuracy", "worst_group_accuracy", "thresholds", "passed", "backend"},
                                         ("report", "clip-debias verify"))),
+    "bench-report": ("a report written by 'clip-debias bench --json'",
+                     _json_object_with({"rows", "machine", "left_out"}, ("report", "clip-debias bench"))),
     "compare-file": ("results written by 'clip-debias evaluate --json' (or the demo's compare.json)", _compare_file),
     "demo-summary": ("demo.json written by 'clip-debias demo'",
                      _json_object_with({"chosen", "val_rows", "test_rows", "verify"})),

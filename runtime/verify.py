@@ -1,11 +1,20 @@
 """``verify``: run an artifact over a labelled dataset split and check accuracy / robustness / latency thresholds.
 
 Numbers (``runtime.metrics.accuracy_report``): accuracy = mean over the images read of [argmax logits == label];
-worst-group accuracy = min over the groups present of the group's accuracy. Latency: wall time of the model call
-alone (backend run on an already decoded, preprocessed, validated batch) per batch, in ms, p50/p95/p99 by linear
-interpolation (``numpy.percentile``); the first batch is run ``warmup`` extra times untimed first. Every image is
-counted exactly once; the last batch may be smaller. Throughput = images / summed model time (model-only);
-``end_to_end_per_s`` adds decoding and preprocessing.
+worst-group accuracy = min over the groups present of the group's accuracy. Every image is counted exactly once;
+the last batch may be smaller.
+
+Latency is **per model call on a batch of ``batch_size`` images** (``latency_batch_size``), in ms: the wall time of
+the backend run alone, on an already decoded, preprocessed, validated batch; the first batch is run ``warmup`` extra
+times untimed first. p50/p95/p99 by linear interpolation (``numpy.percentile``) over the full-size batches only (a
+smaller last batch would mix another batch size into the statistic). A p-th percentile of n timed calls is an
+observed tail value only when the (100 - p) % tail holds at least one call: n >= 20 for p95 (the gated one), 100 for
+p99. So when the split gives fewer than ``latency_batches`` (default ``MIN_LATENCY_BATCHES`` = 20) full batches,
+one full batch is run again, timed, until there are that many (``latency_extra_runs``; the model time of a ViT does
+not depend on the pixel values, so a repeat measures the same call); a split smaller than one batch is timed at its
+own size (the report says which). Percentiles that still rest on fewer calls than they need are listed in
+``latency_warnings``. Throughput = images / summed model time of the pass (model-only); ``end_to_end_per_s`` adds
+decoding and preprocessing.
 
 A gate cannot pass by omission:
 
@@ -43,12 +52,13 @@ one implementation for all; ``prepare`` does everything before the model runs.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -57,13 +67,16 @@ from clip_debias.runtime.classifier import Classifier, load
 from clip_debias.runtime.datasets import DatasetIndex, load_index
 from clip_debias.runtime.errors import ClipDebiasError, InputError
 from clip_debias.runtime.integrity import check_digest
-from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SKIPPED, MaxSkipped
+from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SKIPPED, MIN_LATENCY_BATCHES, MaxSkipped
 from clip_debias.runtime.metric_inputs import MetricOptions, metric_inputs
 from clip_debias.runtime.metrics import (GAP_CELLS, GAP_NAMES, AccuracyReport, BiasInputs, BiasMetrics,
                                          CounterfactualReport, ParityReport, ShortcutGaps, SkewReport,
                                          accuracy_report, bias_metrics)
 from clip_debias.runtime.parity import GateResult, precision_gate
+from clip_debias.runtime.progress import Progress
 
+PERCENTILE_MIN_CALLS = {"p95": 20, "p99": 100}
+log = logging.getLogger("clip_debias.verify")
 GATED_AT_VERIFY = ("bf16",)  # precisions without an exported, export-gated file: gated against fp32 here
 VERIFY_REPORT = "clip-debias verify"  # the 'report' field of the JSON report (runtime.ownership recognises it)
 
@@ -125,7 +138,7 @@ class VerifyReport:
     worst_group_accuracy: float
     worst_group: str
     groups: dict[str, dict[str, float | int | None]]  # name -> {n, accuracy}; an expected group with no image: n 0
-    latency_ms: dict[str, float]  # p50, p95, p99, mean
+    latency_ms: dict[str, float]  # p50, p95, p99, mean: ms per model call on a batch of latency_batch_size images
     throughput_per_s: float
     thresholds: dict[str, ThresholdResult]
     passed: bool
@@ -148,6 +161,11 @@ class VerifyReport:
     groups_from: str = ""  # dataset | --groups | manifest | csv group ids | classes
     missing_groups: list[str] = field(default_factory=list)  # expected groups with no image counted
     artifact_digest: str | None = None
+    latency_unit: str = ""  # e.g. "ms per model call on a batch of 32 images"
+    latency_batch_size: int = 0  # images per timed call (batch_size, or the split's size when smaller)
+    latency_batches: int = 0  # timed calls the percentiles rest on
+    latency_extra_runs: int = 0  # of them, repeats of one batch to reach latency_batches
+    latency_warnings: list[str] = field(default_factory=list)  # percentiles on fewer calls than they need
     report: str = VERIFY_REPORT
     protected: str | None = None  # the attribute skew, parity and the counterfactual pairs are about
     shortcut_gaps: ShortcutGaps | None = None  # runtime.metrics (the module docstring says how each is computed)
@@ -305,13 +323,17 @@ def check_bias_thresholds(t: Thresholds, bias: BiasMetrics) -> dict[str, Thresho
 @dataclass
 class Predictions:
     """What an engine returns for the split's records (dataset order): ``logits`` [n, C] float32 (undefined where not
-    ``kept``), ``kept`` [n] bool (False: unreadable and left out, ``skip_bad``), the model time of each batch in ms
-    (every engine times the backend call alone, after its warm-up), and the wall time."""
+    ``kept``), ``kept`` [n] bool (False: unreadable and left out, ``skip_bad``), the model time of each call in ms
+    (every engine times the backend call alone, after its warm-up) with the images of that call (``call_images``,
+    same length), and the wall time. ``time_again``: times one more call on a batch of the largest size and returns
+    its ms (``latency_batches``' top-up); None where the engine cannot (the calls ran elsewhere)."""
 
     logits: np.ndarray
     kept: np.ndarray
     latencies_ms: list[float]
     wall_s: float
+    call_images: list[int]
+    time_again: Callable[[], float] | None = None
 
     @property
     def preds(self) -> np.ndarray:
@@ -365,18 +387,14 @@ class LocalEngine:
                 return None
 
         latencies: list[float] = []
+        images: list[int] = []
+        largest: list[np.ndarray] = []  # the first largest batch, to time again (Predictions.time_again)
         warm = False
         t_start = time.perf_counter()
         batches = [records[i : i + batch_size] for i in range(0, len(records), batch_size)]
 
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        bar = Progress(
-            TextColumn("verify {task.fields[split]}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            console=self.console, transient=True, disable=not self.progress,
-        )
+        bar = Progress(f"verify {split}", len(records), len(batches), enabled=self.progress, console=self.console)
         with ThreadPoolExecutor(max_workers=workers) as pool, bar:
-            task = bar.add_task("verify", total=len(records), split=split)
             done = 0
             for chunk in batches:
                 arrays = list(pool.map(decode, chunk))
@@ -391,11 +409,21 @@ class LocalEngine:
                     t0 = time.perf_counter()
                     logits, emb = clf.backend.run(x)
                     latencies.append((time.perf_counter() - t0) * 1000.0)
+                    images.append(len(x))
+                    if not largest or len(x) > len(largest[0]):
+                        largest[:] = [x]
                     check_finite(clf, logits, emb, [r.path for r, a in zip(chunk, arrays) if a is not None])
                     out[done : done + len(chunk)][ok] = np.asarray(logits, dtype=np.float32)
                 done += len(chunk)
-                bar.update(task, advance=len(chunk))
-        return Predictions(out, kept, latencies, time.perf_counter() - t_start)
+                bar.advance(len(chunk))
+        wall = time.perf_counter() - t_start
+
+        def time_again() -> float:
+            t0 = time.perf_counter()
+            clf.backend.run(largest[0])
+            return (time.perf_counter() - t0) * 1000.0
+
+        return Predictions(out, kept, latencies, wall, images, time_again if largest else None)
 
 
 @dataclass
@@ -418,17 +446,20 @@ class VerifyJob:
     batch_size: int
     skip_bad: bool
     warmup: int
+    latency_batches: int = MIN_LATENCY_BATCHES
 
 
 def prepare(artifact: str | Path, class_names: list[str], manifest_groups: list[str], dataset: str,
             data: str | Path, split: str = "test", thresholds: Thresholds | None = None, *, batch_size: int = 32,
             skip_bad: bool = False, warmup: int = 2, groups: list[str] | None = None,
             allow_outside_root: bool = False, target: str | None = None, protected: str | None = None,
-            metric_options: MetricOptions | None = None) -> VerifyJob:
+            metric_options: MetricOptions | None = None, latency_batches: int = MIN_LATENCY_BATCHES) -> VerifyJob:
     """Index the split, check it against the artifact's classes, resolve its groups and the bias inputs, and refuse
     (one line) a bias gate the data cannot feed -- all before the model runs. Arguments: see ``verify``."""
     if batch_size <= 0:
         raise InputError(f"batch size must be positive, got {batch_size}")
+    if latency_batches < 0:
+        raise InputError(f"latency batches must be >= 0, got {latency_batches}")
     thresholds = thresholds or Thresholds()
     index = load_index(dataset, Path(data), split, classes=class_names if dataset == "csv" else None,
                        allow_outside_root=allow_outside_root, target=target, protected=protected)
@@ -446,7 +477,7 @@ def prepare(artifact: str | Path, class_names: list[str], manifest_groups: list[
     require_gate_data(thresholds, inputs, index)
     return VerifyJob(str(artifact), dataset, str(data), split, index, list(class_names), labels,
                      np.array([r.group for r in index.records], dtype=np.int64), group_names, groups_from, inputs,
-                     thresholds, batch_size, skip_bad, warmup)
+                     thresholds, batch_size, skip_bad, warmup, latency_batches)
 
 
 def aggregate(job: VerifyJob, run: Predictions, backend_info: dict[str, Any], *, digest: str | None = None,
@@ -465,7 +496,8 @@ def aggregate(job: VerifyJob, run: Predictions, backend_info: dict[str, Any], *,
     pairs_in_split = (len(np.unique(job.inputs.pairs[job.inputs.pairs >= 0]))
                       if job.inputs.pairs is not None else 0)
     bias = bias_metrics(logits, labels, job.inputs.rows(kept), pairs_in_split)
-    lat = np.asarray(run.latencies_ms)
+    timing = time_calls(run, job.latency_batches)
+    lat = timing.ms
     p50, p95, p99 = (float(v) for v in np.percentile(lat, [50, 95, 99]))
     over = {
         "accuracy": {"images": n, "images_in_split": len(records), "skipped": len(skipped),
@@ -473,9 +505,10 @@ def aggregate(job: VerifyJob, run: Predictions, backend_info: dict[str, Any], *,
         "worst_group": {"groups": {k: g.n for k, g in acc.groups.items()}, "expected_groups": job.group_names,
                         "groups_from": job.groups_from, "missing": acc.missing,
                         "statistic": "min over the groups with images of the group's accuracy"},
-        "latency": {"statistic": "p95 of the model time per batch", "batches": len(lat),
-                    "batch_size": job.batch_size, "warmup_runs": job.warmup, "backend": backend_info.get("backend"),
-                    "device": backend_info.get("device"), "precision": backend_info.get("precision")},
+        "latency": {"statistic": "p95 of the model time per call", "unit": timing.unit, "batches": len(lat),
+                    "batch_size": timing.batch_size, "extra_runs": timing.extra_runs, "warmup_runs": job.warmup,
+                    "backend": backend_info.get("backend"), "device": backend_info.get("device"),
+                    "precision": backend_info.get("precision")},
     }
     checks = check_thresholds(t, acc, p95, over, len(skipped), len(records), job.skip_bad)
     checks.update(check_bias_thresholds(t, bias))
@@ -487,7 +520,7 @@ def aggregate(job: VerifyJob, run: Predictions, backend_info: dict[str, Any], *,
         worst_group=acc.worst_group,
         groups={k: {"n": g.n, "accuracy": g.accuracy} for k, g in acc.groups.items()},
         latency_ms={"p50": p50, "p95": p95, "p99": p99, "mean": float(lat.mean())},
-        throughput_per_s=float(n / max(lat.sum() / 1000.0, 1e-9)),
+        throughput_per_s=float(n / max(sum(run.latencies_ms) / 1000.0, 1e-9)),
         thresholds=checks,
         passed=passed,
         artifact=job.artifact,
@@ -496,7 +529,7 @@ def aggregate(job: VerifyJob, run: Predictions, backend_info: dict[str, Any], *,
         split=job.split,
         n=n,
         batch_size=job.batch_size,
-        n_batches=len(lat),
+        n_batches=len(run.latencies_ms),
         backend=backend_info,
         end_to_end_per_s=float(n / max(run.wall_s, 1e-9)),
         class_names=job.class_names,
@@ -509,6 +542,11 @@ def aggregate(job: VerifyJob, run: Predictions, backend_info: dict[str, Any], *,
         groups_from=job.groups_from,
         missing_groups=acc.missing,
         artifact_digest=digest,
+        latency_unit=timing.unit,
+        latency_batch_size=timing.batch_size,
+        latency_batches=len(lat),
+        latency_extra_runs=timing.extra_runs,
+        latency_warnings=timing.warnings(),
         protected=index.protected,
         **bias.sections(),  # type: ignore[arg-type]
     )
@@ -540,6 +578,7 @@ def verify(
     target: str | None = None,
     protected: str | None = None,
     metric_options: MetricOptions | None = None,
+    latency_batches: int = MIN_LATENCY_BATCHES,
 ) -> VerifyReport:
     """Load the artifact (or use ``classifier``), index ``split`` of ``dataset`` at ``data``, classify every image
     in batches of ``batch_size`` and build the report (``prepare`` -> ``engine.predict`` -> ``aggregate``).
@@ -550,7 +589,9 @@ def verify(
     ``allow_outside_root``, ``target`` (fairface), ``protected``: see ``runtime.datasets.load_index``.
     ``metric_options``: the bias metrics' options (``runtime.metric_inputs``). ``engine``: where the model runs
     (default: ``LocalEngine`` on ``classifier`` or the loaded artifact; the loading, ``warmup``, ``workers`` and
-    ``progress`` arguments are then the engine's, ``expected_digest`` is checked against ``engine.digest``)."""
+    ``progress`` arguments are then the engine's, ``expected_digest`` is checked against ``engine.digest``).
+    ``latency_batches``: the least number of timed full-batch calls (module docstring; 0: only the split's own
+    batches; an engine that cannot time a call again, ``Predictions.time_again`` None, keeps its own)."""
     if batch_size <= 0:
         raise InputError(f"batch size must be positive, got {batch_size}")
     loaded_here = engine is None and classifier is None  # then load() checked expected_digest itself
@@ -564,9 +605,43 @@ def verify(
     job = prepare(engine.root, engine.class_names, engine.group_names, dataset, data, split, thresholds,
                   batch_size=batch_size, skip_bad=skip_bad, warmup=warmup, groups=groups,
                   allow_outside_root=allow_outside_root, target=target, protected=protected,
-                  metric_options=metric_options)
+                  metric_options=metric_options, latency_batches=latency_batches)
+    b = engine.info()
+    log.info("verify %s: %d images of %s/%s on %s %s %s (%s), batches of %d", engine.root, len(job.index.records),
+             dataset, split, b.get("backend"), b.get("device"), b.get("precision"), b.get("file"), batch_size)
     run = engine.predict(job.index.records, batch_size, skip_bad, split)
     return aggregate(job, run, engine.info(), digest=engine.digest, gate=gate)
+
+
+@dataclass
+class Timing:
+    """The model calls the latency percentiles rest on: ``ms`` of calls on batches of ``batch_size`` images, of which
+    ``extra_runs`` repeat one batch after the pass."""
+
+    ms: np.ndarray
+    batch_size: int
+    extra_runs: int
+
+    @property
+    def unit(self) -> str:
+        return f"ms per model call on a batch of {self.batch_size} image{'s' if self.batch_size != 1 else ''}"
+
+    def warnings(self) -> list[str]:
+        """One line per percentile that rests on fewer calls than it needs (``PERCENTILE_MIN_CALLS``)."""
+        n = len(self.ms)
+        return [f"{p} rests on {n} timed call{'s' if n != 1 else ''} of batch {self.batch_size}; it is an observed "
+                f"tail value only from {need} calls on (an interpolation between the slowest ones below that)"
+                for p, need in PERCENTILE_MIN_CALLS.items() if n < need]
+
+
+def time_calls(run: Predictions, at_least: int) -> Timing:
+    """The pass's calls on its largest batch size (``batch_size`` unless the split is smaller), topped up to
+    ``at_least`` calls with ``run.time_again`` where the engine can (module docstring)."""
+    size = max(run.call_images)
+    ms = [t for images, t in zip(run.call_images, run.latencies_ms) if images == size]
+    extra = max(0, at_least - len(ms)) if run.time_again is not None else 0
+    ms += [run.time_again() for _ in range(extra)]
+    return Timing(np.asarray(ms), size, extra)
 
 
 def gate_against_fp32(clf: Classifier) -> GateResult:

@@ -124,21 +124,27 @@ class VerifyActor:
 
 
 def _per_actor(actors: np.ndarray, batch_ids: np.ndarray, latencies: np.ndarray, kept: np.ndarray
-               ) -> tuple[list[float], dict[str, dict[str, float]]]:
-    """(every batch's model time, {actor: batches, images, p50_ms, p95_ms, mean_ms}) from the per-image rows."""
+               ) -> tuple[list[float], list[int], dict[str, dict[str, float]]]:
+    """(every batch's model time, the images of each of those batches, {actor: batches, images, p50_ms, p95_ms,
+    mean_ms}) from the per-image rows."""
     all_ms: list[float] = []
+    all_images: list[int] = []
     stats: dict[str, dict[str, float]] = {}
     for actor in sorted(set(actors.tolist())):
         mine = actors == actor
-        firsts = {}
-        for b, ms in zip(batch_ids[mine].tolist(), latencies[mine].tolist()):
+        firsts: dict[int, float] = {}
+        images: dict[int, int] = {}
+        for b, ms, ok in zip(batch_ids[mine].tolist(), latencies[mine].tolist(), kept[mine].tolist()):
             firsts.setdefault(b, ms)
-        ms = [v for v in firsts.values() if not np.isnan(v)]
+            images[b] = images.get(b, 0) + int(ok)
+        timed = [b for b, v in firsts.items() if not np.isnan(v)]
+        ms = [firsts[b] for b in timed]
         all_ms += ms
+        all_images += [images[b] for b in timed]
         stats[actor] = {"batches": len(firsts), "images": int(kept[mine].sum()),
                         **({"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
                             "mean_ms": float(np.mean(ms))} if ms else {})}
-    return all_ms, stats
+    return all_ms, all_images, stats
 
 
 class RayEngine:
@@ -236,5 +242,5 @@ class RayEngine:
         logits = np.zeros((len(records), rows.shape[1]), dtype=np.float32)
         kept = np.ones(len(records), dtype=bool)
         logits[i], kept[i] = rows, ok.astype(bool)
-        latencies, self.per_actor = _per_actor(actor, batch_id, latency, ok.astype(bool))
-        return Predictions(logits, kept, latencies, time.perf_counter() - t0)
+        latencies, images, self.per_actor = _per_actor(actor, batch_id, latency, ok.astype(bool))
+        return Predictions(logits, kept, latencies, time.perf_counter() - t0, images)

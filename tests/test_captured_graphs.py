@@ -100,5 +100,5 @@ def test_cli_verify_cuda_graph_on_cpu_exits_2(art, tmp_path):
 
     build_waterbirds(tmp_path / "wb")
     res = CliRunner().invoke(app, ["verify", str(art.path), "--dataset", "waterbirds", "--data", str(tmp_path / "wb"),
-                                   "--cuda-graph", "--no-progress"])
+                                   "--split", "test", "--cuda-graph", "--no-progress"])
     assert res.exit_code == 2 and "cuda_graph needs device 'cuda'" in res.output, res.output

@@ -231,6 +231,40 @@ def test_cli_build_and_compare(clip, images, cache, tmp_path: Path):
     assert res.exit_code == 0, res.output
     rows = json.loads((tmp_path / "cmp.json").read_text())["rows"]
     assert len(rows) == 7 and {"accuracy", "worst_group_accuracy", "groups"} <= set(rows[0])
+    # through a pipe (CliRunner: not a terminal) every group and method name is whole, each row on one line
+    assert "…" not in res.stdout and res.stdout.endswith(f"wrote {tmp_path / 'cmp.json'}\n")
+    for r in rows:
+        assert any(line.startswith(f"│ {r['method']} ") for line in res.stdout.splitlines()), r["method"]
+    for g in ("landbird/land", "landbird/water", "waterbird/land", "waterbird/water"):
+        assert f"{g} (n=" in res.stdout
+
+
+def test_compare_table_is_readable_at_any_width(clip, cache):
+    """print_reports on a narrow terminal folds cells (nothing cut, no '…'); through a pipe it keeps its natural
+    width (one line per method)."""
+    import io
+
+    from rich.console import Console
+
+    from clip_debias.runtime.tables import PIPE_WIDTH
+    from clip_debias.toolchain.evaluate import print_reports
+
+    rows = compare_methods(cache, plan_with(cache, [[3, 1]], [[2, 2]]), cache, clip,
+                           attribute_pairs=[("a photo of water", "a photo of land")])
+    for width in (40, 60, 80):
+        out = io.StringIO()
+        print_reports(rows, Console(file=out, width=width, force_terminal=True, color_system=None))
+        text = out.getvalue()
+        assert "…" not in text and max(len(line) for line in text.splitlines()) <= width  # folded, not cut
+        assert text.count("\n") > len(rows) + 4  # rows wrapped onto more lines
+    piped = io.StringIO()
+    print_reports(rows, Console(file=piped, width=PIPE_WIDTH))
+    lines = piped.getvalue().splitlines()
+    import re
+
+    tables = piped.getvalue().count("┏")  # the accuracy table, and the bias table when the rows carry metrics
+    assert tables >= 1
+    assert all(sum(bool(re.match(rf"│ {re.escape(m.method)} +│", line)) for line in lines) == tables for m in rows)
 
 
 def test_cli_evaluate_on_a_csv_dataset(clip, cache, tmp_path: Path):
@@ -253,7 +287,8 @@ def test_cli_evaluate_on_a_csv_dataset(clip, cache, tmp_path: Path):
     res = runner.invoke(app, ["build", "--plan", str(tmp_path / "plan.json"), "--model", "clipdebias-tiny",
                               "--random-weights", "--out", str(tmp_path / "model")])
     assert res.exit_code == 0, res.output
-    data = ["--dataset", "csv", "--data", str(tmp_path / "data.csv"), "--classes", "landbird,waterbird"]
+    data = ["--dataset", "csv", "--data", str(tmp_path / "data.csv"), "--split", "test", "--classes",
+            "landbird,waterbird"]
     res = runner.invoke(app, ["evaluate", str(tmp_path / "model"), *data, "--json", str(tmp_path / "m.json")])
     assert res.exit_code == 0, res.output
     torch.manual_seed(0)

@@ -218,13 +218,17 @@ def test_cli_decompose_defaults_to_every_layer_and_textspan(tmp_path, tiny_clip)
     assert res.exit_code == 0 and load_cache(tmp_path / "c.safetensors").layers == [3], res.output
     (tmp_path / "notes.safetensors").write_text("my notes")
     res = CliRunner().invoke(app, ["decompose", "--model", "clipdebias-tiny", "--random-weights", "--dataset", "csv",
-                                   "--data", str(data), "--out", str(tmp_path / "notes.safetensors")])
+                                   "--data", str(data), "--split", "train", "--out",
+                                   str(tmp_path / "notes.safetensors")])
     assert res.exit_code == 2 and (tmp_path / "notes.safetensors").read_text() == "my notes"
     for args, message in ((["--layers", "9"], "--layers 9: the last 9 layers requested, the tower has 4"),
-                          (["--convention", "paper"], "--convention 'paper': expected one of textspan, centred"),
-                          (["--terms-dtype", "int8"], "--terms-dtype 'int8': expected one of fp32, fp16")):
+                          (["--convention", "paper"], "clip-debias decompose: Invalid value for '--convention': "
+                                                      "'paper' is not one of 'textspan', 'centred'"),
+                          (["--terms-dtype", "int8"], "clip-debias decompose: Invalid value for '--terms-dtype': "
+                                                      "'int8' is not one of 'fp32', 'fp16'")):
         res = CliRunner().invoke(app, ["decompose", "--model", "clipdebias-tiny", "--random-weights", "--dataset",
-                                       "csv", "--data", str(data), "--out", str(tmp_path / "x.safetensors"), *args])
+                                       "csv", "--data", str(data), "--split", "train", "--out",
+                                       str(tmp_path / "x.safetensors"), *args])
         assert res.exit_code == 2 and f"error: {message}" in res.output, res.output
     assert not (tmp_path / "x.safetensors").exists()
 
@@ -314,7 +318,7 @@ def test_cli_bad_input_is_one_line(tmp_path):
 
     res = subprocess.run([sys.executable, "-m", "clip_debias.toolchain.cli.app", "decompose", "--model",
                           "clipdebias-tiny", "--random-weights", "--dataset", "waterbirds", "--data", str(tmp_path),
-                          "--out", str(tmp_path / "x.safetensors")],
+                          "--split", "train", "--out", str(tmp_path / "x.safetensors")],
                          capture_output=True, text=True)
     assert res.returncode == 2, res.stderr
     lines = [l for l in res.stderr.splitlines() if l.strip()]
@@ -328,7 +332,8 @@ def test_toolchain_command_without_torch_says_which_extra(tmp_path):
     import sys
 
     code = ("import sys; sys.modules['torch'] = None; sys.argv = ['clip-debias', 'decompose', '--model', 'x', "
-            f"'--dataset', 'csv', '--data', {str(tmp_path)!r}, '--out', {str(tmp_path / 'x.safetensors')!r}]; "
+            f"'--dataset', 'csv', '--data', {str(tmp_path)!r}, '--split', 'train', '--out', "
+            f"{str(tmp_path / 'x.safetensors')!r}]; "
             "from clip_debias.toolchain.cli.app import main; main()")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     lines = [l for l in res.stderr.splitlines() if l.strip()]

@@ -52,3 +52,82 @@ def test_probe_covers_every_head(demo_run):
     assert len(s.probe) == 6 * 4  # every layer x 4 heads of the lab model
     located = {(r["layer"], r["head"]) for r in s.probe if r["located"] == "spurious"}
     assert located == {tuple(h) for h in plan["spurious"]}
+
+
+def _readme_demo_table() -> list[str]:
+    """The first column of the README's table "What `clip-debias demo` measures", markdown stripped."""
+    from pathlib import Path
+
+    lines = (Path(__file__).parents[1] / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| method (test split) |"))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(line.split("|")[1].replace("**", "").replace("`", "").strip())
+    return rows
+
+
+def test_demo_table_has_the_readme_rows_in_order(demo_run):
+    """The demo prints the README's table: the same row names in the same order (the shipped row names what the
+    README's run chose on val)."""
+    import re
+
+    from clip_debias.toolchain.demo import VERIFY_ROW, result_rows
+
+    _, s = demo_run
+    readme = _readme_demo_table()
+    printed = [label for label, _, _ in result_rows(s)]
+    assert printed[:-1] == readme[:-1]
+    chosen = re.fullmatch(re.escape(VERIFY_ROW).replace(r"\{chosen\}", "(.+)"), readme[-1]).group(1)
+    assert printed[-1] == VERIFY_ROW.format(chosen=s.chosen) and chosen in {r["method"] for r in s.test_rows}
+
+
+def test_demo_summary_prints_whole_names_through_a_pipe_and_folds_on_a_narrow_terminal(demo_run):
+    import io
+
+    from rich.console import Console
+
+    from clip_debias.runtime.tables import PIPE_WIDTH
+    from clip_debias.toolchain.demo import print_summary, result_rows
+
+    _, s = demo_run
+    piped = io.StringIO()
+    print_summary(s, Console(file=piped, width=PIPE_WIDTH, force_terminal=False))
+    for label, default, reference in result_rows(s):
+        assert label in piped.getvalue() and default in piped.getvalue()
+    narrow = io.StringIO()
+    print_summary(s, Console(file=narrow, width=60, force_terminal=True, color_system=None))
+    assert "…" not in narrow.getvalue() and "…" not in piped.getvalue()
+    assert max(len(line) for line in narrow.getvalue().splitlines()) <= 60
+
+
+def test_a_rerun_reuses_the_lab_data_and_fresh_makes_it_anew(tmp_path):
+    from clip_debias.toolchain.demo import prepare_lab_data
+
+    said: list[str] = []
+    args = {"n_train": 40, "n_val": 8, "n_test": 8, "image_size": 32}
+    data = tmp_path / "data"
+    assert prepare_lab_data(data, args, False, said.append) is False and "reusing" not in said[-1]
+    made = (data / "lab.json").stat().st_mtime_ns
+    assert prepare_lab_data(data, args, False, said.append) is True
+    assert f"reusing the lab data in {data}" in said[-1] and "--fresh" in said[-1]
+    assert (data / "lab.json").stat().st_mtime_ns == made
+    assert prepare_lab_data(data, args, True, said.append) is False and "(--fresh)" in said[-1]
+    assert prepare_lab_data(data, {**args, "n_train": 80}, False, said.append) is False
+    assert "made with other parameters" in said[-1]
+
+
+def test_demo_command_ends_naming_report_html(monkeypatch, tmp_path):
+    """The CLI's last line names report.html (run_demo replaced by a stub: the pipeline is tested above)."""
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    import clip_debias.toolchain.demo as demo
+    from clip_debias.toolchain.cli.app import app
+
+    monkeypatch.setattr(demo, "run_demo", lambda out, **kw: SimpleNamespace(chosen="PerceptionCLIP"))
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--quick", "--fresh"])
+    assert res.exit_code == 0, res.output
+    assert res.output.strip().splitlines()[-1] == f"report: {tmp_path / 'd' / 'report.html'} (open it in a browser)"

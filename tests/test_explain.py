@@ -362,7 +362,7 @@ def test_cli_discover_captions(tmp_path, tiny_clip):
         rows.append(f"im{i}.png,{i % 2},{caps[i % 3]}")
     (root / "data.csv").write_text("\n".join(rows) + "\n")
     res = CliRunner().invoke(app, ["discover", str(root), "--model", "clipdebias-tiny", "--random-weights",
-                                   "--captions-column",
+                                   "--split", "val", "--captions-column",
                                    "caption", "--top", "4", "--out", str(tmp_path / "d")])
     assert res.exit_code == 0, res.output
     doc = json.loads((tmp_path / "d" / "keywords.json").read_text())

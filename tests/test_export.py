@@ -299,20 +299,25 @@ def test_int8_quantizes_block_linears_and_runs_on_cpu(tiny_clip, tiny_edited, tm
 
 # ---- CLI ----------------------------------------------------------------------------------------------------------
 def test_cli_export_onnx_from_model_dir(tiny_clip, tmp_path):
-    import typer
+    """Each result printed once (issue 16): what is being done and each gate on stderr as they pass, one 'wrote' line
+    and the digest on stdout."""
     from typer.testing import CliRunner
 
-    from clip_debias.toolchain.cli.export_cmd import register
+    from clip_debias.toolchain.cli.app import app
 
-    app = typer.Typer()
-    register(app)
     plain_classifier(tiny_clip, CLASSES).save(tmp_path / "model")
     res = CliRunner().invoke(app, ["export", "onnx", str(tmp_path / "model"), "--out", str(tmp_path / "art"),
-                                   "--no-ort-optimize", "--opset", "17"])
+                                   "--no-ort-optimize", "--opset", "17", "--precision", "fp32,int8"])
     assert res.exit_code == 0, res.output
-    assert "fp32: max |logit diff|" in res.output
+    err, out = res.stderr.splitlines(), res.stdout.splitlines()
+    assert err[0].startswith(f"exporting {tmp_path / 'model'} to {tmp_path / 'art'} (fp32, int8; opset 17)")
+    assert [line.split(":")[0] for line in err if line.startswith("parity gate")] == ["parity gate fp32 against torch",
+                                                                                      "parity gate int8 against torch"]
+    assert len(out) == 2 and out[0] == f"wrote {tmp_path / 'art'} (model.onnx, model.int8.onnx; every graph passed "\
+                                       "its parity gate)" and out[1].startswith("artifact digest sha256:")
+    assert res.output.count("wrote") == 1 and res.output.count("parity gate fp32") == 1
     m = Manifest.load(tmp_path / "art")
-    assert m.opset == 17 and [f.path for f in m.files] == ["model.onnx"]
+    assert m.opset == 17 and [f.path for f in m.files] == ["model.onnx", "model.int8.onnx"]
 
 
 # ---- TensorRT -----------------------------------------------------------------------------------------------------

@@ -117,7 +117,7 @@ def test_malformed_manifest(tmp_path):
     art = build_artifact(tmp_path / "art").path
     build_csv_dataset(tmp_path / "data", ("landbird", "waterbird"))
     _edit_json(art / "manifest.json", lambda d: d["files"][0].update(sha256="0" * 32 + "g" * 32))
-    res = _cli("verify", art, "--dataset", "csv", "--data", tmp_path / "data", "--no-progress")
+    res = _cli("verify", art, "--dataset", "csv", "--data", tmp_path / "data", "--split", "test", "--no-progress")
     assert _error_line(res) == (f"error: {art / 'manifest.json'}: field 'files[0].sha256': expected a sha256 digest "
                                 f"(64 hex digits), got the string \"{'0' * 32 + 'g' * 5}...\"")
     with pytest.raises(ArtifactError):  # the runtime's own error type

@@ -134,12 +134,15 @@ def test_cli_max_pixels(tmp_path: Path) -> None:
 
     fx = build_artifact(tmp_path / "a", fp16=False)
     images = build_waterbirds(tmp_path / "wb")
-    base = ["verify", str(fx.path), "--dataset", "waterbirds", "--data", str(tmp_path / "wb"), "--no-progress"]
+    base = ["verify", str(fx.path), "--dataset", "waterbirds", "--data", str(tmp_path / "wb"), "--split", "test",
+            "--no-progress"]
     res = CliRunner().invoke(app, [*base, "--max-pixels", "16"])
     first = next(im for im in images if im.split == "test")
-    assert res.exit_code == 2 and res.output.count("\n") == 1
-    assert "pixels, over the limit of 16 (--max-pixels" in res.output
-    assert res.output.startswith(f"error: {first.path}: cannot read image")
+    assert res.exit_code == 2 and res.stdout == ""  # stderr: what verify was doing, then the one error line
+    *doing, error = res.stderr.splitlines()
+    assert [line.split(":")[0] for line in doing] == [f"verify {fx.path}"]
+    assert "pixels, over the limit of 16 (--max-pixels" in error
+    assert error.startswith(f"error: {first.path}: cannot read image")
 
 
 def test_non_finite_outputs_from_finite_input_refused(tmp_path: Path) -> None:
@@ -222,7 +225,7 @@ def test_cli_allow_outside_root(tmp_path: Path) -> None:
     d.mkdir()
     rows = [im for im in images if im.split == "test"][:4]
     (d / "data.csv").write_text("path,label\n" + "".join(f"{im.path},{im.label}\n" for im in rows))
-    base = ["verify", str(fx.path), "--dataset", "csv", "--data", str(d), "--no-progress"]
+    base = ["verify", str(fx.path), "--dataset", "csv", "--data", str(d), "--split", "test", "--no-progress"]
     res = CliRunner().invoke(app, base)
     assert res.exit_code == 2 and "leaves the data folder" in res.output and res.output.count("\n") == 1
     assert CliRunner().invoke(app, [*base, "--allow-outside-root"]).exit_code == 0

@@ -120,7 +120,8 @@ def test_verify_pins_and_reports_the_digest(exported: tuple[Path, str], tmp_path
     digest = runtime.load(fx.path, device="cpu").digest
     r = verify(fx.path, "waterbirds", tmp_path / "wb", progress=False, expected_digest=digest)
     assert r.artifact_digest == digest and json.loads(r.to_json())["artifact_digest"] == digest
-    base = ["verify", str(fx.path), "--dataset", "waterbirds", "--data", str(tmp_path / "wb"), "--no-progress"]
+    base = ["verify", str(fx.path), "--dataset", "waterbirds", "--data", str(tmp_path / "wb"), "--split", "test",
+            "--no-progress"]
     ok = CliRunner().invoke(app, [*base, "--expect-digest", digest])
     assert ok.exit_code == 0 and f"artifact digest {digest}" in ok.output
     bad = CliRunner().invoke(app, [*base, "--expect-digest", exported[1]])

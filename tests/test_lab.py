@@ -150,8 +150,8 @@ def test_cli_train_refuses_bad_values(small_data: Path, tmp_path: Path, option: 
 
 
 def test_cli_report_refuses_bad_split_and_model(small_data: Path) -> None:
-    _one_error_line(["lab", "report", "--weights", str(LAB_WEIGHTS), "--data", str(small_data), "--split", "val,dev"],
-                    "--split val,dev")
+    _one_error_line(["lab", "report", "--weights", str(LAB_WEIGHTS), "--data", str(small_data), "--splits", "val,dev"],
+                    "--splits val,dev")
     _one_error_line(["lab", "report", "--weights", str(LAB_WEIGHTS), "--data", str(small_data), "--model", "ViT-B-32"],
                     LAB_WEIGHTS.name, "--model ViT-B-32", "differ in shape", "in the file", "in the model")
 
@@ -162,7 +162,7 @@ def test_cli_report_defaults_to_the_shipped_weights(small_data: Path) -> None:
 
     from clip_debias.toolchain.cli.app import app
 
-    runs = [CliRunner().invoke(app, ["lab", "report", "--data", str(small_data), "--split", "val", *extra])
+    runs = [CliRunner().invoke(app, ["lab", "report", "--data", str(small_data), "--splits", "val", *extra])
             for extra in ([], ["--weights", str(LAB_WEIGHTS)])]
     assert all(r.exit_code == 0 for r in runs), [r.output for r in runs]
     assert runs[0].output == runs[1].output and runs[0].output.startswith("val   n=   16  avg ")
@@ -173,11 +173,11 @@ def test_make_data_defaults_are_the_recipe() -> None:
     import inspect
 
     from clip_debias.toolchain.cli.lab_cmd import make_data
-    from clip_debias.toolchain.lab.data import LabDataConfig
+    from clip_debias.toolchain.lab.data import LabDataConfig, lab_data_config
 
     args = json.loads(LAB_RECIPE.read_text())["make_data"]["args"]
     cli = {k: p.default for k, p in inspect.signature(make_data).parameters.items()}
-    lib = {k: p.default for k, p in inspect.signature(make_lab_data).parameters.items()}
+    lib = {k: p.default for k, p in inspect.signature(lab_data_config).parameters.items()}
     for key, want in args.items():
         if key == "object_scale":
             assert tuple(float(v) for v in cli[key].split(",")) == tuple(want) == lib[key], key

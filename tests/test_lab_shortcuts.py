@@ -238,8 +238,8 @@ def test_parse_signature_refuses(text) -> None:
 
 # ---- options --------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("args,needles", [
-    (["--shortcuts", "object"], ["--shortcuts object", "background,object"]),
-    (["--shortcuts", "background,texture"], ["--shortcuts background,texture"]),
+    (["--shortcuts", "object"], ["'--shortcuts': 'object' is not one of", "'background,object'"]),
+    (["--shortcuts", "background,texture"], ["'--shortcuts': 'background,texture'"]),
     (["--shortcuts", TWO, "--n-val", "4"], ["--n-val 4", "multiple of 8"]),
     (["--shortcuts", TWO, "--n-test", "8", "--counterfactual"], ["--n-test 8", "multiple of 16"]),
     (["--shortcuts", TWO, "--co-object-scale", "0.3,0.4"], ["--co-object-scale 0.3,0.4"]),
@@ -345,7 +345,7 @@ def test_lab_report_on_eight_groups(two: Path) -> None:
     out = zero_shot_report(LAB_WEIGHTS, two, "test", log=None)["test"]
     assert out.counts == [4] * 8 and len(out.group_names) == 8 and out.cells is not None
     assert out.avg == pytest.approx(sum(out.groups) / 8) and out.worst == min(out.groups)
-    res = CliRunner().invoke(app, ["lab", "report", "--weights", str(LAB_WEIGHTS), "--data", str(two), "--split",
+    res = CliRunner().invoke(app, ["lab", "report", "--weights", str(LAB_WEIGHTS), "--data", str(two), "--splits",
                                    "test"])
     assert res.exit_code == 0, res.output
     assert "waterbird/water/boat" in res.output and "both disagree" in res.output

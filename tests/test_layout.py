@@ -45,8 +45,8 @@ def test_no_module_imports_a_bare_folder_name():
 LAYERS = (
     ("clip_debias.runtime",),
     ("clip_debias.serving",),  # servers and engines around the runtime (Triton python backend, Ray); no torch
-    ("clip_debias.toolchain", "clip_debias.toolchain.errors", "clip_debias.toolchain.models",
-     "clip_debias.toolchain.figures"),
+    ("clip_debias.toolchain", "clip_debias.toolchain.errors", "clip_debias.toolchain.choices",
+     "clip_debias.toolchain.models", "clip_debias.toolchain.figures"),
     ("clip_debias.toolchain.datasets",),
     ("clip_debias.toolchain.decompose",),
     ("clip_debias.toolchain.prompts", "clip_debias.toolchain.protocol"),

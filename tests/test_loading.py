@@ -128,9 +128,9 @@ def test_device_is_checked(tmp_path, monkeypatch):
 
     assert check_device("cpu") == "cpu"
     base = ["decompose", "--model", "clipdebias-tiny", "--random-weights",
-            "--dataset", "waterbirds", "--data", str(tmp_path),
+            "--dataset", "waterbirds", "--data", str(tmp_path), "--split", "train",
             "--out", str(tmp_path / "x.safetensors")]
-    _one_error_line(_cli(base + ["--device", "gpu"]), "--device gpu: expected cpu, cuda or cuda:N")
+    _one_error_line(_cli(base + ["--device", "gpu"]), "--device gpu: expected cpu, cuda, cuda:N or auto")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     _one_error_line(_cli(base + ["--device", "cuda"]), "--device cuda: no CUDA device is visible to torch")
     with pytest.raises(ClipDebiasError, match="--device cuda:1: no CUDA device"):

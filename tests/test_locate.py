@@ -94,7 +94,8 @@ def test_balanced_counts_are_refused_with_a_clear_line():
         locate_terms(cache, TEXT)
     known = locate_terms(cache, TEXT, known_minority=[1, 2])  # a shipped dataset's train-split minority groups
     assert known.minority_groups == [1, 2] and known.minority_source == "defaults"
-    with pytest.raises(ClipDebiasError, match="not in the split"):
+    with pytest.raises(ClipDebiasError, match=r"--minority-groups include group\(s\) 7, which have no image there "
+                                              r"\(groups with images: 0 \("):
         locate_terms(cache, TEXT, minority_groups=[7])
 
 
@@ -105,6 +106,18 @@ def test_shipped_minority_groups_only_for_their_four_groups():
 
     assert known_minority_groups("waterbirds") == known_minority_groups("waterbirds", 4) == [1, 2]
     assert known_minority_groups("waterbirds", 8) is None
+
+
+def test_an_empty_default_minority_group_is_named_as_such():
+    """Issue 16 item 8: when the dataset's default minority groups (used because the counts are balanced) include a
+    group with no image in the split, the error names those defaults and the cache, not --minority-groups (which the
+    user never passed)."""
+    cache = planted_cache(n_major=10, n_wrong=6, n_right=4)
+    with pytest.raises(ClipDebiasError) as e:
+        locate_terms(cache, TEXT, known_minority=[1, 5])
+    msg = str(e.value)
+    assert msg.startswith(f"{cache.dataset}/{cache.split} cache (labels groups): the dataset's default minority groups")
+    assert "include group(s) 5, which have no image there" in msg and "--minority-groups" not in msg
 
 
 def test_select_heads_threshold_and_order():
@@ -309,7 +322,8 @@ def test_cli_locate_with_defaults_scores_every_layer(tmp_path: Path):
         rows.append(f"im{i}.png,{y},{2 * y + a},train")
     (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
     runner = CliRunner()
-    data = ["--dataset", "csv", "--data", str(tmp_path / "data.csv"), "--classes", "landbird,waterbird"]
+    data = ["--dataset", "csv", "--data", str(tmp_path / "data.csv"), "--split", "train", "--classes",
+            "landbird,waterbird"]
     for name, extra in (("all", []), ("last2", ["--layers", "2"])):
         torch.manual_seed(0)
         res = runner.invoke(app, ["decompose", "--model", "clipdebias-tiny", "--random-weights", *data, "--out",

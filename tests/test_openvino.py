@@ -197,7 +197,8 @@ def test_verify_cli_with_openvino(art, tmp_path):
     from clip_debias.toolchain.cli.app import app
 
     build_waterbirds(tmp_path / "wb")
-    common = ["verify", str(art.path), "--dataset", "waterbirds", "--data", str(tmp_path / "wb"), "--no-progress",
+    common = ["verify", str(art.path), "--dataset", "waterbirds", "--data", str(tmp_path / "wb"), "--split", "test",
+              "--no-progress",
               "--backend", "openvino"]
     res = CliRunner().invoke(app, common + ["--json", str(tmp_path / "r.json")])
     assert res.exit_code == 0, res.output

@@ -119,7 +119,7 @@ def test_locate_refuses_user_files_including_the_png_beside(tmp_path: Path) -> N
 def test_decompose_refuses_user_files(built, tmp_path: Path) -> None:
     (tmp_path / "mine.txt").write_text("my notes")
     args = ("decompose", "--model", "clipdebias-tiny", "--random-weights", "--dataset", "waterbirds", "--data",
-            built["data"])
+            built["data"], "--split", "train")
     refused(tmp_path, *args, "--out", tmp_path / "mine.txt",
             match="mine.txt: exists and is not a decomposition cache written by 'clip-debias decompose'")
     (tmp_path / "new.skipped.txt").write_text("my list")
@@ -129,7 +129,7 @@ def test_decompose_refuses_user_files(built, tmp_path: Path) -> None:
 
 def test_verify_and_evaluate_json_refuse_user_files(built, tmp_path: Path) -> None:
     (tmp_path / "mine.json").write_text('{"mine": 1}')
-    data = ("--dataset", "waterbirds", "--data", built["data"])
+    data = ("--dataset", "waterbirds", "--data", built["data"], "--split", "test")
     refused(tmp_path, "verify", built["art"], *data, "--json", tmp_path / "mine.json", "--no-progress",
             match="mine.json: exists and is not a report written by 'clip-debias verify --json'")
     refused(tmp_path, "evaluate", built["model"], *data, "--json", tmp_path / "mine.json",

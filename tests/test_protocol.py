@@ -270,6 +270,6 @@ def test_cli_reference_protocol(tmp_path: Path, tiny_clip, setting):
     res = runner.invoke(app, ["locate", str(tmp_path / "test.safetensors"), *model, "--out",
                               str(tmp_path / "p2.json"), "--protocol", "reference"])
     assert "locates on the train split, this cache is 'test'" in _error(res)
-    res = runner.invoke(app, ["evaluate", str(out), "--dataset", "csv", "--data", str(tmp_path), "--protocol",
-                              "reference"])
+    res = runner.invoke(app, ["evaluate", str(out), "--dataset", "csv", "--data", str(tmp_path), "--split", "test",
+                              "--protocol", "reference"])
     assert _error(res).startswith("error: --protocol reference: only with --compare")

@@ -426,7 +426,7 @@ def test_cli_verify_path_imports_no_torch(art, tmp_path):
         from clip_debias.toolchain.cli.app import app
         build_waterbirds({str(tmp_path / 'wb')!r})
         res = CliRunner().invoke(app, ['verify', {str(art.path)!r}, '--dataset', 'waterbirds',
-                                       '--data', {str(tmp_path / 'wb')!r}, '--no-progress'])
+                                       '--data', {str(tmp_path / 'wb')!r}, '--split', 'test', '--no-progress'])
         assert res.exit_code == 0, res.output
         assert 'torch' not in sys.modules, 'torch imported'
         print('ok')

@@ -127,10 +127,11 @@ def test_cli_thresholds_drive_exit_code(setup, tmp_path):
 @pytest.mark.parametrize(
     "extra,msg",
     [
-        (["--dataset", "imagenet"], "option --dataset: 'imagenet'"),
+        (["--dataset", "imagenet"], "Invalid value for '--dataset': 'imagenet' is not one of 'waterbirds', 'celeba', "
+                                    "'csv'"),
         (["--min-accuracy", "90"], "fraction"),
-        (["--device", "gpu"], "option --device"),
-        (["--split", "dev"], "split 'dev'"),
+        (["--device", "gpu"], "Invalid value for '--device': 'gpu' is not one of 'auto', 'cpu', 'cuda'"),
+        (["--split", "dev"], "Invalid value for '--split': 'dev' is not one of 'train', 'val', 'test'"),
         (["--batch-size", "x"], "'--batch-size'"),
         (["--bogus"], "No such option: --bogus"),
     ],
@@ -140,6 +141,8 @@ def test_cli_bad_input_exit_2_one_line(setup, extra, msg):
     args = [art.path, "--dataset", "waterbirds", "--data", data, "--no-progress", *extra]
     if "--dataset" in extra:
         args = [art.path, "--data", data, "--no-progress", *extra]
+    if "--split" not in extra:
+        args += ["--split", "test"]
     r = _cli(args)
     assert r.exit_code == 2, r.output
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
@@ -150,7 +153,7 @@ def test_cli_json_path_checked_before_running(setup, tmp_path):
     """--json under a file, or naming a folder, is refused in one line before any image is read."""
     art, data, _ = setup
     (tmp_path / "file.txt").write_text("mine")
-    base = [art.path, "--dataset", "waterbirds", "--data", data, "--no-progress", "--json"]
+    base = [art.path, "--dataset", "waterbirds", "--data", data, "--split", "test", "--no-progress", "--json"]
     for target, msg in ((tmp_path / "file.txt" / "r.json", "is not an existing folder"), (tmp_path, "is a folder")):
         r = _cli([*base, target])
         lines = [ln for ln in r.output.splitlines() if ln.strip()]
@@ -168,14 +171,16 @@ def test_cli_entry_point_subprocess(setup, tmp_path):
     def run(*args):
         return subprocess.run([*cmd, "verify", *map(str, args)], capture_output=True, text=True, env=env, timeout=120)
 
-    r = run(art.path, "--dataset", "waterbirds", "--data", data, "--no-progress", "--min-accuracy", "1.0")
+    r = run(art.path, "--dataset", "waterbirds", "--data", data, "--split", "test", "--no-progress", "--min-accuracy",
+            "1.0")
     assert r.returncode == 1 and "FAILED" in r.stdout, r.stderr
-    r = run(tmp_path / "missing", "--dataset", "waterbirds", "--data", data)
+    r = run(tmp_path / "missing", "--dataset", "waterbirds", "--data", data, "--split", "test")
     assert r.returncode == 2 and r.stderr.strip().startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
     assert "Traceback" not in r.stderr
-    r = run(art.path, "--data", data)  # a usage error from typer itself: one line too, no traceback
+    r = run(art.path, "--data", data, "--split", "test")  # a usage error from typer itself: one line, no traceback
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
-        "error: clip-debias verify: Missing option '--dataset'. (see clip-debias verify --help)"], r.stderr
+        "error: clip-debias verify: Missing option '--dataset'. Choose from: waterbirds, celeba, csv (see clip-debias "
+        "verify --help)"], r.stderr
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -214,8 +219,8 @@ def test_missing_group_fails_the_worst_group_gate(setup, tmp_path):
     assert not t.passed and not r.passed and worst_name in t.reason
     assert t.over["missing"] == [worst_name] and t.over["expected_groups"] == names
     assert t.over["groups_from"] == "dataset"
-    res = _cli([art.path, "--dataset", "waterbirds", "--data", dropped, "--no-progress", "--allow-outside-root",
-                "--min-worst-group", second])
+    res = _cli([art.path, "--dataset", "waterbirds", "--data", dropped, "--split", "test", "--no-progress",
+                "--allow-outside-root", "--min-worst-group", second])
     assert res.exit_code == 1
     assert f"FAIL min_worst_group: group(s) {worst_name} have no image" in " ".join(res.output.split())
 
@@ -257,7 +262,7 @@ def test_too_many_skipped_images_fail(tmp_path):
     base = [art.path, "--dataset", "csv", "--data", tmp_path / "d", "--split", "val", "--no-progress", "--skip-bad"]
     assert _cli(base).exit_code == 1
     assert _cli([*base, "--max-skipped", "90%"]).exit_code == 0
-    res = _cli([art.path, "--dataset", "csv", "--data", tmp_path / "d", "--max-skipped", "5"])
+    res = _cli([art.path, "--dataset", "csv", "--data", tmp_path / "d", "--split", "val", "--max-skipped", "5"])
     assert res.exit_code == 2 and "--max-skipped applies with --skip-bad" in res.output
 
 
@@ -268,9 +273,47 @@ def test_every_threshold_says_what_it_was_computed_over(setup):
     over = {k: v.over for k, v in r.thresholds.items()}
     assert over["min_accuracy"]["images"] == 12 and over["min_accuracy"]["images_in_split"] == 12
     assert over["min_worst_group"]["groups"] == {k: v["n"] for k, v in r.groups.items()}
-    assert over["max_latency_ms"]["batches"] == 3 and over["max_latency_ms"]["batch_size"] == 5
+    assert over["max_latency_ms"]["batches"] == 20 and over["max_latency_ms"]["batch_size"] == 5
     assert set(json.loads(r.to_json())["thresholds"]["min_accuracy"]) == {"threshold", "value", "passed", "over",
                                                                           "reason"}
+
+
+def test_latency_is_per_call_on_full_batches_over_enough_calls(setup, tmp_path):
+    """Issue 16 item 7: p95 is per model call on a batch of --batch-size images, said in the report and the table;
+    12 test images at batch 5 give 2 full batches (the last, of 2, is another batch size), so one batch is timed again
+    up to 20 calls (p95's minimum); percentiles on fewer calls than they need are warned about."""
+    art, data, _ = setup
+    r = verify(art.path, "waterbirds", data, progress=False, batch_size=5, thresholds=Thresholds(max_latency_ms=1e6))
+    assert r.latency_unit == "ms per model call on a batch of 5 images" and r.latency_batch_size == 5
+    assert (r.n_batches, r.latency_batches, r.latency_extra_runs) == (3, 20, 18)
+    assert len(r.latency_warnings) == 1 and r.latency_warnings[0].startswith("p99 rests on 20 timed calls of batch 5")
+    over = r.thresholds["max_latency_ms"].over
+    assert (over["unit"], over["batches"], over["batch_size"], over["extra_runs"]) == (r.latency_unit, 20, 5, 18)
+    saved = json.loads(r.to_json())
+    assert saved["latency_unit"] == r.latency_unit and saved["latency_batches"] == 20
+    few = verify(art.path, "waterbirds", data, progress=False, batch_size=5, latency_batches=0)
+    assert (few.latency_batches, few.latency_extra_runs) == (2, 0)
+    assert [w.split(" rests on ")[0] for w in few.latency_warnings] == ["p95", "p99"]
+    small = verify(art.path, "waterbirds", data, progress=False, batch_size=32)  # the split is one smaller batch
+    assert small.latency_unit == "ms per model call on a batch of 12 images" and small.latency_batches == 20
+    res = _cli([art.path, "--dataset", "waterbirds", "--data", data, "--split", "test", "--no-progress",
+                "--batch-size", "5", "--latency-batches", "0", "--max-latency-ms", "100000"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 0, res.output
+    assert "model latency, ms per model call on a batch of 5 images (2 timed calls)" in text
+    assert "warning: p95 rests on 2 timed calls of batch 5" in text
+    assert "p95 latency <= 100000.00 ms per batch of 5" in text
+
+
+def test_cli_output_through_a_pipe_keeps_names_whole(setup):
+    """CliRunner's output is not a terminal: tables take their natural width, nothing is cut; the log line on
+    stderr says what is being done, and the progress line replaces the bar."""
+    art, data, _ = setup
+    res = _cli([art.path, "--dataset", "waterbirds", "--data", data, "--split", "test", "--batch-size", "4"])
+    assert res.exit_code == 0, res.output
+    assert "…" not in res.output and "waterbird/water" in res.stdout and "landbird/water" in res.stdout
+    assert res.stderr.splitlines()[0].startswith(f"verify {art.path}: 12 images of waterbirds/test on onnxruntime")
+    assert "verify waterbirds/test: 12/12 images (100%), batch 3/3" in res.stderr
 
 
 def test_csv_expected_groups(tmp_path):

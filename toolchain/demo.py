@@ -102,8 +102,27 @@ def compare_rows(cache: DecompositionCache, plan: Any, calibration: Decompositio
     return rows if plan.salient_heads() else [r for r in rows if "project" not in r.method]
 
 
-def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any = None) -> DemoSummary:
-    """Run the whole pipeline into ``out`` and return the summary (also printed when ``console`` is given)."""
+def prepare_lab_data(data: Path, args: dict[str, Any], fresh: bool, say: Any) -> bool:
+    """Step 1: lab data made with ``args`` in ``data``. Reused (True) when ``data`` already holds data made with the
+    same parameters and not ``fresh``; else made (anew), saying why. ``say`` prints a line."""
+    from clip_debias.toolchain.lab.data import made_with, make_lab_data
+
+    if not fresh and made_with(data, **args):
+        say(f"[bold]1/8 make-data[/bold]: reusing the lab data in {data} (made with the same parameters; --fresh "
+            "makes it anew)")
+        return True
+    why = ("" if not data.exists() else " (--fresh)" if fresh else
+           " (replacing the data there: it was made with other parameters)")
+    say(f"[bold]1/8 make-data[/bold] -> {data}{why} {args}")
+    make_lab_data(data, overwrite=True, **args)
+    return False
+
+
+def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any = None,
+             fresh: bool = False) -> DemoSummary:
+    """Run the whole pipeline into ``out`` and return the summary (also printed when ``console`` is given). Lab data
+    already in ``out/data`` made with the same parameters is reused (said so), unless ``fresh``; data made with
+    other parameters (e.g. an earlier ``quick`` run) is made anew."""
     from clip_debias.exporters.onnx_export import export_onnx
     from clip_debias.runtime.verify import Thresholds, verify
     from clip_debias.toolchain.correct.build import BuildOptions, build_classifier
@@ -111,7 +130,6 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
     from clip_debias.toolchain.prompts.defaults import attribute_pairs_for, contexts_for
     from clip_debias.toolchain.decompose.run import decompose_dataset
     from clip_debias.toolchain.evaluate import compare_file
-    from clip_debias.toolchain.lab.data import make_lab_data
     from clip_debias.toolchain.locate.groups import minority_from_counts
     from clip_debias.toolchain.locate.heatmap import save_heatmap
     from clip_debias.toolchain.locate.ltc import locate_cache
@@ -132,9 +150,7 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
 
     data = out / "data"
     args = lab_data_args(quick)
-    if not (data / "metadata.csv").is_file():
-        say(f"[bold]1/8 make-data[/bold] -> {data} {args}")
-        make_lab_data(data, **args)
+    prepare_lab_data(data, args, fresh, say)
     lap("make_data")
 
     say(f"[bold]2/8 decompose[/bold] {LAB_MODEL} ({LAB_WEIGHTS.name}) on train, val and test (every layer, TextSpan)")
@@ -228,42 +244,60 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
     return summary
 
 
+# The table's row names: compare_methods' rows, two of them with what they are (the README's table "What
+# `clip-debias demo` measures" has the same rows in the same order; tests/test_demo.py checks).
+ROW_LABELS = {"ablate": "ablate (mean-ablate the spurious heads)",
+              "ablate + project, stepwise renorm": "ablate + project, stepwise renorm (LTC)"}
+VERIFY_ROW = "clip-debias verify on the exported ONNX, shipped = chosen on val ({chosen})"
+
+
+def result_rows(s: DemoSummary) -> list[tuple[str, str, str]]:
+    """(method, default protocol, reference protocol) rows of the test split: average / worst-group accuracy in %,
+    then the shipped artifact through ``verify`` with its change from zero-shot."""
+    pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
+    cell = lambda r: f"{pct(r['accuracy'])} / {pct(r['worst_group_accuracy'])}"  # noqa: E731
+    reference = {r["method"]: r for r in s.reference_test_rows}
+    rows = []
+    for r in s.test_rows:
+        default = cell(r) + (f" ({r['worst_group']})" if r["method"] == "zero-shot" else "")
+        ref = reference.get(r["method"])
+        rows.append((ROW_LABELS.get(r["method"], r["method"]), default, cell(ref) if ref else "-"))
+    d, z = s.verify["debiased"], s.verify["zero-shot"]
+    delta = lambda key: f"{100 * (d[key] - z[key]):+.1f}"  # noqa: E731
+    rows.append((VERIFY_ROW.format(chosen=s.chosen),
+                 f"{pct(d['accuracy'])} ({delta('accuracy')}) / {pct(d['worst_group_accuracy'])} "
+                 f"({delta('worst_group_accuracy')})", "-"))
+    return rows
+
+
 def print_summary(s: DemoSummary, console: Any) -> None:
-    """The before/after table, the located heads with their probe accuracy, and the artifact latency."""
-    from rich.table import Table
+    """The before/after table (the README's rows), the located heads with their probe accuracy, and the artifact's
+    latency (``runtime.tables``: readable at any width)."""
+    from clip_debias.runtime.tables import table
 
     pct = lambda x: f"{100 * x:5.1f}"  # noqa: E731
-    t = Table(title="Bias lab, test split (balanced): cached terms, torch. Default protocol: located on val, ablation "
-                    "means from val. Reference protocol: located on train, ablation means from test itself "
-                    "(transductive, never shipped)")
-    for col in ("method", "default: avg %", "default: worst %", "reference: avg %", "reference: worst %"):
-        t.add_column(col)
-    reference = {r["method"]: r for r in s.reference_test_rows}
-    for r in s.test_rows:
-        ref = reference.get(r["method"])
-        t.add_row(r["method"] + (" (shipped)" if r["method"] == s.chosen else ""), pct(r["accuracy"]),
-                  pct(r["worst_group_accuracy"]), pct(ref["accuracy"]) if ref else "-",
-                  pct(ref["worst_group_accuracy"]) if ref else "-")
+    console.print("Bias lab, test split (balanced): average / worst-group accuracy, %. Default protocol: located on "
+                  "val, ablation means from val. Reference protocol: located on train, ablation means from test "
+                  "itself (transductive, never shipped).")
+    t = table(["method (test split)", "default protocol", "reference protocol"], right={1, 2})
+    for row in result_rows(s):
+        t.add_row(*row)
     console.print(t)
     for name, plan in (("default", s.plan), ("reference", s.reference_plan)):
         where = plan.get("located_on", {})
         console.print(f"{name} protocol plan ({where.get('split')}, layers {where.get('layers')}): spurious "
                       f"{plan.get('spurious')}, salient {plan.get('salient')}, K={plan.get('k')}")
-    v = Table(title="clip-debias verify on the exported ONNX (torch-free runtime, test split)")
-    for col in ("artifact", "average acc %", "worst-group acc %", "p50 ms/batch", "p95 ms/batch", "images/s"):
-        v.add_column(col)
+    first = next(iter(s.verify.values()))
+    unit = first.get("latency_unit") or f"ms per batch of {first.get('batch_size')}"
+    v = table(["artifact", "average acc %", "worst-group acc %", "p50", "p95", "images/s"], right={1, 2, 3, 4, 5},
+              title=f"clip-debias verify on the exported ONNX (torch-free runtime, test split); latency in {unit}")
     for name, r in s.verify.items():
         v.add_row(name, pct(r["accuracy"]), pct(r["worst_group_accuracy"]), f"{r['latency_ms']['p50']:.1f}",
                   f"{r['latency_ms']['p95']:.1f}", f"{r['throughput_per_s']:.0f}")
     console.print(v)
-    d, z = s.verify["debiased"], s.verify["zero-shot"]
-    console.print(f"worst-group accuracy {pct(z['worst_group_accuracy'])} -> {pct(d['worst_group_accuracy'])} "
-                  f"({100 * (d['worst_group_accuracy'] - z['worst_group_accuracy']):+.1f} points); average "
-                  f"{pct(z['accuracy'])} -> {pct(d['accuracy'])} ({100 * (d['accuracy'] - z['accuracy']):+.1f} points)")
-    p = Table(title="Does locate find the background heads? Heads ranked by |background shift| of their class vote "
-                    "(test; logits)")
-    for col in ("rank", "(layer, head)", "background shift", "object shift", "linear probe acc %", "located as"):
-        p.add_column(col)
+    p = table(["rank", "(layer, head)", "background shift", "object shift", "linear probe acc %", "located as"],
+              right={0, 2, 3, 4}, title="Does locate find the background heads? Heads ranked by |background shift| of "
+                                        "their class vote (test; logits)")
     for i, r in enumerate(s.probe):
         if i < 6 or r["located"]:
             p.add_row(str(i + 1), f"({r['layer']}, {r['head']})", f"{r['background_shift']:+.2f}",

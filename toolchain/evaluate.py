@@ -160,7 +160,8 @@ def evaluate_model(model_dir: str | Path, dataset: str, data: str | Path, split:
     transform = eval_transform(model.spec.preprocess)
     dtype = model.tower.conv1.weight.dtype
     outputs, labels, groups, rows = [], [], [], []
-    for batch in iter_batches(index, transform, batch_size=batch_size, skip_bad=skip_bad, **reading):
+    batches = iter_batches(index, transform, batch_size=batch_size, skip_bad=skip_bad, what="evaluate", **reading)
+    for batch in batches:
         logits, _ = model(batch.images.to(device=device, dtype=dtype))
         outputs.append(logits.float().cpu())
         labels.append(batch.labels)
@@ -173,36 +174,31 @@ def evaluate_model(model_dir: str | Path, dataset: str, data: str | Path, split:
     return MethodResult(str(model_dir), "", report, logits, bias_of(logits, labels_t, inputs.rows(keep)))
 
 
-def _cell(g: Any) -> str:
-    """'87.5 (n=40)'; a group with no image: '- (n=0)'."""
-    return ("-" if g.accuracy is None else f"{g.accuracy * 100:.1f}") + f" (n={g.n})"
-
-
 def print_reports(rows: list[MethodResult], console: Any = None) -> None:
-    """Rich tables: one row per method, columns avg / worst group / each group's accuracy (n); then, when the rows
-    carry bias metrics, their summary (``runtime.metric_tables.summary``) and why a section was not computed."""
-    from rich.console import Console
-    from rich.table import Table
-
+    """One row per method: average and worst-group accuracy (%), then each group's accuracy; a group's image count is
+    in its column header when every row has the same (one split), else in each cell. Then, when the rows carry bias
+    metrics, their summary (``runtime.metric_tables.summary``) and why a section was not computed. ``runtime.tables``:
+    readable at any width (cells fold on a narrow terminal, nothing is cut; natural width through a pipe)."""
     from clip_debias.runtime.metric_tables import summary
+    from clip_debias.runtime.tables import output_console, table
 
-    console = console or Console()
+    console = console or output_console()
     names = list(dict.fromkeys(g for m in rows for g in m.report.groups))
-    table = Table(show_lines=False)
-    for col in ["method", "avg acc", "worst group", *names]:
-        table.add_column(col, justify="left" if col == "method" else "right")
+    counts = {g: {m.report.groups[g].n for m in rows if g in m.report.groups} for g in names}
+    same_n = all(len(c) == 1 for c in counts.values())
+    headers = [f"{g} (n={next(iter(counts[g]))})" if same_n else g for g in names]
+    t = table(["method", "avg acc %", "worst group %", *headers], right=set(range(1, 3 + len(names))))
     for m in rows:
         r = m.report
-        cells = [_cell(r.groups[g]) if g in r.groups else "-" for g in names]
-        table.add_row(m.method, f"{r.accuracy * 100:.2f}", f"{r.worst_group_accuracy * 100:.2f} ({r.worst_group})",
-                      *cells)
-    console.print(table)
+        cells = [_cell(r.groups[g], not same_n) if g in r.groups else "-" for g in names]
+        t.add_row(m.method, f"{r.accuracy * 100:.2f}", f"{r.worst_group_accuracy * 100:.2f} ({r.worst_group})",
+                  *cells)
+    console.print(t)
     summaries = [(m.method, summary(m.bias)) for m in rows if m.bias is not None]
     columns = list(dict.fromkeys(c for _, s in summaries for c in s))
     if columns:
-        bias_table = Table(title="bias metrics (runtime.metrics, as verify computes them)")
-        for col in ["method", *columns]:
-            bias_table.add_column(col, justify="left" if col == "method" else "right")
+        bias_table = table(["method", *columns], title="bias metrics (runtime.metrics, as verify computes them)",
+                           right=set(range(1, 1 + len(columns))))
         for method, s in summaries:
             bias_table.add_row(method, *(s.get(c, "-") for c in columns))
         console.print(bias_table)
@@ -213,6 +209,12 @@ def print_reports(rows: list[MethodResult], console: Any = None) -> None:
     if missing:
         console.print(f"warning: group(s) {', '.join(missing)} have no image in this split (n = 0): the worst group "
                       "above is over the other groups only", markup=False, highlight=False)
+
+
+def _cell(g: Any, with_n: bool) -> str:
+    """'87.50' (with_n: '87.50 (n=40)'); a group with no image: '-'."""
+    acc = "-" if g.accuracy is None else f"{g.accuracy * 100:.2f}"
+    return f"{acc} (n={g.n})" if with_n else acc
 
 
 # ---- compare.json -----------------------------------------------------------------------------------------------

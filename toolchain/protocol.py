@@ -20,18 +20,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from clip_debias.toolchain.choices import Protocol
 from clip_debias.toolchain.errors import ClipDebiasError
 
-PROTOCOLS = ("default", "reference")
+PROTOCOLS = Protocol.values()
 TRANSDUCTIVE_NOTE = ("TRANSDUCTIVE: the reference protocol takes the ablation means from the evaluated split itself; "
                      "not a deployable model (use the default protocol to ship)")
 
 
 def check_protocol(name: str, option: str = "--protocol") -> str:
     """``name`` if it is a protocol, else one clear line."""
-    if name not in PROTOCOLS:
-        raise ClipDebiasError(f"{option} {name!r}: expected one of {', '.join(PROTOCOLS)}")
-    return name
+    return Protocol.parse(name, option)
 
 
 def require_reference_cache(cache: Any, role: str) -> None:

@@ -19,10 +19,12 @@ from clip_debias.runtime.backends.graph_io import check_graph_io
 from clip_debias.runtime.backends.ort import (OrtBackend, check_cuda_graph, ort_has_cuda, ort_optimization_level,
                                               ort_session, save_optimized, session_runner)
 from clip_debias.runtime.backends.request import BackendOptions, BackendRequest, model_source
-from clip_debias.runtime.backends.selection import BACKEND_MODULES, BACKENDS, DEVICES, PRECISIONS, select_backend
+from clip_debias.runtime.backends.selection import (BACKEND_MODULES, BACKENDS, DEVICES, PRECISIONS, BackendName,
+                                                    Precision, RuntimeDevice, select_backend)
 from clip_debias.runtime.backends.trt import TensorRTBackend, import_tensorrt, tensorrt_available
 
-__all__ = ["BACKENDS", "BACKEND_MODULES", "DEVICES", "OUTPUTS", "PRECISIONS", "Backend", "BackendError",
+__all__ = ["BACKENDS", "BACKEND_MODULES", "DEVICES", "OUTPUTS", "PRECISIONS", "Backend", "BackendError", "BackendName",
+           "Precision", "RuntimeDevice",
            "BackendOptions", "BackendRequest", "ModelSource", "OrtBackend", "TensorRTBackend", "check_cuda_graph",
            "check_graph_io", "image_by_image", "import_tensorrt", "model_source", "ort_has_cuda",
            "ort_optimization_level", "ort_session", "save_optimized", "select_backend", "session_runner",

@@ -3,7 +3,7 @@
 ``BACKEND_MODULES`` maps each backend name to its module; ``backend="auto"`` tries them in table order. A backend
 module defines ``NAME``, ``DEVICES`` (the devices one may ask it for), ``PRECISIONS``, ``picked_by_auto(request)``
 and ``open_backend(request)``; it imports its library only inside those functions, so listing it costs nothing.
-A new backend is one module plus one entry here.
+A new backend is one module plus one entry here (and its name in ``runtime.choices.BackendName``, checked at import).
 
 ``backend="auto"``: TensorRT if a ``model.plan`` of the wanted precision is listed, ``tensorrt`` + a CUDA device are
 available and the device is auto/cuda; else OpenVINO on the CPU when asked for bf16, or for fp32 with
@@ -20,6 +20,7 @@ from types import ModuleType
 
 from clip_debias.runtime.backends.base import Backend, BackendError
 from clip_debias.runtime.backends.request import BackendOptions, BackendRequest
+from clip_debias.runtime.choices import BackendName, Precision, RuntimeDevice
 from clip_debias.runtime.manifest import Manifest
 
 BACKEND_MODULES = {  # name -> module; ``auto`` tries them in this order
@@ -27,9 +28,11 @@ BACKEND_MODULES = {  # name -> module; ``auto`` tries them in this order
     "openvino": "clip_debias.runtime.backends.ov",
     "onnxruntime": "clip_debias.runtime.backends.ort",
 }
-BACKENDS = ("auto", *BACKEND_MODULES)
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "fp16", "int8", "bf16")  # what a backend computes in; artifact files are fp32 | fp16 | int8
+if BackendName.values() != ("auto", *BACKEND_MODULES):  # --backend lists BackendName (import-light)
+    raise ImportError(f"BACKEND_MODULES {tuple(BACKEND_MODULES)} and runtime.choices.BackendName differ")
+BACKENDS = BackendName.values()
+DEVICES = RuntimeDevice.values()
+PRECISIONS = Precision.values()
 
 
 def backend_module(name: str) -> ModuleType:

@@ -12,11 +12,11 @@ import sys
 from typing import Any
 
 import typer
-from typer.core import TyperGroup
 
 from clip_debias.runtime.errors import ClipDebiasError
 from clip_debias.runtime.ownership import set_command
-from clip_debias.toolchain.cli.stderr import log_to_stderr
+from clip_debias.toolchain.cli.help import App, HelpGroup
+from clip_debias.toolchain.cli.stderr import logs_on_stderr
 
 
 # modules of the optional extras -> the extra that installs them
@@ -33,7 +33,7 @@ def _quiet_pil_bomb_warning() -> None:
     warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
 
 
-class OneLineErrorsGroup(TyperGroup):
+class OneLineErrorsGroup(HelpGroup):
     """Runs every command with ``standalone_mode=False`` and turns expected errors into one line + exit code."""
 
     def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None, standalone_mode: bool = True,
@@ -41,10 +41,10 @@ class OneLineErrorsGroup(TyperGroup):
         argv = list(sys.argv[1:] if args is None else args)
         command = next((a for a in argv if not a.startswith("-")), "")
         set_command(argv)  # recorded in the marker of every output folder this run writes
-        log_to_stderr("clip_debias.output")  # notices: stale staging folders removed, files left in place
         _quiet_pil_bomb_warning()
         try:
-            rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+            with logs_on_stderr("clip_debias"):  # what the library is doing: loading, progress, export steps, notices
+                rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
         except ClipDebiasError as e:
             typer.echo(f"error: {e}", err=True)
             sys.exit(2)
@@ -62,7 +62,7 @@ class OneLineErrorsGroup(TyperGroup):
             typer.echo("interrupted", err=True)
             sys.exit(130)
         except typer.TyperException as e:  # click usage errors (typer vendors click)
-            msg = " ".join(str(e.format_message()).split())
+            msg = " ".join(str(e.format_message()).split()).replace("Value error, ", "")
             where = f"clip-debias {command}".strip()
             typer.echo(f"error: {where}: {msg} (see {where} --help)", err=True)
             sys.exit(getattr(e, "exit_code", 2))
@@ -71,19 +71,20 @@ class OneLineErrorsGroup(TyperGroup):
         return rv
 
 
-app = typer.Typer(
+app = App(
     name="clip-debias",
     cls=OneLineErrorsGroup,
-    help="Decompose, locate, correct, export and verify a debiased open_clip ViT classifier.",
     no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+    epilog="Options mean the same in every command (README: Shared options): --json FILE writes a report, --split "
+           "is always named, --device cpu|cuda|auto, --force replaces a file clip-debias did not write.",
 )
 
 
 @app.callback()
 def _root() -> None:
-    """decompose -> locate -> build -> export -> verify. Each command's --help says what it reads and writes."""
+    """Decompose, locate, correct, export and verify a debiased open_clip ViT classifier: decompose -> locate ->
+    build -> export -> verify. Each command's --help says what it reads and writes; results go to stdout, what is
+    being done to stderr."""
 
 
 # One module per stage, each defining register(app: typer.Typer) -> None. Order = order in --help.

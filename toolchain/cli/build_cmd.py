@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from clip_debias.toolchain.cli.options import (ModelOpt, PretrainedOpt, ProtocolOpt, RandomWeightsOpt, WeightsOpt,
-                                               load_model)
+from clip_debias.runtime.choices import DatasetFormat, Split
+from clip_debias.toolchain.choices import Classifier, PairEmbeddings, Protocol, Renorm, ZFrom
+from clip_debias.toolchain.cli.options import (DatasetOpt, ModelOpt, OptionalDataOpt, PretrainedOpt, ProtocolOpt,
+                                               RandomWeightsOpt, WeightsOpt, choice_option, load_model)
 
 if TYPE_CHECKING:
     from clip_debias.toolchain.locate.ltc import LocatePlan
@@ -17,35 +19,42 @@ AblateOpt = Annotated[bool, typer.Option("--ablate/--no-ablate", help="Mean-abla
 ProjectOpt = Annotated[bool, typer.Option(
     "--project/--no-project", help="Project the salient heads (RoboShot accept).")]
 ContextsOpt = Annotated[str, typer.Option(
-    "--contexts", help="PerceptionCLIP contexts: waterbirds | celeba | FILE.yaml | defaults (the plan's dataset).")]
+    "--contexts", metavar="NAME|FILE", help="PerceptionCLIP contexts: waterbirds | celeba | a YAML file | defaults "
+                                            "(the plan's dataset).")]
 PairsOpt = Annotated[str, typer.Option(
-    "--attribute-pairs", help="(p+, p-) prompt pairs for the projection: FILE.yaml or defaults (the plan's dataset).")]
-TauOpt = Annotated[float, typer.Option("--tau", min=1e-6, help="PerceptionCLIP temperature of P(z|x).")]
-ZFromOpt = Annotated[str, typer.Option("--z-from", help="PerceptionCLIP P(z|x): joint (sum over y) | class-free.")]
-RenormOpt = Annotated[str, typer.Option(
-    "--renorm", help="Norm of a projected head term: stepwise (unit norm after each basis vector, RoboShot's accept "
-                     "step as the reference code runs it) | keep (its original norm, restored once at the end) | "
-                     "unit-once (unit norm once at the end; this project's earlier default).")]
-PairEmbeddingsOpt = Annotated[Optional[str], typer.Option(
-    "--pair-embeddings", help="Accept directions E(p+) - E(p-) from unit-norm text embeddings (unit; default protocol) "
-                              "or unnormalized ones (raw; the reference protocol).")]
+    "--attribute-pairs", metavar="FILE|defaults", help="(p+, p-) prompt pairs for the projection: a YAML file, or "
+                                                       "defaults (the plan's dataset).")]
+TauOpt = Annotated[float, typer.Option("--tau", metavar="T", min=1e-6, help="PerceptionCLIP temperature of P(z|x).")]
+ZFromOpt = Annotated[ZFrom, choice_option(ZFrom, "--z-from", "PerceptionCLIP P(z|x): joint (sum over y) | "
+                                                             "class-free.")]
+RENORM_HELP = ("Norm of a projected head term: stepwise (unit norm after each basis vector, RoboShot's accept step as "
+               "the reference code runs it) | keep (its original norm, restored once at the end) | unit-once (unit "
+               "norm once at the end; this project's earlier default).")
+RenormOpt = Annotated[Renorm, choice_option(Renorm, "--renorm", RENORM_HELP)]
+PairEmbeddingsOpt = Annotated[Optional[PairEmbeddings], choice_option(
+    PairEmbeddings, "--pair-embeddings", "Accept directions E(p+) - E(p-) from unit-norm text embeddings (unit; "
+                                         "default protocol) or unnormalized ones (raw; the reference protocol).")]
 AllowTestOpt = Annotated[bool, typer.Option(
     "--allow-test-calibration", help="Allow a test-split calibration cache (leaks test data; recorded in the model).")]
-LleDataOpt = Annotated[Optional[Path], typer.Option(
-    "--data", help="--classifier lle: the dataset root the LLE head trains on (its --lle-train-split) and is chosen on "
-                   "(its --lle-val-split).")]
-LleDatasetOpt = Annotated[str, typer.Option("--dataset", help="--classifier lle: waterbirds | celeba | csv")]
+CalibrationOpt = Annotated[Optional[Path], typer.Option(
+    "--calibration", metavar="CACHE", help="Cache whose per-head means replace the spurious heads (default: the "
+                                           "cache the plan was located on).")]
+PlanOpt = Annotated[Path, typer.Option("--plan", metavar="FILE", help="plan.json written by 'clip-debias locate'.")]
 AugmentOpt = Annotated[str, typer.Option(
-    "--augment", help="--classifier lle: comma-separated shift types, one head each besides the originals': "
-                      "background-swap (needs fg masks, and object masks where the data has a co-object), object-swap "
-                      "(needs fg and object masks), watermark, auto (every built-in type the data has masks for), or "
-                      "your own function NAME=module:function / NAME=file.py:function.")]
-LleCopiesOpt = Annotated[int, typer.Option("--lle-copies", min=1, help="Augmented draws per image and type.")]
-LleEpochsOpt = Annotated[int, typer.Option("--lle-epochs", min=1, help="SGD epochs per (lr, wd) of the LLE grid.")]
-LleSeedOpt = Annotated[int, typer.Option("--lle-seed", min=0, help="Seed of the augmentations and of SGD's order.")]
-LleTrainSplitOpt = Annotated[str, typer.Option("--lle-train-split", help="Split the LLE head trains on.")]
-LleValSplitOpt = Annotated[str, typer.Option(
-    "--lle-val-split", help="Split the LLE head's learning rate, weight decay and epoch are chosen on.")]
+    "--augment", metavar="TYPES", help="--classifier lle: comma-separated shift types, one head each besides the "
+                                       "originals': background-swap (needs fg masks, and object masks where the data "
+                                       "has a co-object), object-swap (needs fg and object masks), watermark, auto "
+                                       "(every built-in type the data has masks for), or your own function "
+                                       "NAME=module:function / NAME=file.py:function.")]
+LleCopiesOpt = Annotated[int, typer.Option("--lle-copies", metavar="N", min=1,
+                                           help="LLE: augmented draws per image and type.")]
+LleEpochsOpt = Annotated[int, typer.Option("--lle-epochs", metavar="N", min=1,
+                                           help="LLE: SGD epochs per (lr, wd) of the grid.")]
+LleSeedOpt = Annotated[int, typer.Option("--lle-seed", metavar="N", min=0,
+                                         help="LLE: seed of the augmentations and of SGD's order.")]
+LleTrainSplitOpt = Annotated[Split, choice_option(Split, "--lle-train-split", "Split the LLE head trains on.")]
+LleValSplitOpt = Annotated[Split, choice_option(
+    Split, "--lle-val-split", "Split the LLE head's learning rate, weight decay and epoch are chosen on.")]
 
 
 def default_calibration(plan: "LocatePlan", calibration: Path | None, needed: bool, hint: str) -> Path | None:
@@ -91,41 +100,41 @@ def lle_options(classifier: str, data: Path | None, dataset: str, augment: str, 
 
 
 def build(
-    plan: Annotated[Path, typer.Option("--plan", help="plan.json written by 'clip-debias locate'.")],
+    plan: PlanOpt,
     model: ModelOpt,
-    out: Annotated[Path, typer.Option("--out", help="Output model directory.")],
-    calibration: Annotated[Optional[Path], typer.Option(
-        "--calibration", help="Cache whose per-head means replace the spurious heads (default: the cache the plan was "
-                              "located on).")] = None,
+    out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Output model directory.")],
+    calibration: CalibrationOpt = None,
     pretrained: PretrainedOpt = None,
     weights: WeightsOpt = None,
     random_weights: RandomWeightsOpt = False,
     ablate: AblateOpt = True,
     project: ProjectOpt = True,
-    classifier: Annotated[str, typer.Option(
-        "--classifier", help="zeroshot | perception | lle (Last Layer Ensemble trained on this model's frozen "
-                             "embeddings of --data)")] = "zeroshot",
+    classifier: Annotated[Classifier, choice_option(
+        Classifier, "--classifier", "Classifier head: zero-shot, PerceptionCLIP (--contexts), or lle (Last Layer "
+                                    "Ensemble trained on this model's frozen embeddings of --data).")]
+    = Classifier.ZEROSHOT,
     contexts: ContextsOpt = "defaults",
     attribute_pairs: PairsOpt = "defaults",
     tau: TauOpt = 1.0,
-    z_from: ZFromOpt = "joint",
-    renorm: RenormOpt = "stepwise",
+    z_from: ZFromOpt = ZFrom.JOINT,
+    renorm: RenormOpt = Renorm.STEPWISE,
     pair_embeddings: PairEmbeddingsOpt = None,
     allow_test_calibration: AllowTestOpt = False,
-    protocol: ProtocolOpt = "default",
-    data: LleDataOpt = None,
-    dataset: LleDatasetOpt = "waterbirds",
+    protocol: ProtocolOpt = Protocol.DEFAULT,
+    data: OptionalDataOpt = None,
+    dataset: DatasetOpt = DatasetFormat.WATERBIRDS,
     augment: AugmentOpt = "auto",
     lle_copies: LleCopiesOpt = 1,
     lle_epochs: LleEpochsOpt = 30,
     lle_seed: LleSeedOpt = 0,
-    lle_train_split: LleTrainSplitOpt = "train",
-    lle_val_split: LleValSplitOpt = "val",
+    lle_train_split: LleTrainSplitOpt = Split.TRAIN,
+    lle_val_split: LleValSplitOpt = Split.VAL,
 ) -> None:
     """Bake the plan's corrections (mean ablation, salient projection) and the classifier head into one model.
     --protocol reference takes the ablation means from the split you will evaluate on (--calibration, required):
     transductive, not deployable. --classifier lle trains the Last Layer Ensemble head on the embeddings of the model
-    with the edits baked in (train split of --data; chosen on its val split)."""
+    with the edits baked in, of the --lle-train-split of --data (a --dataset folder), and chooses its learning rate,
+    weight decay and epoch on its --lle-val-split."""
     from clip_debias.toolchain.correct.build import BuildOptions, build_classifier
     from clip_debias.toolchain.prompts.defaults import attribute_pairs_for, contexts_for
     from clip_debias.toolchain.decompose.cache import load_cache
@@ -135,9 +144,8 @@ def build(
     from clip_debias.toolchain.correct.classifier import MODEL_DIR_KIND
 
     from clip_debias.toolchain.errors import ClipDebiasError
-    from clip_debias.toolchain.protocol import TRANSDUCTIVE_NOTE, check_protocol
+    from clip_debias.toolchain.protocol import TRANSDUCTIVE_NOTE
 
-    check_protocol(protocol)
     lle = lle_options(classifier, data, dataset, augment, lle_copies, lle_epochs, lle_seed, lle_train_split,
                       lle_val_split)
     check_directory_target(out, MODEL_DIR_KIND)  # before the build's minutes of work, not after
@@ -179,4 +187,4 @@ def build(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("build")(build)
+    app.command("build", short_help="A debiased classifier with the plan's edits baked in: a model folder.")(build)

@@ -3,38 +3,38 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS
-from clip_debias.toolchain.cli.options import (AllowOutsideRootOpt, BatchOpt, ConventionOpt, DataOpt, DatasetOpt,
-                                               DeviceOpt, DtypeOpt, ForceOpt, LayersOpt, MaxPixelsOpt, MaxSkippedOpt,
-                                               ModelOpt, PretrainedOpt, ProtectedOpt, RandomWeightsOpt, SplitOpt,
-                                               TargetOpt, WeightsOpt, load_model, reading_options)
+from clip_debias.toolchain.choices import ComputeDtype, Convention, TermsDtype
+from clip_debias.toolchain.cli.options import (AllowOutsideRootOpt, BatchOpt, ConventionOpt, CsvClassesOpt, DataOpt,
+                                               DatasetOpt, DeviceOpt, DtypeOpt, ForceOpt, LayersOpt, MaxPixelsOpt,
+                                               MaxSkippedOpt, ModelOpt, PretrainedOpt, ProtectedOpt,
+                                               RandomWeightsOpt, SkipBadOpt, SplitOpt, TargetOpt, WeightsOpt,
+                                               choice_option, load_model, reading_options, say)
 
 
 def decompose(
     model: ModelOpt,
     dataset: DatasetOpt,
     data: DataOpt,
-    out: Annotated[Path, typer.Option("--out", help="Output .safetensors cache.")],
-    split: SplitOpt = "train",
+    split: SplitOpt,
+    out: Annotated[Path, typer.Option("--out", metavar="FILE", help="Output cache (.safetensors).")],
     pretrained: PretrainedOpt = None,
     weights: WeightsOpt = None,
     random_weights: RandomWeightsOpt = False,
     layers: LayersOpt = "all",
-    convention: ConventionOpt = "textspan",
-    terms_dtype: Annotated[str, typer.Option(
-        "--terms-dtype", help="Storage of the head terms: fp32 | fp16 (half the disk; embeddings and means stay "
-                              "fp32/fp64).")] = "fp32",
+    convention: ConventionOpt = Convention.TEXTSPAN,
+    terms_dtype: Annotated[TermsDtype, choice_option(
+        TermsDtype, "--terms-dtype", "Storage of the head terms (fp16: half the disk; embeddings and means stay "
+                                     "fp32/fp64).")] = TermsDtype.FP32,
     batch_size: BatchOpt = 32,
     device: DeviceOpt = "cpu",
-    dtype: DtypeOpt = "fp32",
-    skip_bad: Annotated[bool, typer.Option(
-        "--skip-bad", help="Skip unreadable images; list them in OUT.skipped.txt.")] = False,
-    classes: Annotated[Optional[str], typer.Option(
-        "--classes", help="csv datasets: comma-separated class names.")] = None,
+    dtype: DtypeOpt = ComputeDtype.FP32,
+    skip_bad: SkipBadOpt = False,
+    classes: CsvClassesOpt = None,
     max_skipped: MaxSkippedOpt = None,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     allow_outside_root: AllowOutsideRootOpt = False,
@@ -47,15 +47,9 @@ def decompose(
     normalize=True)), streamed to OUT batch by batch."""
     from clip_debias.runtime.atomic_output import check_file_target
     from clip_debias.runtime.datasets import load_index
-    from clip_debias.toolchain.decompose.cache import TERMS_DTYPES
-    from clip_debias.toolchain.decompose.conventions import check_convention
     from clip_debias.toolchain.decompose.layers import resolve_layers
     from clip_debias.toolchain.decompose.run import decompose_dataset
-    from clip_debias.toolchain.errors import ClipDebiasError
 
-    check_convention(convention)
-    if terms_dtype not in TERMS_DTYPES:
-        raise ClipDebiasError(f"--terms-dtype {terms_dtype!r}: expected one of {', '.join(TERMS_DTYPES)}")
     skipped_log = out.with_suffix(".skipped.txt") if skip_bad else None
     check_file_target(out, "decomposition-cache", force)  # before any work: never over a file that is not ours
     if skipped_log is not None:
@@ -65,9 +59,10 @@ def decompose(
                        allow_outside_root=allow_outside_root, target=target, protected=protected)
     clip = load_model(model, pretrained, weights, device, dtype, random_weights=random_weights)
     chosen = resolve_layers(layers, len(clip.model.visual.transformer.resblocks))
+    say(f"decomposing {len(index)} images of {dataset}/{split} (layers {chosen}, {convention} convention) into {out}")
     cache = decompose_dataset(clip, index, chosen, batch_size=batch_size, device=device, skip_bad=skip_bad,
                               skipped_log=skipped_log, convention=convention, out=out,
-                              terms_dtype=TERMS_DTYPES[terms_dtype], force=force, **reading)
+                              terms_dtype=terms_dtype.torch, force=force, **reading)
     n, l, h, d = cache.heads.shape
     typer.echo(f"wrote {out}: {n} images of {dataset}/{split}, layers {chosen} x {h} heads, D={d}, {convention} "
                f"convention, {cache.heads.row_bytes() / 2**20:.2f} MiB of terms per image "
@@ -75,4 +70,5 @@ def decompose(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("decompose")(decompose)
+    app.command("decompose", short_help="A split's CLS embeddings as exact per-(layer, head) terms: a cache.")(
+        decompose)

@@ -7,23 +7,29 @@ from typing import Annotated
 
 import typer
 
+from clip_debias.toolchain.cli.options import BatchOpt
+
 
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Folder for data, caches, plan, models, artifacts, reports.")]
-    = Path("clip-debias-demo"),
-    quick: Annotated[bool, typer.Option("--quick", help="Small val/test splits (CI smoke run).")] = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    out: Annotated[Path, typer.Option(
+        "--out", metavar="DIR", help="Folder for data, caches, plan, models, artifacts, reports (a rerun reuses its "
+                                     "lab data).")] = Path("clip-debias-demo"),
+    quick: Annotated[bool, typer.Option("--quick", help="Small train/val/test splits (CI smoke run).")] = False,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Make the lab data anew even when --out holds data made "
+                                                        "with the same parameters.")] = False,
+    batch_size: BatchOpt = 64,
 ) -> None:
     """Generate lab data, then decompose -> locate -> build -> export ONNX -> verify on the shipped lab model, and
-    print the before/after table (zero-shot vs LTC vs PerceptionCLIP vs both) and the artifact's latency."""
-    from rich.console import Console
-
+    print the before/after table (zero-shot vs LTC vs PerceptionCLIP vs both) and the artifact's latency. The last
+    line names report.html, the page with everything."""
+    from clip_debias.runtime.tables import output_console
     from clip_debias.toolchain.demo import run_demo
 
-    console = Console()
-    summary = run_demo(out, quick=quick, batch_size=batch_size, console=console)
-    console.print(f"artifacts, plan.png and demo.json in {out}/ (shipped correction: {summary.chosen})")
+    console = output_console()
+    summary = run_demo(out, quick=quick, batch_size=batch_size, console=console, fresh=fresh)
+    console.print(f"shipped correction: {summary.chosen}; artifacts, plans and demo.json in {out}/")
+    console.print(f"report: {out / 'report.html'} (open it in a browser)")
 
 
 def register(app: typer.Typer) -> None:
-    app.command("demo")(demo)
+    app.command("demo", short_help="The whole pipeline, offline, on the shipped bias-lab model.")(demo)

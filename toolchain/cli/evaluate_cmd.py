@@ -7,50 +7,55 @@ from typing import Annotated, Optional
 
 import typer
 
-from clip_debias.toolchain.cli.build_cmd import (AllowTestOpt, ContextsOpt, PairEmbeddingsOpt, PairsOpt, TauOpt,
-                                                 ZFromOpt, default_calibration)
 from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS
-from clip_debias.toolchain.cli.options import (AllowOutsideRootOpt, BatchOpt, DeviceOpt, ForceOpt, MaxPixelsOpt,
-                                               MaxSkippedOpt, PretrainedOpt, ProtectedOpt, ProtocolOpt,
-                                               RandomWeightsOpt, ShortcutAttributesOpt, SkewKOpt, TargetOpt,
-                                               TrainCorrelationOpt, WeightsOpt, load_model, metric_options,
-                                               reading_options)
+from clip_debias.toolchain.choices import Protocol, Renorm, ZFrom
+from clip_debias.toolchain.cli.build_cmd import (RENORM_HELP, AllowTestOpt, ContextsOpt, PairEmbeddingsOpt, PairsOpt,
+                                                 TauOpt, ZFromOpt, default_calibration)
+from clip_debias.toolchain.cli.options import (AllowOutsideRootOpt, BatchOpt, CsvClassesOpt, DeviceOpt, ForceOpt,
+                                               JsonOpt, MaxPixelsOpt, MaxSkippedOpt, OptionalDataOpt,
+                                               OptionalDatasetOpt, OptionalSplitOpt, PretrainedOpt, ProtectedOpt,
+                                               ProtocolOpt, RandomWeightsOpt, ShortcutAttributesOpt, SkewKOpt,
+                                               SkipBadOpt, TargetOpt, TrainCorrelationOpt, WeightsOpt,
+                                               check_json_target, choice_option, load_model, metric_options,
+                                               need_split, reading_options)
 
 
 def evaluate(
-    model_dir: Annotated[Optional[Path], typer.Argument(help="Model directory written by 'clip-debias build'.")] = None,
-    dataset: Annotated[Optional[str], typer.Option("--dataset", help="waterbirds | celeba | fairface | csv")] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="Dataset root folder (csv: the CSV file).")] = None,
-    split: Annotated[str, typer.Option("--split", help="train | val | test")] = "test",
+    model_dir: Annotated[Optional[Path], typer.Argument(
+        metavar="MODEL_DIR", help="Model directory written by 'clip-debias build' (not with --compare).")] = None,
+    dataset: OptionalDatasetOpt = None,
+    data: OptionalDataOpt = None,
+    split: OptionalSplitOpt = None,
     compare: Annotated[bool, typer.Option(
         "--compare", help="Rows zero-shot / ablate / ablate + project (stepwise renorm, keep norm) / PerceptionCLIP / "
                           "ablate + project + PerceptionCLIP from decomposed terms (needs --model, --plan; "
                           "--calibration defaults to the plan's cache).")] = False,
-    model: Annotated[Optional[str], typer.Option("--model", help="--compare: open_clip model name.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", metavar="NAME", help="--compare: open_clip model name.")]
+    = None,
     pretrained: PretrainedOpt = None,
     weights: WeightsOpt = None,
     random_weights: RandomWeightsOpt = False,
-    plan: Annotated[Optional[Path], typer.Option("--plan", help="--compare: plan.json.")] = None,
-    calibration: Annotated[Optional[Path], typer.Option("--calibration", help="--compare: calibration cache.")] = None,
+    plan: Annotated[Optional[Path], typer.Option("--plan", metavar="FILE", help="--compare: plan.json.")] = None,
+    calibration: Annotated[Optional[Path], typer.Option(
+        "--calibration", metavar="CACHE", help="--compare: calibration cache (default: the plan's).")] = None,
     cache: Annotated[Optional[Path], typer.Option(
-        "--cache", help="--compare: a decomposition cache of the evaluated split "
-                        "(instead of --dataset/--data).")] = None,
+        "--cache", metavar="CACHE", help="--compare: a decomposition cache of the evaluated split (instead of "
+                                         "--dataset/--data/--split).")] = None,
     contexts: ContextsOpt = "defaults",
     attribute_pairs: PairsOpt = "defaults",
     tau: TauOpt = 1.0,
-    z_from: ZFromOpt = "joint",
-    renorm: Annotated[Optional[str], typer.Option(
-        "--renorm", help="--compare: the ablate + project rows for this renorm only (stepwise | keep | unit-once; "
-                         "default: stepwise and keep).")] = None,
+    z_from: ZFromOpt = ZFrom.JOINT,
+    renorm: Annotated[Optional[Renorm], choice_option(
+        Renorm, "--renorm", "--compare: the ablate + project rows for this renorm only (default: stepwise and keep). "
+                            + RENORM_HELP)] = None,
     pair_embeddings: PairEmbeddingsOpt = None,
     allow_test_calibration: AllowTestOpt = False,
-    protocol: ProtocolOpt = "default",
-    classes: Annotated[Optional[str], typer.Option(
-        "--classes", help="csv datasets: comma-separated class names.")] = None,
+    protocol: ProtocolOpt = Protocol.DEFAULT,
+    classes: CsvClassesOpt = None,
     batch_size: BatchOpt = 32,
     device: DeviceOpt = "cpu",
-    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images.")] = False,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON.")] = None,
+    skip_bad: SkipBadOpt = False,
+    json_out: JsonOpt = None,
     max_skipped: MaxSkippedOpt = None,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     allow_outside_root: AllowOutsideRootOpt = False,
@@ -63,12 +68,13 @@ def evaluate(
 ) -> None:
     """Unweighted average accuracy, worst-group accuracy and the per-group table; and the bias metrics the data
     allows (Whac-A-Mole gaps, counterfactual flip rate, MaxSkew@k, EO / DP gaps), computed as verify does."""
-    from clip_debias.runtime.atomic_output import check_file_target, write_atomic
+    from clip_debias.runtime.atomic_output import write_atomic
+    from clip_debias.runtime.tables import output_console
     from clip_debias.toolchain.errors import ClipDebiasError
     from clip_debias.toolchain.evaluate import compare_file, print_reports
 
-    if json_out is not None:
-        check_file_target(json_out, "compare-file", force)  # before any work
+    check_json_target(json_out, "compare-file", force)  # before any work
+    need_split(split, data)
     reading = {**reading_options(skip_bad, max_skipped, max_pixels), "allow_outside_root": allow_outside_root}
     class_list = [c.strip() for c in classes.split(",")] if classes else None
     metrics = {"metric_options": metric_options(shortcut_attributes, train_correlation, skew_k),
@@ -86,7 +92,7 @@ def evaluate(
             raise ClipDebiasError(f"--protocol {protocol}: only with --compare (a built model records its own "
                                   "protocol in config.json)")
         if model_dir is None or dataset is None or data is None:
-            raise ClipDebiasError("evaluate needs MODEL_DIR, --dataset and --data "
+            raise ClipDebiasError("evaluate needs MODEL_DIR, --dataset, --data and --split "
                                   "(or --compare with --model and --plan)")
         row = evaluate_model(model_dir, dataset, data, split, batch_size=batch_size, device=device,
                              skip_bad=skip_bad, classes=class_list, target=target, **metrics, **reading)
@@ -100,7 +106,7 @@ def evaluate(
         elif provenance.get("test_calibration"):
             typer.echo("WARNING: this model was calibrated on the TEST split (--allow-test-calibration): "
                        "optimistic numbers")
-    print_reports(rows)
+    print_reports(rows, output_console())
     if json_out is not None:
         write_atomic(json_out, compare_file(rows, **extra).to_json(), "compare-file", force)
         typer.echo(f"wrote {json_out}")
@@ -112,18 +118,14 @@ def _compare(model, pretrained, weights, random_weights, plan, calibration, cach
     """Load or decompose the evaluated split, then ``compare_methods``; returns (rows, provenance). ``metrics``:
     ``compare_methods``' metric_options and protected."""
     from clip_debias.toolchain.prompts.defaults import attribute_pairs_for, contexts_for
-    from clip_debias.toolchain.correct.edits import RENORMS
     from clip_debias.toolchain.decompose.cache import load_cache
     from clip_debias.toolchain.errors import ClipDebiasError
     from clip_debias.toolchain.evaluate import compare_methods
     from clip_debias.toolchain.locate.ltc import LocatePlan
-    from clip_debias.toolchain.protocol import TRANSDUCTIVE_NOTE, check_protocol
+    from clip_debias.toolchain.protocol import TRANSDUCTIVE_NOTE
 
-    check_protocol(protocol)
     if model is None or plan is None:
         raise ClipDebiasError("evaluate --compare needs --model and --plan")
-    if renorm is not None and renorm not in RENORMS:
-        raise ClipDebiasError(f"--renorm {renorm!r}: expected one of {', '.join(RENORMS)}")
     if protocol == "reference" and calibration is not None:
         raise ClipDebiasError("--calibration: --protocol reference takes the ablation means from the evaluated split "
                               "itself (--cache or --dataset/--data)")
@@ -146,7 +148,8 @@ def _compare(model, pretrained, weights, random_weights, plan, calibration, cach
         terms = decompose_dataset(clip, index, layers=edited or [located.layers[-1]], batch_size=batch_size,
                                   device=device, skip_bad=skip_bad, convention=located.convention, **reading)
     else:
-        raise ClipDebiasError("evaluate --compare needs the evaluated split: --cache FILE or --dataset and --data")
+        raise ClipDebiasError("evaluate --compare needs the evaluated split: --cache CACHE, or --dataset, --data and "
+                              "--split")
     ds = terms.dataset
     results = compare_methods(terms, located, calib, clip, contexts=contexts_for(contexts, ds),
                               attribute_pairs=attribute_pairs_for(attribute_pairs, ds), tau=tau, z_from=z_from,
@@ -172,4 +175,5 @@ def _compare(model, pretrained, weights, random_weights, plan, calibration, cach
 
 
 def register(app: typer.Typer) -> None:
-    app.command("evaluate")(evaluate)
+    app.command("evaluate", short_help="Average and worst-group accuracy of a model, or of the methods side by "
+                                     "side (--compare).")(evaluate)

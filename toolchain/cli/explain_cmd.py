@@ -9,30 +9,35 @@ from typing import Annotated, Optional
 import typer
 
 from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS
+from clip_debias.toolchain.choices import Convention
 from clip_debias.toolchain.cli.options import (AllowOutsideRootOpt, BatchOpt, ConventionOpt, DeviceOpt, ForceOpt,
-                                               LayersOpt, MaxPixelsOpt, ModelOpt, PretrainedOpt, RandomWeightsOpt,
-                                               SplitOpt, WeightsOpt, load_model)
+                                               LayersOpt, MaxPixelsOpt, ModelOpt, OptionalDatasetOpt,
+                                               OptionalSplitOpt, PretrainedOpt, RandomWeightsOpt, WeightsOpt,
+                                               load_model)
 
 HeadsOpt = Annotated[Optional[str], typer.Option(
-    "--heads", help="plan.json (its spurious + salient heads) or LAYER:HEAD,... e.g. 11:3,11:5 (absolute layers).")]
+    "--heads", metavar="PLAN|L:H,...", help="plan.json (its spurious + salient heads) or LAYER:HEAD,... e.g. "
+                                            "11:3,11:5 (absolute layers).")]
 
 
 def explain(
-    cache: Annotated[Path, typer.Argument(help="Decomposition cache (.safetensors) whose head terms are described.")],
+    cache: Annotated[Path, typer.Argument(metavar="CACHE", help="Decomposition cache (.safetensors) whose head terms "
+                                                                "are described.")],
     model: ModelOpt,
     out: Annotated[Path, typer.Option(
-        "--out", help="Output folder: descriptions.json, descriptions.md (and the pool's text embeddings, reused); "
-                      "replaced only when it is an explain folder of ours.")],
+        "--out", metavar="DIR",
+        help="Output folder: descriptions.json, descriptions.md (and the pool's text embeddings, reused); "
+             "replaced only when it is an explain folder of ours.")],
     pretrained: PretrainedOpt = None,
     weights: WeightsOpt = None,
     random_weights: RandomWeightsOpt = False,
     heads: HeadsOpt = None,
     layers: LayersOpt = None,
     pool: Annotated[Optional[Path], typer.Option(
-        "--pool", help="Description pool, one per line (default: the shipped general pool).")] = None,
-    per_head: Annotated[int, typer.Option("--per-head", min=1, help="Descriptions per head.")] = 10,
+        "--pool", metavar="FILE", help="Description pool, one per line (default: the shipped general pool).")] = None,
+    per_head: Annotated[int, typer.Option("--per-head", metavar="N", min=1, help="Descriptions per head.")] = 10,
     rank: Annotated[int, typer.Option(
-        "--rank", min=0, help="Rank of each head's output space; 0 = keep 99% of its variance.")] = 0,
+        "--rank", metavar="N", min=0, help="Rank of each head's output space; 0 = keep 99% of its variance.")] = 0,
     device: DeviceOpt = "cpu",
 ) -> None:
     """TextSpan: per head, greedily pick the descriptions whose directions (projected on the head's output space)
@@ -47,11 +52,13 @@ def explain(
 
 
 def explain_image(
-    image: Annotated[Path, typer.Argument(help="Image file.")],
+    image: Annotated[Path, typer.Argument(metavar="IMAGE", help="Image file.")],
     model: ModelOpt,
-    text: Annotated[str, typer.Option("--text", help="Text whose direction the token terms are projected on.")],
-    out: Annotated[Path, typer.Option("--out", help="Output PNG.")],
-    vs: Annotated[Optional[str], typer.Option("--vs", help="Contrast text: use E(text) - E(vs).")] = None,
+    text: Annotated[str, typer.Option("--text", metavar="TEXT", help="Text whose direction the token terms are "
+                                                                     "projected on.")],
+    out: Annotated[Path, typer.Option("--out", metavar="FILE", help="Output PNG.")],
+    vs: Annotated[Optional[str], typer.Option("--vs", metavar="TEXT", help="Contrast text: use E(text) - E(vs).")]
+    = None,
     pretrained: PretrainedOpt = None,
     weights: WeightsOpt = None,
     random_weights: RandomWeightsOpt = False,
@@ -59,7 +66,7 @@ def explain_image(
     layers: LayersOpt = None,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     force: ForceOpt = False,
-    convention: ConventionOpt = "textspan",
+    convention: ConventionOpt = Convention.TEXTSPAN,
 ) -> None:
     """Heat map of the per-patch direct contributions of heads (default: every head of the last layer) along a text
     direction; the patch terms plus the CLS token's term sum exactly to the heads' CLS terms."""
@@ -68,9 +75,6 @@ def explain_image(
     from clip_debias.toolchain.explain.tokens import explain_image as run
     from clip_debias.toolchain.figures import check_figure_target
 
-    from clip_debias.toolchain.decompose.conventions import check_convention
-
-    check_convention(convention)
     for option, value in (("--text", text), ("--vs", vs)):
         if value is not None and not value.strip():
             raise ClipDebiasError(f"{option}: empty; expected a text such as 'a photo of water'")
@@ -85,29 +89,30 @@ def explain_image(
 
 
 def discover(
-    source: Annotated[Path, typer.Argument(help="Decomposition cache (.safetensors) or dataset (see --dataset).")],
+    source: Annotated[Path, typer.Argument(metavar="SOURCE", help="Decomposition cache (.safetensors) or dataset "
+                                                                  "(see --dataset, --split).")],
     model: ModelOpt,
     out: Annotated[Path, typer.Option(
-        "--out", help="Output folder: keywords.json, attribute_prompts.yaml; replaced only when it is a discover "
-                      "folder of ours.")],
+        "--out", metavar="DIR",
+        help="Output folder: keywords.json, attribute_prompts.yaml; replaced only when it is a discover "
+             "folder of ours.")],
     pretrained: PretrainedOpt = None,
     weights: WeightsOpt = None,
     random_weights: RandomWeightsOpt = False,
     classes: Annotated[Optional[str], typer.Option(
-        "--classes", help="Comma-separated class names for the prompts (default: dataset defaults, else the data's).")
-    ] = None,
-    dataset: Annotated[Optional[str], typer.Option(
-        "--dataset", help="Dataset input: waterbirds | celeba | csv (default csv for a .csv or folder with data.csv).")
-    ] = None,
-    split: SplitOpt = "val",
+        "--classes", metavar="NAMES", help="Comma-separated class names for the prompts (default: dataset defaults, "
+                                           "else the data's).")] = None,
+    dataset: OptionalDatasetOpt = None,
+    split: OptionalSplitOpt = None,
     templates: Annotated[Optional[Path], typer.Option(
-        "--templates", help="Zero-shot template file (default: the dataset's, else 'a photo of a {}.').")] = None,
+        "--templates", metavar="FILE", help="Zero-shot template file (default: the dataset's, else 'a photo of a "
+                                            "{}.').")] = None,
     vocab: Annotated[Optional[Path], typer.Option(
-        "--vocab", help="Keyword vocabulary, one per line (default: the shipped word list).")] = None,
+        "--vocab", metavar="FILE", help="Keyword vocabulary, one per line (default: the shipped word list).")] = None,
     captions_column: Annotated[Optional[str], typer.Option(
-        "--captions-column", help="csv datasets: column of captions; keywords from misclassified captions (YAKE).")
-    ] = None,
-    top: Annotated[int, typer.Option("--top", min=1, help="Keywords kept per class.")] = 20,
+        "--captions-column", metavar="NAME", help="csv datasets: column of captions; keywords from misclassified "
+                                                  "captions (YAKE).")] = None,
+    top: Annotated[int, typer.Option("--top", metavar="N", min=1, help="Keywords kept per class.")] = 20,
     batch_size: BatchOpt = 32,
     device: DeviceOpt = "cpu",
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
@@ -129,14 +134,14 @@ def discover(
 
 
 def report(
-    folder: Annotated[Path, typer.Argument(help="Folder with plan.json/png, descriptions.json, compare.json, "
-                                                "report.json, keywords.json, heat-map PNGs (any subset).")],
-    title: Annotated[str, typer.Option("--title", help="Page title.")] = "clip-debias report",
-    force: Annotated[bool, typer.Option(
-        "--force", help="Replace report.html, plan.png and compare.png even when clip-debias did not write them.")]
-    = False,
+    folder: Annotated[Path, typer.Argument(metavar="DIR", help="Folder with plan.json/png, descriptions.json, "
+                                                               "compare.json, report.json, keywords.json, heat-map "
+                                                               "PNGs (any subset).")],
+    title: Annotated[str, typer.Option("--title", metavar="TEXT", help="Page title.")] = "clip-debias report",
+    force: ForceOpt = False,
 ) -> None:
-    """Write FOLDER/report.html: one static page (inline CSS, images by relative path, no network assets)."""
+    """Write DIR/report.html: one static page (inline CSS, images by relative path, no network assets); --force
+    replaces report.html, plan.png and compare.png even when clip-debias did not write them."""
     from clip_debias.toolchain.explain.report import build_report
 
     typer.echo(f"wrote {build_report(folder, title=title, force=force)}")
@@ -145,21 +150,20 @@ def report(
 # ---- printing -------------------------------------------------------------------------------------------------
 
 def _print_keywords(results) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from clip_debias.runtime.tables import output_console, table as new_table
 
-    console = Console()
+    console = output_console()
     for r in results:
-        table = Table(title=f"{r.class_name}: {r.n_wrong} misclassified / {r.n_correct} correct", title_justify="left")
-        for col in ("#", "keyword", "score", "100 cos wrong", "100 cos correct"):
-            table.add_column(col, justify="left" if col == "keyword" else "right")
+        table = new_table(["#", "keyword", "score", "100 cos wrong", "100 cos correct"], right={0, 2, 3, 4},
+                          title=f"{r.class_name}: {r.n_wrong} misclassified / {r.n_correct} correct",
+                          title_justify="left")
         for i, k in enumerate(r.keywords):
             table.add_row(str(i + 1), k.keyword, f"{k.score:+.2f}", f"{k.cos_wrong:.2f}", f"{k.cos_correct:.2f}")
         console.print(table if r.keywords else f"{r.class_name}: {r.note}", markup=False)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("explain")(explain)
-    app.command("explain-image")(explain_image)
-    app.command("discover")(discover)
-    app.command("report")(report)
+    app.command("explain", short_help="Describe heads with text (TextSpan).")(explain)
+    app.command("explain-image", short_help="Where in an image heads look, along a text direction.")(explain_image)
+    app.command("discover", short_help="Words for the failures (B2T), and attribute prompts for locate.")(discover)
+    app.command("report", short_help="One static HTML page of a folder's results.")(report)

@@ -7,8 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from clip_debias.toolchain.choices import MinoritySource, Protocol
 from clip_debias.toolchain.cli.options import (ForceOpt, ModelOpt, PretrainedOpt, ProtocolOpt, RandomWeightsOpt,
-                                               WeightsOpt, load_model)
+                                               WeightsOpt, choice_option, load_model)
 
 
 def int_list(value: str | None, option: str) -> list[int] | None:
@@ -24,31 +25,36 @@ def int_list(value: str | None, option: str) -> list[int] | None:
 
 
 def locate(
-    cache: Annotated[Path, typer.Argument(help="Decomposition cache (.safetensors) of the split to locate on.")],
+    cache: Annotated[Path, typer.Argument(metavar="CACHE", help="Decomposition cache (.safetensors) of the split to "
+                                                                "locate on.")],
     model: ModelOpt,
-    out: Annotated[Path, typer.Option("--out", help="Output plan.json (plan.png is written beside it).")],
+    out: Annotated[Path, typer.Option("--out", metavar="FILE", help="Output plan (.json; plan.png is written beside "
+                                                                    "it).")],
     pretrained: PretrainedOpt = None,
     weights: WeightsOpt = None,
     random_weights: RandomWeightsOpt = False,
     classes: Annotated[Optional[str], typer.Option(
-        "--classes", help="Comma-separated class names (default: the dataset's defaults, else the cache's).")] = None,
+        "--classes", metavar="NAMES", help="Comma-separated class names for the prompts (default: the dataset's "
+                                           "defaults, else the cache's).")] = None,
     templates: Annotated[Optional[Path], typer.Option(
-        "--templates", help="Template file (.txt one per line with {}, or YAML/JSON list); averaged.")] = None,
+        "--templates", metavar="FILE", help="Template file (.txt one per line with {}, or YAML/JSON list); "
+                                            "averaged.")] = None,
     attribute_prompts: Annotated[Optional[str], typer.Option(
-        "--attribute-prompts", help="Predict groups zero-shot from attribute prompts: "
-                                    "FILE.yaml or 'defaults'.")] = None,
+        "--attribute-prompts", metavar="FILE|defaults", help="Predict groups zero-shot from attribute prompts: a "
+                                                             "YAML file, or 'defaults' (the dataset's).")] = None,
     minority_groups: Annotated[Optional[str], typer.Option(
-        "--minority-groups", help="Comma-separated minority group ids "
-                                  "(default: derived, see --minority-from).")] = None,
-    minority_from: Annotated[str, typer.Option(
-        "--minority-from", help="counts: per class all but the most frequent group (needs an imbalanced split); "
-                                "predictions: all but the group with the best zero-shot accuracy.")] = "counts",
+        "--minority-groups", metavar="IDS", help="Comma-separated minority group ids (default: derived, see "
+                                                 "--minority-from).")] = None,
+    minority_from: Annotated[MinoritySource, choice_option(
+        MinoritySource, "--minority-from", "counts: per class all but the most frequent group (needs an imbalanced "
+                                           "split); predictions: all but the group with the best zero-shot "
+                                           "accuracy.")] = MinoritySource.COUNTS,
     max_spurious: Annotated[Optional[int], typer.Option(
-        "--max-spurious", min=0, help="Keep at most N spurious heads.")] = None,
+        "--max-spurious", metavar="N", min=0, help="Keep at most N spurious heads.")] = None,
     max_salient: Annotated[Optional[int], typer.Option(
-        "--max-salient", min=0, help="Keep at most N salient heads.")] = None,
+        "--max-salient", metavar="N", min=0, help="Keep at most N salient heads.")] = None,
     force: ForceOpt = False,
-    protocol: ProtocolOpt = "default",
+    protocol: ProtocolOpt = Protocol.DEFAULT,
     from_pairs: Annotated[bool, typer.Option(
         "--from-pairs", help="Heads whose margin changes most within counterfactual pairs (the cache needs pair ids): "
                              "LTC's rule with pairs for wrong images, n_P > 1/K; mean |d(x) - d(x')| reported. No "
@@ -126,4 +132,4 @@ def _save_and_say_pairs(plan, cache: Path, out: Path, force: bool) -> None:  # n
 
 
 def register(app: typer.Typer) -> None:
-    app.command("locate")(locate)
+    app.command("locate", short_help="Spurious and salient heads of a cache (LTC scoring): plan.json.")(locate)

@@ -1,4 +1,16 @@
-"""CLI options shared by every command that loads a CLIP model or reads a dataset (one definition each)."""
+"""CLI options shared by several commands: ONE definition each, so an option means the same in every command
+(README: "Shared options").
+
+Conventions every command follows (new options too):
+
+- a metavar that says what goes there: ``FILE``, ``DIR``, ``N``, ``FRACTION``, ``MS``, ``NAME``, ``NAMES`` (a comma
+  list) ...; flags have none;
+- a closed set of values is a ``runtime.choices.Choice`` defined in the library module that validates it, and the
+  option's type is that class (``choice_option``): Typer lists the values in ``--help`` and refuses others;
+- ``--json FILE`` writes a JSON report to FILE (never a flag that prints JSON), replacing only a file of the same
+  kind that clip-debias wrote, or any file with ``--force``;
+- ``--split`` has no default: a command that reads images of a dataset split is told which one.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +20,30 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from clip_debias.runtime.choices import Choice, DatasetFormat, FairFaceColumn, Split
+from clip_debias.toolchain.choices import ComputeDtype, Convention, Protocol
 from clip_debias.toolchain.decompose.layers import LAYERS_HELP
 
 
+def choice_option(kind: type[Choice], name: str, help: str, **kwargs: Any) -> Any:
+    """A ``typer.Option`` for a closed set: the metavar lists the values (``a|b|c``)."""
+    return typer.Option(name, metavar=kind.metavar(), help=help, **kwargs)
+
+
 def check_device(device: str) -> str:
-    """``--device`` value -> itself if torch can use it (cpu, cuda, cuda:N), else one clear error line. torch is
-    imported only for a cuda device, so the default costs nothing on the torch-free base install."""
+    """``--device`` value -> itself if torch can use it (cpu, cuda, cuda:N; auto = cuda when torch sees one, else
+    cpu), else one clear error line. torch is imported only for cuda or auto, so the default costs nothing on the
+    torch-free base install."""
     from clip_debias.toolchain.errors import ClipDebiasError
 
-    m = re.fullmatch(r"(cpu|cuda)(?::(\d+))?", device.strip())
+    device = device.strip()
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    m = re.fullmatch(r"(cpu|cuda)(?::(\d+))?", device)
     if m is None or (m.group(1) == "cpu" and m.group(2) is not None):
-        raise ClipDebiasError(f"--device {device}: expected cpu, cuda or cuda:N")
+        raise ClipDebiasError(f"--device {device}: expected cpu, cuda, cuda:N or auto")
     if m.group(1) == "cuda":
         import torch
 
@@ -27,62 +52,121 @@ def check_device(device: str) -> str:
         count = torch.cuda.device_count()
         if m.group(2) is not None and int(m.group(2)) >= count:
             raise ClipDebiasError(f"--device {device}: torch sees {count} CUDA device(s) (cuda:0 .. cuda:{count - 1})")
-    return device.strip()
+    return device
 
 
+# ---- the model ------------------------------------------------------------------------------------------------------
 ModelOpt = Annotated[str, typer.Option(
-    "--model", help="open_clip model name, e.g. ViT-B-16, or clipdebias-lab (loads its shipped weights).")]
+    "--model", metavar="NAME", help="open_clip model name, e.g. ViT-B-16, or clipdebias-lab (loads its shipped "
+                                    "weights).")]
 PretrainedOpt = Annotated[Optional[str], typer.Option(
-    "--pretrained", help="open_clip pretrained tag, downloaded by open_clip (e.g. laion2b_s34b_b88k), or 'shipped': "
-                         "the weights clip-debias ships for --model (the default for clipdebias-lab).")]
+    "--pretrained", metavar="TAG", help="open_clip pretrained tag, downloaded by open_clip (e.g. laion2b_s34b_b88k), "
+                                        "or 'shipped': the weights clip-debias ships for --model (the default for "
+                                        "clipdebias-lab).")]
 WeightsOpt = Annotated[Optional[Path], typer.Option(
-    "--weights", help="Local OpenAI / open_clip checkpoint (.pt, .bin, .safetensors); a .pt/.bin is converted once "
-                      "into the weights cache (README: Weights cache).")]
+    "--weights", metavar="FILE", help="Local OpenAI / open_clip checkpoint (.pt, .bin, .safetensors); a .pt/.bin is "
+                                      "converted once into the weights cache (README: Weights cache).")]
 RandomWeightsOpt = Annotated[bool, typer.Option(
     "--random-weights", help="Use random weights (tests, timing): the results mean nothing.")]
-DeviceOpt = Annotated[str, typer.Option("--device", callback=check_device,
-                                        help="torch device: cpu, cuda or cuda:N.")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="compute dtype: fp32 | fp16 | bf16 (terms are stored fp32).")]
-DatasetOpt = Annotated[str, typer.Option("--dataset", help="waterbirds | celeba | fairface | csv")]
-DataOpt = Annotated[Path, typer.Option("--data", help="Dataset root folder (csv: the CSV file).")]
-SplitOpt = Annotated[str, typer.Option("--split", help="train | val | test")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")]
-ForceOpt = Annotated[bool, typer.Option(
-    "--force", help="Replace an existing output file even when it is not one clip-debias wrote.")]
+DeviceOpt = Annotated[str, typer.Option(
+    "--device", metavar="DEVICE", callback=check_device,
+    help="torch device: cpu, cuda, cuda:N, or auto (cuda when torch sees one, else cpu).")]
+DtypeOpt = Annotated[ComputeDtype, choice_option(
+    ComputeDtype, "--dtype", "Compute dtype of the model (decompose stores the head terms as --terms-dtype says).")]
+
+
+# ---- the dataset ----------------------------------------------------------------------------------------------------
+DATASET_HELP = "Dataset format (README: Datasets)."
+DatasetOpt = Annotated[DatasetFormat, choice_option(DatasetFormat, "--dataset", DATASET_HELP)]
+OptionalDatasetOpt = Annotated[Optional[DatasetFormat], choice_option(DatasetFormat, "--dataset", DATASET_HELP)]
+DATA_HELP = "Dataset root folder (csv: the CSV file, or a folder holding data.csv)."
+DataOpt = Annotated[Path, typer.Option("--data", metavar="PATH", help=DATA_HELP)]
+OptionalDataOpt = Annotated[Optional[Path], typer.Option("--data", metavar="PATH", help=DATA_HELP)]
+SPLIT_HELP = ("Dataset split to read. No default: a command that reads images of a dataset is always told which split "
+              "(evaluate and discover: with a dataset input).")
+SplitOpt = Annotated[Split, choice_option(Split, "--split", SPLIT_HELP)]
+OptionalSplitOpt = Annotated[Optional[Split], choice_option(Split, "--split", SPLIT_HELP)]
+CsvClassesOpt = Annotated[Optional[str], typer.Option(
+    "--classes", metavar="NAMES", help="csv datasets: comma-separated class names.")]
+BATCH_HELP = "Images per batch."
+BatchOpt = Annotated[int, typer.Option("--batch-size", metavar="N", min=1, help=BATCH_HELP)]
+SkipBadOpt = Annotated[bool, typer.Option(
+    "--skip-bad", help="Leave out unreadable images instead of stopping, up to --max-skipped (listed: decompose in "
+                       "OUT.skipped.txt, verify in its JSON report).")]
 MaxSkippedOpt = Annotated[Optional[str], typer.Option(
-    "--max-skipped", help="With --skip-bad: the most unreadable images before the command stops: a count (5), a "
-                          "fraction (0.02) or a percentage (2%); default 1%.")]
+    "--max-skipped", metavar="LIMIT", help="With --skip-bad: the most unreadable images before the command stops "
+                                           "(verify: FAILS): a count (5), a fraction (0.02) or a percentage (2%); "
+                                           "default 1%.")]
 MaxPixelsOpt = Annotated[int, typer.Option(
-    "--max-pixels", min=1, help="Refuse image files of more pixels than this, before decoding them.")]
+    "--max-pixels", metavar="N", min=1, help="Refuse image files of more pixels than this, before decoding them.")]
 AllowOutsideRootOpt = Annotated[bool, typer.Option(
     "--allow-outside-root", help="Read image paths that leave the data folder (absolute, or with '..').")]
-LayersOpt = Annotated[Optional[str], typer.Option("--layers", help=f"Layers: {LAYERS_HELP}.")]
-ProtocolOpt = Annotated[str, typer.Option(
-    "--protocol", help="default (deployable: calibration split, never test) | reference (the published LTC pipeline: "
-                       "locate on train, ablation means from the evaluated split itself; transductive).")]
-ConventionOpt = Annotated[str, typer.Option(
-    "--convention", help="How ln_post's centring and the biases are shared among head terms: textspan (TextSpan's, "
-                         "each of the 2L+1 residual terms an equal share) | centred (each head term centred on its own "
-                         "mean, biases in rest).")]
 
-TargetOpt = Annotated[Optional[str], typer.Option(
-    "--target", help="fairface: the class column, age | race | gender.")]
+
+def need_split(split: Split | None, data: Path | None) -> Split | None:
+    """``--split`` when ``--data`` is given (one line when it is missing)."""
+    from clip_debias.toolchain.errors import ClipDebiasError
+
+    if data is not None and split is None:
+        raise ClipDebiasError(f"--data {data}: name the split to read with --split {Split.metavar()} (no default)")
+    return split
+
+
+# ---- outputs --------------------------------------------------------------------------------------------------------
+ForceOpt = Annotated[bool, typer.Option(
+    "--force", help="Replace an existing output file even when it is not one clip-debias wrote.")]
+JsonOpt = Annotated[Optional[Path], typer.Option(
+    "--json", metavar="FILE", help="Also write the results as JSON to FILE (replaces only a report of the same kind "
+                                   "clip-debias wrote, unless --force).")]
+
+
+# ---- decomposition and protocol -------------------------------------------------------------------------------------
+LayersOpt = Annotated[Optional[str], typer.Option("--layers", metavar="LAYERS", help=f"Layers: {LAYERS_HELP}.")]
+ProtocolOpt = Annotated[Protocol, choice_option(
+    Protocol, "--protocol", "default (deployable: calibration split, never test) | reference (the published LTC "
+                            "pipeline: locate on train, ablation means from the evaluated split itself; "
+                            "transductive).")]
+ConventionOpt = Annotated[Convention, choice_option(
+    Convention, "--convention", "How ln_post's centring and the biases are shared among head terms: textspan "
+                                "(TextSpan's, each of the 2L+1 residual terms an equal share) | centred (each head "
+                                "term centred on its own mean, biases in rest).")]
+
+
+def check_json_target(path: Path | None, kind: str, force: bool) -> None:
+    """``--json FILE``: an existing folder's path for a file that clip-debias may write (``kind``: a file kind of
+    ``runtime.ownership``), checked before any work."""
+    if path is None:
+        return
+    from clip_debias.runtime.atomic_output import check_file_target
+    from clip_debias.runtime.errors import ClipDebiasError
+
+    if path.is_dir():
+        raise ClipDebiasError(f"--json {path}: is a folder; expected a file path such as {path / 'report.json'}")
+    if not path.parent.is_dir():
+        raise ClipDebiasError(f"--json {path}: {path.parent} is not an existing folder")
+    check_file_target(path, kind, force)
+
+
+# ---- bias metrics (runtime.metrics) ---------------------------------------------------------------------------------
+TargetOpt = Annotated[Optional[FairFaceColumn], choice_option(
+    FairFaceColumn, "--target", "fairface: the column that is the class.")]
 ProtectedOpt = Annotated[Optional[str], typer.Option(
-    "--protected", help="The attribute skew, EO/DP gaps and counterfactual pairs are about (fairface: gender | race | "
-                        "age; a csv: an attribute column; default the dataset's first attribute).")]
+    "--protected", metavar="ATTRIBUTE", help="The attribute skew, EO/DP gaps and counterfactual pairs are about "
+                                             "(fairface: gender | race | age; a csv: an attribute column; default the "
+                                             "dataset's first attribute).")]
 ShortcutAttributesOpt = Annotated[Optional[str], typer.Option(
-    "--shortcut-attributes", help="Whac-A-Mole gaps: the two spurious attributes BACKGROUND,OBJECT (default: the "
-                                  "dataset's, when it has exactly two, e.g. lab data's place,object).")]
+    "--shortcut-attributes", metavar="BACKGROUND,OBJECT", help="Whac-A-Mole gaps: the two spurious attributes "
+                                                               "(default: the dataset's, when it has exactly two, "
+                                                               "e.g. lab data's place,object).")]
 TrainCorrelationOpt = Annotated[Optional[float], typer.Option(
-    "--train-correlation", help="Whac-A-Mole p_agree: how often each shortcut agreed with the class in train "
-                                "(default: lab data's lab.json, else 0.95 as UrbanCars).")]
+    "--train-correlation", metavar="FRACTION",
+    help="Whac-A-Mole p_agree: how often each shortcut agreed with the class in train (default: lab data's lab.json, "
+         "else 0.95 as UrbanCars).")]
 SkewKOpt = Annotated[str, typer.Option(
-    "--skew-k", help="Comma-separated k of MaxSkew@k (capped by the number of images).")]
+    "--skew-k", metavar="K,K,...", help="Comma-separated k of MaxSkew@k (capped by the number of images).")]
 MaxGapOpt = Annotated[Optional[list[str]], typer.Option(
-    "--max-gap", help="NAME=VALUE, repeatable: the largest |gap| allowed, NAME bg | coobj | bg+coobj (Whac-A-Mole; "
-                      "VALUE a fraction, 0.05 = 5 points).")]
-
-DTYPES = ("fp32", "fp16", "bf16")
+    "--max-gap", metavar="NAME=VALUE", help="Repeatable: the largest |gap| allowed, NAME bg | coobj | bg+coobj "
+                                            "(Whac-A-Mole; VALUE a fraction, 0.05 = 5 points).")]
 
 
 def max_gaps(values: list[str] | None) -> dict[str, float]:
@@ -136,26 +220,19 @@ def reading_options(skip_bad: bool, max_skipped: str | None, max_pixels: int) ->
     return {"max_skipped": limit, "max_pixels": max_pixels}
 
 
-def torch_dtype(name: str) -> Any:
-    """'fp32' | 'fp16' | 'bf16' -> torch dtype, or one clear error line."""
-    import torch
-
-    from clip_debias.toolchain.errors import ClipDebiasError
-
-    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if name not in table:
-        raise ClipDebiasError(f"--dtype {name}: expected one of {', '.join(DTYPES)}")
-    return table[name]
-
-
 def load_model(model: str, pretrained: str | None, weights: Path | None, device: str = "cpu", dtype: str = "fp32",
                *, random_weights: bool = False) -> Any:
-    """``toolchain.models.loading.load_clip`` from CLI option values; a random-weight model (``--random-weights``)
-    gets one warning line on stderr."""
+    """``toolchain.models.loading.load_clip`` from CLI option values (it logs what it loads); a random-weight model
+    (``--random-weights``) gets one warning line."""
     from clip_debias.toolchain.models.loading import load_clip
 
     clip = load_clip(model, pretrained=pretrained, weights=weights, device=check_device(device),
-                     dtype=torch_dtype(dtype), random_weights=random_weights)
+                     dtype=ComputeDtype.parse(dtype, "--dtype").torch, random_weights=random_weights)
     if random_weights:
         typer.echo(f"warning: --random-weights: --model {model} has RANDOM weights (results mean nothing)", err=True)
     return clip
+
+
+def say(message: str) -> None:
+    """A line on stderr saying what the command is doing (stdout keeps the results)."""
+    typer.echo(message, err=True)

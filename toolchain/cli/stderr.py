@@ -1,9 +1,11 @@
 """Library log records as plain lines on the stderr of the moment (looked up per record, so a test runner that swaps
-``sys.stderr`` gets them, and a closed earlier stream is never written to)."""
+``sys.stderr`` gets them, and a closed earlier stream is never written to), for the length of one command."""
 
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
+from typing import Iterator
 
 import typer
 
@@ -15,13 +17,22 @@ class StderrLines(logging.Handler):
         typer.echo(self.format(record), err=True)
 
 
-def log_to_stderr(name: str) -> None:
-    """Print the INFO+ records of logger ``name`` on stderr, once (no propagation: a library such as
-    onnxruntime.quantization configures the root logger, which would print each line twice)."""
+@contextmanager
+def logs_on_stderr(name: str) -> Iterator[None]:
+    """Print the INFO+ records of logger ``name`` (and its children) on stderr while the block runs, once each (no
+    propagation: a library such as onnxruntime.quantization configures the root logger, which would print each line
+    twice); the logger's level, propagation and handlers are restored afterwards, so a library caller in the same
+    process (a test, a notebook) sees the logger as it was."""
     logger = logging.getLogger(name)
-    if not any(isinstance(h, StderrLines) for h in logger.handlers):
-        handler = StderrLines()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
+    handler = StderrLines()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate

@@ -23,8 +23,9 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from clip_debias.toolchain.choices import Classifier, PairEmbeddings, Renorm
 from clip_debias.toolchain.correct.classifier import ClassifierSpec, DebiasedClassifier, PreprocessRecord
-from clip_debias.toolchain.correct.edits import RENORMS, corrected_embedding, orthonormal_basis
+from clip_debias.toolchain.correct.edits import corrected_embedding, orthonormal_basis
 from clip_debias.toolchain.correct.heads import HEAD_KINDS
 from clip_debias.toolchain.decompose.cache import DecompositionCache
 from clip_debias.toolchain.errors import ClipDebiasError
@@ -34,8 +35,7 @@ from clip_debias.toolchain.prompts.files import ContextSpec
 from clip_debias.toolchain.prompts.text import DEFAULT_TEMPLATES
 from clip_debias.toolchain.protocol import TRANSDUCTIVE_NOTE, check_protocol
 
-CLASSIFIERS = tuple(HEAD_KINDS)
-PAIR_EMBEDDINGS = ("unit", "raw")
+PAIR_EMBEDDINGS = PairEmbeddings.values()
 
 
 @dataclass
@@ -63,11 +63,9 @@ class BuildOptions:
         from dataclasses import replace
 
         check_protocol(self.protocol)
-        if self.renorm not in RENORMS:
-            raise ClipDebiasError(f"--renorm {self.renorm!r}: expected one of {', '.join(RENORMS)}")
-        if self.pair_embeddings is not None and self.pair_embeddings not in PAIR_EMBEDDINGS:
-            raise ClipDebiasError(f"--pair-embeddings {self.pair_embeddings!r}: expected one of "
-                                  f"{', '.join(PAIR_EMBEDDINGS)}")
+        Renorm.parse(self.renorm, "--renorm")
+        if self.pair_embeddings is not None:
+            PairEmbeddings.parse(self.pair_embeddings, "--pair-embeddings")
         if self.protocol == "reference":
             if self.renorm != "stepwise":
                 raise ClipDebiasError(f"--renorm {self.renorm}: --protocol reference renormalizes stepwise")
@@ -193,9 +191,7 @@ def make_edits(plan: LocatePlan, calibration: DecompositionCache | None, clip: A
 def make_head(clip: Any, class_names: list[str], templates: list[str], options: BuildOptions) -> nn.Module:
     """The head of kind ``options.classifier`` (``correct.heads.HEAD_KINDS``): zero-shot (T [C, D] from
     ``templates``) or PerceptionCLIP (``options.contexts``)."""
-    if options.classifier not in HEAD_KINDS:
-        raise ClipDebiasError(f"--classifier {options.classifier!r}: expected one of {', '.join(CLASSIFIERS)}")
-    return HEAD_KINDS[options.classifier].make(clip, class_names, templates, options)
+    return HEAD_KINDS[Classifier.parse(options.classifier, "--classifier")].make(clip, class_names, templates, options)
 
 
 def build_classifier(plan: LocatePlan, calibration: DecompositionCache | None, clip: Any,

@@ -27,10 +27,10 @@ from torch import nn
 from clip_debias.runtime.atomic_output import staged_directory
 from clip_debias.runtime.errors import ClipDebiasError
 from clip_debias.runtime.schema import FORMAT, FieldError, describe_value, read_json, stored_as_dict, validate
-from clip_debias.toolchain.correct.edits import LEGACY_RENORMS, Renorm, corrected_embedding
+from clip_debias.toolchain.correct.edits import LEGACY_RENORMS, RENORMS, Renorm, corrected_embedding
 from clip_debias.toolchain.correct.heads import HEAD_KINDS, ZeroShotHead, logit_scale_of
-from clip_debias.toolchain.decompose.conventions import (DEFAULT_CONVENTION, LnStats, Readout, apply_readout,
-                                                         head_readout)
+from clip_debias.toolchain.decompose.conventions import (CONVENTIONS, DEFAULT_CONVENTION, LnStats, Readout,
+                                                         apply_readout, head_readout)
 from clip_debias.toolchain.locate.ltc import HeadIndex, IdentityRecord
 from clip_debias.toolchain.models.tower import ExplicitViT, TowerConfig
 from clip_debias.toolchain.prompts.text import DEFAULT_TEMPLATES, class_text_matrix
@@ -81,9 +81,9 @@ class ClassifierSpec:
     salient: list[HeadIndex] = field(default_factory=list)  # [[layer, head], ...] projected
     basis_rank: Annotated[int, Field(ge=0, description="an integer >= 0")] = 0
     # stepwise | keep | unit-once; "unit" (models built before the rename) computes unit-once
-    renorm: Literal["stepwise", "keep", "unit-once", "unit"] = "stepwise"
+    renorm: Literal[(*RENORMS, *LEGACY_RENORMS)] = "stepwise"
     # the decomposition convention of the edited head terms; models built before the field existed used "centred"
-    convention: Literal["textspan", "centred"] = "centred"
+    convention: Literal[CONVENTIONS] = "centred"
     head: dict[str, Any] = field(default_factory=dict)
     plan: dict[str, Any] = field(default_factory=dict)  # provenance: the LocatePlan summary, calibration split...
     format: int = MODEL_FORMAT

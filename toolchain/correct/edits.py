@@ -17,12 +17,11 @@ All terms live in the normalized embedding space: e = sum_{l,h} c_{l,h} + rest, 
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-Renorm = Literal["stepwise", "keep", "unit-once"]
-RENORMS: tuple[str, ...] = ("stepwise", "keep", "unit-once")
+from clip_debias.toolchain.choices import Renorm
+
+RENORMS = Renorm.values()
 LEGACY_RENORMS = {"unit": "unit-once"}  # config.json of models built before the rename
 _EPS = 1e-12
 

@@ -24,11 +24,12 @@ from pydantic.dataclasses import dataclass
 from torch import nn
 
 from clip_debias.runtime.schema import FORMAT
+from clip_debias.toolchain.choices import ZFrom
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.prompts.files import ContextSpec
 from clip_debias.toolchain.prompts.text import prompt_matrix
 
-Z_FROM = ("joint", "class-free")
+Z_FROM = ZFrom.values()
 
 
 @torch.no_grad()
@@ -109,8 +110,7 @@ class PerceptionHead(nn.Module):
 def perception_head(clip: Any, class_names: list[str], spec: ContextSpec, tau: float = 1.0,
                     z_from: str = "joint") -> PerceptionHead:
     """The head for ``clip``'s text tower; ``z_from`` = joint (sum over y) or class-free (needs ``class_free``)."""
-    if z_from not in Z_FROM:
-        raise ClipDebiasError(f"--z-from {z_from!r}: expected one of {', '.join(Z_FROM)}")
+    ZFrom.parse(z_from, "--z-from")
     if z_from == "class-free" and not spec.class_free:
         raise ClipDebiasError(f"{spec.origin}: --z-from class-free needs 'class_free' in the perception contexts")
     text, text0 = perception_text(clip, class_names, spec)

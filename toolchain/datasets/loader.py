@@ -14,7 +14,6 @@ from typing import Any, Callable, Iterator
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, Dataset
 
 from clip_debias.runtime.atomic_output import write_atomic
@@ -22,6 +21,7 @@ from clip_debias.runtime.datasets import DatasetIndex, ImageRecord
 from clip_debias.runtime.images import ImageError, load_image
 from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SKIPPED, MaxSkipped
 from clip_debias.runtime.ownership import SKIPPED_HEADER
+from clip_debias.runtime.progress import Progress
 from clip_debias.toolchain.errors import ClipDebiasError
 
 
@@ -110,6 +110,7 @@ class BatchIterator(Iterator[Batch]):
     skip_bad: bool = False
     skipped_log: Path | None = None
     progress: bool = True
+    what: str = "read"  # what the pass is for, in its progress lines ("decompose", ...)
     workers: int = 0
     max_skipped: MaxSkipped = DEFAULT_MAX_SKIPPED
     max_pixels: int | None = DEFAULT_MAX_PIXELS
@@ -134,12 +135,8 @@ class BatchIterator(Iterator[Batch]):
             num_workers=self.workers, collate_fn=_collate,
         )
         console = Console(stderr=True)
-        with Progress(
-            TextColumn(f"{self.index.dataset}/{self.index.split}"), BarColumn(), MofNCompleteColumn(),
-            TimeRemainingColumn(), console=console, transient=True,
-            disable=not (self.progress and console.is_terminal),
-        ) as bar:
-            task = bar.add_task("batches", total=len(loader))
+        what = f"{self.what} {self.index.dataset}/{self.index.split}"
+        with Progress(what, len(records), len(loader), enabled=self.progress, console=console) as bar:
             for chunk in loader:
                 for i, reason in chunk.failures:
                     path = str(records[i].path)
@@ -156,7 +153,7 @@ class BatchIterator(Iterator[Batch]):
                 if chunk.images is not None:
                     self.kept.extend(chunk.indices)
                     yield self._batch(chunk)
-                bar.advance(task)
+                bar.advance(len(chunk.indices) + len(chunk.failures))
         self._finish(console)
 
     def _batch(self, chunk: _Chunk) -> Batch:
@@ -205,6 +202,7 @@ def iter_batches(
     max_skipped: MaxSkipped = DEFAULT_MAX_SKIPPED,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     force: bool = False,
+    what: str = "read",
 ) -> BatchIterator:
     """Batches of ``index`` in record order, each image decoded by ``runtime.images.load_image`` (at most
     ``max_pixels`` pixels) and passed through ``preprocess``.
@@ -213,8 +211,10 @@ def iter_batches(
     left out, and at the end the skipped ``path<TAB>reason`` lines go to ``skipped_log`` (when given; replacing only
     a list of ours unless ``force``) and their count to stderr. More skipped images than ``max_skipped`` allows stop
     the run with one line as soon as they are. The returned iterator's ``kept``/``loaded_records()`` align outputs
-    with records."""
+    with records. Progress (``runtime.progress``): a bar on a terminal, else a log line every tenth of the batches,
+    naming ``what`` the pass is for."""
     if batch_size < 1:
         raise ClipDebiasError(f"batch size must be >= 1, got {batch_size}")
     return BatchIterator(index, preprocess, batch_size, skip_bad, Path(skipped_log) if skipped_log else None,
-                         progress, workers, max_skipped, max_pixels, force)
+                         progress=progress, what=what, workers=workers, max_skipped=max_skipped,
+                         max_pixels=max_pixels, force=force)

@@ -38,14 +38,15 @@ from clip_debias.runtime.atomic_output import atomic_file
 from clip_debias.runtime.metric_inputs import MetricSource
 from clip_debias.runtime.metrics import AttributeColumn
 from clip_debias.runtime.schema import FORMAT, validate
-from clip_debias.toolchain.decompose.conventions import DEFAULT_CONVENTION, FORMULAS
+from clip_debias.toolchain.choices import TermsDtype
+from clip_debias.toolchain.decompose.conventions import CONVENTIONS, DEFAULT_CONVENTION, FORMULAS
 from clip_debias.toolchain.decompose.terms import FileSlot, HeadTerms
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.models.loading import ModelIdentity
 
 CACHE_FORMAT = "2"
 CACHE_WHAT = "a decomposition cache written by 'clip-debias decompose'"
-TERMS_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+TERMS_DTYPES = {t.value: t.torch for t in TermsDtype}
 _ST_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.float64: "F64", torch.int64: "I64"}
 _REQUIRED_TENSORS = ("heads", "rest", "labels", "groups")
 
@@ -61,7 +62,7 @@ class CacheHeader:
     split: str
     class_names: list[str]
     group_names: list[str]
-    convention: Literal["textspan", "centred"]
+    convention: Literal[CONVENTIONS]
     tower_layers: Optional[int] = None
     attribute_names: list[str] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)

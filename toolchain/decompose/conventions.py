@@ -24,15 +24,12 @@ Both are one linear form, c = (o @ A + k - mu q) / (sigma z) + r / z, with const
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
-from clip_debias.toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.choices import Convention
 from clip_debias.toolchain.models.tower import ExplicitViT, TowerTrace
-
-Convention = Literal["textspan", "centred"]
-CONVENTIONS: tuple[str, ...] = ("textspan", "centred")
+CONVENTIONS = Convention.values()
 DEFAULT_CONVENTION = "textspan"
 FORMULAS = {
     "textspan": "TextSpan (Gandelsman et al.): heads[n,l,h] = ((g*(a_lh - mu/((2L+1)H)))/sigma + beta/((2L+1)H)) @ P "
@@ -47,9 +44,7 @@ FORMULAS = {
 
 def check_convention(name: str, option: str = "--convention") -> str:
     """``name`` if it is a convention, else one clear line."""
-    if name not in CONVENTIONS:
-        raise ClipDebiasError(f"{option} {name!r}: expected one of {', '.join(CONVENTIONS)}")
-    return name
+    return Convention.parse(name, option)
 
 
 @dataclass

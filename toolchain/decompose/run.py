@@ -64,7 +64,7 @@ def decompose_dataset(
                   train_correlation=source.train_correlation,
                   train_correlation_from=source.train_correlation_from)
     batches = iter_batches(index, preprocess or clip.preprocess, batch_size=batch_size, skip_bad=skip_bad,
-                           skipped_log=skipped_log, progress=progress, force=force, **reading)
+                           skipped_log=skipped_log, progress=progress, force=force, what="decompose", **reading)
     if out is None:
         parts: dict[str, list] = {"heads": [], "rest": [], "emb": [], "labels": [], "groups": [], "attrs": [],
                                   "paths": [], "table": [], "pairs": []}

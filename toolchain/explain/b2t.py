@@ -130,7 +130,7 @@ def embed_index(clip: Any, index: Any, batch_size: int = 32, device: str = "cpu"
 
     dtype = next(clip.model.parameters()).dtype
     emb, labels, paths = [], [], []
-    for batch in iter_batches(index, clip.preprocess, batch_size=batch_size, **reading):
+    for batch in iter_batches(index, clip.preprocess, batch_size=batch_size, what="embed", **reading):
         emb.append(clip.model.encode_image(batch.images.to(device=device, dtype=dtype), normalize=True).float().cpu())
         labels.append(batch.labels)
         paths.extend(batch.paths)

@@ -86,7 +86,7 @@ def span_lines(doc: Descriptions, top: int = 3) -> list[str]:
 
 
 def discover_keywords(source: Path, load_clip: Callable[[], Any], out: Path, *, classes: str | None = None,
-                      dataset: str | None = None, split: str = "val", templates: Path | None = None,
+                      dataset: str | None = None, split: str | None = None, templates: Path | None = None,
                       vocab: Path | None = None, captions_column: str | None = None, top: int = 20,
                       batch_size: int = 32, device: str = "cpu", max_pixels: int | None = DEFAULT_MAX_PIXELS,
                       allow_outside_root: bool = False) -> tuple[list[ClassKeywords], Written]:
@@ -113,7 +113,7 @@ def discover_keywords(source: Path, load_clip: Callable[[], Any], out: Path, *, 
     return results, Written(doc, files)
 
 
-def discover_input(source: Path, dataset: str | None, split: str, captions_column: str | None, clip: Any,
+def discover_input(source: Path, dataset: str | None, split: str | None, captions_column: str | None, clip: Any,
                    batch_size: int, device: str, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                    allow_outside_root: bool = False) -> tuple[ImageSet, dict[str, str] | None]:
     """(ImageSet, captions or None) from a cache file (same backbone as ``clip``) or a dataset split (images of at
@@ -134,6 +134,8 @@ def discover_input(source: Path, dataset: str | None, split: str, captions_colum
                                   "waterbirds|celeba|csv")
     if captions_column and dataset != "csv":
         raise ClipDebiasError(f"--captions-column needs a csv dataset, got --dataset {dataset}")
+    if split is None:
+        raise ClipDebiasError(f"{source}: a dataset input needs --split train|val|test (no default)")
     index = load_index(dataset, source, split, allow_outside_root=allow_outside_root)
     images = embed_index(clip, index, batch_size, device, max_pixels=max_pixels)
     return images, read_captions(source, captions_column) if captions_column else None

@@ -28,15 +28,17 @@ import json
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from clip_debias.runtime.atomic_output import staged_directory
+from clip_debias.toolchain.choices import LabShortcuts
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.lab.draw import (OBJECT_NAMES, SPECIES, STREAMS, Rendered, Scene, coverage_to_uint8,
                                             min_image_fraction, render, render_scene)
-from clip_debias.toolchain.lab.groups import SHORTCUTS, Row, n_groups, split_rows
+from clip_debias.toolchain.lab.groups import Row, n_groups, split_rows
 from clip_debias.toolchain.lab.signature import parse_signature
 
 GENERATOR_VERSION = 2  # 2: co-occurring object, masks, counterfactual pairs, signatures (version 1's data unchanged)
@@ -79,8 +81,7 @@ class LabDataConfig:
 def parse_shortcuts(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
     """``background`` or ``background,object`` (text or a sequence) as a tuple; anything else one line."""
     names = tuple(v.strip() for v in value.split(",")) if isinstance(value, str) else tuple(value)
-    if names not in (SHORTCUTS[:1], SHORTCUTS):
-        raise ClipDebiasError(f"--shortcuts {','.join(names)}: expected background or background,object")
+    LabShortcuts.parse(",".join(names), "--shortcuts")
     return names
 
 
@@ -167,16 +168,13 @@ def _write_chunk(tmp: Path, jobs: list[tuple[LabDataConfig, int, int, Row]]) -> 
                 Image.fromarray(coverage_to_uint8(out.object)).save(tmp / obj, compress_level=1)
 
 
-def make_lab_data(
-    out: str | Path,
+def lab_data_config(
     n_train: int = 4800,
     correlation: float = LabDataConfig.correlation,
     image_size: int = 64,
     seed: int = 0,
     n_val: int = 600,
     n_test: int = 1200,
-    overwrite: bool = False,
-    workers: int | None = None,
     object_scale: tuple[float, float] = (0.15, 0.22),
     class_texture: float = 0.75,
     shortcuts: str | tuple[str, ...] = ("background",),
@@ -184,10 +182,10 @@ def make_lab_data(
     counterfactual: bool = False,
     signature: str | None = None,
     masks: bool | None = None,
-) -> Path:
-    """Generate the lab data set into ``out`` (written to a temporary sibling, renamed at the end); returns ``out``.
-    The bytes depend only on the arguments (each image has its own seed), not on ``workers`` (default: all cores).
-    ``masks`` None: written with two shortcuts or counterfactual pairs, not for today's data (whose bytes it keeps)."""
+) -> LabDataConfig:
+    """The checked config that ``make_lab_data`` draws with these arguments (``masks`` None: written with two
+    shortcuts or counterfactual pairs, not for today's data, whose bytes it keeps; the signature stored as
+    KIND:STRENGTH, or None)."""
     shortcuts = parse_shortcuts(shortcuts)
     if masks is None:
         masks = "object" in shortcuts or counterfactual
@@ -197,7 +195,14 @@ def make_lab_data(
                         counterfactual=counterfactual, signature=signature, masks=masks)
     _check(cfg)
     signed = parse_signature(cfg.signature)
-    cfg = replace(cfg, signature=signed.spec() if signed else None)  # stored as KIND:STRENGTH (or null)
+    return replace(cfg, signature=signed.spec() if signed else None)
+
+
+def make_lab_data(out: str | Path, overwrite: bool = False, workers: int | None = None, **args: Any) -> Path:
+    """Generate the lab data set of ``lab_data_config(**args)`` into ``out`` (written to a temporary sibling,
+    renamed at the end); returns ``out``. The bytes depend only on ``args`` (each image has its own seed), not on
+    ``workers`` (default: all cores)."""
+    cfg = lab_data_config(**args)
     out = Path(out)
     if not overwrite and out.is_dir() and any(out.iterdir()):
         raise ClipDebiasError(f"{out}: already exists and is not empty (pass --overwrite to replace it)")
@@ -213,6 +218,18 @@ def _columns(cfg: LabDataConfig) -> list[str]:
     cols += ["pair"] if cfg.counterfactual else []
     cols += (["fg_mask"] + (["object_mask"] if cfg.two_shortcuts else [])) if cfg.masks else []
     return cols
+
+
+def made_with(out: str | Path, **args: object) -> bool:
+    """``out`` holds lab data that ``make_lab_data(out, **args)`` would write: its ``lab.json`` records the same
+    parameters and generator version (False when it is missing or unreadable)."""
+    want = {"generator": "clip-debias lab", "version": GENERATOR_VERSION,
+            **json.loads(json.dumps(asdict(lab_data_config(**args))))}  # type: ignore[arg-type]
+    try:
+        have = json.loads((Path(out) / LAB_MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(have, dict) and all(have.get(k) == v for k, v in want.items())
 
 
 def _write_data(tmp: Path, cfg: LabDataConfig, workers: int | None) -> None:

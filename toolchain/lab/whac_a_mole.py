@@ -175,12 +175,11 @@ def table_cells(rows: list[Any]) -> list[list[str]]:
 
 def print_table(result: WhacAMole, console: Any) -> None:
     """The table, the findings, and where the numbers come from."""
-    from rich.table import Table
+    from clip_debias.runtime.tables import table
 
     g = result.rows[0].bias.shortcut_gaps
-    t = Table(title=f"Whac-A-Mole on the lab's test split (p_agree {g.p_agree} from {g.p_agree_from})")
-    for col in ("method", *TABLE_COLUMNS, "avg acc"):
-        t.add_column(col, justify="left" if col == "method" else "right")
+    t = table(["method", *TABLE_COLUMNS, "avg acc"], right=set(range(1, len(TABLE_COLUMNS) + 2)),
+              title=f"Whac-A-Mole on the lab's test split (p_agree {g.p_agree} from {g.p_agree_from})")
     for cells in table_cells(result.rows):
         t.add_row(*cells)
     console.print(t)

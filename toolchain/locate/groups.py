@@ -83,7 +83,8 @@ def minority_from_counts(labels: torch.Tensor, groups: torch.Tensor, group_names
         raise ClipDebiasError(f"{where}: every class has a single group ({table}), so there are no minority groups; "
                               "predict groups with --attribute-prompts or name them with --minority-groups")
     if not decisive and known:
-        choice = minority_from_user(known, groups, group_names)
+        choice = minority_from_user(known, groups, group_names, "the dataset's default minority groups (its shipped "
+                                    "defaults, used because the group counts are balanced within classes)", where)
         return MinorityChoice(choice.groups, choice.names, "defaults",
                               f"group counts balanced within classes ({table}); "
                               "the dataset's known train-split minority groups (shipped defaults)")
@@ -112,15 +113,23 @@ def minority_from_predictions(labels: torch.Tensor, groups: torch.Tensor, predic
                           f"per class, all but the group with the best zero-shot accuracy ({table})")
 
 
-def minority_from_user(ids: list[int], groups: torch.Tensor, group_names: list[str]) -> MinorityChoice:
-    """Groups named by the user; each must occur in the split."""
-    present = set(groups.unique().tolist())
-    missing = [g for g in ids if g not in present]
-    if missing or not ids:
-        raise ClipDebiasError(f"--minority-groups: group(s) {missing or ids} not in the split (groups present: "
-                              f"{sorted(present)})")
+def minority_from_user(ids: list[int], groups: torch.Tensor, group_names: list[str],
+                       given_by: str = "--minority-groups", where: str = "the split") -> MinorityChoice:
+    """Groups named explicitly (``given_by`` says by whom, in errors: the option, or the dataset's defaults); each
+    must have images in the split (``where``)."""
+    if not ids:
+        raise ClipDebiasError(f"{given_by}: no group id given")
+    present = sorted(int(g) for g in groups.unique().tolist())
+    missing = sorted({g for g in ids if g not in present})
+    if missing:
+        def named(gs: list[int]) -> str:
+            names = group_names_of(group_names, gs)
+            return ", ".join(f"{g} ({n})" if n != str(g) else str(g) for g, n in zip(gs, names))
+
+        raise ClipDebiasError(f"{where}: {given_by} include group(s) {named(missing)}, which have no image there "
+                              f"(groups with images: {named(present)})")
     ids = sorted(set(ids))
-    return MinorityChoice(ids, group_names_of(group_names, ids), "user", "named with --minority-groups")
+    return MinorityChoice(ids, group_names_of(group_names, ids), "user", f"named by {given_by}")
 
 
 def predict_attributes(embeddings: torch.Tensor, attribute_text: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,9 @@ from pydantic import Field, model_validator
 from pydantic.dataclasses import dataclass
 
 from clip_debias.runtime.schema import FORMAT, FieldError, read_json, stored_as_dict, validate
+from clip_debias.toolchain.choices import MinoritySource
 from clip_debias.toolchain.decompose.cache import DecompositionCache
+from clip_debias.toolchain.decompose.conventions import CONVENTIONS
 from clip_debias.toolchain.decompose.terms import HeadTerms
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.locate.groups import (MinorityChoice, minority_from_counts, minority_from_predictions,
@@ -41,11 +43,11 @@ from clip_debias.toolchain.locate.groups import (MinorityChoice, minority_from_c
 from clip_debias.toolchain.models.loading import ModelIdentity
 from clip_debias.toolchain.prompts.defaults import known_minority_groups
 from clip_debias.toolchain.prompts.text import DEFAULT_TEMPLATES, class_text_matrix, prompt_matrix
-from clip_debias.toolchain.protocol import check_protocol, reference_minority, require_reference_cache
+from clip_debias.toolchain.protocol import PROTOCOLS, check_protocol, reference_minority, require_reference_cache
 
 PLAN_FORMAT = 2
 PLAN_WHAT = "a plan written by 'clip-debias locate'"
-MINORITY_SOURCES = ("counts", "predictions")
+MINORITY_SOURCES = MinoritySource.values()
 
 HeadIndex = Annotated[list[int], Field(min_length=2, max_length=2, description="a [layer, head] pair (two integers)")]
 IdentityRecord = stored_as_dict(ModelIdentity)  # validated as a ModelIdentity, kept as its dict
@@ -91,8 +93,8 @@ class LocatePlan:
     identity: IdentityRecord
     class_names: list[str]
     templates: list[str]
-    convention: Literal["textspan", "centred"]  # the cache's decomposition convention: build and evaluate match it
-    protocol: Literal["default", "reference"]  # toolchain.protocol
+    convention: Literal[CONVENTIONS]  # the cache's decomposition convention: build and evaluate match it
+    protocol: Literal[PROTOCOLS]  # toolchain.protocol
     tower_layers: Optional[int]  # the tower's layer count (None: the cache did not record it)
     attribute_names: list[str] = field(default_factory=list)  # predicted groups: attribute values used
     max_spurious: Optional[int] = None
@@ -288,13 +290,13 @@ def select_heads(n_wrong: torch.Tensor, n_correct: torch.Tensor, layers: list[in
 
 def choose_minority(labels: torch.Tensor, groups: torch.Tensor, group_names: list[str], predictions: torch.Tensor,
                     minority_groups: list[int] | None, minority_from: str, where: str,
-                    known_minority: list[int] | None = None) -> MinorityChoice:
-    """User groups when given, else derived from counts (falling back to ``known_minority`` on balanced counts) or
-    zero-shot accuracy (see ``toolchain.locate.groups``)."""
+                    known_minority: list[int] | None = None,
+                    given_by: str = "--minority-groups") -> MinorityChoice:
+    """``minority_groups`` when given (named by ``given_by``, in errors), else derived from counts (falling back to
+    ``known_minority`` on balanced counts) or zero-shot accuracy (see ``toolchain.locate.groups``)."""
     if minority_groups:
-        return minority_from_user(list(minority_groups), groups, group_names)
-    if minority_from not in MINORITY_SOURCES:
-        raise ClipDebiasError(f"--minority-from {minority_from!r}: expected one of {', '.join(MINORITY_SOURCES)}")
+        return minority_from_user(list(minority_groups), groups, group_names, given_by, where)
+    MinoritySource.parse(minority_from, "--minority-from")
     if minority_from == "predictions":
         return minority_from_predictions(labels, groups, predictions, group_names)
     return minority_from_counts(labels, groups, group_names, where, known=known_minority)
@@ -311,7 +313,10 @@ def locate_terms(cache: DecompositionCache, text: torch.Tensor, *, class_names: 
     ``attribute_text`` [A, D] is given. ``protocol="reference"`` refuses what the published pipeline does not do
     (see ``check_reference_locate``) and takes the dataset's default minority groups."""
     check_protocol(protocol)
+    given_by = "--minority-groups"
     if protocol == "reference":
+        if known_minority:
+            given_by = f"--protocol reference's minority groups (the dataset's defaults, {known_minority})"
         minority_groups = check_reference_locate(cache, attribute_text, minority_groups, minority_from,
                                                  max_spurious, max_salient, known_minority)
     class_names = list(class_names or cache.class_names)
@@ -331,7 +336,7 @@ def locate_terms(cache: DecompositionCache, text: torch.Tensor, *, class_names: 
     margins, predictions = head_margins(cache.heads, embeddings, text, labels)
     where = f"{cache.dataset}/{cache.split} cache ({group_source} groups)"
     choice = choose_minority(labels, groups, group_names, predictions, minority_groups, minority_from, where,
-                             known_minority)
+                             known_minority, given_by)
     if protocol == "reference":
         choice = MinorityChoice(choice.groups, choice.names, "defaults", "the dataset's default minority groups "
                                 "(reference protocol)")

@@ -25,6 +25,7 @@ from clip_debias.toolchain.models.shipped import SHIPPED_TAG, shipped_names, shi
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 _registered = False
+log = logging.getLogger("clip_debias.models")
 
 
 def register_configs() -> None:
@@ -196,6 +197,9 @@ def load_clip(
         raise ClipDebiasError(f"--model {name}: unknown open_clip model name (see open_clip.list_models())")
     path = weights_file(name, pretrained, weights, random_weights)
     tag = pretrained if pretrained and pretrained != SHIPPED_TAG else None
+    source = (f"weights {path}" if weights is not None else f"shipped weights {path.name}" if path is not None
+              else f"open_clip pretrained '{tag}'" if tag else "random weights")
+    log.info("loading %s (%s) on %s", name, source, device)
     ckpt = read_checkpoint(path) if path is not None else None
     model, preprocess = _create(name, tag, skip_init=ckpt is not None)
     identity = ModelIdentity(name=name, pretrained=tag)

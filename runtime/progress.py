@@ -1,0 +1,70 @@
+"""Progress of a pass over a dataset split: a bar on a terminal, and a line every N batches in logs.
+
+On a terminal (stderr is a tty) a transient rich bar shows ``what``, done/total and the time left. Elsewhere (CI logs,
+``2> file``, a pipe) nothing can redraw, so the logger ``clip_debias.progress`` gets one line per ``every`` batches
+and one at the end: ``decompose waterbirds/train: 640/4800 images (13%), batch 10/75, 12.3 s``. ``every`` defaults to
+a tenth of the batches, so a pass logs at most about ten lines whatever its length. The CLI prints that logger's
+records on stderr (``toolchain.cli.stderr``); a library caller attaches its own handler or none.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+log = logging.getLogger("clip_debias.progress")
+
+LOG_LINES = 10  # about this many lines per pass when the bar is off
+
+
+class Progress:
+    """``with Progress("verify waterbirds/test", total_images, n_batches) as p: ... p.advance(n_images)`` once per
+    batch. ``enabled=False`` shows and logs nothing; ``console``: the rich console of the bar (default: stderr)."""
+
+    def __init__(self, what: str, total: int, batches: int, *, unit: str = "images", enabled: bool = True,
+                 console: Any = None, every: int | None = None) -> None:
+        self.what, self.total, self.batches, self.unit, self.enabled = what, total, max(batches, 1), unit, enabled
+        self.every = every or max(1, math.ceil(self.batches / LOG_LINES))
+        self.done = self.batch = 0
+        self._console = console
+        self._bar: Any = None
+        self._task: Any = None
+        self._t0 = time.perf_counter()
+
+    def __enter__(self) -> "Progress":
+        self._t0 = time.perf_counter()
+        if not self.enabled:
+            return self
+        from rich.console import Console
+
+        console = self._console or Console(stderr=True)
+        if console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
+
+            self._bar = Bar(TextColumn(self.what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                            console=console, transient=True)
+            self._bar.__enter__()
+            self._task = self._bar.add_task(self.what, total=self.total)
+        return self
+
+    def advance(self, n: int) -> None:
+        """One batch of ``n`` items done."""
+        self.done += n
+        self.batch += 1
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.advance(self._task, n)
+        elif self.batch % self.every == 0 or self.batch == self.batches:
+            log.info(self.line())
+
+    def line(self) -> str:
+        pct = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
+        return (f"{self.what}: {self.done}/{self.total} {self.unit}{pct}, batch {self.batch}/{self.batches}, "
+                f"{time.perf_counter() - self._t0:.1f} s")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
