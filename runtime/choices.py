@@ -110,3 +110,11 @@ class VerifyEngine(Choice):
 
     LOCAL = "local"
     RAY = "ray"
+
+
+class ServeDevice(Choice):
+    """``serve --device``: the device of every replica (``serving.ray_app.ServeOptions``; no ``auto``: a service
+    runs where it is told)."""
+
+    CPU = "cpu"
+    CUDA = "cuda"

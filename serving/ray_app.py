@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from clip_debias.runtime.choices import ServeDevice
 from clip_debias.runtime.errors import ClipDebiasError
 from clip_debias.serving import http_api
 
@@ -74,8 +75,7 @@ class ServeOptions:
             raise ClipDebiasError(f"--batch-wait-ms {self.batch_wait_ms}: expected 0..10000")
         if self.replicas < 1:
             raise ClipDebiasError(f"--replicas {self.replicas}: expected >= 1")
-        if self.device not in ("cpu", "cuda"):
-            raise ClipDebiasError(f"--device {self.device}: expected cpu or cuda")
+        ServeDevice.parse(self.device, "--device")
 
     @property
     def loopback(self) -> bool:

@@ -102,7 +102,7 @@ def triton_cmd(
         FilePrecision, "--precision", "The artifact's model file to serve (default: the TensorRT engine on gpu, else "
                                       "fp32, else fp16, else int8). int8 is never batched across requests.")] = None,
     max_queue_delay_us: Annotated[int, typer.Option(
-        "--max-queue-delay-us", "--max-queue-delay", metavar="US", min=0,
+        "--max-queue-delay-us", metavar="US", min=0,
         help="Dynamic batcher: microseconds a request may wait for others to join its batch.")] = 100,
     server_cores: Annotated[Optional[int], typer.Option(
         "--server-cores", metavar="N", min=1, help="CPU cores of the machine Triton runs on: CPU instances get "

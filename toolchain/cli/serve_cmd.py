@@ -7,27 +7,38 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from clip_debias.runtime.choices import FilePrecision, ServeDevice
 from clip_debias.runtime.errors import ClipDebiasError
+from clip_debias.toolchain.cli.options import choice_option
 
 
 def serve_cmd(
-    artifact: Annotated[Path, typer.Argument(help="Artifact directory (manifest.json + model files).")],
+    artifact: Annotated[Path, typer.Argument(metavar="ARTIFACT", help="Artifact directory (manifest.json + model "
+                                                                      "files), written by 'clip-debias export "
+                                                                      "onnx'.")],
     host: Annotated[str, typer.Option(
-        "--host", help="IP address the HTTP server binds (default 127.0.0.1: this machine only; any other address "
-                       "makes it reachable from that network).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="HTTP port.")] = 8000,
+        "--host", metavar="ADDRESS", help="IP address the HTTP server binds (default 127.0.0.1: this machine only; "
+                                          "any other address makes it reachable from that network).")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", metavar="PORT", min=1, max=65535, help="HTTP port.")] = 8000,
     max_batch_size: Annotated[int, typer.Option(
-        "--max-batch-size", help="Images per model call at most (Ray Serve's @serve.batch).")] = 16,
+        "--max-batch-size", metavar="N", min=1, help="Images per model call at most (Ray Serve's "
+                                                     "@serve.batch).")] = 16,
     batch_wait_ms: Annotated[float, typer.Option(
-        "--batch-wait-ms", help="How long a model call waits for more images to join its batch.")] = 5.0,
+        "--batch-wait-ms", metavar="MS", min=0, max=10_000, help="How long a model call waits for more images to "
+                                                                 "join its batch.")] = 5.0,
     replicas: Annotated[int, typer.Option(
-        "--replicas", help="Copies of the model (each gets cores // replicas ONNX Runtime threads).")] = 1,
-    device: Annotated[str, typer.Option("--device", help="cpu | cuda.")] = "cpu",
-    precision: Annotated[str, typer.Option("--precision", help="fp32 | fp16 | int8 (int8: CPU only).")] = "fp32",
+        "--replicas", metavar="N", min=1, help="Copies of the model (each gets cores // replicas ONNX Runtime "
+                                               "threads).")] = 1,
+    device: Annotated[ServeDevice, choice_option(ServeDevice, "--device", "Runtime device of every replica.")]
+    = ServeDevice.CPU,
+    precision: Annotated[FilePrecision, choice_option(
+        FilePrecision, "--precision", "The artifact's model file to serve (int8: CPU only).")] = FilePrecision.FP32,
     metrics_port: Annotated[int, typer.Option(
-        "--metrics-port", help="Port of Ray's Prometheus endpoint (/metrics) on this machine.")] = 8080,
+        "--metrics-port", metavar="PORT", min=1, max=65535, help="Port of Ray's Prometheus endpoint (/metrics) on "
+                                                                 "this machine.")] = 8080,
     num_cpus: Annotated[Optional[int], typer.Option(
-        "--num-cpus", min=1, help="CPUs the local Ray may use (default: all).")] = None,
+        "--num-cpus", metavar="N", min=1, help="CPUs the local Ray may use (default: all).")] = None,
 ) -> None:
     """Serve ARTIFACT over HTTP with dynamic batching: POST /classify (an image file, or JSON {"images": a list of
     base64 image files}) -> labels, probabilities, artifact digest; GET /healthz; Prometheus metrics. Ctrl-C stops.
@@ -55,4 +66,5 @@ def serve_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("serve")(serve_cmd)
+    app.command("serve", short_help="Serve an artifact over HTTP (Ray Serve, dynamic batching, Prometheus "
+                                    "metrics).")(serve_cmd)
