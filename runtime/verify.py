@@ -343,7 +343,8 @@ class Predictions:
 
 class Engine(Protocol):
     """Runs an artifact over a split for ``verify``: the artifact's description, its precision gate, and the
-    predictions (an unreadable image without ``skip_bad`` and non-finite outputs are one-line ``InputError``s)."""
+    predictions (an unreadable image without ``skip_bad`` and non-finite outputs are one-line ``InputError``s;
+    ``what``, e.g. ``waterbirds/test``, names the pass in progress lines)."""
 
     root: Path
     class_names: list[str]
@@ -354,7 +355,7 @@ class Engine(Protocol):
 
     def precision_gate(self) -> GateResult | None: ...
 
-    def predict(self, records: list[Any], batch_size: int, skip_bad: bool, split: str) -> Predictions: ...
+    def predict(self, records: list[Any], batch_size: int, skip_bad: bool, what: str) -> Predictions: ...
 
 
 class LocalEngine:
@@ -373,7 +374,7 @@ class LocalEngine:
     def precision_gate(self) -> GateResult | None:
         return gate_against_fp32(self.clf) if self.clf.backend.precision in GATED_AT_VERIFY else None
 
-    def predict(self, records: list[Any], batch_size: int, skip_bad: bool, split: str) -> Predictions:
+    def predict(self, records: list[Any], batch_size: int, skip_bad: bool, what: str) -> Predictions:
         clf, warmup, workers = self.clf, self.warmup, self.workers
         out = np.zeros((len(records), len(self.class_names)), dtype=np.float32)
         kept = np.ones(len(records), dtype=bool)  # False: unreadable and left out (skip_bad)
@@ -393,7 +394,7 @@ class LocalEngine:
         t_start = time.perf_counter()
         batches = [records[i : i + batch_size] for i in range(0, len(records), batch_size)]
 
-        bar = Progress(f"verify {split}", len(records), len(batches), enabled=self.progress, console=self.console)
+        bar = Progress(f"verify {what}", len(records), len(batches), enabled=self.progress, console=self.console)
         with ThreadPoolExecutor(max_workers=workers) as pool, bar:
             done = 0
             for chunk in batches:
@@ -609,7 +610,7 @@ def verify(
     b = engine.info()
     log.info("verify %s: %d images of %s/%s on %s %s %s (%s), batches of %d", engine.root, len(job.index.records),
              dataset, split, b.get("backend"), b.get("device"), b.get("precision"), b.get("file"), batch_size)
-    run = engine.predict(job.index.records, batch_size, skip_bad, split)
+    run = engine.predict(job.index.records, batch_size, skip_bad, f"{dataset}/{split}")
     return aggregate(job, run, engine.info(), digest=engine.digest, gate=gate)
 
 

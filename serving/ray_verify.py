@@ -213,7 +213,7 @@ class RayEngine:
     def precision_gate(self) -> GateResult | None:
         return self._gate
 
-    def predict(self, records: list[Any], batch_size: int, skip_bad: bool, split: str) -> Predictions:
+    def predict(self, records: list[Any], batch_size: int, skip_bad: bool, what: str) -> Predictions:
         ray = self.ray
         t0 = time.perf_counter()
         threads = max(1, int(self.cpus_per_actor)) if self.device == "cpu" else None

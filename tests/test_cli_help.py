@@ -65,6 +65,25 @@ def test_help_through_cli_runner() -> None:
     res = CliRunner().invoke(app, ["verify", "--help"])
     assert res.exit_code == 0 and "--min-worst-group FRACTION" in res.output and "<" not in res.output
 
+
+# commands and options the tests above must reach (the walk finds every command; this says it found these)
+COVERED = {
+    ("serve",): ("--host", "--port", "--device", "--precision", "--max-batch-size", "--metrics-port"),
+    ("verify",): ("--engine", "--address", "--ray-actors", "--latency-batches", "--json", "--split"),
+    ("lab", "make-data"): ("--shortcuts", "--counterfactual", "--signature", "--co-object-scale", "--masks"),
+    ("lab", "train"): ("--p-object", "--model"),
+    ("lab", "report"): ("--splits", "--model"),
+    ("export", "triton"): ("--backend", "--precision", "--kind", "--max-queue-delay-us", "--server-cores"),
+}
+
+
+def test_the_walk_reaches_every_command_and_its_new_options() -> None:
+    found = {p: {n for o in _options(c) for n in (*o.opts, *o.secondary_opts)} for p, c in LEAVES}
+    for path, names in COVERED.items():
+        assert path in found, path
+        assert set(names) <= found[path], (path, set(names) - found[path])
+
+
 def test_commands_and_groups_use_the_help_classes() -> None:
     for path, cmd in COMMANDS:
         assert isinstance(cmd, HelpGroup if hasattr(cmd, "commands") else HelpCommand), path
@@ -138,6 +157,10 @@ def test_library_sets_are_the_cli_sets() -> None:
 
     assert BackendName.values() == ("auto", *BACKEND_MODULES)
     assert Classifier.values() == tuple(HEAD_KINDS)
+    from clip_debias.toolchain.choices import LabShortcuts
+    from clip_debias.toolchain.lab.groups import SHORTCUTS
+
+    assert LabShortcuts.values() == (",".join(SHORTCUTS[:1]), ",".join(SHORTCUTS))
     assert Split.parse("val", "--split") == "val" and f"{Split.VAL}" == "val"
     with pytest.raises(Exception, match=r"--split 'dev': expected one of train, val, test"):
         Split.parse("dev", "--split")

@@ -118,15 +118,17 @@ def test_cli_make_data(tmp_path: Path) -> None:
 
 
 def _one_error_line(args: list[str], *needles: str) -> None:
-    """The CLI run fails with exit code 2 and a single 'error: ...' line containing ``needles`` (no traceback)."""
+    """The CLI run fails with exit code 2 and a single 'error: ...' line containing ``needles`` (no traceback), on
+    stderr after what the command was doing (a 'loading ...' line) and nothing on stdout."""
     from typer.testing import CliRunner
 
     from clip_debias.toolchain.cli.app import app
 
     res = CliRunner().invoke(app, args)
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (args, res.output)
-    assert all(n in lines[0] for n in needles), lines[0]
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    assert res.exit_code == 2 and errors == lines[-1:] and not res.stdout.strip(), (args, res.output)
+    assert "Traceback" not in res.output and all(n in errors[0] for n in needles), errors
 
 
 @pytest.mark.parametrize("option,value", [
@@ -165,7 +167,8 @@ def test_cli_report_defaults_to_the_shipped_weights(small_data: Path) -> None:
     runs = [CliRunner().invoke(app, ["lab", "report", "--data", str(small_data), "--splits", "val", *extra])
             for extra in ([], ["--weights", str(LAB_WEIGHTS)])]
     assert all(r.exit_code == 0 for r in runs), [r.output for r in runs]
-    assert runs[0].output == runs[1].output and runs[0].output.startswith("val   n=   16  avg ")
+    assert runs[0].stdout == runs[1].stdout and runs[0].stdout.startswith("val   n=   16  avg ")
+    assert runs[0].stderr.startswith("loading clipdebias-lab (shipped weights clipdebias-lab.safetensors)")
 
 
 def test_make_data_defaults_are_the_recipe() -> None:

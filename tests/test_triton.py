@@ -263,7 +263,7 @@ def test_rewrite_replaces_model_dir(artifact, tmp_path):
 def test_errors(artifact, plan_artifact, tmp_path):
     with pytest.raises(ClipDebiasError, match="--kind"):
         export_triton(artifact, tmp_path / "r", kind="tpu")
-    with pytest.raises(ClipDebiasError, match="--backend tensorflow: expected one of onnxruntime, python"):
+    with pytest.raises(ClipDebiasError, match="--backend 'tensorflow': expected one of onnxruntime, python"):
         export_triton(artifact, tmp_path / "r", backend="tensorflow")
     with pytest.raises(ClipDebiasError, match=r"no ONNX model of precision fp16 listed \(ONNX models: model.onnx"):
         export_triton(artifact, tmp_path / "r", precision="fp16")

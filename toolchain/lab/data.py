@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from clip_debias.runtime.atomic_output import staged_directory
+from clip_debias.runtime.choices import Split
 from clip_debias.toolchain.choices import LabShortcuts
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.lab.draw import (OBJECT_NAMES, SPECIES, STREAMS, Rendered, Scene, coverage_to_uint8,
@@ -45,7 +46,7 @@ GENERATOR_VERSION = 2  # 2: co-occurring object, masks, counterfactual pairs, si
 LAB_MARKER = "lab.json"  # the generator's parameters, written last (ownership: runtime.ownership's marker)
 CLASS_NAMES = ("landbird", "waterbird")
 PLACE_NAMES = ("land", "water")
-SPLIT_NAMES = ("train", "val", "test")
+SPLIT_NAMES = Split.values()  # metadata.csv's split 0/1/2
 MASK_DIR = "masks"
 SCENE_TAG = 2  # the last entropy word of render_scene's stream seeds [seed, split, bird, stream, SCENE_TAG]
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clip_debias.runtime.choices import Split
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.lab.data import CLASS_NAMES, OBJECT_NAMES, PLACE_NAMES, SPLIT_NAMES, read_metadata
 
@@ -138,8 +139,8 @@ class GroupAccuracy:
 # ---- data -----------------------------------------------------------------------------------------------------------
 def load_split(data: str | Path, split: str | int) -> LabSplit:
     """Decode every image of ``split`` ('train'/'val'/'test' or 0/1/2) of the data dir ``data``."""
-    if split not in SPLIT_NAMES and split not in range(len(SPLIT_NAMES)):
-        raise ClipDebiasError(f"--split {split}: expected one of {', '.join(SPLIT_NAMES)}")
+    if split not in range(len(SPLIT_NAMES)):
+        Split.parse(split, "--split")
     s = SPLIT_NAMES.index(split) if isinstance(split, str) else int(split)
     rows = [r for r in read_metadata(data) if r["split"] == s]
     if not rows:
@@ -396,8 +397,7 @@ def zero_shot_report(
 
     splits = (split,) if isinstance(split, str) else tuple(split)
     for s in splits:
-        if s not in SPLIT_NAMES:
-            raise ClipDebiasError(f"--split {s}: expected one of {', '.join(SPLIT_NAMES)}")
+        Split.parse(s, "--splits")
     loaded = load_clip(model_name, weights=weights)
     out = {}
     for s in splits:
