@@ -69,7 +69,12 @@ def test_help_through_cli_runner() -> None:
 # commands and options the tests above must reach (the walk finds every command; this says it found these)
 COVERED = {
     ("serve",): ("--host", "--port", "--device", "--precision", "--max-batch-size", "--metrics-port"),
-    ("verify",): ("--engine", "--address", "--ray-actors", "--latency-batches", "--json", "--split"),
+    ("verify",): ("--engine", "--address", "--ray-actors", "--latency-batches", "--json", "--split", "--target",
+                  "--protected", "--shortcut-attributes", "--train-correlation", "--skew-k", "--max-gap",
+                  "--max-flip-rate", "--max-skew", "--max-eo-gap", "--max-dp-gap"),
+    ("evaluate",): ("--target", "--protected", "--shortcut-attributes", "--train-correlation", "--skew-k"),
+    ("decompose",): ("--target", "--protected"),
+    ("locate",): ("--from-pairs", "--protocol"),
     ("lab", "make-data"): ("--shortcuts", "--counterfactual", "--signature", "--co-object-scale", "--masks"),
     ("lab", "train"): ("--p-object", "--model"),
     ("lab", "report"): ("--splits", "--model"),
@@ -161,6 +166,10 @@ def test_library_sets_are_the_cli_sets() -> None:
     from clip_debias.toolchain.lab.groups import SHORTCUTS
 
     assert LabShortcuts.values() == (",".join(SHORTCUTS[:1]), ",".join(SHORTCUTS))
+    from clip_debias.runtime.choices import FairFaceColumn
+    from clip_debias.runtime.datasets import FAIRFACE_VALUES
+
+    assert FairFaceColumn.values() == tuple(FAIRFACE_VALUES)
     assert Split.parse("val", "--split") == "val" and f"{Split.VAL}" == "val"
     with pytest.raises(Exception, match=r"--split 'dev': expected one of train, val, test"):
         Split.parse("dev", "--split")

@@ -128,7 +128,7 @@ def test_cli_thresholds_drive_exit_code(setup, tmp_path):
     "extra,msg",
     [
         (["--dataset", "imagenet"], "Invalid value for '--dataset': 'imagenet' is not one of 'waterbirds', 'celeba', "
-                                    "'csv'"),
+                                    "'fairface', 'csv'"),
         (["--min-accuracy", "90"], "fraction"),
         (["--device", "gpu"], "Invalid value for '--device': 'gpu' is not one of 'auto', 'cpu', 'cuda'"),
         (["--split", "dev"], "Invalid value for '--split': 'dev' is not one of 'train', 'val', 'test'"),
@@ -179,8 +179,8 @@ def test_cli_entry_point_subprocess(setup, tmp_path):
     assert "Traceback" not in r.stderr
     r = run(art.path, "--data", data, "--split", "test")  # a usage error from typer itself: one line, no traceback
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
-        "error: clip-debias verify: Missing option '--dataset'. Choose from: waterbirds, celeba, csv (see clip-debias "
-        "verify --help)"], r.stderr
+        "error: clip-debias verify: Missing option '--dataset'. Choose from: waterbirds, celeba, fairface, csv (see "
+        "clip-debias verify --help)"], r.stderr
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -170,8 +170,8 @@ def _cli(args):
 
 def test_cli_bias_gates_drive_exit_code(bias_setup, tmp_path):
     art, data, rows = bias_setup
-    base = [art.path, "--dataset", "csv", "--data", data, "--no-progress", "--protected", "gender",
-            "--shortcut-attributes", "bg,obj", "--train-correlation", "0.9", "--skew-k", "5,10"]
+    base = [art.path, "--dataset", "csv", "--data", data, "--split", "test", "--no-progress", "--protected",
+            "gender", "--shortcut-attributes", "bg,obj", "--train-correlation", "0.9", "--skew-k", "5,10"]
     e = _expected(art, rows, 0.9, (5, 10))
     skew = max(a.max_max_skew for a in e.skew.at_k)
     gap = abs(e.shortcut_gaps.gaps["bg"])
@@ -211,7 +211,7 @@ def test_cli_bias_gates_drive_exit_code(bias_setup, tmp_path):
 ])
 def test_cli_bias_bad_input_one_line(bias_setup, extra, msg):
     art, data, _ = bias_setup
-    r = _cli([art.path, "--dataset", "csv", "--data", data, "--no-progress", *extra])
+    r = _cli([art.path, "--dataset", "csv", "--data", data, "--split", "test", "--no-progress", *extra])
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
     assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], r.output
 
@@ -219,7 +219,8 @@ def test_cli_bias_bad_input_one_line(bias_setup, extra, msg):
 def test_cli_gate_on_data_without_pairs_exit_2(tmp_path):
     art = build_artifact(tmp_path / "a", fp16=False)
     build_waterbirds(tmp_path / "wb")
-    r = _cli([art.path, "--dataset", "waterbirds", "--data", tmp_path / "wb", "--no-progress", "--max-flip-rate", 0.5])
+    r = _cli([art.path, "--dataset", "waterbirds", "--data", tmp_path / "wb", "--split", "test", "--no-progress",
+              "--max-flip-rate", 0.5])
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
     assert r.exit_code == 2 and len(lines) == 1 and "has no counterfactual pairs" in lines[0], r.output
 
