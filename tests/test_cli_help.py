@@ -75,6 +75,7 @@ COVERED = {
     ("evaluate",): ("--target", "--protected", "--shortcut-attributes", "--train-correlation", "--skew-k"),
     ("decompose",): ("--target", "--protected"),
     ("locate",): ("--from-pairs", "--protocol"),
+    ("audit",): ("--out", "--per-source", "--corruptions", "--max-accuracy", "--convention", "--skip-bad"),
     ("lab", "make-data"): ("--shortcuts", "--counterfactual", "--signature", "--co-object-scale", "--masks"),
     ("lab", "train"): ("--p-object", "--model"),
     ("lab", "report"): ("--splits", "--model"),

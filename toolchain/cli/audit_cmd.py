@@ -10,51 +10,53 @@ import typer
 
 from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS
 from clip_debias.toolchain.cli.options import (AllowOutsideRootOpt, BatchOpt, DeviceOpt, LayersOpt, MaxPixelsOpt,
-                                               MaxSkippedOpt, ModelOpt, PretrainedOpt, RandomWeightsOpt, WeightsOpt,
-                                               load_model, reading_options)
+                                               MaxSkippedOpt, ModelOpt, OptionalConventionOpt, PretrainedOpt,
+                                               RandomWeightsOpt, SkipBadOpt, WeightsOpt, load_model, reading_options)
 
 
 def audit(
     sources: Annotated[list[str], typer.Argument(
-        help="Two or more [NAME=]PATH[:SPLIT]: a folder of images, a CSV with a 'path' column, a Waterbirds or "
-             "CelebA folder with :train|:val|:test, or a decomposition cache (.safetensors).", show_default=False)],
+        metavar="SOURCES", help="Two or more [NAME=]PATH[:SPLIT]: a folder of images, a CSV with a 'path' column, a "
+                                  "Waterbirds or CelebA folder with :train|:val|:test, or a decomposition cache "
+                                  "(.safetensors).", show_default=False)],
     model: ModelOpt,
     out: Annotated[Path, typer.Option(
-        "--out", help="Output folder: audit.json, heads.png, accuracy.png; replaced only when it is an audit folder "
-                      "of ours.")],
+        "--out", metavar="DIR", help="Output folder: audit.json, heads.png, accuracy.png; replaced only when it is an "
+                                     "audit folder of ours.")],
     pretrained: PretrainedOpt = None,
     weights: WeightsOpt = None,
     random_weights: RandomWeightsOpt = False,
     per_source: Annotated[Optional[int], typer.Option(
-        "--per-source", help="Images sampled from each source (default: the smallest source's size, at most "
-                             "1000).")] = None,
+        "--per-source", metavar="N", min=1, help="Images sampled from each source (default: the smallest source's "
+                                                 "size, at most 1000).")] = None,
     val_fraction: Annotated[float, typer.Option(
-        "--val-fraction", help="Share of each source's images held out for validation (also the inner split that "
-                               "chooses the regularization).")] = 0.25,
-    seeds: Annotated[int, typer.Option("--seeds", help="Train/validation resplits (seeds --seed, --seed+1, ...).")]
-    = 5,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the sampling, the splits and the corruptions.")] = 0,
+        "--val-fraction", metavar="FRACTION", help="Share of each source's images held out for validation (also the "
+                                                   "inner split that chooses the regularization).")] = 0.25,
+    seeds: Annotated[int, typer.Option(
+        "--seeds", metavar="N", min=1, help="Train/validation resplits (seeds --seed, --seed+1, ...).")] = 5,
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the sampling, the splits and the "
+                                                                  "corruptions.")] = 0,
     control: Annotated[Optional[str], typer.Option(
-        "--control", help="Source divided at random into k pseudo-datasets for the control (default: the first).")]
-    = None,
+        "--control", metavar="NAME", help="Source divided at random into k pseudo-datasets for the control (default: "
+                                          "the first).")] = None,
     corruptions: Annotated[Optional[str], typer.Option(
-        "--corruptions", help="Comma-separated lowresN, blurR, noiseS, jitterS (README: Dataset-bias audit), 'all' "
-                              "(lowres64,lowres32,blur3,blur5,noise0.2,jitter1) or 'none'.")] = None,
+        "--corruptions", metavar="LIST", help="Comma-separated lowresN, blurR, noiseS, jitterS (README: Dataset-bias "
+                                              "audit), 'all' (lowres64, lowres32, blur3, blur5, noise0.2, jitter1) or "
+                                              "'none'.")] = None,
     model_dir: Annotated[Optional[Path], typer.Option(
-        "--model-dir", help="A model built by 'clip-debias build': also audit its corrected embedding.")] = None,
+        "--model-dir", metavar="DIR", help="A model built by 'clip-debias build': also audit its corrected "
+                                           "embedding.")] = None,
     max_accuracy: Annotated[Optional[float], typer.Option(
-        "--max-accuracy", help="Gate, a fraction 0..1: exit 1 when the embedding's (and with --model-dir the "
-                               "corrected embedding's) mean validation accuracy exceeds it.")] = None,
+        "--max-accuracy", metavar="FRACTION", help="Gate, a fraction 0..1: exit 1 when the embedding's (and with "
+                                                   "--model-dir the corrected embedding's) mean validation accuracy "
+                                                   "exceeds it.")] = None,
     layers: LayersOpt = None,
-    convention: Annotated[Optional[str], typer.Option(
-        "--convention", help="Decomposition convention of image sources: textspan | centred (default: the cache "
-                             "sources', else the --model-dir's, else textspan).")] = None,
-    top: Annotated[int, typer.Option("--top", help="Heads listed (and numbered in heads.png).")] = 5,
+    convention: OptionalConventionOpt = None,
+    top: Annotated[int, typer.Option("--top", metavar="N", min=1, help="Heads listed (and numbered in "
+                                                                       "heads.png).")] = 5,
     batch_size: BatchOpt = 32,
     device: DeviceOpt = "cpu",
-    skip_bad: Annotated[bool, typer.Option(
-        "--skip-bad", help="Leave out unreadable images (listed in OUT/N-NAME.skipped.txt); every source is then "
-                           "cut to the smallest number read.")] = False,
+    skip_bad: SkipBadOpt = False,
     max_skipped: MaxSkippedOpt = None,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     allow_outside_root: AllowOutsideRootOpt = False,
@@ -64,7 +66,9 @@ def audit(
 ) -> None:
     """Liu and He's dataset-classification test on the model's own features: a standardized multinomial logistic
     regression tells the sources apart from the image embedding, from each (layer, head) term alone, after low-level
-    corruptions; a pseudo-dataset control (one source in random parts) must stay at chance."""
+    corruptions; a pseudo-dataset control (one source in random parts) must stay at chance. --convention defaults to
+    the cache sources', else the --model-dir's, else textspan; with --skip-bad the unreadable images are listed in
+    OUT/N-NAME.skipped.txt and every source is cut to the smallest number read."""
     from clip_debias.toolchain.audit.corruptions import parse_corruptions
     from clip_debias.toolchain.audit.run import AuditOptions, run_audit
 
@@ -117,4 +121,4 @@ def print_audit(doc, top: int) -> None:  # noqa: ANN001 (files.AuditFile)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("audit")(audit)
+    app.command("audit", short_help="Can the model tell datasets apart, by which heads, from what signatures?")(audit)

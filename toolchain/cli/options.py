@@ -92,7 +92,7 @@ BATCH_HELP = "Images per batch."
 BatchOpt = Annotated[int, typer.Option("--batch-size", metavar="N", min=1, help=BATCH_HELP)]
 SkipBadOpt = Annotated[bool, typer.Option(
     "--skip-bad", help="Leave out unreadable images instead of stopping, up to --max-skipped (listed: decompose in "
-                       "OUT.skipped.txt, verify in its JSON report).")]
+                       "OUT.skipped.txt, verify in its JSON report, audit in OUT/N-NAME.skipped.txt).")]
 MaxSkippedOpt = Annotated[Optional[str], typer.Option(
     "--max-skipped", metavar="LIMIT", help="With --skip-bad: the most unreadable images before the command stops "
                                            "(verify: FAILS): a count (5), a fraction (0.02) or a percentage (2%); "
@@ -126,10 +126,11 @@ ProtocolOpt = Annotated[Protocol, choice_option(
     Protocol, "--protocol", "default (deployable: calibration split, never test) | reference (the published LTC "
                             "pipeline: locate on train, ablation means from the evaluated split itself; "
                             "transductive).")]
-ConventionOpt = Annotated[Convention, choice_option(
-    Convention, "--convention", "How ln_post's centring and the biases are shared among head terms: textspan "
-                                "(TextSpan's, each of the 2L+1 residual terms an equal share) | centred (each head "
-                                "term centred on its own mean, biases in rest).")]
+CONVENTION_HELP = ("How ln_post's centring and the biases are shared among head terms: textspan (TextSpan's, each of "
+                   "the 2L+1 residual terms an equal share) | centred (each head term centred on its own mean, biases "
+                   "in rest).")
+ConventionOpt = Annotated[Convention, choice_option(Convention, "--convention", CONVENTION_HELP)]
+OptionalConventionOpt = Annotated[Optional[Convention], choice_option(Convention, "--convention", CONVENTION_HELP)]
 
 
 def check_json_target(path: Path | None, kind: str, force: bool) -> None:
