@@ -78,7 +78,9 @@ COVERED = {
     ("audit",): ("--out", "--per-source", "--corruptions", "--max-accuracy", "--convention", "--skip-bad"),
     ("lab", "make-data"): ("--shortcuts", "--counterfactual", "--signature", "--co-object-scale", "--masks"),
     ("lab", "train"): ("--p-object", "--model"),
-    ("lab", "report"): ("--splits", "--model"),
+    ("lab", "report"): ("--splits", "--model", "--whac-a-mole", "--json", "--lle-epochs", "--batch-size"),
+    ("build",): ("--classifier", "--data", "--dataset", "--augment", "--lle-copies", "--lle-epochs", "--lle-seed",
+                 "--lle-train-split", "--lle-val-split"),
     ("export", "triton"): ("--backend", "--precision", "--kind", "--max-queue-delay-us", "--server-cores"),
 }
 
