@@ -36,6 +36,7 @@ from clip_debias.runtime.datasets import DatasetIndex, ImageRecord, load_index
 from clip_debias.runtime.images import load_image
 from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS
 from clip_debias.runtime.metrics import accuracy_report
+from clip_debias.runtime.progress import Progress
 from clip_debias.toolchain.correct.augment import (AUGMENT_TYPES, AUTO, AugmentFn, AugmentType, Sample, load_hook,
                                                    mask_gap, run_augment)
 from clip_debias.toolchain.correct.lle import ORIGINAL, LleHead
@@ -236,13 +237,6 @@ class Embedded:
     groups: torch.Tensor
 
 
-def _progress(label: str, enabled: bool) -> Any:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    console = Console(stderr=True)
-    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
-                    transient=True, disable=not (enabled and console.is_terminal))
 
 
 @torch.no_grad()
@@ -259,13 +253,13 @@ def embed_shifted(model: Any, index: DatasetIndex, types: list[AugmentType], cop
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=0)
     dtype, device = model.tower.conv1.weight.dtype, model.tower.conv1.weight.device
     chunks, labels, shifts = [], [], []
-    with _progress(f"LLE: embed {index.dataset}/{index.split} x {1 + len(types) * copies}", progress) as bar:
-        task = bar.add_task("batches", total=len(loader))
+    what = f"LLE: embed {index.dataset}/{index.split} x {1 + len(types) * copies}"
+    with Progress(what, len(data), len(loader), enabled=progress) as bar:
         for images, y, k in loader:
             chunks.append(model.embed(images.to(device=device, dtype=dtype)).float().cpu())
             labels.append(y)
             shifts.append(k)
-            bar.advance(task)
+            bar.advance(len(y))
     groups = torch.tensor([index.records[i].group for i, _, _ in data.items])
     return Embedded(torch.cat(chunks), torch.cat(labels).long(), torch.cat(shifts).long(), groups)
 
@@ -348,8 +342,8 @@ def fit_lle(model: Any, options: Any) -> LleHead:
     best: tuple[Trial, LleHead] | None = None
     trials: list[Trial] = []
     grid = [(lr, wd) for lr in lle.learning_rates for wd in lle.weight_decays]
-    with _progress("LLE: train (lr, wd) x epochs", lle.progress) as bar:
-        task = bar.add_task("epochs", total=len(grid) * lle.epochs)
+    epochs = len(grid) * lle.epochs
+    with Progress("LLE: train (lr, wd) x epochs", epochs, epochs, unit="epochs", enabled=lle.progress) as bar:
         for lr, wd in grid:
             found: dict[str, Any] = {}
 
@@ -357,7 +351,7 @@ def fit_lle(model: Any, options: Any) -> LleHead:
                 score = val_scores(head, val)
                 if "trial" not in found or score > found["trial"].key():
                     found["trial"], found["head"] = Trial(lr, wd, epoch, *score), head
-                bar.advance(task)
+                bar.advance(1)
 
             train_lle(init, train, lr, wd, lle.epochs, lle.batch_size, lle.seed, keep)
             trials.append(found["trial"])
