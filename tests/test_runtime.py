@@ -65,7 +65,8 @@ def _edit_manifest(path: Path, edit) -> None:
 def test_runtime_imports_no_torch(tmp_path):
     r = _python(f"""
         import sys
-        import clip_debias.runtime as runtime, clip_debias.runtime.classifier, clip_debias.runtime.verify, clip_debias.runtime.backends, clip_debias.runtime.preprocess
+        import clip_debias.runtime as runtime, clip_debias.runtime.classifier, clip_debias.runtime.verify
+        import clip_debias.runtime.backends, clip_debias.runtime.preprocess
         import clip_debias.toolchain.cli.verify_cmd
         from runtime_fixtures import build_artifact
         a = build_artifact({str(tmp_path / 'a')!r})

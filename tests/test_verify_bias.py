@@ -159,7 +159,7 @@ def test_gates_on_missing_data_refused_before_running(bias_setup, tmp_path):
         verify(art.path, "csv", data, progress=False, metric_options=MetricOptions(("bg", "place")))
 
 
-# ---- CLI --------------------------------------------------------------------------------------------------------------
+# ---- CLI -------------------------------------------------------------------------------------------------------------
 
 
 def _cli(args):
@@ -179,7 +179,8 @@ def test_cli_bias_gates_drive_exit_code(bias_setup, tmp_path):
                "--max-dp-gap", 1.0, "--max-gap", f"bg={math.ceil(gap * 1e4) / 1e4}", "--max-gap", "bg+coobj=1",
                "--json", tmp_path / "ok.json"])
     assert ok.exit_code == 0, ok.output
-    for title in ("Whac-A-Mole shortcut gaps", "counterfactual pairs", "MaxSkew@5", "equal opportunity", "flip rate <="):
+    titles = ("Whac-A-Mole shortcut gaps", "counterfactual pairs", "MaxSkew@5", "equal opportunity", "flip rate <=")
+    for title in titles:
         assert title in ok.output
     report = json.loads((tmp_path / "ok.json").read_text())
     assert set(report["thresholds"]) >= {"max_flip_rate", "max_skew", "max_eo_gap", "max_dp_gap", "max_gap_bg",
