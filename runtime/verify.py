@@ -641,6 +641,10 @@ def time_calls(run: Predictions, at_least: int) -> Timing:
     size = max(run.call_images)
     ms = [t for images, t in zip(run.call_images, run.latencies_ms) if images == size]
     extra = max(0, at_least - len(ms)) if run.time_again is not None else 0
+    if extra:
+        mean_s = float(np.mean(ms)) / 1e3 if ms else 0.0
+        log.info("latency: timing %d more calls on a batch of %d images (at least %d timed calls for p95; about %.0f s;"
+                 " --latency-batches 0 keeps the split's own %d)", extra, size, at_least, extra * mean_s, len(ms))
     ms += [run.time_again() for _ in range(extra)]
     return Timing(np.asarray(ms), size, extra)
 
