@@ -149,33 +149,37 @@ def artifact(tiny_clip, tmp_path_factory) -> Path:
                        ort_optimize=False)
 
 
-@pytest.fixture
-def plan_artifact(artifact, tmp_path) -> Path:
-    """A copy of ``artifact`` with a (fake) TensorRT engine listed, as ``export tensorrt`` would leave it."""
-    art = tmp_path / "plan_art"
+def _copy_fp32(artifact: Path, art: Path) -> Path:
+    """A new folder ``art`` with ``artifact``'s fp32 model and manifest."""
     art.mkdir()
     for name in ("model.onnx", MANIFEST_NAME):
         (art / name).write_bytes((artifact / name).read_bytes())
-    (art / "model.plan").write_bytes(b"not a real engine")
-    (art / "model.plan.json").write_text(json.dumps({"profile": {"input": "image", "min": 1, "opt": 6, "max": 16}}))
+    return art
+
+
+def _list_file(art: Path, name: str, kind: str, precision: str) -> Path:
+    """``art`` with ``name`` (already written there) listed in its manifest."""
     m = Manifest.load(art)
-    m.files.append(model_file(art, "model.plan", "tensorrt", "fp16"))
+    m.files.append(model_file(art, name, kind, precision))
     m.save(art)
     return art
+
+
+@pytest.fixture
+def plan_artifact(artifact, tmp_path) -> Path:
+    """A copy of ``artifact`` with a (fake) TensorRT engine listed, as ``export tensorrt`` would leave it."""
+    art = _copy_fp32(artifact, tmp_path / "plan_art")
+    (art / "model.plan").write_bytes(b"not a real engine")
+    (art / "model.plan.json").write_text(json.dumps({"profile": {"input": "image", "min": 1, "opt": 6, "max": 16}}))
+    return _list_file(art, "model.plan", "tensorrt", "fp16")
 
 
 @pytest.fixture
 def int8_artifact(artifact, tmp_path) -> Path:
     """A copy of ``artifact`` that also lists an int8 model (the fp32 graph under that name: configs only)."""
-    art = tmp_path / "int8_art"
-    art.mkdir()
-    for name in ("model.onnx", MANIFEST_NAME):
-        (art / name).write_bytes((artifact / name).read_bytes())
+    art = _copy_fp32(artifact, tmp_path / "int8_art")
     (art / "model.int8.onnx").write_bytes((artifact / "model.onnx").read_bytes())
-    m = Manifest.load(art)
-    m.files.append(model_file(art, "model.int8.onnx", "onnx", "int8"))
-    m.save(art)
-    return art
+    return _list_file(art, "model.int8.onnx", "onnx", "int8")
 
 
 def test_onnx_repository_exact_config(artifact, tmp_path):
