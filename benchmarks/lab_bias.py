@@ -34,9 +34,8 @@ def main() -> None:
     from clip_debias.runtime.datasets import load_index
     from clip_debias.runtime.metric_tables import summary
     from clip_debias.runtime.verify import Thresholds, verify
-    from clip_debias.toolchain.correct.build import BuildOptions, build_classifier
     from clip_debias.toolchain.decompose.run import decompose_dataset
-    from clip_debias.toolchain.demo import VARIANTS, choose_variant, compare_rows, lab_data_args
+    from clip_debias.toolchain.demo import CRITERION, lab_data_args
     from clip_debias.toolchain.lab import LAB_MODEL, LAB_WEIGHTS
     from clip_debias.toolchain.lab.data import make_lab_data
     from clip_debias.toolchain.locate.groups import minority_from_counts
@@ -44,6 +43,7 @@ def main() -> None:
     from clip_debias.toolchain.locate.pairs import locate_pairs
     from clip_debias.toolchain.models.loading import load_clip
     from clip_debias.toolchain.prompts.defaults import attribute_pairs_for, contexts_for
+    from clip_debias.toolchain.select import build_selection, select_correction
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -63,12 +63,12 @@ def main() -> None:
     minority = minority_from_counts(train.labels, train.groups, train.group_names, "train split")
     plan = locate_cache(caches["val"], clip, minority_groups=minority.groups)
     pairs_plan = locate_pairs(caches["test"], clip)
-    contexts, attribute_pairs = contexts_for("defaults", "waterbirds"), attribute_pairs_for("defaults", "waterbirds")
-    rows = {split: compare_rows(caches[split], plan, caches["val"], clip, contexts, attribute_pairs)
-            for split in ("val", "test")}
-    chosen = choose_variant(rows["val"])
-    model = build_classifier(plan, caches["val"], clip,
-                             BuildOptions(contexts=contexts, attribute_pairs=attribute_pairs, **VARIANTS[chosen]))
+    given = {"contexts": contexts_for("defaults", "waterbirds"),
+             "attribute_pairs": attribute_pairs_for("defaults", "waterbirds")}
+    selection = select_correction(caches["val"], plan, caches["val"], clip, criterion=CRITERION, test=caches["test"],
+                                  **given)
+    rows, chosen = {"val": selection.val, "test": selection.test}, selection.chosen
+    model = build_selection(selection, plan, caches["val"], clip, **given)
     model_dir, artifact = out / "model", out / "artifact"
     model.save(model_dir)
     export_onnx(model_dir, artifact)

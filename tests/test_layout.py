@@ -54,6 +54,7 @@ LAYERS = (
     ("clip_debias.toolchain.correct",),
     ("clip_debias.toolchain.evaluate", "clip_debias.toolchain.explain", "clip_debias.toolchain.lab",
      "clip_debias.toolchain.audit"),
+    ("clip_debias.toolchain.select",),  # chooses among evaluate's rows, builds the winner
     ("clip_debias.exporters",),
     ("clip_debias.toolchain.demo",),  # orchestration of whole pipelines
     ("clip_debias.toolchain.cli",),

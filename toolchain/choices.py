@@ -113,3 +113,11 @@ class LabShortcuts(Choice):
 
     BACKGROUND = "background"
     BACKGROUND_OBJECT = "background,object"
+
+
+class SelectRule(Choice):
+    """``select --criterion``: rank the candidates on val by worst-group accuracy (ties: average) or by average
+    accuracy (ties: worst group) (``toolchain.select``)."""
+
+    WORST_GROUP = "worst-group"
+    AVERAGE = "average"

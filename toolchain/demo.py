@@ -27,29 +27,13 @@ import torch
 from clip_debias.runtime.datasets import load_index
 from clip_debias.toolchain.decompose.cache import DecompositionCache
 from clip_debias.toolchain.lab import LAB_DIR, LAB_MODEL, LAB_WEIGHTS
+from clip_debias.toolchain.select import Criterion
 RECIPE = LAB_DIR / "recipe.json"
 LAB_POOL = LAB_DIR / "pool.txt"  # descriptions in the lab text tower's vocabulary, for explain
 LAB_VOCAB = LAB_DIR / "vocab.txt"  # background and object words, for discover
 
-RENORMS = ("stepwise", "keep")  # the projection variants compared
-
-
-def _variants() -> dict[str, dict[str, Any]]:
-    """Correction variants the demo may ship: compare_methods row name -> BuildOptions overrides."""
-    from clip_debias.toolchain.evaluate import RENORM_LABELS
-
-    out: dict[str, dict[str, Any]] = {"ablate": {"ablate": True, "project": False, "classifier": "zeroshot"},
-                                      "PerceptionCLIP": {"ablate": False, "project": False,
-                                                         "classifier": "perception"}}
-    for r in RENORMS:
-        name = f"ablate + project, {RENORM_LABELS[r]}"
-        out[name] = {"ablate": True, "project": True, "classifier": "zeroshot", "renorm": r}
-        out[f"{name} + PerceptionCLIP"] = {"ablate": True, "project": True, "classifier": "perception", "renorm": r}
-    return out
-
-
-VARIANTS = _variants()
 MAX_AVG_DROP = 0.02  # a shipped correction may cost at most 2 points of average accuracy on val
+CRITERION = Criterion(max_average_drop=MAX_AVG_DROP)  # what the demo ships: toolchain.select's choice on val
 REFERENCE = " [reference protocol]"  # suffix of the reference protocol's rows in compare.json
 
 
@@ -81,27 +65,6 @@ def lab_data_args(quick: bool) -> dict[str, Any]:
     return args
 
 
-def choose_variant(val_rows: list[Any]) -> str:
-    """On val: the variant with the best worst-group accuracy whose average accuracy is within ``MAX_AVG_DROP`` of
-    zero-shot (if none is, the best worst-group one)."""
-    by_name = {r.method: r.report for r in val_rows}
-    zs = by_name["zero-shot"].accuracy
-    names = [n for n in VARIANTS if n in by_name]
-    ok = [n for n in names if by_name[n].accuracy >= zs - MAX_AVG_DROP] or names
-    return max(ok, key=lambda n: (by_name[n].worst_group_accuracy, by_name[n].accuracy))
-
-
-def compare_rows(cache: DecompositionCache, plan: Any, calibration: DecompositionCache | None, clip: Any,
-                 contexts: Any, pairs: Any, protocol: str = "default") -> list[Any]:
-    """``compare_methods`` rows (stepwise and keep-norm projections) under ``protocol``; without salient heads the
-    projected rows equal the ablation rows and are left out."""
-    from clip_debias.toolchain.evaluate import compare_methods
-
-    rows = compare_methods(cache, plan, calibration, clip, contexts=contexts, attribute_pairs=pairs, renorms=RENORMS,
-                           protocol=protocol)
-    return rows if plan.salient_heads() else [r for r in rows if "project" not in r.method]
-
-
 def prepare_lab_data(data: Path, args: dict[str, Any], fresh: bool, say: Any) -> bool:
     """Step 1: lab data made with ``args`` in ``data``. Reused (True) when ``data`` already holds data made with the
     same parameters and not ``fresh``; else made (anew), saying why. ``say`` prints a line."""
@@ -125,7 +88,6 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
     other parameters (e.g. an earlier ``quick`` run) is made anew."""
     from clip_debias.exporters.onnx_export import export_onnx
     from clip_debias.runtime.verify import Thresholds, verify
-    from clip_debias.toolchain.correct.build import BuildOptions, build_classifier
     from clip_debias.toolchain.correct.classifier import plain_classifier
     from clip_debias.toolchain.prompts.defaults import attribute_pairs_for, contexts_for
     from clip_debias.toolchain.decompose.run import decompose_dataset
@@ -135,6 +97,7 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
     from clip_debias.toolchain.locate.ltc import locate_cache
     from clip_debias.toolchain.locate.probe import attribute_probe, margin_shifts
     from clip_debias.toolchain.models.loading import load_clip
+    from clip_debias.toolchain.select import build_selection, candidate_rows, select_correction
 
     from clip_debias.runtime.atomic_output import claim_directory, write_atomic
 
@@ -175,14 +138,15 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
     save_heatmap(reference_plan, out / "plan-reference.png")
     lap("locate")
 
-    say("[bold]4/8 compare on test under both protocols, choose the correction on val[/bold], then build it")
-    contexts, pairs = contexts_for("defaults", "waterbirds"), attribute_pairs_for("defaults", "waterbirds")
-    rows = {split: compare_rows(caches[split], plan, caches["val"], clip, contexts, pairs) for split in ("val", "test")}
-    reference_rows = compare_rows(caches["test"], reference_plan, None, clip, contexts, pairs, protocol="reference")
-    chosen = choose_variant(rows["val"])
-    options = BuildOptions(contexts=contexts, attribute_pairs=pairs, **VARIANTS[chosen])
-    debiased = build_classifier(plan, caches["val"], clip, options)
-    debiased.save(out / "model")
+    say(f"[bold]4/8 select[/bold] the correction on val ({CRITERION.describe()}), build it; the same rows on test "
+        "under both protocols")
+    given = {"contexts": contexts_for("defaults", "waterbirds"),
+             "attribute_pairs": attribute_pairs_for("defaults", "waterbirds")}
+    selection = select_correction(caches["val"], plan, caches["val"], clip, criterion=CRITERION, test=caches["test"],
+                                  **given)
+    rows, chosen = {"val": selection.val, "test": selection.test}, selection.chosen
+    reference_rows = candidate_rows(caches["test"], reference_plan, None, clip, protocol="reference", **given)
+    build_selection(selection, plan, caches["val"], clip, **given).save(out / "model")
     plain = plain_classifier(clip, plan.class_names, caches["val"].group_names)
     plain.save(out / "model-zeroshot")
     lap("build")

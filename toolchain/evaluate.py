@@ -247,7 +247,7 @@ class SplitRef:
 class CompareFile:
     """What ``evaluate --json`` (and the demo's ``compare.json``) holds: the rows, and where they come from —
     ``--compare``: the evaluated and located splits, the calibration split, each row's edits; a model directory: its
-    path, the dataset split and the model's recorded plan."""
+    path, the dataset split and the model's recorded plan; ``select``: the row chosen on val and the criterion."""
 
     rows: list[CompareRow]
     evaluated: Optional[SplitRef] = None
@@ -262,6 +262,8 @@ class CompareFile:
     dataset: Optional[str] = None
     split: Optional[str] = None
     model_plan: Optional[dict[str, Any]] = None
+    selected: Optional[str] = None  # 'select': the row chosen on val (rows suffixed [val] / [test])
+    criterion: Optional[str] = None  # 'select': how it was chosen
 
     def to_json(self) -> str:
         return json.dumps({k: v for k, v in asdict(self).items() if v is not None}, indent=2)

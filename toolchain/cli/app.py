@@ -93,6 +93,7 @@ COMMAND_MODULES = (
     "clip_debias.toolchain.cli.locate_cmd",
     "clip_debias.toolchain.cli.build_cmd",
     "clip_debias.toolchain.cli.evaluate_cmd",
+    "clip_debias.toolchain.cli.select_cmd",
     "clip_debias.toolchain.cli.export_cmd",
     "clip_debias.toolchain.cli.verify_cmd",
     "clip_debias.toolchain.cli.serve_cmd",

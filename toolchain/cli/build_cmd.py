@@ -9,8 +9,9 @@ import typer
 
 from clip_debias.runtime.choices import DatasetFormat, Split
 from clip_debias.toolchain.choices import Classifier, PairEmbeddings, Protocol, Renorm, ZFrom
-from clip_debias.toolchain.cli.options import (DatasetOpt, ModelOpt, OptionalDataOpt, PretrainedOpt, ProtocolOpt,
-                                               RandomWeightsOpt, WeightsOpt, choice_option, load_model)
+from clip_debias.toolchain.cli.options import (DatasetOpt, OptionalDataOpt, PretrainedOpt, ProtocolOpt,
+                                               RandomWeightsOpt, RecordedModelOpt, WeightsOpt, choice_option,
+                                               load_recorded_model)
 
 if TYPE_CHECKING:
     from clip_debias.toolchain.locate.ltc import LocatePlan
@@ -101,8 +102,8 @@ def lle_options(classifier: str, data: Path | None, dataset: str, augment: str, 
 
 def build(
     plan: PlanOpt,
-    model: ModelOpt,
     out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Output model directory.")],
+    model: RecordedModelOpt = None,
     calibration: CalibrationOpt = None,
     pretrained: PretrainedOpt = None,
     weights: WeightsOpt = None,
@@ -156,7 +157,8 @@ def build(
     calibration = default_calibration(located, calibration, ablate and bool(located.spurious),
                                       "--calibration CACHE, or --no-ablate")
     calib = load_cache(calibration) if calibration is not None else None
-    clip = load_model(model, pretrained, weights, random_weights=random_weights)
+    clip = load_recorded_model(located.model_identity, str(plan), model, pretrained, weights,
+                               random_weights=random_weights)
     options = BuildOptions(
         ablate=ablate, project=project, classifier=classifier,
         contexts=contexts_for(contexts, located.dataset) if classifier == "perception" else None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -14,9 +14,9 @@ from clip_debias.toolchain.cli.build_cmd import (RENORM_HELP, AllowTestOpt, Cont
 from clip_debias.toolchain.cli.options import (AllowOutsideRootOpt, BatchOpt, CsvClassesOpt, DeviceOpt, ForceOpt,
                                                JsonOpt, MaxPixelsOpt, MaxSkippedOpt, OptionalDataOpt,
                                                OptionalDatasetOpt, OptionalSplitOpt, PretrainedOpt, ProtectedOpt,
-                                               ProtocolOpt, RandomWeightsOpt, ShortcutAttributesOpt, SkewKOpt,
-                                               SkipBadOpt, TargetOpt, TrainCorrelationOpt, WeightsOpt,
-                                               check_json_target, choice_option, load_model, metric_options,
+                                               ProtocolOpt, RandomWeightsOpt, RecordedModelOpt, ShortcutAttributesOpt,
+                                               SkewKOpt, SkipBadOpt, TargetOpt, TrainCorrelationOpt, WeightsOpt,
+                                               check_json_target, choice_option, load_recorded_model, metric_options,
                                                need_split, reading_options)
 
 
@@ -28,10 +28,9 @@ def evaluate(
     split: OptionalSplitOpt = None,
     compare: Annotated[bool, typer.Option(
         "--compare", help="Rows zero-shot / ablate / ablate + project (stepwise renorm, keep norm) / PerceptionCLIP / "
-                          "ablate + project + PerceptionCLIP from decomposed terms (needs --model, --plan; "
+                          "ablate + project + PerceptionCLIP from decomposed terms (needs --plan; "
                           "--calibration defaults to the plan's cache).")] = False,
-    model: Annotated[Optional[str], typer.Option("--model", metavar="NAME", help="--compare: open_clip model name.")]
-    = None,
+    model: RecordedModelOpt = None,
     pretrained: PretrainedOpt = None,
     weights: WeightsOpt = None,
     random_weights: RandomWeightsOpt = False,
@@ -93,7 +92,7 @@ def evaluate(
                                   "protocol in config.json)")
         if model_dir is None or dataset is None or data is None:
             raise ClipDebiasError("evaluate needs MODEL_DIR, --dataset, --data and --split "
-                                  "(or --compare with --model and --plan)")
+                                  "(or --compare with --plan)")
         row = evaluate_model(model_dir, dataset, data, split, batch_size=batch_size, device=device,
                              skip_bad=skip_bad, classes=class_list, target=target, **metrics, **reading)
         provenance = read_spec(model_dir / CONFIG_NAME).plan
@@ -112,6 +111,25 @@ def evaluate(
         typer.echo(f"wrote {json_out}")
 
 
+def load_plan_inputs(plan: Path, calibration: Path | None, model: str | None, pretrained: str | None,
+                     weights: Path | None, random_weights: bool, device: str = "cpu", *,
+                     needs_calibration: bool = True) -> tuple[Any, Any, Any]:
+    """(plan, calibration cache or None, model) for the rows computed from a plan: the calibration cache is
+    ``calibration`` or the plan's (when ``needs_calibration``; refused in one line when the plan has spurious heads and
+    neither exists); the model is the one the plan records unless ``--model`` overrides it."""
+    from clip_debias.toolchain.decompose.cache import load_cache
+    from clip_debias.toolchain.locate.ltc import LocatePlan
+
+    located = LocatePlan.load(plan)
+    calib = None
+    if needs_calibration:
+        calibration = default_calibration(located, calibration, bool(located.spurious), "--calibration CACHE")
+        calib = load_cache(calibration) if calibration is not None else None
+    clip = load_recorded_model(located.model_identity, str(plan), model, pretrained, weights, device,
+                               random_weights=random_weights)
+    return located, calib, clip
+
+
 def _compare(model, pretrained, weights, random_weights, plan, calibration, cache, dataset, data, split, contexts,
              attribute_pairs, tau, z_from, renorm, pair_embeddings, allow_test, classes, batch_size, device, skip_bad,
              protocol, reading, target, metrics):
@@ -121,20 +139,15 @@ def _compare(model, pretrained, weights, random_weights, plan, calibration, cach
     from clip_debias.toolchain.decompose.cache import load_cache
     from clip_debias.toolchain.errors import ClipDebiasError
     from clip_debias.toolchain.evaluate import compare_methods
-    from clip_debias.toolchain.locate.ltc import LocatePlan
     from clip_debias.toolchain.protocol import TRANSDUCTIVE_NOTE
 
-    if model is None or plan is None:
-        raise ClipDebiasError("evaluate --compare needs --model and --plan")
+    if plan is None:
+        raise ClipDebiasError("evaluate --compare needs --plan")
     if protocol == "reference" and calibration is not None:
         raise ClipDebiasError("--calibration: --protocol reference takes the ablation means from the evaluated split "
                               "itself (--cache or --dataset/--data)")
-    located = LocatePlan.load(plan)
-    calib = None
-    if protocol == "default":
-        calibration = default_calibration(located, calibration, bool(located.spurious), "--calibration CACHE")
-        calib = load_cache(calibration) if calibration is not None else None
-    clip = load_model(model, pretrained, weights, device, random_weights=random_weights)
+    located, calib, clip = load_plan_inputs(plan, calibration if protocol == "default" else None, model, pretrained,
+                                            weights, random_weights, device, needs_calibration=protocol == "default")
     if cache is not None:
         terms = load_cache(cache)
     elif dataset is not None and data is not None:

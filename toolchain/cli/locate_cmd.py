@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from clip_debias.toolchain.choices import MinoritySource, Protocol
-from clip_debias.toolchain.cli.options import (ForceOpt, ModelOpt, PretrainedOpt, ProtocolOpt, RandomWeightsOpt,
-                                               WeightsOpt, choice_option, load_model)
+from clip_debias.toolchain.cli.options import (ForceOpt, PretrainedOpt, ProtocolOpt, RandomWeightsOpt,
+                                               RecordedModelOpt, WeightsOpt, choice_option, load_recorded_model)
 
 
 def int_list(value: str | None, option: str) -> list[int] | None:
@@ -27,9 +27,9 @@ def int_list(value: str | None, option: str) -> list[int] | None:
 def locate(
     cache: Annotated[Path, typer.Argument(metavar="CACHE", help="Decomposition cache (.safetensors) of the split to "
                                                                 "locate on.")],
-    model: ModelOpt,
     out: Annotated[Path, typer.Option("--out", metavar="FILE", help="Output plan (.json; plan.png is written beside "
                                                                     "it).")],
+    model: RecordedModelOpt = None,
     pretrained: PretrainedOpt = None,
     weights: WeightsOpt = None,
     random_weights: RandomWeightsOpt = False,
@@ -86,7 +86,8 @@ def locate(
             raise ClipDebiasError(f"{given[0]}: not with --from-pairs (pairs need no groups and give no salient "
                                   "heads)")
     terms = load_cache(cache)
-    clip = load_model(model, pretrained, weights, random_weights=random_weights)
+    clip = load_recorded_model(terms.identity, f"cache {cache}", model, pretrained, weights,
+                               random_weights=random_weights)
     if from_pairs:
         from clip_debias.toolchain.locate.pairs import locate_pairs
 

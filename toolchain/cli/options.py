@@ -59,6 +59,9 @@ def check_device(device: str) -> str:
 ModelOpt = Annotated[str, typer.Option(
     "--model", metavar="NAME", help="open_clip model name, e.g. ViT-B-16, or clipdebias-lab (loads its shipped "
                                     "weights).")]
+RecordedModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", metavar="NAME", help="open_clip model name (default: the model the input file records; give it to "
+                                    "override, a file of another model is refused).")]
 PretrainedOpt = Annotated[Optional[str], typer.Option(
     "--pretrained", metavar="TAG", help="open_clip pretrained tag, downloaded by open_clip (e.g. laion2b_s34b_b88k), "
                                         "or 'shipped': the weights clip-debias ships for --model (the default for "
@@ -232,6 +235,29 @@ def load_model(model: str, pretrained: str | None, weights: Path | None, device:
     if random_weights:
         typer.echo(f"warning: --random-weights: --model {model} has RANDOM weights (results mean nothing)", err=True)
     return clip
+
+
+def load_recorded_model(recorded: Any, what: str, model: str | None, pretrained: str | None, weights: Path | None,
+                        device: str = "cpu", *, random_weights: bool = False) -> Any:
+    """``load_model`` of the options given; without ``--model``, the model ``recorded`` (a ``ModelIdentity`` read
+    from ``what``, e.g. "plan.json") names: its open_clip tag, the shipped weights of its name, or random init when
+    it records random init. A record of a local weights file needs ``--weights FILE`` (one line). The caller's
+    identity check (same backbone) still refuses a file of another model."""
+    from clip_debias.toolchain.errors import ClipDebiasError
+    from clip_debias.toolchain.models.shipped import shipped_weights
+
+    if model is None:
+        model = recorded.name
+        if pretrained is None and weights is None and not random_weights:
+            if recorded.pretrained:
+                pretrained = recorded.pretrained
+            elif recorded.weights_sha256 and shipped_weights(model) is None:
+                raise ClipDebiasError(f"{what} records {model} with the weights file {recorded.weights_file} (sha256 "
+                                      f"{recorded.weights_sha256[:12]}): pass --weights FILE")
+            elif not recorded.weights_sha256:
+                random_weights = True
+        say(f"model {recorded.describe()}: recorded in {what}")
+    return load_model(model, pretrained, weights, device, random_weights=random_weights)
 
 
 def say(message: str) -> None:
