@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 from clip_debias.runtime.errors import ClipDebiasError
 from clip_debias.runtime.ownership import set_command
-from clip_debias.toolchain.cli.help import App, HelpGroup
+from clip_debias.toolchain.cli.help import App, HelpGroup, first_sentence
 from clip_debias.toolchain.cli.stderr import logs_on_stderr
 
 
@@ -34,11 +34,12 @@ def _quiet_pil_bomb_warning() -> None:
 
 
 class OneLineErrorsGroup(HelpGroup):
-    """Runs every command with ``standalone_mode=False`` and turns expected errors into one line + exit code."""
+    """Runs every command with ``standalone_mode=False`` and turns expected errors into one line + exit code. Bare
+    ``clip-debias`` prints the help (exit 0)."""
 
     def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None, standalone_mode: bool = True,
              **extra: Any) -> Any:
-        argv = list(sys.argv[1:] if args is None else args)
+        argv = list(sys.argv[1:] if args is None else args) or ["--help"]
         command = next((a for a in argv if not a.startswith("-")), "")
         set_command(argv)  # recorded in the marker of every output folder this run writes
         _quiet_pil_bomb_warning()
@@ -74,14 +75,24 @@ class OneLineErrorsGroup(HelpGroup):
 app = App(
     name="clip-debias",
     cls=OneLineErrorsGroup,
-    no_args_is_help=True,
     epilog="Options mean the same in every command (README: Shared options): --json FILE writes a report, --split "
            "is always named, --device cpu|cuda|auto, --force replaces a file clip-debias did not write.",
 )
 
 
+def _print_versions(value: bool) -> None:
+    if value:
+        from clip_debias.toolchain.cli.versions import version_lines
+
+        typer.echo("\n".join(version_lines()))
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=_print_versions,
+        help="Print the versions of clip-debias, Python, torch, open_clip and onnxruntime, and which extras are "
+             "installed (imports none of them).")] = False) -> None:
     """Decompose, locate, correct, export and verify a debiased open_clip ViT classifier: decompose -> locate ->
     build -> export -> verify. Each command's --help says what it reads and writes; results go to stdout, what is
     being done to stderr."""
@@ -111,9 +122,60 @@ for _mod in COMMAND_MODULES:
             raise
 
 
+class LazyGroup(OneLineErrorsGroup):
+    """The root group whose commands are converted from Typer on first use: ``clip-debias --help`` reads each
+    command's short help from its registration, and ``clip-debias build ...`` converts ``build`` alone (Typer's
+    conversion reads every parameter's annotations, about 1 s for all commands on a busy core)."""
+
+    infos: dict[str, Any] = {}
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(self.infos)
+
+    def get_command(self, ctx: Any, name: str) -> Any:
+        if name not in self.commands and name in self.infos:
+            self.commands[name] = _convert(self.infos[name])
+        return self.commands.get(name)
+
+    def summary(self, name: str) -> str:
+        """One command's line in the root help, without converting it."""
+        info = self.infos[name]
+        help_ = getattr(info, "short_help", None) or getattr(info, "help", None) or ""
+        if not help_ and getattr(info, "callback", None) is not None:
+            help_ = info.callback.__doc__ or ""
+        return help_ if getattr(info, "short_help", None) else first_sentence(help_)
+
+
+def _convert(info: Any) -> Any:
+    """The click command (or group) of one Typer registration."""
+    from typer.main import get_command_from_info, get_group_from_info
+
+    if isinstance(info, typer.models.CommandInfo):
+        return get_command_from_info(info, pretty_exceptions_short=app.pretty_exceptions_short,
+                                     rich_markup_mode=app.rich_markup_mode)
+    return get_group_from_info(info, pretty_exceptions_short=app.pretty_exceptions_short,
+                               rich_markup_mode=app.rich_markup_mode, suggest_commands=app.suggest_commands)
+
+
+def lazy_group() -> LazyGroup:
+    """``app``'s root group (its callback and options) with the commands converted on first use."""
+    from copy import copy
+
+    from typer.main import get_command_name, get_group
+
+    shell = copy(app)
+    shell.registered_commands, shell.registered_groups = [], []
+    shell.info = copy(app.info)
+    shell.info.cls = LazyGroup
+    group = get_group(shell)
+    group.infos = {(c.name or get_command_name(c.callback.__name__)): c for c in app.registered_commands}
+    group.infos.update({g.name: g for g in app.registered_groups})
+    return group
+
+
 def main() -> None:
     """Console script ``clip-debias``."""
-    app()
+    lazy_group().main(prog_name="clip-debias")
 
 
 if __name__ == "__main__":

@@ -151,6 +151,9 @@ class HelpGroup(TyperGroup):
     def format_help(self, ctx: Any, formatter: Any) -> None:
         rows = []
         for name in self.list_commands(ctx):
+            if hasattr(self, "summary"):  # a lazy group (toolchain.cli.app): its commands are not built for this
+                rows.append((name, self.summary(name)))
+                continue
             cmd = self.get_command(ctx, name)
             if cmd is not None and not getattr(cmd, "hidden", False):
                 rows.append((name, cmd.short_help or first_sentence(cmd.help or "")))
