@@ -54,3 +54,19 @@ def interleaved(base: Callable[[], Any], other: Callable[[], Any], rounds: int, 
 def describe(r: dict[str, float]) -> str:
     return (f"base {r['base_ms']:.1f} ms, other {r['other_ms']:.1f} ms: ratio {r['ratio']:.3f} "
             f"(median per-round {r['median_ratio']:.3f}, CPU-time {r['cpu_ratio']:.3f})")
+
+
+def side_by_side(fns: dict[str, Callable[[], Any]], rounds: int = 30, warmup: int = 2) -> dict[str, dict[str, float]]:
+    """Named callables timed by ``round_robin`` (turn by turn, so load from other processes hits each alike). Per
+    name, in ms: ``median``, ``p10``, ``p90`` (the spread over the rounds), ``min``; ``rounds``; and, for every name
+    after the first, ``median_ratio``: the median over rounds of its time / the first's time in the same round."""
+    wall, _ = round_robin(list(fns.values()), rounds, warmup)
+    first = wall[0]
+    out = {}
+    for name, times in zip(fns, wall):
+        ms = sorted(t * 1e3 for t in times)
+        q = statistics.quantiles(ms, n=10, method="inclusive") if len(ms) > 1 else [ms[0]] * 9
+        out[name] = {"median": statistics.median(ms), "p10": q[0], "p90": q[-1], "min": ms[0], "rounds": len(ms)}
+        if times is not first:
+            out[name]["median_ratio"] = statistics.median(t / b for t, b in zip(times, first))
+    return out

@@ -400,3 +400,26 @@ def test_sources_parse_names_splits_and_kinds(tmp_path):
     (images / "audit" / "clip-debias-output.json").write_text("{}")
     assert sorted(r.path.relative_to(images).as_posix() for r in open_source(str(images)).index.records) == [
         "im00.png", "im01.png", "im02.png", "sub/im00.png", "sub/im01.png"]
+
+
+def test_pixel_cache_gives_the_features_of_reading_the_images_again(tmp_path, tiny_clip):
+    """The corruption passes from the decoded-once pixels (PixelCache) give the embeddings that reading, corrupting
+    and decomposing every image again gives (float32 rounding), and say what they reuse."""
+    from types import SimpleNamespace as NS
+
+    from clip_debias.toolchain.audit.run import Decomposed, corrupted_features, pixel_cache
+
+    folders = [_folder(tmp_path / "plain", 6, seed=0), _folder(tmp_path / "warm", 5, seed=1, cast=40)]
+    caches = [NS(paths=sorted(str(p) for p in f.glob("*.png")), source=str(f), split="all") for f in folders]
+    decomposed = Decomposed(caches, [np.arange(6), np.arange(5)])
+    sample = NS(sources=[NS(name="plain"), NS(name="warm")])
+    terms, options, lines = NS(layers=[0, 1, 2, 3], convention="textspan"), AuditOptions(batch_size=4), []
+    pixels = pixel_cache(decomposed, sample, tiny_clip, options, lines.append)
+    assert lines == ["pixel cache: 11 images decoded once (0 MiB, model input (3, 32, 32)); every corruption pass "
+                     "reuses them"]
+    for c in parse_corruptions("lowres16,blur1,noise0.1,jitter0.5"):
+        cached = corrupted_features(decomposed, sample, c, tiny_clip, terms, None, options, lines.append, pixels)[0]
+        read = corrupted_features(decomposed, sample, c, tiny_clip, terms, None, options, lines.append)[0]
+        assert cached.shape == (11, 32)
+        np.testing.assert_allclose(cached, read, rtol=0, atol=1e-6)
+    assert sum("(from the pixel cache)" in line for line in lines) == 2 * 4

@@ -131,3 +131,33 @@ def test_demo_command_ends_naming_report_html(monkeypatch, tmp_path):
     res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--quick", "--fresh"])
     assert res.exit_code == 0, res.output
     assert res.output.strip().splitlines()[-1] == f"report: {tmp_path / 'd' / 'report.html'} (open it in a browser)"
+
+
+def test_decomposition_caches_are_reused_only_when_their_inputs_are_the_same(demo_run):
+    """A rerun takes a split's cache from the folder when it was made by the same weights from the same images with
+    the same layers; another split's images, other layers or other weights are decomposed anew."""
+    import torch
+
+    from clip_debias.runtime.datasets import load_index
+    from clip_debias.toolchain.demo import reusable_cache
+    from clip_debias.toolchain.lab import LAB_MODEL, LAB_WEIGHTS
+    from clip_debias.toolchain.models.loading import load_clip
+
+    out, _ = demo_run
+    clip = load_clip(LAB_MODEL, weights=LAB_WEIGHTS)
+    val = load_index("waterbirds", out / "data", "val")
+    assert reusable_cache(out / "val.safetensors", clip, val, list(range(6))) is not None
+    assert reusable_cache(out / "val.safetensors", clip, val, [4, 5]) is None
+    assert reusable_cache(out / "test.safetensors", clip, val, list(range(6))) is None
+    assert reusable_cache(out / "missing.safetensors", clip, val, list(range(6))) is None
+    torch.manual_seed(0)
+    other = load_clip(LAB_MODEL, random_weights=True)
+    assert reusable_cache(out / "val.safetensors", other, val, list(range(6))) is None
+
+
+def test_latency_is_measured_in_turns_with_its_spread(demo_run):
+    _, s = demo_run
+    assert list(s.latency) == ["debiased", "zero-shot"]
+    for name, r in s.latency.items():
+        assert r["p10"] <= r["median"] <= r["p90"] and r["rounds"] == 30 and r["batch_size"] > 0
+    assert "median_ratio" in s.latency["zero-shot"] and "median_ratio" not in s.latency["debiased"]

@@ -51,6 +51,8 @@ class DemoSummary:
     reference_plan: dict[str, Any] = field(default_factory=dict)
     reference_test_rows: list[dict[str, Any]] = field(default_factory=list)  # transductive: never shipped
     seconds: dict[str, float] = field(default_factory=dict)
+    latency: dict[str, dict[str, float]] = field(default_factory=dict)  # artifact -> side_by_side's ms statistics
+    reused: dict[str, Any] = field(default_factory=dict)  # what a rerun took from the folder instead of redoing
 
 
 def lab_data_args(quick: bool) -> dict[str, Any]:
@@ -79,6 +81,45 @@ def prepare_lab_data(data: Path, args: dict[str, Any], fresh: bool, say: Any) ->
     say(f"[bold]1/8 make-data[/bold] -> {data}{why} {args}")
     make_lab_data(data, overwrite=True, **args)
     return False
+
+
+LATENCY_ROUNDS = 30  # calls of each artifact, taken in turns (exporters.timing.side_by_side)
+
+
+def reusable_cache(path: Path, clip: Any, index: Any, layers: list[int]) -> DecompositionCache | None:
+    """The decomposition cache at ``path`` when it holds what ``decompose_dataset(clip, index, layers)`` would
+    write: the same weights (sha256), the same images in the same order (paths), layers and convention (the
+    default); None otherwise (absent, unreadable, or any of these different)."""
+    from clip_debias.toolchain.decompose.cache import load_cache
+    from clip_debias.toolchain.decompose.conventions import DEFAULT_CONVENTION
+
+    if not path.is_file():
+        return None
+    try:
+        cache = load_cache(path)
+    except Exception:  # unreadable or of an older format: decomposed anew
+        return None
+    same = (cache.identity.same_backbone(clip.identity) and list(cache.layers) == list(layers)
+            and cache.convention == DEFAULT_CONVENTION and (cache.dataset, cache.split) == (index.dataset, index.split)
+            and list(cache.paths) == [str(r.path) for r in index.records])
+    return cache if same else None
+
+
+def latency_side_by_side(artifacts: dict[str, Path], index: Any, batch_size: int,
+                         rounds: int = LATENCY_ROUNDS) -> dict[str, dict[str, float]]:
+    """Each artifact's model time on the same batch (the first ``batch_size`` images of ``index``), the artifacts
+    taking turns call by call (``exporters.timing.side_by_side``): median and p10-p90 spread in ms, and the median
+    per-round ratio to the first artifact; plus ``batch_size``."""
+    import functools
+
+    from clip_debias.exporters.timing import side_by_side
+    from clip_debias.runtime.classifier import load
+
+    models = {name: load(path, backend="onnxruntime", device="cpu") for name, path in artifacts.items()}
+    first = next(iter(models.values()))
+    batch = first.check_batch(first.preprocess_batch(r.path for r in index.records[:batch_size]))
+    out = side_by_side({name: functools.partial(m.backend.run, batch) for name, m in models.items()}, rounds)
+    return {name: {**stats, "batch_size": len(batch)} for name, stats in out.items()}
 
 
 def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any = None,
@@ -113,17 +154,26 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
 
     data = out / "data"
     args = lab_data_args(quick)
-    prepare_lab_data(data, args, fresh, say)
+    data_reused = prepare_lab_data(data, args, fresh, say)
     lap("make_data")
 
-    say(f"[bold]2/8 decompose[/bold] {LAB_MODEL} ({LAB_WEIGHTS.name}) on train, val and test (every layer, TextSpan)")
     torch.manual_seed(0)
     clip = load_clip(LAB_MODEL, weights=LAB_WEIGHTS)
     layers = list(range(len(clip.model.visual.transformer.resblocks)))
-    caches: dict[str, DecompositionCache] = {
-        split: decompose_dataset(clip, load_index("waterbirds", data, split), layers, batch_size=batch_size,
-                                 progress=console is not None, out=out / f"{split}.safetensors")
-        for split in ("train", "val", "test")}
+    caches: dict[str, DecompositionCache] = {}
+    reused: list[str] = []
+    for split in ("train", "val", "test"):
+        index, path = load_index("waterbirds", data, split), out / f"{split}.safetensors"
+        cache = reusable_cache(path, clip, index, layers) if data_reused else None
+        if cache is not None:
+            reused.append(split)
+            say(f"[bold]2/8 decompose[/bold] {split}: reusing {path} (same weights sha256 "
+                f"{clip.identity.weights_sha256[:12]}, images, layers and convention; --fresh decomposes anew)")
+        else:
+            say(f"[bold]2/8 decompose[/bold] {LAB_MODEL} ({LAB_WEIGHTS.name}) on {split} (every layer, TextSpan)")
+            cache = decompose_dataset(clip, index, layers, batch_size=batch_size, progress=console is not None,
+                                      out=path)
+        caches[split] = cache
     lap("decompose")
 
     say("[bold]3/8 locate[/bold] default protocol: on val, minority groups from the train split's group counts; "
@@ -161,6 +211,7 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
                             progress=False).to_dict()
                for name, path in artifacts.items()}
     write_atomic(out / "report.json", json.dumps(reports["debiased"], indent=2), "verify-report")
+    latency = latency_side_by_side(artifacts, load_index("waterbirds", data, "test"), batch_size)
     lap("verify")
 
     say("[bold]7/8 probe[/bold] each head's terms for the background (test split)")
@@ -183,7 +234,8 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
         data={"dir": str(data), **args}, plan=plan.summary(), chosen=chosen,
         val_rows=[r.to_dict() for r in rows["val"]], test_rows=[r.to_dict() for r in rows["test"]],
         verify=reports, probe=probe, reference_plan=reference_plan.summary(),
-        reference_test_rows=[r.to_dict() for r in reference_rows], seconds=times,
+        reference_test_rows=[r.to_dict() for r in reference_rows], seconds=times, latency=latency,
+        reused={"data": data_reused, "caches": reused},
     )
     write_atomic(out / "compare.json", compare_file(
         rows["test"] + [replace(r, method=r.method + REFERENCE) for r in reference_rows],
@@ -234,6 +286,22 @@ def result_rows(s: DemoSummary) -> list[tuple[str, str, str]]:
     return rows
 
 
+def latency_table(latency: dict[str, dict[str, float]]) -> Any:
+    """The artifacts' model time per call, taken in turns on the same batch (``latency_side_by_side``): median,
+    p10-p90 spread, and each one's median per-round ratio to the first."""
+    from clip_debias.runtime.tables import table
+
+    first = next(iter(latency))
+    one = latency[first]
+    t = table(["artifact", "median ms", "p10-p90 ms", f"ratio to {first} (median per round)"], right={1, 2, 3},
+              title=f"Model time per call on one batch of {one['batch_size']} test images, the artifacts taking turns "
+                    f"call by call ({one['rounds']} rounds; onnxruntime, CPU)")
+    for name, r in latency.items():
+        t.add_row(name, f"{r['median']:.1f}", f"{r['p10']:.1f}-{r['p90']:.1f}",
+                  f"{r['median_ratio']:.2f}" if "median_ratio" in r else "1")
+    return t
+
+
 def print_summary(s: DemoSummary, console: Any) -> None:
     """The before/after table (the README's rows), the located heads with their probe accuracy, and the artifact's
     latency (``runtime.tables``: readable at any width)."""
@@ -251,14 +319,13 @@ def print_summary(s: DemoSummary, console: Any) -> None:
         where = plan.get("located_on", {})
         console.print(f"{name} protocol plan ({where.get('split')}, layers {where.get('layers')}): spurious "
                       f"{plan.get('spurious')}, salient {plan.get('salient')}, K={plan.get('k')}")
-    first = next(iter(s.verify.values()))
-    unit = first.get("latency_unit") or f"ms per batch of {first.get('batch_size')}"
-    v = table(["artifact", "average acc %", "worst-group acc %", "p50", "p95", "images/s"], right={1, 2, 3, 4, 5},
-              title=f"clip-debias verify on the exported ONNX (torch-free runtime, test split); latency in {unit}")
+    v = table(["artifact", "average acc %", "worst-group acc %"], right={1, 2},
+              title="clip-debias verify on the exported ONNX (torch-free runtime, test split)")
     for name, r in s.verify.items():
-        v.add_row(name, pct(r["accuracy"]), pct(r["worst_group_accuracy"]), f"{r['latency_ms']['p50']:.1f}",
-                  f"{r['latency_ms']['p95']:.1f}", f"{r['throughput_per_s']:.0f}")
+        v.add_row(name, pct(r["accuracy"]), pct(r["worst_group_accuracy"]))
     console.print(v)
+    if s.latency:
+        console.print(latency_table(s.latency))
     p = table(["rank", "(layer, head)", "background shift", "object shift", "linear probe acc %", "located as"],
               right={0, 2, 3, 4}, title="Does locate find the background heads? Heads ranked by |background shift| of "
                                         "their class vote (test; logits)")

@@ -52,6 +52,17 @@ def ort_has_cuda() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
+def level_name(level: Any) -> str:
+    """An ``ort.GraphOptimizationLevel`` as ``LEVELS`` names it (``all``, not ``GraphOptimizationLevel.ORT_ENABLE_ALL``:
+    what ``info()`` and the reports print)."""
+    import onnxruntime as ort
+
+    levels = ort.GraphOptimizationLevel
+    names = dict(zip((levels.ORT_DISABLE_ALL, levels.ORT_ENABLE_BASIC, levels.ORT_ENABLE_EXTENDED,
+                      levels.ORT_ENABLE_ALL), LEVELS))
+    return names.get(level, getattr(level, "name", str(level)))
+
+
 def ort_optimization_level(device: str, precision: str, level: str | None = None) -> Any:
     """Graph optimization level for ``device`` (cpu | cuda | auto) and ``precision`` (module docstring); ``level``
     (disable | basic | extended | all) asks for one, capped by the fp16 rule. On an H100 fp16 at ALL cut batch-1
@@ -260,7 +271,7 @@ class OrtBackend:
         return {
             **what_runs(self),
             "providers": self.providers,
-            "graph_optimization_level": str(self.session.get_session_options().graph_optimization_level),
+            "graph_optimization_level": level_name(self.session.get_session_options().graph_optimization_level),
             **({"cuda_graph_batch_sizes": self.graphs.batch_sizes} if self.graphs is not None else {}),
         }
 

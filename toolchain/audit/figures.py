@@ -58,14 +58,14 @@ def accuracy_rows(doc: AuditFile) -> list[tuple[str, float, float]]:
 
 def save_accuracy_png(doc: AuditFile, path: str | Path) -> Path:
     """Horizontal bars: mean validation accuracy with its standard deviation over seeds; chance (dashed) and the
-    --max-accuracy gate (red) as vertical lines."""
+    --max-accuracy gate (red) as vertical lines, their key under the axes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = accuracy_rows(doc)
-    fig, ax = plt.subplots(figsize=(7.0, 0.35 * len(rows) + 1.4))
+    fig, ax = plt.subplots(figsize=(7.0, 0.35 * len(rows) + 1.8), layout="constrained")
     y = list(range(len(rows)))[::-1]
     ax.barh(y, [100 * m for _, m, _ in rows], xerr=[100 * s for _, _, s in rows], color="#7a9cc6", capsize=3)
     ax.set_yticks(y, [label for label, _, _ in rows], fontsize=8)
@@ -75,7 +75,6 @@ def save_accuracy_png(doc: AuditFile, path: str | Path) -> Path:
                    label=f"--max-accuracy {100 * doc.gate.max_accuracy:.1f}%")
     ax.set_xlim(0, 100)
     ax.set_xlabel("validation accuracy (%), mean and std over seeds")
-    ax.legend(fontsize=7, loc="lower right")
+    fig.legend(fontsize=7, loc="outside lower center", ncol=2, frameon=False)  # under the axes: never over a bar
     ax.set_title("which source an image came from: " + " vs ".join(s.name for s in doc.sources), fontsize=8)
-    fig.tight_layout()
     return save_figure(fig, path, "audit", dpi=110)

@@ -12,7 +12,9 @@ Steps (Liu and He's dataset-classification test, ICLR 2025, on a CLIP's own feat
 3. The dataset classifier (``classify``) on each feature, over ``--seeds`` train/validation resplits.
 4. Control: the control source's audited images split at random into k parts, audited the same way (embedding).
 5. Corruptions: every source's audited images again through the preprocessing with the corruption inserted
-   (``corruptions``), embedding (and corrected embedding) audited.
+   (``corruptions``), embedding (and corrected embedding) audited. With two corruptions or more the images are
+   decoded once (``PixelCache``: the preprocessing up to its Normalize, kept as uint8) and every pass corrupts,
+   normalizes and decomposes those pixels.
 6. ``audit.json``, ``heads.png``, ``accuracy.png`` in ``--out`` (an output folder of kind ``audit``: written to a
    staging folder and renamed when complete; the caches are kept in ``caches/`` only with ``keep_caches``).
 """
@@ -78,6 +80,7 @@ class AuditOptions:
     reading: dict[str, Any] = field(default_factory=dict)  # max_skipped, max_pixels (toolchain.datasets)
     allow_outside_root: bool = False
     keep_caches: bool = False
+    pixel_cache: bool = True  # decode the audited images once for all corruption passes (``PixelCache``)
 
     def check(self) -> None:
         """One line per option out of range."""
@@ -279,27 +282,103 @@ def images_of(name: str, cache: DecompositionCache, rows: np.ndarray) -> Dataset
     return DatasetIndex(name, Path(cache.source or "."), cache.split, records, ["image"], ["image"])
 
 
+@dataclass
+class PixelCache:
+    """Every source's audited images decoded ONCE, through the model's preprocessing up to (not including) its
+    final ``Normalize``: uint8 [n, 3, H, W] per source (``ToTensor`` made x = u / 255 from 8-bit pixels, so
+    u8 / 255 is the same float32 tensor, bit for bit). The corruption passes read these instead of the files."""
+
+    pixels: list[torch.Tensor]
+    normalize: Callable
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.numel() for p in self.pixels)
+
+
+def pixel_cache(decomposed: Decomposed, sample: Sample, clip: Any, options: AuditOptions,
+                log: Log) -> PixelCache | None:
+    """The ``PixelCache`` of the audited images; None when the model's preprocessing is not open_clip's eval
+    transform ending in ToTensor, Normalize (the corruption passes then read the images each time)."""
+    from torchvision.transforms import Compose, Normalize, ToTensor
+
+    from clip_debias.toolchain.datasets import iter_batches
+
+    steps = list(getattr(clip.preprocess, "transforms", []))
+    if not (isinstance(clip.preprocess, Compose) and len(steps) >= 2 and isinstance(steps[-1], Normalize)
+            and isinstance(steps[-2], ToTensor)):
+        return None
+    geometry = Compose(steps[:-1])
+    pixels = []
+    for source, cache, r in zip(sample.sources, decomposed.caches, decomposed.rows):
+        index = images_of(source.name, cache, r)
+        parts = [(b.images * 255).round().to(torch.uint8)
+                 for b in iter_batches(index, geometry, batch_size=options.batch_size, progress=False,
+                                       what="decode for the corruptions", **options.reading)]
+        pixels.append(torch.cat(parts))
+    cache = PixelCache(pixels, steps[-1])
+    log(f"pixel cache: {sum(len(p) for p in pixels)} images decoded once ({cache.nbytes / 2**20:.0f} MiB, model "
+        f"input {tuple(pixels[0].shape[1:])}); every corruption pass reuses them")
+    return cache
+
+
 def corrupted_features(decomposed: Decomposed, sample: Sample, corruption: Corruption, clip: Any, terms: Terms,
-                       edits: EditSet | None, options: AuditOptions, log: Log) -> tuple[np.ndarray, np.ndarray | None]:
+                       edits: EditSet | None, options: AuditOptions, log: Log,
+                       pixels: PixelCache | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """The audited images of every source again, ``corruption`` inserted into the preprocessing: (embeddings,
     corrected embeddings or None), decomposed in memory over the edited heads' layers only (the last layer without
-    edits: the embedding is exact whatever layers are decomposed)."""
+    edits: the embedding is exact whatever layers are decomposed). With ``pixels`` the images are not read again:
+    the corruption and the normalization are applied to the cached pixels (the same tensors the preprocessing
+    would give)."""
+    from clip_debias.toolchain.audit.corruptions import CorruptStep
+
     layers = sorted({l for l, _ in edits.ablated + edits.salient}) if edits is not None else []
     layers = layers or [terms.layers[-1]]
     preprocess = corrupted_preprocess(clip.preprocess, corruption, options.seed)
     emb, corrected = [], []
-    for source, cache, r in zip(sample.sources, decomposed.caches, decomposed.rows):
+    for i, (source, cache, r) in enumerate(zip(sample.sources, decomposed.caches, decomposed.rows)):
         index = images_of(source.name, cache, r)
-        log(f"{corruption.name}: {len(index.records)} images of '{source.name}'")
-        part = decompose_dataset(clip, index, layers, batch_size=options.batch_size, device=options.device,
-                                 convention=terms.convention, preprocess=preprocess, **options.reading)
+        log(f"{corruption.name}: {len(index.records)} images of '{source.name}'"
+            + (" (from the pixel cache)" if pixels is not None else ""))
+        if pixels is None:
+            part = decompose_dataset(clip, index, layers, batch_size=options.batch_size, device=options.device,
+                                     convention=terms.convention, preprocess=preprocess, **options.reading)
+        else:
+            step = CorruptStep(corruption, options.seed)
+            part = decompose_pixels(clip, pixels.pixels[i], lambda x: pixels.normalize(step(x)), layers,
+                                    terms.convention, options)
         emb.append(part.embeddings().numpy())
         if edits is not None:
             corrected.append(edits.apply(part).numpy())
     return np.concatenate(emb), (np.concatenate(corrected) if edits is not None else None)
 
 
-# ---- the job ---------------------------------------------------------------------------------------------------------
+def decompose_pixels(clip: Any, pixels: torch.Tensor, transform: Callable, layers: list[int], convention: str,
+                     options: AuditOptions) -> DecompositionCache:
+    """An in-memory cache of uint8 pixels [n, 3, H, W] (x = u / 255, then ``transform`` per image) through the
+    ``Decomposer``: the terms ``decompose_dataset`` gives for the same preprocessed tensors."""
+    from clip_debias.toolchain.decompose.contributions import Decomposer
+    from clip_debias.toolchain.models.tower import ExplicitViT
+
+    tower = ExplicitViT.from_open_clip(clip.model.visual)
+    decomposer = Decomposer(tower, layers, convention).to(options.device)
+    dtype = tower.conv1.weight.dtype
+    heads, rest, emb = [], [], []
+    with torch.no_grad():
+        for start in range(0, len(pixels), options.batch_size):
+            x = torch.stack([transform(u.float().div(255)) for u in pixels[start:start + options.batch_size]])
+            hc = decomposer(x.to(device=options.device, dtype=dtype))
+            heads.append(hc.heads.float().cpu())
+            rest.append(hc.rest.float().cpu())
+            emb.append(hc.embeddings.float().cpu())
+    n = len(pixels)
+    zeros = torch.zeros(n, dtype=torch.long)
+    return DecompositionCache(heads=torch.cat(heads), rest=torch.cat(rest), labels=zeros, groups=zeros,
+                              layers=list(layers), identity=clip.identity, dataset="audit", split="corrupted",
+                              class_names=["image"], group_names=["image"], convention=convention,
+                              tower_layers=tower.cfg.layers, stored_embeddings=torch.cat(emb))
+
+
 def head_grid(decomposed: Decomposed, layers: list[int], labels: np.ndarray, splits: list, k: int,
               log: Log) -> HeadGrid:
     """Every head's term alone through the same classifier: the [L, H] grid and the ranking."""
@@ -372,11 +451,14 @@ def run_audit(texts: list[str], load_clip: Callable[[], Any], out: Path, options
         t0 = time.perf_counter()
         size = tuple(clip.preprocess_cfg.get("size") or (0, 0))
         rows = []
+        active = [c for c in options.corruptions if not c.is_noop(*size)]
+        pixels = pixel_cache(decomposed, sample, clip, options, log) if len(active) > 1 and options.pixel_cache \
+            else None
         for c in options.corruptions:
             if c.is_noop(*size):
                 rows.append(CorruptionRow(c.name, c.describe(), True))
                 continue
-            xc, cc = corrupted_features(decomposed, sample, c, clip, terms, edits, options, log)
+            xc, cc = corrupted_features(decomposed, sample, c, clip, terms, edits, options, log, pixels)
             rows.append(CorruptionRow(c.name, c.describe(), False, record(classify(xc, labels, splits, sample.k)),
                                       record(classify(cc, labels, splits, sample.k)) if cc is not None else None))
         seconds["corruptions"] = time.perf_counter() - t0

@@ -172,31 +172,10 @@ def section_descriptions(page: Page) -> None:
 
 
 def render_compare(rows: list[CompareRow], out: Path, force: bool = False) -> Path:
-    """Grouped bar chart: per-group accuracy (and overall / worst group) for each method (a group with no image: 0;
-    written by ``toolchain.figures``)."""
-    import matplotlib
+    """Per-column panels of every method's accuracy, coloured by method family (``toolchain.figures``)."""
+    from clip_debias.toolchain.figures import save_compare_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    groups = list(dict.fromkeys(g for r in rows for g in r.groups))
-    labels = ["average", "worst group"] + groups
-    width = 0.8 / max(1, len(rows))
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(labels) + 2), 3.6))
-    x = np.arange(len(labels))
-    for i, r in enumerate(rows):
-        vals = [r.accuracy, r.worst_group_accuracy] + [r.groups[n].accuracy if n in r.groups else 0.0 for n in groups]
-        ax.bar(x + (i - (len(rows) - 1) / 2) * width, [100 * (v or 0.0) for v in vals], width, label=r.method)
-    ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set_title("per-group accuracy", fontsize=9)
-    fig.tight_layout()
-    from clip_debias.toolchain.figures import save_figure
-
-    return save_figure(fig, out, "report", force=force)
+    return save_compare_figure(rows, out, "report", force=force)
 
 
 def section_compare(page: Page) -> None:

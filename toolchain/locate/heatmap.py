@@ -8,6 +8,11 @@ from pathlib import Path
 from clip_debias.toolchain.locate.ltc import LocatePlan
 
 
+MARKER_KEY = ("S = spurious head (n(W) - n(C) > 1/K: mean-ablated by build)\n"
+              "+ = salient head (n(C) - n(W) > 1/K: projected by build)")
+MARKER_KEY_PAIRS = "S = spurious head (n_P > 1/K: mean-ablated by build)"
+
+
 def save_heatmap(plan: LocatePlan, path: str | Path, force: bool = False) -> Path:
     """Write a PNG: rows = the cache's absolute layers, columns = heads, colour = n(W) - n(C) (red: spurious side,
     blue: salient side); located spurious heads are marked "S", salient "+". An existing ``path`` is replaced only
@@ -34,8 +39,10 @@ def save_heatmap(plan: LocatePlan, path: str | Path, force: bool = False) -> Pat
     ax.set_yticks(range(len(plan.layers)), [str(l) for l in plan.layers])
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
-    what = "n_P (pairs whose largest margin change is here)" if plan.method == "pairs" else "n(W) - n(C)"
+    pairs = plan.method == "pairs"
+    what = "n_P (pairs whose largest margin change is here)" if pairs else "n(W) - n(C)"
     ax.set_title(f"{what}, {plan.dataset}/{plan.split}, threshold 1/K = {plan.threshold:.3f}", fontsize=9)
     fig.colorbar(im, ax=ax)
-    fig.tight_layout()
+    fig.text(0.5, 0.01, MARKER_KEY_PAIRS if pairs else MARKER_KEY, ha="center", va="bottom", fontsize=8, wrap=True)
+    fig.tight_layout(rect=(0, 0.09 if pairs else 0.13, 1, 1))
     return save_figure(fig, path, "locate", dpi=120, force=force)
