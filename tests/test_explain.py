@@ -418,3 +418,18 @@ def test_cli_explain_checks_heads_before_encoding_or_writing(tmp_path, tiny_clip
     assert lines == [f"error: {cache}: {heads} not in the cache (layers [2, 3], 4 heads each); pick cached heads or "
                      "decompose with --layers covering them"]
     assert not out.exists()
+
+
+def test_lab_models_describe_with_the_labs_own_pool():
+    """A bias-lab model's text tower knows only the lab's captions: without --pool / --vocab, explain uses the lab's
+    pool and vocabulary (backgrounds, objects, textures, shapes), other models the general ones."""
+    from clip_debias.toolchain.explain.pool import POOL_FILE, default_pool, default_vocab, load_pool, pool_label
+    from clip_debias.toolchain.lab import LAB_DIR
+
+    for name in ("clipdebias-lab", "clipdebias-lab2"):
+        assert default_pool(name) == LAB_DIR / "pool.txt" and default_vocab(name) == LAB_DIR / "vocab.txt"
+        assert pool_label(default_pool(name)) == "lab/pool.txt"
+    assert default_pool("ViT-B-16") == POOL_FILE and pool_label(POOL_FILE) == "pool.txt"
+    lab = load_pool(model="clipdebias-lab")
+    assert lab[0] == "a photo on a land background." and {"a striped bird.", "a boat.", "a crescent."} <= set(lab)
+    assert not any(line.startswith("#") for line in lab)

@@ -13,15 +13,16 @@ from clip_debias.toolchain.cli.options import BatchOpt
 def demo(
     out: Annotated[Path, typer.Option(
         "--out", metavar="DIR", help="Folder for data, caches, plan, models, artifacts, reports (a rerun reuses its "
-                                     "lab data).")] = Path("clip-debias-demo"),
+                                     "lab data and the decomposition caches whose inputs are unchanged).")]
+    = Path("clip-debias-demo"),
     quick: Annotated[bool, typer.Option("--quick", help="Small train/val/test splits (CI smoke run).")] = False,
-    fresh: Annotated[bool, typer.Option("--fresh", help="Make the lab data anew even when --out holds data made "
-                                                        "with the same parameters.")] = False,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Make the lab data and the decomposition caches anew even "
+                                                        "when --out holds them made with the same inputs.")] = False,
     batch_size: BatchOpt = 64,
 ) -> None:
-    """Generate lab data, then decompose -> locate -> build -> export ONNX -> verify on the shipped lab model, and
-    print the before/after table (zero-shot vs LTC vs PerceptionCLIP vs both) and the artifact's latency. The last
-    line names report.html, the page with everything."""
+    """Generate lab data, then decompose -> locate -> select (the correction chosen on val, built) -> export ONNX ->
+    verify on the shipped lab model, and print the before/after table (zero-shot vs LTC vs PerceptionCLIP vs both)
+    and the two artifacts' latency, timed in turns. The last line names report.html, the page with everything."""
     from clip_debias.runtime.tables import output_console
     from clip_debias.toolchain.demo import run_demo
 

@@ -34,7 +34,8 @@ def explain(
     heads: HeadsOpt = None,
     layers: LayersOpt = None,
     pool: Annotated[Optional[Path], typer.Option(
-        "--pool", metavar="FILE", help="Description pool, one per line (default: the shipped general pool).")] = None,
+        "--pool", metavar="FILE", help="Description pool, one per line (default: the shipped general pool; a "
+                                       "bias-lab model: the lab's own, toolchain/lab/pool.txt).")] = None,
     per_head: Annotated[int, typer.Option("--per-head", metavar="N", min=1, help="Descriptions per head.")] = 10,
     rank: Annotated[int, typer.Option(
         "--rank", metavar="N", min=0, help="Rank of each head's output space; 0 = keep 99% of its variance.")] = 0,
@@ -108,7 +109,8 @@ def discover(
         "--templates", metavar="FILE", help="Zero-shot template file (default: the dataset's, else 'a photo of a "
                                             "{}.').")] = None,
     vocab: Annotated[Optional[Path], typer.Option(
-        "--vocab", metavar="FILE", help="Keyword vocabulary, one per line (default: the shipped word list).")] = None,
+        "--vocab", metavar="FILE", help="Keyword vocabulary, one per line (default: the shipped word list; a "
+                                        "bias-lab model: the lab's own, toolchain/lab/vocab.txt).")] = None,
     captions_column: Annotated[Optional[str], typer.Option(
         "--captions-column", metavar="NAME", help="csv datasets: column of captions; keywords from misclassified "
                                                   "captions (YAKE).")] = None,

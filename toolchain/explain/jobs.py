@@ -21,7 +21,8 @@ from clip_debias.toolchain.explain.b2t import (ClassKeywords, ImageSet, attribut
                                                read_captions)
 from clip_debias.toolchain.explain.files import (Descriptions, Keywords, class_keywords_record,
                                                  head_description)
-from clip_debias.toolchain.explain.pool import POOL_FILE, VOCAB_FILE, load_pool, load_vocab
+from clip_debias.toolchain.explain.pool import (default_pool, default_vocab, load_pool, load_vocab,
+                                               pool_label)
 from clip_debias.toolchain.explain.textspan import (cached_pool_embeddings, descriptions_markdown, explain_heads,
                                                     require_cached_heads)
 from clip_debias.toolchain.locate.ltc import require_same_backbone
@@ -63,13 +64,15 @@ def describe_heads(cache_path: Path, load_clip: Callable[[], Any], out: Path, *,
     n_layers = len(clip.model.visual.transformer.resblocks)
     chosen, roles = select_heads(heads, layers, n_layers, terms.heads.shape[2], terms.layers)
     require_cached_heads(terms.layers, terms.heads.shape[2], chosen, str(cache_path))  # --layers: before the pool
-    texts = load_pool(pool)
-    log(f"pool: {len(texts)} descriptions (text embeddings cached in {out / POOL_CACHE})")
+    texts = load_pool(pool, clip.identity.name)
+    shipped = default_pool(clip.identity.name)
+    log(f"pool: {len(texts)} descriptions{'' if pool else f' (shipped {shipped.parent.name}/{shipped.name})'} "
+        f"(text embeddings cached in {out / POOL_CACHE})")
     with staged_directory(out, "explain", complete=DESCRIPTIONS_JSON) as tmp:
         text_emb = cached_pool_embeddings(clip, texts, tmp / POOL_CACHE, reuse=out / POOL_CACHE)
         spans = explain_heads(terms.heads, terms.layers, chosen, texts, text_emb, per_head, rank, roles)
         doc = Descriptions(cache=str(cache_path), dataset=terms.dataset, split=terms.split, n=len(terms),
-                           model=clip.identity.to_dict(), pool=str(pool) if pool else f"shipped:{POOL_FILE.name}",
+                           model=clip.identity.to_dict(), pool=str(pool) if pool else f"shipped:{pool_label(shipped)}",
                            pool_size=len(texts), per_head=per_head, rank=rank or "auto",
                            heads=[head_description(s) for s in spans])
         (tmp / DESCRIPTIONS_MD).write_text(descriptions_markdown(spans, f"TextSpan descriptions: {terms.dataset}/"
@@ -99,8 +102,10 @@ def discover_keywords(source: Path, load_clip: Callable[[], Any], out: Path, *, 
                                       max_pixels, allow_outside_root)
     names = classes_for(classes, images.dataset) or images.class_names
     results = discover(images, clip, names, templates_for(templates, images.dataset), top,
-                       vocab=None if captions is not None else load_vocab(vocab), captions=captions)
-    candidates = f"captions:{captions_column}" if captions_column else str(vocab or f"shipped:{VOCAB_FILE.name}")
+                       vocab=None if captions is not None else load_vocab(vocab, clip.identity.name),
+                       captions=captions)
+    shipped = f"shipped:{pool_label(default_vocab(clip.identity.name))}"
+    candidates = f"captions:{captions_column}" if captions_column else str(vocab or shipped)
     doc = Keywords(source=str(source), dataset=images.dataset, n=len(images.labels), model=clip.identity.to_dict(),
                    candidates=candidates, classes=[class_keywords_record(r) for r in results])
     files = [out / KEYWORDS_JSON]

@@ -227,14 +227,37 @@ def read_lines(path: str | Path, what: str) -> list[str]:
     return out
 
 
-def load_pool(path: str | Path | None = None) -> list[str]:
-    """Descriptions from ``path`` (one per line), or the shipped pool."""
-    return read_lines(path if path is not None else POOL_FILE, "description pool")
+# Models with a vocabulary of their own: model name -> (description pool, keyword vocabulary), used when no file is
+# given. The bias-lab models' text towers know only the lab's captions (classes, backgrounds, objects), so the general
+# pool's descriptions say nothing about their heads.
+LAB_DATA = Path(__file__).resolve().parent.parent / "lab"
+MODEL_POOLS: dict[str, tuple[Path, Path]] = {name: (LAB_DATA / "pool.txt", LAB_DATA / "vocab.txt")
+                                             for name in ("clipdebias-lab", "clipdebias-lab2")}
 
 
-def load_vocab(path: str | Path | None = None) -> list[str]:
-    """Keywords from ``path`` (one per line), or the shipped vocabulary."""
-    return read_lines(path if path is not None else VOCAB_FILE, "vocabulary")
+def pool_label(path: Path) -> str:
+    """How a shipped file is recorded: ``pool.txt`` (the general one), ``lab/pool.txt`` (a model's own)."""
+    return path.name if path.parent == DATA_DIR else f"{path.parent.name}/{path.name}"
+
+
+def default_pool(model: str | None = None) -> Path:
+    """The pool used when none is given: ``model``'s own (``MODEL_POOLS``), else the general one."""
+    return MODEL_POOLS[model][0] if model in MODEL_POOLS else POOL_FILE
+
+
+def default_vocab(model: str | None = None) -> Path:
+    """The vocabulary used when none is given: ``model``'s own (``MODEL_POOLS``), else the general one."""
+    return MODEL_POOLS[model][1] if model in MODEL_POOLS else VOCAB_FILE
+
+
+def load_pool(path: str | Path | None = None, model: str | None = None) -> list[str]:
+    """Descriptions from ``path`` (one per line), or the shipped pool for ``model`` (``default_pool``)."""
+    return read_lines(path if path is not None else default_pool(model), "description pool")
+
+
+def load_vocab(path: str | Path | None = None, model: str | None = None) -> list[str]:
+    """Keywords from ``path`` (one per line), or the shipped vocabulary for ``model`` (``default_vocab``)."""
+    return read_lines(path if path is not None else default_vocab(model), "vocabulary")
 
 
 def write_data(folder: Path = DATA_DIR) -> tuple[Path, Path]:
