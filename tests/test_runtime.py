@@ -481,3 +481,15 @@ def test_device_input_nonfinite_outputs_refused(clf, monkeypatch):
     monkeypatch.setattr(clf.backend, "run_device", fake_run_device)
     with pytest.raises(InputError, match=r"batch item\(s\) \[1\]"):
         clf.predict_logits(_FakeCudaArray((3, 3, 24, 24)))
+
+
+def test_ort_level_is_named_as_the_option_names_it():
+    """info() and the reports say 'all', never the enum's repr 'GraphOptimizationLevel.ORT_ENABLE_ALL'."""
+    import onnxruntime as ort
+
+    from clip_debias.runtime.backends.ort import LEVELS, level_name
+
+    levels = ort.GraphOptimizationLevel
+    got = [level_name(v) for v in (levels.ORT_DISABLE_ALL, levels.ORT_ENABLE_BASIC, levels.ORT_ENABLE_EXTENDED,
+                                   levels.ORT_ENABLE_ALL)]
+    assert got == list(LEVELS)
