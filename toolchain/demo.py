@@ -83,7 +83,7 @@ def prepare_lab_data(data: Path, args: dict[str, Any], fresh: bool, say: Any) ->
     return False
 
 
-LATENCY_ROUNDS = 30  # calls of each artifact, taken in turns (exporters.timing.side_by_side)
+LATENCY_ROUNDS = 20  # calls of each artifact, taken in turns (exporters.timing.side_by_side)
 
 
 def reusable_cache(path: Path, clip: Any, index: Any, layers: list[int]) -> DecompositionCache | None:
