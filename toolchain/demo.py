@@ -207,8 +207,9 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
     lap("export")
 
     say("[bold]6/8 verify[/bold] both artifacts on test with the torch-free runtime")
+    # the zero-shot artifact is verified for its accuracy: the latencies compared are side_by_side's, below
     reports = {name: verify(path, "waterbirds", data, "test", batch_size=batch_size, thresholds=Thresholds(),
-                            progress=False).to_dict()
+                            progress=False, **({} if name == "debiased" else {"latency_batches": 0})).to_dict()
                for name, path in artifacts.items()}
     write_atomic(out / "report.json", json.dumps(reports["debiased"], indent=2), "verify-report")
     latency = latency_side_by_side(artifacts, load_index("waterbirds", data, "test"), batch_size)
