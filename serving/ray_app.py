@@ -26,7 +26,7 @@ import asyncio
 import ipaddress
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -56,6 +56,8 @@ class ServeOptions:
     precision: str = "fp32"
     metrics_port: int = 8080
     cpus_per_replica: float = 1.0
+    expect_digest: str | None = None  # --expect-digest; start() sets it to the digest it announced
+    address: str | None = None  # a Ray cluster to join (ray.init(address=...)); None: a local Ray
 
     def check(self) -> None:
         """One ``ClipDebiasError`` line per bad option."""
@@ -111,7 +113,10 @@ class ArtifactServer:
 
         opts = ServeOptions(**options)
         threads = opts.intra_op_threads if opts.device == "cpu" else None
-        self.clf = load(opts.artifact, device=opts.device, precision=opts.precision, intra_op_threads=threads)
+        # pinned: a replica (re)started after the artifact changed on disk fails here, with the reason, and never
+        # becomes ready (Ray Serve shows the message in `serve status` and the CLI prints its first line)
+        self.clf = load(opts.artifact, device=opts.device, precision=opts.precision, intra_op_threads=threads,
+                        expected_digest=opts.expect_digest)
         self.digest = self.clf.digest  # runtime.integrity: the digest of the files load() checked
         self.metrics = _metrics()
         self.classify_batch.set_max_batch_size(opts.max_batch_size)
@@ -165,22 +170,58 @@ def build_app(options: ServeOptions) -> Any:
     return deployment.bind(asdict(options))
 
 
-def start(options: ServeOptions, *, num_cpus: int | None = None) -> str:
-    """Start a local Ray (``num_cpus``: Ray's default, all cores) and Serve, deploy the app and wait until it is
-    running; returns the ``http://host:port`` base URL. ``stop`` ends it."""
+def start(options: ServeOptions, *, num_cpus: int | None = None, ready_timeout_s: float = 300.0) -> tuple[str, str]:
+    """Start (or join, ``options.address``) Ray and Serve, deploy the app pinned to the artifact's digest and wait
+    until it runs; returns ``(http://host:port, digest)``. A replica that fails to start (e.g. its artifact's digest
+    differs) is a one-line ``ClipDebiasError`` with Ray's reason. ``stop`` ends it."""
+    import logging
+
     import ray
 
     from clip_debias.runtime.classifier import load
 
     options.check()
-    load(options.artifact, device=options.device, precision=options.precision)  # its one-line errors, before Ray
+    # its one-line errors before Ray starts; the digest announced is the one every replica must load
+    digest = load(options.artifact, device=options.device, precision=options.precision,
+                  expected_digest=options.expect_digest).digest
+    options = replace(options, expect_digest=digest)
     if not ray.is_initialized():
-        local = {"num_cpus": num_cpus, "include_dashboard": False, "_metrics_export_port": options.metrics_port,
-                 **({"_node_ip_address": LOOPBACK} if options.loopback else {})}
-        ray.init(**local, log_to_driver=False, configure_logging=False)
+        if options.address:
+            ray.init(address=options.address, log_to_driver=False, logging_level=logging.ERROR)
+        else:
+            local = {"num_cpus": num_cpus, "include_dashboard": False, "_metrics_export_port": options.metrics_port,
+                     **({"_node_ip_address": LOOPBACK} if options.loopback else {})}
+            ray.init(**local, log_to_driver=False, configure_logging=True, logging_level=logging.ERROR)
     serve.start(http_options={"host": options.host, "port": options.port})
     serve.run(build_app(options), name=APP_NAME, route_prefix="/", blocking=False)
-    return f"http://{options.host}:{options.port}"
+    wait_running(ready_timeout_s)
+    return f"http://{options.host}:{options.port}", digest
+
+
+def wait_running(timeout_s: float) -> None:
+    """Until the application is RUNNING; ``ClipDebiasError`` with the first line of Ray's reason when it failed to
+    deploy, or after ``timeout_s``."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        app = serve.status().applications.get(APP_NAME)
+        state = str(getattr(app, "status", ""))
+        if state.endswith("RUNNING"):
+            return
+        if state.endswith("DEPLOY_FAILED") or state.endswith("UNHEALTHY"):
+            reason = " ".join((getattr(app, "message", "") or "").split())
+            for d in (getattr(app, "deployments", None) or {}).values():
+                reason = " ".join((getattr(d, "message", "") or reason).split()) or reason
+            raise ClipDebiasError(f"Ray Serve could not start the replicas: {_last_error_line(reason)}")
+        time.sleep(0.5)
+    raise ClipDebiasError(f"Ray Serve did not report the application running within {timeout_s:g} s")
+
+
+def _last_error_line(message: str) -> str:
+    """Our one-line error inside Ray's message (a traceback flattened to one line), else the message, shortened."""
+    for kind in ("ArtifactError: ", "BackendError: ", "ClipDebiasError: "):
+        if kind in message:
+            return message.rsplit(kind, 1)[1][:400]
+    return message[:400]
 
 
 def stop() -> None:
@@ -202,18 +243,18 @@ def healthz(base_url: str, timeout_s: float = 10.0) -> dict[str, Any]:
 
 
 def serve_until_stopped(options: ServeOptions, on_ready: Any, num_cpus: int | None = None) -> None:
-    """Start (``start``), call ``on_ready(base_url, healthz_doc)``, serve until SIGINT or SIGTERM, then ``stop``."""
+    """Start (``start``), call ``on_ready(base_url, digest)``, serve until SIGINT or SIGTERM, then ``stop``."""
     import signal
     import threading
 
     stopped = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stopped.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        base = start(options, num_cpus=num_cpus)
-        on_ready(base, healthz(base))
+        base, digest = start(options, num_cpus=num_cpus)
+        on_ready(base, digest)
         while not stopped.wait(1.0):
             pass
     finally:
+        stop()
         for s, handler in previous.items():
             signal.signal(s, handler)
-        stop()
