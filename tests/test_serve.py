@@ -1,9 +1,9 @@
-"""``clip-debias serve``: the real command in a subprocess (Ray Serve on a local Ray, 2 CPUs), on 127.0.0.1 with free
+"""``clip-debias serve --engine ray``: the real command in a subprocess (Ray Serve on a local Ray, 2 CPUs), on 127.0.0.1 with free
 ports, under a bounded load: 200 requests from 16 client threads (184 single images as raw PNG bytes, 16 JSON batches
 of 3 base64 images). Every answer must equal the runtime's own ``Classifier.classify`` on the same image file (labels,
 indices and probabilities, exactly) and carry the artifact's digest; nothing is dropped; Ray's Prometheus metrics
 show model calls of more than one image. The latency / throughput numbers are printed (``-s``), never asserted.
-Needs the ``[serve]`` extra (skipped without Ray Serve).
+Needs the ``[ray]`` extra (skipped without Ray Serve). The default engine: tests/test_server.py.
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ def server(workload, tmp_path_factory):
     port, metrics_port = free_port(), free_port()
     log = tmp_path_factory.mktemp("serve_log") / "serve.log"
     argv = [sys.executable, "-c", "from clip_debias.toolchain.cli.app import main; main()", "serve", str(art.path),
-            "--port", str(port), "--metrics-port", str(metrics_port), "--max-batch-size", str(MAX_BATCH),
+            "--engine", "ray", "--port", str(port), "--metrics-port", str(metrics_port), "--max-batch-size",
+            str(MAX_BATCH),
             "--batch-wait-ms", "20", "--num-cpus", "2"]
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

@@ -12,7 +12,6 @@ import base64
 import http.client
 import io
 import json
-import os
 import re
 import signal
 import socket
@@ -25,6 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from proc_info import listening
 from runtime_fixtures import build_artifact
 from triton_server import free_port
 
@@ -253,38 +253,8 @@ def test_slow_clients_are_dropped_and_never_block(server):
             s.close()
 
 
-def _listening(pid: int) -> set[tuple[str, int]]:
-    """(address, port) of the LISTEN TCP sockets the process ``pid`` and its children hold (from /proc)."""
-    pids = {pid}
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                if int((p / "stat").read_text().rsplit(")", 1)[1].split()[1]) in pids:
-                    pids.add(int(p.name))
-            except (OSError, IndexError, ValueError):
-                continue
-    inodes = set()
-    for p in pids:
-        try:
-            for fd in (Path("/proc") / str(p) / "fd").iterdir():
-                m = re.fullmatch(r"socket:\[(\d+)\]", os.readlink(fd))
-                if m:
-                    inodes.add(m.group(1))
-        except OSError:
-            continue
-    out = set()
-    for table in ("tcp", "tcp6"):
-        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
-            f = line.split()
-            if f[3] == "0A" and f[9] in inodes:  # 0A: LISTEN
-                addr, port = f[1].split(":")
-                ip = socket.inet_ntop(socket.AF_INET, bytes.fromhex(addr)[::-1]) if table == "tcp" else addr
-                out.add((ip, int(port, 16)))
-    return out
-
-
 def test_only_the_requested_socket_listens(server):
-    assert _listening(server.proc.pid) == {("127.0.0.1", server.port)}
+    assert listening(server.proc.pid) == {("127.0.0.1", server.port)}
 
 
 def test_start_up_errors_are_one_line_exit_2(art, tmp_path):
@@ -324,10 +294,8 @@ def test_sigterm_drains_in_flight_and_exits_0(art, tmp_path):
     code = s.proc.wait(timeout=5 + 2 + 10)
     print(f"\nSIGTERM -> exit {code} in {time.monotonic() - t0:.2f} s (drain-timeout 5 s)")
     assert answer.startswith(b"HTTP/1.1 200 ") and code == 0, s.text()
-    assert _listening(s.proc.pid) == set()
-    listening = [ln for ln in Path("/proc/net/tcp").read_text().splitlines()[1:]
-                 if ln.split()[3] == "0A" and int(ln.split()[1].split(":")[1], 16) == s.port]
-    assert listening == []  # nothing listens on the port any more
+    assert listening(s.proc.pid) == set()
+    assert listening(port=s.port) == set()  # nothing listens on the port any more
     with socket.socket() as again:  # and a new server can take it (SO_REUSEADDR, as ours: connections in TIME_WAIT)
         again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         again.bind(("127.0.0.1", s.port))
