@@ -11,6 +11,8 @@ and lab PNGs, loopback only, bounded in count and time:
 2. The default server under attack: ``--slow`` connections held open mid-body while /healthz p99 (200 probes, a new
    connection each) and /classify (20 requests) are measured; a 200 MiB body (Content-Length, then chunked) refused
    with its RSS growth; SIGTERM with a request in flight: exit code, seconds to exit, sockets left.
+3. ``--verify-engines``: ``verify`` on the lab test split (``--n-test`` images): local engine vs ``--engine ray``
+   (a local Ray with ``--ray-cpus`` CPUs, 2 actors), wall time of each and Ray's start-up apart.
 
     python benchmarks/bench_serving.py [--requests 200] [--clients 32] [--rounds 2] [--slow 1000]
         [--candidates inprocess,default,ray,triton] [--out DIR]
@@ -286,6 +288,8 @@ def big_body(art: Path, out: Path, mib: int = 200) -> dict:
     server's RSS growth (MB)."""
     from proc_info import tree_rss_mb
 
+    from clip_debias.serving.loadtest import read_until_closed
+
     s = CliServer(art, out / "big.log")
     if not s.wait():
         return {"failed": s.log.read_text(errors="replace")[-2000:]}
@@ -298,7 +302,7 @@ def big_body(art: Path, out: Path, mib: int = 200) -> dict:
             c = socket.create_connection(("127.0.0.1", s.port), timeout=30)
             c.sendall(f"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n{head}\r\n\r\n".encode())
             got: list[bytes] = []
-            reader = threading.Thread(target=lambda: got.append(_read_all(c)))
+            reader = threading.Thread(target=lambda: got.append(read_until_closed(c)))
             reader.start()
             sent, peak = 0, before
             try:
@@ -317,19 +321,11 @@ def big_body(art: Path, out: Path, mib: int = 200) -> dict:
     return doc
 
 
-def _read_all(c: socket.socket) -> bytes:
-    data = b""
-    try:
-        while part := c.recv(65536):
-            data += part
-    except OSError:
-        pass
-    return data
-
-
 def sigterm(art: Path, data: Path, out: Path, drain_s: float = 5.0) -> dict:
     """SIGTERM while a request is in flight (half its body sent): its answer, exit code, seconds, sockets left."""
     from proc_info import listening
+
+    from clip_debias.serving.loadtest import read_until_closed
 
     s = CliServer(art, out / "term.log", "--drain-timeout", str(drain_s))
     if not s.wait():
@@ -343,7 +339,7 @@ def sigterm(art: Path, data: Path, out: Path, drain_s: float = 5.0) -> dict:
     s.proc.send_signal(signal.SIGTERM)
     time.sleep(0.5)
     c.sendall(body[10:])
-    answer = _read_all(c).split(b"\r\n", 1)[0].decode()
+    answer = read_until_closed(c).split(b"\r\n", 1)[0].decode()
     c.close()
     try:
         code = s.proc.wait(timeout=drain_s + 30)
@@ -352,6 +348,33 @@ def sigterm(art: Path, data: Path, out: Path, drain_s: float = 5.0) -> dict:
         code = None
     return {"in_flight_answer": answer, "exit_code": code, "exit_s": round(time.perf_counter() - t0, 2),
             "drain_timeout_s": drain_s, "listening_after": sorted(listening(port=s.port))}
+
+
+def verify_engines(art: Path, data: Path, ray_cpus: int) -> dict:
+    import ray
+
+    from clip_debias.runtime.verify import verify
+    from clip_debias.serving.ray_verify import RayEngine
+
+    t0 = time.perf_counter()
+    local = verify(art, "waterbirds", data, "test", device="cpu", batch_size=32, progress=False)
+    local_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ray.init(num_cpus=ray_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+             configure_logging=False)
+    ray_start_s = time.perf_counter() - t0
+    try:
+        t0 = time.perf_counter()
+        with RayEngine(art, device="cpu", actors=2) as engine:
+            remote = verify(art, "waterbirds", data, "test", batch_size=32, engine=engine)
+        ray_s = time.perf_counter() - t0
+    finally:
+        ray.shutdown()
+    same = all(getattr(local, k) == getattr(remote, k) for k in ("accuracy", "worst_group_accuracy", "groups", "n"))
+    return {"images": local.n, "local_s": local_s, "local_model_p50_ms": local.latency_ms["p50"],
+            "ray_start_s": ray_start_s, "ray_verify_s": ray_s, "ray_model_p50_ms": remote.latency_ms["p50"],
+            "ray_per_actor": remote.backend["ray"]["per_actor"], "same_numbers": same,
+            "accuracy": local.accuracy, "worst_group_accuracy": local.worst_group_accuracy}
 
 
 def main() -> None:
@@ -364,6 +387,8 @@ def main() -> None:
     ap.add_argument("--slow", type=int, default=1000)
     ap.add_argument("--candidates", default="inprocess,default,ray,triton")
     ap.add_argument("--skip-hardening", action="store_true")
+    ap.add_argument("--verify-engines", action="store_true", help="also time verify: local engine vs --engine ray")
+    ap.add_argument("--ray-cpus", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="bench_serving_"))
@@ -373,6 +398,8 @@ def main() -> None:
     if not args.skip_hardening:
         doc.update(slow=slow_connections(art, data, out, args.slow), big_body=big_body(art, out),
                    sigterm=sigterm(art, data, out))
+    if args.verify_engines:
+        doc["verify"] = verify_engines(art, data, args.ray_cpus)
     print(json.dumps(doc, indent=2))
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import ipaddress
 import json
 import re
 from dataclasses import dataclass
@@ -34,8 +35,9 @@ import numpy as np
 from PIL import Image
 
 from clip_debias.runtime import load_image, softmax
-from clip_debias.runtime.errors import InputError
+from clip_debias.runtime.errors import ClipDebiasError, InputError
 
+LOOPBACK = "127.0.0.1"
 MAX_IMAGES = 64  # images in one JSON batch
 MAX_BODY_BYTES = 32 << 20  # request body
 MAX_REQUEST_PIXELS = 100_000_000  # sum of width x height over a request's images, from their headers
@@ -274,6 +276,15 @@ def embed_response(embeddings: np.ndarray, digest: str) -> dict[str, Any]:
     """The answer of ``/embed`` (rows made unit-norm here) and ``/embed-text`` (rows as the runtime gives them)."""
     return {"artifact_digest": digest, "embeddings": [[float(v) for v in row] for row in
                                                       np.asarray(embeddings, dtype=np.float32)]}
+
+
+def check_host(host: str) -> bool:
+    """``--host``: an IP address (one ``ClipDebiasError`` line otherwise); True when it is a loopback address."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        raise ClipDebiasError(f"--host {host!r}: expected an IP address such as {LOOPBACK} (the default; any other "
+                              "address makes the server reachable from that network)") from None
 
 
 def error_response(e: Exception) -> dict[str, str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import ipaddress
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -55,6 +56,17 @@ class LoadResult:
         p50, p95 = (float(v) for v in np.percentile(lat, [50, 95])) if len(lat) else (float("nan"),) * 2
         return {"requests": len(self.answers), "ok": ok, "p50_ms": p50, "p95_ms": p95,
                 "requests_per_s": ok / self.wall_s if self.wall_s > 0 else 0.0, "threads": self.threads}
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Every byte the peer sends until it closes or resets the connection (bounded by the socket's timeout)."""
+    data = b""
+    try:
+        while part := sock.recv(65536):
+            data += part
+    except OSError:
+        pass
+    return data
 
 
 def check_loopback(url: str) -> None:

@@ -1,4 +1,5 @@
-"""``clip-debias serve``: an artifact served by Ray Serve with dynamic batching (``[serve]`` extra; no torch).
+"""``clip-debias serve --engine ray``: an artifact served by Ray Serve with dynamic batching, for clusters (``[ray]``
+extra; no torch). The default engine is ``serving.server``.
 
 One deployment, ``ArtifactServer``, ``replicas`` copies, each holding one ``runtime.load`` of the artifact:
 
@@ -16,14 +17,18 @@ One deployment, ``ArtifactServer``, ``replicas`` copies, each holding one ``runt
   ``clip_debias_images`` / ``clip_debias_batch_size_count``.
 
 The HTTP proxy binds ``host`` (default 127.0.0.1); any other address must be asked for (``ServeOptions.host``) and
-must be an IP address. Ray's own processes (GCS, raylet, workers) listen on ports Ray chooses: run a service inside
-a private network or network namespace, as Ray's security documentation advises.
+must be an IP address. Ray's own processes (GCS, raylet, workers) listen on ports Ray chooses, on all interfaces:
+``docs/serving.md`` lists them and the ``ray start`` options that fix each; run a service inside a private network
+or network namespace, as Ray's security documentation advises.
+
+Pinning: ``start`` loads the artifact in the driver first (``expect_digest`` checked) and deploys the replicas with
+``expect_digest`` = the digest it announced, so a replica (re)started on a changed artifact fails with the reason
+and never answers; ``wait_running`` turns a failed deployment into one ``ClipDebiasError`` line.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 import time
 from dataclasses import asdict, dataclass, replace
@@ -36,7 +41,7 @@ from clip_debias.runtime.choices import ServeDevice
 from clip_debias.runtime.errors import ClipDebiasError
 from clip_debias.serving import http_api
 
-LOOPBACK = "127.0.0.1"
+LOOPBACK = http_api.LOOPBACK
 APP_NAME = "clip_debias"
 BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 LATENCY_BUCKETS_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
@@ -61,11 +66,7 @@ class ServeOptions:
 
     def check(self) -> None:
         """One ``ClipDebiasError`` line per bad option."""
-        try:
-            ipaddress.ip_address(self.host)
-        except ValueError:
-            raise ClipDebiasError(f"--host {self.host!r}: expected an IP address such as {LOOPBACK} (the default; "
-                                  "any other address makes the server reachable from that network)") from None
+        http_api.check_host(self.host)
         for name, port in (("--port", self.port), ("--metrics-port", self.metrics_port)):
             if not 1 <= port <= 65535:
                 raise ClipDebiasError(f"{name} {port}: expected 1..65535")
@@ -81,7 +82,7 @@ class ServeOptions:
 
     @property
     def loopback(self) -> bool:
-        return ipaddress.ip_address(self.host).is_loopback
+        return http_api.check_host(self.host)
 
     @property
     def intra_op_threads(self) -> int:
@@ -192,6 +193,9 @@ def start(options: ServeOptions, *, num_cpus: int | None = None, ready_timeout_s
             local = {"num_cpus": num_cpus, "include_dashboard": False, "_metrics_export_port": options.metrics_port,
                      **({"_node_ip_address": LOOPBACK} if options.loopback else {})}
             ray.init(**local, log_to_driver=False, configure_logging=True, logging_level=logging.ERROR)
+    # Serve's INFO lines ("Started Serve", "will not be applied": serve.run after serve.start, as custom
+    # http_options require) are no news to the operator
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     serve.start(http_options={"host": options.host, "port": options.port})
     serve.run(build_app(options), name=APP_NAME, route_prefix="/", blocking=False)
     wait_running(ready_timeout_s)
@@ -243,15 +247,25 @@ def healthz(base_url: str, timeout_s: float = 10.0) -> dict[str, Any]:
 
 
 def serve_until_stopped(options: ServeOptions, on_ready: Any, num_cpus: int | None = None) -> None:
-    """Start (``start``), call ``on_ready(base_url, digest)``, serve until SIGINT or SIGTERM, then ``stop``."""
+    """Start (``start``), call ``on_ready(base_url, digest)``, serve until SIGINT or SIGTERM, then ``stop``. Our
+    handlers are installed again once Ray runs: Ray's core worker installs a native SIGTERM handler that dumps a stack
+    trace and ends the process with 134 instead of letting it shut down."""
     import signal
     import threading
 
     stopped = threading.Event()
-    previous = {s: signal.signal(s, lambda *_: stopped.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def install() -> None:
+        for s in previous:
+            signal.signal(s, lambda *_: stopped.set())
+
+    install()
     try:
         base, digest = start(options, num_cpus=num_cpus)
-        on_ready(base, digest)
+        install()
+        if not stopped.is_set():
+            on_ready(base, digest)
         while not stopped.wait(1.0):
             pass
     finally:

@@ -37,7 +37,7 @@ from clip_debias.runtime.errors import ClipDebiasError
 from clip_debias.serving import http_api
 from clip_debias.serving.app import AppLimits, ServerApp
 
-LOOPBACK = "127.0.0.1"
+LOOPBACK = http_api.LOOPBACK
 
 
 @dataclass(frozen=True)
@@ -62,11 +62,7 @@ class ServerOptions:
 
     def check(self) -> None:
         """One ``ClipDebiasError`` line per bad option."""
-        try:
-            ipaddress.ip_address(self.host)
-        except ValueError:
-            raise ClipDebiasError(f"--host {self.host!r}: expected an IP address such as {LOOPBACK} (the default; "
-                                  "any other address makes the server reachable from that network)") from None
+        http_api.check_host(self.host)
         if not 0 <= self.port <= 65535:
             raise ClipDebiasError(f"--port {self.port}: expected 1..65535")
         for name, value in (("--header-timeout", self.header_timeout_s), ("--body-timeout",
@@ -80,7 +76,7 @@ class ServerOptions:
 
     @property
     def loopback(self) -> bool:
-        return ipaddress.ip_address(self.host).is_loopback
+        return http_api.check_host(self.host)
 
 
 def header_timeout_protocol(timeout_s: float) -> type[HttpToolsProtocol]:

@@ -4,6 +4,7 @@ with ``--engine ray`` (``clip_debias.serving.ray_app``). Parses and prints only.
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Callable
 from typing import Annotated, Optional
 
 import typer
@@ -106,14 +107,22 @@ def serve_cmd(
         drain_timeout_s=drain_timeout, limits=limits)
     options.check()
 
-    def ready(base: str, digest: str) -> None:
-        if not options.loopback:
-            typer.echo(f"warning: --host {host}: the server is reachable from that network", err=True)
-        typer.echo(f"serving {artifact} ({digest}) at {base}: POST {base}/classify, /embed, /embed-text; GET "
-                   f"{base}/healthz, /readyz, /metrics; SIGTERM or Ctrl-C stops", err=True)
-
-    server.serve(options, ready)  # type: ignore[attr-defined]
+    server.serve(options, _announcer(artifact, host, options.loopback,  # type: ignore[attr-defined]
+                                     "POST {base}/classify, /embed, /embed-text; GET {base}/healthz, /readyz, "
+                                     "/metrics"))
     typer.echo("stopped", err=True)
+
+
+def _announcer(artifact: Path, host: str, loopback: bool, routes: str) -> Callable[[str, str], None]:
+    """The ``on_ready(base, digest)`` of both engines: the start line (and a warning off loopback), on stderr."""
+
+    def ready(base: str, digest: str) -> None:
+        if not loopback:
+            typer.echo(f"warning: --host {host}: the server is reachable from that network", err=True)
+        typer.echo(f"serving {artifact} ({digest}) at {base}: {routes.format(base=base)}; SIGTERM or Ctrl-C stops",
+                   err=True)
+
+    return ready
 
 
 def _serve_ray(artifact: Path, host: str, port: int, expect_digest: str | None, max_batch_size: int,
@@ -125,14 +134,8 @@ def _serve_ray(artifact: Path, host: str, port: int, expect_digest: str | None, 
         replicas=replicas, device=device, precision=precision, metrics_port=metrics_port,
         expect_digest=expect_digest, address=address)
     options.check()
-
-    def ready(base: str, digest: str) -> None:
-        if not options.loopback:
-            typer.echo(f"warning: --host {host}: the server is reachable from that network", err=True)
-        typer.echo(f"serving {artifact} ({digest}) at {base} on Ray Serve: POST {base}/classify, GET "
-                   f"{base}/healthz; metrics http://127.0.0.1:{metrics_port}/metrics; SIGTERM or Ctrl-C stops",
-                   err=True)
-
+    ready = _announcer(artifact, host, options.loopback, "Ray Serve: POST {base}/classify, GET {base}/healthz; "
+                       f"metrics http://127.0.0.1:{metrics_port}/metrics")
     ray_app.serve_until_stopped(options, ready, num_cpus=num_cpus)  # type: ignore[attr-defined]
     typer.echo("stopped", err=True)
 
