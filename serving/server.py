@@ -188,8 +188,9 @@ def serve(options: ServerOptions, on_ready: Callable[[str, str], None] | None = 
     port = sock.getsockname()[1]
     config = uvicorn.Config(
         app, http=header_timeout_protocol(options.header_timeout_s), lifespan="on", log_level="warning",
-        access_log=False, timeout_keep_alive=max(1, round(options.keep_alive_s)),
-        timeout_graceful_shutdown=max(1, round(options.drain_timeout_s)), limit_concurrency=options.max_connections,
+        access_log=False, timeout_keep_alive=options.keep_alive_s,  # type: ignore[arg-type] -- a float works
+        timeout_graceful_shutdown=options.drain_timeout_s,  # type: ignore[arg-type]
+        limit_concurrency=options.max_connections,
         server_header=False, proxy_headers=False, backlog=2048)
     server = _Server(config, on_stop=lambda: app.set_ready(False))
     host = f"[{options.host}]" if ":" in options.host else options.host
