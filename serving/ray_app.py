@@ -40,6 +40,7 @@ from ray import serve
 from clip_debias.runtime.choices import ServeDevice
 from clip_debias.runtime.errors import ClipDebiasError
 from clip_debias.serving import http_api
+from clip_debias.serving.listen import check_free
 
 LOOPBACK = http_api.LOOPBACK
 APP_NAME = "clip_debias"
@@ -186,6 +187,7 @@ def start(options: ServeOptions, *, num_cpus: int | None = None, ready_timeout_s
     digest = load(options.artifact, device=options.device, precision=options.precision,
                   expected_digest=options.expect_digest).digest
     options = replace(options, expect_digest=digest)
+    check_free(options.host, options.port)
     if not ray.is_initialized():
         if options.address:
             ray.init(address=options.address, log_to_driver=False, logging_level=logging.ERROR)
@@ -207,15 +209,11 @@ def wait_running(timeout_s: float) -> None:
     deploy, or after ``timeout_s``."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout_s:
-        app = serve.status().applications.get(APP_NAME)
-        state = str(getattr(app, "status", ""))
-        if state.endswith("RUNNING"):
+        state, reason = app_state()
+        if state == "RUNNING":
             return
-        if state.endswith("DEPLOY_FAILED") or state.endswith("UNHEALTHY"):
-            reason = " ".join((getattr(app, "message", "") or "").split())
-            for d in (getattr(app, "deployments", None) or {}).values():
-                reason = " ".join((getattr(d, "message", "") or reason).split()) or reason
-            raise ClipDebiasError(f"Ray Serve could not start the replicas: {_last_error_line(reason)}")
+        if state in ("DEPLOY_FAILED", "UNHEALTHY"):
+            raise ClipDebiasError(f"Ray Serve could not start the replicas: {reason}")
         time.sleep(0.5)
     raise ClipDebiasError(f"Ray Serve did not report the application running within {timeout_s:g} s")
 
@@ -246,8 +244,21 @@ def healthz(base_url: str, timeout_s: float = 10.0) -> dict[str, Any]:
         return json.loads(r.read())
 
 
-def serve_until_stopped(options: ServeOptions, on_ready: Any, num_cpus: int | None = None) -> None:
-    """Start (``start``), call ``on_ready(base_url, digest)``, serve until SIGINT or SIGTERM, then ``stop``. Our
+def app_state() -> tuple[str, str]:
+    """(the application's status, the first line of Ray's reason) from ``serve.status()``."""
+    app = serve.status().applications.get(APP_NAME)
+    state = str(getattr(app, "status", "")).rsplit(".", 1)[-1]
+    reason = " ".join((getattr(app, "message", "") or "").split())
+    for d in (getattr(app, "deployments", None) or {}).values():
+        reason = " ".join((getattr(d, "message", "") or "").split()) or reason
+    return state, _last_error_line(reason)
+
+
+def serve_until_stopped(options: ServeOptions, on_ready: Any, num_cpus: int | None = None,
+                        on_state: Any = None, poll_s: float = 5.0) -> None:
+    """Start (``start``), call ``on_ready(base_url, digest)``, serve until SIGINT or SIGTERM, then ``stop``; every
+    ``poll_s`` the application's status is read and ``on_state(state, reason)`` called when it changes (a replica
+    that cannot load its pinned artifact turns it UNHEALTHY / DEPLOY_FAILED with the reason). Our
     handlers are installed again once Ray runs: Ray's core worker installs a native SIGTERM handler that dumps a stack
     trace and ends the process with 134 instead of letting it shut down."""
     import signal
@@ -266,8 +277,12 @@ def serve_until_stopped(options: ServeOptions, on_ready: Any, num_cpus: int | No
         install()
         if not stopped.is_set():
             on_ready(base, digest)
-        while not stopped.wait(1.0):
-            pass
+        last = ("RUNNING", "")
+        while not stopped.wait(poll_s):
+            now = app_state()
+            if on_state is not None and now[0] != last[0]:
+                on_state(*now)
+            last = now
     finally:
         stop()
         for s, handler in previous.items():

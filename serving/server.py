@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import ipaddress
 import logging
 import os
 import signal
-import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +33,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from clip_debias.runtime.errors import ClipDebiasError
 from clip_debias.serving import http_api
 from clip_debias.serving.app import AppLimits, ServerApp
+from clip_debias.serving.listen import bind
 
 LOOPBACK = http_api.LOOPBACK
 
@@ -117,24 +115,6 @@ def header_timeout_protocol(timeout_s: float) -> type[HttpToolsProtocol]:
             super().connection_lost(exc)
 
     return HeaderTimeoutProtocol
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """The one listening socket (``ClipDebiasError`` naming the address when it cannot be bound)."""
-    family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind((host, port))
-        sock.listen(2048)
-    except OSError as e:
-        sock.close()
-        why = "the port is in use" if e.errno == errno.EADDRINUSE else e.strerror or str(e)
-        raise ClipDebiasError(f"cannot listen on {host}:{port}: {why}") from None
-    sock.set_inheritable(True)
-    return sock
 
 
 class _Server(uvicorn.Server):

@@ -254,7 +254,8 @@ def test_start_up_errors_are_one_line_exit_2(art, tmp_path):
             ([str(art), "--engine", "default", "--replicas", "2"], "--replicas: options of --engine ray"),
         ]
         if importlib.util.find_spec("ray") is not None:  # Ray's engine checks the pin in the driver, before Ray starts
-            cases.append(([str(art), "--engine", "ray", "--expect-digest", "sha256:" + "0" * 64], "digest"))
+            cases += [([str(art), "--engine", "ray", "--expect-digest", "sha256:" + "0" * 64], "digest"),
+                      ([str(art), "--engine", "ray", "--port", str(port)], "the port is in use")]
         for args, needle in cases:
             res = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120)
             lines = [ln for ln in res.stderr.splitlines() if ln.strip()]

@@ -136,7 +136,10 @@ def _serve_ray(artifact: Path, host: str, port: int, expect_digest: str | None, 
     options.check()
     ready = _announcer(artifact, host, options.loopback, "Ray Serve: POST {base}/classify, GET {base}/healthz; "
                        f"metrics http://127.0.0.1:{metrics_port}/metrics")
-    ray_app.serve_until_stopped(options, ready, num_cpus=num_cpus)  # type: ignore[attr-defined]
+    def state(status: str, reason: str) -> None:
+        typer.echo(f"warning: Ray Serve application {status}" + (f": {reason}" if reason else ""), err=True)
+
+    ray_app.serve_until_stopped(options, ready, num_cpus=num_cpus, on_state=state)  # type: ignore[attr-defined]
     typer.echo("stopped", err=True)
 
 
