@@ -7,7 +7,8 @@
 - ``serving.app``: the ASGI application (routes, bounded body reading, time budget, queue bound).
 - ``serving.server``: ``clip-debias serve`` (default engine): uvicorn running the app, one process; needs the
   ``[serve]`` extra.
-- ``serving.ray_app``: ``clip-debias serve --engine ray``: a Ray Serve application for clusters; needs ``[ray]``.
+- ``serving.ray_app``: ``clip-debias serve --engine ray``: a Ray Serve application for clusters; needs
+  ``[ray-serve]``.
 - ``serving.ray_verify``: ``clip-debias verify --engine ray``: the verification as a Ray Data pipeline; ``[ray]``.
 - ``serving.triton_model``: the Triton python-backend model (``export triton --backend python`` writes a repository
   whose ``model.py`` imports it).

@@ -1,5 +1,5 @@
-"""``clip-debias serve --engine ray``: an artifact served by Ray Serve with dynamic batching, for clusters (``[ray]``
-extra; no torch). The default engine is ``serving.server``.
+"""``clip-debias serve --engine ray``: an artifact served by Ray Serve with dynamic batching, for clusters
+(``[ray-serve]`` extra; no torch). The default engine is ``serving.server``.
 
 One deployment, ``ArtifactServer``, ``replicas`` copies, each holding one ``runtime.load`` of the artifact:
 

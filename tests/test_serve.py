@@ -3,7 +3,7 @@ ports, under a bounded load: 200 requests from 16 client threads (184 single ima
 of 3 base64 images). Every answer must equal the runtime's own ``Classifier.classify`` on the same image file (labels,
 indices and probabilities, exactly) and carry the artifact's digest; nothing is dropped; Ray's Prometheus metrics
 show model calls of more than one image. The latency / throughput numbers are printed (``-s``), never asserted.
-Needs the ``[ray]`` extra (skipped without Ray Serve). The default engine: tests/test_server.py.
+Needs the ``[ray-serve]`` extra (skipped without Ray Serve). The default engine: tests/test_server.py.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from clip_debias.serving.loadtest import Request, run_load, send
 from runtime_fixtures import build_artifact
 from triton_server import free_port
 
-pytest.importorskip("ray.serve", reason="Ray Serve not installed (pip install '.[serve]')")
+pytest.importorskip("ray.serve", reason="Ray Serve not installed (pip install '.[ray-serve]')")
 
 N_REQUESTS, N_THREADS, N_JSON, JSON_IMAGES = 200, 16, 16, 3
 READY_TIMEOUT_S = 240  # a local Ray's start on a loaded 2-core machine

@@ -25,7 +25,7 @@ def _import(module: str, extra: str, package: str) -> object:
     except ModuleNotFoundError as e:
         if (e.name or "").split(".")[0] != package:
             raise
-        raise ClipDebiasError(f"clip-debias serve{' --engine ray' if extra == 'ray' else ''} needs {package}: "
+        raise ClipDebiasError(f"clip-debias serve{' --engine ray' if extra == 'ray-serve' else ''} needs {package}: "
                               f"pip install 'clip-debias[{extra}]'") from None
 
 
@@ -85,7 +85,7 @@ def serve_cmd(
         "--num-cpus", metavar="N", min=1, help="Ray engine: CPUs the local Ray may use (default: all).")] = None,
 ) -> None:
     """Serve ARTIFACT over HTTP: POST /classify, /embed, /embed-text; GET /healthz, /readyz, /metrics. SIGTERM or
-    Ctrl-C drains and stops. Needs the 'serve' extra (--engine ray: the 'ray' extra)."""
+    Ctrl-C drains and stops. Needs the 'serve' extra (--engine ray: 'ray-serve')."""
     if engine == ServeEngine.RAY:
         _serve_ray(artifact, host, port, expect_digest, max_batch_size, batch_wait_ms, device, precision, address,
                    replicas or 1, metrics_port or 8080, num_cpus)
@@ -128,7 +128,7 @@ def _announcer(artifact: Path, host: str, loopback: bool, routes: str) -> Callab
 def _serve_ray(artifact: Path, host: str, port: int, expect_digest: str | None, max_batch_size: int,
                batch_wait_ms: float, device: str, precision: str, address: str | None, replicas: int,
                metrics_port: int, num_cpus: int | None) -> None:
-    ray_app = _import("ray_app", "ray", "ray")
+    ray_app = _import("ray_app", "ray-serve", "ray")
     options = ray_app.ServeOptions(  # type: ignore[attr-defined]
         str(artifact), host=host, port=port, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
         replicas=replicas, device=device, precision=precision, metrics_port=metrics_port,
