@@ -257,7 +257,7 @@ def app_state() -> tuple[str, str]:
 def serve_until_stopped(options: ServeOptions, on_ready: Any, num_cpus: int | None = None,
                         on_state: Any = None, poll_s: float = 5.0) -> None:
     """Start (``start``), call ``on_ready(base_url, digest)``, serve until SIGINT or SIGTERM, then ``stop``; every
-    ``poll_s`` the application's status is read and ``on_state(state, reason)`` called when it changes (a replica
+    ``poll_s`` the application's status is read and ``on_state(state, reason)`` called when either changes (a replica
     that cannot load its pinned artifact turns it UNHEALTHY / DEPLOY_FAILED with the reason). Our
     handlers are installed again once Ray runs: Ray's core worker installs a native SIGTERM handler that dumps a stack
     trace and ends the process with 134 instead of letting it shut down."""
@@ -280,7 +280,7 @@ def serve_until_stopped(options: ServeOptions, on_ready: Any, num_cpus: int | No
         last = ("RUNNING", "")
         while not stopped.wait(poll_s):
             now = app_state()
-            if on_state is not None and now[0] != last[0]:
+            if on_state is not None and now != last:
                 on_state(*now)
             last = now
     finally:
