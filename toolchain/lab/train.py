@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from clip_debias.runtime.choices import Split
+from clip_debias.toolchain.choices import LabLoss
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.lab.data import CLASS_NAMES, OBJECT_NAMES, PLACE_NAMES, SPLIT_NAMES, read_metadata
 
@@ -328,8 +329,7 @@ def train_lab_model(
     model = open_clip.create_model(model_name, device="cpu").to(device).train()
     tokens = open_clip.get_tokenizer(model_name)(caption_table(split.kind is not None)[0]).to(device)
     mean, std = (t.to(device) for t in _normalizer(model))
-    if loss not in ("clip", "sigmoid"):
-        raise ClipDebiasError(f"--loss {loss}: expected clip or sigmoid")
+    loss = LabLoss.parse(loss, "--loss")
     if loss == "sigmoid" and getattr(model, "logit_bias", None) is None:
         raise ClipDebiasError(f"--loss sigmoid: {model_name} has no logit bias (a SigLIP-style config sets "
                               "init_logit_bias)")
