@@ -260,7 +260,8 @@ def slow_connections(art: Path, data: Path, out: Path, n_slow: int) -> dict:
     try:
         for i in range(n_slow):
             c = socket.create_connection(("127.0.0.1", s.port), timeout=30)
-            c.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\nab")
+            c.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                      b"Content-Length: 1000\r\n\r\nab")
             socks.append(c)
         time.sleep(1.0)
         health = []

@@ -1,15 +1,15 @@
 """An asyncio dynamic batcher in front of one model (``Classifier.run``): images from concurrent requests share one
 model call.
 
-``submit(arrays, deadline)`` queues a request's preprocessed images [3, H, W] and waits for their (logits row,
-embedding row). One loop takes the oldest queued image and, while other requests are still being decoded (inside
-``incoming()``), waits at most ``max_wait_s`` for more (up to ``max_batch`` images, in arrival order): a lone request
-never waits, concurrent ones share a call. It then drops images whose request is gone or past its deadline, and runs the rest
-as ONE ``run(np.stack(images))`` call in a single model thread (the runtime runs an int8 model image by image inside
-that call, so a neighbour never changes an answer). While a call runs, the next batch gathers.
+``submit(arrays, deadline)`` queues a request's preprocessed images [3, H, W] and waits for their (logits row, embedding
+row). One loop takes the oldest queued image and, while other requests are still being decoded (inside ``incoming()``),
+waits at most ``max_wait_s`` for more (up to ``max_batch`` images, in arrival order): a lone request never waits,
+concurrent ones share a call. It then drops images whose request is gone or past its deadline, and runs the rest as ONE
+``run(np.stack(images))`` call in a single model thread (the runtime runs an int8 model image by image inside that call,
+so a neighbour never changes an answer). While a call runs, the next batch gathers.
 
-Bounded: at most ``max_queue`` images wait; a request that would pass it is refused at once with ``QueueFull``
-(the server answers 503 + Retry-After) instead of waiting.
+Bounded: at most ``max_queue`` images wait; a request that would pass it is refused at once with ``QueueFull`` (the
+server answers 503 + Retry-After) instead of waiting.
 """
 
 from __future__ import annotations

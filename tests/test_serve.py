@@ -1,8 +1,8 @@
-"""``clip-debias serve --engine ray``: the real command in a subprocess (Ray Serve on a local Ray, 2 CPUs), on 127.0.0.1 with free
-ports, under a bounded load: 200 requests from 16 client threads (184 single images as raw PNG bytes, 16 JSON batches
-of 3 base64 images). Every answer must equal the runtime's own ``Classifier.classify`` on the same image file (labels,
-indices and probabilities, exactly) and carry the artifact's digest; nothing is dropped; Ray's Prometheus metrics
-show model calls of more than one image. The latency / throughput numbers are printed (``-s``), never asserted.
+"""``clip-debias serve --engine ray``: the real command in a subprocess (Ray Serve on a local Ray, 2 CPUs), on 127.0.0.1
+with free ports, under a bounded load: 200 requests from 16 client threads (184 single images as raw PNG bytes, 16 JSON
+batches of 3 base64 images). Every answer must equal the runtime's own ``Classifier.classify`` on the same image file
+(labels, indices and probabilities, exactly) and carry the artifact's digest; nothing is dropped; Ray's Prometheus
+metrics show model calls of more than one image. The latency / throughput numbers are printed (``-s``), never asserted.
 Needs the ``[ray-serve]`` extra (skipped without Ray Serve). The default engine: tests/test_server.py.
 """
 

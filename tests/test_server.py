@@ -205,7 +205,8 @@ def test_oversize_refused_before_reading_and_chunked_cut(server):
 
     chunk = b"x" * (256 << 10)
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s, ThreadPoolExecutor(1) as pool:
-        s.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n")
+        s.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\n")
         reader = pool.submit(read_until_closed, s)
         try:
             for _ in range(8):  # 2 MiB at most, the limit is 1 MiB
@@ -224,7 +225,8 @@ def test_slow_clients_are_dropped_and_never_block(server):
     for i in range(80):
         s = socket.create_connection(("127.0.0.1", server.port), timeout=15)
         if i % 2:
-            s.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\nab")
+            s.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                      b"Content-Length: 1000\r\n\r\nab")
         else:
             s.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Le")
         slow.append(s)
