@@ -254,14 +254,17 @@ def test_start_up_errors_are_one_line_exit_2(art, tmp_path):
             ([str(art), "--expect-digest", "sha256:" + "0" * 64], "digest"),
             ([str(art), "--port", str(port)], f"cannot listen on 127.0.0.1:{port}: the port is in use"),
             ([str(art), "--engine", "default", "--replicas", "2"], "--replicas: options of --engine ray"),
+            ([str(art), "--engine", "ray", "--max-queue", "5"], "--max-queue: options of the default engine"),
         ]
         if importlib.util.find_spec("ray") is not None:  # Ray's engine checks the pin in the driver, before Ray starts
             cases += [([str(art), "--engine", "ray", "--expect-digest", "sha256:" + "0" * 64], "digest"),
                       ([str(art), "--engine", "ray", "--port", str(port)], "the port is in use")]
-        for args, needle in cases:
-            res = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120)
-            lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-            assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+        runs = [subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for args, _ in cases]  # side by side: each is an interpreter start and an import
+        for (args, needle), run in zip(cases, runs):
+            _, err = run.communicate(timeout=180)
+            lines = [ln for ln in err.splitlines() if ln.strip()]
+            assert run.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (args, err)
             assert needle in lines[0], lines[0]
 
 

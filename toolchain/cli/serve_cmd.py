@@ -4,6 +4,7 @@ with ``--engine ray`` (``clip_debias.serving.ray_app``). Parses and prints only.
 from __future__ import annotations
 
 from pathlib import Path
+import inspect
 from collections.abc import Callable
 from typing import Annotated, Optional
 
@@ -87,6 +88,14 @@ def serve_cmd(
     """Serve ARTIFACT over HTTP: POST /classify, /embed, /embed-text; GET /healthz, /readyz, /metrics. SIGTERM or
     Ctrl-C drains and stops. Needs the 'serve' extra (--engine ray: 'ray-serve')."""
     if engine == ServeEngine.RAY:
+        defaults = {n: p.default for n, p in inspect.signature(serve_cmd).parameters.items()}
+        given = [f"--{n.replace('_', '-')}" for n, v in (
+            ("max_queue", max_queue), ("max_body_mb", max_body_mb), ("max_images", max_images),
+            ("max_request_pixels", max_request_pixels), ("header_timeout", header_timeout),
+            ("body_timeout", body_timeout), ("request_timeout", request_timeout), ("drain_timeout", drain_timeout))
+            if v != defaults[n]]
+        if given:
+            raise ClipDebiasError(f"{', '.join(given)}: options of the default engine (Ray Serve has its own limits)")
         _serve_ray(artifact, host, port, expect_digest, max_batch_size, batch_wait_ms, device, precision, address,
                    replicas or 1, metrics_port or 8080, num_cpus)
         return
