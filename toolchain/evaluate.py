@@ -36,7 +36,7 @@ from clip_debias.toolchain.locate.ltc import LocatePlan, require_layers, require
 from clip_debias.toolchain.models.tower import tower_config_of
 from clip_debias.toolchain.prompts.files import ContextSpec
 from clip_debias.toolchain.prompts.text import DEFAULT_TEMPLATES
-from clip_debias.toolchain.protocol import check_protocol
+from clip_debias.toolchain.protocol import policy
 
 RENORM_LABELS = {"stepwise": "stepwise renorm", "keep": "keep norm", "unit-once": "unit norm once"}
 
@@ -97,9 +97,7 @@ def compare_methods(cache_test: DecompositionCache, plan: LocatePlan, calibratio
     itself (a ``calibration`` given is ignored) and only the stepwise rows are the reference's own. Each row carries
     the bias metrics the cache allows (``DecompositionCache.metric_source``, its protected attribute replaced by
     ``protected`` when given; ``metric_options``: see ``runtime.metric_inputs``)."""
-    check_protocol(protocol)
-    if protocol == "reference":
-        calibration = cache_test
+    calibration = policy(protocol).means_from(cache_test, calibration)
     check_plan(plan, clip, tower_config_of(clip.model.visual))
     require_convention(plan, cache_test, f"cache {cache_test.dataset}/{cache_test.split}")
     require_same_backbone(clip.identity, cache_test.identity, f"cache {cache_test.dataset}/{cache_test.split}")
