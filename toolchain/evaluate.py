@@ -27,6 +27,7 @@ from pydantic.dataclasses import dataclass as format_dataclass
 from clip_debias.runtime.metric_inputs import MetricOptions, metric_inputs
 from clip_debias.runtime.metrics import (AccuracyReport, BiasInputs, BiasMetrics, CounterfactualReport, ParityReport,
                                          ShortcutGaps, SkewReport, accuracy_report, bias_metrics)
+from clip_debias.runtime.ownership import json_rows_with, register_file_kind
 from clip_debias.runtime.schema import FORMAT, read_model
 from clip_debias.toolchain.correct.build import (BuildOptions, EditSet, check_plan, make_edits, make_head,
                                                  require_convention)
@@ -218,6 +219,8 @@ def _cell(g: Any, with_n: bool) -> str:
 # ---- compare.json -----------------------------------------------------------------------------------------------
 
 COMPARE_WHAT = "results written by 'clip-debias evaluate --json'"
+register_file_kind("compare-file", f"{COMPARE_WHAT} (or the demo's compare.json)",
+                   json_rows_with({"method", "accuracy", "worst_group_accuracy"}))
 
 
 @format_dataclass(config=FORMAT)

@@ -23,10 +23,13 @@ import torch
 from PIL import Image
 
 from clip_debias.runtime.choices import Split
+from clip_debias.runtime.ownership import register_file_kind, safetensors_with
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.lab.data import CLASS_NAMES, OBJECT_NAMES, PLACE_NAMES, SPLIT_NAMES, read_metadata
 
 MODEL_NAME = "clipdebias-lab"
+register_file_kind("lab-weights", "lab weights written by 'clip-debias lab train'",  # the metadata train_lab_model
+                   safetensors_with({"model", "steps", "seed", "batch_size", "lr", "p_background"}))  # records
 CLASS_TEMPLATES = (
     "a photo of a {c}.", "a {c}.", "a picture of a {c}.", "an image of a {c}.", "a photo of the {c}.",
     "a small {c}.", "a drawing of a {c}.", "a photo of one {c}.",

@@ -32,6 +32,7 @@ import torch
 from pydantic import Field, model_validator
 from pydantic.dataclasses import dataclass
 
+from clip_debias.runtime.ownership import json_object_with, register_file_kind
 from clip_debias.runtime.schema import FORMAT, FieldError, read_json, stored_as_dict, validate
 from clip_debias.toolchain.choices import MinoritySource
 from clip_debias.toolchain.decompose.cache import DecompositionCache
@@ -47,6 +48,8 @@ from clip_debias.toolchain.protocol import PROTOCOLS, policy
 
 PLAN_FORMAT = 2
 PLAN_WHAT = "a plan written by 'clip-debias locate'"
+register_file_kind("locate-plan", PLAN_WHAT,
+                   json_object_with({"spurious", "salient", "n_wrong_grid", "n_correct_grid", "threshold"}))
 MINORITY_SOURCES = MinoritySource.values()
 
 HeadIndex = Annotated[list[int], Field(min_length=2, max_length=2, description="a [layer, head] pair (two integers)")]
