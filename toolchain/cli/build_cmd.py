@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from clip_debias.runtime.choices import DatasetFormat, Split
-from clip_debias.toolchain.choices import Classifier, PairEmbeddings, Protocol, Renorm, ZFrom
+from clip_debias.toolchain.choices import HeadName, PairEmbeddings, Protocol, Renorm, ZFrom
 from clip_debias.toolchain.cli.options import (DatasetOpt, ModelOpt, OptionalDataOpt, PretrainedOpt, ProtocolOpt,
                                                RandomWeightsOpt, WeightsOpt, choice_option, load_model)
 
@@ -109,10 +109,10 @@ def build(
     random_weights: RandomWeightsOpt = False,
     ablate: AblateOpt = True,
     project: ProjectOpt = True,
-    classifier: Annotated[Classifier, choice_option(
-        Classifier, "--classifier", "Classifier head: zero-shot, PerceptionCLIP (--contexts), or lle (Last Layer "
+    classifier: Annotated[HeadName, choice_option(
+        HeadName, "--classifier", "Classifier head: zero-shot, PerceptionCLIP (--contexts), or lle (Last Layer "
                                     "Ensemble trained on this model's frozen embeddings of --data).")]
-    = Classifier.ZEROSHOT,
+    = HeadName.ZEROSHOT,
     contexts: ContextsOpt = "defaults",
     attribute_pairs: PairsOpt = "defaults",
     tau: TauOpt = 1.0,

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from clip_debias.toolchain.choices import Classifier, PairEmbeddings
+from clip_debias.toolchain.choices import HeadName, PairEmbeddings
 from clip_debias.toolchain.correct.classifier import ClassifierSpec, DebiasedClassifier, PreprocessRecord
 from clip_debias.toolchain.correct.edits import corrected_embedding, orthonormal_basis
 from clip_debias.toolchain.correct.heads import HEAD_KINDS
@@ -181,7 +181,7 @@ def make_edits(plan: LocatePlan, calibration: DecompositionCache | None, clip: A
 def make_head(clip: Any, class_names: list[str], templates: list[str], options: BuildOptions) -> nn.Module:
     """The head of kind ``options.classifier`` (``correct.heads.HEAD_KINDS``): zero-shot (T [C, D] from
     ``templates``) or PerceptionCLIP (``options.contexts``)."""
-    return HEAD_KINDS[Classifier.parse(options.classifier, "--classifier")].make(clip, class_names, templates, options)
+    return HEAD_KINDS[HeadName.parse(options.classifier, "--classifier")].make(clip, class_names, templates, options)
 
 
 def build_classifier(plan: LocatePlan, calibration: DecompositionCache | None, clip: Any,

@@ -409,8 +409,3 @@ def zero_shot_report(
             log(out[s].line())
     return out
 
-
-if __name__ == "__main__":  # python -m toolchain.lab.train WEIGHTS DATA [SPLIT...]
-    import sys
-
-    zero_shot_report(sys.argv[1], sys.argv[2], tuple(sys.argv[3:]) or ("val", "test"))
