@@ -195,17 +195,18 @@ def build_classifier(plan: LocatePlan, calibration: DecompositionCache | None, c
     edits = make_edits(plan, calibration, clip, options)
     head = make_head(clip, plan.class_names, list(options.templates or plan.templates or DEFAULT_TEMPLATES), options)
     opts = {k: v for k, v in asdict(options).items() if k not in ("contexts", "attribute_pairs", "lle")}
+    rules = policy(options.protocol)
     provenance = {
         **plan.summary(),
         "calibration": ({"dataset": calibration.dataset, "split": calibration.split, "n": len(calibration)}
                         if calibration is not None and edits.ablated else None),
         "test_calibration": bool(calibration is not None and edits.ablated and calibration.split == "test"),
-        "transductive": bool(policy(options.protocol).transductive and edits.ablated),
+        "transductive": bool(rules.transductive and edits.ablated),
         "attribute_pairs": [list(p) for p in options.attribute_pairs or []] if edits.salient else [],
         "options": opts,
     }
     if provenance["transductive"]:
-        provenance["note"] = policy(options.protocol).note
+        provenance["note"] = rules.note
     spec = ClassifierSpec(
         tower=tower.cfg.to_dict(), identity=clip.identity.to_dict(), class_names=list(plan.class_names),
         group_names=list(calibration.group_names if calibration is not None else []),
