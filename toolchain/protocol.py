@@ -150,8 +150,3 @@ POLICIES: dict[Protocol, ProtocolPolicy] = {p.name: p for p in (
 def policy(name: str, option: str = "--protocol") -> ProtocolPolicy:
     """The policy of protocol ``name``, else one clear line naming ``option``."""
     return POLICIES[Protocol.parse(name, option)]
-
-
-def check_protocol(name: str, option: str = "--protocol") -> str:
-    """``name`` if it is a protocol, else one clear line."""
-    return policy(name, option).name
