@@ -115,12 +115,14 @@ def latency_side_by_side(artifacts: dict[str, Path], index: Any, batch_size: int
     per-round ratio to the first artifact; plus ``batch_size``."""
     import functools
 
+    import numpy as np
+
     from clip_debias.exporters.timing import side_by_side
     from clip_debias.runtime.classifier import load
 
     models = {name: load(path, backend="onnxruntime", device="cpu") for name, path in artifacts.items()}
     first = next(iter(models.values()))
-    batch = first.check_batch(first.preprocess_batch(r.path for r in index.records[:batch_size]))
+    batch = first.check_batch(np.stack([first.preprocess(r.path) for r in index.records[:batch_size]]))
     out = side_by_side({name: functools.partial(m.backend.run, batch) for name, m in models.items()}, rounds)
     return {name: {**stats, "batch_size": len(batch)} for name, stats in out.items()}
 
