@@ -61,9 +61,11 @@ class Progress:
             log.info(self.line())
 
     def line(self) -> str:
+        """``what: done/total unit (pct%), batch b/B, seconds``; no batch count when a batch is one item (e.g. an
+        epoch: it would repeat the count)."""
         pct = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
-        return (f"{self.what}: {self.done}/{self.total} {self.unit}{pct}, batch {self.batch}/{self.batches}, "
-                f"{time.perf_counter() - self._t0:.1f} s")
+        batch = f", batch {self.batch}/{self.batches}" if self.batches != self.total else ""
+        return f"{self.what}: {self.done}/{self.total} {self.unit}{pct}{batch}, {time.perf_counter() - self._t0:.1f} s"
 
     def __exit__(self, *exc: Any) -> None:
         if self._bar is not None:

@@ -1,6 +1,7 @@
-"""Last Layer Ensemble (issue 17): inference == a float64 transcription of the formula; the baked head in torch ==
+"""Last Layer Ensemble (issues 17, 31): inference == a float64 transcription of the formula; the baked head in torch ==
 the ONNX artifact; a shift classifier trained on separable shift types routes to the right head; augmentation types
-and their refusals; build --classifier lle end to end on lab data."""
+(each pixel-exact against a transcription) and their refusals; the authors' head set, schedules, weight decay and
+shift-classifier init; build --classifier lle end to end on lab data."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ import torch
 from typer.testing import CliRunner
 
 from clip_debias.runtime.datasets import load_index
-from clip_debias.toolchain.correct.augment import (AUGMENT_TYPES, Sample, background_swap, fill_holes, object_swap,
-                                                   run_augment, watermark)
+from clip_debias.toolchain.correct.augment import (AUGMENT_TYPES, Sample, background_swap, background_swap_own,
+                                                   clean_background, edge_map, fill_holes, object_swap,
+                                                   object_swap_own, run_augment, texture, watermark)
 from clip_debias.toolchain.correct.lle import LleHead, lle_logits
-from clip_debias.toolchain.correct.lle_fit import Embedded, LleOptions, RecordPool, lle_loss, train_lle
+from clip_debias.toolchain.correct.lle_fit import (SCHEDULES, Embedded, LleOptions, RecordPool, init_shift, lle_loss,
+                                                   train_lle)
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.lab.data import make_lab_data
 
@@ -164,11 +167,14 @@ def plain(tmp_path_factory) -> Path:
 
 
 class OneDonor:
-    def __init__(self, donor: Sample):
-        self.donor = donor
+    def __init__(self, donor: Sample, mate: Sample | None = None):
+        self.donor, self.mate = donor, mate or donor
 
     def other_class(self, label: int, rng: np.random.Generator) -> Sample:
         return self.donor
+
+    def same_class(self, label: int, rng: np.random.Generator) -> Sample:
+        return self.mate
 
 
 def _pair(two: Path) -> tuple[Sample, Sample]:
@@ -179,15 +185,15 @@ def _pair(two: Path) -> tuple[Sample, Sample]:
     return first, pool.sample(other)
 
 
-def test_swaps_keep_the_samples_parts_and_take_the_donors(two: Path) -> None:
+def test_own_swaps_keep_the_samples_parts_and_take_the_donors(two: Path) -> None:
     sample, donor = _pair(two)
     rng = np.random.default_rng(0)
-    bg = background_swap(sample, OneDonor(donor), rng)
+    bg = background_swap_own(sample, OneDonor(donor), rng)
     fg = sample.masks["fg"] == 255
     assert (bg[fg] == sample.image[fg]).all()  # the bird, where it fully covers the pixel, is the sample's
     free = ~(sample.parts_hole() | donor.parts_hole())
     assert (bg[free] == donor.image[free]).all()  # elsewhere the donor's background (its parts filled in)
-    obj = object_swap(sample, OneDonor(donor), rng)
+    obj = object_swap_own(sample, OneDonor(donor), rng)
     assert (obj[fg] == sample.image[fg]).all()
     assert not (obj == sample.image).all()
 
@@ -234,7 +240,7 @@ def test_masks_missing_are_refused_with_one_line(plain: Path, tmp_path: Path) ->
     fg_only = make_lab_data(tmp_path / "fg", n_train=8, n_val=4, n_test=4, image_size=32, seed=1, workers=1, masks=True)
     with pytest.raises(ClipDebiasError, match=r"^--augment object-swap needs co-object masks: .*'object_mask'"):
         LleOptions(data=fg_only, augment=("object-swap",)).resolve_augmentations()
-    assert LleOptions(data=fg_only).resolve_augmentations().names() == ["background-swap", "watermark"]
+    assert LleOptions(data=fg_only).resolve_augmentations().names() == ["background-swap"]  # the authors' set
     # auto keeps what the data allows
     assert LleOptions(data=plain).resolve_augmentations().names() == ["watermark"]
 
@@ -296,7 +302,8 @@ def test_cli_build_lle_trains_saves_and_records(plan_file: Path, two: Path, tmp_
     assert t["options"]["seed"] == 5 and t["options"]["epochs"] == 2 and t["train"]["split"] == "train"
     assert t["train"]["per_shift"] == {"original": 24, "object-swap": 24, "watermark": 24}
     assert t["val"]["split"] == "val" and t["chosen"]["epoch"] in (1, 2)
-    assert len(t["trials"]) == 6  # the (lr, wd) grid
+    assert len(t["trials"]) == 1 and t["schedule"]["name"] == "urbancars"  # the authors' lr 1e-3, wd 1e-4
+    assert t["chosen"]["lr"] == 1e-3 and t["chosen"]["weight_decay"] == 1e-4 and t["redraw"] == "cross"
     assert model.head.weight.shape[:2] == (3, 2) and model.head.training_record == t
 
 
