@@ -66,7 +66,7 @@ LleSeedOpt = Annotated[int, typer.Option("--lle-seed", metavar="N", min=0,
                                          help="LLE: seed of the augmentations and of SGD's order.")]
 LleTrainSplitOpt = Annotated[Split, choice_option(Split, "--lle-train-split", "Split the LLE head trains on.")]
 LleValSplitOpt = Annotated[Split, choice_option(
-    Split, "--lle-val-split", "Split the LLE head's learning rate, weight decay and epoch are chosen on.")]
+    Split, "--lle-val-split", "Split the LLE head's epoch (and grid entry) is chosen on.")]
 
 
 def default_calibration(plan: "LocatePlan", calibration: Path | None, needed: bool, hint: str) -> Path | None:
@@ -149,8 +149,8 @@ def build(
     """Bake the plan's corrections (mean ablation, salient projection) and the classifier head into one model.
     --protocol reference takes the ablation means from the split you will evaluate on (--calibration, required):
     transductive, not deployable. --classifier lle trains the Last Layer Ensemble head on the embeddings of the model
-    with the edits baked in, of the --lle-train-split of --data (a --dataset folder), and chooses its learning rate,
-    weight decay and epoch on its --lle-val-split."""
+    with the edits baked in, of the --lle-train-split of --data (a --dataset folder), and chooses its epoch (with
+    --lle-schedule grid also its learning rate and weight decay) on its --lle-val-split."""
     from clip_debias.toolchain.correct.build import BuildOptions, build_classifier
     from clip_debias.toolchain.prompts.defaults import attribute_pairs_for, contexts_for
     from clip_debias.toolchain.decompose.cache import load_cache
