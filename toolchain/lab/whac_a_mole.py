@@ -198,11 +198,17 @@ def whac_a_mole(data: str | Path, clip: Any, settings: LleSettings | None = None
         trained[name] = build_classifier(plan, caches["val"], clip, replace(base, classifier="lle", lle=lle)).head
     ltc_edits = (f"ablate {edits.ablated} (val means), project {edits.salient} (rank "
                  f"{0 if edits.basis is None else edits.basis.shape[0]}, {edits.renorm})")
-    lle_edits = f"LLE heads {', '.join(trained['LLE'].shifts)}"
+    def lle_edits(name: str) -> str:
+        t = trained[name].training_record
+        c = t["chosen"]
+        return (f"LLE heads {', '.join(trained[name].shifts)} ({t['schedule']['name']} schedule, redraw "
+                f"{t['redraw']}, shift init {t['shift_init']}; lr {c['lr']}, wd {c['weight_decay']}, epoch "
+                f"{c['epoch']}: val worst group {100 * c['val_worst_group']:.1f} %)")
+
     methods = (("zero-shot", "none", zeroshot, plain), ("LTC", ltc_edits, zeroshot, corrected),
                ("PerceptionCLIP", f"contexts {', '.join(contexts.contexts)}", perception, plain),
-               ("LLE", lle_edits, trained["LLE"], plain), ("LTC + LLE", f"{ltc_edits}; {lle_edits}",
-                                                            trained["LTC + LLE"], corrected))
+               ("LLE", lle_edits("LLE"), trained["LLE"], plain),
+               ("LTC + LLE", f"{ltc_edits}; {lle_edits('LTC + LLE')}", trained["LTC + LLE"], corrected))
     y, g = test.labels.long(), test.groups.long()
     rows = []
     with torch.no_grad():
