@@ -68,7 +68,7 @@ def _probe(artifact: str, load_args: dict[str, Any]) -> dict[str, Any]:
 
     clf = load(artifact, **load_args)
     return {"info": clf.info(), "class_names": clf.class_names, "group_names": clf.group_names,
-            "digest": clf.digest, "gate": LocalEngine(clf).precision_gate()}
+            "digest": clf.digest, "gate": LocalEngine(clf).precision_gate(), "transductive": clf.manifest.transductive}
 
 
 class VerifyActor:
@@ -144,6 +144,7 @@ class RayEngine:
         self.class_names: list[str] = []
         self.group_names: list[str] = []
         self.digest: str | None = None
+        self.transductive = False
         self.per_actor: dict[str, dict[str, float]] = {}
 
     def __enter__(self) -> "RayEngine":
@@ -171,6 +172,7 @@ class RayEngine:
             raise _user_error(e) or e from None
         self._info, self._gate, self.digest = found["info"], found["gate"], found["digest"]
         self.class_names, self.group_names = found["class_names"], found["group_names"]
+        self.transductive = bool(found["transductive"])
         return self
 
     def __exit__(self, *exc: Any) -> None:

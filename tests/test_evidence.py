@@ -132,3 +132,31 @@ def test_one_of_160_images_is_not_a_pass(tmp_path: Path):
     t = report["thresholds"]["min_accuracy"]
     assert report["n"] == 1 and t["n"] == 1 and t["decision"] in ("INCONCLUSIVE", "FAIL") and not report["passed"]
     assert report["thresholds"]["max_skipped"]["decision"] == "PASS"  # 159 <= 159: the skip count is not the issue
+
+
+def test_reference_protocol_model_is_named_in_a_warning(tmp_path: Path, capsys):
+    """Issue 31.5: a model built under the reference (transductive) protocol -- recorded in its manifest's plan --
+    gets one warning line from verify (and ``transductive: true`` in the JSON) and from export."""
+    import json
+
+    from clip_debias.runtime.manifest import Manifest
+    from clip_debias.toolchain.cli.app import app
+    from clip_debias.toolchain.cli.export_cmd import warn_if_transductive
+
+    art = build_artifact(tmp_path / "a", fp16=False)
+    build_waterbirds(tmp_path / "wb")
+    args = ["verify", str(art.path), "--dataset", "waterbirds", "--data", str(tmp_path / "wb"), "--split", "test",
+            "--no-progress", "--json", str(tmp_path / "r.json"), "--force"]
+    plain = CliRunner().invoke(app, args)
+    assert plain.exit_code == 0 and "transductive" not in plain.output
+    assert json.loads((tmp_path / "r.json").read_text())["transductive"] is False
+    manifest = Manifest.load(art.path)
+    manifest.plan["plan"] = {"transductive": True}
+    manifest.save(art.path)
+    res = CliRunner().invoke(app, args)
+    warnings = [ln for ln in res.output.splitlines() if "transductive" in ln]
+    assert res.exit_code == 0 and len(warnings) == 1 and warnings[0].startswith("warning: "), res.output
+    assert json.loads((tmp_path / "r.json").read_text())["transductive"] is True
+    warn_if_transductive(art.path)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: this model was built under the reference (transductive)")

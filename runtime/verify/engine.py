@@ -54,6 +54,7 @@ class Engine(Protocol):
     class_names: list[str]
     group_names: list[str]
     digest: str | None
+    transductive: bool  # built under the reference protocol (``Manifest.transductive``)
 
     def info(self) -> dict[str, Any]: ...
 
@@ -123,6 +124,7 @@ class LocalEngine:
         self.workers = workers or min(4, os.cpu_count() or 1)
         self.root, self.class_names, self.group_names = clf.root, clf.class_names, clf.group_names
         self.digest = clf.digest
+        self.transductive = clf.manifest.transductive
 
     def info(self) -> dict[str, Any]:
         return self.clf.info()

@@ -40,6 +40,7 @@ from clip_debias.runtime.datasets import DatasetIndex, load_index
 from clip_debias.runtime.errors import ClipDebiasError, InputError
 from clip_debias.runtime.integrity import check_digest
 from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS, MIN_LATENCY_BATCHES
+from clip_debias.runtime.manifest import TRANSDUCTIVE_WARNING
 from clip_debias.runtime.metric_inputs import MetricOptions, metric_inputs
 from clip_debias.runtime.metrics.evidence import Evidence
 from clip_debias.runtime.metrics.inputs import BiasInputs
@@ -48,8 +49,6 @@ from clip_debias.runtime.verify.gates import Thresholds, require_gate_data
 from clip_debias.runtime.verify.report import VerifyReport, aggregate
 
 log = logging.getLogger("clip_debias.verify")
-TRANSDUCTIVE_WARNING = ("this model was built under the reference (transductive) protocol: its ablation means come "
-                        "from the evaluated split itself; not a deployable model")
 
 
 @dataclass(frozen=True)
@@ -208,13 +207,6 @@ def prepare(artifact: str | Path, class_names: list[str], manifest_groups: list[
                      o.gates.evidence, o.gates.allow_inconclusive)
 
 
-def is_transductive(engine: Any) -> bool:
-    """True when the artifact records a build under the reference (transductive) protocol (manifest plan)."""
-    clf = getattr(engine, "clf", None)
-    plan = getattr(getattr(clf, "manifest", None), "plan", None) or getattr(engine, "plan", None) or {}
-    return bool(plan.get("transductive"))
-
-
 def verify(artifact: str | Path, dataset: str, data: str | Path, split: str = "test",
            options: VerifyOptions | None = None, *, engine: Engine | None = None,
            classifier: Classifier | None = None, **values: Any) -> VerifyReport:
@@ -242,10 +234,9 @@ def verify(artifact: str | Path, dataset: str, data: str | Path, split: str = "t
                      o.load.expected_digest)
     gate = engine.precision_gate()
     job = prepare(engine.root, engine.class_names, engine.group_names, dataset, data, split, o)
-    if is_transductive(engine):
+    if engine.transductive:
         job.transductive = True
-        job.warnings.append(TRANSDUCTIVE_WARNING)
-        log.warning("%s: %s", engine.root, TRANSDUCTIVE_WARNING)
+        job.warnings.append(TRANSDUCTIVE_WARNING)  # printed with the report (verify_cmd.print_report)
     b = engine.info()
     log.info("verify %s: %d images of %s/%s on %s %s %s (%s), batches of %d", engine.root, len(job.index.records),
              dataset, split, b.get("backend"), b.get("device"), b.get("precision"), b.get("file"), o.run.batch_size)
