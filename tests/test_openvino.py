@@ -216,9 +216,10 @@ def test_verify_precision_gate_reported(art, tmp_path, monkeypatch):
     """The gate ``verify`` runs for bf16, exercised here at fp32 on OpenVINO (bf16 needs the hardware): its numbers
     are in the report, and a failed gate fails the run."""
     from clip_debias.runtime import verify as verify_mod
+    from clip_debias.runtime.verify import engine as verify_engine
 
     build_waterbirds(tmp_path / "wb")
-    monkeypatch.setattr(verify_mod, "GATED_AT_VERIFY", ("fp32",))
+    monkeypatch.setattr(verify_engine, "GATED_AT_VERIFY", ("fp32",))
     rep = verify_mod.verify(art.path, "waterbirds", tmp_path / "wb", backend="openvino", progress=False)
     assert rep.precision_gate is not None and rep.precision_gate["passed"] and rep.passed
     assert rep.precision_gate["max_logit_diff"] <= 1e-5

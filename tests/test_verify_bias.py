@@ -97,6 +97,43 @@ def _expected(art, rows: list[Row], p_agree: float, ks: tuple[int, ...]):
     return bias_metrics(logits, labels, inputs, pairs_in_split=12)
 
 
+def test_one_train_correlation_per_attribute(bias_setup, tmp_path):
+    """Issue 31: --train-correlation background=P,object=Q weighs I.D. accuracy by P for the background and Q for the
+    object (Whac-A-Mole's bg_ratio, co_occur_obj_ratio); lab.json's ``correlations`` give one per attribute name."""
+    import json
+    import shutil
+
+    from clip_debias.runtime.metric_inputs import metric_inputs
+    from clip_debias.runtime.metrics import shortcut_gaps
+    from clip_debias.toolchain.cli.options import train_correlation
+    from clip_debias.toolchain.errors import ClipDebiasError
+
+    art, data, rows = bias_setup
+    assert train_correlation("background=0.9,object=0.7") == {"background": 0.9, "object": 0.7}
+    assert train_correlation("0.8") == 0.8
+    for bad in ("bg=0.9,object=0.7", "background=0.9", "background=x,object=1"):
+        with pytest.raises(ClipDebiasError, match="expected a fraction .* background=P,object=P"):
+            train_correlation(bad)
+    r = verify(art.path, "csv", data, "test", progress=False, protected="gender",
+               metric_options=MetricOptions(("bg", "obj"), {"background": 0.9, "object": 0.7}))
+    g = r.shortcut_gaps
+    labels = np.array([row.label for row in rows])
+    logits = np.stack([art.color_logits(row.rgb) for row in rows])
+    col = lambda name, names: AttributeColumn(name, np.array([getattr(x, name) for x in rows]), names)  # noqa: E731
+    want = shortcut_gaps(logits.argmax(1), labels, list(CLASSES), col("bg", CLASSES), col("obj", ("0", "1")), 0.9,
+                         p_agree_object=0.7)
+    assert g.p_agree == 0.9 and g.p_agree_object == 0.7 and g.id_accuracy == pytest.approx(want.id_accuracy, abs=1e-9)
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    (copy / "lab.json").write_text(json.dumps({"generator": "clip-debias lab", "correlations": {"bg": 0.6,
+                                                                                                "obj": 0.8}}))
+    from clip_debias.runtime.datasets import load_index
+
+    inputs = metric_inputs(load_index("csv", copy, "test", classes=list(CLASSES)),
+                           MetricOptions(("bg", "obj")))
+    assert (inputs.p_agree, inputs.p_agree_object) == (0.6, 0.8) and "lab.json" in inputs.p_agree_from
+
+
 def test_verify_bias_sections_equal_direct_computation(bias_setup):
     art, data, rows = bias_setup
     options = MetricOptions(("bg", "obj"), 0.9, (5, 10, 50))
