@@ -160,3 +160,25 @@ def test_reference_protocol_model_is_named_in_a_warning(tmp_path: Path, capsys):
     warn_if_transductive(art.path)
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("warning: this model was built under the reference (transductive)")
+
+
+def test_thresholds_and_cli_options_come_from_the_registry():
+    """Issue 27: every registered metric gate is a ``Thresholds`` field and a verify option; options as dataclasses
+    (``VerifyOptions.of`` refuses an unknown field)."""
+    import dataclasses
+
+    import typer.main
+
+    from clip_debias.runtime.metrics.registry import gates
+    from clip_debias.runtime.verify import VerifyOptions
+    from clip_debias.toolchain.cli.app import app
+
+    names = [g.name for g in gates()]
+    assert {f.name for f in dataclasses.fields(Thresholds)} == {*names, "max_latency_ms", "max_skipped"}
+    command = typer.main.get_command(app)
+    options = {o for p in command.commands["verify"].params for o in p.opts}  # type: ignore[attr-defined]
+    assert {g.option for g in gates()} <= options
+    with pytest.raises(TypeError, match="unknown option 'batchsize'"):
+        VerifyOptions.of(batchsize=3)
+    o = VerifyOptions.of(batch_size=3, evidence=Evidence(confidence=0.9))
+    assert o.run.batch_size == 3 and o.gates.evidence.confidence == 0.9
