@@ -25,6 +25,7 @@ from clip_debias.runtime.metrics.counterfactual import CounterfactualReport
 from clip_debias.runtime.metrics.evidence import Decision
 from clip_debias.runtime.metrics.fairness_gaps import FairnessGaps
 from clip_debias.runtime.metrics.accuracy import accuracy_report
+from clip_debias.runtime.ownership import json_object_with, register_file_kind
 from clip_debias.runtime.metrics.shortcut_gaps import ShortcutGaps
 from clip_debias.runtime.metrics.skew import SkewReport
 from clip_debias.runtime.metrics.spec import GateContext, ThresholdResult
@@ -33,7 +34,10 @@ from clip_debias.runtime.verify.engine import Predictions
 from clip_debias.runtime.verify.gates import judge, overall
 from clip_debias.runtime.verify.timing import time_calls
 
-VERIFY_REPORT = "clip-debias verify"  # the 'report' field of the JSON report (runtime.ownership recognises it)
+VERIFY_REPORT = "clip-debias verify"  # the 'report' field of the JSON report (how runtime.ownership recognises it)
+register_file_kind("verify-report", "a report written by 'clip-debias verify --json'",
+                   json_object_with({"accuracy", "worst_group_accuracy", "thresholds", "passed", "backend"},
+                                    ("report", VERIFY_REPORT)))
 
 
 @dataclass
