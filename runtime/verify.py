@@ -67,7 +67,8 @@ from clip_debias.runtime.classifier import Classifier, load
 from clip_debias.runtime.datasets import DatasetIndex, load_index
 from clip_debias.runtime.errors import ClipDebiasError, InputError
 from clip_debias.runtime.integrity import check_digest
-from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SKIPPED, MIN_LATENCY_BATCHES, MaxSkipped
+from clip_debias.runtime.limits import (DEFAULT_MAX_PIXELS, DEFAULT_MAX_SKIPPED, MIN_LATENCY_BATCHES, IndexChecks,
+                                        MaxSkipped)
 from clip_debias.runtime.metric_inputs import MetricOptions, metric_inputs
 from clip_debias.runtime.metrics import (GAP_CELLS, GAP_NAMES, AccuracyReport, BiasInputs, BiasMetrics,
                                          CounterfactualReport, ParityReport, ShortcutGaps, SkewReport,
@@ -454,7 +455,8 @@ def prepare(artifact: str | Path, class_names: list[str], manifest_groups: list[
             data: str | Path, split: str = "test", thresholds: Thresholds | None = None, *, batch_size: int = 32,
             skip_bad: bool = False, warmup: int = 2, groups: list[str] | None = None,
             allow_outside_root: bool = False, target: str | None = None, protected: str | None = None,
-            metric_options: MetricOptions | None = None, latency_batches: int = MIN_LATENCY_BATCHES) -> VerifyJob:
+            metric_options: MetricOptions | None = None, latency_batches: int = MIN_LATENCY_BATCHES,
+            index_checks: IndexChecks | None = None) -> VerifyJob:
     """Index the split, check it against the artifact's classes, resolve its groups and the bias inputs, and refuse
     (one line) a bias gate the data cannot feed -- all before the model runs. Arguments: see ``verify``."""
     if batch_size <= 0:
@@ -463,7 +465,8 @@ def prepare(artifact: str | Path, class_names: list[str], manifest_groups: list[
         raise InputError(f"latency batches must be >= 0, got {latency_batches}")
     thresholds = thresholds or Thresholds()
     index = load_index(dataset, Path(data), split, classes=class_names if dataset == "csv" else None,
-                       allow_outside_root=allow_outside_root, target=target, protected=protected)
+                       allow_outside_root=allow_outside_root, target=target, protected=protected,
+                       checks=index_checks)
     if len(index.class_names) != len(class_names):
         raise ClipDebiasError(
             f"{data}: the {dataset} dataset has {len(index.class_names)} classes {index.class_names}, "
@@ -580,6 +583,7 @@ def verify(
     protected: str | None = None,
     metric_options: MetricOptions | None = None,
     latency_batches: int = MIN_LATENCY_BATCHES,
+    index_checks: IndexChecks | None = None,
 ) -> VerifyReport:
     """Load the artifact (or use ``classifier``), index ``split`` of ``dataset`` at ``data``, classify every image
     in batches of ``batch_size`` and build the report (``prepare`` -> ``engine.predict`` -> ``aggregate``).
@@ -592,7 +596,8 @@ def verify(
     (default: ``LocalEngine`` on ``classifier`` or the loaded artifact; the loading, ``warmup``, ``workers`` and
     ``progress`` arguments are then the engine's, ``expected_digest`` is checked against ``engine.digest``).
     ``latency_batches``: the least number of timed full-batch calls (module docstring; 0: only the split's own
-    batches; an engine that cannot time a call again, ``Predictions.time_again`` None, keeps its own)."""
+    batches; an engine that cannot time a call again, ``Predictions.time_again`` None, keeps its own).
+    ``index_checks``: the split's row limit and duplicate rule (``runtime.limits.IndexChecks``)."""
     if batch_size <= 0:
         raise InputError(f"batch size must be positive, got {batch_size}")
     loaded_here = engine is None and classifier is None  # then load() checked expected_digest itself
@@ -606,7 +611,7 @@ def verify(
     job = prepare(engine.root, engine.class_names, engine.group_names, dataset, data, split, thresholds,
                   batch_size=batch_size, skip_bad=skip_bad, warmup=warmup, groups=groups,
                   allow_outside_root=allow_outside_root, target=target, protected=protected,
-                  metric_options=metric_options, latency_batches=latency_batches)
+                  metric_options=metric_options, latency_batches=latency_batches, index_checks=index_checks)
     b = engine.info()
     log.info("verify %s: %d images of %s/%s on %s %s %s (%s), batches of %d", engine.root, len(job.index.records),
              dataset, split, b.get("backend"), b.get("device"), b.get("precision"), b.get("file"), batch_size)

@@ -7,11 +7,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS
+from clip_debias.runtime.choices import Dedupe
+from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_ROWS
 from clip_debias.toolchain.choices import Protocol, Renorm, ZFrom
 from clip_debias.toolchain.cli.build_cmd import (RENORM_HELP, AllowTestOpt, ContextsOpt, PairEmbeddingsOpt, PairsOpt,
                                                  TauOpt, ZFromOpt, default_calibration)
-from clip_debias.toolchain.cli.options import (AllowOutsideRootOpt, BatchOpt, CsvClassesOpt, DeviceOpt, ForceOpt,
+from clip_debias.toolchain.cli.options import (AllowDuplicatesOpt, DedupeOpt, MaxRowsOpt, index_checks,
+                                               AllowOutsideRootOpt, BatchOpt, CsvClassesOpt, DeviceOpt, ForceOpt,
                                                JsonOpt, MaxPixelsOpt, MaxSkippedOpt, OptionalDataOpt,
                                                OptionalDatasetOpt, OptionalSplitOpt, PretrainedOpt, ProtectedOpt,
                                                ProtocolOpt, RandomWeightsOpt, ShortcutAttributesOpt, SkewKOpt,
@@ -59,6 +61,9 @@ def evaluate(
     max_skipped: MaxSkippedOpt = None,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     allow_outside_root: AllowOutsideRootOpt = False,
+    max_rows: MaxRowsOpt = DEFAULT_MAX_ROWS,
+    dedupe: DedupeOpt = Dedupe.PATH,
+    allow_duplicates: AllowDuplicatesOpt = False,
     force: ForceOpt = False,
     target: TargetOpt = None,
     protected: ProtectedOpt = None,
@@ -78,7 +83,7 @@ def evaluate(
     reading = {**reading_options(skip_bad, max_skipped, max_pixels), "allow_outside_root": allow_outside_root}
     class_list = [c.strip() for c in classes.split(",")] if classes else None
     metrics = {"metric_options": metric_options(shortcut_attributes, train_correlation, skew_k),
-               "protected": protected}
+               "protected": protected, "index_checks": index_checks(max_rows, dedupe, allow_duplicates)}
     if compare:
         rows, extra = _compare(model, pretrained, weights, random_weights, plan, calibration, cache, dataset, data,
                                split, contexts, attribute_pairs, tau, z_from, renorm, pair_embeddings,
@@ -116,7 +121,9 @@ def _compare(model, pretrained, weights, random_weights, plan, calibration, cach
              attribute_pairs, tau, z_from, renorm, pair_embeddings, allow_test, classes, batch_size, device, skip_bad,
              protocol, reading, target, metrics):
     """Load or decompose the evaluated split, then ``compare_methods``; returns (rows, provenance). ``metrics``:
-    ``compare_methods``' metric_options and protected."""
+    ``compare_methods``' metric_options and protected (and ``index_checks``, for ``load_index``)."""
+    metrics = dict(metrics)
+    checks = metrics.pop("index_checks")
     from clip_debias.toolchain.prompts.defaults import attribute_pairs_for, contexts_for
     from clip_debias.toolchain.decompose.cache import load_cache
     from clip_debias.toolchain.errors import ClipDebiasError
@@ -143,7 +150,7 @@ def _compare(model, pretrained, weights, random_weights, plan, calibration, cach
 
         reading = dict(reading)
         index = load_index(dataset, data, split, classes=classes, allow_outside_root=reading.pop("allow_outside_root"),
-                           target=target, protected=metrics["protected"])
+                           target=target, protected=metrics["protected"], checks=checks)
         edited = sorted({l for l, _ in located.spurious_heads() + located.salient_heads()})
         terms = decompose_dataset(clip, index, layers=edited or [located.layers[-1]], batch_size=batch_size,
                                   device=device, skip_bad=skip_bad, convention=located.convention, **reading)

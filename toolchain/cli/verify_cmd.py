@@ -10,15 +10,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from clip_debias.runtime.choices import BackendName, Precision, RuntimeDevice, VerifyEngine
+from clip_debias.runtime.choices import BackendName, Dedupe, Precision, RuntimeDevice, VerifyEngine
 from clip_debias.runtime.errors import ClipDebiasError
-from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS, MIN_LATENCY_BATCHES
+from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_ROWS, MIN_LATENCY_BATCHES
 from clip_debias.runtime.tables import output_console, table
-from clip_debias.toolchain.cli.options import (AllowOutsideRootOpt, BatchOpt, DataOpt, DatasetOpt, ForceOpt, JsonOpt,
-                                               MaxGapOpt, MaxPixelsOpt, MaxSkippedOpt, ProtectedOpt,
-                                               ShortcutAttributesOpt, SkewKOpt, SkipBadOpt, SplitOpt, TargetOpt,
-                                               TrainCorrelationOpt, check_json_target, choice_option, max_gaps,
-                                               metric_options)
+from clip_debias.toolchain.cli.options import (AllowDuplicatesOpt, AllowOutsideRootOpt, BatchOpt, DataOpt, DatasetOpt,
+                                               DedupeOpt, ForceOpt, JsonOpt, MaxGapOpt, MaxPixelsOpt, MaxRowsOpt,
+                                               MaxSkippedOpt, ProtectedOpt, ShortcutAttributesOpt, SkewKOpt, SkipBadOpt,
+                                               SplitOpt, TargetOpt, TrainCorrelationOpt, check_json_target,
+                                               choice_option, index_checks, max_gaps, metric_options)
 
 
 def _pct(x: float | None) -> str:
@@ -189,6 +189,9 @@ def verify(
     = None,
     allow_outside_root: AllowOutsideRootOpt = False,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    max_rows: MaxRowsOpt = DEFAULT_MAX_ROWS,
+    dedupe: DedupeOpt = Dedupe.PATH,
+    allow_duplicates: AllowDuplicatesOpt = False,
     force: ForceOpt = False,
     engine: Annotated[VerifyEngine, choice_option(
         VerifyEngine, "--engine", "local: this process | ray: a Ray Data pipeline, one model per actor (the 'ray' "
@@ -246,7 +249,8 @@ def verify(
                   cuda_graph=cuda_graph, workers=workers, progress=progress, console=output_console(stderr=True),
                   skip_bad=skip_bad, groups=group_list, expected_digest=expect_digest,
                   allow_outside_root=allow_outside_root, max_pixels=max_pixels, latency_batches=latency_batches,
-                  target=target, protected=protected, metric_options=options)
+                  target=target, protected=protected, metric_options=options,
+                  index_checks=index_checks(max_rows, dedupe, allow_duplicates))
     if engine == VerifyEngine.RAY:
         from clip_debias.serving.ray_verify import RayEngine
 

@@ -1,0 +1,87 @@
+"""Duplicate rows of a split: the same image file listed twice.
+
+Two rows of one split are duplicates when they name the same file: with ``Dedupe.PATH`` (the default) the same
+resolved path (``os.path.realpath``: ``.``, ``..`` and symbolic links followed), with ``Dedupe.CONTENT`` the same bytes
+(sha256 of the file; a file that cannot be read is keyed by its resolved path, and its error comes when it is
+decoded). The two images of a counterfactual pair (one ``pair`` id, two different paths) are never duplicates of
+each other, even when their bytes are equal; the same path is a duplicate whatever its pair.
+
+A duplicate row would count one image twice in every mean (accuracy, per-group accuracy, skew), so a split holding
+one is refused (``find_duplicates`` + ``duplicates_error``: one line naming the first two rows of one file and the
+count) unless it is allowed; then ``drop_duplicates`` keeps the first row of each file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from clip_debias.runtime.choices import Dedupe
+from clip_debias.runtime.errors import InputError
+
+CHUNK = 1 << 20  # bytes read at a time when hashing a file
+
+
+@dataclass(frozen=True)
+class Duplicates:
+    """``rows``: positions of the rows that repeat an earlier row's file (ascending); ``first``: for each, the
+    position of that earlier row."""
+
+    rows: list[int]
+    first: list[int]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def file_key(path: Path, mode: Dedupe) -> str:
+    """What names ``path``'s file under ``mode``: its resolved path, or ``sha256:HEX`` of its bytes."""
+    resolved = os.path.realpath(path)
+    if mode == Dedupe.PATH:
+        return resolved
+    digest = hashlib.sha256()
+    try:
+        with open(resolved, "rb") as f:
+            while block := f.read(CHUNK):
+                digest.update(block)
+    except OSError:
+        return resolved
+    return f"sha256:{digest.hexdigest()}"
+
+
+def find_duplicates(paths: Sequence[Path], pairs: Sequence[int | None], mode: Dedupe) -> Duplicates:
+    """The rows (by position) whose file (``file_key``) an earlier row already names; ``pairs[i]`` is row i's
+    counterfactual pair id (None: none): a row of the same pair as the earlier one, with another path, is kept."""
+    seen: dict[str, int] = {}
+    rows: list[int] = []
+    first: list[int] = []
+    for i, path in enumerate(paths):
+        key = file_key(path, mode)
+        j = seen.setdefault(key, i)
+        if j == i:
+            continue
+        if mode == Dedupe.CONTENT and pairs[i] is not None and pairs[i] == pairs[j] and \
+                os.path.realpath(path) != os.path.realpath(paths[j]):
+            continue  # the two images of one counterfactual pair
+        rows.append(i)
+        first.append(j)
+    return Duplicates(rows, first)
+
+
+def duplicates_error(found: Duplicates, paths: Sequence[Path], where: str, mode: Dedupe) -> InputError:
+    """The one-line refusal of a split with duplicate rows (``where`` names the data and split)."""
+    i, j = found.rows[0], found.first[0]
+    same = "the same file" if mode == Dedupe.PATH else "the same bytes"
+    return InputError(f"{where}: {len(found):,} row(s) repeat an image file already listed ({len(paths) - len(found):,} "
+                      f"distinct of {len(paths):,} rows; --dedupe {mode}); first: row {i + 1} '{paths[i]}' is "
+                      f"{same} as row {j + 1} '{paths[j]}'. Remove them, or pass --allow-duplicates to count each "
+                      "file once")
+
+
+def drop_rows(items: list, rows: list[int]) -> list:
+    """``items`` without the positions ``rows``."""
+    drop = set(rows)
+    return [x for k, x in enumerate(items) if k not in drop]
