@@ -23,10 +23,12 @@ import torch
 from PIL import Image
 
 from clip_debias.runtime.choices import Split
+from clip_debias.runtime.limits import check_memory
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.lab.data import CLASS_NAMES, OBJECT_NAMES, PLACE_NAMES, SPLIT_NAMES, read_metadata
 
 MODEL_NAME = "clipdebias-lab"
+DECODED_COPIES = 3  # load_split holds each image three times at its peak: the decoded arrays, np.stack, the tensor
 CLASS_TEMPLATES = (
     "a photo of a {c}.", "a {c}.", "a picture of a {c}.", "an image of a {c}.", "a photo of the {c}.",
     "a small {c}.", "a drawing of a {c}.", "a photo of one {c}.",
@@ -138,13 +140,23 @@ class GroupAccuracy:
 
 # ---- data -----------------------------------------------------------------------------------------------------------
 def load_split(data: str | Path, split: str | int) -> LabSplit:
-    """Decode every image of ``split`` ('train'/'val'/'test' or 0/1/2) of the data dir ``data``."""
+    """Decode every image of ``split`` ('train'/'val'/'test' or 0/1/2) of the data dir ``data`` (refused first, in one
+    line, when the decoded split would need more memory than is available: ``DECODED_COPIES`` uint8 RGB copies of
+    every image, at the first image's header size)."""
     if split not in range(len(SPLIT_NAMES)):
         Split.parse(split, "--split")
     s = SPLIT_NAMES.index(split) if isinstance(split, str) else int(split)
     rows = [r for r in read_metadata(data) if r["split"] == s]
     if not rows:
         raise ClipDebiasError(f"{Path(data) / 'metadata.csv'}: no rows with split {s} ({SPLIT_NAMES[s]})")
+    first = Path(data) / str(rows[0]["img_filename"])
+    try:
+        with Image.open(first) as im:
+            width, height = im.size
+    except OSError as e:
+        raise ClipDebiasError(f"{first}: cannot read image ({e})") from e
+    check_memory(len(rows) * width * height * 3 * DECODED_COPIES,
+                 f"{data}: split {SPLIT_NAMES[s]}, {len(rows):,} images of {width}x{height} px decoded")
     arrays = []
     for r in rows:
         path = Path(data) / str(r["img_filename"])
