@@ -339,6 +339,8 @@ def parse_partition(table: Table, line: int, column: str, value: str) -> str:
 def image_path(root: Path, table: Table, line: int, column: str, value: str, allow_outside_root: bool) -> Path:
     """``root / value``; an absolute ``value`` or one whose ``..`` leave ``root`` is refused unless
     ``allow_outside_root``."""
+    if "\0" in value:
+        raise ClipDebiasError(f"{table.where(line, column)} holds a NUL character (not a file path)")
     norm = os.path.normpath(value)
     if not allow_outside_root and (os.path.isabs(value) or norm == os.pardir or norm.startswith(os.pardir + os.sep)):
         raise ClipDebiasError(f"{table.where(line, column)} '{value}' leaves the data folder {root} (an absolute "

@@ -39,7 +39,10 @@ class Duplicates:
 
 def file_key(path: Path, mode: Dedupe) -> str:
     """What names ``path``'s file under ``mode``: its resolved path, or ``sha256:HEX`` of its bytes."""
-    resolved = os.path.realpath(path)
+    try:
+        resolved = os.path.realpath(path)
+    except (OSError, ValueError):  # e.g. a NUL in the name: no file of that name, its read says so
+        resolved = str(path)
     if mode == Dedupe.PATH:
         return resolved
     digest = hashlib.sha256()
@@ -64,7 +67,7 @@ def find_duplicates(paths: Sequence[Path], pairs: Sequence[int | None], mode: De
         if j == i:
             continue
         if mode == Dedupe.CONTENT and pairs[i] is not None and pairs[i] == pairs[j] and \
-                os.path.realpath(path) != os.path.realpath(paths[j]):
+                file_key(path, Dedupe.PATH) != file_key(paths[j], Dedupe.PATH):
             continue  # the two images of one counterfactual pair
         rows.append(i)
         first.append(j)

@@ -144,19 +144,27 @@ def _opened(path: str | os.PathLike[str] | BinaryIO) -> Iterator[BinaryIO]:
         yield f
 
 
-def load_image(path: str | os.PathLike[str] | BinaryIO, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open, check the size of every sub-image (``check_ico``, ``check_frames``), fully decode and bring to 8-bit
-    samples (see the module docstring). ``path`` may also be a binary file object (an image received by a server):
-    messages then name it by its ``str``."""
+@contextmanager
+def open_image(path: str | os.PathLike[str] | BinaryIO,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Iterator[Image.Image]:
+    """The image at ``path`` opened, every sub-image's size checked (``check_ico``, ``check_frames``), not decoded;
+    whatever goes wrong in the block or before it that PIL raises is one ``ImageError`` line. ``path`` may also be a
+    binary file object (an image received by a server): messages then name it by its ``str``."""
     try:
         with _opened(path) as fp:
             check_ico(fp, max_pixels, path)
             with Image.open(fp) as im:
                 check_frames(im, max_pixels, path)
-                im.load()
-                return to_8bit(im, path)
+                yield im
     except ImageError:
         raise
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError, Warning) as e:
         # SyntaxError: PIL's bad headers; Warning: e.g. DecompressionBombWarning in a ``-W error`` run
         raise ImageError(path, _reason(e)) from None
+
+
+def load_image(path: str | os.PathLike[str] | BinaryIO, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """``open_image``, fully decode and bring to 8-bit samples (see the module docstring)."""
+    with open_image(path, max_pixels) as im:
+        im.load()
+        return to_8bit(im, path)

@@ -20,9 +20,9 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from PIL import Image
 
 from clip_debias.runtime.choices import Split
+from clip_debias.runtime.images import load_image, open_image
 from clip_debias.runtime.limits import check_memory
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.lab.data import CLASS_NAMES, OBJECT_NAMES, PLACE_NAMES, SPLIT_NAMES, read_metadata
@@ -149,22 +149,13 @@ def load_split(data: str | Path, split: str | int) -> LabSplit:
     rows = [r for r in read_metadata(data) if r["split"] == s]
     if not rows:
         raise ClipDebiasError(f"{Path(data) / 'metadata.csv'}: no rows with split {s} ({SPLIT_NAMES[s]})")
-    first = Path(data) / str(rows[0]["img_filename"])
-    try:
-        with Image.open(first) as im:
-            width, height = im.size
-    except OSError as e:
-        raise ClipDebiasError(f"{first}: cannot read image ({e})") from e
+    with open_image(Path(data) / str(rows[0]["img_filename"])) as im:
+        width, height = im.size
     check_memory(len(rows) * width * height * 3 * DECODED_COPIES,
                  f"{data}: split {SPLIT_NAMES[s]}, {len(rows):,} images of {width}x{height} px decoded")
     arrays = []
     for r in rows:
-        path = Path(data) / str(r["img_filename"])
-        try:
-            with Image.open(path) as im:
-                arrays.append(np.asarray(im.convert("RGB")))
-        except OSError as e:
-            raise ClipDebiasError(f"{path}: cannot read image ({e})") from e
+        arrays.append(np.asarray(load_image(Path(data) / str(r["img_filename"])).convert("RGB")))
     if len({a.shape for a in arrays}) != 1:
         raise ClipDebiasError(f"{data}: images of split {SPLIT_NAMES[s]} differ in size (expected one size)")
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
