@@ -26,8 +26,9 @@ class Heartbeat:
     """``tick(count)`` per item; logs ``what: COUNT UNIT so far, T s`` on ``logger`` when ``SECONDS`` have passed
     since the start or the last line (nothing for work shorter than that)."""
 
-    def __init__(self, what: str, unit: str, logger: logging.Logger = log, seconds: float = SECONDS) -> None:
-        self.what, self.unit, self.logger, self.seconds = what, unit, logger, seconds
+    def __init__(self, what: str, unit: str, logger: logging.Logger = log, seconds: float | None = None) -> None:
+        self.what, self.unit, self.logger = what, unit, logger
+        self.seconds = SECONDS if seconds is None else seconds
         self._t0 = self._last = time.perf_counter()
         self._calls = 0
 
