@@ -95,10 +95,11 @@ def duplicates_error(found: Duplicates, paths: Sequence[Path], where: str, mode:
     """The one-line refusal of a split with duplicate rows (``where`` names the data and split)."""
     i, j = found.rows[0], found.first[0]
     same = "the same file" if mode == Dedupe.PATH else "the same bytes"
-    return InputError(f"{where}: {len(found):,} row(s) repeat an image file already listed ({len(paths) - len(found):,} "
-                      f"distinct of {len(paths):,} rows; --dedupe {mode}); first: row {i + 1} '{paths[i]}' is "
-                      f"{same} as row {j + 1} '{paths[j]}'. Remove them, or pass --allow-duplicates to count each "
-                      "file once")
+    distinct = len(paths) - len(found)
+    return InputError(f"{where}: {len(found):,} row(s) repeat an image file already listed ({distinct:,} distinct of "
+                      f"{len(paths):,} rows; --dedupe {mode}); first: row {i + 1} '{paths[i]}' is {same} as row "
+                      f"{j + 1} '{paths[j]}'. Remove them, or count each file once with --allow-duplicates (verify, "
+                      "evaluate, decompose, audit)")
 
 
 def drop_rows(items: list, rows: list[int]) -> list:

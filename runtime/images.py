@@ -97,8 +97,9 @@ def _check_sizes(sizes: list[tuple[int, int]], max_pixels: int | None, what: str
     for k, (width, height) in enumerate(sizes):
         if width * height > max_pixels:
             where = f"{what} {k + 1} of {len(sizes)}: " if what != "image" else ""
-            raise ImageError(path, f"{where}{width}x{height} = {width * height:,} pixels, over the limit of "  # type: ignore[arg-type]
-                                   f"{max_pixels:,} (--max-pixels / max_pixels)")
+            reason = f"{where}{width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,} " \
+                     "(--max-pixels / max_pixels)"
+            raise ImageError(path, reason)  # type: ignore[arg-type]
 
 
 def check_ico(fp: BinaryIO, max_pixels: int | None, path: str | os.PathLike[str] | BinaryIO | None = None) -> None:

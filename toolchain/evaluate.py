@@ -144,8 +144,8 @@ def evaluate_model(model_dir: str | Path, dataset: str, data: str | Path, split:
     """Run a saved ``DebiasedClassifier`` over one split of a dataset (open_clip's eval transform from the model's
     recorded preprocessing) and report its accuracy over the dataset's groups (every group of its definition, an
     empty one with n = 0) and the bias metrics the data allows (a row named by ``model_dir``). ``target``,
-    ``protected``, ``index_checks``: see ``runtime.datasets.load_index``. ``reading``: ``max_skipped``, ``max_pixels`` of
-    ``iter_batches``."""
+    ``protected``, ``index_checks``: see ``runtime.datasets.load_index``. ``reading``: ``max_skipped``,
+    ``max_pixels`` of ``iter_batches``."""
     from clip_debias.runtime.datasets import load_index
     from clip_debias.toolchain.correct.classifier import DebiasedClassifier
     from clip_debias.toolchain.datasets import eval_transform, iter_batches
