@@ -224,8 +224,8 @@ def test_bombs_refused_from_headers(tmp_path: Path, name: str, data: bytes, reas
 
 @pytest.mark.filterwarnings("ignore:Image was not the expected size")  # PIL, on the ICO entry it loads
 def test_limit_applies_to_real_sub_images(tmp_path: Path) -> None:
-    """Real files, no patched header: an ICO entry whose PNG is larger than its directory can say, a TIFF whose
-    second page is the large one."""
+    """Real files, no patched header: an ICO entry whose PNG is larger than its directory can say, a TIFF and an MPO
+    whose second page / frame is the large one."""
     ico = tmp_path / "real.ico"
     ico.write_bytes(ico_real(300))
     with open(ico, "rb") as f:
@@ -238,6 +238,10 @@ def test_limit_applies_to_real_sub_images(tmp_path: Path) -> None:
     with pytest.raises(ImageError, match=r"frame 2 of 2: 200x200 = 40,000 pixels, over the limit of 10,000"):
         load_image(tif, max_pixels=10_000)
     assert load_image(tif, max_pixels=40_000).size == (10, 10)
+    mpo = tmp_path / "pair.mpo"
+    Image.new("RGB", (20, 20)).save(mpo, "MPO", save_all=True, append_images=[Image.new("RGB", (200, 150))])
+    with pytest.raises(ImageError, match=r"frame 2 of 2: 200x150 = 30,000 pixels, over the limit of 10,000"):
+        load_image(mpo, max_pixels=10_000)
 
 
 RSS_SCRIPT = """
