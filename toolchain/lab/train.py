@@ -24,12 +24,15 @@ import torch
 from clip_debias.runtime.choices import Split
 from clip_debias.runtime.images import load_image, open_image
 from clip_debias.runtime.limits import check_memory
+from clip_debias.runtime.ownership import register_file_kind, safetensors_with
 from clip_debias.toolchain.choices import LabLoss
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.lab.data import CLASS_NAMES, OBJECT_NAMES, PLACE_NAMES, SPLIT_NAMES, read_metadata
 
 MODEL_NAME = "clipdebias-lab"
 DECODED_COPIES = 3  # load_split holds each image three times at its peak: the decoded arrays, np.stack, the tensor
+register_file_kind("lab-weights", "lab weights written by 'clip-debias lab train'",  # the metadata train_lab_model
+                   safetensors_with({"model", "steps", "seed", "batch_size", "lr", "p_background"}))  # records
 CLASS_TEMPLATES = (
     "a photo of a {c}.", "a {c}.", "a picture of a {c}.", "an image of a {c}.", "a photo of the {c}.",
     "a small {c}.", "a drawing of a {c}.", "a photo of one {c}.",
@@ -436,8 +439,3 @@ def zero_shot_report(
             log(out[s].line())
     return out
 
-
-if __name__ == "__main__":  # python -m toolchain.lab.train WEIGHTS DATA [SPLIT...]
-    import sys
-
-    zero_shot_report(sys.argv[1], sys.argv[2], tuple(sys.argv[3:]) or ("val", "test"))
