@@ -113,7 +113,7 @@ def test_verify_refuses_duplicates_and_counts_them_once(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.stderr
     assert "5 duplicate row(s) dropped" in res.stderr
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["n"] == report["n_split"] == 8
+    assert report["n"] == report["n_split"] == 8 and report["duplicates_dropped"] == 5
 
 
 # ---- bounded work: metadata rows ----------------------------------------------------------------------------------
