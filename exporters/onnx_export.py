@@ -487,13 +487,15 @@ def _maybe_keep_ort(fp32: ModelSource, x: np.ndarray, ref_logits: np.ndarray, re
 
 def export_onnx(model_dir_or_model: Any, out: str | Path, precision: str = "fp32", opset: int = DEFAULT_OPSET,
                 ort_optimize: bool = True, gate_batch: int = GATE_BATCH, seed: int = 0,
-                fused_attention: bool = False, fp16_fp32_ops: Sequence[str] = FP16_KEEP_FP32_OPS) -> Path:
+                fused_attention: bool = False, fp16_fp32_ops: Sequence[str] = FP16_KEEP_FP32_OPS,
+                text_clip: Any = None) -> Path:
     """Export a model directory (or a ``DebiasedClassifier``) to the artifact directory ``out`` and return it.
 
     precision: fp32 (model.onnx) | fp16 (model.fp16.onnx) | int8 (model.int8.onnx) | both (fp32,fp16) | a comma
     list (``fp32,int8``); the fp32 graph is always exported and gated, and kept when listed. Every graph passes its
     parity gate first; a failure raises ``ClipDebiasError`` and leaves ``out`` untouched. ``fused_attention``: see
     ``export_module_onnx``; ``fp16_fp32_ops``: op types model.fp16.onnx keeps in fp32 (both recorded in the
-    manifest's ``export`` field)."""
+    manifest's ``export`` field); ``text_clip``: see ``export_onnx_report``."""
     return export_onnx_report(model_dir_or_model, out, precision, opset, ort_optimize, gate_batch, seed,
-                              fused_attention=fused_attention, fp16_fp32_ops=fp16_fp32_ops).artifact
+                              fused_attention=fused_attention, fp16_fp32_ops=fp16_fp32_ops,
+                              text_clip=text_clip).artifact

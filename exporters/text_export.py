@@ -24,12 +24,12 @@ import numpy as np
 
 from clip_debias.runtime.errors import ClipDebiasError
 from clip_debias.runtime.parity import GateResult, compare
+from clip_debias.runtime.text import TEXT_INPUT, TEXT_OUTPUT
 from clip_debias.runtime.tokenizer import TOKENIZER_NAME
 
 log = logging.getLogger("clip_debias.export")
 
 TEXT_FILES = {"fp32": "text.onnx", "fp16": "text.fp16.onnx", "int8": "text.int8.onnx"}
-TEXT_INPUT, TEXT_OUTPUT = "tokens", "text_embedding"
 # the weight MatMuls of open_clip's text transformer blocks as the TorchScript exporter names them
 TEXT_INT8_PATTERN = r"(?:^|/)resblocks\.\d+/(?:attn|mlp/c_fc|mlp/c_proj)/"
 GATE_TEXTS = ("a photo of a landbird.", "a photo of a waterbird on a lake.", "",

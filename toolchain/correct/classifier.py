@@ -220,5 +220,5 @@ def plain_classifier(clip: Any, class_names: list[str], group_names: list[str] |
     text = class_text_matrix(clip, class_names, templates or DEFAULT_TEMPLATES)
     spec = ClassifierSpec(tower=tower.cfg.to_dict(), identity=clip.identity.to_dict(), class_names=list(class_names),
                           group_names=list(group_names or []), preprocess=PreprocessRecord.of(clip.preprocess_cfg),
-                          convention=DEFAULT_CONVENTION)
+                          convention=DEFAULT_CONVENTION, plan={"templates": list(templates or DEFAULT_TEMPLATES)})
     return DebiasedClassifier(tower, ZeroShotHead(text, logit_scale_of(clip)), spec).eval()
