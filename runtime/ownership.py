@@ -48,6 +48,7 @@ FOLDER_KINDS: dict[str, tuple[str, str | None]] = {
     "discover": ("a discover folder written by 'clip-debias discover'", "keywords.json"),
     "demo": ("a demo folder written by 'clip-debias demo'", "demo.json"),
     "audit": ("an audit folder written by 'clip-debias audit'", "audit.json"),
+    "index": ("a search index written by 'clip-debias index'", "index.json"),
 }
 PNG_SOFTWARE = "clip-debias"  # the PNG 'Software' text chunk of every figure we write starts with this
 HTML_GENERATOR = '<meta name="generator" content="clip-debias'
