@@ -165,3 +165,17 @@ def export_text(clip: Any, tmp: Path, wanted: Sequence[str], opset: int, templat
     record = TextTower(context_length=int(tok.context_length), embed_dim=int(ref.shape[1]), logit_scale=scale,
                        templates=list(templates), sot_id=int(tok.sot_token_id), eot_id=int(tok.eot_token_id))
     return files, record
+
+
+def text_clip_for(model_dir: str | Path, weights: str | Path | None = None) -> Any | None:
+    """``export onnx --text``: the open_clip model of the text tower of the built model in ``model_dir``
+    (``resolve_text_clip`` on its config.json identity); None, with a warning, for a random-weight model."""
+    from clip_debias.runtime.schema import read_json
+    from clip_debias.toolchain.correct.classifier import CONFIG_NAME, CONFIG_WHAT
+
+    identity = read_json(Path(model_dir) / CONFIG_NAME, CONFIG_WHAT, ClipDebiasError).get("identity") or {}
+    clip = resolve_text_clip(identity, weights)
+    if clip is None:
+        log.warning("%s: random-weight model, no text tower exported (its image tower has no matching text tower)",
+                    model_dir)
+    return clip

@@ -118,3 +118,10 @@ class ServeDevice(Choice):
 
     CPU = "cpu"
     CUDA = "cuda"
+
+
+class SearchEngine(Choice):
+    """``search --engine``: exact numpy search, or FAISS (the [search] extra; same results on exact indexes)."""
+
+    NUMPY = "numpy"
+    FAISS = "faiss"

@@ -354,6 +354,8 @@ FILE_KINDS: dict[str, tuple[str, Callable[[Path], bool]]] = {
     "compare-file": ("results written by 'clip-debias evaluate --json' (or the demo's compare.json)", _compare_file),
     "demo-summary": ("demo.json written by 'clip-debias demo'",
                      _json_object_with({"chosen", "val_rows", "test_rows", "verify"})),
+    "search-report": ("a report written by 'clip-debias search --json'",
+                      _json_object_with({"report"}, ("report", "clip-debias search"))),
     "figure": ("a PNG figure written by clip-debias", _png),
     "report-html": ("report.html written by 'clip-debias report'", lambda p: HTML_GENERATOR in _head(p)),
     "skipped-list": ("a skipped-images list written by clip-debias",

@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 
 from clip_debias.runtime.metrics import top_k_weights
 
 DEFAULT_RETRIEVAL_K = (10, 50)
+QUERIES_DIR = Path(__file__).resolve().parent / "queries"
+SHIPPED_QUERIES = ("occupations", "adjectives", "lab-birds", "lab-backgrounds")  # QUERIES_DIR/<name>.txt
 
 
 @dataclass
@@ -174,3 +177,44 @@ def index_retrieval_skew(index: object, query_embeddings: np.ndarray, queries: S
                                      f"({', '.join(names)})")
                 want[j] = [float(desired[query].get(a, 0.0)) for a in names]
     return retrieval_skew(scores, ids, names, queries, ks, attribute, want)
+
+
+def read_queries(source: str | Path) -> tuple[list[str], dict[str, dict[str, float]] | None]:
+    """A query file -> (queries, desired distributions or None). ``source``: the name of a shipped list
+    (``SHIPPED_QUERIES``), a text file (one query per line; blank lines and '#' comments skipped) or a YAML / JSON
+    file (``.yaml`` / ``.yml`` / ``.json``) mapping each query to its neutral distribution {value: share} (shares
+    summing to 1; an empty mapping: the index's shares). One ``InputError`` line on a problem."""
+    from clip_debias.runtime.errors import InputError
+
+    path = QUERIES_DIR / f"{source}.txt" if str(source) in SHIPPED_QUERIES else Path(source)
+    if not path.is_file():
+        raise InputError(f"--queries {source}: not a file nor a shipped list ({', '.join(SHIPPED_QUERIES)})")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix not in (".yaml", ".yml", ".json"):
+        queries = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+        if not queries:
+            raise InputError(f"{path}: no queries (one per line)")
+        return queries, None
+    data: Any
+    if path.suffix == ".json":
+        import json
+
+        data = json.loads(text)
+    else:
+        try:
+            import yaml
+        except ImportError:
+            raise InputError(f"{path}: reading YAML needs pyyaml (pip install pyyaml), or give the file as JSON") \
+                from None
+        data = yaml.safe_load(text)
+    if not isinstance(data, dict) or not data:
+        raise InputError(f"{path}: expected a mapping query -> {{value: share}}")
+    desired: dict[str, dict[str, float]] = {}
+    for query, dist in data.items():
+        if dist in (None, {}):
+            continue
+        if not isinstance(dist, dict) or not all(isinstance(v, (int, float)) and v >= 0 for v in dist.values()) \
+                or not math.isclose(sum(dist.values()), 1.0, abs_tol=1e-6):
+            raise InputError(f"{path}: query {query!r}: expected {{value: share}} with shares >= 0 summing to 1")
+        desired[str(query)] = {str(k): float(v) for k, v in dist.items()}
+    return [str(q) for q in data], desired

@@ -54,7 +54,8 @@ class IndexRecord:
     dim: int
     ids: list[str]
     attributes: dict[str, list[str]] = field(default_factory=dict)  # column -> value of every row
-    source: str = ""
+    source: str = ""  # what was indexed (folder, dataset split)
+    source_artifact: str = ""  # the artifact's path at build time ('clip-debias search' loads it by default)
     faiss: str | None = None
     format: int = INDEX_FORMAT
 
@@ -206,8 +207,8 @@ def build_index(classifier: Any, images: Sequence[Any], ids: Sequence[str], out:
                 attributes: dict[str, list[str]] | None = None, source: str = "", with_faiss: bool = False,
                 batch_size: int = 32, progress: Any = None) -> Path:
     """Embed ``images`` (paths / PIL images) with ``classifier.encode_image`` in batches and write the index
-    ``out`` with ``ids`` (one per image), per-row ``attributes`` and the classifier's artifact digest.
-    ``progress(done)`` is called after each batch."""
+    ``out`` with ``ids`` (one per image), per-row ``attributes`` and the classifier's artifact digest and path.
+    ``progress(n)`` is called after each batch of n images."""
     if len(images) != len(ids):
         raise InputError(f"{len(images)} images but {len(ids)} ids")
     if not len(images):
@@ -216,11 +217,12 @@ def build_index(classifier: Any, images: Sequence[Any], ids: Sequence[str], out:
         raise InputError("the artifact was loaded without its digest (check_sha256=False); an index records it")
     parts = []
     for i in range(0, len(images), batch_size):
-        parts.append(classifier.encode_image(list(images[i:i + batch_size]), batch_size))
+        batch = list(images[i:i + batch_size])
+        parts.append(classifier.encode_image(batch, batch_size))
         if progress is not None:
-            progress(min(i + batch_size, len(images)))
+            progress(len(batch))
     emb = np.concatenate(parts)
     record = IndexRecord(artifact_digest=classifier.digest, dim=int(emb.shape[1]), ids=[str(i) for i in ids],
                          attributes={k: [str(v) for v in vals] for k, vals in (attributes or {}).items()},
-                         source=source)
+                         source=source, source_artifact=str(Path(classifier.root).absolute()))
     return write_index(out, emb, record, with_faiss)

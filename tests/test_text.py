@@ -24,9 +24,11 @@ TEMPLATES = ["a photo of a {}.", "a blurry photo of the {}.", "{}"]
 
 @pytest.fixture(scope="module", params=["vitb32", "lab"])
 def text_artifact(request, tmp_path_factory, vitb32_clip):
-    """(LoadedClip, artifact path) of a plain zero-shot classifier exported with its text tower: random-weight
-    ViT-B-32 (context 77) and the shipped lab model (context 16)."""
+    """(LoadedClip, artifact path, runtime.Classifier) of a plain zero-shot classifier exported with its text tower:
+    random-weight ViT-B-32 (context 77) and the shipped lab model (context 16). Loaded once (hashing ViT-B-32's
+    two graphs is most of a load)."""
     from clip_debias.exporters.onnx_export import export_onnx
+    from clip_debias.runtime.classifier import load
     from clip_debias.toolchain.correct.classifier import plain_classifier
     from clip_debias.toolchain.models.loading import load_clip
 
@@ -34,24 +36,19 @@ def text_artifact(request, tmp_path_factory, vitb32_clip):
     model = plain_classifier(clip, LABELS, templates=TEMPLATES)
     out = tmp_path_factory.mktemp(f"text-{request.param}") / "art"
     export_onnx(model, out, precision="fp32", ort_optimize=False, text_clip=clip)
-    return clip, out
+    return clip, out, load(out, device="cpu")
 
 
 def test_token_ids_equal_open_clip(text_artifact):
-    from clip_debias.runtime.classifier import load
-
-    clip, art = text_artifact
-    ids = load(art, device="cpu").tokenize(CORPUS)
+    clip, _, clf = text_artifact
+    ids = clf.tokenize(CORPUS)
     ref = clip.tokenizer(CORPUS).numpy()
     assert ids.dtype == np.int64 and ids.shape == ref.shape
     assert [i for i in range(len(CORPUS)) if not (ids[i] == ref[i]).all()] == []
 
 
 def test_encode_text_equals_open_clip(text_artifact):
-    from clip_debias.runtime.classifier import load
-
-    clip, art = text_artifact
-    clf = load(art, device="cpu")
+    clip, _, clf = text_artifact
     texts = CORPUS[:12] + LABELS
     got = clf.encode_text(texts)
     ref = clip.encode_text(texts, normalize=True).float().numpy()
@@ -63,11 +60,9 @@ def test_encode_text_equals_open_clip(text_artifact):
 def test_labels_at_request_time_equal_the_fixed_head(text_artifact):
     """classify(images, labels=L) with L and the templates the artifact's head was built with: argmax identical,
     probabilities within 1e-5; ensemble=True is the head's text matrix."""
-    from clip_debias.runtime.classifier import load
     from clip_debias.toolchain.prompts.text import class_text_matrix
 
-    clip, art = text_artifact
-    clf = load(art, device="cpu")
+    clip, _, clf = text_artifact
     assert clf.has_text_tower and clf.text.templates == TEMPLATES
     _, h, w = clf.input_shape
     x = np.random.default_rng(0).standard_normal((6, 3, h, w)).astype(np.float32)
@@ -83,10 +78,7 @@ def test_labels_at_request_time_equal_the_fixed_head(text_artifact):
 
 
 def test_text_calls_are_thread_safe(text_artifact):
-    from clip_debias.runtime.classifier import load
-
-    _, art = text_artifact
-    clf = load(art, device="cpu")
+    clf = text_artifact[2]
     want = clf.encode_text(LABELS)
     got: list[np.ndarray] = []
     threads = [threading.Thread(target=lambda: got.append(clf.encode_text(LABELS))) for _ in range(4)]
@@ -98,9 +90,7 @@ def test_text_calls_are_thread_safe(text_artifact):
 
 
 def test_text_input_checks(text_artifact):
-    from clip_debias.runtime.classifier import load
-
-    clf = load(text_artifact[1], device="cpu")
+    clf = text_artifact[2]
     for bad, what in (("a dog", "one string"), ([], "no texts"), ([3], r"texts\[0\] is int"),
                       (["x" * 10_001], "over the limit")):
         with pytest.raises(InputError, match=what):
@@ -145,15 +135,13 @@ def test_fp16_and_int8_text_graphs(tmp_path, tiny_clip):
         assert float(np.sum(got * ref, axis=1).min()) >= min_cos
 
 
-def test_manifest_text_record_is_checked(text_artifact, tmp_path):
+def test_manifest_text_record_is_checked(text_artifact):
     import json
-    import shutil
 
     from clip_debias.runtime.manifest import Manifest
 
-    art = tmp_path / "a"
-    shutil.copytree(text_artifact[1], art)
-    data = json.loads((art / "manifest.json").read_text())
+    data = json.loads((text_artifact[1] / "manifest.json").read_text())
+    assert Manifest.from_dict(data).text == text_artifact[2].manifest.text
     data["text"]["templates"] = ["no placeholder"]
     with pytest.raises(ArtifactError, match="placeholder"):
         Manifest.from_dict(data)

@@ -95,6 +95,7 @@ COMMAND_MODULES = (
     "clip_debias.toolchain.cli.evaluate_cmd",
     "clip_debias.toolchain.cli.export_cmd",
     "clip_debias.toolchain.cli.verify_cmd",
+    "clip_debias.toolchain.cli.search_cmd",
     "clip_debias.toolchain.cli.serve_cmd",
     "clip_debias.toolchain.cli.demo_cmd",
     "clip_debias.toolchain.cli.lab_cmd",
