@@ -97,8 +97,9 @@ def _artifact_of(index: object, artifact: Path | None) -> Path:
 def search_cmd(
     index_dir: Annotated[Path, typer.Argument(metavar="INDEX", help="Index directory written by 'clip-debias "
                                                                     "index'.")],
-    queries: Annotated[Optional[list[str]], typer.Argument(metavar="QUERY...", help="Text queries.")] = None,
-    k: Annotated[int, typer.Option("-k", "--top", metavar="N", min=1, help="Results per query.")] = 20,
+    queries: Annotated[Optional[list[str]], typer.Argument(metavar="QUERIES",
+                                                           help="Text queries (one or more).")] = None,
+    k: Annotated[int, typer.Option("-k", metavar="N", min=1, help="Results per query.")] = 20,
     artifact: Annotated[Optional[Path], typer.Option(
         "--artifact", metavar="DIR", help="Artifact for the query embeddings (default: the one the index was built "
                                           "with); its digest must be the index's.")] = None,
@@ -116,16 +117,16 @@ def search_cmd(
     json_path: JsonOpt = None,
     force: ForceOpt = False,
 ) -> None:
-    """The K best images of INDEX for each QUERY (cosine of the artifact's text and debiased image embeddings), or
-    with --queries FILE --protected COLUMN the retrieval skew of the list (MaxSkew@k, MinSkew@k, NDKL@k, share of
+    """The K best images of INDEX for each of QUERIES (cosine of the artifact's text and debiased image
+    embeddings), or with --queries FILE --protected COLUMN the retrieval skew of the list (MaxSkew@k, MinSkew@k, NDKL@k, share of
     queries whose top k is one value)."""
     from clip_debias.runtime.atomic_output import write_atomic
     from clip_debias.runtime.classifier import load
     from clip_debias.runtime.search import load_index
 
     if bool(queries) == bool(queries_file):
-        raise ClipDebiasError("give QUERY... or --queries FILE (retrieval skew), not both" if queries else
-                              "nothing to search: give QUERY... or --queries FILE")
+        raise ClipDebiasError("give QUERIES or --queries FILE (retrieval skew), not both" if queries else
+                              "nothing to search: give QUERIES or --queries FILE")
     check_json_target(json_path, "search-report", force)
     index = load_index(index_dir)
     clf = load(_artifact_of(index, artifact), device="cpu", expected_digest=index.record.artifact_digest)
