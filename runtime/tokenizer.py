@@ -8,8 +8,8 @@ lower case) is what ``tokenizers`` can express of open_clip's cleaning; the rest
 width and quote fixes) and two rounds of ``html.unescape`` -- runs first, here, in ``clean_text`` (pure Python,
 the ``ftfy`` package). ``TextTokenizer(texts)`` therefore gives the ids of open_clip's
 ``SimpleTokenizer(texts)`` (tests/test_text.py checks them on a corpus of ASCII, unicode, emoji, whitespace runs,
-HTML entities and over-long strings). Known difference: a special-token string glued to other punctuation (``<<start_of_text>``)
-is one special token here and punctuation runs in open_clip.
+HTML entities and over-long strings). Known difference: a special-token string glued to other punctuation
+(``<<start_of_text>``) is one special token here and punctuation runs in open_clip.
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ def folder_images(folder: Path) -> list[Path]:
 
 def dataset_rows(dataset: DatasetFormat, data: Path, split: Split, target: str | None,
                  outside: bool) -> tuple[list[Path], list[str], dict[str, list[str]]]:
-    """(image paths, ids = paths relative to DATA, attributes {label, group, each attribute: value names}) of a split."""
+    """(image paths, ids = paths relative to DATA, attributes {label, group, each attribute: value names}) of a
+    split."""
     from clip_debias.runtime.datasets import load_index
 
     index = load_index(str(dataset), data, str(split), allow_outside_root=outside, target=target)
@@ -118,8 +119,8 @@ def search_cmd(
     force: ForceOpt = False,
 ) -> None:
     """The K best images of INDEX for each of QUERIES (cosine of the artifact's text and debiased image
-    embeddings), or with --queries FILE --protected COLUMN the retrieval skew of the list (MaxSkew@k, MinSkew@k, NDKL@k, share of
-    queries whose top k is one value)."""
+    embeddings), or with --queries FILE --protected COLUMN the retrieval skew of the list (MaxSkew@k, MinSkew@k,
+    NDKL@k, share of queries whose top k is one value)."""
     from clip_debias.runtime.atomic_output import write_atomic
     from clip_debias.runtime.classifier import load
     from clip_debias.runtime.search import load_index
@@ -138,7 +139,8 @@ def search_cmd(
             for rank, h in enumerate(rows, 1):
                 t.add_row(str(rank), f"{h.score:.4f}", h.id)
             console.print(t)
-        report: dict = {"report": "clip-debias search", "queries": {q: [h.__dict__ for h in rows] for q, rows in zip(queries or [], hits)}}
+        report: dict = {"report": "clip-debias search",
+                        "queries": {q: [h.__dict__ for h in rows] for q, rows in zip(queries or [], hits)}}
     else:
         from clip_debias.runtime.retrieval_skew import index_retrieval_skew, read_queries
 
