@@ -155,7 +155,12 @@ class Manifest:
         return self
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=False)
+        """The manifest as JSON; ``text`` only when there is a text tower, so an image-only artifact's manifest is
+        what it was before text towers existed (older runtimes read it)."""
+        d = asdict(self)
+        if d["text"] is None:
+            del d["text"]
+        return json.dumps(d, indent=2, sort_keys=False)
 
     def save(self, artifact_dir: str | Path) -> Path:
         """Write ``manifest.json`` atomically (temp file + rename) into ``artifact_dir``; returns its path."""
