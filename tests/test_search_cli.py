@@ -77,5 +77,12 @@ def test_index_search_and_retrieval_skew(lab_setup):
     skew = json.loads((root / "skew.json").read_text())["retrieval_skew"]
     assert skew["attribute"] == "place" and [r["k"] for r in skew["at_k"]] == [4, 8]
     assert len(skew["at_k"][0]["queries"]) == 8
+    worst = max(r["mean_max_skew"] for r in skew["at_k"])
+    res = _run(["search", idx, "--queries", "lab-birds", "--protected", "place", "--skew-k", "4,8",
+                "--max-retrieval-skew", worst])
+    assert res.exit_code == 0 and res.stdout.splitlines()[-1].startswith("PASS: mean MaxSkew@"), res.output
+    res = _run(["search", idx, "--queries", "lab-birds", "--protected", "place", "--skew-k", "4,8",
+                "--max-retrieval-skew", worst / 2])
+    assert res.exit_code == 1 and "FAIL: mean MaxSkew@" in res.stdout, res.output
     res = _run(["search", idx, "a bird", "--artifact", other])
     assert res.exit_code == 2 and "differs from the expected" in res.output

@@ -115,12 +115,16 @@ def search_cmd(
                                           "occupations, adjectives, lab-birds, lab-backgrounds.")] = None,
     protected: ProtectedOpt = None,
     skew_k: SkewKOpt = "10,50",
+    max_retrieval_skew: Annotated[Optional[float], typer.Option(
+        "--max-retrieval-skew", metavar="LN_RATIO", min=0.0,
+        help="Gate with --queries: exit 1 when the mean over queries of MaxSkew@k exceeds it at any k of "
+             "--skew-k (ln 2 = 0.693: a top k of one value of a 50/50 attribute).")] = None,
     json_path: JsonOpt = None,
     force: ForceOpt = False,
 ) -> None:
     """The K best images of INDEX for each of QUERIES (cosine of the artifact's text and debiased image
     embeddings), or with --queries FILE --protected COLUMN the retrieval skew of the list (MaxSkew@k, MinSkew@k,
-    NDKL@k, share of queries whose top k is one value)."""
+    NDKL@k, share of queries whose top k is one value), gated by --max-retrieval-skew (exit 1 when it fails)."""
     from clip_debias.runtime.atomic_output import write_atomic
     from clip_debias.runtime.classifier import load
     from clip_debias.runtime.search import load_index
@@ -163,9 +167,20 @@ def search_cmd(
         from dataclasses import asdict
 
         report = {"report": "clip-debias search", "retrieval_skew": asdict(skew)}
+        if max_retrieval_skew is not None:
+            worst = max(skew.at_k, key=lambda r: r.mean_max_skew)
+            passed = worst.mean_max_skew <= max_retrieval_skew
+            report["gate"] = {"max_retrieval_skew": max_retrieval_skew, "k": worst.k, "value": worst.mean_max_skew,
+                              "passed": passed}
+            typer.echo(f"{'PASS' if passed else 'FAIL'}: mean MaxSkew@{worst.k} {worst.mean_max_skew:.3f} "
+                       f"{'<=' if passed else '>'} {max_retrieval_skew:g} ({len(texts)} queries, {skew.n} images)")
+    elif max_retrieval_skew is not None:
+        raise ClipDebiasError("--max-retrieval-skew gates the retrieval skew of --queries FILE")
     if json_path is not None:
         write_atomic(json_path, json.dumps(report, indent=2) + "\n", "search-report", force)
         typer.echo(f"wrote {json_path}")
+    if report.get("gate", {}).get("passed") is False:
+        raise typer.Exit(1)
 
 
 def _num(x: float | None) -> str:
