@@ -132,6 +132,8 @@ def search_cmd(
     if bool(queries) == bool(queries_file):
         raise ClipDebiasError("give QUERIES or --queries FILE (retrieval skew), not both" if queries else
                               "nothing to search: give QUERIES or --queries FILE")
+    if max_retrieval_skew is not None and queries_file is None:
+        raise ClipDebiasError("--max-retrieval-skew gates the retrieval skew of --queries FILE")
     check_json_target(json_path, "search-report", force)
     index = load_index(index_dir)
     clf = load(_artifact_of(index, artifact), device="cpu", expected_digest=index.record.artifact_digest)
@@ -174,8 +176,6 @@ def search_cmd(
                               "passed": passed}
             typer.echo(f"{'PASS' if passed else 'FAIL'}: mean MaxSkew@{worst.k} {worst.mean_max_skew:.3f} "
                        f"{'<=' if passed else '>'} {max_retrieval_skew:g} ({len(texts)} queries, {skew.n} images)")
-    elif max_retrieval_skew is not None:
-        raise ClipDebiasError("--max-retrieval-skew gates the retrieval skew of --queries FILE")
     if json_path is not None:
         write_atomic(json_path, json.dumps(report, indent=2) + "\n", "search-report", force)
         typer.echo(f"wrote {json_path}")
