@@ -45,6 +45,7 @@ import dataclasses
 import inspect
 import logging
 import re
+import sys
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -447,7 +448,8 @@ def export_onnx_report(model_dir_or_model: Any, out: str | Path, precision: str 
             if not text_clip.identity.same_backbone(own):
                 raise ClipDebiasError(f"text tower of {text_clip.identity.describe()} does not match the model's "
                                       f"{own.describe()}")
-            text_files, text = export_text(text_clip, tmp, wanted, opset, text_templates(model.spec), report.gates)
+            text_files, text = export_text(text_clip, tmp, wanted, opset, text_templates(model.spec), report.gates,
+                                           sys.modules[__name__])
             files += text_files
         build_manifest(model, files, opset, fused_attention, fp16_fp32_ops, text).save(tmp)
     report.digest = verify_artifact(out)[1]

@@ -130,15 +130,18 @@ def _gate(path: Path, precision: str, tokens: np.ndarray, ref: np.ndarray, scale
 
 
 def export_text(clip: Any, tmp: Path, wanted: Sequence[str], opset: int, templates: Sequence[str],
-                gates: list[GateResult]) -> tuple[list[Any], Any]:
+                gates: list[GateResult], graphs: Any) -> tuple[list[Any], Any]:
     """Write tokenizer.json and the text graphs of ``wanted`` precisions into ``tmp`` (fp32 always traced and gated,
     kept when listed), each gated against torch; returns (their manifest ``files`` entries, the manifest's
-    ``TextTower``). Gate results are appended to ``gates``."""
+    ``TextTower``). Gate results are appended to ``gates``. ``graphs``: the module with the image graph's tools
+    (``exporters.onnx_export``: ``export_module_onnx``, ``convert_fp16``, ``quantize_int8``), passed in by it."""
     import torch
 
     from clip_debias.exporters.artifact import model_file
-    from clip_debias.exporters.onnx_export import convert_fp16, export_module_onnx, quantize_int8
     from clip_debias.runtime.manifest import TextTower
+
+    export_module_onnx, convert_fp16, quantize_int8 = graphs.export_module_onnx, graphs.convert_fp16, \
+        graphs.quantize_int8
 
     tok = clip.tokenizer
     (tmp / TOKENIZER_NAME).write_text(tokenizer_json(tok))
