@@ -120,6 +120,14 @@ class ServeDevice(Choice):
     CUDA = "cuda"
 
 
+class ServeEngine(Choice):
+    """``serve --engine``: one process (uvicorn + an asyncio batcher; ``serving.server``) or Ray Serve for a cluster
+    (``serving.ray_app``)."""
+
+    DEFAULT = "default"
+    RAY = "ray"
+
+
 class SearchEngine(Choice):
     """``search --engine``: exact numpy search, or FAISS (the [search] extra; same results on exact indexes)."""
 
