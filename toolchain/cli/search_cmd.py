@@ -11,11 +11,15 @@ import typer
 
 from clip_debias.runtime.choices import DatasetFormat, SearchEngine, Split
 from clip_debias.runtime.errors import ClipDebiasError
+from clip_debias.runtime.ownership import json_object_with, register_file_kind
 from clip_debias.runtime.tables import output_console, table
 from clip_debias.toolchain.cli.options import (AllowOutsideRootOpt, BatchOpt, ForceOpt, JsonOpt, OptionalDatasetOpt,
                                                OptionalSplitOpt, ProtectedOpt, SkewKOpt, TargetOpt,
                                                check_json_target, choice_option)
 
+SEARCH_REPORT = "clip-debias search"  # the 'report' field of search --json (how runtime.ownership recognises it)
+register_file_kind("search-report", "a report written by 'clip-debias search --json'",
+                   json_object_with({"report"}, ("report", SEARCH_REPORT)))
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
@@ -145,7 +149,7 @@ def search_cmd(
             for rank, h in enumerate(rows, 1):
                 t.add_row(str(rank), f"{h.score:.4f}", h.id)
             console.print(t)
-        report: dict = {"report": "clip-debias search",
+        report: dict = {"report": SEARCH_REPORT,
                         "queries": {q: [h.__dict__ for h in rows] for q, rows in zip(queries or [], hits)}}
     else:
         from clip_debias.runtime.retrieval_skew import index_retrieval_skew, read_queries
@@ -168,7 +172,7 @@ def search_cmd(
                                                  f"{len(texts)} queries"))
         from dataclasses import asdict
 
-        report = {"report": "clip-debias search", "retrieval_skew": asdict(skew)}
+        report = {"report": SEARCH_REPORT, "retrieval_skew": asdict(skew)}
         if max_retrieval_skew is not None:
             worst = max(skew.at_k, key=lambda r: r.mean_max_skew)
             passed = worst.mean_max_skew <= max_retrieval_skew
