@@ -3,9 +3,10 @@
 ``DEFAULT_MAX_PIXELS``: image files of more pixels are refused before decoding (``runtime.images``; ``--max-pixels``).
 
 ``MaxSkipped`` (``--max-skipped``): how many unreadable images a ``--skip-bad`` run may leave out before it fails.
-Written as a count (``5``: at most 5 images), a fraction (``0.02``) or a percentage (``2%``) of the images of the
-split; the default is 1 %. The limit is ``count``, or ``floor(fraction * total)``: with the default, a split of 40
-images may lose none and one of 1,200 may lose 12.
+Written as a count of images (``5``) or a percentage of the images of the split (``2%``), nothing else: a bare
+``1.0`` or ``0.5`` is refused (``1.0`` once meant 100 % while ``1`` meant one image). The default is 1 %. The limit
+is ``count``, or ``floor(fraction * total)``: with the default, a split of 40 images may lose none and one of 1,200
+may lose 12.
 
 ``MIN_LATENCY_BATCHES`` (``verify --latency-batches``): the timed model calls verify's latency percentiles rest on at
 least (``runtime.verify``: p95 needs 20 to be an observed tail value).
@@ -40,17 +41,17 @@ class MaxSkipped:
 
     @classmethod
     def parse(cls, text: str, option: str = "--max-skipped") -> "MaxSkipped":
-        """'5' -> 5 images; '0.02' -> 2 %; '2%' -> 2 %."""
+        """'5' -> 5 images; '2%' -> 2 %; anything else (a bare fraction such as '0.02' or '1.0') is refused."""
         t = str(text).strip()
         try:
             if t.endswith("%"):
                 return cls(fraction=float(t[:-1]) / 100.0)
             if re.fullmatch(r"\d+", t):
                 return cls(count=int(t))
-            return cls(fraction=float(t))
         except (ValueError, InputError):
-            raise InputError(f"{option} {text!r}: expected a count of images (5), a fraction (0.02) or a "
-                             "percentage (2%) between 0 and 100 %") from None
+            pass
+        raise InputError(f"{option} {text!r}: expected N (a count of images, e.g. 5) or P% (a percentage of the "
+                         "split, e.g. 2%); a bare fraction such as 1.0 is not accepted")
 
     def limit(self, total: int) -> int:
         """The most images that may be skipped out of ``total``."""

@@ -25,7 +25,7 @@ import torch
 from pydantic.dataclasses import dataclass as format_dataclass
 
 from clip_debias.runtime.metric_inputs import MetricOptions, metric_inputs
-from clip_debias.runtime.metrics import (AccuracyReport, BiasInputs, BiasMetrics, CounterfactualReport, ParityReport,
+from clip_debias.runtime.metrics import (AccuracyReport, BiasInputs, BiasMetrics, CounterfactualReport, FairnessGaps,
                                          ShortcutGaps, SkewReport, accuracy_report, bias_metrics)
 from clip_debias.runtime.ownership import json_rows_with, register_file_kind
 from clip_debias.runtime.schema import FORMAT, read_model
@@ -233,8 +233,9 @@ class CompareRow(AccuracyReport):
     shortcut_gaps: Optional[ShortcutGaps] = None
     counterfactual: Optional[CounterfactualReport] = None
     skew: Optional[SkewReport] = None
-    parity: Optional[ParityReport] = None
+    parity: Optional[FairnessGaps] = None
     not_computed: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)  # sections of metric families beyond those four
 
 
 @format_dataclass(config=FORMAT)
