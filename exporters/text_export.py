@@ -9,7 +9,7 @@ Tokenizer: open_clip's ``SimpleTokenizer`` converted to a ``tokenizers`` ``token
 cannot express (ftfy, html unescaping) runs in ``runtime.tokenizer.clean_text`` (see there).
 
 Gates (seeded prompts of every length up to the context, batch ``len(GATE_TEXTS)``): the graph's embeddings E
-against torch's E_ref with ``runtime.parity.compare``, taking as "logits" the prompt-vs-prompt similarity
+against torch's E_ref with ``runtime.precision_gate.compare``, taking as "logits" the prompt-vs-prompt similarity
 s * E @ E_ref^T (s = the model's logit scale; the diagonal is each prompt's own class): fp32 max |e - e_ref| <= 1e-5,
 fp16 min cos >= 0.999, int8 min cos >= 0.995, logit tolerances as for the image graph.
 """
@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from clip_debias.runtime.errors import ClipDebiasError
-from clip_debias.runtime.parity import GateResult, compare
+from clip_debias.runtime.precision_gate import GateResult, compare
 from clip_debias.runtime.text import TEXT_INPUT, TEXT_OUTPUT
 from clip_debias.runtime.tokenizer import TOKENIZER_NAME
 
