@@ -67,6 +67,7 @@ class VerifyReport:
     skipped: list[str] = field(default_factory=list)  # unreadable images left out (skip_bad), not counted in n
     precision_gate: dict[str, Any] | None = None  # GateResult vs the artifact's fp32 graph (GATED_AT_VERIFY)
     n_split: int = 0  # images the split lists (n + skipped)
+    duplicates_dropped: int = 0  # rows naming a file already listed, dropped under --allow-duplicates
     expected_groups: list[str] = field(default_factory=list)
     groups_from: str = ""  # dataset | --groups | manifest | csv group ids | classes
     missing_groups: list[str] = field(default_factory=list)  # expected groups with no image counted
@@ -161,6 +162,7 @@ def aggregate(job: Any, run: Predictions, backend_info: dict[str, Any], *, diges
         skipped=skipped,
         precision_gate=gate.to_dict() if gate is not None else None,
         n_split=len(records),
+        duplicates_dropped=int(getattr(index, "duplicates_dropped", 0)),
         expected_groups=job.group_names,
         groups_from=job.groups_from,
         missing_groups=acc.missing,

@@ -39,7 +39,7 @@ from clip_debias.runtime.classifier import Classifier, load
 from clip_debias.runtime.datasets import DatasetIndex, load_index
 from clip_debias.runtime.errors import ClipDebiasError, InputError
 from clip_debias.runtime.integrity import check_digest
-from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS, MIN_LATENCY_BATCHES
+from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS, MIN_LATENCY_BATCHES, IndexChecks
 from clip_debias.runtime.manifest import TRANSDUCTIVE_WARNING
 from clip_debias.runtime.metric_inputs import MetricOptions, metric_inputs
 from clip_debias.runtime.metrics.evidence import Evidence
@@ -81,13 +81,15 @@ class RunOptions:
 @dataclass(frozen=True)
 class DataOptions:
     """How the split is read: ``groups`` (names of a csv's group ids, ``resolve_groups``), ``allow_outside_root``,
-    ``target`` (fairface), ``protected`` (``runtime.datasets.load_index``), the metrics' options."""
+    ``target`` (fairface), ``protected`` (``runtime.datasets.load_index``), the metrics' options, ``index_checks``
+    (the row limit and duplicate rule of ``load_index``: ``runtime.limits.IndexChecks``)."""
 
     groups: list[str] | None = None
     allow_outside_root: bool = False
     target: str | None = None
     protected: str | None = None
     metric_options: MetricOptions | None = None
+    index_checks: IndexChecks | None = None
 
 
 @dataclass(frozen=True)
@@ -188,7 +190,7 @@ def prepare(artifact: str | Path, class_names: list[str], manifest_groups: list[
     thresholds = o.gates.thresholds or Thresholds()
     index = load_index(dataset, Path(data), split, classes=class_names if dataset == "csv" else None,
                        allow_outside_root=o.data.allow_outside_root, target=o.data.target,
-                       protected=o.data.protected)
+                       protected=o.data.protected, checks=o.data.index_checks)
     if len(index.class_names) != len(class_names):
         raise ClipDebiasError(
             f"{data}: the {dataset} dataset has {len(index.class_names)} classes {index.class_names}, "

@@ -22,7 +22,8 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from clip_debias.runtime.choices import Choice, DatasetFormat, FairFaceColumn, Split
+from clip_debias.runtime.choices import Choice, DatasetFormat, Dedupe, FairFaceColumn, Split
+from clip_debias.runtime.limits import DEFAULT_MAX_ROWS
 from clip_debias.toolchain.choices import ComputeDtype, Convention, Protocol
 from clip_debias.toolchain.decompose.layers import LAYERS_HELP
 
@@ -103,6 +104,23 @@ MaxPixelsOpt = Annotated[int, typer.Option(
     "--max-pixels", metavar="N", min=1, help="Refuse image files of more pixels than this, before decoding them.")]
 AllowOutsideRootOpt = Annotated[bool, typer.Option(
     "--allow-outside-root", help="Read image paths that leave the data folder (absolute, or with '..').")]
+MaxRowsOpt = Annotated[int, typer.Option(
+    "--max-rows", metavar="N", min=1, help="Refuse a metadata file of more rows than this, while it is read.")]
+DedupeOpt = Annotated[Dedupe, choice_option(
+    Dedupe, "--dedupe", "When two rows of the split name the same image file: path (the same resolved path) | "
+                        "content (the same bytes, sha256; reads every file once more).")]
+AllowDuplicatesOpt = Annotated[bool, typer.Option(
+    "--allow-duplicates", help="Count each image file once when the split lists it on several rows (default: "
+                               "refuse such a split).")]
+
+
+def index_checks(max_rows: int = DEFAULT_MAX_ROWS, dedupe: str = Dedupe.PATH,
+                 allow_duplicates: bool = False) -> Any:
+    """``runtime.limits.IndexChecks`` (``load_index``'s ``checks``) from ``--max-rows`` / ``--dedupe`` /
+    ``--allow-duplicates``."""
+    from clip_debias.runtime.limits import IndexChecks
+
+    return IndexChecks(max_rows, Dedupe(dedupe), allow_duplicates)
 
 
 def need_split(split: Split | None, data: Path | None) -> Split | None:

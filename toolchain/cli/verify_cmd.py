@@ -10,15 +10,15 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from clip_debias.runtime.choices import BackendName, Precision, RuntimeDevice, VerifyEngine
+from clip_debias.runtime.choices import BackendName, Dedupe, Precision, RuntimeDevice, VerifyEngine
 from clip_debias.runtime.errors import ClipDebiasError
-from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS, MIN_LATENCY_BATCHES
+from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_ROWS, MIN_LATENCY_BATCHES
 from clip_debias.runtime.tables import output_console, table
-from clip_debias.toolchain.cli.options import (AllowOutsideRootOpt, BatchOpt, DataOpt, DatasetOpt, ForceOpt, JsonOpt,
-                                               MaxPixelsOpt, MaxSkippedOpt, ProtectedOpt, ShortcutAttributesOpt,
-                                               SkewKOpt, SkipBadOpt, SplitOpt, TargetOpt, TrainCorrelationOpt,
-                                               check_json_target, choice_option, gate_limits, metric_options,
-                                               with_gate_options)
+from clip_debias.toolchain.cli.options import (AllowDuplicatesOpt, AllowOutsideRootOpt, BatchOpt, DataOpt, DatasetOpt,
+                                               DedupeOpt, ForceOpt, JsonOpt, MaxPixelsOpt, MaxRowsOpt, MaxSkippedOpt,
+                                               ProtectedOpt, ShortcutAttributesOpt, SkewKOpt, SkipBadOpt, SplitOpt,
+                                               TargetOpt, TrainCorrelationOpt, check_json_target, choice_option,
+                                               gate_limits, index_checks, metric_options, with_gate_options)
 
 
 def _pct(x: float | None) -> str:
@@ -198,6 +198,9 @@ def verify(
     = None,
     allow_outside_root: AllowOutsideRootOpt = False,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    max_rows: MaxRowsOpt = DEFAULT_MAX_ROWS,
+    dedupe: DedupeOpt = Dedupe.PATH,
+    allow_duplicates: AllowDuplicatesOpt = False,
     force: ForceOpt = False,
     engine: Annotated[VerifyEngine, choice_option(
         VerifyEngine, "--engine", "local: this process | ray: a Ray Data pipeline, one model per actor (the 'ray' "
@@ -253,7 +256,8 @@ def verify(
         RunOptions(batch_size, workers=workers, progress=progress, console=output_console(stderr=True),
                    skip_bad=skip_bad, latency_batches=latency_batches),
         DataOptions(group_list, allow_outside_root, target, protected,
-                    metric_options(shortcut_attributes, train_correlation, skew_k)),
+                    metric_options(shortcut_attributes, train_correlation, skew_k),
+                    index_checks(max_rows, dedupe, allow_duplicates)),
         GateOptions(thresholds, Evidence(confidence, min_group_size), allow_inconclusive))
     if engine == VerifyEngine.RAY:
         from clip_debias.serving.ray_verify import RayEngine

@@ -20,9 +20,10 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from PIL import Image
 
 from clip_debias.runtime.choices import Split
+from clip_debias.runtime.images import load_image, open_image
+from clip_debias.runtime.limits import check_memory
 from clip_debias.runtime.metric_inputs import lab_correlation
 from clip_debias.runtime.metrics import (DEFAULT_P_AGREE, AccuracyReport, AttributeColumn, ShortcutGaps,
                                          accuracy_report, shortcut_gaps)
@@ -32,6 +33,7 @@ from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.lab.data import CLASS_NAMES, OBJECT_NAMES, PLACE_NAMES, SPLIT_NAMES, read_metadata
 
 MODEL_NAME = "clipdebias-lab"
+DECODED_COPIES = 3  # load_split holds each image three times at its peak: the decoded arrays, np.stack, the tensor
 register_file_kind("lab-weights", "lab weights written by 'clip-debias lab train'",  # the metadata train_lab_model
                    safetensors_with({"model", "steps", "seed", "batch_size", "lr", "p_background"}))  # records
 CLASS_TEMPLATES = (
@@ -120,21 +122,22 @@ class SplitAccuracy:
 
 # ---- data -----------------------------------------------------------------------------------------------------------
 def load_split(data: str | Path, split: str | int) -> LabSplit:
-    """Decode every image of ``split`` ('train'/'val'/'test' or 0/1/2) of the data dir ``data``."""
+    """Decode every image of ``split`` ('train'/'val'/'test' or 0/1/2) of the data dir ``data`` (refused first, in one
+    line, when the decoded split would need more memory than is available: ``DECODED_COPIES`` uint8 RGB copies of
+    every image, at the first image's header size)."""
     if split not in range(len(SPLIT_NAMES)):
         Split.parse(split, "--split")
     s = SPLIT_NAMES.index(split) if isinstance(split, str) else int(split)
     rows = [r for r in read_metadata(data) if r["split"] == s]
     if not rows:
         raise ClipDebiasError(f"{Path(data) / 'metadata.csv'}: no rows with split {s} ({SPLIT_NAMES[s]})")
+    with open_image(Path(data) / str(rows[0]["img_filename"])) as im:
+        width, height = im.size
+    check_memory(len(rows) * width * height * 3 * DECODED_COPIES,
+                 f"{data}: split {SPLIT_NAMES[s]}, {len(rows):,} images of {width}x{height} px decoded")
     arrays = []
     for r in rows:
-        path = Path(data) / str(r["img_filename"])
-        try:
-            with Image.open(path) as im:
-                arrays.append(np.asarray(im.convert("RGB")))
-        except OSError as e:
-            raise ClipDebiasError(f"{path}: cannot read image ({e})") from e
+        arrays.append(np.asarray(load_image(Path(data) / str(r["img_filename"])).convert("RGB")))
     if len({a.shape for a in arrays}) != 1:
         raise ClipDebiasError(f"{data}: images of split {SPLIT_NAMES[s]} differ in size (expected one size)")
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
