@@ -80,8 +80,8 @@ def explain_image(
             raise ClipDebiasError(f"{option}: empty; expected a text such as 'a photo of water'")
     check_figure_target(out, force)  # before any work
     clip = load_model(model, pretrained, weights, random_weights=random_weights)
-    n_layers = len(clip.model.visual.transformer.resblocks)
-    n_heads = clip.model.visual.transformer.resblocks[0].attn.num_heads
+    n_layers = clip.tower.layers
+    n_heads = clip.tower.heads
     chosen, _ = select_heads(heads, layers, n_layers, n_heads, [n_layers - 1])
     path, total, cls_share = run(clip, image, chosen, text, vs, out, convention=convention, force=force,
                                  max_pixels=max_pixels)

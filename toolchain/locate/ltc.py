@@ -40,7 +40,7 @@ from clip_debias.toolchain.decompose.terms import HeadTerms
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.locate.groups import (MinorityChoice, minority_from_counts, minority_from_predictions,
                                      minority_from_user, predicted_groups)
-from clip_debias.toolchain.models.loading import ModelIdentity
+from clip_debias.toolchain.models.loading import LoadedClip, ModelIdentity
 from clip_debias.toolchain.prompts.defaults import known_minority_groups
 from clip_debias.toolchain.prompts.text import DEFAULT_TEMPLATES, class_text_matrix, prompt_matrix
 from clip_debias.toolchain.protocol import PROTOCOLS, check_protocol, reference_minority, require_reference_cache
@@ -376,7 +376,7 @@ def check_reference_locate(cache: DecompositionCache, attribute_text: torch.Tens
     return reference_minority(cache.dataset, known_minority, minority_groups)
 
 
-def locate_cache(cache: DecompositionCache, clip: Any, *, class_names: list[str] | None = None,
+def locate_cache(cache: DecompositionCache, clip: LoadedClip, *, class_names: list[str] | None = None,
                  templates: list[str] | None = None, attribute_prompts: tuple[list[str], list[list[str]]] | None = None,
                  minority_groups: list[int] | None = None, minority_from: str = "counts",
                  max_spurious: int | None = None, max_salient: int | None = None,

@@ -20,6 +20,7 @@ from torch.overrides import TorchFunctionMode
 
 from clip_debias.runtime.manifest import sha256_file  # noqa: F401  (re-exported for callers of this module)
 from clip_debias.toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.models.adapter import TowerAdapter, tower_of
 from clip_debias.toolchain.models.checkpoint import Checkpoint, first_sentence, read_checkpoint
 from clip_debias.toolchain.models.shipped import SHIPPED_TAG, shipped_names, shipped_weights
 
@@ -74,6 +75,14 @@ class LoadedClip:
     tokenizer: Callable  # list[str] -> [N, context] token ids
     identity: ModelIdentity
     preprocess_cfg: dict[str, Any] = field(default_factory=dict)
+    _tower: TowerAdapter | None = field(default=None, repr=False)
+
+    @property
+    def tower(self) -> TowerAdapter:
+        """The image tower's adapter (``models/adapter.py``): the only way a stage reaches the tower."""
+        if self._tower is None:
+            self._tower = tower_of(self.model.visual)
+        return self._tower
 
     @torch.no_grad()
     def encode_text(self, texts: list[str], normalize: bool = True) -> torch.Tensor:
@@ -207,9 +216,7 @@ def load_clip(
         _load_file_weights(model, ckpt, name)
         ckpt.remember()
         identity = ModelIdentity(name=name, weights_sha256=ckpt.sha256, weights_file=ckpt.path.name)
-    from clip_debias.toolchain.models.tower import tower_config_of
-
-    tower_config_of(model.visual)  # refuse non-ViT / non-CLS towers now, with one clear line
+    tower = tower_of(model.visual)  # refuse unsupported towers now, with one clear line
     model = model.to(device=device, dtype=dtype).eval()
     cfg = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
     size = cfg.get("size", model.visual.image_size)
@@ -220,4 +227,5 @@ def load_clip(
         tokenizer=open_clip.get_tokenizer(name),
         identity=identity,
         preprocess_cfg=cfg,
+        _tower=tower,
     )
