@@ -23,6 +23,7 @@ from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.models.adapter import TowerAdapter, tower_of
 from clip_debias.toolchain.models.checkpoint import Checkpoint, first_sentence, read_checkpoint
 from clip_debias.toolchain.models.shipped import SHIPPED_TAG, shipped_names, shipped_weights
+from clip_debias.toolchain.models.tokenizer import model_tokenizer
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 _registered = False
@@ -192,13 +193,16 @@ def load_clip(
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
     random_weights: bool = False,
+    tokenizer: str | Path | None = None,
 ) -> LoadedClip:
     """Build ``name`` with open_clip and load its weights from exactly one source:
 
     ``pretrained``: an open_clip tag (downloaded by open_clip), or ``"shipped"``: the weights this package ships for
     ``name`` (``models/shipped.py``); ``weights``: a local file (``models/checkpoint.py``: safetensors memory-mapped,
     other formats through the weights cache); neither: the shipped weights when ``name`` has them, else refused
-    unless ``random_weights`` (tests, benchmarks, timing: a random-weight model's results mean nothing)."""
+    unless ``random_weights`` (tests, benchmarks, timing: a random-weight model's results mean nothing).
+    ``tokenizer``: a local ``tokenizer.json`` or a folder holding one, for models whose tokenizer comes from the
+    Hugging Face hub (``models/tokenizer.py``)."""
     import open_clip
 
     register_configs()
@@ -224,7 +228,7 @@ def load_clip(
     return LoadedClip(
         model=model,
         preprocess=preprocess,
-        tokenizer=open_clip.get_tokenizer(name),
+        tokenizer=model_tokenizer(name, tokenizer),
         identity=identity,
         preprocess_cfg=cfg,
         _tower=tower,
