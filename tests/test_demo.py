@@ -55,10 +55,10 @@ def test_probe_covers_every_head(demo_run):
 
 
 def _readme_demo_table() -> list[str]:
-    """The first column of the README's table "What `clip-debias demo` measures", markdown stripped."""
+    """The first column of docs/lab.md table "What `clip-debias demo` measures", markdown stripped."""
     from pathlib import Path
 
-    lines = (Path(__file__).parents[1] / "README.md").read_text().splitlines()
+    lines = (Path(__file__).parents[1] / "docs" / "lab.md").read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("| method (test split) |"))
     rows = []
     for line in lines[start + 2:]:

@@ -113,3 +113,11 @@ class LabShortcuts(Choice):
 
     BACKGROUND = "background"
     BACKGROUND_OBJECT = "background,object"
+
+
+class LabLoss(Choice):
+    """``lab train --loss``: open_clip's softmax ``ClipLoss`` or SigLIP's pairwise sigmoid loss
+    (``toolchain.lab.train``: ``sigmoid_loss``)."""
+
+    CLIP = "clip"
+    SIGMOID = "sigmoid"

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from clip_debias.toolchain.choices import LabShortcuts
+from clip_debias.toolchain.choices import LabLoss, LabShortcuts
 from clip_debias.toolchain.cli.help import App
 from clip_debias.toolchain.cli.build_cmd import LleCopiesOpt, LleEpochsOpt, LleSeedOpt
 from clip_debias.toolchain.cli.options import (BATCH_HELP, BatchOpt, DataOpt, DeviceOpt, ForceOpt, JsonOpt, WeightsOpt,
@@ -113,6 +113,9 @@ def train(
     model: Annotated[str, typer.Option(
         "--model", metavar="NAME", help="open_clip config to train (clipdebias-lab; clipdebias-lab2: the same "
                                         "architecture, the two-shortcut lab model's name).")] = "clipdebias-lab",
+    loss: Annotated[LabLoss, choice_option(
+        LabLoss, "--loss", "clip: open_clip's ClipLoss (softmax); sigmoid: SigLIP's pairwise sigmoid loss (a config "
+                           "with a logit bias, e.g. clipdebias-lab-map).")] = LabLoss.CLIP,
     device: DeviceOpt = "cpu",
     threads: Annotated[Optional[int], typer.Option(
         "--threads", metavar="N", min=1, help="torch CPU threads (default: torch's).")] = None,
@@ -133,7 +136,7 @@ def train(
     check_file_target(out, "lab-weights", force)  # before the training, not after
     res = train_lab_model(data, out, steps=steps, seed=seed, batch_size=batch_size, lr=lr, p_background=p_background,
                           p_object=p_object, half=not fp32, device=device, threads=threads, eval_every=eval_every,
-                          log=typer.echo, model_name=model, force=force)
+                          log=typer.echo, model_name=model, loss=loss.value, force=force)
     typer.echo(f"saved {out} ({res.steps} steps in {res.seconds:.0f}s, final loss {res.final_loss:.4f})")
     zero_shot_report(out, data, "val", model_name=model, log=typer.echo)
 

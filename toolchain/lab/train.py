@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from clip_debias.runtime.choices import Split
+from clip_debias.toolchain.choices import LabLoss
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.lab.data import CLASS_NAMES, OBJECT_NAMES, PLACE_NAMES, SPLIT_NAMES, read_metadata
 
@@ -260,6 +261,21 @@ def save_weights(model: torch.nn.Module, out: str | Path, dtype: torch.dtype, me
     return Path(out)
 
 
+def sigmoid_loss(img_f: torch.Tensor, txt_f: torch.Tensor, caption: torch.Tensor, scale: torch.Tensor,
+                 bias: torch.Tensor) -> torch.Tensor:
+    """SigLIP's pairwise sigmoid loss (Zhai et al. 2023), with positives by caption identity.
+
+    img_f [B, D] and txt_f [U, D] unit-norm, caption [B] the index of each image's caption among the U distinct
+    captions of the batch. logits z_ij = scale * <img_i, txt_j> + bias, label l_ij = +1 if caption[i] = j else -1;
+    loss = -sum_ij log sigmoid(l_ij z_ij) / B. SigLIP pairs each image with its own text (labels = 2 I - 1); the lab's
+    captions repeat within a batch, so an image and another image's identical caption are a positive here, never a
+    negative.
+    """
+    logits = scale * img_f @ txt_f.T + bias
+    labels = 2.0 * (caption[:, None] == torch.arange(txt_f.shape[0], device=caption.device)[None, :]).float() - 1.0
+    return -torch.nn.functional.logsigmoid(labels * logits).sum() / img_f.shape[0]
+
+
 def train_lab_model(
     data: str | Path,
     out: str | Path,
@@ -278,10 +294,12 @@ def train_lab_model(
     log_every: int = 50,
     eval_every: int = 0,
     model_name: str = MODEL_NAME,
+    loss: str = "clip",
     force: bool = False,
 ) -> TrainResult:
     """Train ``model_name`` (clipdebias-lab, or clipdebias-lab2 on two-shortcut data) from scratch on the train split
-    of ``data`` with ``ClipLoss`` and save the state dict to ``out`` (fp16 when ``half``). ``p_object`` applies to
+    of ``data`` with ``loss`` (``clip``: open_clip's ``ClipLoss``; ``sigmoid``: SigLIP's pairwise sigmoid loss,
+    ``sigmoid_loss``) and save the state dict to ``out`` (fp16 when ``half``). ``p_object`` applies to
     two-shortcut data only. Logs every ``log_every`` steps, and the val split's zero-shot accuracy every
     ``eval_every`` steps (0: never). Deterministic for a seed on a given device and torch build."""
     import open_clip
@@ -311,6 +329,10 @@ def train_lab_model(
     model = open_clip.create_model(model_name, device="cpu").to(device).train()
     tokens = open_clip.get_tokenizer(model_name)(caption_table(split.kind is not None)[0]).to(device)
     mean, std = (t.to(device) for t in _normalizer(model))
+    loss = LabLoss.parse(loss, "--loss")
+    if loss == "sigmoid" and getattr(model, "logit_bias", None) is None:
+        raise ClipDebiasError(f"--loss sigmoid: {model_name} has no logit bias (a SigLIP-style config sets "
+                              "init_logit_bias)")
     loss_fn = ClipLoss()
     opt = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6,
                             foreach=True)
@@ -331,14 +353,19 @@ def train_lab_model(
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, steps, lr, warmup)
         img_f = model.encode_image(images, normalize=True)
-        txt_f = model.encode_text(tokens, normalize=True)[cap]  # the few distinct captions, once per step
-        loss = loss_fn(img_f, txt_f, model.logit_scale.exp())
+        if loss == "sigmoid":
+            used, cap = torch.unique(cap, return_inverse=True)  # the batch's distinct captions, each once
+            txt_f = model.encode_text(tokens[used], normalize=True)
+            loss_value = sigmoid_loss(img_f, txt_f, cap, model.logit_scale.exp(), model.logit_bias)
+        else:
+            txt_f = model.encode_text(tokens, normalize=True)[cap]  # the few distinct captions, once per step
+            loss_value = loss_fn(img_f, txt_f, model.logit_scale.exp())
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss_value.backward()
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        losses.append(loss.item())
+        losses.append(loss_value.item())
         if log_every and ((step + 1) % log_every == 0 or step + 1 == steps):
             now = time.perf_counter()
             n = log_every if (step + 1) % log_every == 0 else (step + 1) % log_every

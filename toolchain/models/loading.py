@@ -31,11 +31,15 @@ log = logging.getLogger("clip_debias.models")
 
 
 def register_configs() -> None:
-    """Make the configs in ``toolchain/models/configs`` known to open_clip (idempotent)."""
+    """Make the configs in ``toolchain/models/configs`` known to open_clip, and the timm towers they name known to
+    timm (idempotent)."""
     global _registered
     if not _registered:
         import open_clip
 
+        from clip_debias.toolchain.models.timm_lab import register_timm_towers
+
+        register_timm_towers()
         open_clip.add_model_config(CONFIG_DIR)
         _registered = True
 
