@@ -17,7 +17,7 @@ from clip_debias.toolchain.decompose.pooled import PooledDecomposer
 from clip_debias.toolchain.decompose.towers import decomposer_for
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.models.adapter import tower_of
-from clip_debias.toolchain.models.loading import _SkipRandomInit
+from clip_debias.toolchain.models.loading import _SkipRandomInit, register_configs
 
 CONFIGS = {  # config -> readout
     "ViT-B-16-SigLIP": "attention pool (MAP)",
@@ -26,6 +26,7 @@ CONFIGS = {  # config -> readout
     "EVA02-B-16": "class token",
     "MobileCLIP-B": "class token",
     "ViTamin-S": "average pool",  # a timm ViT behind a convolutional stem: the stem is part of the embedding term
+    "clipdebias-lab-map": "attention pool (MAP)",  # the lab's SigLIP-layout tower (64 px): no class token
 }
 TOL = 1e-4  # relative to the embedding norm
 
@@ -50,14 +51,15 @@ _MODELS: dict[str, torch.nn.Module] = {}
 def random_model(name: str) -> torch.nn.Module:
     import open_clip
 
+    register_configs()
     if name not in _MODELS:
         with _SkipRandomInit():
             _MODELS[name] = randomize(open_clip.create_model(name, pretrained=None))
     return _MODELS[name]
 
 
-def image(seed: int = 1) -> torch.Tensor:
-    return torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(seed))
+def image(seed: int = 1, size: int = 224) -> torch.Tensor:
+    return torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -65,7 +67,7 @@ def test_terms_sum_to_encode_image(name):
     model = random_model(name)
     tower = tower_of(model.visual)
     assert tower.readout == CONFIGS[name]
-    x = image()
+    x = image(size=model.visual.image_size[0])
     with torch.no_grad():
         y = model.encode_image(x)  # open_clip's own forward, unnormalised
     e = y / y.norm(dim=-1, keepdim=True)
@@ -113,11 +115,13 @@ def _map_term_float64(model: torch.nn.Module, x: torch.Tensor, layer: int, head:
     return term / y.norm()
 
 
-def test_map_head_term_matches_float64_transcription():
-    model = random_model("ViT-B-16-SigLIP")
-    x = image(2)
-    hc = PooledDecomposer(tower_of(model.visual), [5, 11], "textspan")(x)
-    for i, (layer, head) in enumerate(((5, 0), (11, 3))):
+@pytest.mark.parametrize("name", ["clipdebias-lab-map", "ViT-B-16-SigLIP"])
+def test_map_head_term_matches_float64_transcription(name):
+    model = random_model(name)
+    last = len(model.visual.trunk.blocks) - 1
+    x = image(2, model.visual.image_size[0])
+    hc = PooledDecomposer(tower_of(model.visual), [1, last], "textspan")(x)
+    for i, (layer, head) in enumerate(((1, 0), (last, 3))):
         want = _map_term_float64(model, x, layer, head)
         assert (hc.heads[0, i, head].double() - want).norm() <= TOL
 
@@ -168,4 +172,29 @@ def test_resnet_tower_is_refused_in_one_line():
 
     with pytest.raises(ClipDebiasError, match="image tower ModifiedResNet is not supported") as e:
         tower_of(ModifiedResNet(layers=[1, 1, 1, 1], output_dim=32, heads=2, image_size=64, width=16))
+    assert "\n" not in str(e.value)
+
+
+def test_lab_map_decomposes_a_dataset_and_refuses_build_in_one_line(tmp_path):
+    """Through ``LoadedClip.tower``: a cache of a MAP tower holds terms that sum to its stored embeddings; a step
+    that needs the explicit tower (build) says in one line that it cannot."""
+    from PIL import Image
+
+    from clip_debias.toolchain.datasets import load_index
+    from clip_debias.toolchain.decompose.cache import load_cache, save_cache
+    from clip_debias.toolchain.decompose.run import decompose_dataset
+    from clip_debias.toolchain.models.loading import load_clip
+
+    lines = ["path,label", "a.png,0", "b.png,1", "c.png,1"]
+    for i, line in enumerate(lines[1:]):
+        Image.new("RGB", (40, 36), (60 * i, 20, 90)).save(tmp_path / line.split(",")[0])
+    (tmp_path / "data.csv").write_text("\n".join(lines) + "\n")
+    clip = load_clip("clipdebias-lab-map", random_weights=True)
+    cache = decompose_dataset(clip, load_index("csv", tmp_path, "test"), [0, 5], progress=False)
+    save_cache(tmp_path / "c.safetensors", cache)
+    back = load_cache(tmp_path / "c.safetensors")
+    assert back.heads.shape == (3, 2, 4, 64) and back.tower_layers == 6
+    assert torch.allclose(back.heads.sum(dim=(1, 2)) + back.rest, back.stored_embeddings, atol=TOL)
+    with pytest.raises(ClipDebiasError, match="^build needs an explicit, exportable copy") as e:
+        clip.tower.explicit("build")
     assert "\n" not in str(e.value)

@@ -63,8 +63,9 @@ class TowerAdapter(ABC):
 
     def explicit(self, step: str = "this step") -> "ExplicitViT":
         """A fresh ``ExplicitViT`` holding copies of the tower's weights; towers without one refuse in one line."""
-        raise ClipDebiasError(f"{step} needs open_clip's CLS-token ViT tower (an explicit, exportable copy with the "
-                              f"edits baked in); {self.describe()} has none yet")
+        raise ClipDebiasError(f"{step} needs an explicit, exportable copy of the image tower with the edits baked in, "
+                              f"which clip-debias has for open_clip's CLS-token ViT only; {self.describe()} can be "
+                              "decomposed, located and explained (TextSpan descriptions), not yet built or exported")
 
     def pooled(self) -> "PooledTower":
         """The tower's ``PooledTower`` (per-head outputs at every token, readout constants)."""
