@@ -62,32 +62,42 @@ class PooledDecomposer(nn.Module):
         self.traced_bias = sum(biases, torch.zeros_like(r.g))
         self.shares = shares
         self.rest_share = (2 * tower.layers + 1 - len(self.layers)) / (2 * tower.layers + 1)
+        self._cast_key: tuple | None = None
+        self._cast_consts: dict[str, object] = {}
 
-    def _cast(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return t.to(dtype=like.dtype, device=like.device)
+    def _consts(self, like: torch.Tensor) -> dict[str, object]:
+        """The float64 constants in ``like``'s dtype and device, cast once per (dtype, device)."""
+        key = (like.dtype, like.device)
+        if self._cast_key != key:
+            c = lambda t: t.to(dtype=like.dtype, device=like.device)  # noqa: E731
+            self._cast_consts = {"out": c(self.out), "value": c(self.value), "g": c(self.g), "v_g": c(self.v_g),
+                                 "v_beta": c(self.v_beta), "traced_bias": c(self.traced_bias),
+                                 "k_maps": [c(k) for k in self.k_maps], "v_bias": [c(v) for v in self.v_bias]}
+            self._cast_key = key
+        return self._cast_consts
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> HeadContributions:
         tr = self.tower.trace(images, self.layers)
         y = tr.pooled
-        c = lambda t: self._cast(t, y)  # noqa: E731
-        out, value, g = c(self.out), c(self.value), c(self.g)
+        k = self._consts(y)
+        out, value, g, v_g, v_beta = k["out"], k["value"], k["g"], k["v_g"], k["v_beta"]
         z = y.norm(dim=-1, keepdim=True)  # [B, 1]
         heads = []
-        for layer, k_map, v_bias in zip(self.layers, self.k_maps, self.v_bias):
-            t = torch.einsum("bphd,phde->bhpe", tr.o[layer], c(k_map))  # [B, H, H', Dh']
+        for layer, k_map, v_bias in zip(self.layers, k["k_maps"], k["v_bias"]):
+            t = torch.einsum("bphd,phde->bhpe", tr.o[layer], k_map)  # [B, H, H', Dh']
             if not self.centred:
-                off = (tr.kappa[..., None] * c(v_bias) - tr.m[..., None] * c(self.v_g) / self.shares
-                       + c(self.v_beta) / self.shares)  # [B, H', Dh'], the same for every head of the layer
+                off = (tr.kappa[..., None] * v_bias - tr.m[..., None] * v_g / self.shares
+                       + v_beta / self.shares)  # [B, H', Dh'], the same for every head of the layer
                 t = t + off[:, None]
             heads.append(torch.einsum("bhpe,ped->bhd", t, out))
         heads_t = (torch.stack(heads, dim=1) if heads else y.new_zeros(y.shape[0], 0, self.tower.heads, y.shape[1]))
         if self.centred:
-            rest_w = g * _centre(tr.rest + tr.kappa[..., None] * c(self.traced_bias), -1)  # [B, H', W]
-            rest_v = torch.einsum("bpw,pew->bpe", rest_w, value) + c(self.v_beta)
+            rest_w = g * _centre(tr.rest + tr.kappa[..., None] * k["traced_bias"], -1)  # [B, H', W]
+            rest_v = torch.einsum("bpw,pew->bpe", rest_w, value) + v_beta
         else:
             rest_v = (torch.einsum("bpw,pew->bpe", g * tr.rest, value)
-                      - self.rest_share * tr.m[..., None] * c(self.v_g) + self.rest_share * c(self.v_beta))
+                      - self.rest_share * tr.m[..., None] * v_g + self.rest_share * v_beta)
         rest = torch.einsum("bpe,ped->bd", rest_v, out) + tr.tail
         return HeadContributions(heads=heads_t / z[:, None, None], rest=rest / z, layers=self.layers,
                                  embeddings=y / z, convention=self.convention)

@@ -145,14 +145,15 @@ class TimmViT(TowerAdapter):
     # ---- readout constants (float64) ----------------------------------------------------------------------------
     def _post(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Q [W, D], q [D]: the linear maps after the pooling, composed (row vectors: y = p @ Q + q)."""
-        w = self.trunk.norm.weight if _is_norm(self.trunk.norm) else self.trunk.fc_norm.weight
-        q_map = torch.eye(self.width, dtype=torch.float64, device=w.device)
+        w = self._norm().weight
+        q_map: torch.Tensor | None = None  # None: the identity (no linear map after the pooling)
         q_bias = torch.zeros(self.width, dtype=torch.float64, device=w.device)
         for lin in self.post:
-            q_map, q_bias = q_map @ lin.weight.double().T, q_bias @ lin.weight.double().T
+            weight = lin.weight.double().T
+            q_map, q_bias = (weight if q_map is None else q_map @ weight), q_bias @ weight
             if lin.bias is not None:
                 q_bias = q_bias + lin.bias.double()
-        return q_map, q_bias
+        return (torch.eye(self.width, dtype=torch.float64, device=w.device) if q_map is None else q_map), q_bias
 
     def _norm(self) -> nn.LayerNorm:
         """The LayerNorm whose statistics the readout fixes (before the pooling, or after it for an average)."""
