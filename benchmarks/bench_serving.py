@@ -1,14 +1,21 @@
-"""Serving and scale-out numbers for the README, on the shipped bias-lab model (zero-shot export) and lab data:
+"""Serving candidates side by side and the default server's hardening, on the shipped bias-lab model (zero-shot export)
+and lab PNGs, loopback only, bounded in count and time:
 
-1. Triton start-up: the python-backend repository (``export triton --backend python``) in the real tritonserver of
-   the pytriton wheel, from launch to ready (``tests/triton_server.py`` starts it; needs .venv-triton).
-2. ``clip-debias serve`` under load: ``--requests`` single-image PNG requests from ``--threads`` client threads on
-   127.0.0.1 (``serving.loadtest``), p50 / p95 latency and requests/s, against the runtime called directly in this
-   process (one request at a time; and the same requests from the same number of threads, unbatched).
-3. ``verify`` on the lab test split (``--n-test`` images): local engine vs ``--engine ray`` (a local Ray with
-   ``--ray-cpus`` CPUs, 2 actors), wall time of each and Ray's start-up apart.
+1. Candidates, started once and measured in interleaved rounds (``--rounds``): the runtime in-process (1 thread;
+   threaded with 4 / 8 / 16 / 32 threads, the best kept), ``clip-debias serve`` (default engine: uvicorn + asyncio
+   batcher), ``serve --engine ray`` (Ray Serve on a local Ray, ``--ray-cpus``) and Triton's python-backend repository
+   on the pytriton wheel's ``tritonserver`` (needs .venv-triton; its client sends the preprocessed tensor, decoded in
+   the client thread). Each: 1 client (``--single`` sequential requests) and ``--clients`` clients (``--requests``
+   requests, one keep-alive connection per client), p50 / p95 / requests/s; start-up (launch to ready) and RSS of
+   the process tree after the load.
+2. The default server under attack: ``--slow`` connections held open mid-body while /healthz p99 (200 probes, a new
+   connection each) and /classify (20 requests) are measured; a 200 MiB body (Content-Length, then chunked) refused
+   with its RSS growth; SIGTERM with a request in flight: exit code, seconds to exit, sockets left.
+3. ``--verify-engines``: ``verify`` on the lab test split (``--n-test`` images): local engine vs ``--engine ray``
+   (a local Ray with ``--ray-cpus`` CPUs, 2 actors), wall time of each and Ray's start-up apart.
 
-    python benchmarks/bench_serving.py [--n-test 1200] [--requests 200] [--threads 16] [--out DIR]
+    python benchmarks/bench_serving.py [--requests 200] [--clients 32] [--rounds 2] [--slow 1000]
+        [--candidates inprocess,default,ray,triton] [--out DIR]
 
 Servers bind 127.0.0.1; run it inside ``unshare -n`` (loopback only) where you can. Prints one JSON document.
 """
@@ -16,19 +23,25 @@ Servers bind 127.0.0.1; run it inside ``unshare -n`` (loopback only) where you c
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
+import resource
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+
+CLI = [sys.executable, "-c", "from clip_debias.toolchain.cli.app import main; main()", "serve"]
 
 
 def lab_artifact_and_data(out: Path, n_test: int) -> tuple[Path, Path]:
@@ -44,82 +57,298 @@ def lab_artifact_and_data(out: Path, n_test: int) -> tuple[Path, Path]:
     return art, data
 
 
-def triton_startup(art: Path, out: Path, runs: int) -> dict:
-    from triton_server import find_server_env, start_server
-
-    from clip_debias.exporters.triton import export_triton
-
-    env = find_server_env()
-    if env is None:
-        return {"skipped": "no Triton server environment (.venv-triton)"}
-    export_triton(art, out / "repo", backend="python", max_batch=16, server_cores=2)
-    times = []
-    for k in range(runs):
-        server = start_server(env, out / "repo", out / f"triton_run{k}")
-        try:
-            if not server.wait(300):
-                return {"failed": server.output()[-2000:]}
-            times.append(server.started_s)
-        finally:
-            server.stop()
-    return {"ready_s": times}
+def summary(result: Any) -> dict[str, float]:
+    return {k: round(v, 2) if isinstance(v, float) else v for k, v in result.summary().items()}
 
 
-def serve_load(art: Path, data: Path, requests: int, threads: int, out: Path) -> dict:
-    from triton_server import free_port
+class CliServer:
+    """``clip-debias serve`` in a subprocess; ready when its log says ``serving``."""
+
+    def __init__(self, art: Path, log: Path, *extra: str) -> None:
+        from triton_server import free_port
+
+        self.port, self.log = free_port(), log
+        self.t0 = time.perf_counter()
+        with open(log, "wb") as f:
+            self.proc = subprocess.Popen([*CLI, str(art), "--port", str(self.port), *extra], stdout=f,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        self.started_s = float("nan")
+
+    def wait(self, timeout_s: float = 300) -> bool:
+        while time.perf_counter() - self.t0 < timeout_s and self.proc.poll() is None:
+            if "serving " in self.log.read_text(errors="replace"):
+                self.started_s = time.perf_counter() - self.t0
+                return True
+            time.sleep(0.05)
+        return False
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/classify"
+
+    def stop(self, timeout_s: float = 120) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+        return self.proc.returncode
+
+
+class TritonCandidate:
+    """The python-backend repository on pytriton's tritonserver; the client preprocesses (as the served path
+    decodes in the server, the client thread here pays for it)."""
+
+    def __init__(self, art: Path, out: Path, clf: Any) -> None:
+        from triton_server import find_server_env, start_server
+
+        from clip_debias.exporters.triton import export_triton
+
+        env = find_server_env()
+        if env is None:
+            raise RuntimeError("no Triton server environment (.venv-triton)")
+        export_triton(art, out / "repo", backend="python", max_batch=16, server_cores=2)
+        (out / "triton_run").mkdir(exist_ok=True)
+        self.server = start_server(env, out / "repo", out / "triton_run")
+        self.clf, self.local = clf, threading.local()
+
+    def wait(self, timeout_s: float = 300) -> bool:
+        return self.server.wait(timeout_s)
+
+    @property
+    def started_s(self) -> float:
+        return self.server.started_s
+
+    @property
+    def proc(self) -> subprocess.Popen:
+        return self.server.process
+
+    def call(self, path: Path) -> Any:
+        import tritonclient.http as httpclient
+
+        from clip_debias.runtime import load_image
+        from clip_debias.serving.loadtest import Answer
+
+        client = getattr(self.local, "client", None)
+        if client is None:
+            client = self.local.client = httpclient.InferenceServerClient(self.server.url)
+        x = self.clf.preprocess(load_image(path))[None]
+        inp = httpclient.InferInput("image", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=True)
+        client.infer("clip_debias", [inp], outputs=[httpclient.InferRequestedOutput("logits")])
+        return Answer(200, None, 0.0)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def candidates_table(art: Path, data: Path, out: Path, names: list[str], requests: int, single: int,
+                     clients: int, rounds: int) -> dict:
+    from proc_info import tree_rss_mb
 
     from clip_debias import runtime
-    from clip_debias.serving.loadtest import Request, run_load
+    from clip_debias.serving.loadtest import Answer, Request, run_calls, run_load
 
     paths = sorted(data.rglob("test_*.png"))[:requests]
     bodies = [Request(p.read_bytes(), "image/png") for p in paths]
-    port, metrics_port = free_port(), free_port()
-    log = out / "serve.log"
-    argv = [sys.executable, "-c", "from clip_debias.toolchain.cli.app import main; main()", "serve", str(art),
-            "--port", str(port), "--metrics-port", str(metrics_port), "--max-batch-size", "16",
-            "--batch-wait-ms", "5", "--num-cpus", "2"]
-    t0 = time.perf_counter()
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        while "serving " not in log.read_text(errors="replace"):
-            if proc.poll() is not None or time.perf_counter() - t0 > 300:
-                return {"failed": log.read_text(errors="replace")[-2000:]}
-            time.sleep(0.5)
-        ready_s = time.perf_counter() - t0
-        run_load(f"http://127.0.0.1:{port}/classify", bodies[:threads], threads)  # warm-up
-        result = run_load(f"http://127.0.0.1:{port}/classify", bodies, threads).summary()
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
     clf = runtime.load(art, device="cpu")
-    clf.classify(paths[:threads])  # warm-up
-    lat, t0 = [], time.perf_counter()
-    for p in paths:
-        t = time.perf_counter()
-        clf.classify([p])
-        lat.append((time.perf_counter() - t) * 1000.0)
-    seq_wall = time.perf_counter() - t0
+    servers: dict[str, Any] = {}
+    started: dict[str, Any] = {}
+    try:
+        for name in names:  # started one after the other, each measured alone from launch to ready
+            if name == "default":
+                servers[name] = CliServer(art, out / "default.log", "--max-batch-size", "16", "--batch-wait-ms", "5")
+            elif name == "ray":
+                servers[name] = CliServer(art, out / "ray.log", "--engine", "ray", "--max-batch-size", "16",
+                                          "--batch-wait-ms", "5", "--num-cpus", "2", "--metrics-port",
+                                          str(_free_port()))
+            elif name == "triton":
+                try:
+                    servers[name] = TritonCandidate(art, out, clf)
+                except RuntimeError as e:
+                    started[name] = {"skipped": str(e)}
+                    continue
+            else:
+                continue
+            ok = servers[name].wait()
+            started[name] = {"start_s": round(servers[name].started_s, 2)} if ok else {"failed": "not ready"}
+            if not ok:
+                servers.pop(name).stop()
 
-    def timed(p: Path) -> float:
-        t = time.perf_counter()
-        clf.classify([p])
-        return (time.perf_counter() - t) * 1000.0
+        def inproc(p: Path) -> Answer:
+            clf.classify([p])
+            return Answer(200, None, 0.0)
 
+        lat: dict[str, dict[str, list]] = {}
+        for r in range(rounds):
+            for name in names:
+                if name == "inprocess":
+                    one = run_calls(inproc, paths[:single], 1)
+                    best = max((run_calls(inproc, paths, t) for t in (4, 8, 16, 32)),
+                               key=lambda res: res.summary()["requests_per_s"])
+                elif name in servers and name != "triton":
+                    url = servers[name].url
+                    run_load(url, bodies[:clients], clients, keep_alive=True)  # warm-up
+                    one = run_load(url, bodies[:single], 1, keep_alive=True)
+                    best = run_load(url, bodies, clients, keep_alive=True)
+                elif name in servers:
+                    call = servers[name].call
+                    run_calls(call, paths[:clients], clients)
+                    one = run_calls(call, paths[:single], 1)
+                    best = run_calls(call, paths, clients)
+                else:
+                    continue
+                lat.setdefault(name, {"one": [], "many": []})
+                lat[name]["one"].append(one)
+                lat[name]["many"].append(best)
+        table = {}
+        for name, res in lat.items():
+            one = np.concatenate([x.latencies() for x in res["one"]])
+            many = np.concatenate([x.latencies() for x in res["many"]])
+            rps = [x.summary()["requests_per_s"] for x in res["many"]]
+            row = {"one_client_p50_ms": round(float(np.percentile(one, 50)), 2),
+                   "one_client_p95_ms": round(float(np.percentile(one, 95)), 2),
+                   "many_p50_ms": round(float(np.percentile(many, 50)), 2),
+                   "many_p95_ms": round(float(np.percentile(many, 95)), 2),
+                   "requests_per_s": round(float(np.median(rps)), 1), "requests_per_s_rounds": [round(v, 1)
+                                                                                             for v in rps],
+                   "clients": res["many"][0].threads, "answered": int(sum(x.summary()["ok"] for x in res["many"]))}
+            if name == "inprocess":
+                row.update(inprocess_footprint(art, paths[0]))
+            else:
+                row.update(**started.get(name, {}), rss_mb=round(tree_rss_mb(servers[name].proc.pid), 1))
+            table[name] = row
+        for name, info in started.items():
+            table.setdefault(name, info)
+        return table
+    finally:
+        for s in servers.values():
+            s.stop()
+
+
+def _free_port() -> int:
+    from triton_server import free_port
+
+    return free_port()
+
+
+def inprocess_footprint(art: Path, image: Path) -> dict:
+    """Start-up (interpreter launch to the first answer) and RSS of a fresh process that runs the runtime alone
+    (this benchmark's own process holds torch for the export)."""
+    code = ("import re, sys, time; from clip_debias import runtime; clf = runtime.load(sys.argv[1], device='cpu'); "
+            "clf.classify([sys.argv[2]]); "
+            "print(int(re.search(r'VmRSS:\\s+(\\d+)', open('/proc/self/status').read()).group(1)))")
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(threads) as pool:
-        thr = list(pool.map(timed, paths))
-    thr_wall = time.perf_counter() - t0
-    return {"serve": {**result, "ready_s": ready_s},
-            "runtime_one_at_a_time": {"p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
-                                      "requests_per_s": len(paths) / seq_wall},
-            f"runtime_{threads}_threads_unbatched": {"p50_ms": float(np.percentile(thr, 50)),
-                                                     "p95_ms": float(np.percentile(thr, 95)),
-                                                     "requests_per_s": len(paths) / thr_wall}}
+    res = subprocess.run([sys.executable, "-c", code, str(art), str(image)], capture_output=True, text=True,
+                         check=True)
+    return {"start_s": round(time.perf_counter() - t0, 2), "rss_mb": round(int(res.stdout.split()[-1]) / 1024, 1)}
+
+
+def slow_connections(art: Path, data: Path, out: Path, n_slow: int) -> dict:
+    """``n_slow`` connections held mid-body (timeouts raised to 60 s so none is dropped while measuring)."""
+    from clip_debias.serving.loadtest import Request, run_load
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2 * n_slow + 256:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 2 * n_slow + 256), hard))
+    s = CliServer(art, out / "slow.log", "--header-timeout", "60", "--body-timeout", "60", "--request-timeout", "90")
+    if not s.wait():
+        return {"failed": s.log.read_text(errors="replace")[-2000:]}
+    socks = []
+    try:
+        for i in range(n_slow):
+            c = socket.create_connection(("127.0.0.1", s.port), timeout=30)
+            c.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                      b"Content-Length: 1000\r\n\r\nab")
+            socks.append(c)
+        time.sleep(1.0)
+        health = []
+        for _ in range(200):
+            t0 = time.perf_counter()
+            conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=30)
+            conn.request("GET", "/healthz")
+            status = conn.getresponse().status
+            conn.close()
+            health.append((time.perf_counter() - t0) * 1000.0 if status == 200 else float("inf"))
+        paths = sorted(data.rglob("test_*.png"))[:20]
+        res = run_load(s.url, [Request(p.read_bytes(), "image/png") for p in paths], 4, timeout_s=30)
+        return {"slow_connections": len(socks), "healthz_p50_ms": round(float(np.percentile(health, 50)), 2),
+                "healthz_p99_ms": round(float(np.percentile(health, 99)), 2),
+                "classify_answered": res.summary()["ok"], "classify_sent": len(paths),
+                "classify_p50_ms": round(res.summary()["p50_ms"], 2)}
+    finally:
+        for c in socks:
+            c.close()
+        s.stop()
+
+
+def big_body(art: Path, out: Path, mib: int = 200) -> dict:
+    """A ``mib`` MiB body sent as fast as the server takes it, with Content-Length and chunked: the answer and the
+    server's RSS growth (MB)."""
+    from proc_info import tree_rss_mb
+
+    from clip_debias.serving.loadtest import read_until_closed
+
+    s = CliServer(art, out / "big.log")
+    if not s.wait():
+        return {"failed": s.log.read_text(errors="replace")[-2000:]}
+    block = b"x" * (1 << 20)
+    doc = {}
+    try:
+        for kind in ("content_length", "chunked"):
+            before = tree_rss_mb(s.proc.pid)
+            head = ("Content-Length: %d" % (mib << 20)) if kind == "content_length" else "Transfer-Encoding: chunked"
+            c = socket.create_connection(("127.0.0.1", s.port), timeout=30)
+            c.sendall(f"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n{head}\r\n\r\n".encode())
+            got: list[bytes] = []
+            reader = threading.Thread(target=lambda: got.append(read_until_closed(c)))
+            reader.start()
+            sent, peak = 0, before
+            try:
+                for _ in range(mib):
+                    c.sendall(block if kind == "content_length" else b"%x\r\n%s\r\n" % (len(block), block))
+                    sent += 1
+                    peak = max(peak, tree_rss_mb(s.proc.pid))
+            except OSError:
+                pass
+            reader.join(30)
+            c.close()
+            doc[kind] = {"answer": (got[0].split(b"\r\n", 1)[0].decode() if got else ""), "mib_sent": sent,
+                         "rss_growth_mb": round(max(peak, tree_rss_mb(s.proc.pid)) - before, 2)}
+    finally:
+        s.stop()
+    return doc
+
+
+def sigterm(art: Path, data: Path, out: Path, drain_s: float = 5.0) -> dict:
+    """SIGTERM while a request is in flight (half its body sent): its answer, exit code, seconds, sockets left."""
+    from proc_info import listening
+
+    from clip_debias.serving.loadtest import read_until_closed
+
+    s = CliServer(art, out / "term.log", "--drain-timeout", str(drain_s))
+    if not s.wait():
+        return {"failed": s.log.read_text(errors="replace")[-2000:]}
+    body = sorted(data.rglob("test_*.png"))[0].read_bytes()
+    c = socket.create_connection(("127.0.0.1", s.port), timeout=30)
+    c.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: %d\r\n\r\n"
+              % len(body) + body[:10])
+    time.sleep(0.2)
+    t0 = time.perf_counter()
+    s.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    c.sendall(body[10:])
+    answer = read_until_closed(c).split(b"\r\n", 1)[0].decode()
+    c.close()
+    try:
+        code = s.proc.wait(timeout=drain_s + 30)
+    except subprocess.TimeoutExpired:
+        s.proc.kill()
+        code = None
+    return {"in_flight_answer": answer, "exit_code": code, "exit_s": round(time.perf_counter() - t0, 2),
+            "drain_timeout_s": drain_s, "listening_after": sorted(listening(port=s.port))}
 
 
 def verify_engines(art: Path, data: Path, ray_cpus: int) -> dict:
@@ -151,18 +380,27 @@ def verify_engines(art: Path, data: Path, ray_cpus: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n-test", type=int, default=1200)
+    ap.add_argument("--n-test", type=int, default=240)
     ap.add_argument("--requests", type=int, default=200)
-    ap.add_argument("--threads", type=int, default=16)
+    ap.add_argument("--single", type=int, default=100)
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--slow", type=int, default=1000)
+    ap.add_argument("--candidates", default="inprocess,default,ray,triton")
+    ap.add_argument("--skip-hardening", action="store_true")
+    ap.add_argument("--verify-engines", action="store_true", help="also time verify: local engine vs --engine ray")
     ap.add_argument("--ray-cpus", type=int, default=2)
-    ap.add_argument("--triton-runs", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="bench_serving_"))
     art, data = lab_artifact_and_data(out, args.n_test)
-    doc = {"triton": triton_startup(art, out, args.triton_runs),
-           "serve": serve_load(art, data, args.requests, args.threads, out),
-           "verify": verify_engines(art, data, args.ray_cpus)}
+    doc = {"candidates": candidates_table(art, data, out, args.candidates.split(","), args.requests, args.single,
+                                          args.clients, args.rounds)}
+    if not args.skip_hardening:
+        doc.update(slow=slow_connections(art, data, out, args.slow), big_body=big_body(art, out),
+                   sigterm=sigterm(art, data, out))
+    if args.verify_engines:
+        doc["verify"] = verify_engines(art, data, args.ray_cpus)
     print(json.dumps(doc, indent=2))
 
 

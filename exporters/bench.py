@@ -44,7 +44,11 @@ from clip_debias.exporters.timing import round_robin
 from clip_debias.runtime import cpu_features
 from clip_debias.runtime.errors import ClipDebiasError
 from clip_debias.runtime.manifest import Manifest
+from clip_debias.runtime.ownership import json_object_with, register_file_kind
 
+BENCH_REPORT = "clip-debias bench"  # the 'report' field of bench_json (how runtime.ownership recognises it)
+register_file_kind("bench-report", "a report written by 'clip-debias bench --json'",
+                   json_object_with({"rows", "machine", "left_out"}, ("report", BENCH_REPORT)))
 Runner = Callable[[np.ndarray], Any]
 
 
@@ -233,7 +237,7 @@ def bench_json(rows: list[BenchRow], left_out: list[str] | None = None) -> dict[
         import openvino
 
         versions["openvino"] = openvino.get_version()
-    return {"report": "clip-debias bench", "rows": [asdict(r) for r in rows],
+    return {"report": BENCH_REPORT, "rows": [asdict(r) for r in rows],
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "cpu": cpu_features.cpu_model(),
                         "cpu_flags": cpu_features.features(), "load_avg_1m": os.getloadavg()[0],
                         "ort_providers": ort.get_available_providers()},

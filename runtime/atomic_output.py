@@ -14,7 +14,8 @@ says so (the CLI prints it on stderr). ``claim_directory(out, kind)``: a folder 
 created with a marker, or reused when it carries one of that kind.
 
 ``atomic_file(path, kind)`` / ``write_atomic(path, data, kind)``: the same for one file (temp file + rename); an
-existing file is replaced only when it is in the format of ``kind`` (``ownership.FILE_KINDS``), or with ``force``.
+existing file is replaced only when it is in the format of ``kind`` (``ownership.file_kind``: as its writer declares
+it), or with ``force``.
 
 Refused with one ``ClipDebiasError`` line, before any work (``check_directory_target`` / ``check_file_target``) and
 again right before the swap: an ``out`` that is not ours (above), a file where a folder goes or the reverse, a
@@ -34,8 +35,8 @@ from pathlib import Path
 from typing import Iterator
 
 from clip_debias.runtime.errors import ClipDebiasError
-from clip_debias.runtime.ownership import (FILE_KINDS, FOLDER_KINDS, MARKER_NAME, MarkerError, OutputMarker,
-                                           file_is_ours, hash_files, host_id, new_marker, read_marker, remove_listed,
+from clip_debias.runtime.ownership import (FOLDER_KINDS, MARKER_NAME, MarkerError, OutputMarker, file_is_ours,
+                                           file_kind, hash_files, host_id, new_marker, read_marker, remove_listed,
                                            replaceable)
 
 log = logging.getLogger("clip_debias.output")
@@ -265,13 +266,14 @@ def claim_directory(out: str | Path, kind: str) -> Path:
 
 def check_file_target(path: str | Path, kind: str, force: bool = False) -> Path:
     """``path`` as an absolute path, if a file of ``kind`` may be written there: new, or an existing file in that
-    format (``ownership.FILE_KINDS``), or anything but a directory with ``force``; else one ``ClipDebiasError``."""
+    format (``ownership.file_kind``: as its writer declares it), or anything but a directory with ``force``; else
+    one ``ClipDebiasError``."""
     path = _absolute(path)
     _check_parents(path)
     if path.is_dir():
         raise ClipDebiasError(f"{path}: is a directory (expected a file path)")
     if (path.exists() or path.is_symlink()) and not force and not file_is_ours(path, kind):
-        raise ClipDebiasError(f"{path}: exists and is not {FILE_KINDS[kind][0]}; refusing to overwrite it "
+        raise ClipDebiasError(f"{path}: exists and is not {file_kind(kind).what}; refusing to overwrite it "
                               "(choose another path, or pass --force to replace it)")
     return path
 

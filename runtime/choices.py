@@ -118,3 +118,11 @@ class ServeDevice(Choice):
 
     CPU = "cpu"
     CUDA = "cuda"
+
+
+class ServeEngine(Choice):
+    """``serve --engine``: one process (uvicorn + an asyncio batcher; ``serving.server``) or Ray Serve for a cluster
+    (``serving.ray_app``)."""
+
+    DEFAULT = "default"
+    RAY = "ray"

@@ -116,10 +116,6 @@ class Classifier:
         """PIL image / path / uint8 HxWxC array -> float32 [3, H, W], open_clip's eval transform."""
         return self.preprocessor(image)
 
-    def preprocess_batch(self, images: Iterable[Any]) -> np.ndarray:
-        """Images -> float32 [N, 3, H, W]."""
-        return self.preprocessor.batch(images)
-
     # -- inference --------------------------------------------------------------------------------------------
     def _check_shape(self, shape: tuple[int, ...]) -> None:
         c, h, w = self.input_shape

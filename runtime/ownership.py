@@ -1,4 +1,4 @@
-"""What clip-debias wrote, and so may replace: output markers for folders, format headers for single files (stdlib).
+"""What clip-debias wrote, and so may replace: output markers for folders, format headers for single files.
 
 **Folders.** Every output folder a command writes carries ``clip-debias-output.json`` (``MARKER_NAME``)::
 
@@ -13,10 +13,12 @@ listed files only. ``files`` is ``null`` for a *container* written in place (the
 whole; the files a command writes into it are each checked as single files. A staging folder being written holds a
 marker with ``state: "staging"``.
 
-**Single files** are recognised by their own format (``FILE_KINDS``): a decomposition cache by its safetensors
-metadata, a plan or a report by its JSON fields, a figure by the PNG ``Software`` text chunk we write, report.html by
-its generator meta tag, a skipped-images list by its first line. A command replaces an existing file only when it is
-of the kind it writes, or with ``--force``.
+**Single files** are recognised by their own format, as the module that writes them declares it
+(``register_file_kind``, built from the recognisers at the end of this module; ``FILE_KIND_WRITERS`` names that module,
+imported on the first question about the kind): a decomposition cache by its safetensors metadata, a plan or a report
+by its JSON fields, a figure by the PNG ``Software`` text chunk we write (read with Pillow), report.html by its
+generator meta tag, a skipped-images list by its first line. A command replaces an existing file only when it is of
+the kind it writes, or with ``--force``.
 """
 
 from __future__ import annotations
@@ -49,9 +51,6 @@ FOLDER_KINDS: dict[str, tuple[str, str | None]] = {
     "demo": ("a demo folder written by 'clip-debias demo'", "demo.json"),
     "audit": ("an audit folder written by 'clip-debias audit'", "audit.json"),
 }
-PNG_SOFTWARE = "clip-debias"  # the PNG 'Software' text chunk of every figure we write starts with this
-HTML_GENERATOR = '<meta name="generator" content="clip-debias'
-SKIPPED_HEADER = "# clip-debias: images left out by --skip-bad (path<TAB>reason)"
 _command: list[str] = []  # set by the CLI (``set_command``); else the Python command line
 
 
@@ -238,7 +237,65 @@ def remove_listed(folder: Path, marker: OutputMarker) -> list[str]:
     return left
 
 
-# ---- single files: recognised by their own format ------------------------------------------------------------------
+# ---- single files: recognised by their own format, as their writers declare it ----------------------------------
+@dataclass(frozen=True)
+class FileKind:
+    """A single-file output kind: its name (``check_file_target``'s ``kind``), what it is (in refusals), and how a
+    file of it is recognised (``recognise(path)``; reads as little of the file as it can, never raises)."""
+
+    name: str
+    what: str
+    recognise: Callable[[Path], bool]
+
+
+# kind -> the module that writes files of it and declares the kind there (``register_file_kind`` at its import).
+# Ownership imports that module on the first question about the kind, so a check works whatever was imported
+# before, and a runtime-only process knows the runtime's kinds without importing the toolchain.
+FILE_KIND_WRITERS: dict[str, str] = {
+    "decomposition-cache": "clip_debias.toolchain.decompose.cache",
+    "locate-plan": "clip_debias.toolchain.locate.ltc",
+    "verify-report": "clip_debias.runtime.verify",
+    "bench-report": "clip_debias.exporters.bench",
+    "compare-file": "clip_debias.toolchain.evaluate",
+    "demo-summary": "clip_debias.toolchain.demo",
+    "figure": "clip_debias.toolchain.figures",
+    "report-html": "clip_debias.toolchain.explain.report",
+    "skipped-list": "clip_debias.toolchain.datasets.loader",
+    "lab-weights": "clip_debias.toolchain.lab.train",
+    "weights-cache-entry": "clip_debias.toolchain.models.checkpoint",
+}
+FILE_KINDS: dict[str, FileKind] = {}  # filled by the writers (``register_file_kind``)
+SKIPPED_HEADER = "# clip-debias: images left out by --skip-bad (path<TAB>reason)"  # first line of a skipped list
+
+
+def register_file_kind(name: str, what: str, recognise: Callable[[Path], bool]) -> FileKind:
+    """Declare the single-file kind ``name`` (called by the module that writes it, at import; that module is its
+    ``FILE_KIND_WRITERS`` entry)."""
+    if name not in FILE_KIND_WRITERS:
+        raise ValueError(f"file kind {name!r}: add it to ownership.FILE_KIND_WRITERS with the module declaring it")
+    FILE_KINDS[name] = kind = FileKind(name, what, recognise)
+    return kind
+
+
+def file_kind(name: str) -> FileKind:
+    """The declared kind ``name``, importing its writer module first when it has not been imported yet."""
+    if name not in FILE_KINDS:
+        import importlib
+
+        if name not in FILE_KIND_WRITERS:
+            raise ValueError(f"unknown file kind {name!r}")
+        importlib.import_module(FILE_KIND_WRITERS[name])
+        if name not in FILE_KINDS:
+            raise ValueError(f"file kind {name!r}: {FILE_KIND_WRITERS[name]} does not declare it")
+    return FILE_KINDS[name]
+
+
+def file_is_ours(path: Path, kind: str) -> bool:
+    """``path`` is a regular file in the format of ``kind`` (``file_kind(kind).recognise``)."""
+    return _is_regular(path) and file_kind(kind).recognise(path)
+
+
+# ---- recognisers the writers build their declarations from --------------------------------------------------------
 def _json(path: Path, limit: int = 64 << 20) -> Any:
     if path.stat().st_size > limit:
         return None
@@ -248,7 +305,7 @@ def _json(path: Path, limit: int = 64 << 20) -> Any:
         return None
 
 
-def _json_object_with(keys: set[str], tag: tuple[str, str] | None = None) -> Callable[[Path], bool]:
+def json_object_with(keys: set[str], tag: tuple[str, str] | None = None) -> Callable[[Path], bool]:
     """A JSON object whose ``tag`` field has that value, or (written before the tag existed) that has all ``keys``."""
     def ours(path: Path) -> bool:
         d = _json(path)
@@ -258,12 +315,13 @@ def _json_object_with(keys: set[str], tag: tuple[str, str] | None = None) -> Cal
     return ours
 
 
-def _compare_file(path: Path) -> bool:
-    """evaluate's ``CompareFile``: an object whose ``rows`` are method rows."""
-    d = _json(path)
-    rows = d.get("rows") if isinstance(d, dict) else None
-    return isinstance(rows, list) and bool(rows) and all(
-        isinstance(r, dict) and {"method", "accuracy", "worst_group_accuracy"} <= set(r) for r in rows)
+def json_rows_with(keys: set[str], field: str = "rows") -> Callable[[Path], bool]:
+    """A JSON object whose ``field`` is a non-empty list of objects that each have all ``keys``."""
+    def ours(path: Path) -> bool:
+        d = _json(path)
+        rows = d.get(field) if isinstance(d, dict) else None
+        return isinstance(rows, list) and bool(rows) and all(isinstance(r, dict) and keys <= set(r) for r in rows)
+    return ours
 
 
 def safetensors_metadata(path: Path) -> dict[str, str] | None:
@@ -283,85 +341,38 @@ def safetensors_metadata(path: Path) -> dict[str, str] | None:
     return meta if isinstance(meta, dict) else {}
 
 
-def _cache(path: Path) -> bool:
-    """A cache of format "2" (its convention's name and formula recorded) or an earlier one (a "textspan: ..."
-    convention text)."""
-    meta = safetensors_metadata(path)
-    if not meta or "layers" not in meta:
-        return False
-    convention = str(meta.get("convention", ""))
-    return convention.startswith("textspan:") or (convention in ("textspan", "centred")
-                                                  and "convention_formula" in meta)
+def safetensors_with(keys: set[str] = frozenset(), **values: str) -> Callable[[Path], bool]:
+    """A safetensors file whose metadata has all ``keys`` and the given ``values``."""
+    def ours(path: Path) -> bool:
+        meta = safetensors_metadata(path)
+        return bool(meta) and keys <= set(meta) and all(meta.get(k) == v for k, v in values.items())
+    return ours
 
 
-WEIGHTS_CACHE_FORMAT = "clip-debias weights cache 1"  # metadata 'format' of a weights-cache entry (toolchain/models/
-#                                                        checkpoint.py)
+def png_text(path: Path, key: str) -> str | None:
+    """The PNG text chunk ``key`` stored before the image data (Pillow's ``info``; None if not a PNG or absent)."""
+    from PIL import Image, UnidentifiedImageError
 
-
-def _weights_cache_entry(path: Path) -> bool:
-    return (safetensors_metadata(path) or {}).get("format") == WEIGHTS_CACHE_FORMAT
-
-
-def _lab_weights(path: Path) -> bool:
-    meta = safetensors_metadata(path)  # the fields 'lab train' records (its bytes are pinned by recipe.json)
-    return bool(meta) and {"model", "steps", "seed", "batch_size", "lr", "p_background"} <= set(meta)
-
-
-def png_software(path: Path) -> str | None:
-    """The ``Software`` tEXt chunk of a PNG before its image data (None if not a PNG or absent)."""
     try:
-        with open(path, "rb") as f:
-            if f.read(8) != b"\x89PNG\r\n\x1a\n":
-                return None
-            while True:
-                head = f.read(8)
-                if len(head) != 8:
-                    return None
-                n, ctype = struct.unpack(">I4s", head)
-                if ctype in (b"IDAT", b"IEND") or n > 1 << 20:
-                    return None
-                data = f.read(n)
-                f.read(4)  # crc
-                if ctype == b"tEXt" and data.startswith(b"Software\x00"):
-                    return data[9:].decode("latin-1")
-    except OSError:
+        with Image.open(path) as im:
+            value = im.info.get(key) if im.format == "PNG" else None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
         return None
+    return value if isinstance(value, str) else None
 
 
-def _png(path: Path) -> bool:
-    return (png_software(path) or "").startswith(PNG_SOFTWARE)
+def png_text_starting(key: str, prefix: str) -> Callable[[Path], bool]:
+    """A PNG whose text chunk ``key`` starts with ``prefix``."""
+    return lambda path: (png_text(path, key) or "").startswith(prefix)
 
 
-def _head(path: Path, n: int = 4096) -> str:
-    try:
-        with open(path, "rb") as f:
-            return f.read(n).decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
-# single-file kind -> (what it is, recogniser)
-FILE_KINDS: dict[str, tuple[str, Callable[[Path], bool]]] = {
-    "decomposition-cache": ("a decomposition cache written by 'clip-debias decompose'", _cache),
-    "locate-plan": ("a plan written by 'clip-debias locate'",
-                    _json_object_with({"spurious", "salient", "n_wrong_grid", "n_correct_grid", "threshold"})),
-    "verify-report": ("a report written by 'clip-debias verify --json'",
-                      _json_object_with({"accuracy", "worst_group_accuracy", "thresholds", "passed", "backend"},
-                                        ("report", "clip-debias verify"))),
-    "bench-report": ("a report written by 'clip-debias bench --json'",
-                     _json_object_with({"rows", "machine", "left_out"}, ("report", "clip-debias bench"))),
-    "compare-file": ("results written by 'clip-debias evaluate --json' (or the demo's compare.json)", _compare_file),
-    "demo-summary": ("demo.json written by 'clip-debias demo'",
-                     _json_object_with({"chosen", "val_rows", "test_rows", "verify"})),
-    "figure": ("a PNG figure written by clip-debias", _png),
-    "report-html": ("report.html written by 'clip-debias report'", lambda p: HTML_GENERATOR in _head(p)),
-    "skipped-list": ("a skipped-images list written by clip-debias",
-                     lambda p: _head(p, len(SKIPPED_HEADER)) == SKIPPED_HEADER),
-    "lab-weights": ("lab weights written by 'clip-debias lab train'", _lab_weights),
-    "weights-cache-entry": ("a weights-cache entry written by clip-debias", _weights_cache_entry),
-}
-
-
-def file_is_ours(path: Path, kind: str) -> bool:
-    """``path`` is a regular file in the format of ``kind`` (see ``FILE_KINDS``)."""
-    return _is_regular(path) and FILE_KINDS[kind][1](path)
+def text_starting(prefix: str, contains: bool = False, n: int = 4096) -> Callable[[Path], bool]:
+    """A file whose first bytes (UTF-8) start with ``prefix`` (``contains``: hold it within the first ``n``)."""
+    def ours(path: Path) -> bool:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(n if contains else len(prefix.encode())).decode("utf-8", errors="replace")
+        except OSError:
+            return False
+        return prefix in head if contains else head == prefix
+    return ours

@@ -68,6 +68,7 @@ from clip_debias.runtime.datasets import DatasetIndex, load_index
 from clip_debias.runtime.errors import ClipDebiasError, InputError
 from clip_debias.runtime.integrity import check_digest
 from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SKIPPED, MIN_LATENCY_BATCHES, MaxSkipped
+from clip_debias.runtime.ownership import json_object_with, register_file_kind
 from clip_debias.runtime.metric_inputs import MetricOptions, metric_inputs
 from clip_debias.runtime.metrics import (GAP_CELLS, GAP_NAMES, AccuracyReport, BiasInputs, BiasMetrics,
                                          CounterfactualReport, ParityReport, ShortcutGaps, SkewReport,
@@ -78,7 +79,10 @@ from clip_debias.runtime.progress import Progress
 PERCENTILE_MIN_CALLS = {"p95": 20, "p99": 100}
 log = logging.getLogger("clip_debias.verify")
 GATED_AT_VERIFY = ("bf16",)  # precisions without an exported, export-gated file: gated against fp32 here
-VERIFY_REPORT = "clip-debias verify"  # the 'report' field of the JSON report (runtime.ownership recognises it)
+VERIFY_REPORT = "clip-debias verify"  # the 'report' field of the JSON report (how runtime.ownership recognises it)
+register_file_kind("verify-report", "a report written by 'clip-debias verify --json'",
+                   json_object_with({"accuracy", "worst_group_accuracy", "thresholds", "passed", "backend"},
+                                    ("report", VERIFY_REPORT)))
 
 
 @dataclass

@@ -1,16 +1,22 @@
-"""A bounded HTTP load generator for a local server (stdlib only): the serve tests and ``benchmarks/bench_serve.py``.
+"""A bounded HTTP load generator for a local server (stdlib only): the serve tests and ``benchmarks/bench_serving.py``.
 
 ``run_load(url, requests, threads)`` sends every request exactly once from ``threads`` client threads and returns
-each one's status, JSON answer and latency (send to full answer, ms). Bounded: a fixed list of requests, a per-request
-timeout, and a deadline after which the remaining requests are not sent (they are reported as not sent). Only
-loopback addresses are accepted as targets.
+each one's status, JSON answer and latency (send to full answer, ms); ``keep_alive=True`` keeps one connection per
+client thread (``http.client``) instead of one per request (``urllib``). ``run_calls(fn, items, threads)`` does the
+same for any call (the runtime in-process, a Triton client), so every candidate is timed by one loop. Bounded: a
+fixed list of requests, a per-request timeout, and a deadline after which the remaining requests are not sent
+(they are reported as not sent). Only loopback addresses are accepted as targets.
 """
 
 from __future__ import annotations
 
+import http.client
 import ipaddress
 import json
+import socket
+import threading
 import time
+from collections.abc import Callable, Sequence
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -52,6 +58,17 @@ class LoadResult:
                 "requests_per_s": ok / self.wall_s if self.wall_s > 0 else 0.0, "threads": self.threads}
 
 
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Every byte the peer sends until it closes or resets the connection (bounded by the socket's timeout)."""
+    data = b""
+    try:
+        while part := sock.recv(65536):
+            data += part
+    except OSError:
+        pass
+    return data
+
+
 def check_loopback(url: str) -> None:
     host = urllib.parse.urlparse(url).hostname or ""
     if host != "localhost" and not ipaddress.ip_address(host).is_loopback:
@@ -78,17 +95,56 @@ def send(url: str, req: Request, timeout_s: float) -> Answer:
     return Answer(status, doc, latency)
 
 
-def run_load(url: str, requests: list[Request], threads: int, timeout_s: float = 60.0,
-             deadline_s: float = 300.0) -> LoadResult:
-    """Send ``requests`` from ``threads`` threads (see the module docstring)."""
-    check_loopback(url)
+def run_calls(fn: Callable[[object], Answer], items: Sequence[object], threads: int,
+              deadline_s: float = 300.0) -> LoadResult:
+    """``fn(item)`` once per item from ``threads`` threads (see the module docstring); ``fn`` returns an ``Answer``
+    whose ``latency_ms`` is filled in here."""
     t_start = time.perf_counter()
 
-    def one(req: Request) -> Answer:
+    def one(item: object) -> Answer:
         if time.perf_counter() - t_start > deadline_s:
             return Answer(0, None, 0.0, "not sent: deadline")
-        return send(url, req, timeout_s)
+        t0 = time.perf_counter()
+        answer = fn(item)
+        answer.latency_ms = (time.perf_counter() - t0) * 1000.0
+        return answer
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        answers = list(pool.map(one, requests))
+        answers = list(pool.map(one, items))
     return LoadResult(answers, time.perf_counter() - t_start, threads)
+
+
+class KeepAliveSender:
+    """POST over one HTTP/1.1 connection per thread (reopened after an error)."""
+
+    def __init__(self, url: str, timeout_s: float) -> None:
+        check_loopback(url)
+        parts = urllib.parse.urlparse(url)
+        self.host, self.port, self.path, self.timeout_s = parts.hostname, parts.port or 80, parts.path, timeout_s
+        self.local = threading.local()
+
+    def __call__(self, req: Request) -> Answer:
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = self.local.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+        try:
+            conn.request("POST", self.path, body=req.body, headers={"Content-Type": req.content_type})
+            r = conn.getresponse()
+            status, raw = r.status, r.read()
+        except (OSError, http.client.HTTPException) as e:
+            conn.close()
+            self.local.conn = None
+            return Answer(0, None, 0.0, f"{type(e).__name__}: {e}")
+        try:
+            return Answer(status, json.loads(raw), 0.0)
+        except ValueError:
+            return Answer(status, None, 0.0, "answer is not JSON")
+
+
+def run_load(url: str, requests: list[Request], threads: int, timeout_s: float = 60.0,
+             deadline_s: float = 300.0, keep_alive: bool = False) -> LoadResult:
+    """Send ``requests`` from ``threads`` threads (see the module docstring)."""
+    check_loopback(url)
+    sender: Callable[[object], Answer] = (KeepAliveSender(url, timeout_s) if keep_alive else  # type: ignore[assignment]
+                                          (lambda req: send(url, req, timeout_s)))
+    return run_calls(sender, requests, threads, deadline_s)

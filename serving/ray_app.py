@@ -1,4 +1,5 @@
-"""``clip-debias serve``: an artifact served by Ray Serve with dynamic batching (``[serve]`` extra; no torch).
+"""``clip-debias serve --engine ray``: an artifact served by Ray Serve with dynamic batching, for clusters
+(``[ray-serve]`` extra; no torch). The default engine is ``serving.server``.
 
 One deployment, ``ArtifactServer``, ``replicas`` copies, each holding one ``runtime.load`` of the artifact:
 
@@ -16,17 +17,21 @@ One deployment, ``ArtifactServer``, ``replicas`` copies, each holding one ``runt
   ``clip_debias_images`` / ``clip_debias_batch_size_count``.
 
 The HTTP proxy binds ``host`` (default 127.0.0.1); any other address must be asked for (``ServeOptions.host``) and
-must be an IP address. Ray's own processes (GCS, raylet, workers) listen on ports Ray chooses: run a service inside
-a private network or network namespace, as Ray's security documentation advises.
+must be an IP address. Ray's own processes (GCS, raylet, workers) listen on ports Ray chooses, on all interfaces:
+``docs/serving.md`` lists them and the ``ray start`` options that fix each; run a service inside a private network
+or network namespace, as Ray's security documentation advises.
+
+Pinning: ``start`` loads the artifact in the driver first (``expect_digest`` checked) and deploys the replicas with
+``expect_digest`` = the digest it announced, so a replica (re)started on a changed artifact fails with the reason
+and never answers; ``wait_running`` turns a failed deployment into one ``ClipDebiasError`` line.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -35,8 +40,9 @@ from ray import serve
 from clip_debias.runtime.choices import ServeDevice
 from clip_debias.runtime.errors import ClipDebiasError
 from clip_debias.serving import http_api
+from clip_debias.serving.listen import check_free
 
-LOOPBACK = "127.0.0.1"
+LOOPBACK = http_api.LOOPBACK
 APP_NAME = "clip_debias"
 BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 LATENCY_BUCKETS_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
@@ -56,14 +62,12 @@ class ServeOptions:
     precision: str = "fp32"
     metrics_port: int = 8080
     cpus_per_replica: float = 1.0
+    expect_digest: str | None = None  # --expect-digest; start() sets it to the digest it announced
+    address: str | None = None  # a Ray cluster to join (ray.init(address=...)); None: a local Ray
 
     def check(self) -> None:
         """One ``ClipDebiasError`` line per bad option."""
-        try:
-            ipaddress.ip_address(self.host)
-        except ValueError:
-            raise ClipDebiasError(f"--host {self.host!r}: expected an IP address such as {LOOPBACK} (the default; "
-                                  "any other address makes the server reachable from that network)") from None
+        http_api.check_host(self.host)
         for name, port in (("--port", self.port), ("--metrics-port", self.metrics_port)):
             if not 1 <= port <= 65535:
                 raise ClipDebiasError(f"{name} {port}: expected 1..65535")
@@ -79,7 +83,7 @@ class ServeOptions:
 
     @property
     def loopback(self) -> bool:
-        return ipaddress.ip_address(self.host).is_loopback
+        return http_api.check_host(self.host)
 
     @property
     def intra_op_threads(self) -> int:
@@ -111,7 +115,10 @@ class ArtifactServer:
 
         opts = ServeOptions(**options)
         threads = opts.intra_op_threads if opts.device == "cpu" else None
-        self.clf = load(opts.artifact, device=opts.device, precision=opts.precision, intra_op_threads=threads)
+        # pinned: a replica (re)started after the artifact changed on disk fails here, with the reason, and never
+        # becomes ready (Ray Serve shows the message in `serve status` and the CLI prints its first line)
+        self.clf = load(opts.artifact, device=opts.device, precision=opts.precision, intra_op_threads=threads,
+                        expected_digest=opts.expect_digest)
         self.digest = self.clf.digest  # runtime.integrity: the digest of the files load() checked
         self.metrics = _metrics()
         self.classify_batch.set_max_batch_size(opts.max_batch_size)
@@ -165,22 +172,58 @@ def build_app(options: ServeOptions) -> Any:
     return deployment.bind(asdict(options))
 
 
-def start(options: ServeOptions, *, num_cpus: int | None = None) -> str:
-    """Start a local Ray (``num_cpus``: Ray's default, all cores) and Serve, deploy the app and wait until it is
-    running; returns the ``http://host:port`` base URL. ``stop`` ends it."""
+def start(options: ServeOptions, *, num_cpus: int | None = None, ready_timeout_s: float = 300.0) -> tuple[str, str]:
+    """Start (or join, ``options.address``) Ray and Serve, deploy the app pinned to the artifact's digest and wait
+    until it runs; returns ``(http://host:port, digest)``. A replica that fails to start (e.g. its artifact's digest
+    differs) is a one-line ``ClipDebiasError`` with Ray's reason. ``stop`` ends it."""
+    import logging
+
     import ray
 
     from clip_debias.runtime.classifier import load
 
     options.check()
-    load(options.artifact, device=options.device, precision=options.precision)  # its one-line errors, before Ray
+    # its one-line errors before Ray starts; the digest announced is the one every replica must load
+    digest = load(options.artifact, device=options.device, precision=options.precision,
+                  expected_digest=options.expect_digest).digest
+    options = replace(options, expect_digest=digest)
+    check_free(options.host, options.port)
     if not ray.is_initialized():
-        local = {"num_cpus": num_cpus, "include_dashboard": False, "_metrics_export_port": options.metrics_port,
-                 **({"_node_ip_address": LOOPBACK} if options.loopback else {})}
-        ray.init(**local, log_to_driver=False, configure_logging=False)
+        if options.address:
+            ray.init(address=options.address, log_to_driver=False, logging_level=logging.ERROR)
+        else:
+            local = {"num_cpus": num_cpus, "include_dashboard": False, "_metrics_export_port": options.metrics_port,
+                     **({"_node_ip_address": LOOPBACK} if options.loopback else {})}
+            ray.init(**local, log_to_driver=False, configure_logging=True, logging_level=logging.ERROR)
+    # Serve's INFO lines ("Started Serve", "will not be applied": serve.run after serve.start, as custom
+    # http_options require) are no news to the operator
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     serve.start(http_options={"host": options.host, "port": options.port})
     serve.run(build_app(options), name=APP_NAME, route_prefix="/", blocking=False)
-    return f"http://{options.host}:{options.port}"
+    wait_running(ready_timeout_s)
+    return f"http://{options.host}:{options.port}", digest
+
+
+def wait_running(timeout_s: float) -> None:
+    """Until the application is RUNNING; ``ClipDebiasError`` with the first line of Ray's reason when it failed to
+    deploy, or after ``timeout_s``."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        state, reason = app_state()
+        if state == "RUNNING":
+            return
+        if state in ("DEPLOY_FAILED", "UNHEALTHY"):
+            raise ClipDebiasError(f"Ray Serve could not start the replicas: {reason}")
+        time.sleep(0.5)
+    raise ClipDebiasError(f"Ray Serve did not report the application running within {timeout_s:g} s")
+
+
+def _last_error_line(message: str) -> str:
+    """Our one-line error inside Ray's message (a traceback flattened to one line), else the message, shortened."""
+    for kind in ("ArtifactError: ", "BackendError: ", "ClipDebiasError: "):
+        if kind in message:
+            return message.rsplit(kind, 1)[1][:400]
+    return message[:400]
 
 
 def stop() -> None:
@@ -201,19 +244,46 @@ def healthz(base_url: str, timeout_s: float = 10.0) -> dict[str, Any]:
         return json.loads(r.read())
 
 
-def serve_until_stopped(options: ServeOptions, on_ready: Any, num_cpus: int | None = None) -> None:
-    """Start (``start``), call ``on_ready(base_url, healthz_doc)``, serve until SIGINT or SIGTERM, then ``stop``."""
+def app_state() -> tuple[str, str]:
+    """(the application's status, the first line of Ray's reason) from ``serve.status()``."""
+    app = serve.status().applications.get(APP_NAME)
+    state = str(getattr(app, "status", "")).rsplit(".", 1)[-1]
+    reason = " ".join((getattr(app, "message", "") or "").split())
+    for d in (getattr(app, "deployments", None) or {}).values():
+        reason = " ".join((getattr(d, "message", "") or "").split()) or reason
+    return state, _last_error_line(reason)
+
+
+def serve_until_stopped(options: ServeOptions, on_ready: Any, num_cpus: int | None = None,
+                        on_state: Any = None, poll_s: float = 5.0) -> None:
+    """Start (``start``), call ``on_ready(base_url, digest)``, serve until SIGINT or SIGTERM, then ``stop``; every
+    ``poll_s`` the application's status is read and ``on_state(state, reason)`` called when either changes (a replica
+    that cannot load its pinned artifact turns it UNHEALTHY / DEPLOY_FAILED with the reason). Our
+    handlers are installed again once Ray runs: Ray's core worker installs a native SIGTERM handler that dumps a stack
+    trace and ends the process with 134 instead of letting it shut down."""
     import signal
     import threading
 
     stopped = threading.Event()
-    previous = {s: signal.signal(s, lambda *_: stopped.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def install() -> None:
+        for s in previous:
+            signal.signal(s, lambda *_: stopped.set())
+
+    install()
     try:
-        base = start(options, num_cpus=num_cpus)
-        on_ready(base, healthz(base))
-        while not stopped.wait(1.0):
-            pass
+        base, digest = start(options, num_cpus=num_cpus)
+        install()
+        if not stopped.is_set():
+            on_ready(base, digest)
+        last = ("RUNNING", "")
+        while not stopped.wait(poll_s):
+            now = app_state()
+            if on_state is not None and now != last:
+                on_state(*now)
+            last = now
     finally:
+        stop()
         for s, handler in previous.items():
             signal.signal(s, handler)
-        stop()

@@ -315,3 +315,39 @@ def test_atomic_file(tmp_path: Path) -> None:
     assert path.read_text() == "{}" and litter(path.parent) == []
     with pytest.raises(ClipDebiasError, match="new: is a directory \\(expected a file path\\)"):
         write_atomic(tmp_path / "new", "x", "verify-report")
+
+
+def test_file_kinds_are_declared_by_their_writers() -> None:
+    """Each single-file kind is declared by the module ``FILE_KIND_WRITERS`` names (importing it registers it, with
+    that name); ownership asks for no other kind."""
+    import importlib
+
+    from clip_debias.runtime.ownership import FILE_KIND_WRITERS, FILE_KINDS, file_kind
+
+    for kind, module in FILE_KIND_WRITERS.items():
+        importlib.import_module(module)
+        assert FILE_KINDS[kind].name == kind and file_kind(kind) is FILE_KINDS[kind], kind
+    assert set(FILE_KINDS) == set(FILE_KIND_WRITERS)
+    with pytest.raises(ValueError, match="unknown file kind 'notes'"):
+        file_kind("notes")
+
+
+def test_runtime_kinds_need_no_toolchain(tmp_path: Path) -> None:
+    """With only the runtime imported, a runtime-written kind (verify's report) is recognised without importing the
+    toolchain; a PNG's text chunk is read with Pillow (``PngInfo``)."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    report = tmp_path / "r.json"
+    report.write_text(json.dumps({"report": "clip-debias verify"}))
+    for software, ours in (("clip-debias report", True), ("matplotlib", False)):
+        info = PngInfo()
+        info.add_text("Software", software)
+        Image.new("RGB", (4, 4)).save(tmp_path / f"{ours}.png", pnginfo=info)
+    code = ("import sys; from pathlib import Path; from clip_debias.runtime.ownership import file_is_ours, png_text; "
+            f"d = Path({str(tmp_path)!r}); "
+            "print(file_is_ours(d / 'r.json', 'verify-report'), png_text(d / 'True.png', 'Software'), "
+            "png_text(d / 'r.json', 'Software'), any(m.startswith('clip_debias.toolchain') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "clip-debias", "report", "None", "False"]
+    assert file_is_ours(tmp_path / "True.png", "figure") and not file_is_ours(tmp_path / "False.png", "figure")

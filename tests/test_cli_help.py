@@ -160,11 +160,11 @@ def test_library_sets_are_the_cli_sets() -> None:
     """The tables the library selects from list the same values as the sets the CLI offers."""
     from clip_debias.runtime.backends.selection import BACKEND_MODULES
     from clip_debias.runtime.choices import BackendName
-    from clip_debias.toolchain.choices import Classifier
+    from clip_debias.toolchain.choices import HeadName
     from clip_debias.toolchain.correct.heads import HEAD_KINDS
 
     assert BackendName.values() == ("auto", *BACKEND_MODULES)
-    assert Classifier.values() == tuple(HEAD_KINDS)
+    assert HeadName.values() == tuple(HEAD_KINDS)
     from clip_debias.toolchain.choices import LabShortcuts
     from clip_debias.toolchain.lab.groups import SHORTCUTS
 

@@ -265,6 +265,24 @@ def test_report_page(tmp_path):
     assert "section skipped" not in text  # every file was read by its model
 
 
+def test_report_escapes_title_headers_and_cells_once(tmp_path):
+    """Every text that reaches the page is escaped exactly once: the title, a table header (a group name) and its
+    cells (a method name); no markup of ours is escaped."""
+    root = _report_dir(tmp_path / "r")
+    bad = "<script>alert('x')</script>"
+    data = json.loads((root / "compare.json").read_text())
+    data["rows"][0]["method"] = f"zero-shot {bad}"
+    for row in data["rows"]:
+        row["groups"]["<b>g0</b> & co"] = row["groups"].pop("g0")
+    (root / "compare.json").write_text(json.dumps(data))
+    text = build_report(root, title=f"Report {bad}").read_text()
+    assert "<script>" not in text and "<b>g0" not in text and "&amp;amp;" not in text and "&amp;lt;" not in text
+    escaped = "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;"
+    assert f"<title>Report {escaped}</title>" in text and f"<h1>Report {escaped}</h1>" in text
+    assert f"<td>zero-shot {escaped}</td>" in text and "<th>&lt;b&gt;g0&lt;/b&gt; &amp; co</th>" in text
+    assert '<span class="spurious">spurious</span>' in text  # our own markup stays markup
+
+
 @pytest.mark.parametrize("name,edit,field", [
     ("plan.json", lambda d: d["spurious"][0].update(head=[3]), "spurious[0].head"),
     ("descriptions.json", lambda d: d["heads"][0]["entries"][0].pop("variance"), "heads[0].entries[0].variance"),

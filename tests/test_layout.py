@@ -205,7 +205,7 @@ def test_installed_runtime_is_torch_free_and_folder_names_are_not_importable(ins
         "import importlib.util, sys",
         "import clip_debias.runtime as r",
         "from clip_debias.runtime import backends, classifier, manifest, preprocess, verify",
-        "from clip_debias.serving import http_api, loadtest, triton_model",
+        "from clip_debias.serving import app, batcher, http_api, loadtest, server, triton_model",
         f"assert r.__file__.startswith({str(installed)!r}), r.__file__",
         "assert 'torch' not in sys.modules",
         "names = ('runtime', 'serving', 'exporters', 'toolchain')",

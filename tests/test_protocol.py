@@ -273,3 +273,28 @@ def test_cli_reference_protocol(tmp_path: Path, tiny_clip, setting):
     res = runner.invoke(app, ["evaluate", str(out), "--dataset", "csv", "--data", str(tmp_path), "--split", "test",
                               "--protocol", "reference"])
     assert _error(res).startswith("error: --protocol reference: only with --compare")
+
+
+def test_every_protocol_is_one_policy():
+    """Each ``--protocol`` value has one ``ProtocolPolicy``, and no module outside ``toolchain/protocol.py`` compares
+    a name with "reference": they ask its policy."""
+    import re
+
+    from clip_debias.toolchain.choices import Protocol
+    from clip_debias.toolchain.protocol import POLICIES, policy
+
+    assert tuple(POLICIES) == Protocol.values()
+    default, reference = policy("default"), policy(Protocol.REFERENCE)
+    assert (default.transductive, reference.transductive) == (False, True)
+    assert (default.note, reference.locate_split, default.locate_split) == (None, "train", None)
+    assert (default.resolve_pair_embeddings(None), reference.resolve_pair_embeddings(None)) == ("unit", "raw")
+    assert (default.means_from("test", "val"), reference.means_from("test", "val")) == ("val", "test")
+    assert default.resolve_renorm("keep") == "keep"
+    with pytest.raises(ClipDebiasError, match="--protocol 'x': expected one of default, reference"):
+        policy("x")
+    root = Path(__file__).resolve().parents[1]
+    compared = re.compile(r"""[!=]= *["']reference["']|["']reference["'] *[!=]=""")
+    hits = [f"{p.relative_to(root)}:{i}" for d in ("runtime", "toolchain", "exporters", "serving")
+            for p in sorted((root / d).rglob("*.py")) if p.name != "protocol.py"
+            for i, line in enumerate(p.read_text().splitlines(), 1) if compared.search(line)]
+    assert hits == []

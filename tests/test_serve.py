@@ -1,9 +1,9 @@
-"""``clip-debias serve``: the real command in a subprocess (Ray Serve on a local Ray, 2 CPUs), on 127.0.0.1 with free
-ports, under a bounded load: 200 requests from 16 client threads (184 single images as raw PNG bytes, 16 JSON batches
-of 3 base64 images). Every answer must equal the runtime's own ``Classifier.classify`` on the same image file (labels,
-indices and probabilities, exactly) and carry the artifact's digest; nothing is dropped; Ray's Prometheus metrics
-show model calls of more than one image. The latency / throughput numbers are printed (``-s``), never asserted.
-Needs the ``[serve]`` extra (skipped without Ray Serve).
+"""``clip-debias serve --engine ray``: the real command in a subprocess (Ray Serve on a local Ray, 2 CPUs), on 127.0.0.1
+with free ports, under a bounded load: 200 requests from 16 client threads (184 single images as raw PNG bytes, 16 JSON
+batches of 3 base64 images). Every answer must equal the runtime's own ``Classifier.classify`` on the same image file
+(labels, indices and probabilities, exactly) and carry the artifact's digest; nothing is dropped; Ray's Prometheus
+metrics show model calls of more than one image. The latency / throughput numbers are printed (``-s``), never asserted.
+Needs the ``[ray-serve]`` extra (skipped without Ray Serve). The default engine: tests/test_server.py.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,7 +33,7 @@ from clip_debias.serving.loadtest import Request, run_load, send
 from runtime_fixtures import build_artifact
 from triton_server import free_port
 
-pytest.importorskip("ray.serve", reason="Ray Serve not installed (pip install '.[serve]')")
+pytest.importorskip("ray.serve", reason="Ray Serve not installed (pip install '.[ray-serve]')")
 
 N_REQUESTS, N_THREADS, N_JSON, JSON_IMAGES = 200, 16, 16, 3
 READY_TIMEOUT_S = 240  # a local Ray's start on a loaded 2-core machine
@@ -76,7 +78,8 @@ def server(workload, tmp_path_factory):
     port, metrics_port = free_port(), free_port()
     log = tmp_path_factory.mktemp("serve_log") / "serve.log"
     argv = [sys.executable, "-c", "from clip_debias.toolchain.cli.app import main; main()", "serve", str(art.path),
-            "--port", str(port), "--metrics-port", str(metrics_port), "--max-batch-size", str(MAX_BATCH),
+            "--engine", "ray", "--port", str(port), "--metrics-port", str(metrics_port), "--max-batch-size",
+            str(MAX_BATCH),
             "--batch-wait-ms", "20", "--num-cpus", "2"]
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -182,6 +185,40 @@ def test_bad_requests_get_one_line_errors(server):
     assert over.status == 400 and f"at most {http_api.MAX_IMAGES} per request" in over.doc["error"]
     assert _get(f"{base}/classify")[0] == 405
     assert _get(f"{base}/nothing-here")[0] == 404
+
+
+def test_a_replica_restarted_on_a_swapped_artifact_never_answers_from_it(workload, server, tmp_path):
+    """The issue's failure: the artifact swapped on disk for another valid one, then the replica killed. Ray restarts
+    it; pinned to the digest the server announced, it fails to load with the reason, the CLI prints a warning with
+    that reason, and no answer comes from the other model. The artifact is put back afterwards."""
+    from proc_info import process_tree
+
+    base, _, proc, log = server
+    art = workload[0].path
+    digest = runtime.load(art, device="cpu").digest
+    other = build_artifact(tmp_path / "other", fp16=False, seed=1).path
+    aside = tmp_path / "aside"
+    art.rename(aside)
+    shutil.copytree(other, art)
+    try:
+        replicas = [p for p in process_tree(proc.pid)
+                    if b"ServeReplica" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert replicas, "no Ray Serve replica process found"
+        for p in replicas:
+            os.kill(p, signal.SIGKILL)
+        t0, answers = time.monotonic(), []
+        while time.monotonic() - t0 < 240 and "differs from the expected" not in log.read_text(errors="replace"):
+            answers.append(send(f"{base}/classify", Request(_png(np.random.default_rng(0)), "image/png"), 5))
+            time.sleep(1.0)
+        warning = [ln for ln in log.read_text(errors="replace").splitlines()
+                   if ln.startswith("warning: Ray Serve application") and "differs from the expected" in ln]
+        assert warning, log.read_text(errors="replace")[-3000:]
+        assert all(a.doc["artifact_digest"] == digest for a in answers if a.status == 200)
+        print(f"\n{warning[0]}\n({sum(a.status == 200 for a in answers)} answers from the pinned model, "
+              f"{sum(a.status != 200 for a in answers)} refused or timed out while the replica could not start)")
+    finally:
+        shutil.rmtree(art)
+        aside.rename(art)
 
 
 def test_stops_on_sigint(server):

@@ -71,7 +71,40 @@ def test_unreadable_image_is_named_by_its_place(clf):
         http_api.preprocess_images(clf, http_api.request_images(b"junk", "image/png"))
 
 
-def test_oversized_body(monkeypatch):
-    monkeypatch.setattr(http_api, "MAX_BODY_BYTES", 10)
-    with pytest.raises(http_api.RequestError, match="request body of 11 bytes is over the limit of 10"):
-        http_api.request_images(b"x" * 11, "image/png")
+def test_oversized_body():
+    with pytest.raises(http_api.RequestError, match="request body of 11 bytes is over the limit of 10") as e:
+        http_api.request_images(b"x" * 11, "image/png", http_api.RequestLimits(max_body_bytes=10))
+    assert e.value.status == 413
+
+
+@pytest.mark.parametrize("text, depth", [
+    (b'{"a": [1, {"b": "x[[[\\"["}]}', 3),  # brackets and an escaped quote inside a string do not count
+    (b'["\\\\", [[]]]', 3),  # an escaped backslash ends before the closing quote
+    (b'"[[["', 0), (b"[]", 1), (b'{"images": ["AAAA"]}', 2),
+])
+def test_json_depth_counts_brackets_outside_strings(text, depth):
+    assert http_api.json_depth(text, 8) == depth and json.loads(text) is not None
+
+
+def test_json_limits_before_and_while_parsing():
+    with pytest.raises(http_api.RequestError, match="^JSON body nested deeper than 8 levels$"):
+        http_api.parse_json(b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(http_api.RequestError, match="^JSON body: a number of 5001 characters, at most 32$"):
+        http_api.parse_json(b"[1" + b"0" * 5000 + b"]")
+    with pytest.raises(http_api.RequestError, match="^JSON body: Infinity is not a JSON number$"):
+        http_api.parse_json(b"[Infinity]")
+    assert http_api.parse_json(b'{"a": [1.5e3, -2, true, null]}') == {"a": [1500.0, -2, True, None]}
+
+
+def test_texts_labels_and_pixel_budget():
+    body = json.dumps({"texts": ["a bird", "a boat"], "ensemble": True}).encode()
+    assert http_api.request_texts(body, "application/json") == (["a bird", "a boat"], True)
+    with pytest.raises(http_api.RequestError, match="field 'texts': expected a non-empty list of strings"):
+        http_api.request_texts(b'{"texts": []}', "application/json")
+    doc = {"images": [base64.b64encode(_png(0)).decode()] * 2, "labels": ["a", "b"]}
+    req = http_api.parse_image_request(json.dumps(doc).encode(), "application/json", allow_labels=True)
+    assert req.labels == ["a", "b"] and len(req.images) == 2
+    assert http_api.request_pixels(req.images) == 2 * 20 * 30  # from the headers
+    with pytest.raises(http_api.RequestError, match="more than 1,000 pixels together") as e:
+        http_api.request_pixels(req.images, http_api.RequestLimits(max_request_pixels=1000))
+    assert e.value.status == 413

@@ -8,12 +8,10 @@ from __future__ import annotations
 from clip_debias.runtime.choices import Choice
 
 
-class ComputeDtype(Choice):
-    """``--dtype``: the dtype the model computes in (``toolchain.models.loading``)."""
-
-    FP32 = "fp32"
-    FP16 = "fp16"
-    BF16 = "bf16"
+class TorchDtype(Choice):
+    """Base of the sets whose values name torch dtypes (fp32, fp16, bf16): ``.torch`` is the dtype (torch imported
+    only there). The runtime's file and compute precisions (``runtime.choices.FilePrecision`` / ``Precision``) name
+    the same values plus int8, for the inference libraries instead of torch."""
 
     @property
     def torch(self):  # noqa: ANN201 (torch.dtype; torch imported here only)
@@ -22,18 +20,20 @@ class ComputeDtype(Choice):
         return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.value]
 
 
-class TermsDtype(Choice):
+class ComputeDtype(TorchDtype):
+    """``--dtype``: the dtype the model computes in (``toolchain.models.loading``)."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+
+class TermsDtype(TorchDtype):
     """``--terms-dtype``: how a decomposition cache stores the head terms; embeddings and means stay fp32 / fp64
     (``toolchain.decompose.cache``)."""
 
     FP32 = "fp32"
     FP16 = "fp16"
-
-    @property
-    def torch(self):  # noqa: ANN201
-        import torch
-
-        return {"fp32": torch.float32, "fp16": torch.float16}[self.value]
 
 
 class Convention(Choice):
@@ -52,9 +52,9 @@ class MinoritySource(Choice):
     PREDICTIONS = "predictions"
 
 
-class Classifier(Choice):
-    """``--classifier``: a head kind, one per entry of ``toolchain.correct.heads.HEAD_KINDS`` (which checks that
-    both list the same kinds)."""
+class HeadName(Choice):
+    """``--classifier``: the name of a head kind, one per entry of ``toolchain.correct.heads.HEAD_KINDS`` (which
+    checks that both list the same kinds; not ``runtime.Classifier``, the artifact class)."""
 
     ZEROSHOT = "zeroshot"
     PERCEPTION = "perception"

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from clip_debias.runtime.datasets import load_index
+from clip_debias.runtime.ownership import json_object_with, register_file_kind
 from clip_debias.toolchain.decompose.cache import DecompositionCache
 from clip_debias.toolchain.lab import LAB_DIR, LAB_MODEL, LAB_WEIGHTS
 from clip_debias.toolchain.models.loading import LoadedClip
@@ -52,6 +53,8 @@ def _variants() -> dict[str, dict[str, Any]]:
 VARIANTS = _variants()
 MAX_AVG_DROP = 0.02  # a shipped correction may cost at most 2 points of average accuracy on val
 REFERENCE = " [reference protocol]"  # suffix of the reference protocol's rows in compare.json
+register_file_kind("demo-summary", "demo.json written by 'clip-debias demo'",
+                   json_object_with({"chosen", "val_rows", "test_rows", "verify"}))
 
 
 @dataclass

@@ -27,6 +27,7 @@ from pydantic.dataclasses import dataclass as format_dataclass
 from clip_debias.runtime.metric_inputs import MetricOptions, metric_inputs
 from clip_debias.runtime.metrics import (AccuracyReport, BiasInputs, BiasMetrics, CounterfactualReport, ParityReport,
                                          ShortcutGaps, SkewReport, accuracy_report, bias_metrics)
+from clip_debias.runtime.ownership import json_rows_with, register_file_kind
 from clip_debias.runtime.schema import FORMAT, read_model
 from clip_debias.toolchain.correct.build import (BuildOptions, EditSet, check_plan, make_edits, make_head,
                                                  require_convention)
@@ -36,7 +37,7 @@ from clip_debias.toolchain.locate.ltc import LocatePlan, require_layers, require
 from clip_debias.toolchain.models.loading import LoadedClip
 from clip_debias.toolchain.prompts.files import ContextSpec
 from clip_debias.toolchain.prompts.text import DEFAULT_TEMPLATES
-from clip_debias.toolchain.protocol import check_protocol
+from clip_debias.toolchain.protocol import policy
 
 RENORM_LABELS = {"stepwise": "stepwise renorm", "keep": "keep norm", "unit-once": "unit norm once"}
 
@@ -97,9 +98,7 @@ def compare_methods(cache_test: DecompositionCache, plan: LocatePlan, calibratio
     itself (a ``calibration`` given is ignored) and only the stepwise rows are the reference's own. Each row carries
     the bias metrics the cache allows (``DecompositionCache.metric_source``, its protected attribute replaced by
     ``protected`` when given; ``metric_options``: see ``runtime.metric_inputs``)."""
-    check_protocol(protocol)
-    if protocol == "reference":
-        calibration = cache_test
+    calibration = policy(protocol).means_from(cache_test, calibration)
     check_plan(plan, clip, clip.tower)
     require_convention(plan, cache_test, f"cache {cache_test.dataset}/{cache_test.split}")
     require_same_backbone(clip.identity, cache_test.identity, f"cache {cache_test.dataset}/{cache_test.split}")
@@ -220,6 +219,8 @@ def _cell(g: Any, with_n: bool) -> str:
 # ---- compare.json -----------------------------------------------------------------------------------------------
 
 COMPARE_WHAT = "results written by 'clip-debias evaluate --json'"
+register_file_kind("compare-file", f"{COMPARE_WHAT} (or the demo's compare.json)",
+                   json_rows_with({"method", "accuracy", "worst_group_accuracy"}))
 
 
 @format_dataclass(config=FORMAT)

@@ -7,7 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from clip_debias.runtime.atomic_output import atomic_file, check_file_target
-from clip_debias.runtime.ownership import PNG_SOFTWARE
+from clip_debias.runtime.ownership import png_text_starting, register_file_kind
+
+PNG_SOFTWARE = "clip-debias"  # the PNG 'Software' text chunk of every figure we write starts with this
+register_file_kind("figure", "a PNG figure written by clip-debias", png_text_starting("Software", PNG_SOFTWARE))
 
 
 def check_figure_target(path: str | Path, force: bool = False) -> Path:

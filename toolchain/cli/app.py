@@ -103,11 +103,7 @@ COMMAND_MODULES = (
 )
 
 for _mod in COMMAND_MODULES:
-    try:
-        importlib.import_module(_mod).register(app)
-    except ModuleNotFoundError as _e:  # a stage whose module is not written yet
-        if _e.name != _mod:
-            raise
+    importlib.import_module(_mod).register(app)
 
 
 def main() -> None:

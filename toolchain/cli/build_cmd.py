@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from clip_debias.runtime.choices import DatasetFormat, Split
-from clip_debias.toolchain.choices import Classifier, PairEmbeddings, Protocol, Renorm, ZFrom
+from clip_debias.toolchain.choices import HeadName, PairEmbeddings, Protocol, Renorm, ZFrom
 from clip_debias.toolchain.cli.options import (DatasetOpt, ModelOpt, OptionalDataOpt, PretrainedOpt, ProtocolOpt,
                                                RandomWeightsOpt, TokenizerOpt, WeightsOpt, choice_option, load_model)
 
@@ -110,10 +110,10 @@ def build(
     tokenizer: TokenizerOpt = None,
     ablate: AblateOpt = True,
     project: ProjectOpt = True,
-    classifier: Annotated[Classifier, choice_option(
-        Classifier, "--classifier", "Classifier head: zero-shot, PerceptionCLIP (--contexts), or lle (Last Layer "
+    classifier: Annotated[HeadName, choice_option(
+        HeadName, "--classifier", "Classifier head: zero-shot, PerceptionCLIP (--contexts), or lle (Last Layer "
                                     "Ensemble trained on this model's frozen embeddings of --data).")]
-    = Classifier.ZEROSHOT,
+    = HeadName.ZEROSHOT,
     contexts: ContextsOpt = "defaults",
     attribute_pairs: PairsOpt = "defaults",
     tau: TauOpt = 1.0,
@@ -145,14 +145,15 @@ def build(
     from clip_debias.toolchain.correct.classifier import MODEL_DIR_KIND
 
     from clip_debias.toolchain.errors import ClipDebiasError
-    from clip_debias.toolchain.protocol import TRANSDUCTIVE_NOTE
+    from clip_debias.toolchain.protocol import policy
 
     lle = lle_options(classifier, data, dataset, augment, lle_copies, lle_epochs, lle_seed, lle_train_split,
                       lle_val_split)
     check_directory_target(out, MODEL_DIR_KIND)  # before the build's minutes of work, not after
     located = LocatePlan.load(plan)
-    if protocol == "reference" and calibration is None and ablate and located.spurious:
-        raise ClipDebiasError("--protocol reference takes the ablation means from the evaluated split itself: pass "
+    rules = policy(protocol)
+    if rules.transductive and calibration is None and ablate and located.spurious:
+        raise ClipDebiasError(f"{rules.option} takes the ablation means from the evaluated split itself: pass "
                               "--calibration CACHE of the split you will evaluate on (transductive)")
     calibration = default_calibration(located, calibration, ablate and bool(located.spurious),
                                       "--calibration CACHE, or --no-ablate")
@@ -181,7 +182,7 @@ def build(
         c = spec.plan["calibration"]
         typer.echo(f"  ablation means from {c['dataset']}/{c['split']} ({c['n']} images)")
     if spec.plan.get("transductive"):
-        typer.echo(f"  WARNING: {TRANSDUCTIVE_NOTE}. Recorded in config.json (plan.transductive).")
+        typer.echo(f"  WARNING: {rules.note}. Recorded in config.json (plan.transductive).")
     elif spec.plan.get("test_calibration"):
         typer.echo("  WARNING: calibrated on the TEST split (--allow-test-calibration); test accuracy of this model "
                    "is optimistic. Recorded in config.json (plan.test_calibration).")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -80,15 +81,17 @@ def evaluate(
     metrics = {"metric_options": metric_options(shortcut_attributes, train_correlation, skew_k),
                "protected": protected}
     if compare:
-        rows, extra = _compare(model, pretrained, weights, random_weights, plan, calibration, cache, dataset, data,
-                               split, contexts, attribute_pairs, tau, z_from, renorm, pair_embeddings,
-                               allow_test_calibration, class_list, batch_size, device, skip_bad, protocol, reading,
-                               target, metrics)
+        rows, extra = _compare(CompareOptions(
+            model=model, pretrained=pretrained, weights=weights, random_weights=random_weights, plan=plan,
+            calibration=calibration, cache=cache, dataset=dataset, data=data, split=split, contexts=contexts,
+            attribute_pairs=attribute_pairs, tau=tau, z_from=z_from, renorm=renorm, pair_embeddings=pair_embeddings,
+            allow_test=allow_test_calibration, classes=class_list, batch_size=batch_size, device=device,
+            skip_bad=skip_bad, protocol=protocol, reading=reading, target=target, metrics=metrics))
     else:
         from clip_debias.toolchain.correct.classifier import CONFIG_NAME, read_spec
         from clip_debias.toolchain.evaluate import evaluate_model
 
-        if protocol != "default":
+        if protocol != Protocol.DEFAULT:
             raise ClipDebiasError(f"--protocol {protocol}: only with --compare (a built model records its own "
                                   "protocol in config.json)")
         if model_dir is None or dataset is None or data is None:
@@ -112,65 +115,98 @@ def evaluate(
         typer.echo(f"wrote {json_out}")
 
 
-def _compare(model, pretrained, weights, random_weights, plan, calibration, cache, dataset, data, split, contexts,
-             attribute_pairs, tau, z_from, renorm, pair_embeddings, allow_test, classes, batch_size, device, skip_bad,
-             protocol, reading, target, metrics):
-    """Load or decompose the evaluated split, then ``compare_methods``; returns (rows, provenance). ``metrics``:
-    ``compare_methods``' metric_options and protected."""
+@dataclass
+class CompareOptions:
+    """The options of ``evaluate --compare`` (see ``evaluate``'s); ``reading``: ``reading_options`` plus
+    allow_outside_root; ``metrics``: ``compare_methods``' metric_options and protected."""
+
+    model: Optional[str]
+    plan: Optional[Path]
+    pretrained: Optional[str] = None
+    weights: Optional[Path] = None
+    random_weights: bool = False
+    device: str = "cpu"
+    calibration: Optional[Path] = None
+    cache: Optional[Path] = None
+    dataset: Optional[str] = None
+    data: Optional[Path] = None
+    split: Optional[str] = None
+    classes: Optional[list[str]] = None
+    target: Optional[str] = None
+    batch_size: int = 32
+    skip_bad: bool = False
+    reading: dict[str, Any] | None = None
+    contexts: str = "defaults"
+    attribute_pairs: str = "defaults"
+    tau: float = 1.0
+    z_from: str = ZFrom.JOINT
+    renorm: Optional[str] = None
+    pair_embeddings: Optional[str] = None
+    allow_test: bool = False
+    protocol: str = Protocol.DEFAULT
+    metrics: dict[str, Any] | None = None
+
+
+def _compare(o: CompareOptions) -> tuple[list[Any], dict[str, Any]]:
+    """Load or decompose the evaluated split, then ``compare_methods``; returns (rows, provenance)."""
     from clip_debias.toolchain.prompts.defaults import attribute_pairs_for, contexts_for
     from clip_debias.toolchain.decompose.cache import load_cache
     from clip_debias.toolchain.errors import ClipDebiasError
     from clip_debias.toolchain.evaluate import compare_methods
     from clip_debias.toolchain.locate.ltc import LocatePlan
-    from clip_debias.toolchain.protocol import TRANSDUCTIVE_NOTE
+    from clip_debias.toolchain.protocol import policy
 
-    if model is None or plan is None:
+    if o.model is None or o.plan is None:
         raise ClipDebiasError("evaluate --compare needs --model and --plan")
-    if protocol == "reference" and calibration is not None:
-        raise ClipDebiasError("--calibration: --protocol reference takes the ablation means from the evaluated split "
+    rules = policy(o.protocol)
+    metrics = dict(o.metrics or {})
+    if rules.transductive and o.calibration is not None:
+        raise ClipDebiasError(f"--calibration: {rules.option} takes the ablation means from the evaluated split "
                               "itself (--cache or --dataset/--data)")
-    located = LocatePlan.load(plan)
+    located = LocatePlan.load(o.plan)
     calib = None
-    if protocol == "default":
-        calibration = default_calibration(located, calibration, bool(located.spurious), "--calibration CACHE")
+    if not rules.transductive:
+        calibration = default_calibration(located, o.calibration, bool(located.spurious), "--calibration CACHE")
         calib = load_cache(calibration) if calibration is not None else None
-    clip = load_model(model, pretrained, weights, device, random_weights=random_weights)
-    if cache is not None:
-        terms = load_cache(cache)
-    elif dataset is not None and data is not None:
+    clip = load_model(o.model, o.pretrained, o.weights, o.device, random_weights=o.random_weights)
+    if o.cache is not None:
+        terms = load_cache(o.cache)
+    elif o.dataset is not None and o.data is not None:
         from clip_debias.runtime.datasets import load_index
         from clip_debias.toolchain.decompose.run import decompose_dataset
 
-        reading = dict(reading)
-        index = load_index(dataset, data, split, classes=classes, allow_outside_root=reading.pop("allow_outside_root"),
-                           target=target, protected=metrics["protected"])
+        reading = dict(o.reading or {})
+        index = load_index(o.dataset, o.data, o.split, classes=o.classes,
+                           allow_outside_root=reading.pop("allow_outside_root", False), target=o.target,
+                           protected=metrics.get("protected"))
         edited = sorted({l for l, _ in located.spurious_heads() + located.salient_heads()})
-        terms = decompose_dataset(clip, index, layers=edited or [located.layers[-1]], batch_size=batch_size,
-                                  device=device, skip_bad=skip_bad, convention=located.convention, **reading)
+        terms = decompose_dataset(clip, index, layers=edited or [located.layers[-1]], batch_size=o.batch_size,
+                                  device=o.device, skip_bad=o.skip_bad, convention=located.convention, **reading)
     else:
         raise ClipDebiasError("evaluate --compare needs the evaluated split: --cache CACHE, or --dataset, --data and "
                               "--split")
     ds = terms.dataset
-    results = compare_methods(terms, located, calib, clip, contexts=contexts_for(contexts, ds),
-                              attribute_pairs=attribute_pairs_for(attribute_pairs, ds), tau=tau, z_from=z_from,
-                              renorms=(renorm,) if renorm else ("stepwise", "keep"), pair_embeddings=pair_embeddings,
-                              allow_test_calibration=allow_test, protocol=protocol, **metrics)
-    if protocol == "reference":
+    results = compare_methods(terms, located, calib, clip, contexts=contexts_for(o.contexts, ds),
+                              attribute_pairs=attribute_pairs_for(o.attribute_pairs, ds), tau=o.tau, z_from=o.z_from,
+                              renorms=(o.renorm,) if o.renorm else ("stepwise", "keep"),
+                              pair_embeddings=o.pair_embeddings, allow_test_calibration=o.allow_test,
+                              protocol=o.protocol, **metrics)
+    if rules.transductive:
         calib_split = f"{terms.dataset}/{terms.split} itself"
     else:
         calib_split = f"{calib.dataset}/{calib.split}" if calib is not None else "none"
-    typer.echo(f"{protocol} protocol, {located.convention} terms: evaluated on {terms.dataset}/{terms.split} "
+    typer.echo(f"{rules.name} protocol, {located.convention} terms: evaluated on {terms.dataset}/{terms.split} "
                f"({len(terms)} images); located on {located.dataset}/{located.split}; ablation means from "
                f"{calib_split}")
-    if protocol == "reference":
-        typer.echo(f"WARNING: {TRANSDUCTIVE_NOTE}")
+    if rules.note:
+        typer.echo(f"WARNING: {rules.note}")
     elif calib is not None and calib.split == "test":
         typer.echo("WARNING: ablation means come from the TEST split (--allow-test-calibration): optimistic numbers")
-    extra = {"protocol": protocol, "convention": located.convention,
+    extra = {"protocol": str(rules.name), "convention": located.convention,
              "evaluated": {"dataset": terms.dataset, "split": terms.split, "n": len(terms)},
              "located": {"dataset": located.dataset, "split": located.split},
              "calibration": calib_split, "test_calibration": bool(calib is not None and calib.split == "test"),
-             "transductive": protocol == "reference", "edits": {r.method: r.edits for r in results}}
+             "transductive": rules.transductive, "edits": {r.method: r.edits for r in results}}
     return results, extra
 
 

@@ -82,7 +82,8 @@ def locate(
                                               ("--minority-groups", minority_groups),
                                               ("--minority-from", minority_from != "counts" or None),
                                               ("--max-salient", max_salient),
-                                              ("--protocol", protocol != "default" or None)) if value is not None]
+                                              ("--protocol", protocol != Protocol.DEFAULT or None))
+                 if value is not None]
         if given:
             raise ClipDebiasError(f"{given[0]}: not with --from-pairs (pairs need no groups and give no salient "
                                   "heads)")

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from clip_debias.toolchain.choices import Classifier, PairEmbeddings, Renorm
+from clip_debias.toolchain.choices import HeadName, PairEmbeddings
 from clip_debias.toolchain.correct.classifier import ClassifierSpec, DebiasedClassifier, PreprocessRecord
 from clip_debias.toolchain.correct.edits import corrected_embedding, orthonormal_basis
 from clip_debias.toolchain.correct.heads import HEAD_KINDS
@@ -34,7 +34,7 @@ from clip_debias.toolchain.models.adapter import TowerAdapter
 from clip_debias.toolchain.models.loading import LoadedClip
 from clip_debias.toolchain.prompts.files import ContextSpec
 from clip_debias.toolchain.prompts.text import DEFAULT_TEMPLATES
-from clip_debias.toolchain.protocol import TRANSDUCTIVE_NOTE, check_protocol
+from clip_debias.toolchain.protocol import policy
 
 PAIR_EMBEDDINGS = PairEmbeddings.values()
 
@@ -63,18 +63,9 @@ class BuildOptions:
         make (one line naming the option)."""
         from dataclasses import replace
 
-        check_protocol(self.protocol)
-        Renorm.parse(self.renorm, "--renorm")
-        if self.pair_embeddings is not None:
-            PairEmbeddings.parse(self.pair_embeddings, "--pair-embeddings")
-        if self.protocol == "reference":
-            if self.renorm != "stepwise":
-                raise ClipDebiasError(f"--renorm {self.renorm}: --protocol reference renormalizes stepwise")
-            if self.pair_embeddings not in (None, "raw"):
-                raise ClipDebiasError(f"--pair-embeddings {self.pair_embeddings}: --protocol reference takes the "
-                                      "accept directions from unnormalized text embeddings (raw)")
-            return replace(self, pair_embeddings="raw")
-        return replace(self, pair_embeddings=self.pair_embeddings or "unit")
+        rules = policy(self.protocol)
+        return replace(self, renorm=rules.resolve_renorm(self.renorm),
+                       pair_embeddings=rules.resolve_pair_embeddings(self.pair_embeddings))
 
 
 @dataclass
@@ -168,9 +159,8 @@ def make_edits(plan: LocatePlan, calibration: DecompositionCache | None, clip: L
     the options that supply missing pairs or calibration on the calling command (defaults: ``build``'s). Under
     ``protocol="reference"`` the plan must be located so too, and ``calibration`` is the evaluated split itself."""
     options = options.resolved()
-    if options.protocol == "reference" and plan.protocol != "reference":
-        raise ClipDebiasError(f"{plan.where()} was located with the {plan.protocol} protocol; --protocol reference "
-                              "needs a plan located with 'locate --protocol reference'")
+    rules = policy(options.protocol)
+    rules.check_plan(plan)
     edits = EditSet(renorm=options.renorm)
     if options.ablate and plan.spurious:
         if calibration is None:
@@ -178,7 +168,7 @@ def make_edits(plan: LocatePlan, calibration: DecompositionCache | None, clip: L
                                   f"calibration cache ({calibration_hint})")
         require_convention(plan, calibration, f"calibration cache {calibration.dataset}/{calibration.split}")
         check_calibration(calibration, clip, plan.spurious_heads(),
-                          options.allow_test_calibration or options.protocol == "reference")
+                          options.allow_test_calibration or rules.transductive)
         edits.ablated, edits.means = plan.spurious_heads(), ablation_means(calibration, plan.spurious_heads())
     if options.project and plan.salient:
         if not options.attribute_pairs:
@@ -192,7 +182,7 @@ def make_edits(plan: LocatePlan, calibration: DecompositionCache | None, clip: L
 def make_head(clip: LoadedClip, class_names: list[str], templates: list[str], options: BuildOptions) -> nn.Module:
     """The head of kind ``options.classifier`` (``correct.heads.HEAD_KINDS``): zero-shot (T [C, D] from
     ``templates``) or PerceptionCLIP (``options.contexts``)."""
-    return HEAD_KINDS[Classifier.parse(options.classifier, "--classifier")].make(clip, class_names, templates, options)
+    return HEAD_KINDS[HeadName.parse(options.classifier, "--classifier")].make(clip, class_names, templates, options)
 
 
 def build_classifier(plan: LocatePlan, calibration: DecompositionCache | None, clip: LoadedClip,
@@ -206,17 +196,18 @@ def build_classifier(plan: LocatePlan, calibration: DecompositionCache | None, c
     edits = make_edits(plan, calibration, clip, options)
     head = make_head(clip, plan.class_names, list(options.templates or plan.templates or DEFAULT_TEMPLATES), options)
     opts = {k: v for k, v in asdict(options).items() if k not in ("contexts", "attribute_pairs", "lle")}
+    rules = policy(options.protocol)
     provenance = {
         **plan.summary(),
         "calibration": ({"dataset": calibration.dataset, "split": calibration.split, "n": len(calibration)}
                         if calibration is not None and edits.ablated else None),
         "test_calibration": bool(calibration is not None and edits.ablated and calibration.split == "test"),
-        "transductive": bool(options.protocol == "reference" and edits.ablated),
+        "transductive": bool(rules.transductive and edits.ablated),
         "attribute_pairs": [list(p) for p in options.attribute_pairs or []] if edits.salient else [],
         "options": opts,
     }
     if provenance["transductive"]:
-        provenance["note"] = TRANSDUCTIVE_NOTE
+        provenance["note"] = rules.note
     spec = ClassifierSpec(
         tower=tower.cfg.to_dict(), identity=clip.identity.to_dict(), class_names=list(plan.class_names),
         group_names=list(calibration.group_names if calibration is not None else []),

@@ -4,7 +4,7 @@
 ``kind``, ``forward(e)``, ``config()`` (config.json's ``head`` object) and ``empty(config, dim)`` (same shapes,
 buffers filled by ``load_state_dict``); a kind adds the model of its config, how ``build`` makes it and, for a head
 trained on the built model's embeddings (LLE), how ``build`` then trains it. A new head kind is one entry here and its
-name in ``toolchain.choices.Classifier`` (``--classifier``; checked at import).
+name in ``toolchain.choices.HeadName`` (``--classifier``; checked at import).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pydantic.dataclasses import dataclass
 from torch import nn
 
 from clip_debias.runtime.schema import FORMAT
-from clip_debias.toolchain.choices import Classifier
+from clip_debias.toolchain.choices import HeadName
 from clip_debias.toolchain.correct.lle import LleConfig, LleHead, lle_for
 from clip_debias.toolchain.correct.lle_fit import fit_lle
 from clip_debias.toolchain.correct.perception import PerceptionConfig, PerceptionHead, perception_for
@@ -84,5 +84,5 @@ HEAD_KINDS: dict[str, HeadKind] = {
     "perception": HeadKind(PerceptionHead, PerceptionConfig, perception_for),
     "lle": HeadKind(LleHead, LleConfig, lle_for, fit_lle),
 }
-if tuple(HEAD_KINDS) != Classifier.values():  # the CLI's --classifier lists Classifier (torch-free)
-    raise ImportError(f"HEAD_KINDS {tuple(HEAD_KINDS)} and toolchain.choices.Classifier {Classifier.values()} differ")
+if tuple(HEAD_KINDS) != HeadName.values():  # the CLI's --classifier lists HeadName (torch-free)
+    raise ImportError(f"HEAD_KINDS {tuple(HEAD_KINDS)} and toolchain.choices.HeadName {HeadName.values()} differ")

@@ -20,9 +20,11 @@ from clip_debias.runtime.atomic_output import write_atomic
 from clip_debias.runtime.datasets import DatasetIndex, ImageRecord
 from clip_debias.runtime.images import ImageError, load_image
 from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SKIPPED, MaxSkipped
-from clip_debias.runtime.ownership import SKIPPED_HEADER
+from clip_debias.runtime.ownership import SKIPPED_HEADER, register_file_kind, text_starting
 from clip_debias.runtime.progress import Progress
 from clip_debias.toolchain.errors import ClipDebiasError
+
+register_file_kind("skipped-list", "a skipped-images list written by clip-debias", text_starting(SKIPPED_HEADER))
 
 
 def eval_transform(preprocess: dict[str, Any]) -> Any:

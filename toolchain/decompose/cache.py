@@ -35,6 +35,7 @@ from pydantic import field_validator
 from pydantic.dataclasses import dataclass as format_dataclass
 
 from clip_debias.runtime.atomic_output import atomic_file
+from clip_debias.runtime.ownership import register_file_kind, safetensors_metadata
 from clip_debias.runtime.metric_inputs import MetricSource
 from clip_debias.runtime.metrics import AttributeColumn
 from clip_debias.runtime.schema import FORMAT, validate
@@ -46,6 +47,20 @@ from clip_debias.toolchain.models.loading import ModelIdentity
 
 CACHE_FORMAT = "2"
 CACHE_WHAT = "a decomposition cache written by 'clip-debias decompose'"
+
+
+def _is_cache(path: Path) -> bool:
+    """A cache of format "2" (its convention's name and formula recorded) or an earlier one (a "textspan: ..."
+    convention text)."""
+    meta = safetensors_metadata(path)
+    if not meta or "layers" not in meta:
+        return False
+    convention = str(meta.get("convention", ""))
+    return convention.startswith("textspan:") or (convention in ("textspan", "centred")
+                                                  and "convention_formula" in meta)
+
+
+register_file_kind("decomposition-cache", CACHE_WHAT, _is_cache)
 TERMS_DTYPES = {t.value: t.torch for t in TermsDtype}
 _ST_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.float64: "F64", torch.int64: "I64"}
 _REQUIRED_TENSORS = ("heads", "rest", "labels", "groups")

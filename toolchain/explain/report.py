@@ -25,7 +25,7 @@ from pydantic.dataclasses import dataclass as format_dataclass
 
 from clip_debias.runtime.atomic_output import check_file_target, write_atomic
 from clip_debias.runtime.metric_tables import not_computed_lines, summary, tables
-from clip_debias.runtime.ownership import HTML_GENERATOR, file_is_ours
+from clip_debias.runtime.ownership import file_is_ours, register_file_kind, text_starting
 from clip_debias.runtime.schema import FORMAT, read_model
 from clip_debias.runtime.verify import VerifyReport
 from clip_debias.toolchain.audit.figures import ACCURACY_PNG, HEADS_PNG, accuracy_rows
@@ -37,6 +37,9 @@ from clip_debias.toolchain.locate.heatmap import save_heatmap
 from clip_debias.toolchain.locate.ltc import LocatePlan
 
 REPORT_NAME = "report.html"
+HTML_GENERATOR = '<meta name="generator" content="clip-debias'  # in the head of every page we write
+register_file_kind("report-html", "report.html written by 'clip-debias report'",
+                   text_starting(HTML_GENERATOR, contains=True))
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2rem auto;max-width:1100px;
 color:#222;padding:0 1rem}
@@ -73,20 +76,26 @@ class Page:
         return f'<figure><img src="{quote(rel)}" alt="{html.escape(caption or rel)}">{cap}</figure>'
 
 
-def esc(value: Any) -> str:
-    return html.escape(str(value))
+class Html(str):
+    """A fragment of HTML this module built, its text escaped already: ``esc`` and ``table`` pass it as it is."""
+
+
+def esc(value: Any) -> Html:
+    """``value`` as HTML text: escaped (``html.escape``: & < > " '), unless it is ``Html`` already."""
+    return value if isinstance(value, Html) else Html(html.escape(str(value)))
 
 
 def pct(value: Any) -> str:
     return f"{100 * float(value):.2f}%" if isinstance(value, (int, float)) else "-"
 
 
-def table(header: list[str], rows: list[list[str]], numeric: set[int] = frozenset()) -> str:
-    """An HTML table; cells are already-escaped strings; columns in ``numeric`` are right-aligned."""
-    head = "".join(f"<th>{h}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f'<td{" class=num" if i in numeric else ""}>{c}</td>' for i, c in enumerate(r))
-                   + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+def table(header: list[Any], rows: list[list[Any]], numeric: set[int] = frozenset()) -> Html:
+    """An HTML table; every header and cell is escaped (``esc``: ``Html`` cells pass as they are); columns in
+    ``numeric`` are right-aligned."""
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f'<td{" class=num" if i in numeric else ""}>{esc(c)}</td>'
+                                    for i, c in enumerate(r)) + "</tr>" for r in rows)
+    return Html(f"<table><tr>{head}</tr>{body}</table>")
 
 
 MAX_FIGURES = 60
@@ -118,7 +127,7 @@ def load_section(page: Page, title: str, name: str, read: Callable[[Path], Any],
     """Open a section: its heading, then the file ``name`` read by ``read`` (a model's reader; once per page: a
     second section of the same file reuses it); None, after a note, when the file is absent (``missing``) or
     malformed (the reader's one line, in the first section that read it)."""
-    page.add(f"<h2>{title}</h2>")
+    page.add(f"<h2>{esc(title)}</h2>")
     path = find(page.root, name)
     if path is None:
         page.note(missing)
@@ -146,7 +155,7 @@ def section_plan(page: Page) -> None:
     page.add(page.image(png, ("n_P" if pairs else "n(W) - n(C)")
                         + " over (layer, head); S = spurious, + = salient"))
     values = (lambda s: (s.n_wrong, s.pair_change)) if pairs else (lambda s: (s.n_wrong, s.n_correct, s.score))
-    rows = [[f'<span class="{role}">{role}</span>', esc(s.head[0]), esc(s.head[1]), *(f"{v:.3f}" for v in values(s))]
+    rows = [[Html(f'<span class="{role}">{role}</span>'), s.head[0], s.head[1], *(f"{v:.3f}" for v in values(s))]
             for role, entries in (("spurious", plan.spurious), ("salient", plan.salient)) for s in entries]
     where = (esc(plan.minority_note) if pairs else
              f"minority groups {esc(', '.join(plan.minority_group_names))}")
@@ -215,15 +224,15 @@ def section_compare(page: Page) -> None:
                   "(--force replaces it)")
     groups = list(dict.fromkeys(g for r in doc.rows for g in r.groups))
     body = [[esc(r.method), pct(r.accuracy), pct(r.worst_group_accuracy),
-             *(f"{pct(r.groups[n].accuracy)} (n={esc(r.groups[n].n)})" if n in r.groups else "-" for n in groups)]
+             *(f"{pct(r.groups[n].accuracy)} (n={r.groups[n].n})" if n in r.groups else "-" for n in groups)]
             for r in doc.rows]
-    page.add(table(["method", "average", "worst group", *map(esc, groups)], body, set(range(1, 3 + len(groups)))))
+    page.add(table(["method", "average", "worst group", *groups], body, set(range(1, 3 + len(groups)))))
     summaries = [(r.method, summary(r)) for r in doc.rows]
     columns = list(dict.fromkeys(c for _, row in summaries for c in row))
     if columns:
         page.add("<h3>Bias metrics per method</h3>")
-        page.add(table(["method", *map(esc, columns)], [[esc(m), *(esc(row.get(c, "-")) for c in columns)]
-                                                        for m, row in summaries], set(range(1, 1 + len(columns)))))
+        page.add(table(["method", *columns], [[m, *(row.get(c, "-") for c in columns)] for m, row in summaries],
+                       set(range(1, 1 + len(columns)))))
         for line in not_computed_lines(doc.rows[0]):
             page.note(line)
 
@@ -254,7 +263,7 @@ def section_bias(page: Page) -> None:
         page.add(f"<p>protected attribute: {esc(r.protected)}</p>")
     for t in tables(r):
         page.add(f"<h3>{esc(t.title)}</h3>")
-        page.add(table(list(map(esc, t.header)), [list(map(esc, row)) for row in t.rows],
+        page.add(table(list(t.header), [list(row) for row in t.rows],
                        set(range(1, len(t.header)))))
         for line in t.notes:
             page.note(line)
@@ -262,7 +271,7 @@ def section_bias(page: Page) -> None:
         page.note(line)
     if r.thresholds:
         rows = [[esc(name), esc(t.threshold), esc("-" if t.value is None else f"{t.value:.4g}"),
-                 "PASS" if t.passed else f"FAIL {esc(t.reason)}"] for name, t in r.thresholds.items()]
+                 "PASS" if t.passed else f"FAIL {t.reason}"] for name, t in r.thresholds.items()]
         page.add("<h3>Gates</h3>" + table(["threshold", "limit", "measured", "result"], rows, {1, 2}))
 
 
@@ -305,7 +314,7 @@ def section_audit(page: Page) -> None:
         page.add(f"<p>--max-accuracy {pct(doc.gate.max_accuracy)}: {'PASS' if doc.gate.passed else '<b>FAIL</b>'}</p>")
     names = [esc(s.name) for s in doc.sources]
     page.add("<h3>confusion (rows: source, columns: predicted; summed over seeds)</h3>"
-             + table(["", *names], [[n, *map(esc, r)] for n, r in zip(names, e.confusion)],
+             + table(["", *names], [[n, *r] for n, r in zip(names, e.confusion)],
                      set(range(1, len(names) + 1))))
     for name, caption in ((ACCURACY_PNG, "validation accuracy per feature, chance dashed"),
                           (HEADS_PNG, "each head's term alone: validation accuracy over (layer, head)")):

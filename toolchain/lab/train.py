@@ -23,11 +23,14 @@ import torch
 from PIL import Image
 
 from clip_debias.runtime.choices import Split
+from clip_debias.runtime.ownership import register_file_kind, safetensors_with
 from clip_debias.toolchain.choices import LabLoss
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.lab.data import CLASS_NAMES, OBJECT_NAMES, PLACE_NAMES, SPLIT_NAMES, read_metadata
 
 MODEL_NAME = "clipdebias-lab"
+register_file_kind("lab-weights", "lab weights written by 'clip-debias lab train'",  # the metadata train_lab_model
+                   safetensors_with({"model", "steps", "seed", "batch_size", "lr", "p_background"}))  # records
 CLASS_TEMPLATES = (
     "a photo of a {c}.", "a {c}.", "a picture of a {c}.", "an image of a {c}.", "a photo of the {c}.",
     "a small {c}.", "a drawing of a {c}.", "a photo of one {c}.",
@@ -433,8 +436,3 @@ def zero_shot_report(
             log(out[s].line())
     return out
 
-
-if __name__ == "__main__":  # python -m toolchain.lab.train WEIGHTS DATA [SPLIT...]
-    import sys
-
-    zero_shot_report(sys.argv[1], sys.argv[2], tuple(sys.argv[3:]) or ("val", "test"))

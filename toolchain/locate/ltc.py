@@ -32,6 +32,7 @@ import torch
 from pydantic import Field, model_validator
 from pydantic.dataclasses import dataclass
 
+from clip_debias.runtime.ownership import json_object_with, register_file_kind
 from clip_debias.runtime.schema import FORMAT, FieldError, read_json, stored_as_dict, validate
 from clip_debias.toolchain.choices import MinoritySource
 from clip_debias.toolchain.decompose.cache import DecompositionCache
@@ -43,10 +44,12 @@ from clip_debias.toolchain.locate.groups import (MinorityChoice, minority_from_c
 from clip_debias.toolchain.models.loading import LoadedClip, ModelIdentity
 from clip_debias.toolchain.prompts.defaults import known_minority_groups
 from clip_debias.toolchain.prompts.text import DEFAULT_TEMPLATES, class_text_matrix, prompt_matrix
-from clip_debias.toolchain.protocol import PROTOCOLS, check_protocol, reference_minority, require_reference_cache
+from clip_debias.toolchain.protocol import PROTOCOLS, policy
 
 PLAN_FORMAT = 2
 PLAN_WHAT = "a plan written by 'clip-debias locate'"
+register_file_kind("locate-plan", PLAN_WHAT,
+                   json_object_with({"spurious", "salient", "n_wrong_grid", "n_correct_grid", "threshold"}))
 MINORITY_SOURCES = MinoritySource.values()
 
 HeadIndex = Annotated[list[int], Field(min_length=2, max_length=2, description="a [layer, head] pair (two integers)")]
@@ -310,15 +313,17 @@ def locate_terms(cache: DecompositionCache, text: torch.Tensor, *, class_names: 
     """Locate on a cache with the class text matrix ``text`` [C, D] already computed.
 
     Groups are the cache's labels, or predicted (group = A*y + argmax_a cos(e, attribute_text[a])) when
-    ``attribute_text`` [A, D] is given. ``protocol="reference"`` refuses what the published pipeline does not do
-    (see ``check_reference_locate``) and takes the dataset's default minority groups."""
-    check_protocol(protocol)
+    ``attribute_text`` [A, D] is given. ``protocol`` decides what is refused and which minority groups count
+    (``toolchain.protocol.ProtocolPolicy.check_locate``; the reference protocol's: the dataset's defaults)."""
+    rules = policy(protocol)
     given_by = "--minority-groups"
-    if protocol == "reference":
-        if known_minority:
-            given_by = f"--protocol reference's minority groups (the dataset's defaults, {known_minority})"
-        minority_groups = check_reference_locate(cache, attribute_text, minority_groups, minority_from,
-                                                 max_spurious, max_salient, known_minority)
+    if rules.fixed_locate and known_minority:
+        given_by = f"{rules.option}'s minority groups (the dataset's defaults, {known_minority})"
+    minority_groups = rules.check_locate(cache, {"--attribute-prompts": attribute_text is not None,
+                                                 "--minority-from": minority_from != "counts",
+                                                 "--max-spurious": max_spurious is not None,
+                                                 "--max-salient": max_salient is not None},
+                                         known_minority, minority_groups)
     class_names = list(class_names or cache.class_names)
     if text.shape[0] != len(class_names):
         raise ClipDebiasError(f"{len(class_names)} class names but a text matrix of {text.shape[0]} rows")
@@ -337,9 +342,9 @@ def locate_terms(cache: DecompositionCache, text: torch.Tensor, *, class_names: 
     where = f"{cache.dataset}/{cache.split} cache ({group_source} groups)"
     choice = choose_minority(labels, groups, group_names, predictions, minority_groups, minority_from, where,
                              known_minority, given_by)
-    if protocol == "reference":
+    if rules.fixed_locate:
         choice = MinorityChoice(choice.groups, choice.names, "defaults", "the dataset's default minority groups "
-                                "(reference protocol)")
+                                f"({rules.name} protocol)")
     minority = torch.isin(groups, torch.tensor(choice.groups))
     correct = predictions == labels
     n_w = argmax_fractions(margins, minority & ~correct)
@@ -356,24 +361,6 @@ def locate_terms(cache: DecompositionCache, text: torch.Tensor, *, class_names: 
         tower_layers=cache.tower_layers, attribute_names=list(attribute_names or []), max_spurious=max_spurious,
         max_salient=max_salient,
     )
-
-
-def check_reference_locate(cache: DecompositionCache, attribute_text: torch.Tensor | None,
-                           minority_groups: list[int] | None, minority_from: str, max_spurious: int | None,
-                           max_salient: int | None, known_minority: list[int] | None) -> list[int]:
-    """The reference protocol's locate: TextSpan terms of every layer of a train-split cache, true group labels, no
-    caps; returns its minority groups (``toolchain.protocol.reference_minority``)."""
-    require_reference_cache(cache, "located")
-    if cache.split != "train":
-        raise ClipDebiasError(f"{cache.where()}: --protocol reference locates on the train split, this cache is "
-                              f"'{cache.split}' (decompose --split train)")
-    for given, option in ((attribute_text is not None, "--attribute-prompts"),
-                          (minority_from != "counts", "--minority-from"),
-                          (max_spurious is not None, "--max-spurious"), (max_salient is not None, "--max-salient")):
-        if given:
-            raise ClipDebiasError(f"{option}: not part of --protocol reference (true group labels, the dataset's "
-                                  "default minority groups, every head over the threshold)")
-    return reference_minority(cache.dataset, known_minority, minority_groups)
 
 
 def locate_cache(cache: DecompositionCache, clip: LoadedClip, *, class_names: list[str] | None = None,

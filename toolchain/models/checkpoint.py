@@ -31,13 +31,16 @@ import torch
 
 from clip_debias.runtime.atomic_output import atomic_file
 from clip_debias.runtime.manifest import sha256_file
-from clip_debias.runtime.ownership import WEIGHTS_CACHE_FORMAT
+from clip_debias.runtime.ownership import register_file_kind, safetensors_with
 from clip_debias.toolchain.errors import ClipDebiasError
 
 log = logging.getLogger("clip_debias.weights")
 
 CACHE_ENV = "CLIP_DEBIAS_CACHE_DIR"
 OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+WEIGHTS_CACHE_FORMAT = "clip-debias weights cache 1"  # metadata 'format' of a weights-cache entry
+register_file_kind("weights-cache-entry", "a weights-cache entry written by clip-debias",
+                   safetensors_with(format=WEIGHTS_CACHE_FORMAT))
 
 
 @dataclass
