@@ -34,9 +34,9 @@ exercises the dynamic axis); ``m = max(1, max |logits_torch|)``:
   the error bound has no defined order at that precision).
 
 A failed gate raises ``ClipDebiasError`` with the measured numbers and nothing is written. The tolerances and the
-comparison live in ``runtime.parity`` (``verify``'s bf16 gate uses them too); each graph runs through the runtime's
-own ONNX Runtime backend (``runtime.backends.OrtBackend`` over a ``ModelSource`` with the export's IO specs, before
-there is a manifest), so the gate checks what ``runtime.load`` will run.
+comparison live in ``runtime.precision_gate`` (``verify``'s bf16 gate uses them too); each graph runs through the
+runtime's own ONNX Runtime backend (``runtime.backends.OrtBackend`` over a ``ModelSource`` with the export's IO
+specs, before there is a manifest), so the gate checks what ``runtime.load`` will run.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ from clip_debias.runtime.errors import ClipDebiasError
 from clip_debias.runtime.integrity import verify_artifact
 from clip_debias.runtime.manifest import PRECISIONS, Manifest, Preprocessing, TensorSpec
 from clip_debias.runtime.ownership import MARKER_NAME
-from clip_debias.runtime.parity import GATE_BATCH, GateResult, compare, gate_images  # noqa: F401 (re-exported)
+from clip_debias.runtime.precision_gate import GATE_BATCH, GateResult, compare, gate_images  # noqa: F401 (re-exported)
 
 log = logging.getLogger("clip_debias.export")
 

@@ -34,7 +34,7 @@ from clip_debias.exporters.artifact import (ONNX_FP16, ONNX_FP32, TRT_PLAN, TRT_
 from clip_debias.runtime.backends import ModelSource, OrtBackend, TensorRTBackend, import_tensorrt
 from clip_debias.runtime.errors import ClipDebiasError
 from clip_debias.runtime.manifest import Manifest
-from clip_debias.runtime.parity import GateResult, compare, gate_images
+from clip_debias.runtime.precision_gate import GateResult, compare, gate_images
 
 log = logging.getLogger("clip_debias.export")
 TENSORRT_CONTEXT = "export tensorrt"  # how the missing-TensorRT line starts (runtime.backends.trt.import_tensorrt)

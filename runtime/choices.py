@@ -50,6 +50,13 @@ class DatasetFormat(Choice):
     CSV = "csv"
 
 
+class Dedupe(Choice):
+    """``--dedupe``: when two rows of a split name the same image file (``runtime.duplicates``)."""
+
+    PATH = "path"  # the same resolved path
+    CONTENT = "content"  # the same bytes (sha256 of the file)
+
+
 class FairFaceColumn(Choice):
     """``--target``: the FairFace column that is the class (``runtime.datasets.FAIRFACE_VALUES`` holds each column's
     values; the other two are attributes)."""

@@ -46,6 +46,13 @@ folder are followed as the file system resolves them.
 format), ``csv column`` (ids of a csv ``group`` column, named ``group_N``) or ``labels`` (a csv without one: each
 class is its own group).
 
+Bounded work (``runtime.limits.IndexChecks``): a metadata file of more than ``max_rows`` rows (default 10^6,
+``--max-rows``) is refused as soon as its reading passes that count; a file that takes longer than a few seconds to
+read logs its row count every few seconds (``runtime.progress.Heartbeat``). The same image file on two rows of the
+split is refused (``runtime.duplicates``: by resolved path, or by bytes with ``--dedupe content``; counterfactual
+pairs are not duplicates) unless ``allow_duplicates``: then each file counts once (its first row) and
+``DatasetIndex.duplicates_dropped`` says how many rows were dropped (also logged as a warning).
+
 Expected problems raise ``ClipDebiasError`` with one line naming the file, the line and the field. Images are not
 opened here (see ``toolchain.datasets.loader``).
 """
@@ -60,7 +67,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clip_debias.runtime.choices import DatasetFormat, Split
+from clip_debias.runtime.duplicates import drop_rows, duplicates_error, find_duplicates
 from clip_debias.runtime.errors import ClipDebiasError
+from clip_debias.runtime.limits import IndexChecks
+from clip_debias.runtime.progress import Heartbeat
 
 log = logging.getLogger("clip_debias.datasets")
 
@@ -122,6 +132,7 @@ class DatasetIndex:
     group_source: str = "dataset"  # dataset | csv column | labels (see the module docstring)
     attributes: list[Attribute] = field(default_factory=list)
     protected: str | None = None  # the attribute the fairness metrics are about (load_index's ``protected``)
+    duplicates_dropped: int = 0  # rows left out as repeats of an earlier row's file (``IndexChecks.allow_duplicates``)
 
     def attribute_ids(self, name: str) -> list[int]:
         """The value id of attribute ``name`` for every record (``attributes`` order; the first attribute of a
@@ -154,13 +165,15 @@ class Table:
 
 def load_index(dataset: str, data: Path, split: str, *, classes: list[str] | None = None,
                allow_outside_root: bool = False, target: str | None = None,
-               protected: str | None = None) -> DatasetIndex:
+               protected: str | None = None, checks: IndexChecks | None = None) -> DatasetIndex:
     """The records of ``split`` (train/val/test) of ``dataset`` (one of ``FORMATS``) stored at ``data``.
     ``classes`` names (and for string labels orders) the classes of a ``csv`` dataset. ``allow_outside_root``:
     accept image paths that leave the data folder (see the module docstring). ``target``: the class column of
     ``fairface`` (required there, refused elsewhere). ``protected``: the attribute the fairness metrics are about
-    (``DatasetIndex.protected``), one of the dataset's attributes; default its first, if it has any."""
+    (``DatasetIndex.protected``), one of the dataset's attributes; default its first, if it has any. ``checks``: the
+    row count and duplicate rules (module docstring; default ``IndexChecks()``)."""
     data = Path(data)
+    checks = checks or IndexChecks()
     if dataset not in FORMATS:
         raise ClipDebiasError(f"dataset format '{dataset}' is unknown (expected one of: {', '.join(FORMATS)})")
     if split not in SPLITS:
@@ -173,14 +186,32 @@ def load_index(dataset: str, data: Path, split: str, *, classes: list[str] | Non
         raise ClipDebiasError(f"--target: the fairface format needs one of {', '.join(FAIRFACE_VALUES)}"
                               if target is None else f"--target {target}: only the fairface format has a target")
     if dataset == "fairface":
-        index = _load_fairface(data, split, target, protected, allow_outside_root)  # type: ignore[arg-type]
+        index = _load_fairface(data, split, target, protected, allow_outside_root,  # type: ignore[arg-type]
+                               checks.max_rows)
     else:
         loaders = {"waterbirds": _load_waterbirds, "celeba": _load_celeba, "csv": _load_csv}
-        index = loaders[dataset](data, split, classes, allow_outside_root)
+        index = loaders[dataset](data, split, classes, allow_outside_root, checks.max_rows)
     if not index.records:
         raise ClipDebiasError(f"{data}: split '{split}' of the {dataset} dataset has no images")
     index.protected = _protected(index, protected)
+    dedupe(index, checks)
     return index
+
+
+def dedupe(index: DatasetIndex, checks: IndexChecks) -> None:
+    """Refuse a split that lists one image file on two rows, or with ``checks.allow_duplicates`` keep the first row
+    of each file (``index.duplicates_dropped`` rows dropped, one warning line)."""
+    paths = [r.path for r in index.records]
+    found = find_duplicates(paths, [r.pair for r in index.records], checks.dedupe)
+    if not found:
+        return
+    where = f"{index.root}: split '{index.split}' of the {index.dataset} dataset"
+    if not checks.allow_duplicates:
+        raise duplicates_error(found, paths, where, checks.dedupe)
+    index.records = drop_rows(index.records, found.rows)
+    index.duplicates_dropped = len(found)
+    log.warning("warning: %s: %d duplicate row(s) dropped (--allow-duplicates, --dedupe %s): each of its %d image "
+                "files counts once", where, len(found), checks.dedupe, len(index.records))
 
 
 def _protected(index: DatasetIndex, protected: str | None) -> str | None:
@@ -231,12 +262,27 @@ def _table(path: Path, columns: list[str], lines: list[tuple[int, list[str]]]) -
     return Table(path, columns, rows)
 
 
-def read_csv(path: Path, required: tuple[str, ...]) -> Table:
-    """A comma-separated file with a header line holding at least the ``required`` columns."""
+def _too_many_rows(path: Path, max_rows: int) -> ClipDebiasError:
+    return ClipDebiasError(f"{path}: more than {max_rows:,} rows, over the limit of --max-rows {max_rows:,} (raise "
+                           "it to read a larger file)")
+
+
+def read_csv(path: Path, required: tuple[str, ...], max_rows: int | None = None) -> Table:
+    """A comma-separated file with a header line holding at least the ``required`` columns; more than ``max_rows``
+    rows below the header are refused as soon as they are read."""
+    limit = max_rows + 1 if max_rows is not None else None  # + the header line
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
-            lines = [(reader.line_num, [v.strip() for v in row]) for row in reader if row]
+            lines = []
+            beat = Heartbeat(f"reading {path}", "rows", log)
+            for row in reader:
+                if not row:
+                    continue
+                lines.append((reader.line_num, [v.strip() for v in row]))
+                beat.tick(len(lines))
+                if limit is not None and len(lines) > limit:
+                    raise _too_many_rows(path, max_rows)  # type: ignore[arg-type]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise ClipDebiasError(f"{path}: cannot read CSV ({e})") from e
     if not lines:
@@ -247,14 +293,23 @@ def read_csv(path: Path, required: tuple[str, ...]) -> Table:
 
 
 def read_whitespace(path: Path, required: tuple[str, ...], *, columns: list[str] | None = None,
-                    skip: int = 0) -> Table:
+                    skip: int = 0, max_rows: int | None = None) -> Table:
     """A whitespace-separated file whose rows start with an image file name (column ``filename``): ``skip`` lines
-    ignored, then a header line naming the other columns unless ``columns`` names them."""
+    ignored, then a header line naming the other columns unless ``columns`` names them; more than ``max_rows`` rows
+    are refused as soon as they are read."""
+    limit = None if max_rows is None else max_rows + (columns is None)
+    lines = []
+    beat = Heartbeat(f"reading {path}", "rows", log)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        with open(path, encoding="utf-8-sig") as f:
+            for n, text in enumerate(f, 1):
+                if n > skip and text.strip():
+                    lines.append((n, text.split()))
+                    beat.tick(len(lines))
+                    if limit is not None and len(lines) > limit:
+                        raise _too_many_rows(path, max_rows)  # type: ignore[arg-type]
     except (OSError, UnicodeDecodeError) as e:
         raise ClipDebiasError(f"{path}: cannot read ({e})") from e
-    lines = [(n, s.split()) for n, s in enumerate(text.splitlines(), 1) if n > skip and s.strip()]
     if columns is None:
         if not lines:
             raise ClipDebiasError(f"{path}: empty file (expected a header line naming the columns)")
@@ -284,6 +339,8 @@ def parse_partition(table: Table, line: int, column: str, value: str) -> str:
 def image_path(root: Path, table: Table, line: int, column: str, value: str, allow_outside_root: bool) -> Path:
     """``root / value``; an absolute ``value`` or one whose ``..`` leave ``root`` is refused unless
     ``allow_outside_root``."""
+    if "\0" in value:
+        raise ClipDebiasError(f"{table.where(line, column)} holds a NUL character (not a file path)")
     norm = os.path.normpath(value)
     if not allow_outside_root and (os.path.isabs(value) or norm == os.pardir or norm.startswith(os.pardir + os.sep)):
         raise ClipDebiasError(f"{table.where(line, column)} '{value}' leaves the data folder {root} (an absolute "
@@ -300,9 +357,9 @@ def crossed_groups(class_names: list[str], *attribute_names: list[str]) -> list[
 # ---- formats ---------------------------------------------------------------------------------------------------
 
 
-def _load_waterbirds(data: Path, split: str, classes: list[str] | None, outside: bool) -> DatasetIndex:
+def _load_waterbirds(data: Path, split: str, classes: list[str] | None, outside: bool, max_rows: int) -> DatasetIndex:
     path = _require_file(data / "metadata.csv", "the Waterbirds metadata with columns img_filename, y, split, place")
-    table = read_csv(path, ("img_filename", "y", "split", "place"))
+    table = read_csv(path, ("img_filename", "y", "split", "place"), max_rows)
     attributes = [Attribute("place", tuple(WATERBIRDS_ATTRIBUTES))]
     if "object" in table.columns:
         attributes.append(Attribute("object", tuple(WATERBIRDS_OBJECTS)))
@@ -329,25 +386,25 @@ def _load_waterbirds(data: Path, split: str, classes: list[str] | None, outside:
 
 
 def _celeba_table(data: Path, stem: str, what: str, required: tuple[str, ...], txt_columns: list[str] | None,
-                  txt_skip: int) -> tuple[Table, str]:
+                  txt_skip: int, max_rows: int) -> tuple[Table, str]:
     """``stem``.txt (published) or ``stem``.csv (Kaggle) as a table, and the name of its image file column."""
     path = _first_existing(data, (f"{stem}.txt", f"{stem}.csv"), what)
     if path.suffix == ".csv":
-        return read_csv(path, ("image_id", *required)), "image_id"
-    return read_whitespace(path, required, columns=txt_columns, skip=txt_skip), "filename"
+        return read_csv(path, ("image_id", *required), max_rows), "image_id"
+    return read_whitespace(path, required, columns=txt_columns, skip=txt_skip, max_rows=max_rows), "filename"
 
 
-def _load_celeba(data: Path, split: str, classes: list[str] | None, outside: bool) -> DatasetIndex:
+def _load_celeba(data: Path, split: str, classes: list[str] | None, outside: bool, max_rows: int) -> DatasetIndex:
     images = data / "img_align_celeba"
     if (images / "img_align_celeba").is_dir():  # Kaggle's archive nests the folder
         images = images / "img_align_celeba"
     if not images.is_dir():
         raise ClipDebiasError(f"{images}: not found (expected the CelebA image folder)")
     parts, part_key = _celeba_table(data, "list_eval_partition", "the CelebA partition file", ("partition",),
-                                    ["partition"], 0)
+                                    ["partition"], 0, max_rows)
     split_of = {row[part_key]: parse_partition(parts, line, "partition", row["partition"]) for line, row in parts.rows}
     attrs, attr_key = _celeba_table(data, "list_attr_celeba", "the CelebA attribute file",
-                                    (CELEBA_TARGET, CELEBA_ATTRIBUTE), None, 1)
+                                    (CELEBA_TARGET, CELEBA_ATTRIBUTE), None, 1, max_rows)
     records = []
     for line, row in attrs.rows:
         name = row[attr_key]
@@ -426,9 +483,9 @@ def _pair_ids(table: Table, labels: list[int]) -> list[int | None]:
     return pairs
 
 
-def _load_csv(data: Path, split: str, classes: list[str] | None, outside: bool) -> DatasetIndex:
+def _load_csv(data: Path, split: str, classes: list[str] | None, outside: bool, max_rows: int) -> DatasetIndex:
     path = _require_file(data / "data.csv", "a CSV with columns path,label[,group][,split]") if data.is_dir() else data
-    table = read_csv(path, ("path", "label"))
+    table = read_csv(path, ("path", "label"), max_rows)
     ids, class_names = _class_ids(table, classes)
     has_group, has_split = "group" in table.columns, "split" in table.columns
     groups = [parse_int(table, line, "group", row["group"]) for line, row in table.rows] if has_group else ids
@@ -457,7 +514,8 @@ def _load_csv(data: Path, split: str, classes: list[str] | None, outside: bool) 
                         group_source="csv column" if has_group else "labels", attributes=attributes)
 
 
-def _load_fairface(data: Path, split: str, target: str, protected: str | None, outside: bool) -> DatasetIndex:
+def _load_fairface(data: Path, split: str, target: str, protected: str | None, outside: bool,
+                   max_rows: int) -> DatasetIndex:
     if target not in FAIRFACE_VALUES:
         raise ClipDebiasError(f"--target {target}: expected one of {', '.join(FAIRFACE_VALUES)} (a FairFace column)")
     others = [c for c in ("gender", "race", "age") if c != target]  # the default protected attribute first
@@ -470,7 +528,7 @@ def _load_fairface(data: Path, split: str, target: str, protected: str | None, o
     path = _require_file(data / name, f"FairFace's {split} labels with columns file, age, gender, race")
     if split == "test":
         log.warning("warning: FairFace publishes no test split: split 'test' reads %s, the validation labels", name)
-    table = read_csv(path, ("file", *FAIRFACE_VALUES))
+    table = read_csv(path, ("file", *FAIRFACE_VALUES), max_rows)
 
     def value_id(line: int, row: dict[str, str], column: str) -> int:
         allowed = FAIRFACE_VALUES[column]

@@ -5,8 +5,16 @@ Rules:
 
 - **Pixel limit**: the size is read from the file's header first; an image of more than ``max_pixels`` pixels
   (default ``DEFAULT_MAX_PIXELS`` = 50 million, e.g. 7071 x 7071) is refused before it is decoded (a 13000 x 13000
-  PNG is 531 KB on disk and 737 MB decoded). PIL's own guard (``PIL.Image.MAX_IMAGE_PIXELS``, 89.5 M; refused
-  above twice that) stays in force on top.
+  PNG is 531 KB on disk and 737 MB decoded). The limit applies to **every sub-image a container holds**, each read
+  from its header by Pillow's own parsers before anything is decoded (``check_frames``): every entry of an ICO
+  (``IcoImagePlugin.IcoFile``, looked at before ``Image.open``, which decodes the largest entry; an entry's PNG may
+  be far larger than the ICO directory says), every size of an ICNS (``icns.getimage``, PNG entries unloaded),
+  every page / frame of the formats whose ``seek`` reads a header only (TIFF pages, MPO frames, PSD layers, DCX
+  pages). Animated GIF / PNG / WebP frames are drawn inside the canvas (WebP and APNG: the format requires it and
+  Pillow refuses a frame outside; GIF: Pillow grows the canvas to the first frame when it opens the file), so the
+  canvas size checked first bounds them; only the first frame is ever decoded. PIL's own guard
+  (``PIL.Image.MAX_IMAGE_PIXELS``, 89.5 M: a ``DecompressionBombWarning``, an error above twice that) stays in
+  force on top, and a warning that a ``-W error`` run turns into an exception is one ``ImageError`` line too.
 - **Bit depth**: every image comes out with 8-bit samples. 16-bit grayscale (PIL modes ``I;16``, ``I;16L``,
   ``I;16B``, ``I;16N``, and a 16-bit PNG opened as ``I``) becomes ``L`` with ``v8 = v16 >> 8`` (the high byte),
   the rule PIL itself applies when it decodes 16-bit RGB / RGBA PNGs (RGB48 / RGBA64) to ``RGB`` / ``RGBA``. An
@@ -22,16 +30,20 @@ Every refusal is an ``ImageError`` (an ``InputError``): ``"PATH: cannot read ima
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import IcoImagePlugin, Image, UnidentifiedImageError
 
 from clip_debias.runtime.errors import InputError
 from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+HEADER_SEEK_FORMATS = ("TIFF", "MPO", "PSD", "DCX")  # formats whose seek(i) reads frame i's header, decodes nothing
+ICO_MAGIC = b"\x00\x00\x01\x00"  # the first 4 bytes of an ICO file (Pillow's IcoImagePlugin checks the same)
 EIGHT_BIT_MODES = ("1", "L", "P", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV", "LA", "La", "PA")
 
 
@@ -77,15 +89,83 @@ def check_pixels(width: int, height: int, max_pixels: int | None, path: str | os
                                "(--max-pixels / max_pixels)")
 
 
-def load_image(path: str | os.PathLike[str] | BinaryIO, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open, check the size, fully decode and bring to 8-bit samples (see the module docstring). ``path`` may also be
-    a binary file object (an image received by a server): messages then name it by its ``str``."""
+def _check_sizes(sizes: list[tuple[int, int]], max_pixels: int | None, what: str,
+                 path: str | os.PathLike[str] | BinaryIO | None) -> None:
+    """Refuse the first of ``sizes`` (the sub-images of one file) over ``max_pixels``, naming which one it is."""
+    if max_pixels is None:
+        return
+    for k, (width, height) in enumerate(sizes):
+        if width * height > max_pixels:
+            where = f"{what} {k + 1} of {len(sizes)}: " if what != "image" else ""
+            reason = f"{where}{width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,} " \
+                     "(--max-pixels / max_pixels)"
+            raise ImageError(path, reason)  # type: ignore[arg-type]
+
+
+def check_ico(fp: BinaryIO, max_pixels: int | None, path: str | os.PathLike[str] | BinaryIO | None = None) -> None:
+    """Refuse an ICO file (``fp`` at its start; left there) with an entry over ``max_pixels``, from the entries'
+    headers (``IcoFile.frame`` opens a PNG entry without decoding it); a file that is not an ICO is left alone."""
+    start = fp.tell()
+    if fp.read(4) != ICO_MAGIC:
+        fp.seek(start)
+        return
+    fp.seek(start)
+    ico = IcoImagePlugin.IcoFile(fp)
     try:
-        with Image.open(path if hasattr(path, "read") else Path(path)) as im:  # type: ignore[arg-type]
-            check_pixels(im.width, im.height, max_pixels, path)
-            im.load()
-            return to_8bit(im, path)
+        _check_sizes([ico.frame(i).size for i in range(len(ico.entry))], max_pixels, "entry", path)
+    finally:
+        fp.seek(start)
+
+
+def check_frames(im: Image.Image, max_pixels: int | None,
+                 path: str | os.PathLike[str] | BinaryIO | None = None) -> None:
+    """Refuse an opened, not yet decoded image with a sub-image over ``max_pixels``: its own size, each ICNS size,
+    each page / frame of a ``HEADER_SEEK_FORMATS`` file (left on frame 0). See the module docstring."""
+    _check_sizes([im.size], max_pixels, "image", path)
+    if im.format == "ICNS":
+        sizes = [im.icns.getimage(size).size for size in im.info["sizes"]]  # type: ignore[attr-defined]
+        _check_sizes(sizes, max_pixels, "size", path)
+    frames = getattr(im, "n_frames", 1)
+    if im.format in HEADER_SEEK_FORMATS and frames > 1:
+        sizes = []
+        for i in range(frames):
+            im.seek(i)
+            sizes.append(im.size)
+        im.seek(0)
+        _check_sizes(sizes, max_pixels, "frame", path)
+
+
+@contextmanager
+def _opened(path: str | os.PathLike[str] | BinaryIO) -> Iterator[BinaryIO]:
+    """``path`` as a binary file object (a given one is not closed)."""
+    if hasattr(path, "read"):
+        yield path  # type: ignore[misc]
+        return
+    with open(Path(path), "rb") as f:  # type: ignore[arg-type]
+        yield f
+
+
+@contextmanager
+def open_image(path: str | os.PathLike[str] | BinaryIO,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Iterator[Image.Image]:
+    """The image at ``path`` opened, every sub-image's size checked (``check_ico``, ``check_frames``), not decoded;
+    whatever goes wrong in the block or before it that PIL raises is one ``ImageError`` line. ``path`` may also be a
+    binary file object (an image received by a server): messages then name it by its ``str``."""
+    try:
+        with _opened(path) as fp:
+            check_ico(fp, max_pixels, path)
+            with Image.open(fp) as im:
+                check_frames(im, max_pixels, path)
+                yield im
     except ImageError:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # SyntaxError: PIL's bad headers
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError, Warning) as e:
+        # SyntaxError: PIL's bad headers; Warning: e.g. DecompressionBombWarning in a ``-W error`` run
         raise ImageError(path, _reason(e)) from None
+
+
+def load_image(path: str | os.PathLike[str] | BinaryIO, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """``open_image``, fully decode and bring to 8-bit samples (see the module docstring)."""
+    with open_image(path, max_pixels) as im:
+        im.load()
+        return to_8bit(im, path)

@@ -142,6 +142,13 @@ class Manifest:
         """The listed model file of that kind and precision, if any."""
         return next((f for f in self.files if f.kind == kind and f.precision == precision), None)
 
+    @property
+    def transductive(self) -> bool:
+        """True when the model was built under the reference (transductive) protocol: recorded by the build in its
+        plan (``plan.plan.transductive``; ``toolchain.protocol``)."""
+        inner = self.plan.get("plan")
+        return bool((inner.get("transductive") if isinstance(inner, dict) else None) or self.plan.get("transductive"))
+
     @classmethod
     def from_dict(cls, d: Any, source: str = MANIFEST_NAME) -> "Manifest":
         """Validate and build; any problem raises a one-line ``ArtifactError`` naming the file and field. The format
@@ -182,3 +189,7 @@ class Manifest:
         if not path.is_file():
             raise ArtifactError(f"{path}: missing (not an artifact directory, or an export that did not finish)")
         return cls.from_dict(read_json(path, MANIFEST_WHAT, ArtifactError), source=str(path))
+
+
+TRANSDUCTIVE_WARNING = ("this model was built under the reference (transductive) protocol: its ablation means come "
+                        "from the evaluated split itself; not a deployable model")

@@ -7,8 +7,10 @@
 - **shortcut attributes** (Whac-A-Mole gaps): ``options.shortcut_attributes`` (background-like, co-object-like),
   else the dataset's attributes when it has exactly two (lab data made with ``--shortcuts background,object``:
   ``place``, ``object``); each must have one value per class (value v agrees with class v).
-- **train correlation** p_agree: ``options.train_correlation``, else ``DATA/lab.json``'s ``correlation`` (bias-lab
-  data: the agreement of its own train split), else UrbanCars' 0.95.
+- **train correlation**, one per shortcut attribute (Whac-A-Mole's ``bg_ratio`` and ``co_occur_obj_ratio``):
+  ``options.train_correlation`` (one fraction for both, or ``{"background": p, "object": p}``), else
+  ``DATA/lab.json``'s ``correlations`` per attribute name or its ``correlation`` for both (bias-lab data: the
+  agreement of its own train split), else UrbanCars' 0.95 for both.
 - **pairs**: the records' counterfactual pair ids (csv ``pair`` column; lab data made with ``--counterfactual``).
 
 A section the data cannot give is named in ``BiasInputs.missing`` with the reason, the words ``verify`` uses to
@@ -29,6 +31,8 @@ from clip_debias.runtime.errors import InputError
 from clip_debias.runtime.metrics import (DEFAULT_P_AGREE, DEFAULT_SKEW_K, AttributeColumn, BiasInputs,
                                          class_aligned)
 
+ROLES = ("background", "object")  # the two shortcut attributes' roles (--train-correlation background=P,object=P)
+
 LAB_INFO = "lab.json"  # written by 'clip-debias lab make-data' (toolchain.lab.data.LAB_MARKER)
 LAB_GENERATOR = "clip-debias lab"
 
@@ -36,16 +40,22 @@ LAB_GENERATOR = "clip-debias lab"
 @dataclass(frozen=True)
 class MetricOptions:
     """The options of the metrics beyond accuracy (``verify`` / ``evaluate``): ``shortcut_attributes``
-    (``--shortcut-attributes BG,COOBJ``), ``train_correlation`` (``--train-correlation``), ``skew_k``
-    (``--skew-k``)."""
+    (``--shortcut-attributes BG,COOBJ``), ``train_correlation`` (``--train-correlation``: one fraction for both
+    shortcut attributes, or one per role in ``ROLES``), ``skew_k`` (``--skew-k``)."""
 
     shortcut_attributes: tuple[str, str] | None = None
-    train_correlation: float | None = None
+    train_correlation: float | dict[str, float] | None = None
     skew_k: tuple[int, ...] = DEFAULT_SKEW_K
 
     def __post_init__(self) -> None:
-        if self.train_correlation is not None and not 0.0 <= self.train_correlation <= 1.0:
-            raise InputError(f"--train-correlation {self.train_correlation}: expected a fraction in [0, 1]")
+        given = self.train_correlation
+        values = given.values() if isinstance(given, dict) else [] if given is None else [given]
+        if isinstance(given, dict) and set(given) != set(ROLES):
+            raise InputError(f"--train-correlation: expected one fraction, or both of {', '.join(ROLES)} "
+                             "(background=0.95,object=0.9)")
+        if any(not 0.0 <= v <= 1.0 for v in values):
+            raise InputError(f"--train-correlation {given}: expected a fraction in [0, 1] (one per attribute, or one "
+                             "for both)")
         if not self.skew_k or any(k < 1 for k in self.skew_k):
             raise InputError(f"--skew-k {','.join(map(str, self.skew_k))}: expected integers >= 1")
         if self.shortcut_attributes is not None and (len(self.shortcut_attributes) != 2
@@ -54,9 +64,10 @@ class MetricOptions:
                              "attribute names (background-like, co-object-like)")
 
 
-def lab_correlation(root: Path) -> float | None:
-    """The ``correlation`` recorded in ``root/lab.json`` by the bias lab's generator; None when there is no such
-    file. A lab.json that is not the generator's, or without a valid correlation, is one ``InputError`` line."""
+def lab_correlation(root: Path) -> float | dict[str, float] | None:
+    """What ``root/lab.json`` (the bias lab's generator's) records of its train split's agreement: ``correlations``
+    ({attribute name: fraction}) when present, else the ``correlation`` of every attribute; None when there is no
+    such file. A lab.json that is not the generator's, or without a valid value, is one ``InputError`` line."""
     path = root / LAB_INFO
     if not path.is_file():
         return None
@@ -64,11 +75,17 @@ def lab_correlation(root: Path) -> float | None:
         info = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"{path}: not valid JSON ({e}); pass --train-correlation to set p_agree") from None
-    value = info.get("correlation") if isinstance(info, dict) else None
     if not isinstance(info, dict) or info.get("generator") != LAB_GENERATOR:
         return None  # someone else's lab.json: not ours to read
+    per = info.get("correlations")
+    if isinstance(per, dict):
+        return {str(k): _fraction(path, f"correlations.{k}", v) for k, v in per.items()}
+    return _fraction(path, "correlation", info.get("correlation"))
+
+
+def _fraction(path: Path, name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise InputError(f"{path}: field 'correlation': expected a fraction in [0, 1], got {value!r}; pass "
+        raise InputError(f"{path}: field '{name}': expected a fraction in [0, 1], got {value!r}; pass "
                          "--train-correlation to set p_agree")
     return float(value)
 
@@ -86,7 +103,7 @@ class MetricSource:
     attributes: list[AttributeColumn]
     protected: str | None
     pairs: np.ndarray | None
-    train_correlation: float | None = None
+    train_correlation: float | dict[str, float] | None = None  # one for every attribute, or per attribute name
     train_correlation_from: str = ""
 
     def attribute(self, name: str) -> AttributeColumn:
@@ -138,12 +155,24 @@ def _shortcuts(source: MetricSource, chosen: tuple[str, str] | None
     return pair, ""  # type: ignore[return-value]
 
 
-def _p_agree(source: MetricSource, given: float | None) -> tuple[float, str]:
+def _p_agree(source: MetricSource, given: float | dict[str, float] | None,
+             shortcuts: tuple[AttributeColumn, AttributeColumn]) -> tuple[float, float, str]:
+    """(background's, object's train correlation, where they come from)."""
     if given is not None:
-        return given, "--train-correlation"
-    if source.train_correlation is not None:
-        return source.train_correlation, f"{source.train_correlation_from} (the correlation of its train split)"
-    return DEFAULT_P_AGREE, "UrbanCars' default (the data records no train correlation; set --train-correlation)"
+        pair = (given["background"], given["object"]) if isinstance(given, dict) else (given, given)
+        return *pair, "--train-correlation"
+    recorded = source.train_correlation
+    if isinstance(recorded, dict):
+        absent = [a.name for a in shortcuts if a.name not in recorded]
+        if absent:
+            raise InputError(f"{source.train_correlation_from}: 'correlations' has no value for attribute "
+                             f"{absent[0]}; pass --train-correlation background=P,object=P")
+        recorded_pair = (recorded[shortcuts[0].name], recorded[shortcuts[1].name])
+        return *recorded_pair, f"{source.train_correlation_from} (the correlations of its train split)"
+    if recorded is not None:
+        return recorded, recorded, f"{source.train_correlation_from} (the correlation of its train split)"
+    return (DEFAULT_P_AGREE, DEFAULT_P_AGREE,
+            "UrbanCars' default (the data records no train correlation; set --train-correlation)")
 
 
 def metric_inputs(source: MetricSource | DatasetIndex, options: MetricOptions | None = None) -> BiasInputs:
@@ -158,11 +187,12 @@ def metric_inputs(source: MetricSource | DatasetIndex, options: MetricOptions | 
                   + (" (a csv names its attributes by extra columns)" if source.dataset == "csv" else ""))
         missing["skew"] = missing["parity"] = reason
     shortcuts, why = _shortcuts(source, options.shortcut_attributes)
-    p_agree, p_from = _p_agree(source, options.train_correlation) if shortcuts is not None else (DEFAULT_P_AGREE, "")
+    p_agree, p_object, p_from = (_p_agree(source, options.train_correlation, shortcuts) if shortcuts is not None
+                                 else (DEFAULT_P_AGREE, DEFAULT_P_AGREE, ""))
     if shortcuts is None:
         missing["shortcut_gaps"] = why
     if source.pairs is None:
         missing["counterfactual"] = (f"{source.where} has no counterfactual pairs (a csv 'pair' column; lab data "
                                      "made with 'lab make-data --counterfactual')")
     return BiasInputs(list(source.class_names), protected, shortcuts, source.pairs, p_agree, p_from,
-                      tuple(options.skew_k), missing)
+                      tuple(options.skew_k), missing, p_object)

@@ -254,7 +254,7 @@ class FileKind:
 FILE_KIND_WRITERS: dict[str, str] = {
     "decomposition-cache": "clip_debias.toolchain.decompose.cache",
     "locate-plan": "clip_debias.toolchain.locate.ltc",
-    "verify-report": "clip_debias.runtime.verify",
+    "verify-report": "clip_debias.runtime.verify.report",
     "bench-report": "clip_debias.exporters.bench",
     "compare-file": "clip_debias.toolchain.evaluate",
     "demo-summary": "clip_debias.toolchain.demo",

@@ -2,11 +2,12 @@
 
 The driver reads the dataset index (``runtime.datasets``, as local ``verify`` does); Ray Data maps it in batches of
 ``batch_size`` over a pool of ``actors`` actors (``map_batches`` with a callable class: one ``runtime.load`` per
-actor). Each actor decodes and preprocesses its batch, warms its backend up on its first batch, and times the backend
-call alone per batch (latency per actor); it returns each image's logits and whether it was read. The driver puts
-the predictions back in dataset order and ``runtime.verify.verify`` computes every number from them, the same code
-as for a local run, so the report is the local one (same JSON schema; accuracies and groups equal) with Ray's part
-in its ``backend`` entry: ``engine: "ray"``, the address, the actor count and each actor's batches and latency.
+actor). Each actor runs its batch through local verify's ``runtime.verify.engine.BatchRunner`` (decode and
+preprocess, warm the backend up on its first batch, time the backend call alone: latency per actor); it returns each
+image's logits and whether it was read. The driver puts the predictions back in dataset order and
+``runtime.verify.report.aggregate`` computes every number from them, the same code as for a local run, so the
+report is the local one (same JSON schema; accuracies and groups equal) with Ray's part in its ``backend`` entry:
+``engine: "ray"``, the address, the actor count and each actor's batches and latency.
 
 The precision gate (bf16) and the backend description come from one Ray task that loads the artifact where the
 actors run. On a cluster (``address``) the artifact and the dataset must be readable at the same paths on the driver
@@ -26,8 +27,8 @@ import numpy as np
 
 from clip_debias.runtime.errors import ClipDebiasError, InputError
 from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS
-from clip_debias.runtime.parity import GateResult
-from clip_debias.runtime.verify import Predictions
+from clip_debias.runtime.precision_gate import GateResult
+from clip_debias.runtime.verify.engine import Predictions
 
 ENGINE = "ray"
 LOOPBACK = "127.0.0.1"
@@ -63,63 +64,37 @@ def _probe(artifact: str, load_args: dict[str, Any]) -> dict[str, Any]:
     """Run as a Ray task: load the artifact where the actors run (its checks and ``expected_digest`` there); the
     backend description, class and group names, digest and precision gate."""
     from clip_debias.runtime.classifier import load
-    from clip_debias.runtime.verify import LocalEngine
+    from clip_debias.runtime.verify.engine import LocalEngine
 
     clf = load(artifact, **load_args)
     return {"info": clf.info(), "class_names": clf.class_names, "group_names": clf.group_names,
-            "digest": clf.digest, "gate": LocalEngine(clf).precision_gate()}
+            "digest": clf.digest, "gate": LocalEngine(clf).precision_gate(), "transductive": clf.manifest.transductive}
 
 
 class VerifyActor:
-    """One actor of the pool: one ``runtime.load``; ``__call__`` classifies a batch of the dataset index."""
+    """One actor of the pool: one ``runtime.load``; ``__call__`` classifies a batch of the dataset index through the
+    ``BatchRunner`` local verify uses (an error is returned as data: Ray would wrap a raised one past recognition)."""
 
     def __init__(self, artifact: str, load_args: dict[str, Any], warmup: int, skip_bad: bool) -> None:
         from clip_debias.runtime.classifier import load
+        from clip_debias.runtime.verify.engine import BatchRunner
 
-        self.clf = load(artifact, **load_args)
-        self.warmup, self.skip_bad, self.warm, self.batches = warmup, skip_bad, False, 0
+        self.runner = BatchRunner(load(artifact, **load_args), warmup, skip_bad)
+        self.batches = 0
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
-    def _decode(self, path: str, errors: list[str]) -> np.ndarray | None:
-        from clip_debias.runtime.errors import InputError
-
-        try:
-            return self.clf.preprocess(path)
-        except InputError as e:
-            if not self.skip_bad:
-                errors.append(str(e))
-            return None
-
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from clip_debias.runtime.verify import check_finite
-
         n = len(batch["i"])
         paths = [str(p) for p in batch["path"]]
-        errors: list[str] = []
-        arrays = [self._decode(p, errors) for p in paths]
-        ok = np.array([a is not None for a in arrays])
-        out = np.zeros((n, len(self.clf.class_names)), dtype=np.float32)
-        latency = np.nan
-        if ok.any() and not errors:
-            x = self.clf.check_batch(np.stack([a for a in arrays if a is not None]))
-            if not self.warm:
-                for _ in range(self.warmup):
-                    self.clf.backend.run(x)
-                self.warm = True
-            t0 = time.perf_counter()
-            logits, emb = self.clf.backend.run(x)
-            latency = (time.perf_counter() - t0) * 1000.0
-            try:
-                check_finite(self.clf, logits, emb, [p for p, a in zip(paths, arrays) if a is not None])
-            except InputError as e:
-                errors.append(str(e))
-            out[ok] = np.asarray(logits, dtype=np.float32)
-        if errors:  # returned as data: Ray would wrap a raised error past recognition
-            return {"i": batch["i"], "logits": out, "kept": np.zeros(n, dtype=bool),
-                    "actor": np.array([self.name] * n), "batch": np.full(n, 0), "latency_ms": np.full(n, np.nan),
-                    "error": np.array([errors[0]] * n)}
+        try:
+            result = self.runner.run([self.runner.decode(p) for p in paths], paths)
+        except InputError as e:
+            return {"i": batch["i"], "logits": np.zeros((n, len(self.runner.clf.class_names)), dtype=np.float32),
+                    "kept": np.zeros(n, dtype=bool), "actor": np.array([self.name] * n), "batch": np.full(n, 0),
+                    "latency_ms": np.full(n, np.nan), "error": np.array([str(e)] * n)}
         self.batches += 1
-        return {"i": batch["i"], "logits": out, "kept": ok, "actor": np.array([self.name] * n),
+        latency = np.nan if result.ms is None else result.ms
+        return {"i": batch["i"], "logits": result.logits, "kept": result.kept, "actor": np.array([self.name] * n),
                 "batch": np.full(n, self.batches), "latency_ms": np.full(n, latency), "error": np.array([""] * n)}
 
 
@@ -169,6 +144,7 @@ class RayEngine:
         self.class_names: list[str] = []
         self.group_names: list[str] = []
         self.digest: str | None = None
+        self.transductive = False
         self.per_actor: dict[str, dict[str, float]] = {}
 
     def __enter__(self) -> "RayEngine":
@@ -196,6 +172,7 @@ class RayEngine:
             raise _user_error(e) or e from None
         self._info, self._gate, self.digest = found["info"], found["gate"], found["digest"]
         self.class_names, self.group_names = found["class_names"], found["group_names"]
+        self.transductive = bool(found["transductive"])
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -16,7 +16,7 @@ import torch
 import clip_debias.exporters.onnx_export as ox
 from clip_debias.exporters.artifact import staged_artifact
 from clip_debias.exporters.onnx_export import export_module_onnx, export_onnx, export_onnx_report
-from clip_debias.runtime import parity
+from clip_debias.runtime import precision_gate as parity
 from clip_debias.runtime.backends import ort_session
 from clip_debias.runtime.errors import ClipDebiasError
 from clip_debias.runtime.manifest import MANIFEST_NAME, Manifest

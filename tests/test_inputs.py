@@ -232,9 +232,12 @@ def test_cli_allow_outside_root(tmp_path: Path) -> None:
 
 
 def test_max_skipped_parse() -> None:
-    assert MaxSkipped.parse("5") == MaxSkipped(count=5) and MaxSkipped.parse("0.02") == MaxSkipped(fraction=0.02)
+    """One meaning per number: N images or P%; '1' is one image, '1%' one percent; a bare fraction ('1.0', '0.5',
+    '0.02': '1.0' once meant 100 % a digit away from '1' = one image) is refused in one line naming both forms."""
+    assert MaxSkipped.parse("5") == MaxSkipped(count=5) and MaxSkipped.parse("1") == MaxSkipped(count=1)
+    assert MaxSkipped.parse("1%") == MaxSkipped(fraction=0.01) and MaxSkipped.parse("1").limit(160) == 1
     assert MaxSkipped.parse("2%") == MaxSkipped(fraction=0.02) and MaxSkipped.parse("2%").limit(1200) == 24
     assert MaxSkipped(fraction=0.01).limit(40) == 0 and MaxSkipped(fraction=0.01).limit(1200) == 12
-    for bad in ("-1", "150%", "1.5", "x", ""):
-        with pytest.raises(InputError, match="--max-skipped"):
+    for bad in ("-1", "150%", "1.5", "x", "", "1.0", "0.5", "0.02"):
+        with pytest.raises(InputError, match=r"--max-skipped .*expected N \(a count of images, e.g. 5\) or P% "):
             MaxSkipped.parse(bad)

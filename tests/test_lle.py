@@ -1,6 +1,7 @@
-"""Last Layer Ensemble (issue 17): inference == a float64 transcription of the formula; the baked head in torch ==
+"""Last Layer Ensemble (issues 17, 31): inference == a float64 transcription of the formula; the baked head in torch ==
 the ONNX artifact; a shift classifier trained on separable shift types routes to the right head; augmentation types
-and their refusals; build --classifier lle end to end on lab data."""
+(each pixel-exact against a transcription) and their refusals; the authors' head set, schedules, weight decay and
+shift-classifier init; build --classifier lle end to end on lab data."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ import torch
 from typer.testing import CliRunner
 
 from clip_debias.runtime.datasets import load_index
-from clip_debias.toolchain.correct.augment import (AUGMENT_TYPES, Sample, background_swap, fill_holes, object_swap,
-                                                   run_augment, watermark)
+from clip_debias.toolchain.correct.augment import (AUGMENT_TYPES, Sample, background_swap, background_swap_own,
+                                                   clean_background, edge_map, fill_holes, object_swap,
+                                                   object_swap_own, run_augment, texture, watermark)
 from clip_debias.toolchain.correct.lle import LleHead, lle_logits
-from clip_debias.toolchain.correct.lle_fit import Embedded, LleOptions, RecordPool, lle_loss, train_lle
+from clip_debias.toolchain.correct.lle_fit import (SCHEDULES, Embedded, LleOptions, RecordPool, init_shift, lle_loss,
+                                                   train_lle)
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.lab.data import make_lab_data
 
@@ -164,11 +167,14 @@ def plain(tmp_path_factory) -> Path:
 
 
 class OneDonor:
-    def __init__(self, donor: Sample):
-        self.donor = donor
+    def __init__(self, donor: Sample, mate: Sample | None = None):
+        self.donor, self.mate = donor, mate or donor
 
     def other_class(self, label: int, rng: np.random.Generator) -> Sample:
         return self.donor
+
+    def same_class(self, label: int, rng: np.random.Generator) -> Sample:
+        return self.mate
 
 
 def _pair(two: Path) -> tuple[Sample, Sample]:
@@ -179,15 +185,15 @@ def _pair(two: Path) -> tuple[Sample, Sample]:
     return first, pool.sample(other)
 
 
-def test_swaps_keep_the_samples_parts_and_take_the_donors(two: Path) -> None:
+def test_own_swaps_keep_the_samples_parts_and_take_the_donors(two: Path) -> None:
     sample, donor = _pair(two)
     rng = np.random.default_rng(0)
-    bg = background_swap(sample, OneDonor(donor), rng)
+    bg = background_swap_own(sample, OneDonor(donor), rng)
     fg = sample.masks["fg"] == 255
     assert (bg[fg] == sample.image[fg]).all()  # the bird, where it fully covers the pixel, is the sample's
     free = ~(sample.parts_hole() | donor.parts_hole())
     assert (bg[free] == donor.image[free]).all()  # elsewhere the donor's background (its parts filled in)
-    obj = object_swap(sample, OneDonor(donor), rng)
+    obj = object_swap_own(sample, OneDonor(donor), rng)
     assert (obj[fg] == sample.image[fg]).all()
     assert not (obj == sample.image).all()
 
@@ -234,7 +240,7 @@ def test_masks_missing_are_refused_with_one_line(plain: Path, tmp_path: Path) ->
     fg_only = make_lab_data(tmp_path / "fg", n_train=8, n_val=4, n_test=4, image_size=32, seed=1, workers=1, masks=True)
     with pytest.raises(ClipDebiasError, match=r"^--augment object-swap needs co-object masks: .*'object_mask'"):
         LleOptions(data=fg_only, augment=("object-swap",)).resolve_augmentations()
-    assert LleOptions(data=fg_only).resolve_augmentations().names() == ["background-swap", "watermark"]
+    assert LleOptions(data=fg_only).resolve_augmentations().names() == ["background-swap"]  # the authors' set
     # auto keeps what the data allows
     assert LleOptions(data=plain).resolve_augmentations().names() == ["watermark"]
 
@@ -296,7 +302,8 @@ def test_cli_build_lle_trains_saves_and_records(plan_file: Path, two: Path, tmp_
     assert t["options"]["seed"] == 5 and t["options"]["epochs"] == 2 and t["train"]["split"] == "train"
     assert t["train"]["per_shift"] == {"original": 24, "object-swap": 24, "watermark": 24}
     assert t["val"]["split"] == "val" and t["chosen"]["epoch"] in (1, 2)
-    assert len(t["trials"]) == 6  # the (lr, wd) grid
+    assert len(t["trials"]) == 1 and t["schedule"]["name"] == "urbancars"  # the authors' lr 1e-3, wd 1e-4
+    assert t["chosen"]["lr"] == 1e-3 and t["chosen"]["weight_decay"] == 1e-4 and t["redraw"] == "cross"
     assert model.head.weight.shape[:2] == (3, 2) and model.head.training_record == t
 
 
@@ -333,3 +340,180 @@ def test_malformed_lle_config_is_one_line(tiny_clip, tmp_path: Path, shifts: lis
     with pytest.raises(ClipDebiasError) as e:
         DebiasedClassifier.load(tmp_path / "m")
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+# ---- the authors' defaults (issue 31) -----------------------------------------------------------------------------
+
+def test_auto_is_the_authors_urbancars_head_set(two: Path) -> None:
+    """Two-shortcut data: original + background + co-object heads (watermark, texture, edge-map only when named),
+    with the authors' cross-redraw unless --lle-redraw own."""
+    types = LleOptions(data=two).resolve_augmentations().types
+    assert [t.name for t in types] == ["background-swap", "object-swap"]
+    assert [t.fn for t in types] == [background_swap, object_swap] and all("the authors'" in t.help for t in types)
+    own = LleOptions(data=two, redraw="own").resolve_augmentations().types
+    assert [t.fn for t in own] == [background_swap_own, object_swap_own] and all("ours" in t.help for t in own)
+    named = LleOptions(data=two, augment=("auto", "watermark", "texture", "edge-map")).resolve_augmentations()
+    assert named.names() == ["background-swap", "object-swap", "watermark", "texture", "edge-map"]
+    with pytest.raises(ClipDebiasError, match="--lle-redraw 'mine': expected one of cross, own"):
+        LleOptions(data=two, redraw="mine")
+
+
+def _composite(canvas: np.ndarray, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The authors' ``x * mask + canvas * (1 - mask)`` (urbancars_trainers/lle.py), float32 on the 0..255 scale."""
+    m = (mask.astype(np.float32) / 255.0)[..., None]
+    return image.astype(np.float32) * m + canvas.astype(np.float32) * (1 - m)
+
+
+def _round(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.floor(x + 0.5), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("kind", ["background-swap", "object-swap"])
+def test_cross_redraws_equal_a_transcription_of_the_authors(two: Path, kind: str) -> None:
+    """dataset/urbancars_aug.py: the background from an image of another class (background swap) or of the same
+    class (object swap), the co-object from an image of the same class (background swap) or another (object swap)
+    where it stood there, the sample's object (foreground) on top; background drawn first. Their stored
+    background-only image is our ``clean_background`` of that image."""
+    index = load_index("waterbirds", two, "train")
+    pool = RecordPool(index, ("fg", "object"), None)
+    labels = [r.label for r in index.records]
+    for i, seed in ((0, 0), (5, 1), (11, 2)):
+        sample = pool.sample(i)
+        pool.size = (sample.image.shape[1], sample.image.shape[0])
+        got = run_augment(AUGMENT_TYPES[kind], sample, pool, np.random.default_rng(seed))
+        rng = np.random.default_rng(seed)
+        same = [j for j, y in enumerate(labels) if y == labels[i]]
+        other = [j for j, y in enumerate(labels) if y != labels[i]]
+        first, second = (other, same) if kind == "background-swap" else (same, other)
+        bg_image = pool.sample(first[int(rng.integers(len(first)))])
+        co_image = pool.sample(second[int(rng.integers(len(second)))])
+        with_co = _composite(clean_background(bg_image), co_image.image, co_image.masks["object"])
+        want = _round(_composite(with_co, sample.image, sample.masks["fg"]))
+        assert np.array_equal(got, want)
+        assert not np.array_equal(got, sample.image)
+
+
+def test_texture_equals_a_transcription(two: Path) -> None:
+    index = load_index("waterbirds", two, "train")
+    sample = RecordPool(index, ("fg",), None).sample(3)
+    got = texture(sample, OneDonor(sample), np.random.default_rng(7))
+    rng = np.random.default_rng(7)
+    c = int(rng.integers(4, 17))
+    h, w = sample.image.shape[:2]
+    colours = rng.integers(0, 256, ((h + c - 1) // c, (w + c - 1) // c, 3))
+    want = np.zeros_like(sample.image)
+    for y in range(h):
+        for x in range(w):
+            a = 0.5 * (float(sample.masks["fg"][y, x]) / 255.0)
+            for ch in range(3):
+                v = float(sample.image[y, x, ch]) * (1 - a) + float(colours[y // c, x // c, ch]) * a
+                want[y, x, ch] = min(255, max(0, int(np.floor(v + 0.5))))
+    assert np.array_equal(got, want)
+    fg = sample.masks["fg"] == 0
+    assert np.array_equal(got[fg], sample.image[fg]) and not np.array_equal(got, sample.image)
+
+
+def test_edge_map_equals_a_transcription(two: Path) -> None:
+    import math
+
+    sample = RecordPool(load_index("waterbirds", two, "train"), (), None).sample(2)
+    got = edge_map(sample, OneDonor(sample), np.random.default_rng(0))
+    h, w = sample.image.shape[:2]
+    grey = [[299 * int(p[0]) + 587 * int(p[1]) + 114 * int(p[2]) for p in row] for row in sample.image]
+    k = [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]]
+
+    def at(y: int, x: int) -> int:
+        return grey[min(max(y, 0), h - 1)][min(max(x, 0), w - 1)]
+
+    m = [[math.sqrt(sum(k[a][b] * at(y + a - 1, x + b - 1) for a in range(3) for b in range(3)) ** 2
+                    + sum(k[b][a] * at(y + a - 1, x + b - 1) for a in range(3) for b in range(3)) ** 2)
+          for x in range(w)] for y in range(h)]
+    top = max(max(row) for row in m)
+    want = np.array([[[min(255, max(0, int(np.floor(255.0 * (1.0 - v / top) + 0.5))))] * 3 for v in row] for row in m],
+                    np.uint8)
+    assert np.array_equal(got, want)
+    flat = Sample(np.full((6, 5, 3), 90, np.uint8), 0)
+    assert (edge_map(flat, OneDonor(flat), np.random.default_rng(0)) == 255).all()
+
+
+def test_shift_classifier_init_as_configured() -> None:
+    """random (the authors'): nn.Linear's default U(-1/sqrt(D), 1/sqrt(D)) for W_d then b_d from a seeded
+    generator; zero (ours): 0. The class heads are untouched, so the untrained head is still zero-shot."""
+    k, c, d = 3, 2, 16
+    text = torch.nn.functional.normalize(torch.randn(c, d, generator=torch.Generator().manual_seed(0)), dim=-1)
+    head = LleHead.from_zero_shot(text, 10.0, ["original", "a", "b"])
+    r = init_shift(head, "random", seed=4)
+    g = torch.Generator().manual_seed(4)
+    w = (torch.rand(k, d, generator=g, dtype=torch.float64) * 2 - 1) / np.sqrt(d)
+    b = (torch.rand(k, generator=g, dtype=torch.float64) * 2 - 1) / np.sqrt(d)
+    assert torch.equal(r.shift_weight, w.float()) and torch.equal(r.shift_bias, b.float())
+    assert r.shift_weight.abs().max() <= 1 / np.sqrt(d) and r.shift_weight.std() > 0
+    assert torch.equal(r.weight, head.weight) and torch.equal(r.bias, head.bias)
+    e = torch.nn.functional.normalize(torch.randn(5, d), dim=-1)
+    assert (r(e) - 10.0 * e @ text.T).abs().max() <= 1e-5
+    z = init_shift(r, "zero", seed=4)
+    assert not z.shift_weight.any() and not z.shift_bias.any()
+
+
+def _tiny_data(n: int = 6, d: int = 8) -> Embedded:
+    g = torch.Generator().manual_seed(1)
+    return Embedded(torch.nn.functional.normalize(torch.randn(2 * n, d, generator=g), dim=-1),
+                    torch.randint(0, 2, (2 * n,), generator=g), torch.tensor([0] * n + [1] * n),
+                    torch.zeros(2 * n, dtype=torch.long))
+
+
+@pytest.mark.parametrize("schedule,biases_decay", [("urbancars", True), ("grid", False)])
+def test_weight_decay_as_configured(schedule: str, biases_decay: bool) -> None:
+    """One SGD step over every embedding: p - lr (grad + wd p) on W, W_d and, as the authors do (every classifier
+    parameter), on b and b_d; the grid schedule (ours) leaves the biases undecayed."""
+    data = _tiny_data()
+    init = random_head(2, 2, 8, seed=3, scale=1.0)
+    lr, wd = 0.1, 0.5
+    plan = SCHEDULES[schedule]
+    got = train_lle(init, data, lr, wd, 1, 100, seed=0, schedule=plan, per_epoch=len(data.labels))
+    params = {n: getattr(init, n).clone().requires_grad_(True) for n in ("weight", "bias", "shift_weight",
+                                                                         "shift_bias")}
+    lle_loss(params, data.embeddings, data.labels, data.shifts).backward()
+    step = plan.lr(lr, 0)
+    for name, p in params.items():
+        decay = wd if name in ("weight", "shift_weight") or biases_decay else 0.0
+        want = p.detach() - step * (p.grad + decay * p.detach())
+        assert (getattr(got, name) - want).abs().max() <= 1e-6, name
+
+
+def test_schedules_and_per_epoch_sampling(monkeypatch) -> None:
+    """urbancars: lr constant; imagenet: lr x batch / 256, cosine over its 90 epochs; both train on as many
+    embeddings per epoch as there are originals (drawn without replacement from the pool), grid on all of them."""
+    import clip_debias.toolchain.correct.lle_fit as fit
+
+    u, i = SCHEDULES["urbancars"], SCHEDULES["imagenet"]
+    assert (u.learning_rates, u.weight_decays, u.epochs, u.batch_size) == ((1e-3,), (1e-4,), 300, 128)
+    assert all(u.lr(1e-3, t) == 1e-3 for t in (0, 150, 299)) and not u.last_epoch
+    assert i.lr(1e-3, 0) == pytest.approx(4e-3) and i.lr(1e-3, 45) == pytest.approx(2e-3) and i.last_epoch
+    seen: list[list[int]] = []
+    real = fit.lle_loss
+
+    def counting(head, e, y, d):  # noqa: ANN001, ANN202
+        seen[-1].extend(d.tolist())
+        return real(head, e, y, d)
+
+    monkeypatch.setattr(fit, "lle_loss", counting)
+    data = _tiny_data(n=10)
+    init = random_head(2, 2, 8, seed=3, scale=1.0)
+    for name, per_epoch in (("urbancars", 10), ("grid", 20)):
+        seen[:] = [[]]
+        train_lle(init, data, 0.1, 0.0, 3, 4, seed=0, schedule=SCHEDULES[name],
+                  on_epoch=lambda epoch, head: seen.append([]))
+        assert [len(s) for s in seen[:3]] == [per_epoch] * 3, name
+    assert all(0 < sum(s) < 20 for s in seen[:3])  # grid: both types every epoch
+
+
+def test_progress_line_of_epochs_has_no_batch_count() -> None:
+    from clip_debias.runtime.progress import Progress
+
+    p = Progress("LLE: train 300 epochs", 300, 300, unit="epochs", enabled=False)
+    p.advance(1)
+    assert p.line().startswith("LLE: train 300 epochs: 1/300 epochs (0%), ") and "batch" not in p.line()
+    q = Progress("embed", 100, 4)
+    q.advance(25)
+    assert ", batch 1/4, " in q.line()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from clip_debias.runtime.metrics import (AttributeColumn, BiasInputs, bias_metrics, counterfactual_flips,
-                                         parity_gaps, shortcut_gaps, skew_at_k, top_k_weights)
+                                         fairness_gaps, shortcut_gaps, skew_at_k, top_k_weights)
 
 # ---- Whac-A-Mole ----------------------------------------------------------------------------------------------------
 
@@ -50,6 +50,48 @@ def test_shortcut_gaps_equal_direct_computation(p_agree):
         assert g.groups[name].n == rows.sum() and g.groups[name].accuracy == pytest.approx((pred == y)[rows].mean())
     assert g.worst_group_accuracy == min(v.accuracy for v in g.groups.values())
     assert g.gaps["bg"] < 0  # the background dependence shows
+
+
+def _eval_split_transcription(pred, y, bg, obj, n_classes, bg_ratio, co_occur_obj_ratio):
+    """Whac-A-Mole's ``urbancars_trainers/base_trainer.py::_eval_split`` transcribed to numpy: per-cell accuracy
+    [class, bg, obj]; for each (bg, obj) agreement (0 absent = disagrees, 1 present = agrees) the plain mean of the
+    masked cells' accuracies; I.D. = sum of those weighted by the per-attribute ratios; gaps against it."""
+    cum, cnt = np.zeros((n_classes,) * 3), np.zeros((n_classes,) * 3)
+    for p, t, b, o in zip(pred, y, bg, obj):
+        cnt[t, b, o] += 1
+        cum[t, b, o] += p == t
+    acc = cum / cnt
+    eye = np.eye(n_classes)
+    bg_ratios, obj_ratios = [1 - bg_ratio, bg_ratio], [1 - co_occur_obj_ratio, co_occur_obj_ratio]
+    log, weighted = {}, 0.0
+    for b in (0, 1):
+        for o in (0, 1):
+            mask = (eye == b)[:, :, None] * (eye == o)[:, None, :]
+            log[b, o] = acc[mask].mean()
+            weighted += log[b, o] * bg_ratios[b] * obj_ratios[o]
+    return weighted, {"bg": log[0, 1] - weighted, "coobj": log[1, 0] - weighted, "bg+coobj": log[0, 0] - weighted}
+
+
+@pytest.mark.parametrize("n_classes", [2, 3, 4])
+@pytest.mark.parametrize("ratios", [(0.95, 0.95), (0.9, 0.7)])
+def test_shortcut_gaps_equal_whac_a_mole_eval_split(n_classes, ratios):
+    """Issue 31: the gaps are the reference's cell means for any number of classes (on skewed tables, where pooling
+    each class's images first would differ), with one train ratio per attribute."""
+    rng = np.random.default_rng(n_classes)
+    n = 600 * n_classes
+    y = rng.integers(0, n_classes, n)
+    bg = np.where(rng.random(n) < 0.6, y, rng.integers(0, n_classes, n))  # skewed: most images agree
+    obj = np.where(rng.random(n) < 0.3, y, rng.integers(0, n_classes, n))
+    pred = np.where((bg == y) | (rng.random(n) < 0.5), y, rng.integers(0, n_classes, n))
+    names = [f"c{i}" for i in range(n_classes)]
+    g = shortcut_gaps(pred, y, names, AttributeColumn("bg", bg, tuple(names)),
+                      AttributeColumn("obj", obj, tuple(names)), ratios[0], "test", p_agree_object=ratios[1])
+    assert not g.missing and len(g.groups) == n_classes ** 3
+    id_acc, gaps = _eval_split_transcription(pred, y, bg, obj, n_classes, *ratios)
+    assert g.id_accuracy == pytest.approx(id_acc, abs=1e-12)
+    for name, value in gaps.items():
+        assert g.gaps[name] == pytest.approx(value, abs=1e-12)
+    assert g.p_agree == ratios[0] and g.p_agree_object == ratios[1]
 
 
 def test_shortcut_gaps_empty_cell_is_none_and_named():
@@ -164,7 +206,7 @@ def test_parity_gaps_equal_direct_computation():
     n = 120
     labels, gender = rng.integers(0, 3, n), rng.integers(0, 2, n)
     pred = np.where(rng.random(n) < 0.7 + 0.2 * gender, labels, rng.integers(0, 3, n))
-    r = parity_gaps(pred, labels, ["a", "b", "c"], AttributeColumn("gender", gender, ("f", "m")))
+    r = fairness_gaps(pred, labels, ["a", "b", "c"], AttributeColumn("gender", gender, ("f", "m")))
     eo, dp = {}, {}
     for c, name in enumerate("abc"):
         rec = [np.mean(pred[(labels == c) & (gender == g)] == c) for g in (0, 1)]
@@ -183,7 +225,7 @@ def test_parity_gaps_equal_direct_computation():
 def test_parity_missing_cell_named():
     labels = np.array([0, 0, 1, 1])
     gender = np.array([0, 1, 0, 0])  # class 1 has no 'm' image
-    r = parity_gaps(labels, labels, ["a", "b"], AttributeColumn("gender", gender, ("f", "m")))
+    r = fairness_gaps(labels, labels, ["a", "b"], AttributeColumn("gender", gender, ("f", "m")))
     assert r.missing == ["b/m"] and r.classes["b"].recall["m"] is None and r.classes["b"].eo_gap is None
     assert r.max_eo_gap == 0.0 and r.max_eo_class == "a"
 
@@ -195,4 +237,4 @@ def test_bias_metrics_sections_and_reasons():
     out = bias_metrics(logits, labels, BiasInputs(["a", "b"], protected=one_value, missing={"counterfactual": "no"}))
     assert out.skew is None and "1 value" in out.not_computed["skew"] and out.parity is not None
     assert out.counterfactual is None and out.not_computed["counterfactual"] == "no"
-    assert set(out.sections()) == {"shortcut_gaps", "counterfactual", "skew", "parity", "not_computed"}
+    assert set(out.sections()) == {"shortcut_gaps", "counterfactual", "skew", "parity", "not_computed", "metrics"}

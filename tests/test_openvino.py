@@ -13,7 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from clip_debias import runtime
-from clip_debias.runtime import cpu_features, parity
+from clip_debias.runtime import cpu_features
+from clip_debias.runtime import precision_gate as parity
 from clip_debias.runtime.backends import BackendError
 from clip_debias.runtime.backends.ov import CPU_BACKEND_ENV, bf16_support
 from clip_debias.runtime.errors import ArtifactError
@@ -68,7 +69,7 @@ def test_fp32_equals_onnxruntime_fp32(clip_art):
 
 @pytest.mark.skipif(not HAS_BF16, reason="this CPU has no bf16 arithmetic (see test_bf16_refused_without_hardware)")
 def test_bf16_agrees_with_fp32(clip_art):
-    """bf16 vs fp32 on a fixed set of 32 seeded images, with the bf16 gate's tolerance (``runtime.parity``):
+    """bf16 vs fp32 on a fixed set of 32 seeded images, with the bf16 gate's tolerance (``runtime.precision_gate``):
     max |logit diff| <= 40 u m with u = 2^-8 (bf16 keeps 8 significant bits: its unit roundoff is 8x fp16's, whose
     gate is 40 u16 m -- the accumulated rounding of ~L sequential blocks, each GEMM's inputs rounded once and its
     products accumulated in fp32 by avx512_bf16 / AMX), embedding cosine >= 1 - (40 u)^2 / 2, and the same argmax on
@@ -215,9 +216,10 @@ def test_verify_precision_gate_reported(art, tmp_path, monkeypatch):
     """The gate ``verify`` runs for bf16, exercised here at fp32 on OpenVINO (bf16 needs the hardware): its numbers
     are in the report, and a failed gate fails the run."""
     from clip_debias.runtime import verify as verify_mod
+    from clip_debias.runtime.verify import engine as verify_engine
 
     build_waterbirds(tmp_path / "wb")
-    monkeypatch.setattr(verify_mod, "GATED_AT_VERIFY", ("fp32",))
+    monkeypatch.setattr(verify_engine, "GATED_AT_VERIFY", ("fp32",))
     rep = verify_mod.verify(art.path, "waterbirds", tmp_path / "wb", backend="openvino", progress=False)
     assert rep.precision_gate is not None and rep.precision_gate["passed"] and rep.passed
     assert rep.precision_gate["max_logit_diff"] <= 1e-5

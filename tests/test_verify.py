@@ -14,10 +14,12 @@ from typer.testing import CliRunner
 
 from clip_debias.runtime.errors import InputError
 from clip_debias.runtime.limits import MaxSkipped
-from clip_debias.runtime.verify import Thresholds, verify
+from clip_debias.runtime.verify import Evidence, Thresholds, verify
 from runtime_fixtures import build_artifact, build_csv_dataset, build_waterbirds
 
 REPO = Path(__file__).resolve().parents[1]
+TINY = Evidence(min_group_size=1)  # the fixtures' groups hold a few images: judged on their intervals alone
+RESULT_KEYS = {"threshold", "value", "passed", "over", "reason", "interval", "n", "decision"}
 REPORT_KEYS = {"accuracy", "worst_group_accuracy", "groups", "latency_ms", "throughput_per_s", "thresholds", "passed"}
 
 
@@ -45,7 +47,7 @@ def test_verify_numbers_equal_direct_computation(setup, batch_size):
     acc, worst, table = _expected(art, images)
     assert 0.0 < worst < 1.0  # the fixture is neither trivial nor hopeless
     r = verify(art.path, "waterbirds", data, "test", device="cpu", batch_size=batch_size, progress=False,
-               thresholds=Thresholds(min_accuracy=0.0, min_worst_group=1.0, max_latency_ms=1e6))
+               thresholds=Thresholds(min_accuracy=0.0, min_worst_group=1.0, max_latency_ms=1e6), evidence=TINY)
     assert r.n == 12 and r.n_batches == -(-12 // batch_size)
     assert r.accuracy == pytest.approx(acc, abs=1e-12)
     assert r.worst_group_accuracy == pytest.approx(worst, abs=1e-12)
@@ -56,7 +58,7 @@ def test_verify_numbers_equal_direct_computation(setup, batch_size):
     assert not r.thresholds["min_worst_group"].passed and not r.passed
     d = json.loads(r.to_json())
     assert REPORT_KEYS <= set(d) and set(d["latency_ms"]) >= {"p50", "p95", "p99"}
-    assert set(d["thresholds"]["min_accuracy"]) == {"threshold", "value", "passed", "over", "reason"}
+    assert set(d["thresholds"]["min_accuracy"]) == RESULT_KEYS
 
 
 def test_verify_csv_dataset_three_classes(tmp_path):
@@ -109,7 +111,8 @@ def test_cli_thresholds_drive_exit_code(setup, tmp_path):
     art, data, images = setup
     acc, worst, _ = _expected(art, images)
     base = [art.path, "--dataset", "waterbirds", "--data", data, "--split", "test", "--no-progress"]
-    ok = _cli([*base, "--min-accuracy", acc - 0.01, "--min-worst-group", worst, "--json", tmp_path / "ok.json"])
+    ok = _cli([*base, "--min-accuracy", acc - 0.01, "--min-worst-group", worst, "--json", tmp_path / "ok.json",
+               "--allow-inconclusive"])  # 12 images: the intervals straddle the limits
     assert ok.exit_code == 0, ok.output
     assert "PASS" in ok.output and "FAILED" not in ok.output
     assert f"{100 * acc:.2f}%" in ok.output  # percent in the table
@@ -119,7 +122,7 @@ def test_cli_thresholds_drive_exit_code(setup, tmp_path):
 
     bad = _cli([*base, "--min-worst-group", worst + 0.01, "--json", tmp_path / "bad.json"])
     assert bad.exit_code == 1, bad.output
-    assert "FAIL" in bad.output
+    assert "INCONCLUSIVE" in bad.output
     assert json.loads((tmp_path / "bad.json").read_text())["passed"] is False
     assert _cli([*base, "--max-latency-ms", 1e-9]).exit_code == 1
 
@@ -172,7 +175,7 @@ def test_cli_entry_point_subprocess(setup, tmp_path):
         return subprocess.run([*cmd, "verify", *map(str, args)], capture_output=True, text=True, env=env, timeout=120)
 
     r = run(art.path, "--dataset", "waterbirds", "--data", data, "--split", "test", "--no-progress", "--min-accuracy",
-            "1.0")
+            "1.0", "--min-group-size", "1")
     assert r.returncode == 1 and "FAILED" in r.stdout, r.stderr
     r = run(tmp_path / "missing", "--dataset", "waterbirds", "--data", data, "--split", "test")
     assert r.returncode == 2 and r.stderr.strip().startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
@@ -269,13 +272,12 @@ def test_too_many_skipped_images_fail(tmp_path):
 def test_every_threshold_says_what_it_was_computed_over(setup):
     art, data, _ = setup
     r = verify(art.path, "waterbirds", data, progress=False, batch_size=5,
-               thresholds=Thresholds(min_accuracy=0.0, min_worst_group=0.0, max_latency_ms=1e6))
+               thresholds=Thresholds(min_accuracy=0.0, min_worst_group=0.0, max_latency_ms=1e6), evidence=TINY)
     over = {k: v.over for k, v in r.thresholds.items()}
     assert over["min_accuracy"]["images"] == 12 and over["min_accuracy"]["images_in_split"] == 12
     assert over["min_worst_group"]["groups"] == {k: v["n"] for k, v in r.groups.items()}
     assert over["max_latency_ms"]["batches"] == 20 and over["max_latency_ms"]["batch_size"] == 5
-    assert set(json.loads(r.to_json())["thresholds"]["min_accuracy"]) == {"threshold", "value", "passed", "over",
-                                                                          "reason"}
+    assert set(json.loads(r.to_json())["thresholds"]["min_accuracy"]) == RESULT_KEYS
 
 
 def test_latency_is_per_call_on_full_batches_over_enough_calls(setup, tmp_path):
@@ -323,10 +325,11 @@ def test_csv_expected_groups(tmp_path):
     art = build_artifact(tmp_path / "a", class_names=names, group_names=("g0", "g1", "g2", "g3"), fp16=False,
                          size=(16, 20), seed=3)
     build_csv_dataset(tmp_path / "d", names, n=10, split="val")  # group ids 0..2
-    r = verify(art.path, "csv", tmp_path / "d", "val", progress=False, thresholds=Thresholds(min_worst_group=0.0))
+    r = verify(art.path, "csv", tmp_path / "d", "val", progress=False, thresholds=Thresholds(min_worst_group=0.0),
+               evidence=TINY)
     assert r.groups_from == "manifest" and r.missing_groups == ["g3"] and not r.passed
     r = verify(art.path, "csv", tmp_path / "d", "val", progress=False, groups=["x", "y", "z"],
-               thresholds=Thresholds(min_worst_group=0.0))
+               thresholds=Thresholds(min_worst_group=0.0), evidence=TINY)
     assert r.groups_from == "--groups" and list(r.groups) == ["x", "y", "z"] and r.passed
     with pytest.raises(InputError, match="--groups x,y: expected 3 or more distinct names"):
         verify(art.path, "csv", tmp_path / "d", "val", progress=False, groups=["x", "y"])

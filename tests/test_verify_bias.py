@@ -97,6 +97,43 @@ def _expected(art, rows: list[Row], p_agree: float, ks: tuple[int, ...]):
     return bias_metrics(logits, labels, inputs, pairs_in_split=12)
 
 
+def test_one_train_correlation_per_attribute(bias_setup, tmp_path):
+    """Issue 31: --train-correlation background=P,object=Q weighs I.D. accuracy by P for the background and Q for the
+    object (Whac-A-Mole's bg_ratio, co_occur_obj_ratio); lab.json's ``correlations`` give one per attribute name."""
+    import json
+    import shutil
+
+    from clip_debias.runtime.metric_inputs import metric_inputs
+    from clip_debias.runtime.metrics import shortcut_gaps
+    from clip_debias.toolchain.cli.options import train_correlation
+    from clip_debias.toolchain.errors import ClipDebiasError
+
+    art, data, rows = bias_setup
+    assert train_correlation("background=0.9,object=0.7") == {"background": 0.9, "object": 0.7}
+    assert train_correlation("0.8") == 0.8
+    for bad in ("bg=0.9,object=0.7", "background=0.9", "background=x,object=1"):
+        with pytest.raises(ClipDebiasError, match="expected a fraction .* background=P,object=P"):
+            train_correlation(bad)
+    r = verify(art.path, "csv", data, "test", progress=False, protected="gender",
+               metric_options=MetricOptions(("bg", "obj"), {"background": 0.9, "object": 0.7}))
+    g = r.shortcut_gaps
+    labels = np.array([row.label for row in rows])
+    logits = np.stack([art.color_logits(row.rgb) for row in rows])
+    col = lambda name, names: AttributeColumn(name, np.array([getattr(x, name) for x in rows]), names)  # noqa: E731
+    want = shortcut_gaps(logits.argmax(1), labels, list(CLASSES), col("bg", CLASSES), col("obj", ("0", "1")), 0.9,
+                         p_agree_object=0.7)
+    assert g.p_agree == 0.9 and g.p_agree_object == 0.7 and g.id_accuracy == pytest.approx(want.id_accuracy, abs=1e-9)
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    (copy / "lab.json").write_text(json.dumps({"generator": "clip-debias lab", "correlations": {"bg": 0.6,
+                                                                                                "obj": 0.8}}))
+    from clip_debias.runtime.datasets import load_index
+
+    inputs = metric_inputs(load_index("csv", copy, "test", classes=list(CLASSES)),
+                           MetricOptions(("bg", "obj")))
+    assert (inputs.p_agree, inputs.p_agree_object) == (0.6, 0.8) and "lab.json" in inputs.p_agree_from
+
+
 def test_verify_bias_sections_equal_direct_computation(bias_setup):
     art, data, rows = bias_setup
     options = MetricOptions(("bg", "obj"), 0.9, (5, 10, 50))
@@ -177,7 +214,8 @@ def test_cli_bias_gates_drive_exit_code(bias_setup, tmp_path):
     gap = abs(e.shortcut_gaps.gaps["bg"])
     ok = _cli([*base, "--max-flip-rate", 0.4, "--max-skew", math.ceil(skew * 1e4) / 1e4, "--max-eo-gap", 1.0,
                "--max-dp-gap", 1.0, "--max-gap", f"bg={math.ceil(gap * 1e4) / 1e4}", "--max-gap", "bg+coobj=1",
-               "--json", tmp_path / "ok.json"])
+               "--json", tmp_path / "ok.json", "--allow-inconclusive"])  # limits at the point values: intervals
+    # straddle them, so the run passes only with --allow-inconclusive (none FAILs)
     assert ok.exit_code == 0, ok.output
     titles = ("Whac-A-Mole shortcut gaps", "counterfactual pairs", "MaxSkew@5", "equal opportunity", "flip rate <=")
     for title in titles:
@@ -193,9 +231,12 @@ def test_cli_bias_gates_drive_exit_code(bias_setup, tmp_path):
                   ["--max-gap", f"bg={math.floor(gap * 1e4) / 1e4 - 1e-4}"],
                   ["--max-eo-gap", math.floor(eo * 1e4) / 1e4 - 1e-4],
                   ["--max-dp-gap", math.floor(dp * 1e4) / 1e4 - 1e-4]):
-        bad = _cli([*base, *extra])
+        bad = _cli([*base, *extra, "--json", tmp_path / "bad.json", "--force"])
         assert bad.exit_code == 1, (extra, bad.output)
-        assert "FAILED" in bad.output
+        decisions = {r["decision"] for r in json.loads((tmp_path / "bad.json").read_text())["thresholds"].values()}
+        # a limit just under the point value: the interval straddles it (INCONCLUSIVE, exit 1); MaxSkew is a point gate
+        assert decisions == ({"FAIL"} if extra[0] == "--max-skew" else {"INCONCLUSIVE"}), (extra, decisions)
+        assert ("FAILED" if extra[0] == "--max-skew" else "INCONCLUSIVE (exit 1") in bad.output
 
 
 @pytest.mark.parametrize("extra, msg", [
@@ -258,7 +299,8 @@ def test_report_shows_the_bias_sections(bias_setup, tmp_path):
     (root / "compare.json").write_text(compare_file([MethodResult("zero-shot", "none", acc, bias=bias)]).to_json())
     text = build_report(root).read_text()
     for needle in ("Whac-A-Mole shortcut gaps", "counterfactual pairs", "MaxSkew@5 / MinSkew@5 of &#x27;gender&#x27;",
-                   "equal opportunity / demographic parity", "max_flip_rate", "FAIL", "Bias metrics per method",
+                   "equal opportunity / demographic parity", "max_flip_rate", r.thresholds["max_flip_rate"].decision,
+                   "Bias metrics per method",
                    *summary(bias).values()):
         assert needle in text, needle
     assert "section skipped" not in text
@@ -295,9 +337,9 @@ def test_verify_on_a_fairface_fixture(tmp_path):
                        for i in range(28)])
     labels = np.array([g for _, g, _ in rows])
     race = AttributeColumn("race", np.array([x for _, _, x in rows]), FAIRFACE_VALUES["race"])
-    from clip_debias.runtime.metrics import parity_gaps
+    from clip_debias.runtime.metrics import fairness_gaps
 
-    expected = parity_gaps(logits.argmax(axis=1), labels, list(FAIRFACE_VALUES["gender"]), race)
+    expected = fairness_gaps(logits.argmax(axis=1), labels, list(FAIRFACE_VALUES["gender"]), race)
     assert_close_tree(dataclasses.asdict(expected), dataclasses.asdict(r.parity), atol=1e-9)
     assert r.thresholds["max_eo_gap"].passed == (expected.max_eo_gap <= 0.5 and not expected.missing)
 
@@ -334,9 +376,8 @@ def test_lab_two_shortcut_pairs_feed_the_gaps_and_the_flip_rate(lab_pairs, tmp_p
     """`lab make-data --shortcuts background,object --counterfactual`: verify computes the Whac-A-Mole gaps from the
     place and object columns with p_agree = lab.json's correlation, and the flip rate over the pairs that swap the
     protected attribute (the others are excluded as not_protected); equal to the metrics of directly computed
-    logits. The agreement cells equal the lab report's ShortcutCells of verify's 8 group accuracies."""
+    logits."""
     from clip_debias.runtime.datasets import load_index
-    from clip_debias.toolchain.lab.train import ShortcutCells
 
     names = load_index("waterbirds", lab_pairs, "test").group_names
     art = build_artifact(tmp_path / "a", fp16=False, group_names=tuple(names), seed=2)
@@ -349,10 +390,6 @@ def test_lab_two_shortcut_pairs_feed_the_gaps_and_the_flip_rate(lab_pairs, tmp_p
         assert_close_tree(dataclasses.asdict(getattr(expected, name)), dataclasses.asdict(getattr(r, name)))
     c = r.counterfactual
     assert c.pairs == 8 and c.pairs_in_split == 16 and c.excluded == {"incomplete": 0, "not_protected": 8}
-    cells = ShortcutCells.from_groups([r.groups[n]["accuracy"] for n in names])
-    assert [cells.both_agree, cells.background_disagrees, cells.object_disagrees, cells.both_disagree] == \
-        pytest.approx([g.agreement_accuracy[k] for k in ("agree/agree", "disagree/agree", "agree/disagree",
-                                                          "disagree/disagree")], abs=1e-12)
 
 
 def test_lab_background_only_pairs_feed_the_flip_rate(tmp_path):

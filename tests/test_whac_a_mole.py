@@ -49,6 +49,19 @@ def test_rows_are_the_methods_logits_with_runtime_metrics(tiny_clip, two: Path) 
     assert set(result.lle_training) == {"LLE", "LTC + LLE"}
     assert result.lle_training["LLE"]["train"]["split"] == "train"
     assert [c[0] for c in table_cells(result.rows)] == list(METHODS)
+    # routing: each LLE row's mean shift weights per agreement cell, transcribed from the head's own probabilities
+    assert set(result.routing) == {"LLE", "LTC + LLE"}
+    rows = {r.method: r for r in result.rows}
+    bg, obj = (np.asarray(a.ids) for a in inputs.shortcuts)
+    for method, routing in result.routing.items():
+        assert routing.shifts == ["original", "background-swap", "object-swap"]
+        assert sum(c.n for c in routing.cells) == len(labels) and len(routing.cells) == 8
+        pred = rows[method].logits.argmax(-1).numpy()
+        for c in routing.cells:
+            y = list(index.class_names).index(c.label)
+            m = (labels == y) & ((bg == y) == c.bg_agrees) & ((obj == y) == c.obj_agrees)
+            assert c.n == int(m.sum()) and c.accuracy == pytest.approx(float((pred[m] == y).mean()))
+            assert sum(c.weights) == pytest.approx(1.0, abs=1e-5)
 
 
 def _row(method: str, bg: float, coobj: float) -> SimpleNamespace:

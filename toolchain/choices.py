@@ -115,6 +115,31 @@ class LabShortcuts(Choice):
     BACKGROUND_OBJECT = "background,object"
 
 
+class LleSchedule(Choice):
+    """``--lle-schedule``: how the LLE head trains (``toolchain.correct.lle_fit.SCHEDULES``, whose entries say what
+    each is): the authors' UrbanCars schedule, their ImageNet one, or this project's earlier (lr, wd) grid."""
+
+    URBANCARS = "urbancars"
+    IMAGENET = "imagenet"
+    GRID = "grid"
+
+
+class LleRedraw(Choice):
+    """``--lle-redraw``: what the swap augmentations take besides the swapped part (``toolchain.correct.augment``):
+    the authors' cross-redraw (the other part from a random same-class image) or ours (the image's own)."""
+
+    CROSS = "cross"
+    OWN = "own"
+
+
+class LleShiftInit(Choice):
+    """``--lle-shift-init``: the shift classifier's start (``toolchain.correct.lle_fit.init_shift``): PyTorch's
+    ``nn.Linear`` default (the authors') or zero (ours: every type equally likely)."""
+
+    RANDOM = "random"
+    ZERO = "zero"
+
+
 class LabLoss(Choice):
     """``lab train --loss``: open_clip's softmax ``ClipLoss`` or SigLIP's pairwise sigmoid loss
     (``toolchain.lab.train``: ``sigmoid_loss``)."""

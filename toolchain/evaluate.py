@@ -24,8 +24,9 @@ import numpy as np
 import torch
 from pydantic.dataclasses import dataclass as format_dataclass
 
+from clip_debias.runtime.limits import IndexChecks
 from clip_debias.runtime.metric_inputs import MetricOptions, metric_inputs
-from clip_debias.runtime.metrics import (AccuracyReport, BiasInputs, BiasMetrics, CounterfactualReport, ParityReport,
+from clip_debias.runtime.metrics import (AccuracyReport, BiasInputs, BiasMetrics, CounterfactualReport, FairnessGaps,
                                          ShortcutGaps, SkewReport, accuracy_report, bias_metrics)
 from clip_debias.runtime.ownership import json_rows_with, register_file_kind
 from clip_debias.runtime.schema import FORMAT, read_model
@@ -138,19 +139,19 @@ def evaluate_model(model_dir: str | Path, dataset: str, data: str | Path, split:
                    batch_size: int = 32, device: str = "cpu", skip_bad: bool = False,
                    classes: list[str] | None = None, allow_outside_root: bool = False, target: str | None = None,
                    protected: str | None = None, metric_options: MetricOptions | None = None,
-                   **reading: Any) -> MethodResult:
+                   index_checks: IndexChecks | None = None, **reading: Any) -> MethodResult:
     """Run a saved ``DebiasedClassifier`` over one split of a dataset (open_clip's eval transform from the model's
     recorded preprocessing) and report its accuracy over the dataset's groups (every group of its definition, an
     empty one with n = 0) and the bias metrics the data allows (a row named by ``model_dir``). ``target``,
-    ``protected``: see ``runtime.datasets.load_index``. ``reading``: ``max_skipped``, ``max_pixels`` of
-    ``iter_batches``."""
+    ``protected``, ``index_checks``: see ``runtime.datasets.load_index``. ``reading``: ``max_skipped``,
+    ``max_pixels`` of ``iter_batches``."""
     from clip_debias.runtime.datasets import load_index
     from clip_debias.toolchain.correct.classifier import DebiasedClassifier
     from clip_debias.toolchain.datasets import eval_transform, iter_batches
 
     model = DebiasedClassifier.load(model_dir, device=device)
     index = load_index(dataset, Path(data), split, classes=classes, allow_outside_root=allow_outside_root,
-                       target=target, protected=protected)
+                       target=target, protected=protected, checks=index_checks)
     inputs = metric_inputs(index, metric_options)
     inputs.class_names = list(model.spec.class_names)
     if len(index.class_names) != len(model.spec.class_names):
@@ -233,8 +234,9 @@ class CompareRow(AccuracyReport):
     shortcut_gaps: Optional[ShortcutGaps] = None
     counterfactual: Optional[CounterfactualReport] = None
     skew: Optional[SkewReport] = None
-    parity: Optional[ParityReport] = None
+    parity: Optional[FairnessGaps] = None
     not_computed: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)  # sections of metric families beyond those four
 
 
 @format_dataclass(config=FORMAT)

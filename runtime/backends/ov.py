@@ -8,7 +8,8 @@
   bf16 in hardware (``bf16_support``): OpenVINO's CPU plugin lists ``BF16`` in ``OPTIMIZATION_CAPABILITIES`` *and*
   /proc/cpuinfo has avx512_bf16, amx_bf16 or avx_ne_convert (where /proc/cpuinfo exists); after compiling, the
   compiled model must report bf16 (OpenVINO 2026.4 falls back to f32 without a word on a CPU without BF16). No
-  silent emulation either way. Its accuracy gate: ``runtime.parity`` (``verify --backend openvino --precision bf16``).
+  silent emulation either way. Its accuracy gate: ``runtime.precision_gate`` (``verify --backend openvino
+  --precision bf16``).
 - ``PERFORMANCE_HINT``: LATENCY (default: one stream, every thread on one request) or THROUGHPUT (several streams,
   for several concurrent callers); ``INFERENCE_NUM_THREADS`` from ``intra_op_threads``.
 - thread safety: one infer request per calling thread (``threading.local``); ``infer`` returns copies of the

@@ -14,7 +14,9 @@ every source whatever its native resolution. Outputs stay in [0, 1] and are not 
 - ``blurR``: Gaussian blur with standard deviation R pixels: separable kernel w(t) = exp(-t^2 / (2 R^2)) / sum over
   the integer taps t = -m..m, m = min(ceil(3 R), min(H, W) - 1), edges mirrored without repeating the edge pixel
   (``torchvision.transforms.functional.gaussian_blur``).
-- ``noiseS``: x + S * e, e ~ N(0, 1) independent per pixel and channel, clipped to [0, 1].
+- ``noiseS``: x + S * e, e ~ N(0, 1) independent per pixel and channel, clipped to [0, 1]. S is a fraction of the
+  pixel range, at most ``MAX_NOISE`` = 1 (``noise0.1``; 8-bit levels are S x 255, so ``noise25`` is refused rather
+  than read as 25 times the range).
 - ``jitterS``: colour jitter of strength S as SimCLR defines it (Chen et al. 2020: torchvision's ColorJitter with
   brightness, contrast and saturation 0.8 S, hue 0.2 S): factors b, c, s ~ U[max(0, 1 - 0.8 S), 1 + 0.8 S] and
   a hue shift f ~ U[-0.2 S, 0.2 S], applied always and in this fixed order (torchvision draws the order at random):
@@ -42,6 +44,7 @@ from clip_debias.toolchain.errors import ClipDebiasError
 
 KINDS = ("lowres", "blur", "noise", "jitter")
 ALL = ("lowres64", "lowres32", "blur3", "blur5", "noise0.2", "jitter1")  # Liu and He's study, as the issue lists it
+MAX_NOISE = 1.0  # noise standard deviation as a fraction of the [0, 1] pixel range (above it the image is gone)
 MAX_JITTER = 2.5  # hue shift 0.2 S must stay within torchvision's [-0.5, 0.5]
 _NAME = re.compile(r"(lowres|blur|noise|jitter)(\d+(?:\.\d+)?)")
 
@@ -94,6 +97,9 @@ def parse_corruptions(text: str | None) -> list[Corruption]:
             raise ClipDebiasError(f"--corruptions {text}: '{name}': lowres takes a whole number of pixels >= 1")
         if value <= 0:
             raise ClipDebiasError(f"--corruptions {text}: '{name}': expected a value > 0")
+        if kind == "noise" and value > MAX_NOISE:
+            raise ClipDebiasError(f"--corruptions {text}: '{name}': noise S is a fraction of the pixel range, at most "
+                                  f"{MAX_NOISE:g} (noise0.1 = 25.5 of 255 levels)")
         if kind == "jitter" and value > MAX_JITTER:
             raise ClipDebiasError(f"--corruptions {text}: '{name}': jitter strength at most {MAX_JITTER} (the hue "
                                   "shift 0.2 S must stay within half the hue circle)")

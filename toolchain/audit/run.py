@@ -31,6 +31,7 @@ import torch
 
 from clip_debias.runtime.atomic_output import check_directory_target, staged_directory
 from clip_debias.runtime.datasets import DatasetIndex, ImageRecord
+from clip_debias.runtime.limits import IndexChecks
 from clip_debias.toolchain.audit.classify import C_GRID, Accuracy, classify, control_limit, make_splits, part_sizes
 from clip_debias.toolchain.audit.corruptions import Corruption, corrupted_preprocess
 from clip_debias.toolchain.audit.figures import ACCURACY_PNG, HEADS_PNG, save_accuracy_png, save_heads_png
@@ -78,6 +79,7 @@ class AuditOptions:
     reading: dict[str, Any] = field(default_factory=dict)  # max_skipped, max_pixels (toolchain.datasets)
     allow_outside_root: bool = False
     keep_caches: bool = False
+    index_checks: IndexChecks | None = None  # row limit and duplicate rule of the sources (runtime.limits)
 
     def check(self) -> None:
         """One line per option out of range."""
@@ -336,7 +338,7 @@ def run_audit(texts: list[str], load_clip: Callable[[], Any], out: Path, options
     """The whole audit (module docstring); cheap checks first (sources, sizes, options, ``out``), then the model."""
     options.check()
     out = check_directory_target(out, AUDIT_KIND)
-    sources = open_sources(texts, options.allow_outside_root)
+    sources = open_sources(texts, options.allow_outside_root, options.index_checks)
     sample = plan_sample(sources, options)
     if options.corruptions:
         for s, r in zip(sources, sample.rows):

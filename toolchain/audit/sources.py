@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clip_debias.runtime.datasets import SPLITS, DatasetIndex, ImageRecord, image_path, load_index, read_csv
+from clip_debias.runtime.datasets import SPLITS, DatasetIndex, ImageRecord, dedupe, image_path, load_index, read_csv
+from clip_debias.runtime.limits import IndexChecks
 from clip_debias.runtime.ownership import MARKER_NAME, file_is_ours
 from clip_debias.toolchain.decompose.cache import DecompositionCache, load_cache
 from clip_debias.toolchain.errors import ClipDebiasError
@@ -97,8 +98,8 @@ def _folder_records(root: Path) -> list[ImageRecord]:
     return [ImageRecord(p, 0, 0) for p in sorted(files)]
 
 
-def _csv_records(path: Path, split: str | None, allow_outside_root: bool) -> list[ImageRecord]:
-    table = read_csv(path, ("path",))
+def _csv_records(path: Path, split: str | None, allow_outside_root: bool, max_rows: int) -> list[ImageRecord]:
+    table = read_csv(path, ("path",), max_rows)
     if split is not None and "split" not in table.columns:
         raise ClipDebiasError(f"{path}: no 'split' column, so ':{split}' selects nothing (drop ':{split}' to audit "
                               "every row)")
@@ -112,8 +113,10 @@ def _csv_records(path: Path, split: str | None, allow_outside_root: bool) -> lis
     return records
 
 
-def open_source(text: str, allow_outside_root: bool = False) -> Source:
-    """The ``Source`` a SOURCE argument names (see the module docstring); one line for anything unusable."""
+def open_source(text: str, allow_outside_root: bool = False, checks: IndexChecks | None = None) -> Source:
+    """The ``Source`` a SOURCE argument names (see the module docstring); one line for anything unusable.
+    ``checks``: the row limit and duplicate rule of a dataset or csv source (``runtime.datasets.load_index``)."""
+    checks = checks or IndexChecks()
     name, raw, split = split_source_text(text)
     path = Path(raw)
     if not path.exists():
@@ -132,7 +135,7 @@ def open_source(text: str, allow_outside_root: bool = False) -> Source:
         if split is None:
             raise ClipDebiasError(f"source {text}: a {kind} folder holds several splits; name one: {raw}:train, "
                                   f"{raw}:val or {raw}:test")
-        index = load_index(kind, path, split, allow_outside_root=allow_outside_root)
+        index = load_index(kind, path, split, allow_outside_root=allow_outside_root, checks=checks)
         return Source(name, text, kind, path, split, index=index)
     if kind == "folder":
         if split is not None:
@@ -141,20 +144,23 @@ def open_source(text: str, allow_outside_root: bool = False) -> Source:
         what = "image files (" + ", ".join(IMAGE_SUFFIXES) + ")"
     else:
         csv_path = path / "data.csv" if path.is_dir() else path
-        records = _csv_records(csv_path, split, allow_outside_root)
+        records = _csv_records(csv_path, split, allow_outside_root, checks.max_rows)
         what = "rows" + (f" of split '{split}'" if split else "")
     if not records:
         raise ClipDebiasError(f"source {text}: no {what}")
     index = DatasetIndex(name, path, split or "all", records, ["image"], ["image"], group_source="labels")
+    if kind != "folder":  # a folder lists each file once
+        dedupe(index, checks)
     return Source(name, text, kind, path, split, index=index)
 
 
-def open_sources(texts: list[str], allow_outside_root: bool = False) -> list[Source]:
+def open_sources(texts: list[str], allow_outside_root: bool = False,
+                 checks: IndexChecks | None = None) -> list[Source]:
     """Every SOURCE opened, at least two, with distinct names."""
     if len(texts) < 2:
         raise ClipDebiasError(f"audit needs at least two sources to tell apart, got {len(texts)} "
                               "(clip-debias audit SOURCE SOURCE [SOURCE ...])")
-    sources = [open_source(t, allow_outside_root) for t in texts]
+    sources = [open_source(t, allow_outside_root, checks) for t in texts]
     seen: dict[str, str] = {}
     for s in sources:
         if s.name in seen:

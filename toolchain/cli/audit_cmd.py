@@ -8,8 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS
-from clip_debias.toolchain.cli.options import (AllowOutsideRootOpt, BatchOpt, DeviceOpt, LayersOpt, MaxPixelsOpt,
+from clip_debias.runtime.choices import Dedupe
+from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_ROWS
+from clip_debias.toolchain.cli.options import (AllowDuplicatesOpt, DedupeOpt, MaxRowsOpt, index_checks,
+                                               AllowOutsideRootOpt, BatchOpt, DeviceOpt, LayersOpt, MaxPixelsOpt,
                                                MaxSkippedOpt, ModelOpt, OptionalConventionOpt, PretrainedOpt,
                                                RandomWeightsOpt, SkipBadOpt, WeightsOpt, load_model, reading_options)
 
@@ -60,6 +62,9 @@ def audit(
     max_skipped: MaxSkippedOpt = None,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     allow_outside_root: AllowOutsideRootOpt = False,
+    max_rows: MaxRowsOpt = DEFAULT_MAX_ROWS,
+    dedupe: DedupeOpt = Dedupe.PATH,
+    allow_duplicates: AllowDuplicatesOpt = False,
     keep_caches: Annotated[bool, typer.Option(
         "--keep-caches", help="Keep the decomposition caches of the sampled images in OUT/caches/ (usable as "
                               "sources).")] = False,
@@ -77,7 +82,7 @@ def audit(
         corruptions=parse_corruptions(corruptions), model_dir=model_dir, max_accuracy=max_accuracy, layers=layers,
         convention=convention, top=top, batch_size=batch_size, device=device, skip_bad=skip_bad,
         reading=reading_options(skip_bad, max_skipped, max_pixels), allow_outside_root=allow_outside_root,
-        keep_caches=keep_caches)
+        keep_caches=keep_caches, index_checks=index_checks(max_rows, dedupe, allow_duplicates))
     doc = run_audit(sources, lambda: load_model(model, pretrained, weights, device, random_weights=random_weights),
                     out, options, log=lambda line: typer.echo(line, err=True))
     print_audit(doc, top)

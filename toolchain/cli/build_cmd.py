@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from clip_debias.runtime.choices import DatasetFormat, Split
-from clip_debias.toolchain.choices import HeadName, PairEmbeddings, Protocol, Renorm, ZFrom
+from clip_debias.toolchain.choices import (HeadName, LleRedraw, LleSchedule, LleShiftInit, PairEmbeddings, Protocol,
+                                          Renorm, ZFrom)
 from clip_debias.toolchain.cli.options import (DatasetOpt, ModelOpt, OptionalDataOpt, PretrainedOpt, ProtocolOpt,
                                                RandomWeightsOpt, TokenizerOpt, WeightsOpt, choice_option, load_model)
 
@@ -43,18 +44,29 @@ PlanOpt = Annotated[Path, typer.Option("--plan", metavar="FILE", help="plan.json
 AugmentOpt = Annotated[str, typer.Option(
     "--augment", metavar="TYPES", help="--classifier lle: comma-separated shift types, one head each besides the "
                                        "originals': background-swap (needs fg masks, and object masks where the data "
-                                       "has a co-object), object-swap (needs fg and object masks), watermark, auto "
-                                       "(every built-in type the data has masks for), or your own function "
+                                       "has a co-object), object-swap (needs fg and object masks), watermark, texture "
+                                       "(needs fg masks), edge-map, auto (the swaps the data has masks for, as the "
+                                       "authors' UrbanCars LLE; watermark without masks), or your own function "
                                        "NAME=module:function / NAME=file.py:function.")]
 LleCopiesOpt = Annotated[int, typer.Option("--lle-copies", metavar="N", min=1,
                                            help="LLE: augmented draws per image and type.")]
-LleEpochsOpt = Annotated[int, typer.Option("--lle-epochs", metavar="N", min=1,
-                                           help="LLE: SGD epochs per (lr, wd) of the grid.")]
+LleEpochsOpt = Annotated[Optional[int], typer.Option("--lle-epochs", metavar="N", min=1, help=(
+    "LLE: SGD epochs (per (lr, wd) of a grid; default: the schedule's, urbancars 300, imagenet 90, grid 30)."))]
+LleScheduleOpt = Annotated[LleSchedule, choice_option(
+    LleSchedule, "--lle-schedule", "LLE: urbancars (the authors' UrbanCars: lr 1e-3 constant, 300 epochs, best val "
+                                   "worst group), imagenet (theirs: cosine, lr x batch/256, 90 epochs, last epoch) or "
+                                   "grid (ours: lr and weight decay chosen on val).")]
+LleRedrawOpt = Annotated[LleRedraw, choice_option(
+    LleRedraw, "--lle-redraw", "LLE swaps: cross (the authors': the other part from a random same-class image) or own "
+                               "(ours: the image's own).")]
+LleShiftInitOpt = Annotated[LleShiftInit, choice_option(
+    LleShiftInit, "--lle-shift-init", "LLE shift classifier's start: random (the authors': nn.Linear's default) or "
+                                      "zero (ours).")]
 LleSeedOpt = Annotated[int, typer.Option("--lle-seed", metavar="N", min=0,
                                          help="LLE: seed of the augmentations and of SGD's order.")]
 LleTrainSplitOpt = Annotated[Split, choice_option(Split, "--lle-train-split", "Split the LLE head trains on.")]
 LleValSplitOpt = Annotated[Split, choice_option(
-    Split, "--lle-val-split", "Split the LLE head's learning rate, weight decay and epoch are chosen on.")]
+    Split, "--lle-val-split", "Split the LLE head's epoch (and grid entry) is chosen on.")]
 
 
 def default_calibration(plan: "LocatePlan", calibration: Path | None, needed: bool, hint: str) -> Path | None:
@@ -76,8 +88,9 @@ def default_calibration(plan: "LocatePlan", calibration: Path | None, needed: bo
     raise ClipDebiasError(f"{plan.where()} records calibration cache {path}, which does not exist; pass {hint}")
 
 
-def lle_options(classifier: str, data: Path | None, dataset: str, augment: str, copies: int, epochs: int, seed: int,
-                train_split: str, val_split: str) -> Any:
+def lle_options(classifier: str, data: Path | None, dataset: str, augment: str, copies: int, epochs: int | None,
+                seed: int, train_split: str, val_split: str, schedule: str = "urbancars", redraw: str = "cross",
+                shift_init: str = "random") -> Any:
     """``LleOptions`` for ``--classifier lle`` (None for another head); one line when --data is missing, or given to
     another head."""
     from clip_debias.toolchain.errors import ClipDebiasError
@@ -94,7 +107,7 @@ def lle_options(classifier: str, data: Path | None, dataset: str, augment: str, 
 
     options = LleOptions(data=data, dataset=dataset, train_split=train_split, val_split=val_split,
                          augment=tuple(a.strip() for a in augment.split(",") if a.strip()), copies=copies,
-                         epochs=epochs, seed=seed)
+                         epochs=epochs, seed=seed, schedule=schedule, redraw=redraw, shift_init=shift_init)
     options.resolve_augmentations()  # a type the data has no masks for is refused before the model loads
     return options
 
@@ -126,16 +139,19 @@ def build(
     dataset: DatasetOpt = DatasetFormat.WATERBIRDS,
     augment: AugmentOpt = "auto",
     lle_copies: LleCopiesOpt = 1,
-    lle_epochs: LleEpochsOpt = 30,
+    lle_epochs: LleEpochsOpt = None,
     lle_seed: LleSeedOpt = 0,
     lle_train_split: LleTrainSplitOpt = Split.TRAIN,
     lle_val_split: LleValSplitOpt = Split.VAL,
+    lle_schedule: LleScheduleOpt = LleSchedule.URBANCARS,
+    lle_redraw: LleRedrawOpt = LleRedraw.CROSS,
+    lle_shift_init: LleShiftInitOpt = LleShiftInit.RANDOM,
 ) -> None:
     """Bake the plan's corrections (mean ablation, salient projection) and the classifier head into one model.
     --protocol reference takes the ablation means from the split you will evaluate on (--calibration, required):
     transductive, not deployable. --classifier lle trains the Last Layer Ensemble head on the embeddings of the model
-    with the edits baked in, of the --lle-train-split of --data (a --dataset folder), and chooses its learning rate,
-    weight decay and epoch on its --lle-val-split."""
+    with the edits baked in, of the --lle-train-split of --data (a --dataset folder), and chooses its epoch (with
+    --lle-schedule grid also its learning rate and weight decay) on its --lle-val-split."""
     from clip_debias.toolchain.correct.build import BuildOptions, build_classifier
     from clip_debias.toolchain.prompts.defaults import attribute_pairs_for, contexts_for
     from clip_debias.toolchain.decompose.cache import load_cache
@@ -148,7 +164,7 @@ def build(
     from clip_debias.toolchain.protocol import policy
 
     lle = lle_options(classifier, data, dataset, augment, lle_copies, lle_epochs, lle_seed, lle_train_split,
-                      lle_val_split)
+                      lle_val_split, lle_schedule, lle_redraw, lle_shift_init)
     check_directory_target(out, MODEL_DIR_KIND)  # before the build's minutes of work, not after
     located = LocatePlan.load(plan)
     rules = policy(protocol)
@@ -175,9 +191,10 @@ def build(
         t = clf.head.training_record
         c = t["chosen"]
         typer.echo(f"  LLE heads {', '.join(clf.head.shifts)}: trained on {t['train']['dataset']}/"
-                   f"{t['train']['split']} ({t['train']['n_embeddings']} embeddings), chosen on {t['val']['split']}: "
-                   f"lr {c['lr']}, wd {c['weight_decay']}, epoch {c['epoch']} (val worst group "
-                   f"{100 * c['val_worst_group']:.1f} %, zero-shot {100 * t['val_zero_shot']['worst_group']:.1f} %)")
+                   f"{t['train']['split']} ({t['train']['n_embeddings']} embeddings; {t['schedule']['name']} "
+                   f"schedule, redraw {t['redraw']}), chosen on {t['val']['split']}: lr {c['lr']}, wd "
+                   f"{c['weight_decay']}, epoch {c['epoch']} (val worst group {100 * c['val_worst_group']:.1f} %, "
+                   f"zero-shot {100 * t['val_zero_shot']['worst_group']:.1f} %)")
     if spec.plan.get("calibration"):
         c = spec.plan["calibration"]
         typer.echo(f"  ablation means from {c['dataset']}/{c['split']} ({c['n']} images)")

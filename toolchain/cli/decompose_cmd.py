@@ -7,9 +7,11 @@ from typing import Annotated
 
 import typer
 
-from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS
+from clip_debias.runtime.choices import Dedupe
+from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_ROWS
 from clip_debias.toolchain.choices import ComputeDtype, Convention, TermsDtype
-from clip_debias.toolchain.cli.options import (AllowOutsideRootOpt, BatchOpt, ConventionOpt, CsvClassesOpt, DataOpt,
+from clip_debias.toolchain.cli.options import (AllowDuplicatesOpt, DedupeOpt, MaxRowsOpt, index_checks,
+                                               AllowOutsideRootOpt, BatchOpt, ConventionOpt, CsvClassesOpt, DataOpt,
                                                DatasetOpt, DeviceOpt, DtypeOpt, ForceOpt, LayersOpt, MaxPixelsOpt,
                                                MaxSkippedOpt, ModelOpt, PretrainedOpt, ProtectedOpt,
                                                RandomWeightsOpt, SkipBadOpt, SplitOpt, TargetOpt, WeightsOpt,
@@ -38,6 +40,9 @@ def decompose(
     max_skipped: MaxSkippedOpt = None,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     allow_outside_root: AllowOutsideRootOpt = False,
+    max_rows: MaxRowsOpt = DEFAULT_MAX_ROWS,
+    dedupe: DedupeOpt = Dedupe.PATH,
+    allow_duplicates: AllowDuplicatesOpt = False,
     force: ForceOpt = False,
     target: TargetOpt = None,
     protected: ProtectedOpt = None,
@@ -56,7 +61,8 @@ def decompose(
         check_file_target(skipped_log, "skipped-list", force)
     reading = reading_options(skip_bad, max_skipped, max_pixels)
     index = load_index(dataset, data, split, classes=classes.split(",") if classes else None,
-                       allow_outside_root=allow_outside_root, target=target, protected=protected)
+                       allow_outside_root=allow_outside_root, target=target, protected=protected,
+                       checks=index_checks(max_rows, dedupe, allow_duplicates))
     clip = load_model(model, pretrained, weights, device, dtype, random_weights=random_weights)
     chosen = resolve_layers(layers, clip.tower.layers)
     say(f"decomposing {len(index)} images of {dataset}/{split} (layers {chosen}, {convention} convention) into {out}")

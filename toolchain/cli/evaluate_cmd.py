@@ -8,11 +8,13 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS
+from clip_debias.runtime.choices import Dedupe
+from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_ROWS
 from clip_debias.toolchain.choices import Protocol, Renorm, ZFrom
 from clip_debias.toolchain.cli.build_cmd import (RENORM_HELP, AllowTestOpt, ContextsOpt, PairEmbeddingsOpt, PairsOpt,
                                                  TauOpt, ZFromOpt, default_calibration)
-from clip_debias.toolchain.cli.options import (AllowOutsideRootOpt, BatchOpt, CsvClassesOpt, DeviceOpt, ForceOpt,
+from clip_debias.toolchain.cli.options import (AllowDuplicatesOpt, DedupeOpt, MaxRowsOpt, index_checks,
+                                               AllowOutsideRootOpt, BatchOpt, CsvClassesOpt, DeviceOpt, ForceOpt,
                                                JsonOpt, MaxPixelsOpt, MaxSkippedOpt, OptionalDataOpt,
                                                OptionalDatasetOpt, OptionalSplitOpt, PretrainedOpt, ProtectedOpt,
                                                ProtocolOpt, RandomWeightsOpt, ShortcutAttributesOpt, SkewKOpt,
@@ -60,6 +62,9 @@ def evaluate(
     max_skipped: MaxSkippedOpt = None,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     allow_outside_root: AllowOutsideRootOpt = False,
+    max_rows: MaxRowsOpt = DEFAULT_MAX_ROWS,
+    dedupe: DedupeOpt = Dedupe.PATH,
+    allow_duplicates: AllowDuplicatesOpt = False,
     force: ForceOpt = False,
     target: TargetOpt = None,
     protected: ProtectedOpt = None,
@@ -79,7 +84,7 @@ def evaluate(
     reading = {**reading_options(skip_bad, max_skipped, max_pixels), "allow_outside_root": allow_outside_root}
     class_list = [c.strip() for c in classes.split(",")] if classes else None
     metrics = {"metric_options": metric_options(shortcut_attributes, train_correlation, skew_k),
-               "protected": protected}
+               "protected": protected, "index_checks": index_checks(max_rows, dedupe, allow_duplicates)}
     if compare:
         rows, extra = _compare(CompareOptions(
             model=model, pretrained=pretrained, weights=weights, random_weights=random_weights, plan=plan,
@@ -118,7 +123,8 @@ def evaluate(
 @dataclass
 class CompareOptions:
     """The options of ``evaluate --compare`` (see ``evaluate``'s); ``reading``: ``reading_options`` plus
-    allow_outside_root; ``metrics``: ``compare_methods``' metric_options and protected."""
+    allow_outside_root; ``metrics``: ``compare_methods``' metric_options and protected, and ``index_checks`` (for
+    ``load_index``)."""
 
     model: Optional[str]
     plan: Optional[Path]
@@ -160,6 +166,7 @@ def _compare(o: CompareOptions) -> tuple[list[Any], dict[str, Any]]:
         raise ClipDebiasError("evaluate --compare needs --model and --plan")
     rules = policy(o.protocol)
     metrics = dict(o.metrics or {})
+    checks = metrics.pop("index_checks", None)
     if rules.transductive and o.calibration is not None:
         raise ClipDebiasError(f"--calibration: {rules.option} takes the ablation means from the evaluated split "
                               "itself (--cache or --dataset/--data)")
@@ -178,7 +185,7 @@ def _compare(o: CompareOptions) -> tuple[list[Any], dict[str, Any]]:
         reading = dict(o.reading or {})
         index = load_index(o.dataset, o.data, o.split, classes=o.classes,
                            allow_outside_root=reading.pop("allow_outside_root", False), target=o.target,
-                           protected=metrics.get("protected"))
+                           protected=metrics.get("protected"), checks=checks)
         edited = sorted({l for l, _ in located.spurious_heads() + located.salient_heads()})
         terms = decompose_dataset(clip, index, layers=edited or [located.layers[-1]], batch_size=o.batch_size,
                                   device=o.device, skip_bad=o.skip_bad, convention=located.convention, **reading)

@@ -52,6 +52,7 @@ def onnx_cmd(
                                 fused_attention=fused_attention, fp16_fp32_ops=fp16_fp32_ops.split(","))
     typer.echo(f"wrote {report.artifact} ({', '.join(report.files)}; every graph passed its parity gate)")
     typer.echo(f"artifact digest {report.digest} (pin it: clip-debias verify ... --expect-digest {report.digest})")
+    warn_if_transductive(report.artifact)
 
 
 @export_app.command("tensorrt")
@@ -156,3 +157,12 @@ def register(app: typer.Typer) -> None:
     """Add the ``export`` sub-app and the top-level ``bench`` command."""
     app.add_typer(export_app, name="export", short_help="ONNX artifact, TensorRT engine, Triton model repository.")
     app.command("bench", short_help="Latency of every backend of an artifact, side by side.")(bench_cmd)
+
+
+def warn_if_transductive(artifact: Path) -> None:
+    """One warning line on stderr for an artifact built under the reference (transductive) protocol (its manifest
+    records it: ``plan.plan.transductive``)."""
+    from clip_debias.runtime.manifest import TRANSDUCTIVE_WARNING, Manifest
+
+    if Manifest.load(artifact).transductive:
+        typer.echo(f"warning: {TRANSDUCTIVE_WARNING}", err=True)

@@ -4,13 +4,15 @@ tiny CLIP (``clipdebias-lab``) trained on it. torch is imported inside the comma
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from clip_debias.toolchain.choices import LabLoss, LabShortcuts
 from clip_debias.toolchain.cli.help import App
-from clip_debias.toolchain.cli.build_cmd import LleCopiesOpt, LleEpochsOpt, LleSeedOpt
+from clip_debias.toolchain.choices import LleRedraw, LleSchedule, LleShiftInit
+from clip_debias.toolchain.cli.build_cmd import (LleCopiesOpt, LleEpochsOpt, LleRedrawOpt, LleScheduleOpt, LleSeedOpt,
+                                                 LleShiftInitOpt)
 from clip_debias.toolchain.cli.options import (BATCH_HELP, BatchOpt, DataOpt, DeviceOpt, ForceOpt, JsonOpt, WeightsOpt,
                                                choice_option)
 
@@ -156,9 +158,12 @@ def report(
                               "CoObj / BG+CoObj gaps, worst of 8).")] = False,
     json_out: JsonOpt = None,
     force: ForceOpt = False,
-    lle_epochs: LleEpochsOpt = 30,
+    lle_epochs: LleEpochsOpt = None,
     lle_copies: LleCopiesOpt = 1,
     lle_seed: LleSeedOpt = 0,
+    lle_schedule: LleScheduleOpt = LleSchedule.URBANCARS,
+    lle_redraw: LleRedrawOpt = LleRedraw.CROSS,
+    lle_shift_init: LleShiftInitOpt = LleShiftInit.RANDOM,
     batch_size: BatchOpt = 64,
 ) -> None:
     """Print zero-shot average, per-group and worst-group accuracy per split (8 groups and the shortcut cells on
@@ -169,10 +174,13 @@ def report(
     from clip_debias.toolchain.cli.options import check_json_target
     from clip_debias.toolchain.errors import ClipDebiasError
     from clip_debias.toolchain.lab.train import zero_shot_report
+    from clip_debias.toolchain.lab.whac_a_mole import LleSettings
 
     if whac_a_mole:
         check_json_target(json_out, "compare-file", force)  # before the minutes of work
-        _whac_a_mole(data, weights, model, json_out, force, lle_epochs, lle_copies, lle_seed, batch_size)
+        settings = LleSettings(epochs=lle_epochs, copies=lle_copies, seed=lle_seed, schedule=lle_schedule,
+                               redraw=lle_redraw, shift_init=lle_shift_init)
+        _whac_a_mole(data, weights, model, json_out, force, settings, batch_size)
         return
     if json_out is not None:
         raise ClipDebiasError(f"--json {json_out}: only with --whac-a-mole (the per-split report is printed)")
@@ -183,18 +191,18 @@ def report(
     zero_shot_report(weights, data, names, model_name=model, log=typer.echo)
 
 
-def _whac_a_mole(data: Path, weights: Path | None, model: str, json_out: Path | None, force: bool, epochs: int,
-                 copies: int, seed: int, batch_size: int) -> None:
+def _whac_a_mole(data: Path, weights: Path | None, model: str, json_out: Path | None, force: bool,
+                 settings: Any, batch_size: int) -> None:
     """``lab report --whac-a-mole``: the table (``toolchain.lab.whac_a_mole``), optionally saved as JSON."""
     from clip_debias.runtime.atomic_output import write_atomic
     from clip_debias.runtime.tables import output_console
     from clip_debias.toolchain.evaluate import compare_file
-    from clip_debias.toolchain.lab.whac_a_mole import LleSettings, print_table, whac_a_mole
+    from clip_debias.toolchain.lab.whac_a_mole import print_table, whac_a_mole
     from clip_debias.toolchain.models.loading import load_clip
 
     console = output_console(stderr=True)
     clip = load_clip(model, weights=weights)  # default: the weights shipped for --model
-    result = whac_a_mole(data, clip, LleSettings(epochs=epochs, copies=copies, seed=seed), batch_size=batch_size,
+    result = whac_a_mole(data, clip, settings, batch_size=batch_size,
                          say=lambda m: console.print(m, markup=False, highlight=False))
     print_table(result, output_console())
     if json_out is not None:

@@ -14,13 +14,16 @@ Conventions every command follows (new options too):
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from clip_debias.runtime.choices import Choice, DatasetFormat, FairFaceColumn, Split
+from clip_debias.runtime.choices import Choice, DatasetFormat, Dedupe, FairFaceColumn, Split
+from clip_debias.runtime.limits import DEFAULT_MAX_ROWS
 from clip_debias.toolchain.choices import ComputeDtype, Convention, Protocol
 from clip_debias.toolchain.decompose.layers import LAYERS_HELP
 
@@ -99,12 +102,29 @@ SkipBadOpt = Annotated[bool, typer.Option(
                        "OUT.skipped.txt, verify in its JSON report, audit in OUT/N-NAME.skipped.txt).")]
 MaxSkippedOpt = Annotated[Optional[str], typer.Option(
     "--max-skipped", metavar="LIMIT", help="With --skip-bad: the most unreadable images before the command stops "
-                                           "(verify: FAILS): a count (5), a fraction (0.02) or a percentage (2%); "
-                                           "default 1%.")]
+                                          "(verify: FAILS): a count of images (5) or a percentage of the split "
+                                          "(2%); default 1%.")]
 MaxPixelsOpt = Annotated[int, typer.Option(
     "--max-pixels", metavar="N", min=1, help="Refuse image files of more pixels than this, before decoding them.")]
 AllowOutsideRootOpt = Annotated[bool, typer.Option(
     "--allow-outside-root", help="Read image paths that leave the data folder (absolute, or with '..').")]
+MaxRowsOpt = Annotated[int, typer.Option(
+    "--max-rows", metavar="N", min=1, help="Refuse a metadata file of more rows than this, while it is read.")]
+DedupeOpt = Annotated[Dedupe, choice_option(
+    Dedupe, "--dedupe", "When two rows of the split name the same image file: path (the same resolved path) | "
+                        "content (the same bytes, sha256; reads every file once more).")]
+AllowDuplicatesOpt = Annotated[bool, typer.Option(
+    "--allow-duplicates", help="Count each image file once when the split lists it on several rows (default: "
+                               "refuse such a split).")]
+
+
+def index_checks(max_rows: int = DEFAULT_MAX_ROWS, dedupe: str = Dedupe.PATH,
+                 allow_duplicates: bool = False) -> Any:
+    """``runtime.limits.IndexChecks`` (``load_index``'s ``checks``) from ``--max-rows`` / ``--dedupe`` /
+    ``--allow-duplicates``."""
+    from clip_debias.runtime.limits import IndexChecks
+
+    return IndexChecks(max_rows, Dedupe(dedupe), allow_duplicates)
 
 
 def need_split(split: Split | None, data: Path | None) -> Split | None:
@@ -163,39 +183,97 @@ ShortcutAttributesOpt = Annotated[Optional[str], typer.Option(
     "--shortcut-attributes", metavar="BACKGROUND,OBJECT", help="Whac-A-Mole gaps: the two spurious attributes "
                                                                "(default: the dataset's, when it has exactly two, "
                                                                "e.g. lab data's place,object).")]
-TrainCorrelationOpt = Annotated[Optional[float], typer.Option(
-    "--train-correlation", metavar="FRACTION",
-    help="Whac-A-Mole p_agree: how often each shortcut agreed with the class in train (default: lab data's lab.json, "
-         "else 0.95 as UrbanCars).")]
+TrainCorrelationOpt = Annotated[Optional[str], typer.Option(
+    "--train-correlation", metavar="FRACTION|BACKGROUND=P,OBJECT=P",
+    help="Whac-A-Mole: how often each shortcut agreed with the class in train (one fraction for both, or one per "
+         "attribute; default: lab data's lab.json, else 0.95 as UrbanCars).")]
 SkewKOpt = Annotated[str, typer.Option(
     "--skew-k", metavar="K,K,...", help="Comma-separated k of MaxSkew@k (capped by the number of images).")]
-MaxGapOpt = Annotated[Optional[list[str]], typer.Option(
-    "--max-gap", metavar="NAME=VALUE", help="Repeatable: the largest |gap| allowed, NAME bg | coobj | bg+coobj "
-                                            "(Whac-A-Mole; VALUE a fraction, 0.05 = 5 points).")]
 
 
-def max_gaps(values: list[str] | None) -> dict[str, float]:
-    """``--max-gap NAME=VALUE`` options as {name: value}; one error line for a malformed one."""
-    from clip_debias.runtime.metrics import GAP_NAMES
+# ---- gates (runtime.metrics registry) ---------------------------------------------------------------------------
+def gate_parameters() -> list[inspect.Parameter]:
+    """One keyword option per registered metric gate (``runtime.metrics.registry``): a float, or for a keyed gate
+    (``--max-gap NAME=VALUE``) a repeatable string."""
+    from clip_debias.runtime.metrics.registry import gates
+
+    params = []
+    for g in gates():
+        kind = Optional[list[str]] if g.keys else Optional[float]
+        option = typer.Option(g.option, metavar=g.metavar, help=g.help)
+        params.append(inspect.Parameter(g.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                        annotation=Annotated[kind, option]))  # type: ignore[valid-type]
+    return params
+
+
+def with_gate_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``command`` with its ``gate_values`` parameter replaced by one CLI option per registered metric gate (Typer
+    reads the signature): the wrapper collects their values into ``gate_values`` ({gate name: value or None})."""
+    from clip_debias.runtime.metrics.registry import gates
+
+    signature = inspect.signature(command, eval_str=True)
+    kept = [p for p in signature.parameters.values() if p.name != "gate_values"]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        values = {g.name: kwargs.pop(g.name, None) for g in gates()}
+        return command(**kwargs, gate_values=values)
+
+    wrapper.__signature__ = signature.replace(parameters=[*kept, *gate_parameters()])  # type: ignore[attr-defined]
+    return wrapper
+
+
+def gate_limits(values: dict[str, Any]) -> dict[str, Any]:
+    """{gate name: limit} from the CLI values: floats as given, a keyed gate's ``NAME=VALUE`` items as {name: value}
+    (one error line for a malformed one)."""
+    from clip_debias.runtime.metrics.registry import gates
     from clip_debias.toolchain.errors import ClipDebiasError
 
-    out: dict[str, float] = {}
-    for item in values or []:
-        name, _, value = item.partition("=")
-        try:
-            number = float(value)
-        except ValueError:
-            number = None
-        if name.strip() not in GAP_NAMES or number is None:
-            raise ClipDebiasError(f"--max-gap {item}: expected NAME=VALUE with NAME one of {', '.join(GAP_NAMES)} "
-                                  "and VALUE a fraction (e.g. bg=0.05)")
-        if name.strip() in out:
-            raise ClipDebiasError(f"--max-gap {item}: {name.strip()} given twice")
-        out[name.strip()] = number
+    out: dict[str, Any] = {}
+    for g in gates():
+        value = values.get(g.name)
+        if not g.keys:
+            out[g.name] = value
+            continue
+        keyed: dict[str, float] = {}
+        for item in value or []:
+            name, _, text = item.partition("=")
+            try:
+                number = float(text)
+            except ValueError:
+                number = None
+            if name.strip() not in g.keys or number is None:
+                raise ClipDebiasError(f"{g.option} {item}: expected NAME=VALUE with NAME one of {', '.join(g.keys)} "
+                                      f"and VALUE a fraction (e.g. {g.keys[0]}=0.05)")
+            if name.strip() in keyed:
+                raise ClipDebiasError(f"{g.option} {item}: {name.strip()} given twice")
+            keyed[name.strip()] = number
+        out[g.name] = keyed
     return out
 
 
-def metric_options(shortcut_attributes: str | None, train_correlation: float | None, skew_k: str) -> Any:
+def train_correlation(text: str | None) -> float | dict[str, float] | None:
+    """``--train-correlation``: one fraction (both attributes) or ``background=P,object=P``; one line otherwise."""
+    from clip_debias.runtime.metric_inputs import ROLES
+    from clip_debias.toolchain.errors import ClipDebiasError
+
+    if text is None:
+        return None
+    hint = (f"--train-correlation {text}: expected a fraction (0.95) or {'=P,'.join(ROLES)}=P "
+            "(background=0.95,object=0.9)")
+    try:
+        if "=" not in text:
+            return float(text)
+        pairs = [item.partition("=") for item in text.split(",")]
+        out = {k.strip(): float(v) for k, _, v in pairs}
+    except ValueError:
+        raise ClipDebiasError(hint) from None
+    if sorted(out) != sorted(ROLES) or len(pairs) != len(ROLES):
+        raise ClipDebiasError(hint)
+    return out
+
+
+def metric_options(shortcut_attributes: str | None, correlation: str | None, skew_k: str) -> Any:
     """``runtime.metric_inputs.MetricOptions`` from the CLI values; one error line for a malformed one."""
     from clip_debias.runtime.metric_inputs import MetricOptions
     from clip_debias.toolchain.errors import ClipDebiasError
@@ -210,7 +288,7 @@ def metric_options(shortcut_attributes: str | None, train_correlation: float | N
         if len(pair) != 2 or not all(pair):
             raise ClipDebiasError(f"--shortcut-attributes {shortcut_attributes}: expected two attribute names, "
                                   "BACKGROUND,OBJECT")
-    return MetricOptions(pair, train_correlation, ks)  # type: ignore[arg-type]
+    return MetricOptions(pair, train_correlation(correlation), ks)  # type: ignore[arg-type]
 
 
 def reading_options(skip_bad: bool, max_skipped: str | None, max_pixels: int) -> dict[str, Any]:

@@ -6,61 +6,65 @@ Exit codes: 0 all thresholds met, 1 a threshold failed, 2 bad input (one ``error
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from clip_debias.runtime.choices import BackendName, Precision, RuntimeDevice, VerifyEngine
+from clip_debias.runtime.choices import BackendName, Dedupe, Precision, RuntimeDevice, VerifyEngine
 from clip_debias.runtime.errors import ClipDebiasError
-from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS, MIN_LATENCY_BATCHES
+from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_ROWS, MIN_LATENCY_BATCHES
 from clip_debias.runtime.tables import output_console, table
-from clip_debias.toolchain.cli.options import (AllowOutsideRootOpt, BatchOpt, DataOpt, DatasetOpt, ForceOpt, JsonOpt,
-                                               MaxGapOpt, MaxPixelsOpt, MaxSkippedOpt, ProtectedOpt,
-                                               ShortcutAttributesOpt, SkewKOpt, SkipBadOpt, SplitOpt, TargetOpt,
-                                               TrainCorrelationOpt, check_json_target, choice_option, max_gaps,
-                                               metric_options)
+from clip_debias.toolchain.cli.options import (AllowDuplicatesOpt, AllowOutsideRootOpt, BatchOpt, DataOpt, DatasetOpt,
+                                               DedupeOpt, ForceOpt, JsonOpt, MaxPixelsOpt, MaxRowsOpt, MaxSkippedOpt,
+                                               ProtectedOpt, ShortcutAttributesOpt, SkewKOpt, SkipBadOpt, SplitOpt,
+                                               TargetOpt, TrainCorrelationOpt, check_json_target, choice_option,
+                                               gate_limits, index_checks, metric_options, with_gate_options)
 
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100.0 * x:.2f}%"
 
 
+def _gate_specs() -> dict[str, Any]:
+    """{threshold JSON key prefix: its ``GateSpec``} of the registered metric gates."""
+    from clip_debias.runtime.metrics.registry import gates
+
+    return {g.name: g for g in gates()}
+
+
 def _over(name: str, r) -> str:  # noqa: ANN001 (ThresholdResult)
-    """What a threshold's value was computed over, in a few words."""
+    """What a threshold's value was computed over, in a few words (a metric gate: its ``GateSpec.over_text``)."""
     o = r.over
-    if name == "min_accuracy":
-        return f"{o['images']} of {o['images_in_split']} images"
-    if name == "min_worst_group":
-        return f"{len(o['expected_groups'])} groups ({o['groups_from']})"
     if name == "max_latency_ms":
         extra = f", {o['extra_runs']} of them repeats" if o.get("extra_runs") else ""
         return f"{o['batches']} calls on batches of {o['batch_size']}{extra}"
     if name == "max_skipped":
         return f"{o['images_in_split']} images"
-    if name.startswith("max_gap_") and o:
-        return f"{len(o['groups'])} groups, p_agree {o['p_agree']:g}"
-    if name == "max_flip_rate" and o:
-        return f"{o['pairs']} of {o['pairs_in_split']} pairs"
-    if name == "max_skew" and o:
-        return f"'{o['attribute']}', k {','.join(map(str, o['k']))}, {o['images']} images"
-    if name in ("max_eo_gap", "max_dp_gap") and o:
-        return f"'{o['attribute']}', {o['classes']} classes"
-    return ""
+    spec, _ = _spec_of(name)
+    return spec.over_text(o) if spec is not None and o else ""
 
 
-def _shown(name: str, latency_batch_size: int) -> tuple[str, object]:
+def _spec_of(name: str) -> tuple[Any, str]:
+    """(the metric gate a threshold key belongs to, the key of a keyed gate), or (None, "")."""
+    specs = _gate_specs()
+    if name in specs:
+        return specs[name], ""
+    spec = next((g for g in specs.values() if g.keys and name.startswith(g.name + "_")), None)
+    return spec, name[len(spec.name) + 1:] if spec is not None else ""
+
+
+def _shown(name: str, latency_batch_size: int) -> tuple[str, Any]:
     """(what the threshold bounds, how its numbers are written); latency per call on a batch of that many images."""
-    from clip_debias.runtime.metric_tables import log_ratio
+    if name == "max_latency_ms":
+        return "p95 latency <= ", lambda v: f"{v:.2f} ms per batch of {latency_batch_size}"
+    if name == "max_skipped":
+        return "skipped <= ", lambda v: f"{v:.0f} images"
+    spec, key = _spec_of(name)
+    return (spec.shown.format(key=key), spec.fmt) if spec is not None else ("", _pct)
 
-    if name.startswith("max_gap_"):
-        return f"|{name[len('max_gap_'):]} gap| <= ", lambda v: "-" if v is None else f"{100 * v:.2f} pts"
-    per_call = f" per batch of {latency_batch_size}"
-    return {"max_latency_ms": ("p95 latency <= ", lambda v: f"{v:.2f} ms{per_call}"),
-            "min_accuracy": ("accuracy >= ", _pct),
-            "min_worst_group": ("worst group >= ", _pct),
-            "max_skipped": ("skipped <= ", lambda v: f"{v:.0f} images"),
-            "max_flip_rate": ("flip rate <= ", _pct), "max_skew": ("MaxSkew@k <= ", log_ratio),
-            "max_eo_gap": ("EO gap <= ", _pct), "max_dp_gap": ("DP gap <= ", _pct)}.get(name, ("", _pct))
+
+DECISION_STYLE = {"PASS": "[green]PASS[/green]", "FAIL": "[red]FAIL[/red]",
+                  "INCONCLUSIVE": "[yellow]INCONCLUSIVE[/yellow]"}
 
 
 def print_report(report, console) -> None:  # noqa: ANN001 (rich Console, VerifyReport: imported lazily)
@@ -77,6 +81,8 @@ def print_report(report, console) -> None:  # noqa: ANN001 (rich Console, Verify
                       f"{gate['logit_tolerance']:.3g}), min cosine {gate['min_cosine']:.5f}, argmax agree "
                       f"{100 * gate['argmax_agree']:.0f}% -- "
                       + ("[green]PASS[/green]" if gate["passed"] else f"[red]FAIL[/red] ({gate['reason']})"))
+    for w in report.warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}", soft_wrap=True)
     if report.skipped:
         console.print(f"[yellow]warning:[/yellow] {len(report.skipped)} of {report.n_split} image(s) unreadable, left "
                       f"out (--skip-bad), e.g. {report.skipped[0]}; the full list is in the JSON report")
@@ -109,16 +115,25 @@ def print_report(report, console) -> None:  # noqa: ANN001 (rich Console, Verify
     print_bias_sections(report, console)
 
     if report.thresholds:
-        tt = table(["check", "threshold", "measured", "over", "result"], title="thresholds", right={1, 2, 3, 4})
+        title = (f"thresholds ({100 * report.confidence:g}% intervals; a group under {report.min_group_size} images: "
+                 "INCONCLUSIVE)")
+        tt = table(["check", "threshold", "measured", "interval", "n", "over", "result"], title=title,
+                   right={1, 2, 3, 4, 5, 6})
         for name, r in report.thresholds.items():
             prefix, fmt = _shown(name, report.latency_batch_size)
-            tt.add_row(name, prefix + fmt(r.threshold), fmt(r.value), _over(name, r),  # type: ignore[operator]
-                       "[green]PASS[/green]" if r.passed else "[red]FAIL[/red]")
+            interval = "point" if r.interval is None else f"[{fmt(r.interval[0])}, {fmt(r.interval[1])}]"
+            tt.add_row(name, prefix + fmt(r.threshold), fmt(r.value), interval, "" if r.n is None else str(r.n),
+                       _over(name, r), DECISION_STYLE[r.decision])
         console.print(tt)
         for name, r in report.thresholds.items():
-            if not r.passed and r.reason:
-                console.print(f"[red]FAIL[/red] {name}: {r.reason}")
-    console.print("[bold green]PASSED[/bold green]" if report.passed else "[bold red]FAILED[/bold red]")
+            if r.decision != "PASS" and r.reason:
+                console.print(f"{DECISION_STYLE[r.decision]} {name}: {r.reason}", soft_wrap=True)
+    if report.passed and report.decision == "PASS" and any(r.decision == "INCONCLUSIVE"
+                                                            for r in report.thresholds.values()):
+        console.print("[yellow]INCONCLUSIVE gates allowed (--allow-inconclusive)[/yellow]")
+    console.print("[bold green]PASSED[/bold green]" if report.passed else
+                  "[bold yellow]INCONCLUSIVE[/bold yellow] (exit 1; --allow-inconclusive to accept)"
+                  if report.decision == "INCONCLUSIVE" else "[bold red]FAILED[/bold red]")
 
 
 def print_bias_sections(report, console) -> None:  # noqa: ANN001 (a report with the bias sections; rich Console)
@@ -157,12 +172,6 @@ def verify(
     batch_size: BatchOpt = 32,
     cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="ONNX Runtime CUDA graphs (--device cuda only).")]
     = False,
-    min_accuracy: Annotated[Optional[float], typer.Option(
-        "--min-accuracy", metavar="FRACTION", help="Fail unless the average accuracy is at least this (0.9 = 90%).")]
-    = None,
-    min_worst_group: Annotated[Optional[float], typer.Option(
-        "--min-worst-group", metavar="FRACTION", help="Fail unless the worst group's accuracy is at least this.")]
-    = None,
     max_latency_ms: Annotated[Optional[float], typer.Option(
         "--max-latency-ms", metavar="MS", help="Fail unless the p95 model latency per call on a batch of "
                                                "--batch-size images is at most this many milliseconds.")] = None,
@@ -189,6 +198,9 @@ def verify(
     = None,
     allow_outside_root: AllowOutsideRootOpt = False,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    max_rows: MaxRowsOpt = DEFAULT_MAX_ROWS,
+    dedupe: DedupeOpt = Dedupe.PATH,
+    allow_duplicates: AllowDuplicatesOpt = False,
     force: ForceOpt = False,
     engine: Annotated[VerifyEngine, choice_option(
         VerifyEngine, "--engine", "local: this process | ray: a Ray Data pipeline, one model per actor (the 'ray' "
@@ -204,27 +216,26 @@ def verify(
     shortcut_attributes: ShortcutAttributesOpt = None,
     train_correlation: TrainCorrelationOpt = None,
     skew_k: SkewKOpt = "10,50,100",
-    max_gap: MaxGapOpt = None,
-    max_flip_rate: Annotated[Optional[float], typer.Option(
-        "--max-flip-rate", metavar="FRACTION", help="Counterfactual pairs: the largest fraction of pairs whose label "
-                                                    "flips (0..1). Data without pairs is refused.")] = None,
-    max_skew: Annotated[Optional[float], typer.Option(
-        "--max-skew", metavar="LN_RATIO", help="The largest MaxSkew@k (ln ratio, >= 0) over every class and --skew-k "
-                                               "value, of the protected attribute.")] = None,
-    max_eo_gap: Annotated[Optional[float], typer.Option(
-        "--max-eo-gap", metavar="FRACTION", help="The largest equal-opportunity gap (recall difference between values "
-                                                 "of the protected attribute, max over classes; 0..1).")] = None,
-    max_dp_gap: Annotated[Optional[float], typer.Option(
-        "--max-dp-gap", metavar="FRACTION", help="The largest demographic-parity gap (difference of P(pred = c) "
-                                                 "between values of the protected attribute, max over classes; "
-                                                 "0..1).")] = None,
+    confidence: Annotated[float, typer.Option(
+        "--confidence", metavar="FRACTION", help="Confidence of the gates' intervals (Wilson; gaps: Newcombe/MOVER).")]
+    = 0.95,
+    min_group_size: Annotated[int, typer.Option(
+        "--min-group-size", metavar="N", help="A group (or cell, or set of pairs) under N images makes every gate "
+                                              "that reads it INCONCLUSIVE.")] = 20,
+    allow_inconclusive: Annotated[bool, typer.Option(
+        "--allow-inconclusive", help="Exit 0 when gates are INCONCLUSIVE (interval straddles the limit, or a group "
+                                     "under --min-group-size) and none FAILs.")] = False,
+    gate_values: Optional[dict] = None,
 ) -> None:
     """Run ARTIFACT on a dataset split with the torch-free runtime; check accuracy, worst-group accuracy, latency and
-    bias thresholds (Whac-A-Mole gaps, counterfactual flip rate, MaxSkew@k, EO / DP gaps). Exit 0 = all met, 1 = a
-    threshold failed, 2 = bad input (also: a bias gate on data that lacks what it needs)."""
+    bias thresholds (Whac-A-Mole gaps, counterfactual flip rate, MaxSkew@k, EO / DP gaps). A gate PASSES only when
+    its whole confidence interval is on the passing side. Exit 0 = all PASS, 1 = a gate FAILED or is INCONCLUSIVE,
+    2 = bad input (also: a bias gate on data that lacks what it needs)."""
     from clip_debias.runtime.integrity import parse_digest
     from clip_debias.runtime.limits import MaxSkipped
-    from clip_debias.runtime.verify import Thresholds, verify as run_verify
+    from clip_debias.runtime.metrics.evidence import Evidence
+    from clip_debias.runtime.verify import (DataOptions, GateOptions, LoadOptions, RunOptions, Thresholds,
+                                            VerifyOptions, verify as run_verify)
 
     if engine != VerifyEngine.RAY and address is not None:
         raise ClipDebiasError("--address: only with --engine ray")
@@ -233,28 +244,29 @@ def verify(
     if max_skipped is not None and not skip_bad:
         raise ClipDebiasError("--max-skipped applies with --skip-bad (without it any unreadable image stops verify)")
     limit = MaxSkipped.parse(max_skipped) if max_skipped is not None else None
-    thresholds = Thresholds(min_accuracy, min_worst_group, max_latency_ms, limit, max_gaps(max_gap), max_flip_rate,
-                            max_skew, max_eo_gap, max_dp_gap)
-    options = metric_options(shortcut_attributes, train_correlation, skew_k)
+    thresholds = Thresholds(**gate_limits(gate_values or {}), max_latency_ms=max_latency_ms, max_skipped=limit)
     group_list = [g.strip() for g in groups.split(",")] if groups is not None else None
     if group_list is not None and not all(group_list):
         raise ClipDebiasError(f"--groups {groups!r}: expected comma-separated group names")
     if expect_digest is not None:
         parse_digest(expect_digest, "--expect-digest")
     check_json_target(json_path, "verify-report", force)  # before the run, not after
-    kwargs = dict(backend=backend, device=device, batch_size=batch_size, thresholds=thresholds, precision=precision,
-                  cuda_graph=cuda_graph, workers=workers, progress=progress, console=output_console(stderr=True),
-                  skip_bad=skip_bad, groups=group_list, expected_digest=expect_digest,
-                  allow_outside_root=allow_outside_root, max_pixels=max_pixels, latency_batches=latency_batches,
-                  target=target, protected=protected, metric_options=options)
+    options = VerifyOptions(
+        LoadOptions(backend, device, precision, cuda_graph, expect_digest, max_pixels),
+        RunOptions(batch_size, workers=workers, progress=progress, console=output_console(stderr=True),
+                   skip_bad=skip_bad, latency_batches=latency_batches),
+        DataOptions(group_list, allow_outside_root, target, protected,
+                    metric_options(shortcut_attributes, train_correlation, skew_k),
+                    index_checks(max_rows, dedupe, allow_duplicates)),
+        GateOptions(thresholds, Evidence(confidence, min_group_size), allow_inconclusive))
     if engine == VerifyEngine.RAY:
         from clip_debias.serving.ray_verify import RayEngine
 
         with RayEngine(artifact, backend, device, precision, actors=ray_actors, address=address, progress=progress,
                        expected_digest=expect_digest, max_pixels=max_pixels) as ray_engine:
-            report = run_verify(artifact, dataset, data, split, engine=ray_engine, **kwargs)
+            report = run_verify(artifact, dataset, data, split, options, engine=ray_engine)
     else:
-        report = run_verify(artifact, dataset, data, split, **kwargs)
+        report = run_verify(artifact, dataset, data, split, options)
     if json_path is not None:
         report.write_json(json_path, force)
     print_report(report, output_console())
@@ -266,4 +278,4 @@ def verify(
 
 def register(app: typer.Typer) -> None:
     app.command("verify", short_help="Gate an artifact on a split with the torch-free runtime: accuracy, worst "
-                                   "group, latency -> exit code.")(verify)
+                                   "group, latency -> exit code.")(with_gate_options(verify))

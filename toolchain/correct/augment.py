@@ -3,9 +3,9 @@ its *shift type*, on which that type's head learns (numpy/PIL, seeded by the cal
 
 An augmentation is a function ``fn(sample, donors, rng) -> image`` (``AugmentFn``): ``sample`` is the image [H, W, 3]
 uint8 with its class and coverage masks (``Sample``), ``donors.other_class(label, rng)`` draws another training image
-of a different class, ``rng`` a ``numpy.random.Generator``; it returns an RGB image of the same size (a PIL image or a
-[H, W, 3] uint8 array). ``AUGMENT_TYPES`` is the table of the built-in types; a user's own function is a hook
-(``load_hook``: ``NAME=module:function`` or ``NAME=file.py:function``).
+of a different class (``donors.same_class`` one of the same class), ``rng`` a ``numpy.random.Generator``; it returns
+an RGB image of the same size (a PIL image or a [H, W, 3] uint8 array). ``AUGMENT_TYPES`` is the table of the built-in
+types; a user's own function is a hook (``load_hook``: ``NAME=module:function`` or ``NAME=file.py:function``).
 
 Coverage masks (``runtime.datasets``: ``fg`` the foreground, ``object`` a co-occurring object; 255 where the part
 fully covers the pixel, 0 where it does not touch it) give alpha = mask / 255, and a part is pasted onto a canvas as
@@ -15,19 +15,37 @@ pixel takes the value of an unmasked pixel of the same image at one common offse
 nearest offset whose copy lies inside the image and outside every mask; a piece no offset fits is halved until one
 does), so the fill keeps the background's own texture.
 
-- ``background-swap`` (needs ``fg`` masks, and ``object`` masks on data with a co-object): the clean background of a
-  donor of another class, then the sample's co-object and its foreground pasted where they were.
-- ``object-swap`` (needs ``fg`` and ``object`` masks): the sample's clean background, the donor's co-object moved so
-  its centre of coverage lands on the sample's object's (clipped at the border), then the sample's foreground on top.
+Two swap types on two-shortcut data, as the authors' UrbanCars LLE (facebookresearch/Whac-A-Mole
+``urbancars_trainers/lle.py``, ``dataset/urbancars_aug.py``); ``--lle-redraw`` picks what they take besides the
+swapped part:
+
+- ``background-swap`` (needs ``fg`` masks, and ``object`` masks on data with a co-object). ``cross`` (default, the
+  authors'): the clean background of a random image of another class, the co-object of a random image of the *same*
+  class pasted where it stood in that image, then the sample's foreground. ``own`` (ours): the clean background of
+  another class's image, then the sample's own co-object and foreground where they were.
+- ``object-swap`` (needs ``fg`` and ``object`` masks). ``cross`` (default, the authors'): the clean background of a
+  random image of the *same* class, the co-object of a random image of another class pasted where it stood in that
+  image, then the sample's foreground. ``own`` (ours): the sample's own clean background, the other class's co-object
+  moved so its centre of coverage lands on the sample's object's (clipped at the border), then the sample's
+  foreground.
+
+The mask-free and texture types of their ImageNet LLE (``imagenet_trainers/lle.py``; selectable, never in ``auto``
+when a swap applies):
+
 - ``watermark`` (no masks): 4-8 random letters and digits in white, PIL's own font (``ImageFont.load_default`` at a
   size of 14-23 % of the image height), from the left edge at a random height, blended with opacity 0.1-0.9.
+- ``texture`` (needs ``fg`` masks): a style-transfer-free stand-in for their Stylized-ImageNet head: a random texture
+  of c x c cells (c drawn in 4..16, each cell a uniformly drawn RGB colour) blended over the foreground with opacity
+  ``TEXTURE_OPACITY`` x its coverage, so the shape stays and its texture changes.
+- ``edge-map`` (no masks, deterministic): a stand-in for their DexiNed edge images (dark edges on white,
+  ``1 - sigmoid(edges)``): the Sobel gradient magnitude m of the luminance (0.299 R + 0.587 G + 0.114 B, borders
+  replicated), 255 (1 - m / max m) in all three channels (white where the image is flat).
 
-Differences from the authors' UrbanCars augmentations (facebookresearch/Whac-A-Mole ``dataset/urbancars_aug.py``):
-theirs take the background from a separately stored inpainted background-only image and the co-object from a third
-image (of the same class for a background swap), pasted where it stood in that image; ours remove parts by the fill
-above, keep the sample's own co-object in a background swap and move the donor's object to the sample's object's
-place in an object swap. Their watermark (ImageNet-W) draws 8 random CJK characters in a CJK font; ours draws Latin
-letters and digits in PIL's font. Neither flips or crops (the frozen features are computed once per drawn image).
+Differences from the authors' augmentations that remain: their background comes from a separately stored inpainted
+background-only image, ours from the fill above; they flip (and on ImageNet crop) the images and redraw every epoch,
+ours are drawn once per image and type (``--lle-copies`` draws; the frozen features are computed once per drawn
+image); their watermark (ImageNet-W) draws 8 random CJK characters in a CJK font, ours Latin letters and digits in
+PIL's font; their texture and edge heads read stored Stylized-ImageNet and DexiNed images, ours the stand-ins above.
 """
 
 from __future__ import annotations
@@ -36,7 +54,7 @@ import functools
 import importlib
 import importlib.util
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -76,6 +94,10 @@ class Donors(Protocol):
 
     def other_class(self, label: int, rng: np.random.Generator) -> Sample:
         """A training image of a class other than ``label`` (drawn uniformly), at the sample's size."""
+        ...
+
+    def same_class(self, label: int, rng: np.random.Generator) -> Sample:
+        """A training image of class ``label`` (drawn uniformly, the sample itself included), at the sample's size."""
         ...
 
 
@@ -174,7 +196,26 @@ def translate(image: np.ndarray, alpha: np.ndarray, dy: int, dx: int) -> tuple[n
 
 # ---- the built-in types -------------------------------------------------------------------------------------------
 def background_swap(sample: Sample, donors: Donors, rng: np.random.Generator) -> np.ndarray:
-    """The clean background of a donor of another class, the sample's co-object and foreground pasted on it."""
+    """The authors' (``cross``): another class's clean background, a same-class image's co-object where it stood there
+    (on data with a co-object), the sample's foreground on top (module docstring)."""
+    canvas = clean_background(donors.other_class(sample.label, rng)).astype(np.float32)
+    if "object" in sample.masks:
+        mate = donors.same_class(sample.label, rng)
+        canvas = paste(canvas, mate.image, mate.alpha("object"))
+    return to_uint8(paste(canvas, sample.image, sample.alpha("fg")))
+
+
+def object_swap(sample: Sample, donors: Donors, rng: np.random.Generator) -> np.ndarray:
+    """The authors' (``cross``): a same-class image's clean background, another class's co-object where it stood
+    there, the sample's foreground on top (module docstring)."""
+    canvas = clean_background(donors.same_class(sample.label, rng)).astype(np.float32)
+    donor = donors.other_class(sample.label, rng)
+    canvas = paste(canvas, donor.image, donor.alpha("object"))
+    return to_uint8(paste(canvas, sample.image, sample.alpha("fg")))
+
+
+def background_swap_own(sample: Sample, donors: Donors, rng: np.random.Generator) -> np.ndarray:
+    """Ours (``own``): another class's clean background, the sample's co-object and foreground pasted on it."""
     donor = donors.other_class(sample.label, rng)
     canvas = clean_background(donor).astype(np.float32)
     for part in ("object", "fg"):  # the foreground last: it is in front
@@ -183,9 +224,9 @@ def background_swap(sample: Sample, donors: Donors, rng: np.random.Generator) ->
     return to_uint8(canvas)
 
 
-def object_swap(sample: Sample, donors: Donors, rng: np.random.Generator) -> np.ndarray:
-    """The sample's clean background, a donor's co-object (another class) moved onto the sample's object's centre,
-    the sample's foreground on top."""
+def object_swap_own(sample: Sample, donors: Donors, rng: np.random.Generator) -> np.ndarray:
+    """Ours (``own``): the sample's clean background, another class's co-object moved onto the sample's object's
+    centre, the sample's foreground on top."""
     donor = donors.other_class(sample.label, rng)
     obj = donor.alpha("object")
     to, frm = centre(sample.alpha("object")), centre(obj)
@@ -193,6 +234,46 @@ def object_swap(sample: Sample, donors: Donors, rng: np.random.Generator) -> np.
     image, cover = translate(donor.image, obj, dy, dx)
     canvas = paste(clean_background(sample), image, cover)
     return to_uint8(paste(canvas, sample.image, sample.alpha("fg")))
+
+
+TEXTURE_OPACITY = 0.5
+TEXTURE_CELLS = (4, 16)  # the cell side c in pixels is drawn in this range (inclusive)
+
+
+def random_texture(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """[H, W, 3] float64: c x c cells (c uniform in ``TEXTURE_CELLS``), each one uniformly drawn RGB colour."""
+    c = int(rng.integers(TEXTURE_CELLS[0], TEXTURE_CELLS[1] + 1))
+    colours = rng.integers(0, 256, (-(-height // c), -(-width // c), 3)).astype(np.float64)
+    return np.repeat(np.repeat(colours, c, axis=0), c, axis=1)[:height, :width]
+
+
+def texture(sample: Sample, donors: Donors, rng: np.random.Generator) -> np.ndarray:
+    """image (1 - a) + T a with a = ``TEXTURE_OPACITY`` (fg mask / 255), T = ``random_texture`` (float64)."""
+    h, w = sample.image.shape[:2]
+    a = (TEXTURE_OPACITY * (sample.masks["fg"].astype(np.float64) / 255.0))[..., None]
+    return to_uint8(sample.image.astype(np.float64) * (1 - a) + random_texture(h, w, rng) * a)
+
+
+SOBEL = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.int64)
+LUMA = np.array([299, 587, 114], np.int64)  # 1000 x (0.299, 0.587, 0.114): integer, so the gradients are exact
+
+
+def edge_map(sample: Sample, donors: Donors, rng: np.random.Generator) -> np.ndarray:
+    """255 (1 - m / max m) in every channel, m the Sobel gradient magnitude of the luminance (module docstring;
+    computed on 1000 x the luminance in integers, so m is exact up to the square root); white where flat."""
+    grey = sample.image.astype(np.int64) @ LUMA
+    h, w = grey.shape
+    padded = np.pad(grey, 1, mode="edge")
+    gx, gy = np.zeros_like(grey), np.zeros_like(grey)
+    for dy in range(3):
+        for dx in range(3):
+            window = padded[dy:dy + h, dx:dx + w]
+            gx += SOBEL[dy, dx] * window
+            gy += SOBEL[dx, dy] * window
+    m = np.sqrt((gx * gx + gy * gy).astype(np.float64))
+    top = m.max()
+    edges = 255.0 * (1.0 - (m / top if top > 0 else m))
+    return to_uint8(np.repeat(edges[..., None], 3, axis=2))
 
 
 WATERMARK_CHARS = string.ascii_letters + string.digits
@@ -247,6 +328,15 @@ class AugmentType:
     needs: tuple[str, ...] = ()
     needs_if_present: tuple[str, ...] = ()
     help: str = ""
+    auto: bool = False  # in ``auto`` (the authors' UrbanCars set) when the data has its masks
+    own: AugmentFn | None = None  # ours, keeping the image's own other part (``--lle-redraw own``)
+    own_help: str = ""
+
+    def redrawn(self, redraw: str) -> "AugmentType":
+        """This type with ``--lle-redraw`` ``redraw`` (``cross``: the authors', ``own``: ours) where it has both."""
+        if redraw == "own" and self.own is not None:
+            return replace(self, fn=self.own, help=self.own_help, own=None)
+        return self
 
     def parts(self, index: DatasetIndex) -> tuple[str, ...]:
         """The mask parts this type needs on ``index``'s dataset."""
@@ -256,12 +346,21 @@ class AugmentType:
 
 AUGMENT_TYPES: dict[str, AugmentType] = {t.name: t for t in (
     AugmentType("background-swap", background_swap, ("fg",), ("object",),
-                "the foreground (and co-object) pasted onto the clean background of another class's image"),
+                "the authors' (cross-redraw): the foreground pasted onto the clean background of another class's "
+                "image, with a same-class image's co-object", auto=True, own=background_swap_own,
+                own_help="ours (own parts): the foreground and its own co-object pasted onto the clean background of "
+                         "another class's image"),
     AugmentType("object-swap", object_swap, ("fg", "object"), (),
-                "the co-object of another class's image in place of the image's own"),
+                "the authors' (cross-redraw): another class's co-object on a same-class image's clean background, "
+                "with the foreground", auto=True, own=object_swap_own,
+                own_help="ours (own parts): another class's co-object moved into the image's own in place of its own"),
     AugmentType("watermark", watermark, (), (), "random text drawn over the image"),
+    AugmentType("texture", texture, ("fg",), (),
+                "a random cell texture blended over the foreground (a stand-in for Stylized-ImageNet)"),
+    AugmentType("edge-map", edge_map, (), (), "the Sobel edge map, dark on white (a stand-in for DexiNed edges)"),
 )}
-AUTO = "auto"  # every built-in type whose masks the dataset has
+AUTO = "auto"  # the auto types (the authors' UrbanCars set) the data has masks for; without any: watermark
+AUTO_FALLBACK = "watermark"
 
 
 def mask_gap(aug: AugmentType, index: DatasetIndex) -> str | None:

@@ -14,19 +14,18 @@ all. Every matrix is a constant buffer, so the baked ``DebiasedClassifier`` and 
 above and the runtime needs nothing new.
 
 Checked against the authors' code (facebookresearch/Whac-A-Mole: ``model/classifiers.py`` ``LastLayerEnsemble``,
-``imagenet_trainers/lle.py``, ``urbancars_trainers/lle.py``): the inference formula and the loss are theirs. Where
-ours differs:
-- The authors' frozen-feature variant (ImageNet) starts every head from the backbone's own linear classifier; ours
-  starts every head from the zero-shot classifier (W_k = s T, s the logit scale, T [C, D] the class text matrix;
-  b_k = 0) and the shift classifier at zero, so an untrained head *is* the zero-shot head (the authors' shift
-  classifier starts from PyTorch's random ``nn.Linear`` init).
-- Their UrbanCars variant trains the whole backbone; ours only the last layers (the embedding stays frozen).
-- Their loader redraws the augmentations every epoch and samples, per epoch, as many images as the original set
-  from the pool of originals and augmented images; ours embeds a fixed draw (``copies`` per image and type) once
-  and trains on all of it every epoch (the features are frozen, so a cache is what makes training cheap).
-- Their optimizer is SGD with momentum, a cosine schedule and a fixed learning rate (early stopping on a val
-  worst-group accuracy); ours is the same SGD + cosine, with learning rate, weight decay and epoch chosen on val
-  (``lle_fit.LleOptions``).
+``imagenet_trainers/lle.py``, ``urbancars_trainers/lle.py``): the inference formula and the loss are theirs, and by
+default so are the UrbanCars head set, augmentations, schedule, weight decay and shift-classifier init
+(``lle_fit``, ``augment``; docs/fidelity.md has the deviation table). Where ours differs:
+- Every head starts from the zero-shot classifier (W_k = s T, s the logit scale, T [C, D] the class text matrix;
+  b_k = 0), so an untrained head *is* the zero-shot head; their UrbanCars heads start as fresh ``nn.Linear`` layers,
+  their ImageNet heads from the backbone's own linear classifier. The shift classifier starts as theirs
+  (``nn.Linear``'s default init; ``--lle-shift-init zero``: ours, every type equally likely).
+- Their UrbanCars variant trains the whole backbone; ours only the last layers (the embedding stays frozen, as in
+  their ImageNet variant).
+- Their loader redraws the augmentations every time an item is read; ours embeds a fixed draw (``copies`` per image
+  and type) once (the features are frozen, so a cache is what makes training cheap). Per epoch both sample as many
+  items as the original set from the pool of originals and augmented images.
 The head computes in float32 (like ``PerceptionHead``) and returns the input dtype.
 """
 

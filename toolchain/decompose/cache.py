@@ -27,7 +27,7 @@ import struct
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -85,7 +85,7 @@ class CacheHeader:
     attribute_columns: list[str] = field(default_factory=list)
     attribute_values: list[list[str]] = field(default_factory=list)
     protected: Optional[str] = None
-    train_correlation: Optional[float] = None
+    train_correlation: Optional[Union[float, dict[str, float]]] = None
     train_correlation_from: str = ""
 
     @field_validator("layers")
@@ -130,7 +130,7 @@ class DecompositionCache:
     attribute_values: list[list[str]] = field(default_factory=list)
     pairs: torch.Tensor | None = None  # [N] counterfactual pair ids, -1: not in a pair
     protected: str | None = None
-    train_correlation: float | None = None
+    train_correlation: float | dict[str, float] | None = None
     train_correlation_from: str = ""
 
     def metric_source(self) -> MetricSource:
@@ -215,7 +215,7 @@ class CacheWriter:
                  attribute_names: list[str], convention: str, tower_layers: int | None, max_rows: int,
                  max_paths: list[str], terms_dtype: torch.dtype = torch.float32, force: bool = False,
                  attribute_columns: list[str] | None = None, attribute_values: list[list[str]] | None = None,
-                 protected: str | None = None, train_correlation: float | None = None,
+                 protected: str | None = None, train_correlation: float | dict[str, float] | None = None,
                  train_correlation_from: str = "", pairs: bool = False):
         if terms_dtype not in (torch.float32, torch.float16):
             raise ClipDebiasError(f"terms dtype {terms_dtype}: expected float32 or float16")

@@ -271,7 +271,7 @@ def section_bias(page: Page) -> None:
         page.note(line)
     if r.thresholds:
         rows = [[esc(name), esc(t.threshold), esc("-" if t.value is None else f"{t.value:.4g}"),
-                 "PASS" if t.passed else f"FAIL {t.reason}"] for name, t in r.thresholds.items()]
+                 "PASS" if t.passed else f"{t.decision or 'FAIL'} {t.reason}"] for name, t in r.thresholds.items()]
         page.add("<h3>Gates</h3>" + table(["threshold", "limit", "measured", "result"], rows, {1, 2}))
 
 

@@ -16,6 +16,11 @@ sub-folder per species; masks under ``masks/`` with the image's path, ``_fg.png`
 round(coverage x 255) in 1..254 on its one-pixel soft edge.
 ``DIR/lab.json`` records the generator's parameters. ``signature`` post-processes every image (``signature``).
 
+Bounded work (refused in one line before anything is drawn or allocated): ``--image-size`` at most
+``MAX_LAB_IMAGE_SIZE`` (1024) px, each split at most ``MAX_LAB_SPLIT`` (10^6) images, and the product -- the memory
+the generation needs (``ROW_BYTES`` per image planned + ``RENDER_BYTES_PER_PIXEL`` x side^2 per worker) against
+MemAvailable, the files it writes (at least ``PNG_BYTES_PER_PIXEL`` x side^2 each) against the free disk of --out.
+
 Everything is numpy/PIL and seeded per image, so a seed reproduces the same bytes. Data with one shortcut and no
 pairs is drawn by ``draw.render`` exactly as before (same seed and arguments, same images and metadata.csv); the
 rest by ``draw.render_scene``, one stream per part, which makes the counterfactual pairs.
@@ -26,6 +31,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -35,6 +41,7 @@ from PIL import Image
 
 from clip_debias.runtime.atomic_output import staged_directory
 from clip_debias.runtime.choices import Split
+from clip_debias.runtime.limits import MAX_LAB_IMAGE_SIZE, MAX_LAB_SPLIT, check_at_most, check_memory, size_text
 from clip_debias.toolchain.choices import LabShortcuts
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.lab.draw import (OBJECT_NAMES, SPECIES, STREAMS, Rendered, Scene, coverage_to_uint8,
@@ -49,6 +56,9 @@ PLACE_NAMES = ("land", "water")
 SPLIT_NAMES = Split.values()  # metadata.csv's split 0/1/2
 MASK_DIR = "masks"
 SCENE_TAG = 2  # the last entropy word of render_scene's stream seeds [seed, split, bird, stream, SCENE_TAG]
+ROW_BYTES = 512  # planning one image: its Row, job tuple and metadata line (measured 322 B)
+RENDER_BYTES_PER_PIXEL = 96  # drawing one image: its float layers (measured 62-83 B per pixel at 512-1024 px)
+PNG_BYTES_PER_PIXEL = 1.0  # one image file on disk, at least (measured 1.6 B per pixel at 256 px, compress_level 1)
 
 
 @dataclass(frozen=True)
@@ -99,6 +109,7 @@ def _check(cfg: LabDataConfig) -> None:
         raise ClipDebiasError(f"--object-scale {lo},{hi}: expected 0.02 <= min <= max <= 0.45 (radius / image side)")
     if cfg.image_size < 16:
         raise ClipDebiasError(f"--image-size {cfg.image_size}: expected at least 16 pixels")
+    check_at_most(cfg.image_size, MAX_LAB_IMAGE_SIZE, "--image-size", "pixels a side; the lab model reads 64")
     if cfg.two_shortcuts:
         olo, ohi = cfg.co_object_scale
         if not 0.02 <= olo <= ohi <= 0.2:
@@ -112,6 +123,7 @@ def _check(cfg: LabDataConfig) -> None:
     for name in ("n_train", "n_val", "n_test"):
         if getattr(cfg, name) < 0:
             raise ClipDebiasError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: expected a count >= 0")
+        check_at_most(getattr(cfg, name), MAX_LAB_SPLIT, f"--{name.replace('_', '-')}", "images per split")
     groups = n_groups(cfg.two_shortcuts)
     for name in ("n_val", "n_test"):
         if getattr(cfg, name) % groups:
@@ -120,7 +132,7 @@ def _check(cfg: LabDataConfig) -> None:
     if cfg.counterfactual and cfg.two_shortcuts and cfg.n_test % 16:
         raise ClipDebiasError(f"--n-test {cfg.n_test}: expected a multiple of 16 with --counterfactual and two "
                               "shortcuts (half the pairs swap the place, half the object, each half balanced)")
-    if cfg.n_train + cfg.n_val + cfg.n_test == 0:
+    if total_images(cfg) == 0:
         raise ClipDebiasError("--n-train/--n-val/--n-test: expected at least one image in total")
     parse_signature(cfg.signature)
 
@@ -207,9 +219,33 @@ def make_lab_data(out: str | Path, overwrite: bool = False, workers: int | None 
     out = Path(out)
     if not overwrite and out.is_dir() and any(out.iterdir()):
         raise ClipDebiasError(f"{out}: already exists and is not empty (pass --overwrite to replace it)")
+    check_resources(cfg, out, workers)
     with staged_directory(out, "lab-data", complete=LAB_MARKER) as tmp:
         _write_data(tmp, cfg, workers)
     return out
+
+
+def total_images(cfg: LabDataConfig) -> int:
+    return cfg.n_train + cfg.n_val + cfg.n_test
+
+
+def worker_count(workers: int | None, images: int) -> int:
+    """Processes that draw ``images`` images: ``workers`` (default all cores), at most 8, one per 200 images."""
+    return max(1, min(workers or os.cpu_count() or 1, 8, images // 200))
+
+
+def check_resources(cfg: LabDataConfig, out: Path, workers: int | None) -> None:
+    """Refuse (one line) a data set whose generation would need more memory than is available, or whose files more
+    disk than is free where ``out`` goes (the estimates of the module docstring)."""
+    n, side = total_images(cfg), cfg.image_size
+    what = f"lab make-data: {n:,} images of {side}x{side} px"
+    check_memory(n * ROW_BYTES + worker_count(workers, n) * side * side * RENDER_BYTES_PER_PIXEL, what)
+    need = n * side * side * PNG_BYTES_PER_PIXEL * (2 if cfg.masks else 1)
+    folder = next((p for p in (out, *out.resolve().parents) if p.is_dir()), None)
+    free = shutil.disk_usage(folder).free if folder is not None else None
+    if free is not None and need > free:
+        raise ClipDebiasError(f"{what}: the files need at least {size_text(need)} of disk, more than the "
+                              f"{size_text(free)} free in {folder}")
 
 
 def _columns(cfg: LabDataConfig) -> list[str]:
@@ -243,7 +279,7 @@ def _write_data(tmp: Path, cfg: LabDataConfig, workers: int | None) -> None:
             for split, n in enumerate((cfg.n_train, cfg.n_val, cfg.n_test))
             for i, row in enumerate(split_rows(cfg.seed, split, n, cfg.correlation, cfg.two_shortcuts,
                                                cfg.counterfactual))]
-    n_workers = max(1, min(workers or os.cpu_count() or 1, 8, len(jobs) // 200))
+    n_workers = worker_count(workers, len(jobs))
     chunks = [(tmp, jobs[k::n_workers]) for k in range(n_workers)]
     if n_workers == 1:
         _write_chunk(*chunks[0])

@@ -6,7 +6,7 @@ class and the object ("a waterbird beside a flower.") or all three, each named i
 (``p_background``, ``p_object``), so the image tower learns them and some of its heads carry the shortcuts. The loss
 is open_clip's own ``ClipLoss``. ``zero_shot_report`` measures average, per-group and worst-group zero-shot accuracy
 per split with the prompts "a photo of a landbird." / "a photo of a waterbird."; on two-shortcut data also the
-accuracy of the four shortcut cells (``ShortcutCells``).
+Whac-A-Mole agreement cells and gaps -- every number by ``runtime.metrics``, the functions verify and evaluate use.
 """
 
 from __future__ import annotations
@@ -20,15 +20,20 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from PIL import Image
 
 from clip_debias.runtime.choices import Split
+from clip_debias.runtime.images import load_image, open_image
+from clip_debias.runtime.limits import check_memory
+from clip_debias.runtime.metric_inputs import lab_correlation
+from clip_debias.runtime.metrics import (DEFAULT_P_AGREE, AccuracyReport, AttributeColumn, ShortcutGaps,
+                                         accuracy_report, shortcut_gaps)
 from clip_debias.runtime.ownership import register_file_kind, safetensors_with
 from clip_debias.toolchain.choices import LabLoss
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.lab.data import CLASS_NAMES, OBJECT_NAMES, PLACE_NAMES, SPLIT_NAMES, read_metadata
 
 MODEL_NAME = "clipdebias-lab"
+DECODED_COPIES = 3  # load_split holds each image three times at its peak: the decoded arrays, np.stack, the tensor
 register_file_kind("lab-weights", "lab weights written by 'clip-debias lab train'",  # the metadata train_lab_model
                    safetensors_with({"model", "steps", "seed", "batch_size", "lr", "p_background"}))  # records
 CLASS_TEMPLATES = (
@@ -93,70 +98,46 @@ class TrainResult:
 
 
 @dataclass
-class ShortcutCells:
-    """Two-shortcut data: accuracy of the cells where both shortcuts agree with the class, only the background
-    disagrees, only the object disagrees, both disagree; each the mean over the two classes of its group's accuracy
-    (group (y, place, object) with place, object = y or 1 - y)."""
-
-    both_agree: float
-    background_disagrees: float
-    object_disagrees: float
-    both_disagree: float
-
-    @classmethod
-    def from_groups(cls, groups: list[float]) -> "ShortcutCells":
-        """From the 8 per-group accuracies (index 4*y + 2*place + object)."""
-        def cell(place_agrees: bool, object_agrees: bool) -> float:
-            return float(np.mean([groups[4 * y + 2 * (y if place_agrees else 1 - y) + (y if object_agrees else 1 - y)]
-                                  for y in (0, 1)]))
-
-        return cls(cell(True, True), cell(False, True), cell(True, False), cell(False, False))
-
-    def line(self) -> str:
-        return (f"cells (mean over classes): both agree {self.both_agree:.1%}  background disagrees "
-                f"{self.background_disagrees:.1%}  object disagrees {self.object_disagrees:.1%}  both disagree "
-                f"{self.both_disagree:.1%}")
-
-
-@dataclass
-class GroupAccuracy:
-    """Zero-shot accuracy on one split: overall (avg), per group (``LabSplit.group``: 4 or 8 groups, named by
-    ``group_names``), the worst group and, on two-shortcut data, the shortcut cells."""
+class SplitAccuracy:
+    """Zero-shot accuracy on one split (``runtime.metrics``): the accuracy report over ``LabSplit.group``'s groups
+    (4 or 8, named by ``group_names``) and, on two-shortcut data, the Whac-A-Mole shortcut gaps (their agreement
+    cells; I.D. accuracy weighted by the data's train correlation, ``lab.json``)."""
 
     split: str
-    n: int
-    avg: float
-    worst: float
-    groups: list[float]
-    counts: list[int]
-    group_names: list[str] = field(default_factory=list)
-    cells: ShortcutCells | None = None
+    report: AccuracyReport
+    gaps: ShortcutGaps | None = None
 
     def line(self) -> str:
-        per = "  ".join(f"{nm} {a:.1%}" for nm, a in zip(self.group_names, self.groups))
-        head = f"{self.split:5s} n={self.n:5d}  avg {self.avg:.1%}  worst-group {self.worst:.1%}"
-        if self.cells is None:
+        r = self.report
+        per = "  ".join(f"{name} {g.accuracy:.1%}" if g.accuracy is not None else f"{name} -"
+                        for name, g in r.groups.items())
+        head = (f"{self.split:5s} n={sum(g.n for g in r.groups.values()):5d}  avg {r.accuracy:.1%}  worst-group "
+                f"{r.worst_group_accuracy:.1%}")
+        if self.gaps is None:
             return f"{head}  |  {per}"
-        return f"{head}\n      {self.cells.line()}\n      {per}"
+        cells = "  ".join(f"{key} {'-' if a is None else f'{a:.1%}'}"
+                          for key, a in self.gaps.agreement_accuracy.items())
+        return f"{head}\n      cells (background/object agreement, mean over cells): {cells}\n      {per}"
 
 
 # ---- data -----------------------------------------------------------------------------------------------------------
 def load_split(data: str | Path, split: str | int) -> LabSplit:
-    """Decode every image of ``split`` ('train'/'val'/'test' or 0/1/2) of the data dir ``data``."""
+    """Decode every image of ``split`` ('train'/'val'/'test' or 0/1/2) of the data dir ``data`` (refused first, in one
+    line, when the decoded split would need more memory than is available: ``DECODED_COPIES`` uint8 RGB copies of
+    every image, at the first image's header size)."""
     if split not in range(len(SPLIT_NAMES)):
         Split.parse(split, "--split")
     s = SPLIT_NAMES.index(split) if isinstance(split, str) else int(split)
     rows = [r for r in read_metadata(data) if r["split"] == s]
     if not rows:
         raise ClipDebiasError(f"{Path(data) / 'metadata.csv'}: no rows with split {s} ({SPLIT_NAMES[s]})")
+    with open_image(Path(data) / str(rows[0]["img_filename"])) as im:
+        width, height = im.size
+    check_memory(len(rows) * width * height * 3 * DECODED_COPIES,
+                 f"{data}: split {SPLIT_NAMES[s]}, {len(rows):,} images of {width}x{height} px decoded")
     arrays = []
     for r in rows:
-        path = Path(data) / str(r["img_filename"])
-        try:
-            with Image.open(path) as im:
-                arrays.append(np.asarray(im.convert("RGB")))
-        except OSError as e:
-            raise ClipDebiasError(f"{path}: cannot read image ({e})") from e
+        arrays.append(np.asarray(load_image(Path(data) / str(r["img_filename"])).convert("RGB")))
     if len({a.shape for a in arrays}) != 1:
         raise ClipDebiasError(f"{data}: images of split {SPLIT_NAMES[s]} differ in size (expected one size)")
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
@@ -394,8 +375,10 @@ def train_lab_model(
 # ---- evaluation -----------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def group_accuracy(model: Any, tokenizer: Callable, split: LabSplit, split_name: str,
-                   prompts: tuple[str, ...] = ZERO_SHOT_PROMPTS, batch_size: int = 256) -> GroupAccuracy:
-    """Zero-shot accuracy of an open_clip model on decoded ``split`` with one prompt per class."""
+                   prompts: tuple[str, ...] = ZERO_SHOT_PROMPTS, batch_size: int = 256,
+                   p_agree: float | None = None) -> SplitAccuracy:
+    """Zero-shot accuracy of an open_clip model on decoded ``split`` with one prompt per class (``SplitAccuracy``;
+    ``p_agree``: the train correlation of the gaps' I.D. accuracy, default UrbanCars' 0.95)."""
     device = next(model.parameters()).device
     mean, std = (t.to(device) for t in _normalizer(model))
     text = model.encode_text(tokenizer(list(prompts)).to(device), normalize=True)
@@ -403,14 +386,15 @@ def group_accuracy(model: Any, tokenizer: Callable, split: LabSplit, split_name:
     for i in range(0, len(split.y), batch_size):
         x = split.images[i:i + batch_size].to(device).float().div_(255).sub_(mean).div_(std)
         preds.append((model.encode_image(x, normalize=True) @ text.T).argmax(1).cpu())
-    correct = (torch.cat(preds) == split.y).float()
-    g, names = split.group, split.group_names
-    counts = [int((g == k).sum()) for k in range(len(names))]
-    groups = [float(correct[g == k].mean()) if counts[k] else float("nan") for k in range(len(names))]
-    present = [a for a, c in zip(groups, counts) if c]
-    cells = ShortcutCells.from_groups(groups) if split.kind is not None and all(counts) else None
-    return GroupAccuracy(split=split_name, n=len(split.y), avg=float(correct.mean()), worst=min(present),
-                         groups=groups, counts=counts, group_names=names, cells=cells)
+    pred, y = torch.cat(preds).numpy(), split.y.numpy()
+    names = split.group_names
+    report = accuracy_report(pred, y, split.group.numpy(), names, expected=names)
+    gaps = None
+    if split.kind is not None and not report.missing:
+        gaps = shortcut_gaps(pred, y, list(CLASS_NAMES), AttributeColumn("place", split.place.numpy(), PLACE_NAMES),
+                             AttributeColumn("object", split.kind.numpy(), OBJECT_NAMES),
+                             DEFAULT_P_AGREE if p_agree is None else p_agree)
+    return SplitAccuracy(split_name, report, gaps)
 
 
 def zero_shot_report(
@@ -420,7 +404,7 @@ def zero_shot_report(
     model_name: str = MODEL_NAME,
     prompts: tuple[str, ...] = ZERO_SHOT_PROMPTS,
     log: Callable[[str], None] | None = print,
-) -> dict[str, GroupAccuracy]:
+) -> dict[str, SplitAccuracy]:
     """Load ``weights`` (None: the weights shipped for ``model_name``) with ``load_clip`` and print (via ``log``) avg
     and worst-group zero-shot accuracy per split."""
     from clip_debias.toolchain.models.loading import load_clip
@@ -429,9 +413,11 @@ def zero_shot_report(
     for s in splits:
         Split.parse(s, "--splits")
     loaded = load_clip(model_name, weights=weights)
+    recorded = lab_correlation(Path(data))
     out = {}
     for s in splits:
-        out[s] = group_accuracy(loaded.model, loaded.tokenizer, load_split(data, s), s, prompts)
+        out[s] = group_accuracy(loaded.model, loaded.tokenizer, load_split(data, s), s, prompts,
+                                p_agree=recorded if isinstance(recorded, float) else None)
         if log:
             log(out[s].line())
     return out

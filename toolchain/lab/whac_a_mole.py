@@ -14,9 +14,13 @@ correlation p_agree that DATA/lab.json records, BG / CoObj / BG+CoObj gaps, wors
 - ``PerceptionCLIP``: no edits, the PerceptionCLIP head with contexts for BOTH spurious attributes
   (``lab/prompts-lab2.yaml``: place x object, 4 contexts);
 - ``LLE``: no edits, the Last Layer Ensemble head (``correct.lle``) trained on the train split's frozen embeddings
-  (originals + one head per augmentation type the data has masks for: background swap, object swap, watermark),
-  learning rate / weight decay / epoch chosen on val;
+  with the authors' UrbanCars defaults (``correct.lle_fit``: heads original, background swap, co-object swap with
+  their cross-redraw; lr 1e-3 constant, 300 epochs, the epoch of the best val worst-of-8; ``LleSettings`` selects
+  the others);
 - ``LTC + LLE``: the LTC edits, then the LLE head trained on the LTC-corrected embeddings.
+
+For each LLE row, ``routing`` says where the shift classifier sends the test images of each agreement cell (class x
+background agrees x co-object agrees): the mean softmax weight p_k of each head k and the cell's accuracy.
 
 Logits come from the cached terms of the test split through the same edit and head functions the baked model uses
 (``EditSet.apply``, the heads' ``forward``; baked == cached is tested in tests/test_correct.py). The test split is
@@ -46,8 +50,11 @@ class LleSettings:
 
     augment: tuple[str, ...] = ("auto",)
     copies: int = 1
-    epochs: int = 30
+    epochs: int | None = None  # None: the schedule's
     seed: int = 0
+    schedule: str = "urbancars"
+    redraw: str = "cross"
+    shift_init: str = "random"
     progress: bool = True
 
 
@@ -59,10 +66,56 @@ class WhacAMole:
     rows: list[Any]
     plan: dict[str, Any]
     lle_training: dict[str, dict[str, Any]] = field(default_factory=dict)
+    routing: dict[str, "Routing"] = field(default_factory=dict)
 
     def findings(self) -> list[str]:
         """``amplified(self.rows)``."""
         return amplified(self.rows)
+
+
+@dataclass
+class RoutingCell:
+    """One agreement cell of the test split: its class, whether the background / co-object agree with it, its size,
+    the mean shift weight per head (softmax(W_d e + b_d) averaged over the cell's images) and the cell's accuracy."""
+
+    label: str
+    bg_agrees: bool
+    obj_agrees: bool
+    n: int
+    weights: list[float]
+    accuracy: float
+
+    def name(self) -> str:
+        word = {True: "agrees", False: "disagrees"}
+        return f"{self.label}, bg {word[self.bg_agrees]}, obj {word[self.obj_agrees]}"
+
+
+@dataclass
+class Routing:
+    """Where an LLE head's shift classifier sends each agreement cell (``routing_of``)."""
+
+    shifts: list[str]
+    cells: list[RoutingCell]
+
+
+def routing_of(head: Any, e: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, inputs: Any) -> Routing:
+    """``head``'s shift weights on the embeddings ``e`` [N, D] per cell (class y, background id == y, co-object id ==
+    y) of the test split (``inputs.shortcuts``: the two class-aligned attribute columns), with the accuracy of
+    ``logits`` there; empty cells left out."""
+    background, co_object = inputs.shortcuts
+    bg, obj = torch.as_tensor(background.ids).long(), torch.as_tensor(co_object.ids).long()
+    with torch.no_grad():
+        p = head.shift_probabilities(e)
+    correct = (logits.argmax(-1) == labels).float()
+    cells = []
+    for y, name in enumerate(inputs.class_names):
+        for b_agrees in (True, False):
+            for o_agrees in (True, False):
+                m = (labels == y) & ((bg == y) == b_agrees) & ((obj == y) == o_agrees)
+                if m.any():
+                    cells.append(RoutingCell(name, b_agrees, o_agrees, int(m.sum()), p[m].mean(0).tolist(),
+                                             float(correct[m].mean())))
+    return Routing(list(head.shifts), cells)
 
 
 def amplified(rows: list[Any]) -> list[str]:
@@ -87,7 +140,8 @@ def _lle_options(data: Path, settings: LleSettings) -> Any:
     from clip_debias.toolchain.correct.lle_fit import LleOptions
 
     return LleOptions(data=data, augment=settings.augment, copies=settings.copies, epochs=settings.epochs,
-                      seed=settings.seed, progress=settings.progress).keep_images()  # both LLE rows: one draw
+                      seed=settings.seed, schedule=settings.schedule, redraw=settings.redraw,
+                      shift_init=settings.shift_init, progress=settings.progress).keep_images()  # both rows: one draw
 
 
 def whac_a_mole(data: str | Path, clip: Any, settings: LleSettings | None = None, batch_size: int = 64,
@@ -144,11 +198,17 @@ def whac_a_mole(data: str | Path, clip: Any, settings: LleSettings | None = None
         trained[name] = build_classifier(plan, caches["val"], clip, replace(base, classifier="lle", lle=lle)).head
     ltc_edits = (f"ablate {edits.ablated} (val means), project {edits.salient} (rank "
                  f"{0 if edits.basis is None else edits.basis.shape[0]}, {edits.renorm})")
-    lle_edits = f"LLE heads {', '.join(trained['LLE'].shifts)}"
+    def lle_edits(name: str) -> str:
+        t = trained[name].training_record
+        c = t["chosen"]
+        return (f"LLE heads {', '.join(trained[name].shifts)} ({t['schedule']['name']} schedule, redraw "
+                f"{t['redraw']}, shift init {t['shift_init']}; lr {c['lr']}, wd {c['weight_decay']}, epoch "
+                f"{c['epoch']}: val worst group {100 * c['val_worst_group']:.1f} %)")
+
     methods = (("zero-shot", "none", zeroshot, plain), ("LTC", ltc_edits, zeroshot, corrected),
                ("PerceptionCLIP", f"contexts {', '.join(contexts.contexts)}", perception, plain),
-               ("LLE", lle_edits, trained["LLE"], plain), ("LTC + LLE", f"{ltc_edits}; {lle_edits}",
-                                                            trained["LTC + LLE"], corrected))
+               ("LLE", lle_edits("LLE"), trained["LLE"], plain),
+               ("LTC + LLE", f"{ltc_edits}; {lle_edits('LTC + LLE')}", trained["LTC + LLE"], corrected))
     y, g = test.labels.long(), test.groups.long()
     rows = []
     with torch.no_grad():
@@ -156,7 +216,9 @@ def whac_a_mole(data: str | Path, clip: Any, settings: LleSettings | None = None
             logits = head(e).float()
             rows.append(MethodResult(name, what, report_of(logits, y, g, test.group_names), logits,
                                      bias_of(logits, y, inputs)))
-    return WhacAMole(rows, plan.summary(), {k: h.training_record for k, h in trained.items()})
+    routing = {name: routing_of(head, e, r.logits, y, inputs) for (name, _, head, e), r in zip(methods, rows)
+               if name in trained}
+    return WhacAMole(rows, plan.summary(), {k: h.training_record for k, h in trained.items()}, routing)
 
 
 def table_cells(rows: list[Any]) -> list[list[str]]:
@@ -187,3 +249,9 @@ def print_table(result: WhacAMole, console: Any) -> None:
         console.print(line, markup=False, highlight=False)
     for r in result.rows:
         console.print(f"  {r.method}: {r.edits}", markup=False, highlight=False, style="dim")
+    for method, routing in result.routing.items():
+        t = table(["test cell", "n", *routing.shifts, "acc"], right=set(range(1, len(routing.shifts) + 3)),
+                  title=f"{method}: mean shift weight per head (where the shift classifier sends each cell)")
+        for c in routing.cells:
+            t.add_row(c.name(), str(c.n), *(f"{w:.2f}" for w in c.weights), f"{100 * c.accuracy:.1f}")
+        console.print(t)
