@@ -45,6 +45,7 @@ import dataclasses
 import inspect
 import logging
 import re
+import sys
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -243,8 +244,9 @@ def convert_fp16(src: str | Path, dst: str | Path, keep_fp32_ops: Sequence[str] 
     return Path(dst)
 
 
-def quantize_int8(src: str | Path, dst: str | Path) -> Path:
-    """fp32 ONNX -> ``dst`` with the transformer blocks' weight MatMuls (``INT8_NODE_PATTERN``) dynamically quantized:
+def quantize_int8(src: str | Path, dst: str | Path, pattern: str | re.Pattern[str] = INT8_NODE_PATTERN) -> Path:
+    """fp32 ONNX -> ``dst`` with the transformer blocks' weight MatMuls (node names matching ``pattern``: the image
+    graph's ``INT8_NODE_PATTERN``, the text graph's ``text_export.TEXT_INT8_PATTERN``) dynamically quantized:
     int8 per-output-channel 7-bit weights, uint8 per-tensor activations computed at run time (no calibration set)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -252,7 +254,7 @@ def quantize_int8(src: str | Path, dst: str | Path) -> Path:
     graph = onnx.load(str(src), load_external_data=False).graph
     weights = {i.name for i in graph.initializer}
     nodes = [n.name for n in graph.node
-             if n.op_type == "MatMul" and INT8_NODE_PATTERN.search(n.name) and n.input[1] in weights]
+             if n.op_type == "MatMul" and re.search(pattern, n.name) and n.input[1] in weights]
     if not nodes:
         raise ClipDebiasError(f"{src}: no transformer-block weight MatMul to quantize (expected nodes named like "
                               "/tower/blocks.0/qkv/MatMul)")
@@ -341,8 +343,8 @@ def preprocessing_of(cfg: dict[str, Any], image_size: tuple[int, int]) -> Prepro
 
 
 def build_manifest(model: Any, files: list[Any], opset: int, fused_attention: bool = False,
-                   fp16_fp32_ops: Sequence[str] = FP16_KEEP_FP32_OPS) -> Manifest:
-    """The manifest of a ``DebiasedClassifier`` export (``files`` already hashed)."""
+                   fp16_fp32_ops: Sequence[str] = FP16_KEEP_FP32_OPS, text: Any = None) -> Manifest:
+    """The manifest of a ``DebiasedClassifier`` export (``files`` already hashed; ``text``: its ``TextTower``)."""
     spec, cfg = model.spec, model.tower.cfg
     h, w = cfg.image_size
     inputs, outputs = io_specs(model)
@@ -355,7 +357,7 @@ def build_manifest(model: Any, files: list[Any], opset: int, fused_attention: bo
         preprocessing=preprocessing_of(spec.preprocess, (h, w)),
         inputs=inputs, outputs=outputs,
         opset=opset, files=files, versions=library_versions(), export={"fused_attention": fused_attention,
-                                                                  "fp16_fp32_ops": list(fp16_fp32_ops)})
+                                                                  "fp16_fp32_ops": list(fp16_fp32_ops)}, text=text)
 
 
 # ---- high level: model dir -> artifact -----------------------------------------------------------------------------
@@ -388,8 +390,10 @@ def _check_outputs(tmp: Path, expected: set[str]) -> None:
 def export_onnx_report(model_dir_or_model: Any, out: str | Path, precision: str = "fp32", opset: int = DEFAULT_OPSET,
                        ort_optimize: bool = True, gate_batch: int = GATE_BATCH, seed: int = 0,
                        latency_iters: int = 10, fused_attention: bool = False,
-                       fp16_fp32_ops: Sequence[str] = FP16_KEEP_FP32_OPS) -> ExportReport:
-    """``export_onnx`` returning the measured gate and latency numbers too."""
+                       fp16_fp32_ops: Sequence[str] = FP16_KEEP_FP32_OPS, text_clip: Any = None) -> ExportReport:
+    """``export_onnx`` returning the measured gate and latency numbers too. ``text_clip``: the open_clip model
+    (``LoadedClip``) whose text tower and tokenizer go into the artifact too (``exporters.text_export``; its
+    identity must be the model's), None for an image-only artifact."""
     import functools
 
     import torch
@@ -434,7 +438,20 @@ def export_onnx_report(model_dir_or_model: Any, out: str | Path, precision: str 
                 files.append(model_file(tmp, ONNX_ORT, "onnx-ort", "fp32"))
         if "fp32" not in wanted:
             fp32.unlink()
-        build_manifest(model, files, opset, fused_attention, fp16_fp32_ops).save(tmp)
+        text = None
+        if text_clip is not None:
+            from clip_debias.exporters.text_export import export_text, text_templates
+
+            from clip_debias.toolchain.models.loading import ModelIdentity
+
+            own = ModelIdentity.from_dict(model.spec.identity)
+            if not text_clip.identity.same_backbone(own):
+                raise ClipDebiasError(f"text tower of {text_clip.identity.describe()} does not match the model's "
+                                      f"{own.describe()}")
+            text_files, text = export_text(text_clip, tmp, wanted, opset, text_templates(model.spec), report.gates,
+                                           sys.modules[__name__])
+            files += text_files
+        build_manifest(model, files, opset, fused_attention, fp16_fp32_ops, text).save(tmp)
     report.digest = verify_artifact(out)[1]
     report.files = [f.path for f in files]
     return report
@@ -472,13 +489,15 @@ def _maybe_keep_ort(fp32: ModelSource, x: np.ndarray, ref_logits: np.ndarray, re
 
 def export_onnx(model_dir_or_model: Any, out: str | Path, precision: str = "fp32", opset: int = DEFAULT_OPSET,
                 ort_optimize: bool = True, gate_batch: int = GATE_BATCH, seed: int = 0,
-                fused_attention: bool = False, fp16_fp32_ops: Sequence[str] = FP16_KEEP_FP32_OPS) -> Path:
+                fused_attention: bool = False, fp16_fp32_ops: Sequence[str] = FP16_KEEP_FP32_OPS,
+                text_clip: Any = None) -> Path:
     """Export a model directory (or a ``DebiasedClassifier``) to the artifact directory ``out`` and return it.
 
     precision: fp32 (model.onnx) | fp16 (model.fp16.onnx) | int8 (model.int8.onnx) | both (fp32,fp16) | a comma
     list (``fp32,int8``); the fp32 graph is always exported and gated, and kept when listed. Every graph passes its
     parity gate first; a failure raises ``ClipDebiasError`` and leaves ``out`` untouched. ``fused_attention``: see
     ``export_module_onnx``; ``fp16_fp32_ops``: op types model.fp16.onnx keeps in fp32 (both recorded in the
-    manifest's ``export`` field)."""
+    manifest's ``export`` field); ``text_clip``: see ``export_onnx_report``."""
     return export_onnx_report(model_dir_or_model, out, precision, opset, ort_optimize, gate_batch, seed,
-                              fused_attention=fused_attention, fp16_fp32_ops=fp16_fp32_ops).artifact
+                              fused_attention=fused_attention, fp16_fp32_ops=fp16_fp32_ops,
+                              text_clip=text_clip).artifact

@@ -133,3 +133,10 @@ class ServeEngine(Choice):
 
     DEFAULT = "default"
     RAY = "ray"
+
+
+class SearchEngine(Choice):
+    """``search --engine``: exact numpy search, or FAISS (the [search] extra; same results on exact indexes)."""
+
+    NUMPY = "numpy"
+    FAISS = "faiss"

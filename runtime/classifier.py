@@ -12,6 +12,13 @@ Device-resident batches (an ``OrtValue``, a torch CUDA tensor, a CuPy array) go 
 copy: see ``runtime.device_input``. Outputs are checked on every device: a batch item whose logits or embedding hold
 NaN/Inf (from a finite input: e.g. values near float32's maximum overflow inside the model) is refused in one line.
 All methods are safe to call from several threads at once.
+
+Open vocabulary (artifacts exported with their text tower, ``has_text_tower``; ``runtime.text``): ``tokenize``,
+``encode_text`` (unit-norm text embeddings, prompt ensembling over the recorded templates on request),
+``encode_image`` (the debiased unit-norm image embedding) and ``classify(images, labels=[...])`` -- labels chosen at
+request time, ``logits = logit_scale * e' @ T^T`` over the labels' ensembled text matrix T, which equals the
+built-in zero-shot head built with the same labels and templates. An artifact without a text tower answers the text
+calls with one ``InputError`` line; everything else works as before.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS
 from clip_debias.runtime.integrity import check_digest, parse_digest, verify_artifact
 from clip_debias.runtime.manifest import MANIFEST_NAME, Manifest
 from clip_debias.runtime.preprocess import Preprocessor
+from clip_debias.runtime.text import TextModel, check_labels
 
 
 @dataclass
@@ -92,6 +100,7 @@ class Classifier:
         self.preprocessor = preprocessor
         self.input_shape = input_shape  # (3, H, W)
         self.digest = digest  # "sha256:..." of the files checked at load (runtime.integrity); None if not checked
+        self.text: TextModel | None = None  # the text tower (runtime.text), set by runtime.load when there is one
 
     # -- description ------------------------------------------------------------------------------------------
     @property
@@ -102,9 +111,15 @@ class Classifier:
     def group_names(self) -> list[str]:
         return list(self.manifest.group_names)
 
+    @property
+    def has_text_tower(self) -> bool:
+        """True when the artifact carries its text tower (``text.onnx`` + ``tokenizer.json``)."""
+        return self.text is not None
+
     def info(self) -> dict[str, Any]:
-        """What runs: artifact path and digest, backend, device, precision, model file, providers."""
-        return {"artifact": str(self.root), "digest": self.digest, **self.backend.info()}
+        """What runs: artifact path and digest, backend, device, precision, model file, providers, text graph."""
+        text = str(self.text.path.name) if self.text is not None else None
+        return {"artifact": str(self.root), "digest": self.digest, **self.backend.info(), "text_model_file": text}
 
     def __repr__(self) -> str:
         b = self.backend
@@ -202,12 +217,37 @@ class Classifier:
         """A preprocessed batch [N, 3, H, W], or images (PIL/paths, one or a list) -> embedding [N, D] float32."""
         return np.concatenate([self.run(b)[1] for b in self._chunks(images, batch_size)])
 
-    def classify(self, images: Any, batch_size: int = 32) -> list[Prediction]:
+    def encode_image(self, images: Any, batch_size: int = 32) -> np.ndarray:
+        """Images or a preprocessed batch -> the debiased unit-norm image embedding e' [N, D] float32 (``embed``)."""
+        return self.embed(images, batch_size)
+
+    def _text(self) -> TextModel:
+        if self.text is None:
+            raise InputError(f"{self.root}: this artifact has no text tower (re-export it with 'clip-debias export "
+                             "onnx --text'); labels and texts need one")
+        return self.text
+
+    def tokenize(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts -> int64 [N, L] token ids, open_clip's tokenizer (``runtime.tokenizer``)."""
+        return self._text().tokenize(texts)
+
+    def encode_text(self, texts: Sequence[str], *, ensemble: bool = False) -> np.ndarray:
+        """Texts -> float32 [N, D] unit-norm text embeddings (open_clip ``encode_text(normalize=True)``); with
+        ``ensemble`` each text is put in every recorded template and the normalized mean is returned."""
+        return self._text().encode(texts, ensemble=ensemble)
+
+    def classify(self, images: Any, labels: Sequence[str] | None = None, batch_size: int = 32) -> list[Prediction]:
         """Images (PIL/paths/uint8 arrays, one or a list) or a preprocessed batch -> one ``Prediction`` per image:
-        ``index = argmax(logits)``, ``probabilities = softmax(logits)``."""
-        logits = np.concatenate([self.run(b)[0] for b in self._chunks(images, batch_size)])
+        ``index = argmax(logits)``, ``probabilities = softmax(logits)``. ``labels``: classes chosen now (needs the
+        text tower; logits over them from the image embedding, module docstring); None: the built-in head."""
+        if labels is None:
+            logits, names = np.concatenate([self.run(b)[0] for b in self._chunks(images, batch_size)]), \
+                self.manifest.class_names
+        else:
+            text, names = self._text(), check_labels(labels)
+            emb = self.embed(images, batch_size)
+            logits = text.logits(emb, names)
         probs = softmax(logits)
-        names = self.manifest.class_names
         return [
             Prediction(label=names[int(i)], index=int(i), probabilities=p, logits=lg)
             for i, p, lg in zip(probs.argmax(axis=1), probs, logits)
@@ -273,4 +313,7 @@ def load(
     options = BackendOptions(intra_op_threads, use_ort_optimized, False, cuda_graph, stop_spinning,
                              performance_hint)  # every file was hashed above (runtime.integrity)
     b = select_backend(root, manifest, backend, device, precision, options)
-    return Classifier(root, manifest, b, pre, input_shape, digest)
+    clf = Classifier(root, manifest, b, pre, input_shape, digest)
+    if manifest.text is not None:  # onnxruntime, on the image graph's device; opened on first use
+        clf.text = TextModel(root, manifest, b.precision, "cuda" if b.device == "cuda" else "cpu", intra_op_threads)
+    return clf

@@ -9,6 +9,9 @@ An artifact is a directory::
       model.int8.onnx      optional, dynamically quantized int8 linear layers with fp32 I/O (for the CPU)
       model.ort.onnx       optional, ORT-optimized fp32 graph (saved when it helps latency)
       model.plan           optional, TensorRT engine (+ model.plan.json sidecar)
+      text.onnx            optional text tower: tokens int64 [batch, L] -> text_embedding float32 [batch, D] unit-norm
+      text.fp16.onnx, text.int8.onnx   optional, its fp16 / int8 graphs
+      tokenizer.json       with a text tower: its tokenizer (``runtime.tokenizer``); ``text`` records the rest
 
 Every model file is listed in ``files`` with its sha256; the runtime refuses a file whose hash differs.
 """
@@ -33,7 +36,7 @@ from clip_debias.runtime.schema import FORMAT, FieldError, describe_value, read_
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 MANIFEST_WHAT = "an artifact manifest written by 'clip-debias export'"
-FILE_KINDS = ("onnx", "onnx-ort", "tensorrt")
+FILE_KINDS = ("onnx", "onnx-ort", "tensorrt", "text-onnx", "tokenizer")  # tokenizer: precision unused (fp32)
 PRECISIONS = FilePrecision.values()
 SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
@@ -96,6 +99,33 @@ class ModelFile:
 
 
 @dataclass(config=FORMAT)
+class TextTower:
+    """The text tower of an open-vocabulary artifact (``exporters.text_export``): its tokenizer file, the context
+    length L every token row is padded / truncated to (``<start_of_text>`` first, ``<end_of_text>`` last kept,
+    ``pad_id`` after), the embedding width D, ``logit_scale`` (exp of the model's learned scale: logits of labels
+    given at request time are ``logit_scale * e' @ T^T``) and the prompt templates of the artifact's head (prompt
+    ensembling: T = normalize(mean over templates of the unit-norm prompt embeddings))."""
+
+    context_length: Annotated[int, Field(ge=2, description="an integer >= 2")]
+    embed_dim: Annotated[int, Field(ge=1, description="an integer >= 1")]
+    logit_scale: float
+    templates: Annotated[list[str], Field(min_length=1, description="a non-empty list of templates with {}")]
+    sot_id: int
+    eot_id: int
+    pad_id: int = 0
+    tokenizer: str = "tokenizer.json"
+    pooling: str = "argmax"  # open_clip's text pooling: the embedding at the position of the largest id (EOT)
+
+    @field_validator("templates")
+    @classmethod
+    def _placeholder(cls, templates: list[str]) -> list[str]:
+        bad = [t for t in templates if "{}" not in t]
+        if bad:
+            raise ValueError(f"every template needs a {{}} placeholder, got {describe_value(bad[0])}")
+        return templates
+
+
+@dataclass(config=FORMAT)
 class Manifest:
     """Everything needed to run and audit the artifact without the toolchain.
 
@@ -115,6 +145,7 @@ class Manifest:
     files: Annotated[list[ModelFile], Field(min_length=1, description="a non-empty list of model files")]
     versions: dict[str, str] = field(default_factory=dict)
     export: dict[str, Any] = field(default_factory=dict)  # how the graphs were written, e.g. {"fused_attention": true}
+    text: TextTower | None = None  # the text tower (text.onnx + tokenizer.json), when exported
     format_version: int = FORMAT_VERSION
 
     @model_validator(mode="after")
@@ -124,7 +155,12 @@ class Manifest:
         return self
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=False)
+        """The manifest as JSON; ``text`` only when there is a text tower, so an image-only artifact's manifest is
+        what it was before text towers existed (older runtimes read it)."""
+        d = asdict(self)
+        if d["text"] is None:
+            del d["text"]
+        return json.dumps(d, indent=2, sort_keys=False)
 
     def save(self, artifact_dir: str | Path) -> Path:
         """Write ``manifest.json`` atomically (temp file + rename) into ``artifact_dir``; returns its path."""

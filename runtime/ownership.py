@@ -50,6 +50,7 @@ FOLDER_KINDS: dict[str, tuple[str, str | None]] = {
     "discover": ("a discover folder written by 'clip-debias discover'", "keywords.json"),
     "demo": ("a demo folder written by 'clip-debias demo'", "demo.json"),
     "audit": ("an audit folder written by 'clip-debias audit'", "audit.json"),
+    "index": ("a search index written by 'clip-debias index'", "index.json"),
 }
 _command: list[str] = []  # set by the CLI (``set_command``); else the Python command line
 
@@ -263,6 +264,7 @@ FILE_KIND_WRITERS: dict[str, str] = {
     "skipped-list": "clip_debias.toolchain.datasets.loader",
     "lab-weights": "clip_debias.toolchain.lab.train",
     "weights-cache-entry": "clip_debias.toolchain.models.checkpoint",
+    "search-report": "clip_debias.toolchain.cli.search_cmd",
 }
 FILE_KINDS: dict[str, FileKind] = {}  # filled by the writers (``register_file_kind``)
 SKIPPED_HEADER = "# clip-debias: images left out by --skip-bad (path<TAB>reason)"  # first line of a skipped list

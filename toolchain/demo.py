@@ -28,6 +28,7 @@ from clip_debias.runtime.datasets import load_index
 from clip_debias.runtime.ownership import json_object_with, register_file_kind
 from clip_debias.toolchain.decompose.cache import DecompositionCache
 from clip_debias.toolchain.lab import LAB_DIR, LAB_MODEL, LAB_WEIGHTS
+from clip_debias.toolchain.models.loading import LoadedClip
 from clip_debias.toolchain.select import Criterion
 RECIPE = LAB_DIR / "recipe.json"
 LAB_POOL = LAB_DIR / "pool.txt"  # descriptions in the lab text tower's vocabulary, for explain
@@ -164,7 +165,7 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
 
     torch.manual_seed(0)
     clip = load_clip(LAB_MODEL, weights=LAB_WEIGHTS)
-    layers = list(range(len(clip.model.visual.transformer.resblocks)))
+    layers = list(range(clip.tower.layers))
     caches: dict[str, DecompositionCache] = {}
     reused: list[str] = []
     for split in ("train", "val", "test"):

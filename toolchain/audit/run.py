@@ -47,7 +47,7 @@ from clip_debias.toolchain.decompose.layers import resolve_layers
 from clip_debias.toolchain.decompose.run import decompose_dataset
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.locate.ltc import require_layers, require_same_backbone
-from clip_debias.toolchain.models.loading import ModelIdentity
+from clip_debias.toolchain.models.loading import LoadedClip, ModelIdentity
 
 DEFAULT_PER_SOURCE_CAP = 1000
 AUDIT_KIND = "audit"  # its output kind (runtime.ownership.FOLDER_KINDS)
@@ -158,11 +158,11 @@ class Terms:
     convention: str
 
 
-def resolve_terms(sources: list[Source], clip: Any, options: AuditOptions, edits_convention: str | None) -> Terms:
+def resolve_terms(sources: list[Source], clip: LoadedClip, options: AuditOptions, edits_convention: str | None) -> Terms:
     """The layers and convention: those of the cache sources (which must agree with each other, with the model and
     with ``--layers``/``--convention`` when given), else ``--layers`` (default all) and ``--convention`` (default the
     model dir's, else ``DEFAULT_CONVENTION``)."""
-    n_layers = len(clip.model.visual.transformer.resblocks)
+    n_layers = clip.tower.layers
     caches = [s for s in sources if s.cache is not None]
     for s in caches:
         require_same_backbone(clip.identity, s.cache.identity, f"source {s.text}")  # type: ignore[union-attr]
@@ -186,7 +186,7 @@ def resolve_terms(sources: list[Source], clip: Any, options: AuditOptions, edits
                  options.convention or edits_convention or DEFAULT_CONVENTION)
 
 
-def load_edits(model_dir: Path, clip: Any, terms: Terms) -> EditSet:
+def load_edits(model_dir: Path, clip: LoadedClip, terms: Terms) -> EditSet:
     """The edits of a built model, checked against the audited model and terms."""
     from clip_debias.toolchain.correct.classifier import DebiasedClassifier
 
@@ -248,7 +248,7 @@ def _file_name(i: int, name: str) -> str:
     return f"{i}-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}"
 
 
-def decompose_sources(sample: Sample, clip: Any, terms: Terms, options: AuditOptions, folder: Path,
+def decompose_sources(sample: Sample, clip: LoadedClip, terms: Terms, options: AuditOptions, folder: Path,
                       log: Log) -> tuple[Decomposed, list[int]]:
     """Image sources decomposed into ``folder/caches`` (cache sources as they are); with ``skip_bad`` every source
     is then cut to the smallest number of images read. Returns the features' sources and the images skipped per
@@ -324,7 +324,7 @@ def pixel_cache(decomposed: Decomposed, sample: Sample, clip: Any, options: Audi
     return cache
 
 
-def corrupted_features(decomposed: Decomposed, sample: Sample, corruption: Corruption, clip: Any, terms: Terms,
+def corrupted_features(decomposed: Decomposed, sample: Sample, corruption: Corruption, clip: LoadedClip, terms: Terms,
                        edits: EditSet | None, options: AuditOptions, log: Log,
                        pixels: PixelCache | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """The audited images of every source again, ``corruption`` inserted into the preprocessing: (embeddings,
@@ -355,16 +355,15 @@ def corrupted_features(decomposed: Decomposed, sample: Sample, corruption: Corru
     return np.concatenate(emb), (np.concatenate(corrected) if edits is not None else None)
 
 
-def decompose_pixels(clip: Any, pixels: torch.Tensor, transform: Callable, layers: list[int], convention: str,
+def decompose_pixels(clip: LoadedClip, pixels: torch.Tensor, transform: Callable, layers: list[int], convention: str,
                      options: AuditOptions) -> DecompositionCache:
     """An in-memory cache of uint8 pixels [n, 3, H, W] (x = u / 255, then ``transform`` per image) through the
-    ``Decomposer``: the terms ``decompose_dataset`` gives for the same preprocessed tensors."""
-    from clip_debias.toolchain.decompose.contributions import Decomposer
-    from clip_debias.toolchain.models.tower import ExplicitViT
+    tower's decomposer: the terms ``decompose_dataset`` gives for the same preprocessed tensors."""
+    from clip_debias.toolchain.decompose.towers import decomposer_for
 
-    tower = ExplicitViT.from_open_clip(clip.model.visual)
-    decomposer = Decomposer(tower, layers, convention).to(options.device)
-    dtype = tower.conv1.weight.dtype
+    tower = clip.tower
+    decomposer = decomposer_for(tower, layers, convention).to(options.device)
+    dtype = next(clip.model.visual.parameters()).dtype
     heads, rest, emb = [], [], []
     with torch.no_grad():
         for start in range(0, len(pixels), options.batch_size):
@@ -378,7 +377,7 @@ def decompose_pixels(clip: Any, pixels: torch.Tensor, transform: Callable, layer
     return DecompositionCache(heads=torch.cat(heads), rest=torch.cat(rest), labels=zeros, groups=zeros,
                               layers=list(layers), identity=clip.identity, dataset="audit", split="corrupted",
                               class_names=["image"], group_names=["image"], convention=convention,
-                              tower_layers=tower.cfg.layers, stored_embeddings=torch.cat(emb))
+                              tower_layers=tower.layers, stored_embeddings=torch.cat(emb))
 
 
 def head_grid(decomposed: Decomposed, layers: list[int], labels: np.ndarray, splits: list, k: int,

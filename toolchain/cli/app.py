@@ -107,6 +107,7 @@ COMMAND_MODULES = (
     "clip_debias.toolchain.cli.select_cmd",
     "clip_debias.toolchain.cli.export_cmd",
     "clip_debias.toolchain.cli.verify_cmd",
+    "clip_debias.toolchain.cli.search_cmd",
     "clip_debias.toolchain.cli.serve_cmd",
     "clip_debias.toolchain.cli.demo_cmd",
     "clip_debias.toolchain.cli.lab_cmd",

@@ -11,8 +11,8 @@ from clip_debias.runtime.choices import DatasetFormat, Split
 from clip_debias.toolchain.choices import (HeadName, LleRedraw, LleSchedule, LleShiftInit, PairEmbeddings, Protocol,
                                           Renorm, ZFrom)
 from clip_debias.toolchain.cli.options import (DatasetOpt, OptionalDataOpt, PretrainedOpt, ProtocolOpt,
-                                               RandomWeightsOpt, RecordedModelOpt, WeightsOpt, choice_option,
-                                               load_recorded_model)
+                                               RandomWeightsOpt, RecordedModelOpt, TokenizerOpt, WeightsOpt,
+                                               choice_option, load_recorded_model)
 
 if TYPE_CHECKING:
     from clip_debias.toolchain.locate.ltc import LocatePlan
@@ -121,6 +121,7 @@ def build(
     pretrained: PretrainedOpt = None,
     weights: WeightsOpt = None,
     random_weights: RandomWeightsOpt = False,
+    tokenizer: TokenizerOpt = None,
     ablate: AblateOpt = True,
     project: ProjectOpt = True,
     classifier: Annotated[HeadName, choice_option(
@@ -175,7 +176,7 @@ def build(
                                       "--calibration CACHE, or --no-ablate")
     calib = load_cache(calibration) if calibration is not None else None
     clip = load_recorded_model(located.model_identity, str(plan), model, pretrained, weights,
-                               random_weights=random_weights)
+                               random_weights=random_weights, tokenizer=tokenizer)
     options = BuildOptions(
         ablate=ablate, project=project, classifier=classifier,
         contexts=contexts_for(contexts, located.dataset) if classifier == "perception" else None,

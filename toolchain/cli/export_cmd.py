@@ -43,13 +43,24 @@ def onnx_cmd(
         "--fp16-fp32-ops", metavar="OPS",
         help="Comma list of ONNX op types model.fp16.onnx keeps in fp32, e.g. LayerNormalization (default: none; "
              "LayerNormalization already computes its statistics in fp32).")] = "",
+    text: Annotated[bool, typer.Option(
+        "--text/--no-text", help="Also export the text tower (text.onnx in the listed precisions, gated like the "
+                                 "image graph) and its tokenizer (tokenizer.json): labels at request time, text "
+                                 "embeddings, search. A random-weight model has none to export.")] = True,
+    text_weights: Annotated[Optional[Path], typer.Option(
+        "--text-weights", metavar="FILE", help="The model's weights file, for its text tower (default: found by "
+                                               "the model's identity: open_clip tag, shipped weights, weights "
+                                               "cache).")] = None,
 ) -> None:
     """Export MODEL_DIR to an ONNX artifact (parity-gated against torch; nothing is written on failure). The steps
     and each gate's numbers go to stderr as they pass; stdout gets what was written and its digest."""
     from clip_debias.exporters.onnx_export import export_onnx_report
+    from clip_debias.exporters.text_export import text_clip_for
 
+    text_clip = text_clip_for(model_dir, text_weights) if text else None
     report = export_onnx_report(model_dir, out, precision=precision, opset=opset, ort_optimize=ort_optimize,
-                                fused_attention=fused_attention, fp16_fp32_ops=fp16_fp32_ops.split(","))
+                                fused_attention=fused_attention, fp16_fp32_ops=fp16_fp32_ops.split(","),
+                                text_clip=text_clip)
     typer.echo(f"wrote {report.artifact} ({', '.join(report.files)}; every graph passed its parity gate)")
     typer.echo(f"artifact digest {report.digest} (pin it: clip-debias verify ... --expect-digest {report.digest})")
     warn_if_transductive(report.artifact)

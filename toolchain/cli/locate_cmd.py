@@ -9,7 +9,8 @@ import typer
 
 from clip_debias.toolchain.choices import MinoritySource, Protocol
 from clip_debias.toolchain.cli.options import (ForceOpt, PretrainedOpt, ProtocolOpt, RandomWeightsOpt,
-                                               RecordedModelOpt, WeightsOpt, choice_option, load_recorded_model)
+                                               RecordedModelOpt, TokenizerOpt, WeightsOpt, choice_option,
+                                               load_recorded_model)
 
 
 def int_list(value: str | None, option: str) -> list[int] | None:
@@ -33,6 +34,7 @@ def locate(
     pretrained: PretrainedOpt = None,
     weights: WeightsOpt = None,
     random_weights: RandomWeightsOpt = False,
+    tokenizer: TokenizerOpt = None,
     classes: Annotated[Optional[str], typer.Option(
         "--classes", metavar="NAMES", help="Comma-separated class names for the prompts (default: the dataset's "
                                            "defaults, else the cache's).")] = None,
@@ -88,7 +90,7 @@ def locate(
                                   "heads)")
     terms = load_cache(cache)
     clip = load_recorded_model(terms.identity, f"cache {cache}", model, pretrained, weights,
-                               random_weights=random_weights)
+                               random_weights=random_weights, tokenizer=tokenizer)
     if from_pairs:
         from clip_debias.toolchain.locate.pairs import locate_pairs
 

@@ -74,6 +74,10 @@ WeightsOpt = Annotated[Optional[Path], typer.Option(
                                       "converted once into the weights cache (README: Weights cache).")]
 RandomWeightsOpt = Annotated[bool, typer.Option(
     "--random-weights", help="Use random weights (tests, timing): the results mean nothing.")]
+TokenizerOpt = Annotated[Optional[Path], typer.Option(
+    "--tokenizer", metavar="FILE|DIR", help="Local tokenizer.json (Hugging Face tokenizers library) or a folder "
+                                            "holding one, for models whose tokenizer comes from the hub (SigLIP, PE) "
+                                            "when offline.")]
 DeviceOpt = Annotated[str, typer.Option(
     "--device", metavar="DEVICE", callback=check_device,
     help="torch device: cpu, cuda, cuda:N, or auto (cuda when torch sees one, else cpu).")]
@@ -303,20 +307,21 @@ def reading_options(skip_bad: bool, max_skipped: str | None, max_pixels: int) ->
 
 
 def load_model(model: str, pretrained: str | None, weights: Path | None, device: str = "cpu", dtype: str = "fp32",
-               *, random_weights: bool = False) -> Any:
+               *, random_weights: bool = False, tokenizer: Path | None = None) -> Any:
     """``toolchain.models.loading.load_clip`` from CLI option values (it logs what it loads); a random-weight model
     (``--random-weights``) gets one warning line."""
     from clip_debias.toolchain.models.loading import load_clip
 
     clip = load_clip(model, pretrained=pretrained, weights=weights, device=check_device(device),
-                     dtype=ComputeDtype.parse(dtype, "--dtype").torch, random_weights=random_weights)
+                     dtype=ComputeDtype.parse(dtype, "--dtype").torch, random_weights=random_weights,
+                     tokenizer=tokenizer)
     if random_weights:
         typer.echo(f"warning: --random-weights: --model {model} has RANDOM weights (results mean nothing)", err=True)
     return clip
 
 
 def load_recorded_model(recorded: Any, what: str, model: str | None, pretrained: str | None, weights: Path | None,
-                        device: str = "cpu", *, random_weights: bool = False) -> Any:
+                        device: str = "cpu", *, random_weights: bool = False, tokenizer: Path | None = None) -> Any:
     """``load_model`` of the options given; without ``--model``, the model ``recorded`` (a ``ModelIdentity`` read
     from ``what``, e.g. "plan.json") names: its open_clip tag, the shipped weights of its name, or random init when
     it records random init. A record of a local weights file needs ``--weights FILE`` (one line). The caller's
@@ -335,7 +340,7 @@ def load_recorded_model(recorded: Any, what: str, model: str | None, pretrained:
             elif not recorded.weights_sha256:
                 random_weights = True
         say(f"model {recorded.describe()}: recorded in {what}")
-    return load_model(model, pretrained, weights, device, random_weights=random_weights)
+    return load_model(model, pretrained, weights, device, random_weights=random_weights, tokenizer=tokenizer)
 
 
 def say(message: str) -> None:
