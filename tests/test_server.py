@@ -322,3 +322,43 @@ def test_batcher_batches_bounds_and_deadlines():
         await b.stop()
 
     asyncio.run(main())
+
+
+def test_text_endpoints_equal_the_runtime_on_an_open_vocabulary_artifact(tmp_path):
+    """/embed-text and /classify with labels (issue 29 item 5) on an artifact with its text tower (the shipped lab
+    model): the answers equal ``Classifier.encode_text`` and ``Classifier.classify(images, labels=...)``."""
+    pytest.importorskip("tokenizers")
+    from clip_debias.exporters.onnx_export import export_onnx
+    from clip_debias.toolchain.correct.classifier import plain_classifier
+    from clip_debias.toolchain.models.loading import load_clip
+
+    clip = load_clip("clipdebias-lab")
+    art = tmp_path / "art"
+    export_onnx(plain_classifier(clip, ["landbird", "waterbird"]), art, precision="fp32", ort_optimize=False,
+                text_clip=clip)
+    clf = runtime.load(art, device="cpu")
+    assert clf.has_text_tower
+    s = Server(art, tmp_path / "serve.log")
+    try:
+        s.wait_ready()
+        texts = ["a photo of a bird on water", "a boat"]
+        status, _, raw = s.request("POST", "/embed-text", json.dumps({"texts": texts}).encode(),
+                                   {"Content-Type": "application/json"})
+        assert status == 200, raw
+        got = np.array(json.loads(raw)["embeddings"], dtype=np.float32)
+        assert np.allclose(got, clf.encode_text(texts), atol=1e-6)
+        labels = ["a bird over the sea", "a bird in a forest", "a flower"]
+        files = [_png(i, (64, 64)) for i in range(3)]
+        paths = []
+        for i, data in enumerate(files):
+            paths.append(tmp_path / f"{i}.png")
+            paths[-1].write_bytes(data)
+        body = {"images": [base64.b64encode(f).decode() for f in files], "labels": labels}
+        status, _, raw = s.request("POST", "/classify", json.dumps(body).encode(), {"Content-Type": "application/json"})
+        assert status == 200, raw
+        doc = json.loads(raw)
+        want = clf.classify(paths, labels=labels)
+        assert doc["class_names"] == labels and [p["label"] for p in doc["predictions"]] == [p.label for p in want]
+        assert np.allclose([p["probabilities"] for p in doc["predictions"]], [p.probabilities for p in want], atol=1e-6)
+    finally:
+        assert s.stop() == 0, s.text()[-3000:]
