@@ -113,7 +113,8 @@ class GateSpec:
 class MetricData:
     """What a family computes from: ``logits`` [N, C] float64 and ``labels`` [N] of the rows counted, their
     ``predictions`` (argmax), the ``inputs`` (``runtime.metrics.inputs.BiasInputs``), the pair ids of the whole split
-    (``pairs_in_split``), and the rows' group ids [N] with the group names and those expected in the split."""
+    (``pairs_in_split``), the rows' group ids [N] with the group names and those expected in the split, and the rows'
+    unit-norm image ``embeddings`` [N, D] (None: the caller has none)."""
 
     logits: np.ndarray
     labels: np.ndarray
@@ -122,6 +123,7 @@ class MetricData:
     groups: np.ndarray | None = None
     group_names: list[str] | None = None
     expected_groups: list[str] | None = None
+    embeddings: np.ndarray | None = None
 
     @property
     def predictions(self) -> np.ndarray:

@@ -82,7 +82,8 @@ class RunOptions:
 class DataOptions:
     """How the split is read: ``groups`` (names of a csv's group ids, ``resolve_groups``), ``allow_outside_root``,
     ``target`` (fairface), ``protected`` (``runtime.datasets.load_index``), the metrics' options, ``index_checks``
-    (the row limit and duplicate rule of ``load_index``: ``runtime.limits.IndexChecks``)."""
+    (the row limit and duplicate rule of ``load_index``: ``runtime.limits.IndexChecks``), ``queries`` (the text
+    queries of the retrieval skew: ``runtime.retrieval_skew.read_queries``'s file or shipped list)."""
 
     groups: list[str] | None = None
     allow_outside_root: bool = False
@@ -90,6 +91,7 @@ class DataOptions:
     protected: str | None = None
     metric_options: MetricOptions | None = None
     index_checks: IndexChecks | None = None
+    queries: str | None = None
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,12 @@ def prepare(artifact: str | Path, class_names: list[str], manifest_groups: list[
         raise ClipDebiasError(f"{data}: labels outside 0..{len(class_names) - 1}")
     inputs = metric_inputs(index, o.data.metric_options)
     inputs.class_names = list(class_names)
+    if o.data.queries is not None:
+        from clip_debias.runtime.metrics.retrieval_skew import RetrievalQueries
+        from clip_debias.runtime.retrieval_skew import read_queries
+
+        texts, desired = read_queries(o.data.queries)
+        inputs.queries = RetrievalQueries(texts, str(o.data.queries), desired)
     require_gate_data(thresholds, inputs, index)
     return VerifyJob(str(artifact), dataset, str(data), split, index, list(class_names), labels,
                      np.array([r.group for r in index.records], dtype=np.int64), group_names, groups_from, inputs,
@@ -236,6 +244,8 @@ def verify(artifact: str | Path, dataset: str, data: str | Path, split: str = "t
                      o.load.expected_digest)
     gate = engine.precision_gate()
     job = prepare(engine.root, engine.class_names, engine.group_names, dataset, data, split, o)
+    if job.inputs.queries is not None:
+        embed_queries(engine, job.inputs.queries)
     if engine.transductive:
         job.transductive = True
         job.warnings.append(TRANSDUCTIVE_WARNING)  # printed with the report (verify_cmd.print_report)
@@ -244,3 +254,13 @@ def verify(artifact: str | Path, dataset: str, data: str | Path, split: str = "t
              dataset, split, b.get("backend"), b.get("device"), b.get("precision"), b.get("file"), o.run.batch_size)
     run = engine.predict(job.index.records, o.run.batch_size, o.run.skip_bad, f"{dataset}/{split}")
     return aggregate(job, run, engine.info(), digest=engine.digest, gate=gate)
+
+
+def embed_queries(engine: Engine, queries: Any) -> None:
+    """Fill ``queries.embeddings`` (``RetrievalQueries``) with the artifact's text embeddings, before the model runs
+    over the split; one ``InputError`` line when the engine cannot (no text tower; an engine that runs elsewhere)."""
+    encode = getattr(engine, "encode_text", None)
+    if encode is None:
+        raise InputError("--queries: the retrieval skew needs the split's image embeddings and the artifact's text "
+                         "tower in this process (--engine local)")
+    queries.embeddings = encode(queries.texts)

@@ -14,7 +14,7 @@ from clip_debias.runtime.errors import ClipDebiasError
 from clip_debias.runtime.ownership import json_object_with, register_file_kind
 from clip_debias.runtime.tables import output_console, table
 from clip_debias.toolchain.cli.options import (AllowOutsideRootOpt, BatchOpt, ForceOpt, JsonOpt, OptionalDatasetOpt,
-                                               OptionalSplitOpt, ProtectedOpt, SkewKOpt, TargetOpt,
+                                               OptionalSplitOpt, ProtectedOpt, QueriesOpt, SkewKOpt, TargetOpt,
                                                check_json_target, choice_option)
 
 SEARCH_REPORT = "clip-debias search"  # the 'report' field of search --json (how runtime.ownership recognises it)
@@ -113,10 +113,7 @@ def search_cmd(
     ] = SearchEngine.NUMPY,
     ensemble: Annotated[bool, typer.Option("--ensemble", help="Embed each query through the artifact's "
                                                               "templates (prompt ensembling).")] = False,
-    queries_file: Annotated[Optional[str], typer.Option(
-        "--queries", metavar="FILE", help="Retrieval skew of a query list instead: a text file (one query per line), "
-                                          "a YAML/JSON query -> {value: share} file, or a shipped list: "
-                                          "occupations, adjectives, lab-birds, lab-backgrounds.")] = None,
+    queries_file: QueriesOpt = None,
     protected: ProtectedOpt = None,
     skew_k: SkewKOpt = "10,50",
     max_retrieval_skew: Annotated[Optional[float], typer.Option(
@@ -152,7 +149,7 @@ def search_cmd(
         report: dict = {"report": SEARCH_REPORT,
                         "queries": {q: [h.__dict__ for h in rows] for q, rows in zip(queries or [], hits)}}
     else:
-        from clip_debias.runtime.retrieval_skew import index_retrieval_skew, read_queries
+        from clip_debias.runtime.retrieval_skew import index_retrieval_skew, read_queries, worst_k
 
         if protected is None:
             raise ClipDebiasError(f"--queries needs --protected COLUMN (the index has: "
@@ -174,7 +171,7 @@ def search_cmd(
 
         report = {"report": SEARCH_REPORT, "retrieval_skew": asdict(skew)}
         if max_retrieval_skew is not None:
-            worst = max(skew.at_k, key=lambda r: r.mean_max_skew)
+            worst = worst_k(skew)
             passed = worst.mean_max_skew <= max_retrieval_skew
             report["gate"] = {"max_retrieval_skew": max_retrieval_skew, "k": worst.k, "value": worst.mean_max_skew,
                               "passed": passed}

@@ -16,7 +16,7 @@ from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_ROWS, MIN
 from clip_debias.runtime.tables import output_console, table
 from clip_debias.toolchain.cli.options import (AllowDuplicatesOpt, AllowOutsideRootOpt, BatchOpt, DataOpt, DatasetOpt,
                                                DedupeOpt, ForceOpt, JsonOpt, MaxPixelsOpt, MaxRowsOpt, MaxSkippedOpt,
-                                               ProtectedOpt, ShortcutAttributesOpt, SkewKOpt, SkipBadOpt, SplitOpt,
+                                               ProtectedOpt, QueriesOpt, ShortcutAttributesOpt, SkewKOpt, SkipBadOpt, SplitOpt,
                                                TargetOpt, TrainCorrelationOpt, check_json_target, choice_option,
                                                gate_limits, index_checks, metric_options, with_gate_options)
 
@@ -216,6 +216,7 @@ def verify(
     shortcut_attributes: ShortcutAttributesOpt = None,
     train_correlation: TrainCorrelationOpt = None,
     skew_k: SkewKOpt = "10,50,100",
+    queries: QueriesOpt = None,
     confidence: Annotated[float, typer.Option(
         "--confidence", metavar="FRACTION", help="Confidence of the gates' intervals (Wilson; gaps: Newcombe/MOVER).")]
     = 0.95,
@@ -257,7 +258,7 @@ def verify(
                    skip_bad=skip_bad, latency_batches=latency_batches),
         DataOptions(group_list, allow_outside_root, target, protected,
                     metric_options(shortcut_attributes, train_correlation, skew_k),
-                    index_checks(max_rows, dedupe, allow_duplicates)),
+                    index_checks(max_rows, dedupe, allow_duplicates), queries),
         GateOptions(thresholds, Evidence(confidence, min_group_size), allow_inconclusive))
     if engine == VerifyEngine.RAY:
         from clip_debias.serving.ray_verify import RayEngine
