@@ -2,7 +2,8 @@
 the run's own point gates: ``max_latency_ms`` and ``max_skipped``), the refusal of a gate the data cannot feed, and
 the judging of every set gate.
 
-Metric gates are accuracy-type (interval-based; ``runtime.metrics.evidence``) except ``max_skew``. The run's gates
+Metric gates are accuracy-type (interval-based; ``runtime.metrics.evidence``) except ``max_skew`` and
+``max_retrieval_skew`` (point gates). The run's gates
 are **point gates**: ``max_latency_ms`` bounds the measured p95 model time (a timing of this machine, not a sampled
 proportion), ``max_skipped`` the count of unreadable images (a fact of the run).
 """

@@ -11,9 +11,10 @@ A gate cannot pass by omission:
   ``min_worst_group`` FAIL, naming it.
 - **Skipped images** (``skip_bad``): at most ``max_skipped`` (default 1 % of the split) may be left out; beyond it
   the ``max_skipped`` threshold FAILs.
-- **Bias gates** (``max_gap``, ``max_flip_rate``, ``max_skew``, ``max_eo_gap``, ``max_dp_gap``): asked for on data
-  that lacks what the metric needs (two class-aligned spurious attributes, counterfactual pairs, a protected
-  attribute with two values in the split) they are refused in one line before the model runs; a metric left
+- **Bias gates** (``max_gap``, ``max_flip_rate``, ``max_skew``, ``max_retrieval_skew``, ``max_eo_gap``,
+  ``max_dp_gap``): asked for on data that lacks what the metric needs (two class-aligned spurious attributes,
+  counterfactual pairs, a protected attribute with two values in the split; text queries and an artifact with its
+  text tower) they are refused in one line before the model runs; a metric left
   undefined by the images read (every pair incomplete, a (class, value) cell with no image) FAILs its gate.
 - **Evidence**: an accuracy-type gate passes only when its whole confidence interval is on the passing side, and a
   group under ``min_group_size`` images makes every gate reading it INCONCLUSIVE, which fails the run unless

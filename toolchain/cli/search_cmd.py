@@ -12,7 +12,7 @@ import typer
 from clip_debias.runtime.choices import DatasetFormat, SearchEngine, Split
 from clip_debias.runtime.errors import ClipDebiasError
 from clip_debias.runtime.ownership import json_object_with, register_file_kind
-from clip_debias.runtime.tables import output_console, table
+from clip_debias.runtime.tables import output_console, print_text_table, table
 from clip_debias.toolchain.cli.options import (AllowOutsideRootOpt, BatchOpt, ForceOpt, JsonOpt, OptionalDatasetOpt,
                                                OptionalSplitOpt, ProtectedOpt, QueriesOpt, SkewKOpt, TargetOpt,
                                                check_json_target, choice_option)
@@ -149,6 +149,7 @@ def search_cmd(
         report: dict = {"report": SEARCH_REPORT,
                         "queries": {q: [h.__dict__ for h in rows] for q, rows in zip(queries or [], hits)}}
     else:
+        from clip_debias.runtime.metrics.retrieval_skew import retrieval_skew_tables
         from clip_debias.runtime.retrieval_skew import index_retrieval_skew, read_queries, worst_k
 
         if protected is None:
@@ -165,8 +166,8 @@ def search_cmd(
                                         desired)
         except ValueError as e:
             raise ClipDebiasError(f"--protected {protected}: {e}") from None
-        console.print(retrieval_skew_table(skew, f"retrieval skew of '{protected}' over {skew.n} images, "
-                                                 f"{len(texts)} queries"))
+        for t in retrieval_skew_tables(skew):
+            print_text_table(t, console)
         from dataclasses import asdict
 
         report = {"report": SEARCH_REPORT, "retrieval_skew": asdict(skew)}
@@ -182,20 +183,6 @@ def search_cmd(
         typer.echo(f"wrote {json_path}")
     if report.get("gate", {}).get("passed") is False:
         raise typer.Exit(1)
-
-
-def _num(x: float | None) -> str:
-    return "-inf" if x is None else f"{x:.3f}"
-
-
-def retrieval_skew_table(report: object, title: str) -> object:
-    """One row per k: mean / max MaxSkew, mean / min MinSkew, mean / max NDKL, one-value share."""
-    t = table(["k", "MaxSkew mean", "MaxSkew max", "MinSkew mean", "MinSkew min", "NDKL mean", "NDKL max",
-               "one value"], title=title, right=set(range(8)))
-    for r in getattr(report, "at_k"):
-        t.add_row(str(r.k), _num(r.mean_max_skew), _num(r.max_max_skew), _num(r.mean_min_skew), _num(r.min_min_skew),
-                  _num(r.mean_ndkl), _num(r.max_ndkl), f"{100 * r.one_value_share:.0f}%")
-    return t
 
 
 def register(app: typer.Typer) -> None:
