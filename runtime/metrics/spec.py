@@ -133,8 +133,9 @@ class MetricData:
 @dataclass(frozen=True)
 class MetricFamily:
     """One metric family: ``name`` is its JSON section (and ``not_computed`` key); ``needs`` the inputs it reads
-    (``BiasInputs`` fields: ``protected``, ``shortcuts``, ``pairs``; ``groups``: the split's groups); ``compute``
-    returns the section (None: not computed; ``unavailable`` then says why); ``gates``; ``tables`` and ``summary``
+    (``BiasInputs`` fields: ``protected``, ``shortcuts``, ``pairs``, ``queries``; ``groups``: the split's groups;
+    ``embeddings``: the rows' image embeddings); ``compute`` returns the section (None: not computed;
+    ``unavailable`` then says why); ``gates``; ``tables`` and ``summary``
     write the section (``runtime.metric_tables``); ``section_type`` reads it back from JSON. ``order`` places it among
     the families. ``top_level``: its numbers are the report's own fields (accuracy), not a section."""
 
