@@ -24,7 +24,6 @@ from clip_debias.toolchain.correct.edits import orthonormal_basis
 from clip_debias.toolchain.correct.heads import ZeroShotHead
 from clip_debias.toolchain.correct.perception import PerceptionHead
 from clip_debias.toolchain.models.loading import load_clip
-from clip_debias.toolchain.models.tower import ExplicitViT
 
 ABLATED = [[10, 3], [11, 5]]
 SALIENT = [[10, 7], [11, 1]]
@@ -35,7 +34,7 @@ ROUNDS = {1: 30, 32: 3}
 def models() -> tuple[DebiasedClassifier, DebiasedClassifier]:
     torch.manual_seed(0)
     clip = load_clip("ViT-B-16", random_weights=True)
-    tower = ExplicitViT.from_open_clip(clip.model.visual)
+    tower = clip.tower.explicit()
     d = tower.cfg.embed_dim
     unit = lambda *s: torch.nn.functional.normalize(torch.randn(*s), dim=-1)  # noqa: E731
 

@@ -17,11 +17,10 @@ def setup():
     from clip_debias.toolchain.decompose.contributions import Decomposer
     from clip_debias.toolchain.decompose.layers import resolve_layers
     from clip_debias.toolchain.models.loading import load_clip
-    from clip_debias.toolchain.models.tower import ExplicitViT
 
     torch.manual_seed(0)
     clip = load_clip("ViT-B-16", random_weights=True)
-    tower = ExplicitViT.from_open_clip(clip.model.visual)
+    tower = clip.tower.explicit()
     decomposers = {spec: Decomposer(tower, resolve_layers(spec, tower.cfg.layers)) for spec in ("all", "4")}
     images = torch.randn(BATCH, 3, 224, 224)
     return clip, decomposers, images

@@ -135,9 +135,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     clip = load_clip(args.model, random_weights=True)
-    cfg = clip.model.visual
-    last, heads = len(cfg.transformer.resblocks) - 1, cfg.transformer.resblocks[0].attn.num_heads
-    dim = cfg.output_dim
+    last, heads, dim = clip.tower.layers - 1, clip.tower.heads, clip.tower.embed_dim
     plain = plain_classifier(clip, ["a", "b"])
     spec = plain.spec
     spec.ablated, spec.salient, spec.basis_rank = [[last - 1, 0], [last, 1]], [[last, heads - 1]], 2

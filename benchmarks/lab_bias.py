@@ -54,7 +54,7 @@ def main() -> None:
         make_lab_data(data, counterfactual=True, **make_args)
     torch.manual_seed(0)
     clip = load_clip(LAB_MODEL, weights=LAB_WEIGHTS)
-    layers = list(range(len(clip.model.visual.transformer.resblocks)))
+    layers = list(range(clip.tower.layers))
     caches = {split: decompose_dataset(clip, load_index("waterbirds", data, split), layers,
                                        batch_size=args.batch_size, progress=False,
                                        out=out / f"{split}.safetensors")

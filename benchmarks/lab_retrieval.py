@@ -64,7 +64,7 @@ def main() -> None:
         make_lab_data(data, **lab_data_args(True))
     torch.manual_seed(0)
     clip = load_clip(LAB_MODEL, weights=LAB_WEIGHTS)
-    layers = list(range(len(clip.model.visual.transformer.resblocks)))
+    layers = list(range(clip.tower.layers))
     train = load_index("waterbirds", data, "train")
     val = decompose_dataset(clip, load_index("waterbirds", data, "val"), layers, batch_size=args.batch_size,
                             progress=False, out=out / "val.safetensors")

@@ -28,6 +28,7 @@ from clip_debias.runtime.datasets import load_index
 from clip_debias.runtime.ownership import json_object_with, register_file_kind
 from clip_debias.toolchain.decompose.cache import DecompositionCache
 from clip_debias.toolchain.lab import LAB_DIR, LAB_MODEL, LAB_WEIGHTS
+from clip_debias.toolchain.models.loading import LoadedClip
 RECIPE = LAB_DIR / "recipe.json"
 LAB_POOL = LAB_DIR / "pool.txt"  # descriptions in the lab text tower's vocabulary, for explain
 LAB_VOCAB = LAB_DIR / "vocab.txt"  # background and object words, for discover
@@ -94,7 +95,7 @@ def choose_variant(val_rows: list[Any]) -> str:
     return max(ok, key=lambda n: (by_name[n].worst_group_accuracy, by_name[n].accuracy))
 
 
-def compare_rows(cache: DecompositionCache, plan: Any, calibration: DecompositionCache | None, clip: Any,
+def compare_rows(cache: DecompositionCache, plan: Any, calibration: DecompositionCache | None, clip: LoadedClip,
                  contexts: Any, pairs: Any, protocol: str = "default") -> list[Any]:
     """``compare_methods`` rows (stepwise and keep-norm projections) under ``protocol``; without salient heads the
     projected rows equal the ablation rows and are left out."""
@@ -159,7 +160,7 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
     say(f"[bold]2/8 decompose[/bold] {LAB_MODEL} ({LAB_WEIGHTS.name}) on train, val and test (every layer, TextSpan)")
     torch.manual_seed(0)
     clip = load_clip(LAB_MODEL, weights=LAB_WEIGHTS)
-    layers = list(range(len(clip.model.visual.transformer.resblocks)))
+    layers = list(range(clip.tower.layers))
     caches: dict[str, DecompositionCache] = {
         split: decompose_dataset(clip, load_index("waterbirds", data, split), layers, batch_size=batch_size,
                                  progress=console is not None, out=out / f"{split}.safetensors")

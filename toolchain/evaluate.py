@@ -35,7 +35,7 @@ from clip_debias.toolchain.correct.build import (BuildOptions, EditSet, check_pl
 from clip_debias.toolchain.decompose.cache import DecompositionCache
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.locate.ltc import LocatePlan, require_layers, require_same_backbone
-from clip_debias.toolchain.models.tower import tower_config_of
+from clip_debias.toolchain.models.loading import LoadedClip
 from clip_debias.toolchain.prompts.files import ContextSpec
 from clip_debias.toolchain.prompts.text import DEFAULT_TEMPLATES
 from clip_debias.toolchain.protocol import policy
@@ -87,7 +87,7 @@ def _describe(edits: EditSet) -> str:
 
 @torch.no_grad()
 def compare_methods(cache_test: DecompositionCache, plan: LocatePlan, calibration: DecompositionCache | None,
-                    clip: Any, *, contexts: ContextSpec | None = None,
+                    clip: LoadedClip, *, contexts: ContextSpec | None = None,
                     attribute_pairs: list[tuple[str, str]] | None = None, tau: float = 1.0, z_from: str = "joint",
                     renorms: tuple[str, ...] = ("stepwise", "keep"), pair_embeddings: str | None = None,
                     allow_test_calibration: bool = False, templates: list[str] | None = None,
@@ -100,7 +100,7 @@ def compare_methods(cache_test: DecompositionCache, plan: LocatePlan, calibratio
     the bias metrics the cache allows (``DecompositionCache.metric_source``, its protected attribute replaced by
     ``protected`` when given; ``metric_options``: see ``runtime.metric_inputs``)."""
     calibration = policy(protocol).means_from(cache_test, calibration)
-    check_plan(plan, clip, tower_config_of(clip.model.visual))
+    check_plan(plan, clip, clip.tower)
     require_convention(plan, cache_test, f"cache {cache_test.dataset}/{cache_test.split}")
     require_same_backbone(clip.identity, cache_test.identity, f"cache {cache_test.dataset}/{cache_test.split}")
     require_layers(cache_test.layers, plan.spurious_heads() + plan.salient_heads(),

@@ -45,7 +45,7 @@ from clip_debias.toolchain.decompose.layers import resolve_layers
 from clip_debias.toolchain.decompose.run import decompose_dataset
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.locate.ltc import require_layers, require_same_backbone
-from clip_debias.toolchain.models.loading import ModelIdentity
+from clip_debias.toolchain.models.loading import LoadedClip, ModelIdentity
 
 DEFAULT_PER_SOURCE_CAP = 1000
 AUDIT_KIND = "audit"  # its output kind (runtime.ownership.FOLDER_KINDS)
@@ -155,11 +155,11 @@ class Terms:
     convention: str
 
 
-def resolve_terms(sources: list[Source], clip: Any, options: AuditOptions, edits_convention: str | None) -> Terms:
+def resolve_terms(sources: list[Source], clip: LoadedClip, options: AuditOptions, edits_convention: str | None) -> Terms:
     """The layers and convention: those of the cache sources (which must agree with each other, with the model and
     with ``--layers``/``--convention`` when given), else ``--layers`` (default all) and ``--convention`` (default the
     model dir's, else ``DEFAULT_CONVENTION``)."""
-    n_layers = len(clip.model.visual.transformer.resblocks)
+    n_layers = clip.tower.layers
     caches = [s for s in sources if s.cache is not None]
     for s in caches:
         require_same_backbone(clip.identity, s.cache.identity, f"source {s.text}")  # type: ignore[union-attr]
@@ -183,7 +183,7 @@ def resolve_terms(sources: list[Source], clip: Any, options: AuditOptions, edits
                  options.convention or edits_convention or DEFAULT_CONVENTION)
 
 
-def load_edits(model_dir: Path, clip: Any, terms: Terms) -> EditSet:
+def load_edits(model_dir: Path, clip: LoadedClip, terms: Terms) -> EditSet:
     """The edits of a built model, checked against the audited model and terms."""
     from clip_debias.toolchain.correct.classifier import DebiasedClassifier
 
@@ -245,7 +245,7 @@ def _file_name(i: int, name: str) -> str:
     return f"{i}-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}"
 
 
-def decompose_sources(sample: Sample, clip: Any, terms: Terms, options: AuditOptions, folder: Path,
+def decompose_sources(sample: Sample, clip: LoadedClip, terms: Terms, options: AuditOptions, folder: Path,
                       log: Log) -> tuple[Decomposed, list[int]]:
     """Image sources decomposed into ``folder/caches`` (cache sources as they are); with ``skip_bad`` every source
     is then cut to the smallest number of images read. Returns the features' sources and the images skipped per
@@ -281,7 +281,7 @@ def images_of(name: str, cache: DecompositionCache, rows: np.ndarray) -> Dataset
     return DatasetIndex(name, Path(cache.source or "."), cache.split, records, ["image"], ["image"])
 
 
-def corrupted_features(decomposed: Decomposed, sample: Sample, corruption: Corruption, clip: Any, terms: Terms,
+def corrupted_features(decomposed: Decomposed, sample: Sample, corruption: Corruption, clip: LoadedClip, terms: Terms,
                        edits: EditSet | None, options: AuditOptions, log: Log) -> tuple[np.ndarray, np.ndarray | None]:
     """The audited images of every source again, ``corruption`` inserted into the preprocessing: (embeddings,
     corrected embeddings or None), decomposed in memory over the edited heads' layers only (the last layer without

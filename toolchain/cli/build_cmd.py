@@ -11,7 +11,7 @@ from clip_debias.runtime.choices import DatasetFormat, Split
 from clip_debias.toolchain.choices import (HeadName, LleRedraw, LleSchedule, LleShiftInit, PairEmbeddings, Protocol,
                                           Renorm, ZFrom)
 from clip_debias.toolchain.cli.options import (DatasetOpt, ModelOpt, OptionalDataOpt, PretrainedOpt, ProtocolOpt,
-                                               RandomWeightsOpt, WeightsOpt, choice_option, load_model)
+                                               RandomWeightsOpt, TokenizerOpt, WeightsOpt, choice_option, load_model)
 
 if TYPE_CHECKING:
     from clip_debias.toolchain.locate.ltc import LocatePlan
@@ -120,6 +120,7 @@ def build(
     pretrained: PretrainedOpt = None,
     weights: WeightsOpt = None,
     random_weights: RandomWeightsOpt = False,
+    tokenizer: TokenizerOpt = None,
     ablate: AblateOpt = True,
     project: ProjectOpt = True,
     classifier: Annotated[HeadName, choice_option(
@@ -173,7 +174,7 @@ def build(
     calibration = default_calibration(located, calibration, ablate and bool(located.spurious),
                                       "--calibration CACHE, or --no-ablate")
     calib = load_cache(calibration) if calibration is not None else None
-    clip = load_model(model, pretrained, weights, random_weights=random_weights)
+    clip = load_model(model, pretrained, weights, random_weights=random_weights, tokenizer=tokenizer)
     options = BuildOptions(
         ablate=ablate, project=project, classifier=classifier,
         contexts=contexts_for(contexts, located.dataset) if classifier == "perception" else None,

@@ -64,7 +64,7 @@ def decompose(
                        allow_outside_root=allow_outside_root, target=target, protected=protected,
                        checks=index_checks(max_rows, dedupe, allow_duplicates))
     clip = load_model(model, pretrained, weights, device, dtype, random_weights=random_weights)
-    chosen = resolve_layers(layers, len(clip.model.visual.transformer.resblocks))
+    chosen = resolve_layers(layers, clip.tower.layers)
     say(f"decomposing {len(index)} images of {dataset}/{split} (layers {chosen}, {convention} convention) into {out}")
     cache = decompose_dataset(clip, index, chosen, batch_size=batch_size, device=device, skip_bad=skip_bad,
                               skipped_log=skipped_log, convention=convention, out=out,

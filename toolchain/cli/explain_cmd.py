@@ -12,8 +12,8 @@ from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS
 from clip_debias.toolchain.choices import Convention
 from clip_debias.toolchain.cli.options import (AllowOutsideRootOpt, BatchOpt, ConventionOpt, DeviceOpt, ForceOpt,
                                                LayersOpt, MaxPixelsOpt, ModelOpt, OptionalDatasetOpt,
-                                               OptionalSplitOpt, PretrainedOpt, RandomWeightsOpt, WeightsOpt,
-                                               load_model)
+                                               OptionalSplitOpt, PretrainedOpt, RandomWeightsOpt, TokenizerOpt,
+                                               WeightsOpt, load_model)
 
 HeadsOpt = Annotated[Optional[str], typer.Option(
     "--heads", metavar="PLAN|L:H,...", help="plan.json (its spurious + salient heads) or LAYER:HEAD,... e.g. "
@@ -31,6 +31,7 @@ def explain(
     pretrained: PretrainedOpt = None,
     weights: WeightsOpt = None,
     random_weights: RandomWeightsOpt = False,
+    tokenizer: TokenizerOpt = None,
     heads: HeadsOpt = None,
     layers: LayersOpt = None,
     pool: Annotated[Optional[Path], typer.Option(
@@ -44,7 +45,8 @@ def explain(
     explain the most variance of its terms over the cache's images, removing each from terms and pool."""
     from clip_debias.toolchain.explain.jobs import describe_heads, span_lines
 
-    done = describe_heads(cache, lambda: load_model(model, pretrained, weights, device, random_weights=random_weights),
+    done = describe_heads(cache, lambda: load_model(model, pretrained, weights, device, random_weights=random_weights,
+                                                    tokenizer=tokenizer),
                           out, heads=heads, layers=layers, pool=pool, per_head=per_head, rank=rank, log=typer.echo)
     for line in span_lines(done.doc):
         typer.echo(line)
@@ -62,6 +64,7 @@ def explain_image(
     pretrained: PretrainedOpt = None,
     weights: WeightsOpt = None,
     random_weights: RandomWeightsOpt = False,
+    tokenizer: TokenizerOpt = None,
     heads: HeadsOpt = None,
     layers: LayersOpt = None,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
@@ -79,9 +82,9 @@ def explain_image(
         if value is not None and not value.strip():
             raise ClipDebiasError(f"{option}: empty; expected a text such as 'a photo of water'")
     check_figure_target(out, force)  # before any work
-    clip = load_model(model, pretrained, weights, random_weights=random_weights)
-    n_layers = len(clip.model.visual.transformer.resblocks)
-    n_heads = clip.model.visual.transformer.resblocks[0].attn.num_heads
+    clip = load_model(model, pretrained, weights, random_weights=random_weights, tokenizer=tokenizer)
+    n_layers = clip.tower.layers
+    n_heads = clip.tower.heads
     chosen, _ = select_heads(heads, layers, n_layers, n_heads, [n_layers - 1])
     path, total, cls_share = run(clip, image, chosen, text, vs, out, convention=convention, force=force,
                                  max_pixels=max_pixels)
@@ -99,6 +102,7 @@ def discover(
     pretrained: PretrainedOpt = None,
     weights: WeightsOpt = None,
     random_weights: RandomWeightsOpt = False,
+    tokenizer: TokenizerOpt = None,
     classes: Annotated[Optional[str], typer.Option(
         "--classes", metavar="NAMES", help="Comma-separated class names for the prompts (default: dataset defaults, "
                                            "else the data's).")] = None,
@@ -123,7 +127,8 @@ def discover(
     from clip_debias.toolchain.explain.jobs import ATTRIBUTE_PROMPTS_YAML, discover_keywords
 
     results, done = discover_keywords(
-        source, lambda: load_model(model, pretrained, weights, device, random_weights=random_weights), out,
+        source, lambda: load_model(model, pretrained, weights, device, random_weights=random_weights,
+                                   tokenizer=tokenizer), out,
         classes=classes, dataset=dataset, split=split, templates=templates, vocab=vocab,
         captions_column=captions_column, top=top, batch_size=batch_size, device=device, max_pixels=max_pixels,
         allow_outside_root=allow_outside_root)

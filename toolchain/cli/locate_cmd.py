@@ -9,7 +9,7 @@ import typer
 
 from clip_debias.toolchain.choices import MinoritySource, Protocol
 from clip_debias.toolchain.cli.options import (ForceOpt, ModelOpt, PretrainedOpt, ProtocolOpt, RandomWeightsOpt,
-                                               WeightsOpt, choice_option, load_model)
+                                               TokenizerOpt, WeightsOpt, choice_option, load_model)
 
 
 def int_list(value: str | None, option: str) -> list[int] | None:
@@ -33,6 +33,7 @@ def locate(
     pretrained: PretrainedOpt = None,
     weights: WeightsOpt = None,
     random_weights: RandomWeightsOpt = False,
+    tokenizer: TokenizerOpt = None,
     classes: Annotated[Optional[str], typer.Option(
         "--classes", metavar="NAMES", help="Comma-separated class names for the prompts (default: the dataset's "
                                            "defaults, else the cache's).")] = None,
@@ -87,7 +88,7 @@ def locate(
             raise ClipDebiasError(f"{given[0]}: not with --from-pairs (pairs need no groups and give no salient "
                                   "heads)")
     terms = load_cache(cache)
-    clip = load_model(model, pretrained, weights, random_weights=random_weights)
+    clip = load_model(model, pretrained, weights, random_weights=random_weights, tokenizer=tokenizer)
     if from_pairs:
         from clip_debias.toolchain.locate.pairs import locate_pairs
 

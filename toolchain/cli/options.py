@@ -71,6 +71,10 @@ WeightsOpt = Annotated[Optional[Path], typer.Option(
                                       "converted once into the weights cache (README: Weights cache).")]
 RandomWeightsOpt = Annotated[bool, typer.Option(
     "--random-weights", help="Use random weights (tests, timing): the results mean nothing.")]
+TokenizerOpt = Annotated[Optional[Path], typer.Option(
+    "--tokenizer", metavar="FILE|DIR", help="Local tokenizer.json (Hugging Face tokenizers library) or a folder "
+                                            "holding one, for models whose tokenizer comes from the hub (SigLIP, PE) "
+                                            "when offline.")]
 DeviceOpt = Annotated[str, typer.Option(
     "--device", metavar="DEVICE", callback=check_device,
     help="torch device: cpu, cuda, cuda:N, or auto (cuda when torch sees one, else cpu).")]
@@ -304,13 +308,14 @@ def reading_options(skip_bad: bool, max_skipped: str | None, max_pixels: int) ->
 
 
 def load_model(model: str, pretrained: str | None, weights: Path | None, device: str = "cpu", dtype: str = "fp32",
-               *, random_weights: bool = False) -> Any:
+               *, random_weights: bool = False, tokenizer: Path | None = None) -> Any:
     """``toolchain.models.loading.load_clip`` from CLI option values (it logs what it loads); a random-weight model
     (``--random-weights``) gets one warning line."""
     from clip_debias.toolchain.models.loading import load_clip
 
     clip = load_clip(model, pretrained=pretrained, weights=weights, device=check_device(device),
-                     dtype=ComputeDtype.parse(dtype, "--dtype").torch, random_weights=random_weights)
+                     dtype=ComputeDtype.parse(dtype, "--dtype").torch, random_weights=random_weights,
+                     tokenizer=tokenizer)
     if random_weights:
         typer.echo(f"warning: --random-weights: --model {model} has RANDOM weights (results mean nothing)", err=True)
     return clip

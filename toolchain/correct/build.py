@@ -30,7 +30,8 @@ from clip_debias.toolchain.correct.heads import HEAD_KINDS
 from clip_debias.toolchain.decompose.cache import DecompositionCache
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.locate.ltc import LocatePlan, check_plan_heads, require_layers, require_same_backbone
-from clip_debias.toolchain.models.tower import ExplicitViT, TowerConfig
+from clip_debias.toolchain.models.adapter import TowerAdapter
+from clip_debias.toolchain.models.loading import LoadedClip
 from clip_debias.toolchain.prompts.files import ContextSpec
 from clip_debias.toolchain.prompts.text import DEFAULT_TEMPLATES
 from clip_debias.toolchain.protocol import policy
@@ -100,7 +101,7 @@ class EditSet:
 
 # ---- checks -----------------------------------------------------------------------------------------------------
 
-def check_plan(plan: LocatePlan, clip: Any, cfg: TowerConfig, where: str | None = None) -> None:
+def check_plan(plan: LocatePlan, clip: LoadedClip, cfg: TowerAdapter, where: str | None = None) -> None:
     """Refuse a plan from another backbone, with heads outside the tower's layers x heads grid, or with a head listed
     twice or both spurious and salient. Lines start with ``where`` (default: the plan's file, else 'plan')."""
     where = where or plan.where()
@@ -121,7 +122,7 @@ def require_convention(plan: LocatePlan, cache: DecompositionCache, what: str) -
                               f"terms (decompose with --convention {plan.convention})")
 
 
-def check_calibration(calibration: DecompositionCache, clip: Any, heads: list[tuple[int, int]],
+def check_calibration(calibration: DecompositionCache, clip: LoadedClip, heads: list[tuple[int, int]],
                       allow_test: bool) -> None:
     """Same backbone, layers covering the ablated heads, and no test split unless explicitly allowed."""
     what = f"calibration cache {calibration.dataset}/{calibration.split}"
@@ -142,7 +143,7 @@ def ablation_means(calibration: DecompositionCache, heads: list[tuple[int, int]]
 
 
 @torch.no_grad()
-def projection_basis(clip: Any, pairs: list[tuple[str, str]], pair_embeddings: str = "unit") -> torch.Tensor:
+def projection_basis(clip: LoadedClip, pairs: list[tuple[str, str]], pair_embeddings: str = "unit") -> torch.Tensor:
     """u [K, D] = orthonormal_basis(v), v_k = E_T(p+_k) - E_T(p-_k) with unit-norm text embeddings (``unit``) or
     unnormalized ones (``raw``, the reference's)."""
     unit = pair_embeddings == "unit"
@@ -151,7 +152,7 @@ def projection_basis(clip: Any, pairs: list[tuple[str, str]], pair_embeddings: s
     return orthonormal_basis(pos - neg)
 
 
-def make_edits(plan: LocatePlan, calibration: DecompositionCache | None, clip: Any, options: BuildOptions, *,
+def make_edits(plan: LocatePlan, calibration: DecompositionCache | None, clip: LoadedClip, options: BuildOptions, *,
                pairs_hint: str = "--attribute-pairs FILE, or --no-project",
                calibration_hint: str = "--calibration CACHE, or --no-ablate") -> EditSet:
     """The ``EditSet`` for ``options`` (ablate and/or project), checked against the calibration cache. The hints are
@@ -178,20 +179,20 @@ def make_edits(plan: LocatePlan, calibration: DecompositionCache | None, clip: A
     return edits
 
 
-def make_head(clip: Any, class_names: list[str], templates: list[str], options: BuildOptions) -> nn.Module:
+def make_head(clip: LoadedClip, class_names: list[str], templates: list[str], options: BuildOptions) -> nn.Module:
     """The head of kind ``options.classifier`` (``correct.heads.HEAD_KINDS``): zero-shot (T [C, D] from
     ``templates``) or PerceptionCLIP (``options.contexts``)."""
     return HEAD_KINDS[HeadName.parse(options.classifier, "--classifier")].make(clip, class_names, templates, options)
 
 
-def build_classifier(plan: LocatePlan, calibration: DecompositionCache | None, clip: Any,
+def build_classifier(plan: LocatePlan, calibration: DecompositionCache | None, clip: LoadedClip,
                      options: BuildOptions | None = None) -> DebiasedClassifier:
     """The ``DebiasedClassifier`` with the plan's edits and the chosen head baked in; ``spec.plan`` records the plan
     summary, the calibration split (and whether it is a test split), the attribute pairs and the options. A head kind
     with a ``fit`` step (LLE) is trained last, on the embeddings of the model with the edits baked in."""
     options = (options or BuildOptions()).resolved()
-    tower = ExplicitViT.from_open_clip(clip.model.visual)
-    check_plan(plan, clip, tower.cfg)
+    check_plan(plan, clip, clip.tower)
+    tower = clip.tower.explicit("build")
     edits = make_edits(plan, calibration, clip, options)
     head = make_head(clip, plan.class_names, list(options.templates or plan.templates or DEFAULT_TEMPLATES), options)
     opts = {k: v for k, v in asdict(options).items() if k not in ("contexts", "attribute_pairs", "lle")}

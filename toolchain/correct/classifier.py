@@ -32,6 +32,7 @@ from clip_debias.toolchain.correct.heads import HEAD_KINDS, ZeroShotHead, logit_
 from clip_debias.toolchain.decompose.conventions import (CONVENTIONS, DEFAULT_CONVENTION, LnStats, Readout,
                                                          apply_readout, head_readout)
 from clip_debias.toolchain.locate.ltc import HeadIndex, IdentityRecord
+from clip_debias.toolchain.models.loading import LoadedClip
 from clip_debias.toolchain.models.tower import ExplicitViT, TowerConfig
 from clip_debias.toolchain.prompts.text import DEFAULT_TEMPLATES, class_text_matrix
 
@@ -213,10 +214,10 @@ class DebiasedClassifier(nn.Module):
         return model.to(device).eval()
 
 
-def plain_classifier(clip: Any, class_names: list[str], group_names: list[str] | None = None,
+def plain_classifier(clip: LoadedClip, class_names: list[str], group_names: list[str] | None = None,
                      templates: tuple[str, ...] | list[str] | None = None) -> DebiasedClassifier:
     """The unedited zero-shot classifier of a ``LoadedClip``: logits = logit_scale * e @ T^T."""
-    tower = ExplicitViT.from_open_clip(clip.model.visual)
+    tower = clip.tower.explicit("a zero-shot classifier artifact")
     text = class_text_matrix(clip, class_names, templates or DEFAULT_TEMPLATES)
     spec = ClassifierSpec(tower=tower.cfg.to_dict(), identity=clip.identity.to_dict(), class_names=list(class_names),
                           group_names=list(group_names or []), preprocess=PreprocessRecord.of(clip.preprocess_cfg),

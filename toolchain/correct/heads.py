@@ -22,6 +22,7 @@ from clip_debias.toolchain.choices import HeadName
 from clip_debias.toolchain.correct.lle import LleConfig, LleHead, lle_for
 from clip_debias.toolchain.correct.lle_fit import fit_lle
 from clip_debias.toolchain.correct.perception import PerceptionConfig, PerceptionHead, perception_for
+from clip_debias.toolchain.models.loading import LoadedClip
 from clip_debias.toolchain.prompts.text import class_text_matrix
 
 
@@ -55,12 +56,12 @@ class ZeroShotConfig:
     num_classes: Annotated[int, Field(ge=1, description="an integer >= 1")]
 
 
-def logit_scale_of(clip: Any) -> float:
+def logit_scale_of(clip: LoadedClip) -> float:
     """exp of the CLIP model's learned logit scale."""
     return float(clip.model.logit_scale.detach().exp())
 
 
-def zeroshot_for(clip: Any, class_names: list[str], templates: list[str], options: Any) -> ZeroShotHead:
+def zeroshot_for(clip: LoadedClip, class_names: list[str], templates: list[str], options: Any) -> ZeroShotHead:
     """``build``'s zero-shot head: T = the class text matrix of ``templates`` (prompt ensembling)."""
     return ZeroShotHead(class_text_matrix(clip, class_names, templates), logit_scale_of(clip))
 

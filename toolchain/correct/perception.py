@@ -26,6 +26,7 @@ from torch import nn
 from clip_debias.runtime.schema import FORMAT
 from clip_debias.toolchain.choices import ZFrom
 from clip_debias.toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.models.loading import LoadedClip
 from clip_debias.toolchain.prompts.files import ContextSpec
 from clip_debias.toolchain.prompts.text import prompt_matrix
 
@@ -33,7 +34,7 @@ Z_FROM = ZFrom.values()
 
 
 @torch.no_grad()
-def perception_text(clip: Any, class_names: list[str], spec: ContextSpec) -> tuple[torch.Tensor, torch.Tensor | None]:
+def perception_text(clip: LoadedClip, class_names: list[str], spec: ContextSpec) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(T [Z, C, D], T0 [Z, D] or None): unit-norm embeddings of the class x context and class-free prompts."""
     zs = spec.combinations()
     rows = [[spec.template.replace("{context}", z).replace("{class}", c)] for z in zs for c in class_names]
@@ -107,7 +108,7 @@ class PerceptionHead(nn.Module):
                    cfg.get("context_spec"))
 
 
-def perception_head(clip: Any, class_names: list[str], spec: ContextSpec, tau: float = 1.0,
+def perception_head(clip: LoadedClip, class_names: list[str], spec: ContextSpec, tau: float = 1.0,
                     z_from: str = "joint") -> PerceptionHead:
     """The head for ``clip``'s text tower; ``z_from`` = joint (sum over y) or class-free (needs ``class_free``)."""
     ZFrom.parse(z_from, "--z-from")
@@ -118,7 +119,7 @@ def perception_head(clip: Any, class_names: list[str], spec: ContextSpec, tau: f
                           text0 if z_from == "class-free" else None, spec.combinations(), spec.to_dict())
 
 
-def perception_for(clip: Any, class_names: list[str], templates: list[str], options: Any) -> PerceptionHead:
+def perception_for(clip: LoadedClip, class_names: list[str], templates: list[str], options: Any) -> PerceptionHead:
     """``build``'s perception head (``correct.heads.HEAD_KINDS``): the contexts, tau and z_from of ``options`` (a
     ``BuildOptions``); class templates are not used (the contexts' template is)."""
     if options.contexts is None:

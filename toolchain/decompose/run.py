@@ -11,11 +11,10 @@ import torch
 from clip_debias.runtime.datasets import DatasetIndex
 from clip_debias.runtime.metric_inputs import source_of_index
 from clip_debias.toolchain.decompose.cache import CacheWriter, DecompositionCache, load_cache
-from clip_debias.toolchain.decompose.contributions import Decomposer
 from clip_debias.toolchain.decompose.conventions import DEFAULT_CONVENTION
+from clip_debias.toolchain.decompose.towers import decomposer_for
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.models.loading import LoadedClip
-from clip_debias.toolchain.models.tower import ExplicitViT
 
 
 def decompose_dataset(
@@ -43,10 +42,10 @@ def decompose_dataset(
     corruptions insert a step into it); ``reading``: ``max_skipped``, ``max_pixels`` of ``iter_batches``."""
     from clip_debias.toolchain.datasets import iter_batches
 
-    tower = ExplicitViT.from_open_clip(clip.model.visual)
-    decomposer = Decomposer(tower, layers, convention).to(device)
-    dtype = tower.conv1.weight.dtype
-    shape = (len(layers), tower.cfg.heads, tower.cfg.embed_dim)
+    tower = clip.tower
+    decomposer = decomposer_for(tower, layers, convention).to(device)
+    dtype = next(clip.model.visual.parameters()).dtype
+    shape = (len(layers), tower.heads, tower.embed_dim)
     source = source_of_index(index)
     table = torch.from_numpy(np.stack([a.ids for a in source.attributes], axis=1)) if source.attributes else None
     pairs = torch.from_numpy(source.pairs) if source.pairs is not None else None
@@ -59,7 +58,7 @@ def decompose_dataset(
     fields = dict(layers=list(layers), identity=clip.identity, dataset=index.dataset, split=index.split,
                   class_names=list(index.class_names), group_names=list(index.group_names),
                   attribute_names=list(index.attribute_names), convention=convention,
-                  tower_layers=tower.cfg.layers, attribute_columns=[a.name for a in source.attributes],
+                  tower_layers=tower.layers, attribute_columns=[a.name for a in source.attributes],
                   attribute_values=[list(a.names) for a in source.attributes], protected=source.protected,
                   train_correlation=source.train_correlation,
                   train_correlation_from=source.train_correlation_from)

@@ -21,6 +21,7 @@ from pydantic.dataclasses import dataclass as format_dataclass
 
 from clip_debias.runtime.schema import FORMAT
 from clip_debias.toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.models.loading import LoadedClip
 from clip_debias.toolchain.prompts.text import DEFAULT_TEMPLATE, DEFAULT_TEMPLATES, class_text_matrix
 
 KEYWORD_TEMPLATE = DEFAULT_TEMPLATE  # a keyword is scored as the zero-shot prompt of a class named by it
@@ -124,7 +125,7 @@ class ImageSet:
 
 
 @torch.no_grad()
-def embed_index(clip: Any, index: Any, batch_size: int = 32, device: str = "cpu", **reading: Any) -> ImageSet:
+def embed_index(clip: LoadedClip, index: Any, batch_size: int = 32, device: str = "cpu", **reading: Any) -> ImageSet:
     """Encode every image of a ``DatasetIndex`` with ``encode_image(normalize=True)`` (float32 on the CPU)."""
     from clip_debias.toolchain.datasets import iter_batches
 
@@ -148,7 +149,7 @@ def read_captions(csv_path: str | Path, column: str) -> dict[str, str]:
     return {str(csv_path.parent / row["path"]): row[column] for _, row in table.rows}
 
 
-def discover(images: ImageSet, clip: Any, class_names: list[str], templates: list[str] | None, top: int,
+def discover(images: ImageSet, clip: LoadedClip, class_names: list[str], templates: list[str] | None, top: int,
              vocab: list[str] | None = None, captions: dict[str, str] | None = None) -> list[ClassKeywords]:
     """B2T over every class: zero-shot predictions with ``templates`` (default ``DEFAULT_TEMPLATES``), then per class
     the ``top`` keywords of the vocabulary, or of the YAKE keywords of its misclassified images' captions."""
@@ -174,7 +175,7 @@ def discover(images: ImageSet, clip: Any, class_names: list[str], templates: lis
     return results
 
 
-def _prompt_embeddings(clip: Any, keywords: list[str]) -> torch.Tensor:
+def _prompt_embeddings(clip: LoadedClip, keywords: list[str]) -> torch.Tensor:
     """[K, D] unit-norm embeddings of "a photo of a {keyword}." (batched)."""
     from clip_debias.toolchain.explain.textspan import encode_pool
 

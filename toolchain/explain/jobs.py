@@ -25,6 +25,7 @@ from clip_debias.toolchain.explain.pool import POOL_FILE, VOCAB_FILE, load_pool,
 from clip_debias.toolchain.explain.textspan import (cached_pool_embeddings, descriptions_markdown, explain_heads,
                                                     require_cached_heads)
 from clip_debias.toolchain.locate.ltc import require_same_backbone
+from clip_debias.toolchain.models.loading import LoadedClip
 from clip_debias.toolchain.prompts.defaults import classes_for, prompt_value, templates_for
 
 DESCRIPTIONS_JSON, DESCRIPTIONS_MD = "descriptions.json", "descriptions.md"
@@ -60,7 +61,7 @@ def describe_heads(cache_path: Path, load_clip: Callable[[], Any], out: Path, *,
         require_cached_heads(terms.layers, terms.heads.shape[2], heads_option(heads)[0], str(cache_path))
     clip = load_clip()
     require_same_backbone(clip.identity, terms.identity, f"cache {cache_path}")
-    n_layers = len(clip.model.visual.transformer.resblocks)
+    n_layers = clip.tower.layers
     chosen, roles = select_heads(heads, layers, n_layers, terms.heads.shape[2], terms.layers)
     require_cached_heads(terms.layers, terms.heads.shape[2], chosen, str(cache_path))  # --layers: before the pool
     texts = load_pool(pool)
@@ -113,7 +114,7 @@ def discover_keywords(source: Path, load_clip: Callable[[], Any], out: Path, *, 
     return results, Written(doc, files)
 
 
-def discover_input(source: Path, dataset: str | None, split: str | None, captions_column: str | None, clip: Any,
+def discover_input(source: Path, dataset: str | None, split: str | None, captions_column: str | None, clip: LoadedClip,
                    batch_size: int, device: str, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                    allow_outside_root: bool = False) -> tuple[ImageSet, dict[str, str] | None]:
     """(ImageSet, captions or None) from a cache file (same backbone as ``clip``) or a dataset split (images of at

@@ -31,6 +31,7 @@ from pydantic.dataclasses import dataclass
 from clip_debias.runtime.schema import FORMAT
 from clip_debias.toolchain.decompose.terms import HeadTerms
 from clip_debias.toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.models.loading import LoadedClip
 
 VARIANCE_KEPT = 0.99  # automatic rank: smallest r whose singular values keep this share of the variance
 
@@ -123,14 +124,14 @@ def textspan(terms: torch.Tensor, texts: torch.Tensor, k: int, rank: int | None 
 
 
 @torch.no_grad()
-def encode_pool(clip: Any, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+def encode_pool(clip: LoadedClip, texts: list[str], batch_size: int = 256) -> torch.Tensor:
     """[M, D] unit-norm float32 text embeddings of ``texts``, in batches (``LoadedClip.encode_text``)."""
     out = [clip.encode_text(texts[i:i + batch_size], normalize=True).float().cpu()
            for i in range(0, len(texts), batch_size)]
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
-def cached_pool_embeddings(clip: Any, texts: list[str], path: str | Path,
+def cached_pool_embeddings(clip: LoadedClip, texts: list[str], path: str | Path,
                            reuse: str | Path | None = None) -> torch.Tensor:
     """``encode_pool`` with a safetensors cache written to ``path`` and read from ``reuse`` (default ``path``: e.g.
     the previous output folder's copy), reused only when its metadata names the same backbone (``ModelIdentity``)

@@ -147,7 +147,7 @@ def explain_image(clip, image_path: str | Path, heads: list[tuple[int, int]], te
     if not image_path.is_file():
         raise ClipDebiasError(f"{image_path}: image not found")
     pil = load_image(image_path, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
-    tower = ExplicitViT.from_open_clip(clip.model.visual).float().cpu()
+    tower = clip.tower.explicit("a token heat map").float().cpu()
     x = clip.preprocess(pil).unsqueeze(0).float()
     tt = token_terms(tower, x, heads, convention)
     t = text_direction(clip, text, vs)

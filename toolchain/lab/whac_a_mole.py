@@ -172,7 +172,7 @@ def whac_a_mole(data: str | Path, clip: Any, settings: LleSettings | None = None
                               "'clip-debias lab make-data --shortcuts background,object')")
     lle.resolve_augmentations()  # refuses types without masks before any work
 
-    layers = list(range(len(clip.model.visual.transformer.resblocks)))
+    layers = list(range(clip.tower.layers))
     say(f"decompose val and test (every layer: {len(layers)})")
     torch.manual_seed(0)
     caches = {split: decompose_dataset(clip, load_index("waterbirds", data, split), layers, batch_size=batch_size,

@@ -41,7 +41,7 @@ from clip_debias.toolchain.decompose.terms import HeadTerms
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.locate.groups import (MinorityChoice, minority_from_counts, minority_from_predictions,
                                      minority_from_user, predicted_groups)
-from clip_debias.toolchain.models.loading import ModelIdentity
+from clip_debias.toolchain.models.loading import LoadedClip, ModelIdentity
 from clip_debias.toolchain.prompts.defaults import known_minority_groups
 from clip_debias.toolchain.prompts.text import DEFAULT_TEMPLATES, class_text_matrix, prompt_matrix
 from clip_debias.toolchain.protocol import PROTOCOLS, policy
@@ -363,7 +363,7 @@ def locate_terms(cache: DecompositionCache, text: torch.Tensor, *, class_names: 
     )
 
 
-def locate_cache(cache: DecompositionCache, clip: Any, *, class_names: list[str] | None = None,
+def locate_cache(cache: DecompositionCache, clip: LoadedClip, *, class_names: list[str] | None = None,
                  templates: list[str] | None = None, attribute_prompts: tuple[list[str], list[list[str]]] | None = None,
                  minority_groups: list[int] | None = None, minority_from: str = "counts",
                  max_spurious: int | None = None, max_salient: int | None = None,

@@ -22,8 +22,6 @@ names a protected attribute, differing in it.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from clip_debias.runtime.metrics import pair_rows
@@ -31,6 +29,7 @@ from clip_debias.toolchain.decompose.cache import DecompositionCache
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.locate.ltc import (HeadScore, LocatePlan, argmax_fractions, require_same_backbone,
                                               select_heads)
+from clip_debias.toolchain.models.loading import LoadedClip
 from clip_debias.toolchain.prompts.text import DEFAULT_TEMPLATES, class_text_matrix
 
 
@@ -119,7 +118,7 @@ def locate_pairs_terms(cache: DecompositionCache, text: torch.Tensor, *, class_n
     )
 
 
-def locate_pairs(cache: DecompositionCache, clip: Any, *, class_names: list[str] | None = None,
+def locate_pairs(cache: DecompositionCache, clip: LoadedClip, *, class_names: list[str] | None = None,
                  templates: list[str] | None = None, max_spurious: int | None = None) -> LocatePlan:
     """``locate_pairs_terms`` with the text tower of ``clip`` (a ``LoadedClip`` of the cache's backbone);
     ``templates`` default to ``DEFAULT_TEMPLATES``."""

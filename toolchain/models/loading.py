@@ -20,8 +20,10 @@ from torch.overrides import TorchFunctionMode
 
 from clip_debias.runtime.manifest import sha256_file  # noqa: F401  (re-exported for callers of this module)
 from clip_debias.toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.models.adapter import TowerAdapter, tower_of
 from clip_debias.toolchain.models.checkpoint import Checkpoint, first_sentence, read_checkpoint
 from clip_debias.toolchain.models.shipped import SHIPPED_TAG, shipped_names, shipped_weights
+from clip_debias.toolchain.models.tokenizer import model_tokenizer
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 _registered = False
@@ -78,6 +80,14 @@ class LoadedClip:
     tokenizer: Callable  # list[str] -> [N, context] token ids
     identity: ModelIdentity
     preprocess_cfg: dict[str, Any] = field(default_factory=dict)
+    _tower: TowerAdapter | None = field(default=None, repr=False)
+
+    @property
+    def tower(self) -> TowerAdapter:
+        """The image tower's adapter (``models/adapter.py``): the only way a stage reaches the tower."""
+        if self._tower is None:
+            self._tower = tower_of(self.model.visual)
+        return self._tower
 
     @torch.no_grad()
     def encode_text(self, texts: list[str], normalize: bool = True) -> torch.Tensor:
@@ -187,13 +197,16 @@ def load_clip(
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
     random_weights: bool = False,
+    tokenizer: str | Path | None = None,
 ) -> LoadedClip:
     """Build ``name`` with open_clip and load its weights from exactly one source:
 
     ``pretrained``: an open_clip tag (downloaded by open_clip), or ``"shipped"``: the weights this package ships for
     ``name`` (``models/shipped.py``); ``weights``: a local file (``models/checkpoint.py``: safetensors memory-mapped,
     other formats through the weights cache); neither: the shipped weights when ``name`` has them, else refused
-    unless ``random_weights`` (tests, benchmarks, timing: a random-weight model's results mean nothing)."""
+    unless ``random_weights`` (tests, benchmarks, timing: a random-weight model's results mean nothing).
+    ``tokenizer``: a local ``tokenizer.json`` or a folder holding one, for models whose tokenizer comes from the
+    Hugging Face hub (``models/tokenizer.py``)."""
     import open_clip
 
     register_configs()
@@ -211,9 +224,7 @@ def load_clip(
         _load_file_weights(model, ckpt, name)
         ckpt.remember()
         identity = ModelIdentity(name=name, weights_sha256=ckpt.sha256, weights_file=ckpt.path.name)
-    from clip_debias.toolchain.models.tower import tower_config_of
-
-    tower_config_of(model.visual)  # refuse non-ViT / non-CLS towers now, with one clear line
+    tower = tower_of(model.visual)  # refuse unsupported towers now, with one clear line
     model = model.to(device=device, dtype=dtype).eval()
     cfg = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
     size = cfg.get("size", model.visual.image_size)
@@ -221,7 +232,8 @@ def load_clip(
     return LoadedClip(
         model=model,
         preprocess=preprocess,
-        tokenizer=open_clip.get_tokenizer(name),
+        tokenizer=model_tokenizer(name, tokenizer),
         identity=identity,
         preprocess_cfg=cfg,
+        _tower=tower,
     )

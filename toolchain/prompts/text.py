@@ -3,9 +3,9 @@ function every stage uses (zero-shot classes, attribute values, PerceptionCLIP c
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
+
+from clip_debias.toolchain.models.loading import LoadedClip
 
 DEFAULT_TEMPLATE = "a photo of a {}."  # the zero-shot template when neither the user nor the dataset gives one
 DEFAULT_TEMPLATES = (DEFAULT_TEMPLATE,)
@@ -18,7 +18,7 @@ def class_prompts(class_names: list[str], templates: tuple[str, ...] | list[str]
 
 
 @torch.no_grad()
-def prompt_matrix(clip: Any, rows: list[list[str]]) -> torch.Tensor:
+def prompt_matrix(clip: LoadedClip, rows: list[list[str]]) -> torch.Tensor:
     """[K, D] float32 unit-norm text directions, CLIP's prompt ensembling: row k = normalize(mean of the unit-norm
     embeddings of the prompts ``rows[k]``) (one prompt: its embedding). All prompts go through the text tower
     (``clip.encode_text``) in one batch."""
@@ -29,7 +29,7 @@ def prompt_matrix(clip: Any, rows: list[list[str]]) -> torch.Tensor:
     return torch.nn.functional.normalize(means, dim=-1)
 
 
-def class_text_matrix(clip: Any, class_names: list[str],
+def class_text_matrix(clip: LoadedClip, class_names: list[str],
                       templates: tuple[str, ...] | list[str] = DEFAULT_TEMPLATES) -> torch.Tensor:
     """Zero-shot classifier weights T [C, D]: ``prompt_matrix`` of each class's templated prompts."""
     return prompt_matrix(clip, class_prompts(class_names, templates))
