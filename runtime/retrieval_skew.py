@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from clip_debias.runtime.metrics import top_k_weights
+from clip_debias.runtime.metrics.skew import top_k_weights
 
 DEFAULT_RETRIEVAL_K = (10, 50)
 QUERIES_DIR = Path(__file__).resolve().parent / "queries"
@@ -153,17 +153,25 @@ def retrieval_skew(scores: np.ndarray, attribute_ids: Sequence[int], value_names
 def index_retrieval_skew(index: object, query_embeddings: np.ndarray, queries: Sequence[str], attribute: str,
                          ks: Sequence[int] = DEFAULT_RETRIEVAL_K,
                          desired: dict[str, dict[str, float]] | None = None) -> RetrievalSkewReport:
-    """``retrieval_skew`` over a ``runtime.search.SearchIndex`` whose rows carry ``attribute``: scores = the index's
-    embeddings @ the unit-norm query embeddings [Q, D] (float64); values in sorted order; ``desired``: query ->
-    {value: share} for the queries that give one (the others: the index's shares)."""
+    """``embedding_retrieval_skew`` over a ``runtime.search.SearchIndex`` whose rows carry ``attribute``."""
     columns = getattr(index, "record").attributes
     if attribute not in columns:
         raise ValueError(f"the index has no attribute '{attribute}' (has: {', '.join(columns) or 'none'})")
-    column = columns[attribute]
+    return embedding_retrieval_skew(getattr(index, "embeddings"), columns[attribute], query_embeddings, queries,
+                                    attribute, ks, desired)
+
+
+def embedding_retrieval_skew(embeddings: np.ndarray, column: Sequence[str], query_embeddings: np.ndarray,
+                             queries: Sequence[str], attribute: str, ks: Sequence[int] = DEFAULT_RETRIEVAL_K,
+                             desired: dict[str, dict[str, float]] | None = None) -> RetrievalSkewReport:
+    """``retrieval_skew`` of unit-norm image ``embeddings`` [N, D] whose rows have the values ``column`` [N] of
+    ``attribute``: scores = embeddings @ the unit-norm query embeddings [Q, D] (float64); values in sorted order;
+    ``desired``: query -> {value: share} for the queries that give one (the others: the rows' shares). The same
+    numbers for an index (``index_retrieval_skew``) and for verify's split (``runtime.metrics.retrieval_skew``)."""
     names = sorted(set(column))
     lookup = {a: i for i, a in enumerate(names)}
     ids = np.asarray([lookup[a] for a in column])
-    emb = np.asarray(getattr(index, "embeddings"), dtype=np.float64)
+    emb = np.asarray(embeddings, dtype=np.float64)
     scores = emb @ np.asarray(query_embeddings, dtype=np.float64).T
     want = None
     if desired:
@@ -177,6 +185,11 @@ def index_retrieval_skew(index: object, query_embeddings: np.ndarray, queries: S
                                      f"({', '.join(names)})")
                 want[j] = [float(desired[query].get(a, 0.0)) for a in names]
     return retrieval_skew(scores, ids, names, queries, ks, attribute, want)
+
+
+def worst_k(report: RetrievalSkewReport) -> RetrievalSkewAtK:
+    """The k whose mean over queries of MaxSkew@k is the largest (what ``--max-retrieval-skew`` bounds)."""
+    return max(report.at_k, key=lambda r: r.mean_max_skew)
 
 
 def read_queries(source: str | Path) -> tuple[list[str], dict[str, dict[str, float]] | None]:

@@ -33,3 +33,14 @@ def table(columns: list[str], *, title: str | None = None, right: set[int] | Non
     for i, name in enumerate(columns):
         t.add_column(name, justify="right" if right and i in right else "left", overflow="fold")
     return t
+
+
+def print_text_table(t: Any, console: Any) -> None:
+    """A ``runtime.metrics.text.TextTable`` on ``console``: its first column left, the others right, its notes under
+    it."""
+    rich_table = table(t.header, title=t.title, right=set(range(1, len(t.header))))
+    for row in t.rows:
+        rich_table.add_row(*row)
+    console.print(rich_table)
+    for note in t.notes:
+        console.print(f"  {note}", highlight=False, markup=False)

@@ -86,3 +86,60 @@ def test_index_search_and_retrieval_skew(lab_setup):
     assert res.exit_code == 1 and "FAIL: mean MaxSkew@" in res.stdout, res.output
     res = _run(["search", idx, "a bird", "--artifact", other])
     assert res.exit_code == 2 and "differs from the expected" in res.output
+
+
+def _verify_skew(art, data, out, *extra):
+    return _run(["verify", art, "--dataset", "csv", "--data", data, "--split", "test", "--batch-size", "16",
+                 "--latency-batches", "0", "--no-progress", "--queries", "lab-birds", "--protected", "place",
+                 "--skew-k", "4,8", "--json", out, "--force", *extra])
+
+
+def test_verify_retrieval_skew_gate(lab_setup):
+    """verify --queries --max-retrieval-skew: the split's image embeddings (from verify's own model calls) ranked for
+    each query; the section and the gate's value equal ``runtime.retrieval_skew`` on ``encode_image`` /
+    ``encode_text`` directly; PASS at that value, FAIL just under it, INCONCLUSIVE with a value under
+    --min-group-size."""
+    from clip_debias.runtime.classifier import load
+    from clip_debias.runtime.retrieval_skew import read_queries, retrieval_skew
+
+    (art, _), data, root = lab_setup
+    clf = load(art, device="cpu")
+    texts, _ = read_queries("lab-birds")
+    paths = [data / "img" / f"{i:02d}.png" for i in range(16)]
+    scores = clf.encode_image(paths, batch_size=16).astype(np.float64) @ clf.encode_text(texts).astype(np.float64).T
+    ref = retrieval_skew(scores, [0] * 8 + [1] * 8, ["land", "water"], texts, (4, 8), "place")
+    value = max(a.mean_max_skew for a in ref.at_k)
+    assert value > 1e-4
+    out = root / "verify-skew.json"
+    res = _verify_skew(art, data, out, "--max-retrieval-skew", value + 1e-6, "--min-group-size", "8")
+    assert res.exit_code == 0, res.output
+    report = json.loads(out.read_text())
+    gate, section = report["thresholds"]["max_retrieval_skew"], report["metrics"]["retrieval_skew"]
+    assert gate["decision"] == "PASS" and gate["interval"] is None and abs(gate["value"] - value) <= 1e-6
+    assert gate["over"]["values"] == {"land": 8, "water": 8} and gate["over"]["queries"] == len(texts)
+    for got, want in zip(section["at_k"], ref.at_k):
+        assert got["k"] == want.k and abs(got["mean_max_skew"] - want.mean_max_skew) <= 1e-6
+        assert abs(got["mean_ndkl"] - want.mean_ndkl) <= 1e-6
+        assert [q["query"] for q in got["queries"]] == texts
+    assert "retrieval skew of 'place'" in res.stdout
+    res = _verify_skew(art, data, out, "--max-retrieval-skew", value - 1e-6, "--min-group-size", "8")
+    assert res.exit_code == 1 and json.loads(out.read_text())["thresholds"]["max_retrieval_skew"]["decision"] == "FAIL"
+    res = _verify_skew(art, data, out, "--max-retrieval-skew", value + 1e-6, "--min-group-size", "9")
+    gate = json.loads(out.read_text())["thresholds"]["max_retrieval_skew"]
+    assert res.exit_code == 1 and gate["decision"] == "INCONCLUSIVE" and "--min-group-size 9" in gate["reason"]
+
+
+def test_verify_retrieval_skew_refusals(lab_setup, tmp_path):
+    """One line, exit 2, before the model runs: an artifact without a text tower, the gate without --queries, a
+    protected column the data lacks."""
+    from runtime_fixtures import build_artifact
+
+    (art, _), data, _ = lab_setup
+    plain = build_artifact(tmp_path / "plain").path
+    res = _verify_skew(plain, data, tmp_path / "a.json", "--max-retrieval-skew", "1")
+    assert res.exit_code == 2 and "no text tower" in res.output and "Traceback" not in res.output, res.output
+    res = _run(["verify", art, "--dataset", "csv", "--data", data, "--split", "test", "--protected", "place",
+                "--max-retrieval-skew", "1"])
+    assert res.exit_code == 2 and "needs --queries FILE" in res.output, res.output
+    res = _verify_skew(art, data, tmp_path / "b.json", "--max-retrieval-skew", "1", "--protected", "nosuch")
+    assert res.exit_code == 2 and "nosuch" in res.output and "Traceback" not in res.output, res.output

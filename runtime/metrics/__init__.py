@@ -12,6 +12,7 @@ its section, its gates (name, CLI option, direction, limits), its tables and sum
 - ``shortcut_gaps``: the Whac-A-Mole gaps (their ``_eval_split``'s cell-mean definition, any number of classes).
 - ``counterfactual``: the counterfactual flip rate.
 - ``skew``: MaxSkew@k / MinSkew@k.
+- ``retrieval_skew``: MaxSkew@k / MinSkew@k / NDKL@k of the rows' image embeddings ranked for text queries.
 - ``fairness_gaps``: equal opportunity / demographic parity gaps (JSON section ``parity``).
 
 ``evidence``: the Wilson / Newcombe (MOVER) intervals and the PASS / FAIL / INCONCLUSIVE rule of the gates.

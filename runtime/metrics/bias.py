@@ -49,10 +49,12 @@ def section_of(report: Any, name: str) -> Any:
 
 
 def bias_metrics(logits: np.ndarray, labels: np.ndarray, inputs: BiasInputs,
-                 pairs_in_split: int | None = None) -> BiasMetrics:
+                 pairs_in_split: int | None = None, embeddings: np.ndarray | None = None) -> BiasMetrics:
     """Every section the inputs allow, from logits [N, C] and labels [N] of the rows counted (each family's module
-    says how). ``pairs_in_split``: pair ids of the whole split, rows not read included (see ``counterfactual``)."""
-    data = MetricData(np.asarray(logits, dtype=np.float64), np.asarray(labels).reshape(-1), inputs, pairs_in_split)
+    says how). ``pairs_in_split``: pair ids of the whole split, rows not read included (see ``counterfactual``);
+    ``embeddings``: the rows' image embeddings [N, D] (the retrieval skew's index)."""
+    data = MetricData(np.asarray(logits, dtype=np.float64), np.asarray(labels).reshape(-1), inputs, pairs_in_split,
+                      embeddings=embeddings)
     out = BiasMetrics(not_computed=dict(inputs.missing))
     for family in section_families():
         if family.name in inputs.missing:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +19,8 @@ class BiasInputs:
     (``missing[section]`` then says why): the ``protected`` attribute (skew, parity; counterfactual pairs must
     differ in it), the two ``shortcuts`` (background-like, co-object-like) with their train correlations
     ``p_agree`` (background) and ``p_agree_object`` (None: the same) and where they come from, the ``pairs`` ids [N]
-    (-1: not in a pair) and the ``skew_k`` values."""
+    (-1: not in a pair), the ``skew_k`` values and the text ``queries`` of the retrieval skew
+    (``runtime.metrics.retrieval_skew.RetrievalQueries``; None: no ``--queries``)."""
 
     class_names: list[str]
     protected: AttributeColumn | None = None
@@ -29,6 +31,7 @@ class BiasInputs:
     skew_k: tuple[int, ...] = DEFAULT_SKEW_K
     missing: dict[str, str] = field(default_factory=dict)
     p_agree_object: float | None = None
+    queries: Any = None
 
     def rows(self, keep: np.ndarray) -> "BiasInputs":
         """The same inputs restricted to the rows where ``keep`` [N] bool is True."""
@@ -38,4 +41,4 @@ class BiasInputs:
         shortcuts = None if self.shortcuts is None else (cut(self.shortcuts[0]), cut(self.shortcuts[1]))
         return BiasInputs(self.class_names, cut(self.protected), shortcuts,  # type: ignore[arg-type]
                           None if self.pairs is None else np.asarray(self.pairs)[keep], self.p_agree,
-                          self.p_agree_from, self.skew_k, dict(self.missing), self.p_agree_object)
+                          self.p_agree_from, self.skew_k, dict(self.missing), self.p_agree_object, self.queries)

@@ -113,7 +113,8 @@ class GateSpec:
 class MetricData:
     """What a family computes from: ``logits`` [N, C] float64 and ``labels`` [N] of the rows counted, their
     ``predictions`` (argmax), the ``inputs`` (``runtime.metrics.inputs.BiasInputs``), the pair ids of the whole split
-    (``pairs_in_split``), and the rows' group ids [N] with the group names and those expected in the split."""
+    (``pairs_in_split``), the rows' group ids [N] with the group names and those expected in the split, and the rows'
+    unit-norm image ``embeddings`` [N, D] (None: the caller has none)."""
 
     logits: np.ndarray
     labels: np.ndarray
@@ -122,6 +123,7 @@ class MetricData:
     groups: np.ndarray | None = None
     group_names: list[str] | None = None
     expected_groups: list[str] | None = None
+    embeddings: np.ndarray | None = None
 
     @property
     def predictions(self) -> np.ndarray:
@@ -131,8 +133,9 @@ class MetricData:
 @dataclass(frozen=True)
 class MetricFamily:
     """One metric family: ``name`` is its JSON section (and ``not_computed`` key); ``needs`` the inputs it reads
-    (``BiasInputs`` fields: ``protected``, ``shortcuts``, ``pairs``; ``groups``: the split's groups); ``compute``
-    returns the section (None: not computed; ``unavailable`` then says why); ``gates``; ``tables`` and ``summary``
+    (``BiasInputs`` fields: ``protected``, ``shortcuts``, ``pairs``, ``queries``; ``groups``: the split's groups;
+    ``embeddings``: the rows' image embeddings); ``compute`` returns the section (None: not computed;
+    ``unavailable`` then says why); ``gates``; ``tables`` and ``summary``
     write the section (``runtime.metric_tables``); ``section_type`` reads it back from JSON. ``order`` places it among
     the families. ``top_level``: its numbers are the report's own fields (accuracy), not a section."""
 

@@ -30,7 +30,9 @@ class Predictions:
     ``kept``), ``kept`` [n] bool (False: unreadable and left out, ``skip_bad``), the model time of each call in ms
     (every engine times the backend call alone, after its warm-up) with the images of that call (``call_images``,
     same length), and the wall time. ``time_again``: times one more call on a batch of the largest size and returns
-    its ms (``latency_batches``' top-up); None where the engine cannot (the calls ran elsewhere)."""
+    its ms (``latency_batches``' top-up); None where the engine cannot (the calls ran elsewhere). ``embeddings``
+    [n, D] float32: the artifact's (debiased) image embedding of each record from the same calls (undefined where not
+    ``kept``; None: the engine does not return them)."""
 
     logits: np.ndarray
     kept: np.ndarray
@@ -38,6 +40,7 @@ class Predictions:
     wall_s: float
     call_images: list[int]
     time_again: Callable[[], float] | None = None
+    embeddings: np.ndarray | None = None
 
     @property
     def preds(self) -> np.ndarray:
@@ -66,12 +69,14 @@ class Engine(Protocol):
 @dataclass
 class BatchResult:
     """One batch: ``logits`` [n, C] float32 (zeros where not ``kept``), ``kept`` [n], the timed model call's ``ms``
-    (None: no image of the batch was read) and the preprocessed batch ``x`` it ran on."""
+    (None: no image of the batch was read), the preprocessed batch ``x`` it ran on and the call's image
+    ``embeddings`` [n, D] float32 (zeros where not ``kept``; None: no image read)."""
 
     logits: np.ndarray
     kept: np.ndarray
     ms: float | None
     x: np.ndarray | None
+    embeddings: np.ndarray | None = None
 
 
 class BatchRunner:
@@ -106,7 +111,9 @@ class BatchRunner:
         ms = (time.perf_counter() - t0) * 1000.0
         check_finite(clf, out, emb, [p for p, a in zip(paths, arrays) if a is not None])
         logits[kept] = np.asarray(out, dtype=np.float32)
-        return BatchResult(logits, kept, ms, x)
+        embeddings = np.zeros((len(arrays), np.asarray(emb).shape[1]), dtype=np.float32)
+        embeddings[kept] = np.asarray(emb, dtype=np.float32)
+        return BatchResult(logits, kept, ms, x, embeddings)
 
     def time_again(self, x: np.ndarray) -> float:
         """The ms of one more backend call on ``x``."""
@@ -132,10 +139,19 @@ class LocalEngine:
     def precision_gate(self) -> GateResult | None:
         return gate_against_fp32(self.clf) if self.clf.backend.precision in GATED_AT_VERIFY else None
 
+    def encode_text(self, texts: list[str]) -> np.ndarray:
+        """The artifact's unit-norm text embeddings [Q, D] of ``texts`` (``Classifier.encode_text``); one
+        ``InputError`` line when the artifact has no text tower."""
+        if not self.clf.has_text_tower:
+            raise InputError(f"--queries: {self.root}: this artifact has no text tower to embed the queries with "
+                             "(re-export it with 'clip-debias export onnx --text')")
+        return self.clf.encode_text(texts)
+
     def predict(self, records: list[Any], batch_size: int, skip_bad: bool, what: str) -> Predictions:
         runner = BatchRunner(self.clf, self.warmup, skip_bad)
         out = np.zeros((len(records), len(self.class_names)), dtype=np.float32)
         kept = np.ones(len(records), dtype=bool)  # False: unreadable and left out (skip_bad)
+        emb: np.ndarray | None = None  # [n, D], allocated at the first batch read
         latencies: list[float] = []
         images: list[int] = []
         largest: list[np.ndarray] = []  # the first largest batch, to time again (Predictions.time_again)
@@ -149,6 +165,10 @@ class LocalEngine:
                 result = runner.run(list(pool.map(runner.decode, paths)), paths)
                 kept[done : done + len(chunk)] = result.kept
                 out[done : done + len(chunk)] = result.logits
+                if result.embeddings is not None:
+                    if emb is None:
+                        emb = np.zeros((len(records), result.embeddings.shape[1]), dtype=np.float32)
+                    emb[done : done + len(chunk)] = result.embeddings
                 if result.ms is not None and result.x is not None:
                     latencies.append(result.ms)
                     images.append(len(result.x))
@@ -158,7 +178,7 @@ class LocalEngine:
                 bar.advance(len(chunk))
         wall = time.perf_counter() - t_start
         time_again = (lambda: runner.time_again(largest[0])) if largest else None
-        return Predictions(out, kept, latencies, wall, images, time_again)
+        return Predictions(out, kept, latencies, wall, images, time_again, emb)
 
 
 def gate_against_fp32(clf: Classifier) -> GateResult:

@@ -2,7 +2,8 @@
 the run's own point gates: ``max_latency_ms`` and ``max_skipped``), the refusal of a gate the data cannot feed, and
 the judging of every set gate.
 
-Metric gates are accuracy-type (interval-based; ``runtime.metrics.evidence``) except ``max_skew``. The run's gates
+Metric gates are accuracy-type (interval-based; ``runtime.metrics.evidence``) except ``max_skew`` and
+``max_retrieval_skew`` (point gates). The run's gates
 are **point gates**: ``max_latency_ms`` bounds the measured p95 model time (a timing of this machine, not a sampled
 proportion), ``max_skipped`` the count of unreadable images (a fact of the run).
 """
@@ -67,12 +68,18 @@ Thresholds.__module__ = __name__
 
 def require_gate_data(t: Any, inputs: BiasInputs, index: DatasetIndex) -> None:
     """Refuse (one ``InputError`` line) a metric gate the data cannot feed: the section it needs is missing from
-    ``inputs``, or (``max_skew``) the protected attribute has under two values in the split."""
+    ``inputs``, or (``max_skew``, ``max_retrieval_skew``) the protected attribute has under two values in the split;
+    ``max_retrieval_skew`` without text queries (``--queries``) or without a protected attribute."""
     for name, section in t.sections().items():
         option = next(g.option for g in gates() if g.name == name)
         if section in inputs.missing:
             raise InputError(f"threshold {name} ({option}): {inputs.missing[section]}")
-        if section == "skew" and inputs.protected is not None and np.unique(inputs.protected.ids).size < 2:
+        if section == "retrieval_skew" and inputs.queries is None:
+            raise InputError(f"threshold {name} ({option}): needs --queries FILE (the text queries the split's "
+                             "images are ranked for)")
+        if section == "retrieval_skew" and inputs.protected is None:
+            raise InputError(f"threshold {name} ({option}): {inputs.missing.get('skew', 'no protected attribute')}")
+        if section in ("skew", "retrieval_skew") and inputs.protected is not None and np.unique(inputs.protected.ids).size < 2:
             raise InputError(f"threshold {name} ({option}): the protected attribute '{inputs.protected.name}' has "
                              f"{np.unique(inputs.protected.ids).size} value in split '{index.split}' of "
                              f"{index.root} (a skew compares at least two)")

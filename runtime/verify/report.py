@@ -121,7 +121,8 @@ def aggregate(job: Any, run: Predictions, backend_info: dict[str, Any], *, diges
                           expected=job.group_names)
     pairs_in_split = (len(np.unique(job.inputs.pairs[job.inputs.pairs >= 0]))
                       if job.inputs.pairs is not None else 0)
-    bias = bias_metrics(logits, labels, job.inputs.rows(kept), pairs_in_split)
+    bias = bias_metrics(logits, labels, job.inputs.rows(kept), pairs_in_split,
+                        None if run.embeddings is None else run.embeddings[kept])
     timing = time_calls(run, job.latency_batches)
     lat = timing.percentiles()
     latency_over = {"statistic": "p95 of the model time per call", "unit": timing.unit, "batches": len(timing.ms),

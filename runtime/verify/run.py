@@ -11,9 +11,10 @@ A gate cannot pass by omission:
   ``min_worst_group`` FAIL, naming it.
 - **Skipped images** (``skip_bad``): at most ``max_skipped`` (default 1 % of the split) may be left out; beyond it
   the ``max_skipped`` threshold FAILs.
-- **Bias gates** (``max_gap``, ``max_flip_rate``, ``max_skew``, ``max_eo_gap``, ``max_dp_gap``): asked for on data
-  that lacks what the metric needs (two class-aligned spurious attributes, counterfactual pairs, a protected
-  attribute with two values in the split) they are refused in one line before the model runs; a metric left
+- **Bias gates** (``max_gap``, ``max_flip_rate``, ``max_skew``, ``max_retrieval_skew``, ``max_eo_gap``,
+  ``max_dp_gap``): asked for on data that lacks what the metric needs (two class-aligned spurious attributes,
+  counterfactual pairs, a protected attribute with two values in the split; text queries and an artifact with its
+  text tower) they are refused in one line before the model runs; a metric left
   undefined by the images read (every pair incomplete, a (class, value) cell with no image) FAILs its gate.
 - **Evidence**: an accuracy-type gate passes only when its whole confidence interval is on the passing side, and a
   group under ``min_group_size`` images makes every gate reading it INCONCLUSIVE, which fails the run unless
@@ -82,7 +83,8 @@ class RunOptions:
 class DataOptions:
     """How the split is read: ``groups`` (names of a csv's group ids, ``resolve_groups``), ``allow_outside_root``,
     ``target`` (fairface), ``protected`` (``runtime.datasets.load_index``), the metrics' options, ``index_checks``
-    (the row limit and duplicate rule of ``load_index``: ``runtime.limits.IndexChecks``)."""
+    (the row limit and duplicate rule of ``load_index``: ``runtime.limits.IndexChecks``), ``queries`` (the text
+    queries of the retrieval skew: ``runtime.retrieval_skew.read_queries``'s file or shipped list)."""
 
     groups: list[str] | None = None
     allow_outside_root: bool = False
@@ -90,6 +92,7 @@ class DataOptions:
     protected: str | None = None
     metric_options: MetricOptions | None = None
     index_checks: IndexChecks | None = None
+    queries: str | None = None
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,12 @@ def prepare(artifact: str | Path, class_names: list[str], manifest_groups: list[
         raise ClipDebiasError(f"{data}: labels outside 0..{len(class_names) - 1}")
     inputs = metric_inputs(index, o.data.metric_options)
     inputs.class_names = list(class_names)
+    if o.data.queries is not None:
+        from clip_debias.runtime.metrics.retrieval_skew import RetrievalQueries
+        from clip_debias.runtime.retrieval_skew import read_queries
+
+        texts, desired = read_queries(o.data.queries)
+        inputs.queries = RetrievalQueries(texts, str(o.data.queries), desired)
     require_gate_data(thresholds, inputs, index)
     return VerifyJob(str(artifact), dataset, str(data), split, index, list(class_names), labels,
                      np.array([r.group for r in index.records], dtype=np.int64), group_names, groups_from, inputs,
@@ -236,6 +245,8 @@ def verify(artifact: str | Path, dataset: str, data: str | Path, split: str = "t
                      o.load.expected_digest)
     gate = engine.precision_gate()
     job = prepare(engine.root, engine.class_names, engine.group_names, dataset, data, split, o)
+    if job.inputs.queries is not None:
+        embed_queries(engine, job.inputs.queries)
     if engine.transductive:
         job.transductive = True
         job.warnings.append(TRANSDUCTIVE_WARNING)  # printed with the report (verify_cmd.print_report)
@@ -244,3 +255,13 @@ def verify(artifact: str | Path, dataset: str, data: str | Path, split: str = "t
              dataset, split, b.get("backend"), b.get("device"), b.get("precision"), b.get("file"), o.run.batch_size)
     run = engine.predict(job.index.records, o.run.batch_size, o.run.skip_bad, f"{dataset}/{split}")
     return aggregate(job, run, engine.info(), digest=engine.digest, gate=gate)
+
+
+def embed_queries(engine: Engine, queries: Any) -> None:
+    """Fill ``queries.embeddings`` (``RetrievalQueries``) with the artifact's text embeddings, before the model runs
+    over the split; one ``InputError`` line when the engine cannot (no text tower; an engine that runs elsewhere)."""
+    encode = getattr(engine, "encode_text", None)
+    if encode is None:
+        raise InputError("--queries: the retrieval skew needs the split's image embeddings and the artifact's text "
+                         "tower in this process (--engine local)")
+    queries.embeddings = encode(queries.texts)

@@ -192,6 +192,10 @@ TrainCorrelationOpt = Annotated[Optional[str], typer.Option(
          "attribute; default: lab data's lab.json, else 0.95 as UrbanCars).")]
 SkewKOpt = Annotated[str, typer.Option(
     "--skew-k", metavar="K,K,...", help="Comma-separated k of MaxSkew@k (capped by the number of images).")]
+QueriesOpt = Annotated[Optional[str], typer.Option(
+    "--queries", metavar="FILE", help="Retrieval skew of a text query list over the images: a text file (one query "
+                                      "per line), a YAML/JSON query -> {value: share} file, or a shipped list: "
+                                      "occupations, adjectives, lab-birds, lab-backgrounds.")]
 
 
 # ---- gates (runtime.metrics registry) ---------------------------------------------------------------------------

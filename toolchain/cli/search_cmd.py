@@ -12,9 +12,9 @@ import typer
 from clip_debias.runtime.choices import DatasetFormat, SearchEngine, Split
 from clip_debias.runtime.errors import ClipDebiasError
 from clip_debias.runtime.ownership import json_object_with, register_file_kind
-from clip_debias.runtime.tables import output_console, table
+from clip_debias.runtime.tables import output_console, print_text_table, table
 from clip_debias.toolchain.cli.options import (AllowOutsideRootOpt, BatchOpt, ForceOpt, JsonOpt, OptionalDatasetOpt,
-                                               OptionalSplitOpt, ProtectedOpt, SkewKOpt, TargetOpt,
+                                               OptionalSplitOpt, ProtectedOpt, QueriesOpt, SkewKOpt, TargetOpt,
                                                check_json_target, choice_option)
 
 SEARCH_REPORT = "clip-debias search"  # the 'report' field of search --json (how runtime.ownership recognises it)
@@ -113,10 +113,7 @@ def search_cmd(
     ] = SearchEngine.NUMPY,
     ensemble: Annotated[bool, typer.Option("--ensemble", help="Embed each query through the artifact's "
                                                               "templates (prompt ensembling).")] = False,
-    queries_file: Annotated[Optional[str], typer.Option(
-        "--queries", metavar="FILE", help="Retrieval skew of a query list instead: a text file (one query per line), "
-                                          "a YAML/JSON query -> {value: share} file, or a shipped list: "
-                                          "occupations, adjectives, lab-birds, lab-backgrounds.")] = None,
+    queries_file: QueriesOpt = None,
     protected: ProtectedOpt = None,
     skew_k: SkewKOpt = "10,50",
     max_retrieval_skew: Annotated[Optional[float], typer.Option(
@@ -152,7 +149,8 @@ def search_cmd(
         report: dict = {"report": SEARCH_REPORT,
                         "queries": {q: [h.__dict__ for h in rows] for q, rows in zip(queries or [], hits)}}
     else:
-        from clip_debias.runtime.retrieval_skew import index_retrieval_skew, read_queries
+        from clip_debias.runtime.metrics.retrieval_skew import retrieval_skew_tables
+        from clip_debias.runtime.retrieval_skew import index_retrieval_skew, read_queries, worst_k
 
         if protected is None:
             raise ClipDebiasError(f"--queries needs --protected COLUMN (the index has: "
@@ -168,13 +166,13 @@ def search_cmd(
                                         desired)
         except ValueError as e:
             raise ClipDebiasError(f"--protected {protected}: {e}") from None
-        console.print(retrieval_skew_table(skew, f"retrieval skew of '{protected}' over {skew.n} images, "
-                                                 f"{len(texts)} queries"))
+        for t in retrieval_skew_tables(skew):
+            print_text_table(t, console)
         from dataclasses import asdict
 
         report = {"report": SEARCH_REPORT, "retrieval_skew": asdict(skew)}
         if max_retrieval_skew is not None:
-            worst = max(skew.at_k, key=lambda r: r.mean_max_skew)
+            worst = worst_k(skew)
             passed = worst.mean_max_skew <= max_retrieval_skew
             report["gate"] = {"max_retrieval_skew": max_retrieval_skew, "k": worst.k, "value": worst.mean_max_skew,
                               "passed": passed}
@@ -185,20 +183,6 @@ def search_cmd(
         typer.echo(f"wrote {json_path}")
     if report.get("gate", {}).get("passed") is False:
         raise typer.Exit(1)
-
-
-def _num(x: float | None) -> str:
-    return "-inf" if x is None else f"{x:.3f}"
-
-
-def retrieval_skew_table(report: object, title: str) -> object:
-    """One row per k: mean / max MaxSkew, mean / min MinSkew, mean / max NDKL, one-value share."""
-    t = table(["k", "MaxSkew mean", "MaxSkew max", "MinSkew mean", "MinSkew min", "NDKL mean", "NDKL max",
-               "one value"], title=title, right=set(range(8)))
-    for r in getattr(report, "at_k"):
-        t.add_row(str(r.k), _num(r.mean_max_skew), _num(r.max_max_skew), _num(r.mean_min_skew), _num(r.min_min_skew),
-                  _num(r.mean_ndkl), _num(r.max_ndkl), f"{100 * r.one_value_share:.0f}%")
-    return t
 
 
 def register(app: typer.Typer) -> None:

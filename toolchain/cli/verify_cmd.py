@@ -13,10 +13,10 @@ import typer
 from clip_debias.runtime.choices import BackendName, Dedupe, Precision, RuntimeDevice, VerifyEngine
 from clip_debias.runtime.errors import ClipDebiasError
 from clip_debias.runtime.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_ROWS, MIN_LATENCY_BATCHES
-from clip_debias.runtime.tables import output_console, table
+from clip_debias.runtime.tables import output_console, print_text_table, table
 from clip_debias.toolchain.cli.options import (AllowDuplicatesOpt, AllowOutsideRootOpt, BatchOpt, DataOpt, DatasetOpt,
                                                DedupeOpt, ForceOpt, JsonOpt, MaxPixelsOpt, MaxRowsOpt, MaxSkippedOpt,
-                                               ProtectedOpt, ShortcutAttributesOpt, SkewKOpt, SkipBadOpt, SplitOpt,
+                                               ProtectedOpt, QueriesOpt, ShortcutAttributesOpt, SkewKOpt, SkipBadOpt, SplitOpt,
                                                TargetOpt, TrainCorrelationOpt, check_json_target, choice_option,
                                                gate_limits, index_checks, metric_options, with_gate_options)
 
@@ -143,12 +143,7 @@ def print_bias_sections(report, console) -> None:  # noqa: ANN001 (a report with
     if report.protected:
         console.print(f"protected attribute: {report.protected}", highlight=False)
     for t in tables(report):
-        rich_table = table(t.header, title=t.title, right=set(range(1, len(t.header))))
-        for row in t.rows:
-            rich_table.add_row(*row)
-        console.print(rich_table)
-        for note in t.notes:
-            console.print(f"  {note}", highlight=False, markup=False)
+        print_text_table(t, console)
     for line in not_computed_lines(report):
         console.print(line, highlight=False, markup=False, style="dim")
 
@@ -216,6 +211,7 @@ def verify(
     shortcut_attributes: ShortcutAttributesOpt = None,
     train_correlation: TrainCorrelationOpt = None,
     skew_k: SkewKOpt = "10,50,100",
+    queries: QueriesOpt = None,
     confidence: Annotated[float, typer.Option(
         "--confidence", metavar="FRACTION", help="Confidence of the gates' intervals (Wilson; gaps: Newcombe/MOVER).")]
     = 0.95,
@@ -228,7 +224,8 @@ def verify(
     gate_values: Optional[dict] = None,
 ) -> None:
     """Run ARTIFACT on a dataset split with the torch-free runtime; check accuracy, worst-group accuracy, latency and
-    bias thresholds (Whac-A-Mole gaps, counterfactual flip rate, MaxSkew@k, EO / DP gaps). A gate PASSES only when
+    bias thresholds (Whac-A-Mole gaps, counterfactual flip rate, MaxSkew@k, retrieval skew of --queries, EO / DP
+    gaps). A gate PASSES only when
     its whole confidence interval is on the passing side. Exit 0 = all PASS, 1 = a gate FAILED or is INCONCLUSIVE,
     2 = bad input (also: a bias gate on data that lacks what it needs)."""
     from clip_debias.runtime.integrity import parse_digest
@@ -241,6 +238,9 @@ def verify(
         raise ClipDebiasError("--address: only with --engine ray")
     if engine == VerifyEngine.RAY and cuda_graph:
         raise ClipDebiasError("--cuda-graph: not with --engine ray")
+    if engine == VerifyEngine.RAY and queries is not None:
+        raise ClipDebiasError("--queries: not with --engine ray (the retrieval skew embeds the queries and keeps the "
+                              "split's image embeddings in this process)")
     if max_skipped is not None and not skip_bad:
         raise ClipDebiasError("--max-skipped applies with --skip-bad (without it any unreadable image stops verify)")
     limit = MaxSkipped.parse(max_skipped) if max_skipped is not None else None
@@ -257,7 +257,7 @@ def verify(
                    skip_bad=skip_bad, latency_batches=latency_batches),
         DataOptions(group_list, allow_outside_root, target, protected,
                     metric_options(shortcut_attributes, train_correlation, skew_k),
-                    index_checks(max_rows, dedupe, allow_duplicates)),
+                    index_checks(max_rows, dedupe, allow_duplicates), queries),
         GateOptions(thresholds, Evidence(confidence, min_group_size), allow_inconclusive))
     if engine == VerifyEngine.RAY:
         from clip_debias.serving.ray_verify import RayEngine
