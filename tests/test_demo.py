@@ -28,6 +28,7 @@ def test_demo_writes_every_artifact(demo_run):
     assert summary.chosen in {r["method"] for r in summary.val_rows}
     page = (out / "report.html").read_text()  # every file the demo wrote reads back through its model
     assert "section skipped" not in page and "no compare.json" not in page and "Discovered keywords" in page
+    assert "the artifacts taking turns call by call" in page and "ratio to " in page  # latency compared in turns
     assert summary.plan["protocol"] == "default" and summary.plan["located_on"]["split"] == "val"
     assert summary.plan["located_on"]["layers"] == list(range(6)) and summary.plan["convention"] == "textspan"
     reference = summary.reference_plan

@@ -259,9 +259,10 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
     _, discovered = discover_keywords(out / "val.safetensors", lambda: clip, out / "discover", vocab=LAB_VOCAB, top=5)
     for c in discovered.doc.classes:
         say(f"  {c.class_name}: {', '.join(k.keyword for k in c.keywords) or c.note}", markup=False, highlight=False)
+    write_atomic(out / "demo.json", json.dumps(asdict(summary), indent=2), "demo-summary")  # read by the report
     build_report(out, title="clip-debias demo: bias lab")
     lap("explain")
-    write_atomic(out / "demo.json", json.dumps(asdict(summary), indent=2), "demo-summary")
+    write_atomic(out / "demo.json", json.dumps(asdict(summary), indent=2), "demo-summary")  # with explain's time
     if console is not None:
         print_summary(summary, console)
     return summary

@@ -16,6 +16,7 @@ the page's generator meta tag, the PNGs' ``Software`` text), or with ``force``.
 from __future__ import annotations
 
 import html
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -231,6 +232,30 @@ def section_latency(page: Page) -> None:
     if r.backend:
         extra.append("backend " + esc(", ".join(f"{k}={v}" for k, v in r.backend.items())))
     page.add(f"<p>{'; '.join(extra)}</p>")
+    turns = latency_in_turns(page.root)
+    if turns:
+        first = next(iter(turns))
+        page.add(f"<p>Artifacts compared: model time per call on one batch of {esc(turns[first].get('batch_size'))} "
+                 f"images, the artifacts taking turns call by call ({esc(turns[first].get('rounds'))} rounds; "
+                 "demo.json). Ratio: the median of the per-round ratios.</p>")
+        page.add(table(["artifact", "median ms", "p10-p90 ms", f"ratio to {first}"],
+                       [[name, fmt(t.get("median")), f"{fmt(t.get('p10'))}-{fmt(t.get('p90'))}",
+                         fmt(t.get("median_ratio", 1.0))] for name, t in turns.items()], {1, 2, 3}))
+
+
+def latency_in_turns(root: Path) -> dict[str, dict[str, Any]]:
+    """The demo's side-by-side latency (``demo.json``'s ``latency``: artifact -> median / p10 / p90 / ratio, the
+    artifacts timed in turns), or {} when the folder holds none. Two artifacts are compared only from such timings,
+    never from two verify runs made one after the other."""
+    path = find(root, "demo.json")
+    if path is None:
+        return {}
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    turns = doc.get("latency") if isinstance(doc, dict) else None
+    return turns if isinstance(turns, dict) and all(isinstance(v, dict) for v in turns.values()) else {}
 
 
 def section_bias(page: Page) -> None:
