@@ -38,6 +38,14 @@ from clip_debias.serving.listen import bind
 LOOPBACK = http_api.LOOPBACK
 
 
+def default_intra_op_threads() -> int:
+    """ONNX Runtime intra-op threads of the served model: half this machine's cores (at least 1). The model runs one
+    batch at a time in one thread while the event loop and the decode threads work on the next requests; on 2 cores
+    (benchmarks/bench_serving.py) one intra-op thread did the same batch for 1.6x less CPU than two (they spin and
+    take the core the decoding needs)."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
 @dataclass(frozen=True)
 class ServerOptions:
     """What ``clip-debias serve`` (default engine) was asked for."""
@@ -50,7 +58,7 @@ class ServerOptions:
     expect_digest: str | None = None
     max_batch_size: int = 16
     batch_wait_ms: float = 5.0
-    intra_op_threads: int | None = None  # None: the runtime's default (this machine's cores)
+    intra_op_threads: int | None = field(default_factory=default_intra_op_threads)  # None: one per core
     decode_threads: int = max(1, min(8, os.cpu_count() or 1))
     header_timeout_s: float = 5.0
     keep_alive_s: float = 5.0

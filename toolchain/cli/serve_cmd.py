@@ -53,6 +53,9 @@ def serve_cmd(
     device: Annotated[ServeDevice, choice_option(ServeDevice, "--device", "Runtime device.")] = ServeDevice.CPU,
     precision: Annotated[FilePrecision, choice_option(
         FilePrecision, "--precision", "The artifact's model file to serve (int8: CPU only).")] = FilePrecision.FP32,
+    intra_op_threads: Annotated[Optional[int], typer.Option(
+        "--intra-op-threads", metavar="N", min=1, help="ONNX Runtime threads of one model call (default: half the "
+                                                      "cores; the other half decodes).")] = None,
     max_queue: Annotated[int, typer.Option(
         "--max-queue", metavar="N", min=1, help="Images in progress at most; above it: 503 + Retry-After.")] = 256,
     max_body_mb: Annotated[float, typer.Option(
@@ -92,7 +95,8 @@ def serve_cmd(
         given = [f"--{n.replace('_', '-')}" for n, v in (
             ("max_queue", max_queue), ("max_body_mb", max_body_mb), ("max_images", max_images),
             ("max_request_pixels", max_request_pixels), ("header_timeout", header_timeout),
-            ("body_timeout", body_timeout), ("request_timeout", request_timeout), ("drain_timeout", drain_timeout))
+            ("body_timeout", body_timeout), ("request_timeout", request_timeout), ("drain_timeout", drain_timeout),
+            ("intra_op_threads", intra_op_threads))
             if v != defaults[n]]
         if given:
             raise ClipDebiasError(f"{', '.join(given)}: options of the default engine (Ray Serve has its own limits)")
@@ -113,7 +117,8 @@ def serve_cmd(
     options = server.ServerOptions(  # type: ignore[attr-defined]
         str(artifact), host=host, port=port, device=device, precision=precision, expect_digest=expect_digest,
         max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms, header_timeout_s=header_timeout,
-        drain_timeout_s=drain_timeout, limits=limits)
+        drain_timeout_s=drain_timeout, limits=limits,
+        **({} if intra_op_threads is None else {"intra_op_threads": intra_op_threads}))
     options.check()
 
     server.serve(options, _announcer(artifact, host, options.loopback,  # type: ignore[attr-defined]
