@@ -3,11 +3,13 @@ and lab PNGs, loopback only, bounded in count and time:
 
 1. Candidates, started once and measured in interleaved rounds (``--rounds``): the runtime in-process (1 thread;
    threaded with 4 / 8 / 16 / 32 threads, each with ONNX Runtime's default intra-op threads and with the served
-   model's, the best kept), ``clip-debias serve`` (default engine: uvicorn + asyncio
-   batcher; ``default-allcores``: the same with ``--intra-op-threads`` = all cores, the setting before 12/2026), ``serve --engine ray`` (Ray Serve on a local Ray, ``--ray-cpus``) and Triton's python-backend repository
+   model's, the best kept), ``clip-debias serve`` (default engine: uvicorn + asyncio batcher; ``default-allcores``:
+   the same with ``--intra-op-threads`` = all cores, the setting before 12/2026), ``serve --engine ray`` (Ray Serve on
+   a local Ray, ``--ray-cpus``) and Triton's python-backend repository
    on the pytriton wheel's ``tritonserver`` (needs .venv-triton; its client sends the preprocessed tensor, decoded in
    the client thread). Each: 1 client (``--single`` sequential requests) and ``--clients`` clients (``--requests``
-   requests, one keep-alive connection per client), p50 / p95 / requests/s; start-up (launch to ready) and RSS of
+   requests, one keep-alive connection per client), p50 / p95 / requests/s, CPU per request over the clients' load
+   (the default engine's process and its client, or the in-process run's); start-up (launch to ready) and RSS of
    the process tree after the load.
 2. The default server under attack: ``--slow`` connections held open mid-body while /healthz p99 (200 probes, a new
    connection each) and /classify (20 requests) are measured; a 200 MiB body (Content-Length, then chunked) refused
@@ -199,25 +201,30 @@ def candidates_table(art: Path, data: Path, out: Path, names: list[str], request
             for name in names:
                 if name == "inprocess":
                     one = run_calls(inproc, paths[:single], 1)
-                    runs = {f"{t} threads, {k}": run_calls(lambda p, c=c: inproc(p, c), paths, t)
+                    runs = {f"{t} threads, {k}": cpu_timed(lambda c=c, t=t: run_calls(lambda p: inproc(p, c), paths,
+                                                                                      t), None)
                             for k, c in clfs.items() for t in (4, 8, 16, 32)}
-                    cfg, best = max(runs.items(), key=lambda kv: kv[1].summary()["requests_per_s"])
+                    cfg, (best, cpu) = max(runs.items(), key=lambda kv: kv[1][0].summary()["requests_per_s"])
                     best_cfg.append(cfg)
                 elif name in servers and name != "triton":
                     url = servers[name].url
                     run_load(url, bodies[:clients], clients, keep_alive=True)  # warm-up
                     one = run_load(url, bodies[:single], 1, keep_alive=True)
-                    best = run_load(url, bodies, clients, keep_alive=True)
+                    best, cpu = cpu_timed(lambda: run_load(url, bodies, clients, keep_alive=True),
+                                          servers[name].proc.pid)
+                    if not name.startswith("default"):  # Ray's work is in other processes than the CLI's
+                        cpu = (float("nan"), float("nan"))
                 elif name in servers:
                     call = servers[name].call
                     run_calls(call, paths[:clients], clients)
                     one = run_calls(call, paths[:single], 1)
-                    best = run_calls(call, paths, clients)
+                    best, cpu = run_calls(call, paths, clients), (float("nan"), float("nan"))
                 else:
                     continue
-                lat.setdefault(name, {"one": [], "many": []})
+                lat.setdefault(name, {"one": [], "many": [], "cpu": []})
                 lat[name]["one"].append(one)
                 lat[name]["many"].append(best)
+                lat[name]["cpu"].append([v / len(best.answers) * 1000.0 for v in cpu])
         table = {}
         for name, res in lat.items():
             one = np.concatenate([x.latencies() for x in res["one"]])
@@ -229,6 +236,8 @@ def candidates_table(art: Path, data: Path, out: Path, names: list[str], request
                    "many_p95_ms": round(float(np.percentile(many, 95)), 2),
                    "requests_per_s": round(float(np.median(rps)), 1), "requests_per_s_rounds": [round(v, 1)
                                                                                              for v in rps],
+                   "cpu_ms_per_request": round(float(np.median([c[0] for c in res["cpu"]])), 2),
+                   "client_cpu_ms_per_request": round(float(np.median([c[1] for c in res["cpu"]])), 2),
                    "clients": res["many"][0].threads, "answered": int(sum(x.summary()["ok"] for x in res["many"]))}
             if name == "inprocess":
                 row.update(inprocess_footprint(art, paths[0]), best_of_rounds=best_cfg)
@@ -241,6 +250,22 @@ def candidates_table(art: Path, data: Path, out: Path, names: list[str], request
     finally:
         for s in servers.values():
             s.stop()
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads), from ``/proc``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_timed(run: Any, server_pid: int | None) -> tuple[Any, tuple[float, float]]:
+    """``run()`` and the CPU seconds it cost: (the server process's, or this process's when ``server_pid`` is None;
+    this process's (the client's), or 0)."""
+    own = (lambda: sum(os.times()[:2]))
+    s0, c0 = (process_cpu_s(server_pid) if server_pid else 0.0), own()
+    result = run()
+    s1, c1 = (process_cpu_s(server_pid) if server_pid else 0.0), own()
+    return result, ((s1 - s0, c1 - c0) if server_pid else (c1 - c0, 0.0))
 
 
 def _free_port() -> int:

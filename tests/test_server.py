@@ -254,7 +254,8 @@ def test_start_up_errors_are_one_line_exit_2(art, tmp_path):
             ([str(art), "--expect-digest", "sha256:" + "0" * 64], "digest"),
             ([str(art), "--port", str(port)], f"cannot listen on 127.0.0.1:{port}: the port is in use"),
             ([str(art), "--engine", "default", "--replicas", "2"], "--replicas: options of --engine ray"),
-            ([str(art), "--engine", "ray", "--max-queue", "5"], "--max-queue: options of the default engine"),
+            ([str(art), "--engine", "ray", "--max-queue", "5", "--intra-op-threads", "1"],
+             "--max-queue, --intra-op-threads: options of the default engine"),
         ]
         if importlib.util.find_spec("ray") is not None:  # Ray's engine checks the pin in the driver, before Ray starts
             cases += [([str(art), "--engine", "ray", "--expect-digest", "sha256:" + "0" * 64], "digest"),
