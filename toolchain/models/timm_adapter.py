@@ -142,6 +142,11 @@ class TimmViT(TowerAdapter):
     def pooled(self) -> "TimmViT":
         return self
 
+    def classifier_tower(self, model_name: str, step: str = "this step") -> nn.Module:
+        from clip_debias.toolchain.models.timm_tower import TimmTower
+
+        return TimmTower.of(self, model_name)
+
     # ---- readout constants (float64) ----------------------------------------------------------------------------
     def _post(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Q [W, D], q [D]: the linear maps after the pooling, composed (row vectors: y = p @ Q + q)."""
