@@ -64,9 +64,13 @@ class TowerAdapter(ABC):
 
     def explicit(self, step: str = "this step") -> "ExplicitViT":
         """A fresh ``ExplicitViT`` holding copies of the tower's weights; towers without one refuse in one line."""
-        raise ClipDebiasError(f"{step} needs an explicit, exportable copy of the image tower with the edits baked in, "
-                              f"which clip-debias has for open_clip's CLS-token ViT only; {self.describe()} can be "
-                              "decomposed, located and explained (TextSpan descriptions), not yet built or exported")
+        raise ClipDebiasError(f"{step} needs open_clip's CLS-token ViT in explicit form (a class token's attention "
+                              f"over the patches); {self.describe()} has none: {self.no_explicit}")
+
+    @property
+    def no_explicit(self) -> str:
+        """Why the tower has no ``ExplicitViT`` (the end of ``explicit``'s refusal)."""
+        return "it is decomposed, located, built and exported through its own forms"
 
     def classifier_tower(self, model_name: str, step: str = "this step") -> nn.Module:
         """The tower a built classifier holds (its own copy of the weights; ``forward`` = the unnormalised

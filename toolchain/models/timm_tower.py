@@ -48,13 +48,10 @@ class TimmTower(nn.Module):
     @classmethod
     def from_config(cls, cfg: TowerConfig) -> "TimmTower":
         """The architecture of ``cfg.timm`` with uninitialised weights (the caller loads them)."""
-        import open_clip
-
-        from clip_debias.toolchain.models.loading import _SkipRandomInit, register_configs
+        from clip_debias.toolchain.models.loading import _create, register_configs
 
         register_configs()
-        with _SkipRandomInit():
-            model = open_clip.create_model(cfg.timm, pretrained=None)
+        model, _ = _create(cfg.timm, None, skip_init=True)
         return cls(model.visual.eval(), cfg)
 
     @property
