@@ -93,11 +93,16 @@ def test_no_edits_is_open_clips_embedding_and_reloads(clip, tmp_path):
 
 
 def test_onnx_equals_torch_and_verify_runs(clip, tmp_path):
-    """fp32 graph vs torch logits <= 1e-4 (relative to the largest logit) at batch 1 and 5, edits baked in; then
+    """fp32, fp16 and int8 graphs pass export's parity gates; fp32 graph vs torch logits <= 1e-4 (relative to the largest logit) at batch 1 and 5, edits baked in; then
     ``verify`` on the artifact over a tiny csv dataset agrees with the torch model on the same preprocessed pixels."""
     model = edited_classifier(clip, MODELS[name_of(clip)], SALIENT[name_of(clip)])
-    art = export_onnx(model, tmp_path / "art", ort_optimize=False)
+    art = export_onnx(model, tmp_path / "art", precision="fp32,fp16,int8", ort_optimize=False)  # each gated
     assert_parity(model, art / "model.onnx", batches=(1, 5))
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(art / "model.int8.onnx")).graph.node]
+    per_block = {"clipdebias-lab-map": 4, "clipdebias-tiny-eva": 7}[name_of(clip)]  # qkv|q,k,v; proj; fc1|fc1_g,x; fc2
+    assert ops.count("MatMulInteger") == per_block * clip.tower.layers  # every block linear, nothing else
     names = tuple(model.spec.class_names)
     data = build_csv_dataset(tmp_path / "d", names, n=6, split="val")
     r = verify(art, "csv", tmp_path / "d", "val", device="cpu", batch_size=4, progress=False)
