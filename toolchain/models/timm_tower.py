@@ -11,19 +11,18 @@ exactly what the decomposition's cached terms hold.
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from torch import nn
 
+from clip_debias.toolchain.models.adapter import TowerAdapter, tower_of
 from clip_debias.toolchain.models.tower import TowerConfig
 
-if TYPE_CHECKING:
-    from clip_debias.toolchain.models.timm_adapter import TimmViT
 
-
-def timm_tower_config(adapter: "TimmViT", model_name: str) -> TowerConfig:
-    """The ``TowerConfig`` of a timm tower: shape fields read off the trunk, ``timm`` = the open_clip config name."""
+def timm_tower_config(adapter: Any, model_name: str) -> TowerConfig:
+    """The ``TowerConfig`` of a timm tower (``adapter``: its ``timm_adapter.TimmViT``): shape fields read off the
+    trunk, ``timm`` = the open_clip config name."""
     trunk = adapter.trunk
     patch = getattr(getattr(trunk, "patch_embed", None), "patch_size", (1, 1))
     mlp = adapter.blocks[0].mlp
@@ -38,10 +37,10 @@ class TimmTower(nn.Module):
     def __init__(self, visual: nn.Module, cfg: TowerConfig):
         super().__init__()
         self.visual, self.cfg = visual, cfg
-        self._adapter: "TimmViT | None" = None
+        self._adapter: TowerAdapter | None = None
 
     @classmethod
-    def of(cls, adapter: "TimmViT", model_name: str) -> "TimmTower":
+    def of(cls, adapter: Any, model_name: str) -> "TimmTower":
         """A tower owning a copy of ``adapter``'s module (the loaded model stays untouched)."""
         return cls(copy.deepcopy(adapter.visual).eval(), timm_tower_config(adapter, model_name))
 
@@ -55,12 +54,10 @@ class TimmTower(nn.Module):
         return cls(model.visual.eval(), cfg)
 
     @property
-    def adapter(self) -> "TimmViT":
+    def adapter(self) -> TowerAdapter:
         """The tower adapter over this copy (its decomposition reads these weights, wherever they are moved)."""
         if self._adapter is None:
-            from clip_debias.toolchain.models.timm_adapter import TimmViT
-
-            self._adapter = TimmViT(self.visual)
+            self._adapter = tower_of(self.visual)
         return self._adapter
 
     @property
