@@ -26,7 +26,7 @@ from clip_debias.toolchain.models.timm_tower import TimmTower
 from clip_debias.toolchain.prompts.defaults import attribute_pairs_for, contexts_for
 from runtime_fixtures import build_csv_dataset
 from test_export import assert_parity, edited_classifier
-from test_correct import CLASSES, GROUPS, plan_with
+from test_correct import CLASSES, GROUPS, cli_build, plan_with
 from test_timm_towers import randomize
 
 MODELS = {"clipdebias-lab-map": [[5, 1], [3, 0]], "clipdebias-tiny-eva": [[1, 1], [0, 0]]}  # -> heads to ablate
@@ -126,3 +126,22 @@ def test_token_heat_map_refused_in_one_line(clip, tmp_path):
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith("a token heat map needs open_clip's CLS-token ViT")
     assert clip.tower.readout in msg and ("attention pool" in msg) == (clip.tower.kind == "map")
+
+
+def test_cli_build_export_verify_lab_map(tmp_path):
+    """The commands, end to end on the MAP tower: build (ablation + projection, PerceptionCLIP head) from a plan and
+    its cache, export onnx (gated), verify on a csv dataset (exit 0: no thresholds)."""
+    from typer.testing import CliRunner
+
+    from clip_debias.toolchain.cli.app import app
+
+    clip = load_clip("clipdebias-lab-map", random_weights=True)
+    cli_build(decomposed(clip, images(clip), "textspan"), [[5, 1]], [[4, 2]], "clipdebias-lab-map", tmp_path)
+    runner = CliRunner()
+    res = runner.invoke(app, ["export", "onnx", str(tmp_path / "model"), "--out", str(tmp_path / "art"),
+                              "--no-ort-optimize"])
+    assert res.exit_code == 0, res.output
+    build_csv_dataset(tmp_path / "d", tuple(CLASSES), n=4, split="val")
+    res = runner.invoke(app, ["verify", str(tmp_path / "art"), "--dataset", "csv", "--data", str(tmp_path / "d"),
+                              "--split", "val"])
+    assert res.exit_code == 0, res.output
