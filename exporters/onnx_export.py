@@ -69,8 +69,11 @@ DEFAULT_OPSET = 18
 # the weight MatMuls of the transformer blocks, as the TorchScript exporter names them after ExplicitViT's module
 # paths (ExplicitAttention.qkv / .out, Mlp.fc_in / .fc_out): /tower/blocks.3/qkv/MatMul (plain classifier) or
 # /blocks.3/mlp/fc_in/MatMul (DebiasedClassifier runs the blocks itself); tests/test_export.py checks that exactly
-# these match on both (the last block's CLS-only query projection is a plain MatMul: cls_head_outputs)
-INT8_NODE_PATTERN = re.compile(r"(?:^|/)blocks\.\d+/(?:qkv|out|mlp/fc_in|mlp/fc_out)/MatMul$")
+# these match on both (the last block's CLS-only query projection is a plain MatMul: cls_head_outputs). A timm tower
+# (TimmTower) keeps timm's names: /visual/trunk/blocks.0/attn/qkv (or q_proj, k_proj, v_proj), attn/proj, mlp/fc1 (or
+# EVA's SwiGLU fc1_g, fc1_x), mlp/fc2; its attention pool stays fp32 like the projection
+INT8_NODE_PATTERN = re.compile(r"(?:^|/)blocks\.\d+/(?:qkv|out|mlp/fc_in|mlp/fc_out|attn/(?:qkv|[qkv]_proj|proj)"
+                               r"|mlp/(?:fc1|fc1_g|fc1_x|fc2))/MatMul$")
 MIN_OPSET = 14  # scaled_dot_product_attention and LayerNormalization export from 14 on
 EXAMPLE_BATCH = 2
 FP16_KEEP_FP32_OPS: tuple[str, ...] = ()  # op types the fp16 graph keeps in fp32 by default (see the docstring)

@@ -211,17 +211,27 @@ def test_compare_rows_carry_the_bias_metrics_of_their_logits(clip, images, cache
     assert "two spurious attributes" in got.not_computed["shortcut_gaps"]
 
 
-def test_cli_build_and_compare(clip, images, cache, tmp_path: Path):
+def cli_build(cache: DecompositionCache, spurious: list[list[int]], salient: list[list[int]], model: str,
+              tmp_path: Path):
+    """``clip-debias build`` (PerceptionCLIP head, random weights) from a plan of ``cache`` saved with it in
+    ``tmp_path``; the model goes to ``tmp_path / "model"``. Returns the CLI result (exit code checked)."""
     from clip_debias.toolchain.cli.app import app
 
     save_cache(tmp_path / "train.safetensors", cache)
-    plan = plan_with(cache, [[3, 1]], [[2, 2]])
+    plan = plan_with(cache, spurious, salient)
     plan.cache_path = str(tmp_path / "train.safetensors")
     plan.save(tmp_path / "plan.json")
-    runner = CliRunner()
-    res = runner.invoke(app, ["build", "--plan", str(tmp_path / "plan.json"), "--model", "clipdebias-tiny",
-                              "--random-weights", "--classifier", "perception", "--out", str(tmp_path / "model")])
+    res = CliRunner().invoke(app, ["build", "--plan", str(tmp_path / "plan.json"), "--model", model,
+                                   "--random-weights", "--classifier", "perception", "--out", str(tmp_path / "model")])
     assert res.exit_code == 0, res.output
+    return res
+
+
+def test_cli_build_and_compare(clip, images, cache, tmp_path: Path):
+    from clip_debias.toolchain.cli.app import app
+
+    res = cli_build(cache, [[3, 1]], [[2, 2]], "clipdebias-tiny", tmp_path)
+    runner = CliRunner()
     assert "ablation means from waterbirds/train" in res.output
     model = DebiasedClassifier.load(tmp_path / "model")
     assert model.spec.ablated == [[3, 1]] and model.spec.plan["calibration"]["n"] == len(cache)

@@ -64,14 +64,14 @@ def test_build_refuses_a_project_folder(built, tmp_path: Path) -> None:
 
 def test_export_onnx_refuses_a_project_folder_and_a_touched_artifact(built, tmp_path: Path) -> None:
     proj = project(tmp_path / "proj", "manifest.json")
-    refused(tmp_path, "export", "onnx", built["model"], "--out", proj, "--no-ort-optimize",
+    refused(tmp_path, "export", "onnx", built["model"], "--out", proj, "--no-ort-optimize", "--no-text",
             match="not an artifact written by 'clip-debias export onnx'; refusing to replace it")
     code, out = run("export", "onnx", built["model"], "--out", tmp_path / "art", "--no-ort-optimize")
     assert code == 0 and "artifact digest sha256:" in out
     code, _ = run("export", "onnx", built["model"], "--out", tmp_path / "art", "--no-ort-optimize")
     assert code == 0  # our own artifact: replaced
     (tmp_path / "art" / "notes.txt").write_text("mine")
-    refused(tmp_path, "export", "onnx", built["model"], "--out", tmp_path / "art", "--no-ort-optimize",
+    refused(tmp_path, "export", "onnx", built["model"], "--out", tmp_path / "art", "--no-ort-optimize", "--no-text",
             match="holds notes.txt, which clip-debias did not write; refusing to replace it")
 
 

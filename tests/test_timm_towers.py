@@ -175,9 +175,10 @@ def test_resnet_tower_is_refused_in_one_line():
     assert "\n" not in str(e.value)
 
 
-def test_lab_map_decomposes_a_dataset_and_refuses_build_in_one_line(tmp_path):
+def test_lab_map_decomposes_a_dataset_and_refuses_the_explicit_form_in_one_line(tmp_path):
     """Through ``LoadedClip.tower``: a cache of a MAP tower holds terms that sum to its stored embeddings; a step
-    that needs the explicit tower (build) says in one line that it cannot."""
+    that needs the explicit tower (a token heat map; build and export do not: tests/test_timm_build.py) says in one
+    line that it cannot."""
     from PIL import Image
 
     from clip_debias.toolchain.datasets import load_index
@@ -196,6 +197,6 @@ def test_lab_map_decomposes_a_dataset_and_refuses_build_in_one_line(tmp_path):
     heads = back.heads.tensor()
     assert heads.shape == (3, 2, 4, 64) and back.tower_layers == 6
     assert torch.allclose(heads.sum(dim=(1, 2)) + back.rest, back.stored_embeddings, atol=TOL)
-    with pytest.raises(ClipDebiasError, match="^build needs an explicit, exportable copy") as e:
-        clip.tower.explicit("build")
+    with pytest.raises(ClipDebiasError, match="^a token heat map needs open_clip's CLS-token ViT") as e:
+        clip.tower.explicit("a token heat map")
     assert "\n" not in str(e.value)

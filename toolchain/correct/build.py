@@ -192,7 +192,7 @@ def build_classifier(plan: LocatePlan, calibration: DecompositionCache | None, c
     with a ``fit`` step (LLE) is trained last, on the embeddings of the model with the edits baked in."""
     options = (options or BuildOptions()).resolved()
     check_plan(plan, clip, clip.tower)
-    tower = clip.tower.explicit("build")
+    tower = clip.tower.classifier_tower(clip.identity.name, "build")
     edits = make_edits(plan, calibration, clip, options)
     head = make_head(clip, plan.class_names, list(options.templates or plan.templates or DEFAULT_TEMPLATES), options)
     opts = {k: v for k, v in asdict(options).items() if k not in ("contexts", "attribute_pairs", "lle")}

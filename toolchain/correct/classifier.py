@@ -1,6 +1,7 @@
 """``DebiasedClassifier``: image -> (logits, embedding) with the LTC edits and the classifier head baked in.
 
-forward(image [B, 3, H, W]):
+forward(image [B, 3, H, W]) (open_clip's ViT: an ``ExplicitViT``; a timm tower: a ``TimmTower``, whose edited head
+terms c_j are the ``PooledDecomposer``'s, computed in the same forward):
     trace the tower, keeping the CLS-query head outputs o [B, H, Dh] of the edited layers only
     e   = y / ||y||                                                     (plain normalized embedding, [B, D])
     c_j = (o_{l_j, h_j} @ A_j + k_j - mu q) / (sigma ||y||) + r / ||y||  for each edited head j, in the plan's
@@ -33,7 +34,9 @@ from clip_debias.toolchain.decompose.conventions import (CONVENTIONS, DEFAULT_CO
                                                          apply_readout, head_readout)
 from clip_debias.toolchain.locate.ltc import HeadIndex, IdentityRecord
 from clip_debias.toolchain.models.loading import LoadedClip
-from clip_debias.toolchain.models.tower import ExplicitViT, TowerConfig
+from clip_debias.toolchain.decompose.pooled import PooledDecomposer
+from clip_debias.toolchain.models.timm_tower import TimmTower, tower_from_config
+from clip_debias.toolchain.models.tower import TowerConfig
 from clip_debias.toolchain.prompts.text import DEFAULT_TEMPLATES, class_text_matrix
 
 CONFIG_NAME = "config.json"
@@ -125,7 +128,7 @@ def read_spec(path: str | Path) -> ClassifierSpec:
 class DebiasedClassifier(nn.Module):
     """A CLIP zero-shot classifier whose forward pass is the corrected classifier. See module docstring."""
 
-    def __init__(self, tower: ExplicitViT, head: nn.Module, spec: ClassifierSpec,
+    def __init__(self, tower: nn.Module, head: nn.Module, spec: ClassifierSpec,
                  ablation_means: torch.Tensor | None = None, basis: torch.Tensor | None = None):
         super().__init__()
         self.tower, self.head, self.spec = tower, head, spec
@@ -137,14 +140,21 @@ class DebiasedClassifier(nn.Module):
         flat = [self.layers.index(l) * tower.cfg.heads + h for l, h in self.edited]
         self.register_buffer("flat_index", torch.tensor(flat, dtype=torch.long), persistent=False)
         dtype = tower.conv1.weight.dtype
-        full = head_readout(tower, self.layers, spec.convention).to(dtype)
-        self.centring, self.offset = full.centring, full.offset
-        readout = full.A.reshape(-1, tower.cfg.head_dim, d)
-        bias = full.k.reshape(-1, d)
-        self.register_buffer("readout", readout[flat].contiguous() if flat else readout[:0], persistent=False)
-        self.register_buffer("term_bias", bias[flat].contiguous() if flat else bias[:0], persistent=False)
-        self.register_buffer("mean_share", full.q, persistent=False)
-        self.register_buffer("beta_share", full.r, persistent=False)
+        # a timm tower: the edited heads' terms come from its PooledDecomposer (held outside the module tree: it reads
+        # the tower's own weights, which must be saved once)
+        self._pooled: dict[str, nn.Module] = {}
+        if isinstance(tower, TimmTower):
+            if self.edited:
+                self._pooled["decomposer"] = PooledDecomposer(tower.adapter, self.layers, spec.convention)
+        else:
+            full = head_readout(tower, self.layers, spec.convention).to(dtype)
+            self.centring, self.offset = full.centring, full.offset
+            readout = full.A.reshape(-1, tower.cfg.head_dim, d)
+            bias = full.k.reshape(-1, d)
+            self.register_buffer("readout", readout[flat].contiguous() if flat else readout[:0], persistent=False)
+            self.register_buffer("term_bias", bias[flat].contiguous() if flat else bias[:0], persistent=False)
+            self.register_buffer("mean_share", full.q, persistent=False)
+            self.register_buffer("beta_share", full.r, persistent=False)
         means = ablation_means if ablation_means is not None else torch.zeros(self.n_ablated, d)
         self.register_buffer("ablation_means", means.detach().to(dtype).reshape(self.n_ablated, d))
         b = basis if basis is not None else torch.zeros(spec.basis_rank, d)
@@ -159,12 +169,17 @@ class DebiasedClassifier(nn.Module):
         if not self.edited:
             y = self.tower(images)
             return y / y.norm(dim=-1, keepdim=True)
+        a = self.n_ablated
+        if self._pooled:  # timm tower: c_{l,h} as the PooledDecomposer computes it (module docstring there)
+            hc = self._pooled["decomposer"](images)  # heads [B, L_edited, H, D], embeddings e [B, D]
+            c = hc.heads.flatten(1, 2)[:, self.flat_index]  # [B, E, D]
+            return corrected_embedding(hc.embeddings, c[:, :a], self.ablation_means, c[:, a:], self.basis,
+                                       self.renorm)
         tr = self.tower.trace(images, self.layers)
         e = tr.pooled / tr.pooled.norm(dim=-1, keepdim=True)
         o = torch.cat([tr.head_out[l] for l in self.layers], dim=1)[:, self.flat_index]  # [B, E, Dh]
         readout = Readout(self.readout, self.term_bias, self.mean_share, self.beta_share, self.centring, self.offset)
         c = apply_readout(o, readout, LnStats.of(self.tower, tr))  # [B, E, D]
-        a = self.n_ablated
         return corrected_embedding(e, c[:, :a], self.ablation_means, c[:, a:], self.basis, self.renorm)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,7 +212,7 @@ class DebiasedClassifier(nn.Module):
             if not p.is_file():
                 raise ClipDebiasError(f"{p}: missing (expected a model directory written by 'clip-debias build')")
         spec = read_spec(cfg_path)
-        tower = ExplicitViT(TowerConfig.from_dict(spec.tower))
+        tower = tower_from_config(TowerConfig.from_dict(spec.tower))
         state = load_file(str(w_path))
         # the folded readouts are derived from the tower weights at construction: load those first
         tower_state = {k[len("tower."):]: v for k, v in state.items() if k.startswith("tower.")}
@@ -217,7 +232,7 @@ class DebiasedClassifier(nn.Module):
 def plain_classifier(clip: LoadedClip, class_names: list[str], group_names: list[str] | None = None,
                      templates: tuple[str, ...] | list[str] | None = None) -> DebiasedClassifier:
     """The unedited zero-shot classifier of a ``LoadedClip``: logits = logit_scale * e @ T^T."""
-    tower = clip.tower.explicit("a zero-shot classifier artifact")
+    tower = clip.tower.classifier_tower(clip.identity.name, "a zero-shot classifier artifact")
     text = class_text_matrix(clip, class_names, templates or DEFAULT_TEMPLATES)
     spec = ClassifierSpec(tower=tower.cfg.to_dict(), identity=clip.identity.to_dict(), class_names=list(class_names),
                           group_names=list(group_names or []), preprocess=PreprocessRecord.of(clip.preprocess_cfg),

@@ -16,7 +16,7 @@ value/output biases, its MLP term kept whole, the head biases). heads.sum((1, 2)
 
 For a MAP pool this makes each head's term its contribution through the pool's value and output projections,
 weighted by the pool's own attention; the pool's MLP term (in ``rest``) is never split, so an edit of the heads
-(LTC, ablation) leaves it to the model, computed from the edited pool input.
+(LTC, ablation) replaces their direct terms only: the pool's attention and MLP term keep the unedited forward's values.
 """
 
 from __future__ import annotations

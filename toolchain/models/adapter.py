@@ -6,6 +6,7 @@ readout (how the residual stream becomes the embedding), runs the checks that it
 constructor: one clear line when it is not), and gives the explicit forms the stages use:
 
 * ``explicit()``: an ``ExplicitViT`` (explicit attention, exportable, edits baked in) -- open_clip's own ViT only;
+* ``classifier_tower()``: the tower a built classifier holds (``ExplicitViT``, or ``TimmTower`` for timm towers);
 * ``pooled()``: a ``PooledTower`` (``models/pooled.py``: per-head outputs at every token and the linear readout with
   fixed statistics) -- the timm towers, whose readout pools many tokens.
 
@@ -63,9 +64,18 @@ class TowerAdapter(ABC):
 
     def explicit(self, step: str = "this step") -> "ExplicitViT":
         """A fresh ``ExplicitViT`` holding copies of the tower's weights; towers without one refuse in one line."""
-        raise ClipDebiasError(f"{step} needs an explicit, exportable copy of the image tower with the edits baked in, "
-                              f"which clip-debias has for open_clip's CLS-token ViT only; {self.describe()} can be "
-                              "decomposed, located and explained (TextSpan descriptions), not yet built or exported")
+        raise ClipDebiasError(f"{step} needs open_clip's CLS-token ViT in explicit form (a class token's attention "
+                              f"over the patches); {self.describe()} has none: {self.no_explicit}")
+
+    @property
+    def no_explicit(self) -> str:
+        """Why the tower has no ``ExplicitViT`` (the end of ``explicit``'s refusal)."""
+        return "it is decomposed, located, built and exported through its own forms"
+
+    def classifier_tower(self, model_name: str, step: str = "this step") -> nn.Module:
+        """The tower a built classifier holds (its own copy of the weights; ``forward`` = the unnormalised
+        embedding): the ``ExplicitViT`` where there is one, else the adapter's own (timm: ``TimmTower``)."""
+        return self.explicit(step)
 
     def pooled(self) -> "PooledTower":
         """The tower's ``PooledTower`` (per-head outputs at every token, readout constants)."""

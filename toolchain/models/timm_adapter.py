@@ -142,6 +142,19 @@ class TimmViT(TowerAdapter):
     def pooled(self) -> "TimmViT":
         return self
 
+    @property
+    def no_explicit(self) -> str:
+        if self.kind == "map":
+            return ("its attention pool reads every token through the pool's own attention and a non-linear MLP, so "
+                    "there is no class-token attention to map (per-head terms, LTC, build and export work)")
+        return ("clip-debias reads timm blocks through their pooled form only (per-head terms, LTC, build and export "
+                "work)")
+
+    def classifier_tower(self, model_name: str, step: str = "this step") -> nn.Module:
+        from clip_debias.toolchain.models.timm_tower import TimmTower
+
+        return TimmTower.of(self, model_name)
+
     # ---- readout constants (float64) ----------------------------------------------------------------------------
     def _post(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Q [W, D], q [D]: the linear maps after the pooling, composed (row vectors: y = p @ Q + q)."""

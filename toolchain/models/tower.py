@@ -41,6 +41,9 @@ class TowerConfig:
     layer_scale: bool = False
     ln_pre: bool = True
     eps: float = 1e-5
+    # set for a timm tower (``models/timm_tower.py``): the open_clip model config that rebuilds its architecture; the
+    # fields above then only describe it (ExplicitViT never reads such a config)
+    timm: str | None = None
 
     @property
     def head_dim(self) -> int:
