@@ -32,6 +32,8 @@ from clip_debias.runtime.metrics.skew import top_k_weights
 DEFAULT_RETRIEVAL_K = (10, 50)
 QUERIES_DIR = Path(__file__).resolve().parent / "queries"
 SHIPPED_QUERIES = ("occupations", "adjectives", "lab-birds", "lab-backgrounds")  # QUERIES_DIR/<name>.txt
+MAX_QUERY_FILE_BYTES = 16 * 2**20  # a query file larger than this is refused before it is read
+MAX_QUERIES = 100_000  # queries in one file at most (each is one text-tower call's worth of work)
 
 
 @dataclass
@@ -192,6 +194,13 @@ def worst_k(report: RetrievalSkewReport) -> RetrievalSkewAtK:
     return max(report.at_k, key=lambda r: r.mean_max_skew)
 
 
+def _check_count(path: Path, n: int) -> None:
+    from clip_debias.runtime.errors import InputError
+
+    if n > MAX_QUERIES:
+        raise InputError(f"{path}: {n:,} queries, over the limit of {MAX_QUERIES:,} in one file")
+
+
 def read_queries(source: str | Path) -> tuple[list[str], dict[str, dict[str, float]] | None]:
     """A query file -> (queries, desired distributions or None). ``source``: the name of a shipped list
     (``SHIPPED_QUERIES``), a text file (one query per line; blank lines and '#' comments skipped) or a YAML / JSON
@@ -202,26 +211,40 @@ def read_queries(source: str | Path) -> tuple[list[str], dict[str, dict[str, flo
     path = QUERIES_DIR / f"{source}.txt" if str(source) in SHIPPED_QUERIES else Path(source)
     if not path.is_file():
         raise InputError(f"--queries {source}: not a file nor a shipped list ({', '.join(SHIPPED_QUERIES)})")
-    text = path.read_text(encoding="utf-8")
+    if path.stat().st_size > MAX_QUERY_FILE_BYTES:
+        raise InputError(f"{path}: {path.stat().st_size:,} bytes, over the query-file limit of "
+                         f"{MAX_QUERY_FILE_BYTES:,}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     if path.suffix not in (".yaml", ".yml", ".json"):
         queries = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
         if not queries:
             raise InputError(f"{path}: no queries (one per line)")
+        _check_count(path, len(queries))
         return queries, None
     data: Any
     if path.suffix == ".json":
         import json
 
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise InputError(f"{path}: not valid JSON ({e})") from None
     else:
         try:
             import yaml
         except ImportError:
             raise InputError(f"{path}: reading YAML needs pyyaml (pip install pyyaml), or give the file as JSON") \
                 from None
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise InputError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict) or not data:
         raise InputError(f"{path}: expected a mapping query -> {{value: share}}")
+    _check_count(path, len(data))
     desired: dict[str, dict[str, float]] = {}
     for query, dist in data.items():
         if dist in (None, {}):

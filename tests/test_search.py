@@ -164,3 +164,25 @@ def test_retrieval_skew_ties_independent_of_row_order():
     assert [r.ndkl for r in a.at_k[0].queries] == pytest.approx([r.ndkl for r in b.at_k[0].queries], abs=1e-12)
     assert [r.max_skew for r in a.at_k[0].queries] == pytest.approx([r.max_skew for r in b.at_k[0].queries],
                                                                     abs=1e-12)
+
+
+def test_query_files_are_bounded_and_malformed_ones_are_one_line(tmp_path, monkeypatch):
+    """A query file a user controls: malformed JSON / YAML, non-UTF-8, too many queries or bytes -> one InputError
+    line, never a traceback (the count and size limits apply before any text is embedded)."""
+    import pytest
+
+    from clip_debias.runtime import retrieval_skew as rs
+    from clip_debias.runtime.errors import InputError
+
+    cases = {"bad.json": b'{"a photo of a doctor": ', "bad.yaml": b"a: [1, 2\n", "latin.txt": b"caf\xe9\n"}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(InputError, match=r"not valid JSON|not valid YAML|not UTF-8"):
+            rs.read_queries(tmp_path / name)
+    (tmp_path / "many.txt").write_text("\n".join(f"query {i}" for i in range(11)))
+    monkeypatch.setattr(rs, "MAX_QUERIES", 10)
+    with pytest.raises(InputError, match="11 queries, over the limit of 10"):
+        rs.read_queries(tmp_path / "many.txt")
+    monkeypatch.setattr(rs, "MAX_QUERY_FILE_BYTES", 8)
+    with pytest.raises(InputError, match="over the query-file limit of 8"):
+        rs.read_queries(tmp_path / "many.txt")
