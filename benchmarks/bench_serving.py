@@ -8,7 +8,9 @@ and lab PNGs, loopback only, bounded in count and time:
    a local Ray, ``--ray-cpus``) and Triton's python-backend repository
    on the pytriton wheel's ``tritonserver`` (needs .venv-triton; its client sends the preprocessed tensor, decoded in
    the client thread). Each: 1 client (``--single`` sequential requests) and ``--clients`` clients (``--requests``
-   requests, one keep-alive connection per client), p50 / p95 / requests/s, CPU per request over the clients' load
+   requests, one keep-alive connection per client; ``--client async``: one asyncio loop sends for all of them,
+   ``threads``: one ``http.client`` thread each), p50 / p95 / requests/s and its ratio to the in-process best of the
+   same round, CPU per request over the clients' load
    (the default engine's process and its client, or the in-process run's); start-up (launch to ready) and RSS of
    the process tree after the load.
 2. The default server under attack: ``--slow`` connections held open mid-body while /healthz p99 (200 probes, a new
@@ -17,7 +19,7 @@ and lab PNGs, loopback only, bounded in count and time:
 3. ``--verify-engines``: ``verify`` on the lab test split (``--n-test`` images): local engine vs ``--engine ray``
    (a local Ray with ``--ray-cpus`` CPUs, 2 actors), wall time of each and Ray's start-up apart.
 
-    python benchmarks/bench_serving.py [--requests 200] [--clients 32] [--rounds 2] [--slow 1000]
+    python benchmarks/bench_serving.py [--requests 200] [--clients 32] [--rounds 2] [--slow 1000] [--client async]
         [--candidates inprocess,default,ray,triton] [--out DIR]
 
 Servers bind 127.0.0.1; run it inside ``unshare -n`` (loopback only) where you can. Prints one JSON document.
@@ -149,13 +151,14 @@ class TritonCandidate:
 
 
 def candidates_table(art: Path, data: Path, out: Path, names: list[str], requests: int, single: int,
-                     clients: int, rounds: int) -> dict:
+                     clients: int, rounds: int, client: str = "async") -> dict:
     from proc_info import tree_rss_mb
 
     from clip_debias import runtime
-    from clip_debias.serving.loadtest import Answer, Request, run_calls, run_load
+    from clip_debias.serving.loadtest import Answer, Request, run_calls, run_load, run_load_async
 
-    paths = sorted(data.rglob("test_*.png"))[:requests]
+    paths = sorted(data.rglob("test_*.png"))
+    paths = (paths * (requests // max(1, len(paths)) + 1))[:requests]  # each image again when requests > images
     bodies = [Request(p.read_bytes(), "image/png") for p in paths]
     clf = runtime.load(art, device="cpu")
     servers: dict[str, Any] = {}
@@ -208,10 +211,11 @@ def candidates_table(art: Path, data: Path, out: Path, names: list[str], request
                     best_cfg.append(cfg)
                 elif name in servers and name != "triton":
                     url = servers[name].url
-                    run_load(url, bodies[:clients], clients, keep_alive=True)  # warm-up
-                    one = run_load(url, bodies[:single], 1, keep_alive=True)
-                    best, cpu = cpu_timed(lambda: run_load(url, bodies, clients, keep_alive=True),
-                                          servers[name].proc.pid)
+                    load = (run_load_async if client == "async" else
+                            lambda u, b, n: run_load(u, b, n, keep_alive=True))
+                    load(url, bodies[:clients], clients)  # warm-up
+                    one = load(url, bodies[:single], 1)
+                    best, cpu = cpu_timed(lambda: load(url, bodies, clients), servers[name].proc.pid)
                     if not name.startswith("default"):  # Ray's work is in other processes than the CLI's
                         cpu = (float("nan"), float("nan"))
                 elif name in servers:
@@ -244,6 +248,13 @@ def candidates_table(art: Path, data: Path, out: Path, names: list[str], request
             else:
                 row.update(**started.get(name, {}), rss_mb=round(tree_rss_mb(servers[name].proc.pid), 1))
             table[name] = row
+        if "inprocess" in lat:  # each candidate's 32-client requests/s over the in-process best of the same round
+            base = [x.summary()["requests_per_s"] for x in lat["inprocess"]["many"]]
+            for name, res in lat.items():
+                if name != "inprocess":
+                    ratios = [x.summary()["requests_per_s"] / b for x, b in zip(res["many"], base)]
+                    table[name].update(ratio_to_inprocess_best_rounds=[round(v, 3) for v in ratios],
+                                       ratio_to_inprocess_best=round(float(np.median(ratios)), 3))
         for name, info in started.items():
             table.setdefault(name, info)
         return table
@@ -425,6 +436,8 @@ def main() -> None:
     ap.add_argument("--single", type=int, default=100)
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--client", choices=["async", "threads"], default="async",
+                    help="load generator for the servers: one asyncio loop (lean) or one http.client thread each")
     ap.add_argument("--slow", type=int, default=1000)
     ap.add_argument("--candidates", default="inprocess,default,ray,triton")
     ap.add_argument("--skip-hardening", action="store_true")
@@ -435,7 +448,7 @@ def main() -> None:
     out = args.out or Path(tempfile.mkdtemp(prefix="bench_serving_"))
     art, data = lab_artifact_and_data(out, args.n_test)
     doc = {"candidates": candidates_table(art, data, out, args.candidates.split(","), args.requests, args.single,
-                                          args.clients, args.rounds)}
+                                          args.clients, args.rounds, args.client)}
     if not args.skip_hardening:
         doc.update(slow=slow_connections(art, data, out, args.slow), big_body=big_body(art, out),
                    sigterm=sigterm(art, data, out))

@@ -164,3 +164,23 @@ def test_latency_is_measured_in_turns_with_its_spread(demo_run):
     for name, r in s.latency.items():
         assert r["p10"] <= r["median"] <= r["p90"] and r["rounds"] == LATENCY_ROUNDS and r["batch_size"] > 0
     assert "median_ratio" in s.latency["zero-shot"] and "median_ratio" not in s.latency["debiased"]
+
+
+def test_demo_on_the_map_pooled_lab_model(tmp_path):
+    """``demo --model clipdebias-lab-map``: every stage through the attention-pool path (decompose, locate under both
+    protocols, select, build, export, verify, explain) at CI size; the verified artifact agrees with its torch row;
+    any other model is refused in one line before anything is written."""
+    from typer.testing import CliRunner
+
+    from clip_debias.toolchain.cli.app import app
+
+    res = CliRunner().invoke(app, ["demo", "--model", "clipdebias-lab-map", "--quick", "--out", str(tmp_path / "d")])
+    assert res.exit_code == 0, res.output
+    s = json.loads((tmp_path / "d" / "demo.json").read_text())
+    assert s["model"] == "clipdebias-lab-map" and s["plan"]["located_on"]["layers"] == list(range(6))
+    rows = {r["method"]: r for r in s["test_rows"]}
+    n = sum(g["n"] for g in s["verify"]["debiased"]["groups"].values())
+    assert abs(s["verify"]["debiased"]["accuracy"] - rows[s["chosen"]]["accuracy"]) <= 1 / n + 1e-9
+    assert "Bias lab (clipdebias-lab-map)" in res.output
+    res = CliRunner().invoke(app, ["demo", "--model", "ViT-B-32", "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "one-shortcut lab model" in res.output and not (tmp_path / "x").exists()

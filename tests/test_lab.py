@@ -13,7 +13,8 @@ import pytest
 
 from clip_debias.runtime.ownership import MARKER_NAME
 from clip_debias.toolchain.errors import ClipDebiasError
-from clip_debias.toolchain.lab import LAB2_RECIPE, LAB2_WEIGHTS, LAB_RECIPE, LAB_WEIGHTS
+from clip_debias.toolchain.lab import (LAB2_RECIPE, LAB2_WEIGHTS, LAB_RECIPE, LAB_WEIGHTS, LABMAP_RECIPE,
+                                       LABMAP_WEIGHTS)
 from clip_debias.toolchain.lab.data import make_lab_data, read_metadata
 from clip_debias.toolchain.lab.groups import group_counts
 
@@ -86,6 +87,7 @@ def test_short_training_lowers_loss(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("model,weights,recipe_file", [
     ("clipdebias-lab", LAB_WEIGHTS, LAB_RECIPE), ("clipdebias-lab2", LAB2_WEIGHTS, LAB2_RECIPE),
+    ("clipdebias-lab-map", LABMAP_WEIGHTS, LABMAP_RECIPE),
 ])
 def test_shipped_weights_load(model: str, weights: Path, recipe_file: Path) -> None:
     from clip_debias.toolchain.models.loading import load_clip, sha256_file
@@ -97,8 +99,11 @@ def test_shipped_weights_load(model: str, weights: Path, recipe_file: Path) -> N
     assert recipe["weights_sha256"] == sha256_file(weights)
     clip = load_clip(model)  # by name: the shipped weights
     assert clip.identity.weights_sha256 == recipe["weights_sha256"]
-    cfg = tower_config_of(clip.model.visual)
-    assert (cfg.image_size, cfg.patch_size, cfg.heads) == ((64, 64), (8, 8), 4)
+    tower = clip.tower
+    assert (tower.layers, tower.heads, tower.width) == (6, 4, 128)
+    if model != "clipdebias-lab-map":  # open_clip's own ViT (the MAP model's is timm's: tests/test_timm_towers.py)
+        cfg = tower_config_of(clip.model.visual)
+        assert (cfg.image_size, cfg.patch_size, cfg.heads) == ((64, 64), (8, 8), 4)
     emb = clip.encode_text(["a photo of a landbird.", "a photo of a waterbird."])
     assert emb.shape == (2, 64) and float((emb[0] @ emb[1])) < 0.999
 

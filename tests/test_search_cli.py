@@ -143,3 +143,24 @@ def test_verify_retrieval_skew_refusals(lab_setup, tmp_path):
     assert res.exit_code == 2 and "needs --queries FILE" in res.output, res.output
     res = _verify_skew(art, data, tmp_path / "b.json", "--max-retrieval-skew", "1", "--protected", "nosuch")
     assert res.exit_code == 2 and "nosuch" in res.output and "Traceback" not in res.output, res.output
+
+
+def test_index_of_a_folder_is_bounded_while_walking(lab_setup, tmp_path):
+    """A folder of more image files than --max-rows is refused in one line before any image is opened; the walk
+    (``runtime.image_folder``, also an audit's folder source) skips folders clip-debias wrote."""
+    from clip_debias.runtime.errors import InputError
+    from clip_debias.runtime.image_folder import folder_images
+    from clip_debias.runtime.ownership import MARKER_NAME
+
+    (art, _), data, _ = lab_setup
+    res = _run(["index", data / "img", "--artifact", art, "--out", tmp_path / "idx", "--max-rows", "15"])
+    assert res.exit_code == 2 and "more than 15 image files" in res.output and "Traceback" not in res.output, \
+        res.output
+    assert not (tmp_path / "idx").exists()
+    (tmp_path / "f" / "ours").mkdir(parents=True)
+    for name in ("b.PNG", "a.jpg", "ours/c.png", "notes.txt"):
+        (tmp_path / "f" / name).write_bytes(b"x")
+    (tmp_path / "f" / "ours" / MARKER_NAME).write_text("{}")
+    assert folder_images(tmp_path / "f") == [tmp_path / "f" / "a.jpg", tmp_path / "f" / "b.PNG"]
+    with pytest.raises(InputError, match="more than 1 image files"):
+        folder_images(tmp_path / "f", max_images=1)

@@ -144,6 +144,18 @@ def test_answers_equal_the_runtime_and_batches_form(server, art, tmp_path):
     print(f"\n{images:.0f} images in {calls:.0f} model calls")
 
 
+def test_async_load_generator_gets_the_same_answers(server):
+    """The benchmark's one-loop generator (``run_load_async``) and the threaded one answer request for request alike,
+    over fewer connections than requests (keep-alive reuse) and with a refused request among them."""
+    from clip_debias.serving.loadtest import Request, run_load, run_load_async
+
+    reqs = [Request(_png(i), "image/png") for i in range(10)] + [Request(b"not an image", "image/png")]
+    url = f"http://127.0.0.1:{server.port}/classify"
+    lean, threaded = run_load_async(url, reqs, 3, timeout_s=30), run_load(url, reqs, 3, timeout_s=30, keep_alive=True)
+    assert [a.status for a in lean.answers] == [a.status for a in threaded.answers] == [200] * 10 + [400]
+    assert [a.doc for a in lean.answers] == [a.doc for a in threaded.answers]
+
+
 def test_health_ready_head_and_text_endpoints(server, art):
     digest = runtime.load(art, device="cpu").digest
     for method in ("GET", "HEAD"):

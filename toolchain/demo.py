@@ -27,7 +27,8 @@ import torch
 from clip_debias.runtime.datasets import load_index
 from clip_debias.runtime.ownership import json_object_with, register_file_kind
 from clip_debias.toolchain.decompose.cache import DecompositionCache
-from clip_debias.toolchain.lab import LAB_DIR, LAB_MODEL, LAB_WEIGHTS
+from clip_debias.toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.lab import LAB_DIR, LAB_MODEL, ONE_SHORTCUT_RECIPES
 from clip_debias.toolchain.models.loading import LoadedClip
 from clip_debias.toolchain.select import Criterion
 RECIPE = LAB_DIR / "recipe.json"
@@ -57,6 +58,7 @@ class DemoSummary:
     seconds: dict[str, float] = field(default_factory=dict)
     latency: dict[str, dict[str, float]] = field(default_factory=dict)  # artifact -> side_by_side's ms statistics
     reused: dict[str, Any] = field(default_factory=dict)  # what a rerun took from the folder instead of redoing
+    model: str = LAB_MODEL  # the shipped lab model the demo ran
 
 
 def lab_data_args(quick: bool) -> dict[str, Any]:
@@ -128,10 +130,25 @@ def latency_side_by_side(artifacts: dict[str, Path], index: Any, batch_size: int
     return {name: {**stats, "batch_size": len(batch)} for name, stats in out.items()}
 
 
+def demo_weights(model: str) -> Path:
+    """The shipped weights of ``model``, one of the single-shortcut lab models (``ONE_SHORTCUT_RECIPES``), whose data
+    is ``recipe.json``'s; one line otherwise."""
+    from clip_debias.toolchain.models.shipped import shipped_weights
+
+    weights = shipped_weights(model) if model in ONE_SHORTCUT_RECIPES else None
+    if weights is None:
+        raise ClipDebiasError(f"--model {model}: the demo runs a shipped one-shortcut lab model "
+                              f"({', '.join(ONE_SHORTCUT_RECIPES)})")
+    if not weights.is_file():
+        raise ClipDebiasError(f"--model {model}: its shipped weights {weights} are missing from this installation")
+    return weights
+
+
 def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any = None,
-             fresh: bool = False) -> DemoSummary:
-    """Run the whole pipeline into ``out`` and return the summary (also printed when ``console`` is given). Lab data
-    already in ``out/data`` made with the same parameters is reused (said so), unless ``fresh``; data made with
+             fresh: bool = False, model: str = LAB_MODEL) -> DemoSummary:
+    """Run the whole pipeline on the shipped lab model ``model`` (``clipdebias-lab``, or ``clipdebias-lab-map``:
+    the same data, MAP readout) into ``out`` and return the summary (also printed when ``console`` is given). Lab
+    data already in ``out/data`` made with the same parameters is reused (said so), unless ``fresh``; data made with
     other parameters (e.g. an earlier ``quick`` run) is made anew."""
     from clip_debias.exporters.onnx_export import export_onnx
     from clip_debias.runtime.verify import Thresholds, verify
@@ -149,6 +166,7 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
     from clip_debias.runtime.atomic_output import claim_directory, write_atomic
 
     say = console.print if console is not None else (lambda *a, **k: None)
+    weights = demo_weights(model)
     out = claim_directory(out, "demo")  # before step 1: a folder that is not a demo of ours is refused
     times: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -164,7 +182,7 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
     lap("make_data")
 
     torch.manual_seed(0)
-    clip = load_clip(LAB_MODEL, weights=LAB_WEIGHTS)
+    clip = load_clip(model, weights=weights)
     layers = list(range(clip.tower.layers))
     caches: dict[str, DecompositionCache] = {}
     reused: list[str] = []
@@ -176,7 +194,7 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
             say(f"[bold]2/8 decompose[/bold] {split}: reusing {path} (same weights sha256 "
                 f"{clip.identity.weights_sha256[:12]}, images, layers and convention; --fresh decomposes anew)")
         else:
-            say(f"[bold]2/8 decompose[/bold] {LAB_MODEL} ({LAB_WEIGHTS.name}) on {split} (every layer, TextSpan)")
+            say(f"[bold]2/8 decompose[/bold] {model} ({weights.name}) on {split} (every layer, TextSpan)")
             cache = decompose_dataset(clip, index, layers, batch_size=batch_size, progress=console is not None,
                                       out=path)
         caches[split] = cache
@@ -242,7 +260,7 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
         val_rows=[r.to_dict() for r in rows["val"]], test_rows=[r.to_dict() for r in rows["test"]],
         verify=reports, probe=probe, reference_plan=reference_plan.summary(),
         reference_test_rows=[r.to_dict() for r in reference_rows], seconds=times, latency=latency,
-        reused={"data": data_reused, "caches": reused},
+        reused={"data": data_reused, "caches": reused}, model=model,
     )
     write_atomic(out / "compare.json", compare_file(
         rows["test"] + [replace(r, method=r.method + REFERENCE) for r in reference_rows],
@@ -260,7 +278,7 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
     for c in discovered.doc.classes:
         say(f"  {c.class_name}: {', '.join(k.keyword for k in c.keywords) or c.note}", markup=False, highlight=False)
     write_atomic(out / "demo.json", json.dumps(asdict(summary), indent=2), "demo-summary")  # read by the report
-    build_report(out, title="clip-debias demo: bias lab")
+    build_report(out, title=f"clip-debias demo: bias lab ({model})")
     lap("explain")
     write_atomic(out / "demo.json", json.dumps(asdict(summary), indent=2), "demo-summary")  # with explain's time
     if console is not None:
@@ -316,7 +334,7 @@ def print_summary(s: DemoSummary, console: Any) -> None:
     from clip_debias.runtime.tables import table
 
     pct = lambda x: f"{100 * x:5.1f}"  # noqa: E731
-    console.print("Bias lab, test split (balanced): average / worst-group accuracy, %. Default protocol: located on "
+    console.print(f"Bias lab ({s.model}), test split (balanced): average / worst-group accuracy, %. Default protocol: located on "
                   "val, ablation means from val. Reference protocol: located on train, ablation means from test "
                   "itself (transductive, never shipped).")
     t = table(["method (test split)", "default protocol", "reference protocol"], right={1, 2})

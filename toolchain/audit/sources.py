@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from clip_debias.runtime.datasets import SPLITS, DatasetIndex, ImageRecord, dedupe, image_path, load_index, read_csv
+from clip_debias.runtime.image_folder import IMAGE_SUFFIXES, folder_images
 from clip_debias.runtime.limits import IndexChecks
-from clip_debias.runtime.ownership import MARKER_NAME, file_is_ours
+from clip_debias.runtime.ownership import file_is_ours
 from clip_debias.toolchain.decompose.cache import DecompositionCache, load_cache
 from clip_debias.toolchain.errors import ClipDebiasError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 KINDS = ("folder", "csv", "waterbirds", "celeba", "cache")
 _NAME = re.compile(r"[A-Za-z0-9_.:+-]+")
 
@@ -88,14 +88,10 @@ def _kind(path: Path) -> str:
                           ".safetensors decomposition cache")
 
 
-def _folder_records(root: Path) -> list[ImageRecord]:
-    """Every image file below ``root``, sorted by path; folders clip-debias wrote (they hold its output marker: an
-    audit's own figures, a report) are not data and are left out."""
-    files = []
-    for d, subdirs, names in os.walk(root):
-        subdirs[:] = [s for s in subdirs if not (Path(d) / s / MARKER_NAME).is_file()]
-        files += [Path(d) / f for f in names if f.lower().endswith(IMAGE_SUFFIXES)]
-    return [ImageRecord(p, 0, 0) for p in sorted(files)]
+def _folder_records(root: Path, max_images: int) -> list[ImageRecord]:
+    """Every image file below ``root``, sorted by path (``runtime.image_folder``: folders clip-debias wrote are left
+    out; more than ``max_images`` files refused while walking)."""
+    return [ImageRecord(p, 0, 0) for p in folder_images(root, max_images)]
 
 
 def _csv_records(path: Path, split: str | None, allow_outside_root: bool, max_rows: int) -> list[ImageRecord]:
@@ -140,7 +136,7 @@ def open_source(text: str, allow_outside_root: bool = False, checks: IndexChecks
     if kind == "folder":
         if split is not None:
             raise ClipDebiasError(f"source {text}: a folder of images has no splits; drop ':{split}'")
-        records = _folder_records(path)
+        records = _folder_records(path, checks.max_rows)
         what = "image files (" + ", ".join(IMAGE_SUFFIXES) + ")"
     else:
         csv_path = path / "data.csv" if path.is_dir() else path

@@ -19,6 +19,10 @@ def demo(
     fresh: Annotated[bool, typer.Option("--fresh", help="Make the lab data and the decomposition caches anew even "
                                                         "when --out holds them made with the same inputs.")] = False,
     batch_size: BatchOpt = 64,
+    model: Annotated[str, typer.Option(
+        "--model", metavar="NAME", help="The shipped lab model: clipdebias-lab (class token) or clipdebias-lab-map "
+                                        "(the same data; SigLIP's layout: attention-pool readout, sigmoid loss).")]
+    = "clipdebias-lab",
 ) -> None:
     """Generate lab data, then decompose -> locate -> select (the correction chosen on val, built) -> export ONNX ->
     verify on the shipped lab model, and print the before/after table (zero-shot vs LTC vs PerceptionCLIP vs both)
@@ -27,7 +31,7 @@ def demo(
     from clip_debias.toolchain.demo import run_demo
 
     console = output_console()
-    summary = run_demo(out, quick=quick, batch_size=batch_size, console=console, fresh=fresh)
+    summary = run_demo(out, quick=quick, batch_size=batch_size, console=console, fresh=fresh, model=model)
     console.print(f"shipped correction: {summary.chosen}; artifacts, plans and demo.json in {out}/")
     console.print(f"report: {out / 'report.html'} (open it in a browser)")
 

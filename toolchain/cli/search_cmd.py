@@ -11,6 +11,8 @@ import typer
 
 from clip_debias.runtime.choices import DatasetFormat, SearchEngine, Split
 from clip_debias.runtime.errors import ClipDebiasError
+from clip_debias.runtime.image_folder import IMAGE_SUFFIXES, folder_images
+from clip_debias.runtime.limits import DEFAULT_MAX_ROWS
 from clip_debias.runtime.ownership import json_object_with, register_file_kind
 from clip_debias.runtime.tables import output_console, print_text_table, table
 from clip_debias.toolchain.cli.options import (AllowOutsideRootOpt, BatchOpt, ForceOpt, JsonOpt, OptionalDatasetOpt,
@@ -20,21 +22,17 @@ from clip_debias.toolchain.cli.options import (AllowOutsideRootOpt, BatchOpt, Fo
 SEARCH_REPORT = "clip-debias search"  # the 'report' field of search --json (how runtime.ownership recognises it)
 register_file_kind("search-report", "a report written by 'clip-debias search --json'",
                    json_object_with({"report"}, ("report", SEARCH_REPORT)))
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-
-
-def folder_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursive, by suffix), in path order."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def dataset_rows(dataset: DatasetFormat, data: Path, split: Split, target: str | None,
-                 outside: bool) -> tuple[list[Path], list[str], dict[str, list[str]]]:
+                 outside: bool, max_rows: int = DEFAULT_MAX_ROWS) -> tuple[list[Path], list[str], dict[str, list[str]]]:
     """(image paths, ids = paths relative to DATA, attributes {label, group, each attribute: value names}) of a
     split."""
     from clip_debias.runtime.datasets import load_index
+    from clip_debias.runtime.limits import IndexChecks
 
-    index = load_index(str(dataset), data, str(split), allow_outside_root=outside, target=target)
+    index = load_index(str(dataset), data, str(split), allow_outside_root=outside, target=target,
+                       checks=IndexChecks(max_rows=max_rows))
     paths = [r.path for r in index.records]
     root = index.root if index.root.is_dir() else index.root.parent
     ids = [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in paths]
@@ -59,6 +57,9 @@ def index_cmd(
                                                         "[search] extra).")] = False,
     batch_size: BatchOpt = 32,
     allow_outside_root: AllowOutsideRootOpt = False,
+    max_rows: Annotated[int, typer.Option(
+        "--max-rows", metavar="N", min=1, help="Refuse a folder of more image files (or a metadata file of more "
+                                               "rows) than this, while it is read.")] = DEFAULT_MAX_ROWS,
 ) -> None:
     """Embed IMAGES with ARTIFACT's (debiased) image tower into a search index: ids, per-row attributes (a dataset's
     label, group and attributes) and the artifact digest."""
@@ -71,14 +72,14 @@ def index_cmd(
     if dataset is not None:
         if split is None:
             raise ClipDebiasError("--dataset needs --split (which split to index)")
-        paths, ids, attrs = dataset_rows(dataset, images, split, target, allow_outside_root)
+        paths, ids, attrs = dataset_rows(dataset, images, split, target, allow_outside_root, max_rows)
         source = f"{dataset} {images} split {split}"
     else:
         if split is not None:
             raise ClipDebiasError("--split applies to a --dataset; IMAGES is a folder")
         if not images.is_dir():
             raise ClipDebiasError(f"{images}: not a folder (a dataset? add --dataset FORMAT --split SPLIT)")
-        paths = folder_images(images)
+        paths = folder_images(images, max_rows)
         ids, attrs, source = [str(p.relative_to(images)) for p in paths], {}, f"folder {images}"
         if not paths:
             raise ClipDebiasError(f"{images}: no image files ({', '.join(IMAGE_SUFFIXES)})")

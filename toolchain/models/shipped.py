@@ -15,6 +15,7 @@ TOOLCHAIN_DIR = Path(__file__).resolve().parent.parent  # the clip_debias.toolch
 # model name -> its weights file, relative to the clip_debias.toolchain package folder (listed in package-data)
 SHIPPED_WEIGHTS: dict[str, str] = {
     "clipdebias-lab": "lab/weights/clipdebias-lab.safetensors",
+    "clipdebias-lab-map": "lab/weights/clipdebias-lab-map.safetensors",  # MAP readout (lab/recipe-lab-map.json)
     "clipdebias-lab2": "lab/weights/clipdebias-lab2.safetensors",  # two shortcuts (lab/recipe-lab2.json)
 }
 
