@@ -4,7 +4,7 @@ and lab PNGs, loopback only, bounded in count and time:
 1. Candidates, started once and measured in interleaved rounds (``--rounds``): the runtime in-process (1 thread;
    threaded with 4 / 8 / 16 / 32 threads, each with ONNX Runtime's default intra-op threads and with the served
    model's, the best kept), ``clip-debias serve`` (default engine: uvicorn + asyncio batcher; ``default-allcores``:
-   the same with ``--intra-op-threads`` = all cores, the setting before 12/2026), ``serve --engine ray`` (Ray Serve on
+   the same with ``--intra-op-threads`` = all cores; ``default-mN``: with ``--model-threads N``), ``serve --engine ray`` (Ray Serve on
    a local Ray, ``--ray-cpus``) and Triton's python-backend repository
    on the pytriton wheel's ``tritonserver`` (needs .venv-triton; its client sends the preprocessed tensor, decoded in
    the client thread). Each: 1 client (``--single`` sequential requests) and ``--clients`` clients (``--requests``
@@ -165,8 +165,11 @@ def candidates_table(art: Path, data: Path, out: Path, names: list[str], request
     started: dict[str, Any] = {}
     try:
         for name in names:  # started one after the other, each measured alone from launch to ready
-            if name in ("default", "default-allcores"):  # allcores: ORT's default intra-op threads (before 12/2026)
+            if name.startswith("default"):  # allcores: ORT's default intra-op threads (before 12/2026);
+                # default-mN: --model-threads N (default-m1: one model call at a time, the setting before 12/2026)
                 threads = ["--intra-op-threads", str(os.cpu_count() or 1)] if name == "default-allcores" else []
+                if name.startswith("default-m"):
+                    threads += ["--model-threads", name.removeprefix("default-m")]
                 servers[name] = CliServer(art, out / f"{name}.log", "--max-batch-size", "16", "--batch-wait-ms", "5",
                                           *threads)
             elif name == "ray":

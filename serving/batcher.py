@@ -5,8 +5,9 @@ model call.
 row). One loop takes the oldest queued image and, while other requests are still being decoded (inside ``incoming()``),
 waits at most ``max_wait_s`` for more (up to ``max_batch`` images, in arrival order): a lone request never waits,
 concurrent ones share a call. It then drops images whose request is gone or past its deadline, and runs the rest as ONE
-``run(np.stack(images))`` call in a single model thread (the runtime runs an int8 model image by image inside that call,
-so a neighbour never changes an answer). While a call runs, the next batch gathers.
+``run(np.stack(images))`` call in a model thread (the runtime runs an int8 model image by image inside that call, so a
+neighbour never changes an answer). ``model_threads`` calls run at once at most (ONNX Runtime's ``Run`` is thread-safe;
+each call uses the session's intra-op threads); while they run, the next batch gathers.
 
 Bounded: at most ``max_queue`` images wait; a request that would pass it is refused at once with ``QueueFull`` (the
 server answers 503 + Retry-After) instead of waiting.
@@ -46,13 +47,17 @@ ObserveFn = Callable[[int, float], None]  # (images in the call, seconds)
 
 class Batcher:
     def __init__(self, run: RunFn, *, max_batch: int, max_wait_s: float, max_queue: int,
-                 observe: ObserveFn | None = None) -> None:
+                 observe: ObserveFn | None = None, model_threads: int = 1) -> None:
+        if model_threads < 1:
+            raise ValueError(f"model_threads {model_threads}: expected >= 1")
         self.run, self.max_batch, self.max_wait_s, self.max_queue = run, max_batch, max_wait_s, max_queue
         self.observe = observe or (lambda n, s: None)
         self.queue: deque[_Item] = deque()
         self.wakeup = asyncio.Event()
-        self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
+        self.model_threads = model_threads
+        self.model_thread = ThreadPoolExecutor(model_threads, thread_name_prefix="model")
         self.task: asyncio.Task | None = None
+        self.calls: set[asyncio.Task] = set()  # model calls in flight
         self.incoming_requests = 0
 
     @contextmanager
@@ -72,6 +77,7 @@ class Batcher:
         if self.task is not None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
+        await asyncio.gather(*self.calls, return_exceptions=True)  # calls in flight answer their requests
         for item in self.queue:
             if not item.future.done():
                 item.future.set_exception(DeadlinePassed("the server is stopping"))
@@ -114,8 +120,9 @@ class Batcher:
         return batch
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
+        slots = asyncio.Semaphore(self.model_threads)
         while True:
+            await slots.acquire()  # a model thread is free: gather its batch
             if not self.queue:
                 self.wakeup.clear()
                 await self.wakeup.wait()
@@ -129,17 +136,24 @@ class Batcher:
                     break
             batch = self._take()
             if not batch:
+                slots.release()
                 continue
-            t0 = time.perf_counter()
-            try:
-                logits, emb = await loop.run_in_executor(self.model_thread, self.run,
-                                                         np.stack([i.array for i in batch]))
-            except Exception as e:  # noqa: BLE001 -- the model's error goes to every request of the batch
-                for i in batch:
-                    if not i.future.done():
-                        i.future.set_exception(e)
-                continue
-            self.observe(len(batch), time.perf_counter() - t0)
-            for k, i in enumerate(batch):
+            call = asyncio.get_running_loop().create_task(self._call(batch))
+            self.calls.add(call)
+            call.add_done_callback(lambda t: (self.calls.discard(t), slots.release()))
+
+    async def _call(self, batch: list[_Item]) -> None:
+        """One model call on ``batch``; its rows (or its error) go to the batch's requests."""
+        t0 = time.perf_counter()
+        try:
+            logits, emb = await asyncio.get_running_loop().run_in_executor(
+                self.model_thread, self.run, np.stack([i.array for i in batch]))
+        except Exception as e:  # noqa: BLE001 -- the model's error goes to every request of the batch
+            for i in batch:
                 if not i.future.done():
-                    i.future.set_result((logits[k], emb[k]))
+                    i.future.set_exception(e)
+            return
+        self.observe(len(batch), time.perf_counter() - t0)
+        for k, i in enumerate(batch):
+            if not i.future.done():
+                i.future.set_result((logits[k], emb[k]))

@@ -39,12 +39,19 @@ LOOPBACK = http_api.LOOPBACK
 
 
 def default_intra_op_threads() -> int:
-    """ONNX Runtime intra-op threads of the served model: half this machine's cores (at least 1). The model runs one
-    batch at a time in one thread while the event loop and the decode threads work on the next requests; on 2 cores
+    """ONNX Runtime intra-op threads of one model call: half this machine's cores (at least 1). On 2 cores
     (benchmarks/bench_serving.py) the server spent 4.1 ms of CPU per request with 1 intra-op thread against 7.4 ms
-    with 2 (idle intra-op threads spin on the core the decoding needs). Two model threads with 1 intra-op thread
-    each were slower than one (244 against 297 requests/s, interleaved)."""
+    with 2 (idle intra-op threads spin on the core the decoding needs)."""
     return max(1, (os.cpu_count() or 2) // 2)
+
+
+def default_model_threads(intra_op_threads: int | None) -> int:
+    """Model calls at once: the cores over each call's intra-op threads (at least 1), so the calls together can use
+    every core while one call's images decode. On 2 cores with a lean client (one asyncio loop), 2 calls of 1
+    thread each served 1.03-1.07x the in-process best at 32 clients against 0.87-0.91x for 1 call
+    (benchmarks/bench_serving.py, interleaved rounds; docs/serving.md)."""
+    cores = os.cpu_count() or 2
+    return max(1, cores // (intra_op_threads or cores))
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,7 @@ class ServerOptions:
     max_batch_size: int = 16
     batch_wait_ms: float = 5.0
     intra_op_threads: int | None = field(default_factory=default_intra_op_threads)  # None: one per core
+    model_threads: int = -1  # model calls at once (batcher); -1: default_model_threads(intra_op_threads)
     decode_threads: int = max(1, min(8, os.cpu_count() or 1))
     header_timeout_s: float = 5.0
     keep_alive_s: float = 5.0
@@ -162,7 +170,9 @@ def load_classifier(options: ServerOptions) -> Any:
 def build_app(options: ServerOptions, clf: Any | None = None) -> ServerApp:
     clf = clf if clf is not None else load_classifier(options)
     app = ServerApp(clf, max_batch=options.max_batch_size, batch_wait_s=options.batch_wait_ms / 1000.0,
-                    limits=options.limits, decode_threads=options.decode_threads)
+                    limits=options.limits, decode_threads=options.decode_threads,
+                    model_threads=(options.model_threads if options.model_threads > 0 else
+                                   default_model_threads(options.intra_op_threads)))
     app.warm_up()
     return app
 

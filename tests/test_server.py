@@ -337,6 +337,39 @@ def test_batcher_batches_bounds_and_deadlines():
     asyncio.run(main())
 
 
+def test_batcher_runs_model_threads_calls_at_once():
+    """With ``model_threads=2`` two full batches run in overlapping calls (never more than two at once), each image's
+    row goes back to its own request, and stop() lets the calls in flight answer."""
+    import threading
+
+    lock, state = threading.Lock(), {"now": 0, "most": 0, "calls": 0}
+
+    def run(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with lock:
+            state["now"] += 1
+            state["calls"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(0.1)
+        with lock:
+            state["now"] -= 1
+        return batch.reshape(len(batch), -1)[:, :1], batch.reshape(len(batch), -1)
+
+    async def main() -> None:
+        b = Batcher(run, max_batch=2, max_wait_s=0.0, max_queue=16, model_threads=2)
+        b.start()
+        far = time.monotonic() + 30
+        subs = [asyncio.ensure_future(b.submit([np.full((1, 1, 1), float(i), np.float32)], far)) for i in range(6)]
+        out = await asyncio.gather(*subs)
+        assert [float(r[0][0][0]) for r in out] == [float(i) for i in range(6)]
+        assert state["most"] == 2 and state["calls"] >= 3
+        late = asyncio.ensure_future(b.submit([np.full((1, 1, 1), 9.0, np.float32)], far))
+        await asyncio.sleep(0.02)  # its call is running
+        await b.stop()
+        assert float((await late)[0][0][0]) == 9.0
+
+    asyncio.run(main())
+
+
 def test_text_endpoints_equal_the_runtime_on_an_open_vocabulary_artifact(tmp_path):
     """/embed-text and /classify with labels (issue 29 item 5) on an artifact with its text tower (the shipped lab
     model): the answers equal ``Classifier.encode_text`` and ``Classifier.classify(images, labels=...)``."""

@@ -56,6 +56,10 @@ def serve_cmd(
     intra_op_threads: Annotated[Optional[int], typer.Option(
         "--intra-op-threads", metavar="N", min=1, help="ONNX Runtime threads of one model call (default: half the "
                                                       "cores; the other half decodes).")] = None,
+    model_threads: Annotated[Optional[int], typer.Option(
+        "--model-threads", metavar="N", min=1, help="Model calls (batches) that run at once, each with "
+                                                    "--intra-op-threads (default: cores / intra-op threads).")]
+    = None,
     max_queue: Annotated[int, typer.Option(
         "--max-queue", metavar="N", min=1, help="Images in progress at most; above it: 503 + Retry-After.")] = 256,
     max_body_mb: Annotated[float, typer.Option(
@@ -96,7 +100,7 @@ def serve_cmd(
             ("max_queue", max_queue), ("max_body_mb", max_body_mb), ("max_images", max_images),
             ("max_request_pixels", max_request_pixels), ("header_timeout", header_timeout),
             ("body_timeout", body_timeout), ("request_timeout", request_timeout), ("drain_timeout", drain_timeout),
-            ("intra_op_threads", intra_op_threads))
+            ("intra_op_threads", intra_op_threads), ("model_threads", model_threads))
             if v != defaults[n]]
         if given:
             raise ClipDebiasError(f"{', '.join(given)}: options of the default engine (Ray Serve has its own limits)")
@@ -118,7 +122,8 @@ def serve_cmd(
         str(artifact), host=host, port=port, device=device, precision=precision, expect_digest=expect_digest,
         max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms, header_timeout_s=header_timeout,
         drain_timeout_s=drain_timeout, limits=limits,
-        **({} if intra_op_threads is None else {"intra_op_threads": intra_op_threads}))
+        **({} if intra_op_threads is None else {"intra_op_threads": intra_op_threads}),
+        **({} if model_threads is None else {"model_threads": model_threads}))
     options.check()
 
     server.serve(options, _announcer(artifact, host, options.loopback,  # type: ignore[attr-defined]
