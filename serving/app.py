@@ -11,7 +11,9 @@ Routes (anything else: 404; a known route with another method: 405 with ``Allow`
 
 A request is bounded before it costs anything: a ``Content-Length`` over ``max_body_bytes`` is refused (413) before
 a byte of the body is read, a chunked body is cut (413) once it passes the limit, the whole body must arrive within
-``body_timeout_s`` (else 408; the client never holds a batch place, images are queued only once read), the images'
+``body_timeout_s`` (else 408; the client never holds a batch place, images are queued only once read), the bodies
+being read and answered hold at most ``max_buffered_bytes`` over all connections (else 503 + ``Retry-After``; a
+chunked body is spooled to a temporary file past 1 MiB), the images'
 pixels (from their headers) must fit ``max_request_pixels`` (413), at most ``max_queue_images`` images wait for the
 model (else 503 + ``Retry-After``), and the answer must be ready ``request_timeout_s`` after the request's head
 arrived (else 503 + ``Retry-After``). Refusals that leave a body unread close the connection.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,6 +40,7 @@ from clip_debias.serving.metrics import CONTENT_TYPE_LATEST, ServerMetrics
 NO_TEXT_TOWER = "this artifact has no text tower"
 POST_ROUTES = ("/classify", "/embed", "/embed-text")
 GET_ROUTES = ("/healthz", "/readyz", "/metrics")
+CHUNKED_IN_MEMORY = 1 << 20  # a chunked body past this many bytes is spooled to a temporary file while it arrives
 INLINE_DECODE_PIXELS = 512 * 512  # a lone request's images decode on the event loop up to this many pixels
 log = logging.getLogger("clip_debias.serve")
 
@@ -49,6 +53,7 @@ class AppLimits:
     body_timeout_s: float = 10.0
     request_timeout_s: float = 30.0
     max_queue_images: int = 256
+    max_buffered_bytes: int = 256 << 20  # request bodies held at once, all connections together
     retry_after_s: int = 1
 
 
@@ -72,17 +77,50 @@ def _header(scope: dict, name: bytes) -> str | None:
     return None
 
 
-async def read_body(scope: dict, receive: Any, limits: AppLimits) -> bytes:
-    """The request body within ``limits`` (``Refused`` 413 / 408 / 400 otherwise)."""
+class BodyBudget:
+    """Bytes of request bodies the server holds at once, over every connection (in memory, or spooled to a temporary
+    file for a chunked body), at most ``limit``: a body that would pass it is refused (503 + Retry-After) instead of
+    read. One event loop: a plain counter."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.held = limit, 0
+
+    def take(self, n: int) -> bool:
+        if self.held + n > self.limit:
+            return False
+        self.held += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.held -= n
+
+
+def _busy(budget: BodyBudget, limits: AppLimits) -> Refused:
+    return Refused(503, f"server busy: request bodies being read hold {budget.held} of {budget.limit} bytes",
+                   "queue_full", close=True, retry_after=limits.retry_after_s)
+
+
+async def read_body(scope: dict, receive: Any, limits: AppLimits, budget: BodyBudget) -> tuple[bytes, int]:
+    """(the request body within ``limits``, the bytes it holds of ``budget``; the caller gives them back once the
+    answer is sent). ``Refused`` 413 / 408 / 400 / 503 otherwise, with nothing held. A ``Content-Length`` body takes
+    its length from the budget before a byte is read; a chunked one takes each chunk as it comes and is spooled to
+    an anonymous temporary file past ``CHUNKED_IN_MEMORY`` bytes, so a chunked body refused at the limit has not
+    grown the process by the limit."""
     limit = limits.request.max_body_bytes
     length = _header(scope, b"content-length")
+    held = 0
     if length is not None:
         if not length.strip().isdigit():
             raise Refused(400, f"Content-Length {length!r}: expected a number of bytes", "bad_request", close=True)
         if int(length) > limit:
             raise Refused(413, f"request body of {int(length)} bytes is over the limit of {limit}", "too_large",
                           close=True)
-    chunks, n = [], 0
+        if not budget.take(int(length)):
+            raise _busy(budget, limits)
+        held = int(length)
+    chunks: list[bytes] = []
+    spool = tempfile.SpooledTemporaryFile(max_size=CHUNKED_IN_MEMORY) if length is None else None
+    n = 0
     try:
         async with asyncio.timeout(limits.body_timeout_s):
             while True:
@@ -93,12 +131,29 @@ async def read_body(scope: dict, receive: Any, limits: AppLimits) -> bytes:
                 n += len(body)
                 if n > limit:
                     raise Refused(413, f"request body over the limit of {limit} bytes", "too_large", close=True)
-                chunks.append(body)
+                if spool is None:
+                    chunks.append(body)
+                else:
+                    if not budget.take(len(body)):
+                        raise _busy(budget, limits)
+                    held += len(body)
+                    spool.write(body)
                 if not message.get("more_body", False):
-                    return b"".join(chunks)
+                    break
+        if spool is None:
+            return b"".join(chunks), held
+        spool.seek(0)
+        return spool.read(), held
     except TimeoutError:
+        budget.give(held)
         raise Refused(408, f"request body not received within {limits.body_timeout_s:g} s", "timeout",
                       close=True) from None
+    except BaseException:
+        budget.give(held)
+        raise
+    finally:
+        if spool is not None:
+            spool.close()
 
 
 class ServerApp:
@@ -114,6 +169,7 @@ class ServerApp:
         self.batcher: Batcher | None = None
         self.ready = False
         self.admitted_images = 0  # images of requests between admission and answer
+        self.bodies = BodyBudget(limits.max_buffered_bytes)
 
     # -- life cycle ------------------------------------------------------------------------------------------------
     def warm_up(self) -> None:
@@ -208,7 +264,7 @@ class ServerApp:
         if route == "/metrics":
             return 200, self.metrics.text(), CONTENT_TYPE_LATEST, []
         deadline = time.monotonic() + self.limits.request_timeout_s
-        body = await read_body(scope, receive, self.limits)
+        body, held = await read_body(scope, receive, self.limits, self.bodies)
         ctype = _header(scope, b"content-type")
         try:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
@@ -220,6 +276,8 @@ class ServerApp:
             raise Refused(e.status, str(e), "too_large" if e.status == 413 else "bad_request") from None
         except InputError as e:  # the runtime refused an input (e.g. outputs NaN/Inf for an image)
             raise Refused(400, str(e), "bad_request") from None
+        finally:
+            self.bodies.give(held)  # the body is read and decoded (or refused): its bytes go back to the budget
         return 200, self._json(doc), "application/json", []
 
     # -- the work --------------------------------------------------------------------------------------------------

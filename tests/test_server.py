@@ -101,7 +101,8 @@ def art(tmp_path_factory):
 def server(art, tmp_path_factory):
     s = Server(art, tmp_path_factory.mktemp("server_log") / "serve.log", "--max-batch-size", "4", "--batch-wait-ms",
                "20", "--max-queue", str(MAX_QUEUE), "--max-body-mb", str(MAX_BODY_MB), "--max-request-pixels",
-               str(MAX_PIXELS), "--header-timeout", "1", "--body-timeout", "1")
+               str(MAX_PIXELS), "--header-timeout", "1", "--body-timeout", "1", "--max-buffered-mb",
+               str(2 * MAX_BODY_MB))
     s.wait_ready()
     yield s
     assert s.stop() == 0, s.text()[-3000:]
@@ -227,6 +228,51 @@ def test_oversize_refused_before_reading_and_chunked_cut(server):
             pass
         answer = reader.result(timeout=15)
     assert answer.startswith(b"HTTP/1.1 413 ") and b"over the limit of" in answer
+
+
+def test_bodies_held_at_once_are_bounded(server):
+    """Two bodies of the limit's size being read hold the whole --max-buffered-mb: a third is refused at once (503,
+    Retry-After) before a byte of it is read; once the slow two time out, bodies are taken again."""
+    size = MAX_BODY_MB << 20
+    head = (f"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {size}\r\n\r\n")
+    slow = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(2)]
+    try:
+        for c in slow:
+            c.sendall(head.encode() + b"ab")
+        time.sleep(0.2)
+        answer = _raw(server.port, head.encode())
+        assert answer.startswith(b"HTTP/1.1 503 ") and b"request bodies being read" in answer
+        assert b"retry-after: 1" in answer.lower()
+    finally:
+        for c in slow:
+            c.close()
+    time.sleep(1.5)  # --body-timeout 1: the two are dropped and give their bytes back
+    status, _, _ = server.request("POST", "/classify", _png(7), {"Content-Type": "image/png"})
+    assert status == 200
+
+
+def test_chunked_body_is_spooled_and_read_back_exactly():
+    """``read_body`` on a chunked body of 3 MiB (past the 1 MiB kept in memory): the same bytes come back, all of
+    them held in the budget until given back; a budget too small refuses it with 503 and holds nothing."""
+    from clip_debias.serving.app import AppLimits, BodyBudget, Refused, read_body
+
+    parts = [bytes([i]) * (256 << 10) for i in range(12)]
+
+    def receiver():
+        messages = [{"type": "http.request", "body": b, "more_body": i < len(parts) - 1} for i, b in enumerate(parts)]
+
+        async def receive():
+            return messages.pop(0)
+        return receive
+
+    limits = AppLimits(request=http_api.RequestLimits(max_body_bytes=4 << 20))
+    budget = BodyBudget(8 << 20)
+    body, held = asyncio.run(read_body({"headers": []}, receiver(), limits, budget))
+    assert body == b"".join(parts) and held == budget.held == 3 << 20
+    small = BodyBudget(2 << 20)
+    with pytest.raises(Refused) as e:
+        asyncio.run(read_body({"headers": []}, receiver(), limits, small))
+    assert e.value.status == 503 and small.held == 0
 
 
 def test_slow_clients_are_dropped_and_never_block(server):

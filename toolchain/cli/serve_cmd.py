@@ -65,6 +65,9 @@ def serve_cmd(
     max_body_mb: Annotated[float, typer.Option(
         "--max-body-mb", metavar="MB", min=0.001, help="Request body limit in MiB (413 above it, before "
                                                        "reading).")] = 32.0,
+    max_buffered_mb: Annotated[float, typer.Option(
+        "--max-buffered-mb", metavar="MB", min=0.001, help="Request bodies held at once over all connections, in "
+                                                           "MiB (503 + Retry-After above it).")] = 256.0,
     max_images: Annotated[int, typer.Option(
         "--max-images", metavar="N", min=1, help="Images in one JSON request at most.")] = 64,
     max_request_pixels: Annotated[int, typer.Option(
@@ -97,7 +100,7 @@ def serve_cmd(
     if engine == ServeEngine.RAY:
         defaults = {n: p.default for n, p in inspect.signature(serve_cmd).parameters.items()}
         given = [f"--{n.replace('_', '-')}" for n, v in (
-            ("max_queue", max_queue), ("max_body_mb", max_body_mb), ("max_images", max_images),
+            ("max_queue", max_queue), ("max_body_mb", max_body_mb), ("max_buffered_mb", max_buffered_mb), ("max_images", max_images),
             ("max_request_pixels", max_request_pixels), ("header_timeout", header_timeout),
             ("body_timeout", body_timeout), ("request_timeout", request_timeout), ("drain_timeout", drain_timeout),
             ("intra_op_threads", intra_op_threads), ("model_threads", model_threads))
@@ -117,7 +120,8 @@ def serve_cmd(
     limits = app_mod.AppLimits(  # type: ignore[attr-defined]
         RequestLimits(max_body_bytes=int(max_body_mb * (1 << 20)), max_images=max_images,
                       max_request_pixels=max_request_pixels),
-        body_timeout_s=body_timeout, request_timeout_s=request_timeout, max_queue_images=max_queue)
+        body_timeout_s=body_timeout, request_timeout_s=request_timeout, max_queue_images=max_queue,
+        max_buffered_bytes=int(max_buffered_mb * (1 << 20)))
     options = server.ServerOptions(  # type: ignore[attr-defined]
         str(artifact), host=host, port=port, device=device, precision=precision, expect_digest=expect_digest,
         max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms, header_timeout_s=header_timeout,
