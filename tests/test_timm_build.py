@@ -115,17 +115,24 @@ def test_onnx_equals_torch_and_verify_runs(clip, tmp_path):
     assert r.n == 6 and r.accuracy == pytest.approx(float((pred == labels).mean()))
 
 
-def test_token_heat_map_refused_in_one_line(clip, tmp_path):
+def test_token_heat_map_drawn_for_a_class_token_and_refused_through_a_map_pool(clip, tmp_path):
+    """tiny-eva (class token): the heat map is drawn and its tokens sum to the heads' terms along the text; lab-map
+    (MAP pool): refused in one line saying why."""
     from PIL import Image
 
     from clip_debias.toolchain.explain.tokens import explain_image
 
     Image.new("RGB", (40, 30), (200, 30, 60)).save(tmp_path / "a.png")
+    if clip.tower.kind == "token":
+        path, total, prefix = explain_image(clip, tmp_path / "a.png", [(1, 0), (0, 2)], "a bird", None,
+                                            tmp_path / "heat.png")
+        assert path.is_file() and path.stat().st_size > 0 and abs(total) > 0 and abs(prefix) <= abs(total) + 1
+        return
     with pytest.raises(ClipDebiasError) as e:
         explain_image(clip, tmp_path / "a.png", [(1, 0)], "a bird", None, tmp_path / "heat.png")
     msg = str(e.value)
-    assert "\n" not in msg and msg.startswith("a token heat map needs open_clip's CLS-token ViT")
-    assert clip.tower.readout in msg and ("attention pool" in msg) == (clip.tower.kind == "map")
+    assert "\n" not in msg and msg.startswith("a token heat map needs a class token's attention over the patches")
+    assert clip.tower.readout in msg and "attention pool" in msg and not (tmp_path / "heat.png").exists()
 
 
 def test_cli_build_export_verify_lab_map(tmp_path):

@@ -200,3 +200,27 @@ def test_lab_map_decomposes_a_dataset_and_refuses_the_explicit_form_in_one_line(
     with pytest.raises(ClipDebiasError, match="^a token heat map needs open_clip's CLS-token ViT") as e:
         clip.tower.explicit("a token heat map")
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name, heads", [("EVA02-B-16", [(11, 3), (6, 0), (6, 7)]), ("MobileCLIP-B", [(10, 2)]),
+                                         ("clipdebias-tiny-eva", [(1, 1), (0, 3)])])
+@pytest.mark.parametrize("convention", ["textspan", "centred"])
+def test_class_token_heat_map_terms_sum_to_the_head_terms(name, heads, convention):
+    """The per-token terms of a class-token timm tower (explain.timm_tokens: timm's own attention rows and values)
+    sum over the tokens to the decomposition's head terms (<= 1e-4 of the embedding norm), with rotary embeddings
+    (EVA02) and a convolutional stem (MobileCLIP-B); the attention rows are probabilities."""
+    from clip_debias.toolchain.explain.timm_tokens import timm_token_terms
+
+    model = random_model(name)
+    tower = tower_of(model.visual)
+    size = model.visual.trunk.patch_embed.img_size
+    x = image(seed=4, size=size[0])
+    tt = timm_token_terms(tower, x, heads, convention)
+    layers = sorted({l for l, _ in heads})
+    hc = PooledDecomposer(tower, layers, convention)(x)
+    for k, (layer, head) in enumerate(heads):
+        err = (tt.terms[:, k].sum(dim=1) - hc.heads[:, layers.index(layer), head]).norm()
+        assert float(err) <= TOL, (name, layer, head, float(err))
+    assert torch.allclose(tt.attention.sum(dim=-1), torch.ones(1, len(heads)), atol=1e-5)
+    n = tt.terms.shape[2]
+    assert n == tt.prefix + tt.grid[0] * tt.grid[1]

@@ -29,12 +29,14 @@ from clip_debias.toolchain.models.tower import ExplicitViT
 @dataclass
 class TokenTerms:
     """Per-token direct terms of chosen heads: ``terms`` [B, K, N, D] for the K (absolute layer, head) pairs in
-    ``heads``; ``attention`` [B, K, N] the CLS-row attention probabilities; ``grid`` the patch grid (gh, gw)."""
+    ``heads``; ``attention`` [B, K, N] the CLS-row attention probabilities; ``grid`` the patch grid (gh, gw);
+    ``prefix`` the tokens before the patches (the class token, and register tokens where a tower has them)."""
 
     terms: torch.Tensor
     attention: torch.Tensor
     heads: list[tuple[int, int]]
     grid: tuple[int, int]
+    prefix: int = 1
 
     def head_terms(self) -> torch.Tensor:
         """[B, K, D] the heads' CLS terms (sum over tokens)."""
@@ -45,9 +47,9 @@ class TokenTerms:
         return torch.einsum("bknd,d->bn", self.terms, direction.to(self.terms.dtype))
 
     def patch_map(self, direction: torch.Tensor) -> torch.Tensor:
-        """[B, gh, gw] the patch scalars along ``direction`` (the CLS token left out)."""
+        """[B, gh, gw] the patch scalars along ``direction`` (the prefix tokens left out)."""
         s = self.along(direction)
-        return s[:, 1:].reshape(s.shape[0], *self.grid)
+        return s[:, self.prefix:].reshape(s.shape[0], *self.grid)
 
 
 def cls_attention(block: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,16 +149,22 @@ def explain_image(clip, image_path: str | Path, heads: list[tuple[int, int]], te
     if not image_path.is_file():
         raise ClipDebiasError(f"{image_path}: image not found")
     pil = load_image(image_path, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
-    tower = clip.tower.explicit("a token heat map").float().cpu()
     x = clip.preprocess(pil).unsqueeze(0).float()
-    tt = token_terms(tower, x, heads, convention)
+    if clip.tower.has_explicit:
+        tt = token_terms(clip.tower.explicit("a token heat map").float().cpu(), x, heads, convention)
+    else:  # a timm tower: class-token readouts only (explain.timm_tokens), else one line
+        from clip_debias.toolchain.explain.timm_tokens import timm_token_terms
+
+        clip.model.float().cpu()
+        tt = timm_token_terms(clip.tower.pooled(), x, heads, convention)
     t = text_direction(clip, text, vs)
     s = tt.along(t)[0]
+    prefix_share = float(s[:tt.prefix].sum())
     heat = tt.patch_map(t)[0]
     cfg = clip.preprocess_cfg
     picture = denormalize(x[0], cfg.get("mean", (0.0, 0.0, 0.0)), cfg.get("std", (1.0, 1.0, 1.0)))
     names = ", ".join(f"{l}:{h}" for l, h in heads)
     what = f"'{text}'" + (f" - '{vs}'" if vs else "")
-    path = render_overlay(picture, heat, out, f"{image_path.name}: heads {names} along {what}", float(s[0]),
+    path = render_overlay(picture, heat, out, f"{image_path.name}: heads {names} along {what}", prefix_share,
                           float(s.sum()), force=force)
-    return path, float(s.sum()), float(s[0])
+    return path, float(s.sum()), prefix_share

@@ -147,8 +147,11 @@ class TimmViT(TowerAdapter):
         if self.kind == "map":
             return ("its attention pool reads every token through the pool's own attention and a non-linear MLP, so "
                     "there is no class-token attention to map (per-head terms, LTC, build and export work)")
-        return ("clip-debias reads timm blocks through their pooled form only (per-head terms, LTC, build and export "
-                "work)")
+        if self.kind == "avg":
+            return ("an average readout weighs every token alike, so there is no class-token attention to map "
+                    "(per-head terms, LTC, build and export work)")
+        return ("clip-debias reads timm blocks through their pooled form (per-head terms, LTC, build, export and "
+                "class-token heat maps work)")
 
     def classifier_tower(self, model_name: str, step: str = "this step") -> nn.Module:
         from clip_debias.toolchain.models.timm_tower import TimmTower
