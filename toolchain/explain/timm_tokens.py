@@ -26,7 +26,7 @@ import torch
 from clip_debias.toolchain.decompose.conventions import DEFAULT_CONVENTION
 from clip_debias.toolchain.decompose.pooled import PooledDecomposer
 from clip_debias.toolchain.errors import ClipDebiasError
-from clip_debias.toolchain.explain.tokens import TokenTerms
+from clip_debias.toolchain.explain.token_terms import TokenTerms
 
 
 class _Stop(Exception):

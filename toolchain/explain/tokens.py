@@ -15,7 +15,6 @@ place in the image and is reported beside it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,33 +22,8 @@ import torch
 from clip_debias.toolchain.decompose.conventions import (DEFAULT_CONVENTION, LnStats, Readout, apply_readout,
                                                          head_readout)
 from clip_debias.toolchain.errors import ClipDebiasError
+from clip_debias.toolchain.explain.token_terms import TokenTerms
 from clip_debias.toolchain.models.tower import ExplicitViT
-
-
-@dataclass
-class TokenTerms:
-    """Per-token direct terms of chosen heads: ``terms`` [B, K, N, D] for the K (absolute layer, head) pairs in
-    ``heads``; ``attention`` [B, K, N] the CLS-row attention probabilities; ``grid`` the patch grid (gh, gw);
-    ``prefix`` the tokens before the patches (the class token, and register tokens where a tower has them)."""
-
-    terms: torch.Tensor
-    attention: torch.Tensor
-    heads: list[tuple[int, int]]
-    grid: tuple[int, int]
-    prefix: int = 1
-
-    def head_terms(self) -> torch.Tensor:
-        """[B, K, D] the heads' CLS terms (sum over tokens)."""
-        return self.terms.sum(dim=2)
-
-    def along(self, direction: torch.Tensor) -> torch.Tensor:
-        """[B, N] sum over the chosen heads of p_{l,h,j} . t for a direction t [D]."""
-        return torch.einsum("bknd,d->bn", self.terms, direction.to(self.terms.dtype))
-
-    def patch_map(self, direction: torch.Tensor) -> torch.Tensor:
-        """[B, gh, gw] the patch scalars along ``direction`` (the prefix tokens left out)."""
-        s = self.along(direction)
-        return s[:, self.prefix:].reshape(s.shape[0], *self.grid)
 
 
 def cls_attention(block: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
