@@ -4,9 +4,8 @@ and lab PNGs, loopback only, bounded in count and time:
 1. Candidates, started once and measured in interleaved rounds (``--rounds``): the runtime in-process (1 thread;
    threaded with 4 / 8 / 16 / 32 threads, each with ONNX Runtime's default intra-op threads and with the served
    model's, the best kept), ``clip-debias serve`` (default engine: uvicorn + asyncio batcher; ``default-allcores``:
-   the same with ``--intra-op-threads`` = all cores; ``default-mN``: with ``--model-threads N``), ``serve --engine ray`` (Ray Serve on
-   a local Ray, ``--ray-cpus``) and Triton's python-backend repository
-   on the pytriton wheel's ``tritonserver`` (needs .venv-triton; its client sends the preprocessed tensor, decoded in
+   the same with ``--intra-op-threads`` = all cores; ``default-mN``: with ``--model-threads N``), ``serve --engine
+   ray`` (Ray Serve on a local Ray, ``--ray-cpus``) and Triton's python-backend repository on the pytriton wheel's ``tritonserver`` (needs .venv-triton; its client sends the preprocessed tensor, decoded in
    the client thread). Each: 1 client (``--single`` sequential requests) and ``--clients`` clients (``--requests``
    requests, one keep-alive connection per client; ``--client async``: one asyncio loop sends for all of them,
    ``threads``: one ``http.client`` thread each), p50 / p95 / requests/s and its ratio to the in-process best of the

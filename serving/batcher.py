@@ -55,7 +55,7 @@ class Batcher:
         self.queue: deque[_Item] = deque()
         self.wakeup = asyncio.Event()
         self.model_threads = model_threads
-        self.model_thread = ThreadPoolExecutor(model_threads, thread_name_prefix="model")
+        self.model_pool = ThreadPoolExecutor(model_threads, thread_name_prefix="model")
         self.task: asyncio.Task | None = None
         self.calls: set[asyncio.Task] = set()  # model calls in flight
         self.incoming_requests = 0
@@ -82,7 +82,7 @@ class Batcher:
             if not item.future.done():
                 item.future.set_exception(DeadlinePassed("the server is stopping"))
         self.queue.clear()
-        self.model_thread.shutdown(wait=True)
+        self.model_pool.shutdown(wait=True)
 
     @property
     def queued(self) -> int:
@@ -147,7 +147,7 @@ class Batcher:
         t0 = time.perf_counter()
         try:
             logits, emb = await asyncio.get_running_loop().run_in_executor(
-                self.model_thread, self.run, np.stack([i.array for i in batch]))
+                self.model_pool, self.run, np.stack([i.array for i in batch]))
         except Exception as e:  # noqa: BLE001 -- the model's error goes to every request of the batch
             for i in batch:
                 if not i.future.done():

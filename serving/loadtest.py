@@ -217,10 +217,9 @@ def run_load_async(url: str, requests: list[Request], clients: int, timeout_s: f
 
     try:
         import uvloop  # the server's own event loop, when installed (the serve extra)
-
-        wall = uvloop.run(main())
     except ImportError:
-        wall = asyncio.run(main())
+        uvloop = None
+    wall = uvloop.run(main()) if uvloop is not None else asyncio.run(main())
     return LoadResult([a if a is not None else Answer(0, None, 0.0, "not sent") for a in answers], wall, clients)
 
 

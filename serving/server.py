@@ -67,7 +67,7 @@ class ServerOptions:
     max_batch_size: int = 16
     batch_wait_ms: float = 5.0
     intra_op_threads: int | None = field(default_factory=default_intra_op_threads)  # None: one per core
-    model_threads: int = -1  # model calls at once (batcher); -1: default_model_threads(intra_op_threads)
+    model_threads: int | None = None  # model calls at once (batcher); None: default_model_threads(intra_op_threads)
     decode_threads: int = max(1, min(8, os.cpu_count() or 1))
     header_timeout_s: float = 5.0
     keep_alive_s: float = 5.0
@@ -171,8 +171,7 @@ def build_app(options: ServerOptions, clf: Any | None = None) -> ServerApp:
     clf = clf if clf is not None else load_classifier(options)
     app = ServerApp(clf, max_batch=options.max_batch_size, batch_wait_s=options.batch_wait_ms / 1000.0,
                     limits=options.limits, decode_threads=options.decode_threads,
-                    model_threads=(options.model_threads if options.model_threads > 0 else
-                                   default_model_threads(options.intra_op_threads)))
+                    model_threads=options.model_threads or default_model_threads(options.intra_op_threads))
     app.warm_up()
     return app
 

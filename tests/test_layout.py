@@ -195,7 +195,8 @@ def test_wheel_installs_one_top_level_package(installed):
     for f in ("models/configs/clipdebias-lab.json", "lab/weights/clipdebias-lab.safetensors", "lab/recipe.json",
               "models/configs/clipdebias-lab2.json", "lab/weights/clipdebias-lab2.safetensors", "lab/recipe-lab2.json",
               "models/configs/clipdebias-lab-map.json", "lab/weights/clipdebias-lab-map.safetensors",
-              "lab/recipe-lab-map.json", "lab/prompts-lab2.yaml", "explain/data/pool.txt", "prompts/data/waterbirds.yaml"):
+              "lab/recipe-lab-map.json", "lab/prompts-lab2.yaml", "explain/data/pool.txt",
+              "prompts/data/waterbirds.yaml"):
         assert (data / f).is_file(), f
 
 

@@ -8,7 +8,6 @@ open_clip's ``encode_image``; the ONNX graph (MAP pool and rotary embeddings in 
 
 from __future__ import annotations
 
-from dataclasses import replace
 
 import numpy as np
 import pytest

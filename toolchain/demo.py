@@ -29,7 +29,6 @@ from clip_debias.runtime.ownership import json_object_with, register_file_kind
 from clip_debias.toolchain.decompose.cache import DecompositionCache
 from clip_debias.toolchain.errors import ClipDebiasError
 from clip_debias.toolchain.lab import LAB_DIR, LAB_MODEL, ONE_SHORTCUT_RECIPES
-from clip_debias.toolchain.models.loading import LoadedClip
 from clip_debias.toolchain.select import Criterion
 RECIPE = LAB_DIR / "recipe.json"
 LAB_POOL = LAB_DIR / "pool.txt"  # descriptions in the lab text tower's vocabulary, for explain
@@ -61,11 +60,12 @@ class DemoSummary:
     model: str = LAB_MODEL  # the shipped lab model the demo ran
 
 
-def lab_data_args(quick: bool) -> dict[str, Any]:
-    """The make-data arguments of the shipped recipe (smaller val/test for ``quick``)."""
+def lab_data_args(quick: bool, recipe_file: Path = RECIPE) -> dict[str, Any]:
+    """The make-data arguments of a shipped recipe (``recipe_file``, the lab model's by default; smaller val/test for
+    ``quick``)."""
     args: dict[str, Any] = {}
-    if RECIPE.is_file():
-        recipe = json.loads(RECIPE.read_text())
+    if recipe_file.is_file():
+        recipe = json.loads(recipe_file.read_text())
         args = dict(recipe.get("make_data", {}).get("args", recipe.get("make_data_args", {})))
     args.pop("out", None)
     if quick:
@@ -131,8 +131,8 @@ def latency_side_by_side(artifacts: dict[str, Path], index: Any, batch_size: int
 
 
 def demo_weights(model: str) -> Path:
-    """The shipped weights of ``model``, one of the single-shortcut lab models (``ONE_SHORTCUT_RECIPES``), whose data
-    is ``recipe.json``'s; one line otherwise."""
+    """The shipped weights of ``model``, one of the single-shortcut lab models (``ONE_SHORTCUT_RECIPES``: each made
+    on the same lab data); one line otherwise."""
     from clip_debias.toolchain.models.shipped import shipped_weights
 
     weights = shipped_weights(model) if model in ONE_SHORTCUT_RECIPES else None
@@ -177,7 +177,7 @@ def run_demo(out: Path, quick: bool = False, batch_size: int = 64, console: Any 
         t0 = time.perf_counter()
 
     data = out / "data"
-    args = lab_data_args(quick)
+    args = lab_data_args(quick, ONE_SHORTCUT_RECIPES[model])
     data_reused = prepare_lab_data(data, args, fresh, say)
     lap("make_data")
 
@@ -334,9 +334,9 @@ def print_summary(s: DemoSummary, console: Any) -> None:
     from clip_debias.runtime.tables import table
 
     pct = lambda x: f"{100 * x:5.1f}"  # noqa: E731
-    console.print(f"Bias lab ({s.model}), test split (balanced): average / worst-group accuracy, %. Default protocol: located on "
-                  "val, ablation means from val. Reference protocol: located on train, ablation means from test "
-                  "itself (transductive, never shipped).")
+    console.print(f"Bias lab ({s.model}), test split (balanced): average / worst-group accuracy, %. Default protocol: "
+                  "located on val, ablation means from val. Reference protocol: located on train, ablation means from "
+                  "test itself (transductive, never shipped).")
     t = table(["method (test split)", "default protocol", "reference protocol"], right={1, 2})
     for row in result_rows(s):
         t.add_row(*row)

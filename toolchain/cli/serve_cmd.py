@@ -100,8 +100,8 @@ def serve_cmd(
     if engine == ServeEngine.RAY:
         defaults = {n: p.default for n, p in inspect.signature(serve_cmd).parameters.items()}
         given = [f"--{n.replace('_', '-')}" for n, v in (
-            ("max_queue", max_queue), ("max_body_mb", max_body_mb), ("max_buffered_mb", max_buffered_mb), ("max_images", max_images),
-            ("max_request_pixels", max_request_pixels), ("header_timeout", header_timeout),
+            ("max_queue", max_queue), ("max_body_mb", max_body_mb), ("max_buffered_mb", max_buffered_mb),
+            ("max_images", max_images), ("max_request_pixels", max_request_pixels), ("header_timeout", header_timeout),
             ("body_timeout", body_timeout), ("request_timeout", request_timeout), ("drain_timeout", drain_timeout),
             ("intra_op_threads", intra_op_threads), ("model_threads", model_threads))
             if v != defaults[n]]
@@ -126,8 +126,7 @@ def serve_cmd(
         str(artifact), host=host, port=port, device=device, precision=precision, expect_digest=expect_digest,
         max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms, header_timeout_s=header_timeout,
         drain_timeout_s=drain_timeout, limits=limits,
-        **({} if intra_op_threads is None else {"intra_op_threads": intra_op_threads}),
-        **({} if model_threads is None else {"model_threads": model_threads}))
+        model_threads=model_threads, **({} if intra_op_threads is None else {"intra_op_threads": intra_op_threads}))
     options.check()
 
     server.serve(options, _announcer(artifact, host, options.loopback,  # type: ignore[attr-defined]

@@ -26,7 +26,7 @@ import torch
 from clip_debias.toolchain.decompose.conventions import DEFAULT_CONVENTION
 from clip_debias.toolchain.decompose.pooled import PooledDecomposer
 from clip_debias.toolchain.errors import ClipDebiasError
-from clip_debias.toolchain.explain.token_terms import TokenTerms
+from clip_debias.toolchain.explain.token_terms import TokenTerms, check_heads
 
 
 class _Stop(Exception):
@@ -90,12 +90,7 @@ def timm_token_terms(tower: Any, images: torch.Tensor, heads: list[tuple[int, in
     if tower.kind != "token":
         raise ClipDebiasError(f"a token heat map needs a class token's attention over the patches; "
                               f"{tower.describe()} has none: {tower.no_explicit}")
-    if not heads:
-        raise ClipDebiasError("no heads chosen for the heat map")
-    bad = [h for h in heads if not (0 <= h[0] < tower.layers and 0 <= h[1] < tower.heads)]
-    if bad:
-        raise ClipDebiasError(f"heads {bad} out of range for a tower of {tower.layers} layers x {tower.heads} heads")
-    layers = sorted({l for l, _ in heads})
+    layers = check_heads(heads, tower.layers, tower.heads)
     dec = PooledDecomposer(tower, layers, convention)
     tr = tower.trace(images, layers)
     y = tr.pooled
@@ -103,24 +98,26 @@ def timm_token_terms(tower: Any, images: torch.Tensor, heads: list[tuple[int, in
     k = dec._consts(y)
     rows = _attention_rows(tower, images, layers)
     lam = tr.kappa[:, 0]  # [B]: 1 / sigma of trunk.norm at the class token
+    outputs: dict[int, torch.Tensor] = {}  # layer -> [B, N, H, Dh] lambda a_{h,j} v_{h,j} / s_l, every head
+    for layer in layers:
+        mixed = torch.einsum("bhn,bnhd->bnhd", rows[layer], _values(tower, images, layer))  # a_{h,j} v_{h,j}
+        scale = lam
+        norm = tower.blocks[layer].attn.norm
+        if isinstance(norm, torch.nn.LayerNorm):  # EVA02's inner norm: its sigma at the class token
+            o_cls = mixed.sum(dim=1).reshape(mixed.shape[0], -1)
+            scale = scale / torch.sqrt(o_cls.var(dim=-1, unbiased=False) + norm.eps)
+        outputs[layer] = mixed * scale[:, None, None, None]
     terms, attn_rows = [], []
     for layer, head in heads:
         i = layers.index(layer)
-        a, v = rows[layer], _values(tower, images, layer)  # [B, H, N], [B, N, H, Dh]
-        mixed = torch.einsum("bhn,bnhd->bnhd", a, v)  # [B, N, H, Dh]: a_{h,j} v_{h,j}
-        norm = tower.blocks[layer].attn.norm
-        scale = lam[:, None]
-        if isinstance(norm, torch.nn.LayerNorm):  # EVA02's inner norm: its sigma at the class token
-            o_cls = mixed.sum(dim=1).reshape(mixed.shape[0], -1)
-            scale = scale / torch.sqrt(o_cls.var(dim=-1, unbiased=False) + norm.eps)[:, None]
-        o_tok = mixed[:, :, head] * scale[:, :, None]  # [B, N, Dh]
+        o_tok = outputs[layer][:, :, head]  # [B, N, Dh]
         t = torch.einsum("bnd,pde->bnpe", o_tok, k["k_maps"][i][:, head])  # [B, N, 1, Dh']
         if not dec.centred:
             off = (tr.kappa[..., None] * k["v_bias"][i] - tr.m[..., None] * k["v_g"] / dec.shares
                    + k["v_beta"] / dec.shares)  # [B, 1, Dh']
             t = t + off[:, None] / o_tok.shape[1]
         terms.append(torch.einsum("bnpe,ped->bnd", t, k["out"]) / z[:, None])
-        attn_rows.append(a[:, head])
+        attn_rows.append(rows[layer][:, head])
     grid = tuple(tower.trunk.patch_embed.grid_size)
     return TokenTerms(torch.stack(terms, dim=1), torch.stack(attn_rows, dim=1), list(heads), grid,
                       prefix=tower.trunk.num_prefix_tokens)

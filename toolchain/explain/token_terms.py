@@ -7,6 +7,19 @@ from dataclasses import dataclass
 
 import torch
 
+from clip_debias.toolchain.errors import ClipDebiasError
+
+
+def check_heads(heads: list[tuple[int, int]], layers: int, n_heads: int) -> list[int]:
+    """The sorted distinct layers of ``heads`` (absolute (layer, head) pairs) of a tower of ``layers`` x ``n_heads``;
+    one line when none is chosen or one is out of range."""
+    if not heads:
+        raise ClipDebiasError("no heads chosen for the heat map")
+    bad = [h for h in heads if not (0 <= h[0] < layers and 0 <= h[1] < n_heads)]
+    if bad:
+        raise ClipDebiasError(f"heads {bad} out of range for a tower of {layers} layers x {n_heads} heads")
+    return sorted({l for l, _ in heads})
+
 
 @dataclass
 class TokenTerms:

@@ -22,7 +22,7 @@ import torch
 from clip_debias.toolchain.decompose.conventions import (DEFAULT_CONVENTION, LnStats, Readout, apply_readout,
                                                          head_readout)
 from clip_debias.toolchain.errors import ClipDebiasError
-from clip_debias.toolchain.explain.token_terms import TokenTerms
+from clip_debias.toolchain.explain.token_terms import TokenTerms, check_heads
 from clip_debias.toolchain.models.tower import ExplicitViT
 
 
@@ -39,13 +39,7 @@ def token_terms(tower: ExplicitViT, images: torch.Tensor, heads: list[tuple[int,
                 convention: str = DEFAULT_CONVENTION) -> TokenTerms:
     """Per-token direct terms p_{l,h,j} [B, K, N, D] of the (absolute layer, head) pairs ``heads`` (module docstring).
     Runs the blocks up to the deepest chosen layer once; mu, sigma and ||y|| come from ``tower.trace``."""
-    if not heads:
-        raise ClipDebiasError("no heads chosen for the heat map")
-    n_layers, n_heads = tower.cfg.layers, tower.cfg.heads
-    bad = [h for h in heads if not (0 <= h[0] < n_layers and 0 <= h[1] < n_heads)]
-    if bad:
-        raise ClipDebiasError(f"heads {bad} out of range for a tower of {n_layers} layers x {n_heads} heads")
-    layers = sorted({l for l, _ in heads})
+    layers = check_heads(heads, tower.cfg.layers, tower.cfg.heads)
     tr = tower.trace(images, layers)
     stats = LnStats.of(tower, tr)
     full = head_readout(tower, layers, convention).to(tower.conv1.weight.dtype)
